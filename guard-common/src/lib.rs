@@ -1,0 +1,393 @@
+//! The kernel ABI of Guard: every type that crosses between the eBPF programs
+//! (`guard-ebpf`) and userspace (`guard-daemon`), and the names of the maps
+//! and load-time globals both sides use.
+//!
+//! Rules for this crate: every type is `#[repr(C)]`, `Copy`, has no implicit
+//! padding (explicit `_pad` fields, no `bool`) and a compile-time size check.
+//! Enums that cross the boundary are plain `u32` ids defined here once; ids are
+//! never reused.
+#![no_std]
+
+/// Map names, as the eBPF object declares them. Userspace looks maps up by
+/// these constants only.
+pub mod map {
+    /// agent cgroup id (u64) → [`super::AgentEntry`].
+    pub const AGENTS: &str = "AGENTS";
+    /// [`super::IdentityKey`] → [`super::RuleRef`]: executables denied by identity.
+    pub const EXEC_IDENTITY: &str = "EXEC_IDENTITY";
+    /// LPM trie [`super::ExecPathKey`] → [`super::RuleRef`]: exec path rules.
+    pub const EXEC_PATHS: &str = "EXEC_PATHS";
+    /// [`super::IdentityKey`] → [`super::RuleRef`]: protected files and directories.
+    pub const FILE_IDENTITY: &str = "FILE_IDENTITY";
+    /// LPM trie [`super::NameKey`] → [`super::RuleRef`]: protected file names.
+    pub const FILE_NAMES: &str = "FILE_NAMES";
+    /// LPM trie [`super::NetKey`] → [`super::NetRuleSet`]: network rules.
+    pub const NET_RULES: &str = "NET_RULES";
+    /// Ring buffer of [`super::Event`] records.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU u64 counters, indexed by [`super::Counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Capacities of the maps. Userspace checks a compiled policy against them.
+pub mod capacity {
+    pub const AGENTS: u32 = 1024;
+    pub const EXEC_IDENTITY: u32 = 4096;
+    pub const EXEC_PATHS: u32 = 4096;
+    pub const FILE_IDENTITY: u32 = 4096;
+    pub const FILE_NAMES: u32 = 1024;
+    pub const NET_RULES: u32 = 4096;
+    /// Bytes; must be a power of two and a multiple of the page size.
+    pub const EVENTS_BYTES: u32 = 1 << 22;
+}
+
+/// Load-time globals (`#[no_mangle]` statics in the eBPF object) that the
+/// loader sets from the running kernel's BTF. Offsets are in bytes.
+pub mod global {
+    /// cgroup id of Guard's root cgroup; agent cgroups are its children.
+    pub const ROOT_CGROUP_ID: &str = "GUARD_ROOT_CGROUP_ID";
+    /// Level (depth below the cgroup2 root) of Guard's root cgroup.
+    pub const ROOT_CGROUP_LEVEL: &str = "GUARD_ROOT_CGROUP_LEVEL";
+}
+
+/// A kernel struct member whose byte offset the programs need. Layouts differ
+/// between kernels (e.g. `file.f_path` is at 16 on 6.1 and 64 on 6.12), so the
+/// loader reads each offset from the running kernel's BTF and sets the global
+/// named here; the programs never hard-code one.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelField {
+    /// Name of the `u32` global in the eBPF object.
+    pub global: &'static str,
+    /// Kernel struct name.
+    pub structure: &'static str,
+    /// Member path; `.` descends into a nested struct member. Anonymous
+    /// unions and structs are searched transparently.
+    pub member: &'static str,
+}
+
+macro_rules! kernel_fields {
+    ($($global:ident = $structure:literal . $member:literal;)*) => {
+        /// Globals holding kernel field offsets, one per entry of [`KERNEL_FIELDS`].
+        pub mod offset {
+            $(pub const $global: &str = stringify!($global);)*
+        }
+        /// Every kernel field the programs read.
+        pub const KERNEL_FIELDS: &[KernelField] = &[
+            $(KernelField { global: stringify!($global), structure: $structure, member: $member },)*
+        ];
+    };
+}
+
+kernel_fields! {
+    OFF_BPRM_FILE = "linux_binprm" . "file";
+    OFF_FILE_PATH = "file" . "f_path";
+    OFF_FILE_INODE = "file" . "f_inode";
+    OFF_FILE_FLAGS = "file" . "f_flags";
+    OFF_PATH_MNT = "path" . "mnt";
+    OFF_PATH_DENTRY = "path" . "dentry";
+    OFF_DENTRY_PARENT = "dentry" . "d_parent";
+    OFF_DENTRY_NAME_LEN = "dentry" . "d_name.len";
+    OFF_DENTRY_NAME = "dentry" . "d_name.name";
+    OFF_DENTRY_INODE = "dentry" . "d_inode";
+    OFF_INODE_INO = "inode" . "i_ino";
+    OFF_INODE_SB = "inode" . "i_sb";
+    OFF_INODE_SIZE = "inode" . "i_size";
+    OFF_SB_DEV = "super_block" . "s_dev";
+    OFF_MOUNT_MNT = "mount" . "mnt";
+    OFF_MOUNT_PARENT = "mount" . "mnt_parent";
+    OFF_MOUNT_MOUNTPOINT = "mount" . "mnt_mountpoint";
+    OFF_VFSMOUNT_ROOT = "vfsmount" . "mnt_root";
+    OFF_SOCKET_TYPE = "socket" . "type";
+    OFF_MSGHDR_NAME = "msghdr" . "msg_name";
+    OFF_MSGHDR_NAMELEN = "msghdr" . "msg_namelen";
+}
+
+/// A BPF LSM hook Guard attaches to. The program in the eBPF object has the
+/// hook's name. `args` is the hook's argument count, from
+/// `include/linux/lsm_hook_defs.h`; the previous program's return value
+/// follows the arguments in the context, at index `args`. The loader checks
+/// `args` against the running kernel's BTF before attaching.
+#[derive(Clone, Copy, Debug)]
+pub struct LsmHook {
+    pub name: &'static str,
+    pub args: usize,
+    /// A kernel without this hook cannot enforce Guard's promises. Optional
+    /// hooks close a route that older kernels send through a required hook.
+    pub required: bool,
+}
+
+/// The hooks, in attach order.
+pub mod lsm {
+    use super::LsmHook;
+    /// `int bprm_check_security(struct linux_binprm *bprm)`
+    pub const BPRM_CHECK_SECURITY: LsmHook = LsmHook { name: "bprm_check_security", args: 1, required: true };
+    /// `int path_unlink(const struct path *dir, struct dentry *dentry)`
+    pub const PATH_UNLINK: LsmHook = LsmHook { name: "path_unlink", args: 2, required: true };
+    /// `int path_rmdir(const struct path *dir, struct dentry *dentry)`
+    pub const PATH_RMDIR: LsmHook = LsmHook { name: "path_rmdir", args: 2, required: true };
+    /// `int path_rename(const struct path *old_dir, struct dentry *old_dentry,
+    /// const struct path *new_dir, struct dentry *new_dentry, unsigned int flags)`
+    /// (`flags` since 5.19).
+    pub const PATH_RENAME: LsmHook = LsmHook { name: "path_rename", args: 5, required: true };
+    /// `int path_truncate(const struct path *path)`: truncate(2); before 6.2
+    /// also ftruncate(2) and open(O_TRUNC).
+    pub const PATH_TRUNCATE: LsmHook = LsmHook { name: "path_truncate", args: 1, required: true };
+    /// `int file_open(struct file *file)`: open with O_TRUNC of a non-empty file.
+    pub const FILE_OPEN: LsmHook = LsmHook { name: "file_open", args: 1, required: true };
+    /// `int file_truncate(struct file *file)` (6.2+): ftruncate(2) and
+    /// open(O_TRUNC), which older kernels send through `path_truncate`.
+    pub const FILE_TRUNCATE: LsmHook = LsmHook { name: "file_truncate", args: 1, required: false };
+    /// `int socket_connect(struct socket *sock, struct sockaddr *address, int addrlen)`
+    pub const SOCKET_CONNECT: LsmHook = LsmHook { name: "socket_connect", args: 3, required: true };
+    /// `int socket_sendmsg(struct socket *sock, struct msghdr *msg, int size)`
+    pub const SOCKET_SENDMSG: LsmHook = LsmHook { name: "socket_sendmsg", args: 3, required: true };
+
+    pub const ALL: &[LsmHook] = &[
+        BPRM_CHECK_SECURITY,
+        PATH_UNLINK,
+        PATH_RMDIR,
+        PATH_RENAME,
+        PATH_TRUNCATE,
+        FILE_OPEN,
+        FILE_TRUNCATE,
+        SOCKET_CONNECT,
+        SOCKET_SENDMSG,
+    ];
+}
+
+/// Longest resolved exec path that takes part in path matching (LPM key data
+/// is at most 256 bytes: 4 bytes of profile id plus this).
+pub const EXEC_PATH_KEY_LEN: usize = 248;
+/// Bytes of a file name that take part in name matching (its last bytes).
+pub const NAME_KEY_LEN: usize = 60;
+/// Path bytes carried in a record.
+pub const EVENT_PATH_LEN: usize = 256;
+/// Port-range rules one network prefix can carry (after inheritance from the
+/// shorter prefixes that contain it).
+pub const NET_RULES_PER_PREFIX: usize = 8;
+/// Deepest directory nesting the file hooks walk when looking for a protected
+/// ancestor. Deeper targets are decided by the profile's error policy.
+pub const MAX_WALK_DEPTH: u32 = 48;
+
+/// Hook that made a decision. Values are stable ids, never reused.
+pub mod hook {
+    pub const EXEC: u32 = 1;
+    pub const UNLINK: u32 = 2;
+    pub const RMDIR: u32 = 3;
+    pub const RENAME: u32 = 4;
+    pub const TRUNCATE: u32 = 5;
+    pub const OPEN_TRUNC: u32 = 6;
+    pub const FILE_TRUNCATE: u32 = 7;
+    pub const CONNECT: u32 = 8;
+    pub const SENDMSG: u32 = 9;
+}
+
+/// Outcome of a decision.
+pub mod verdict {
+    pub const ALLOW: u32 = 1;
+    pub const DENY: u32 = 2;
+    /// Monitor mode: a rule would have denied, the action was allowed.
+    pub const WOULD_DENY: u32 = 3;
+}
+
+/// What a rule does when it matches.
+pub mod action {
+    pub const DENY: u32 = 1;
+    pub const ALLOW: u32 = 2;
+}
+
+/// A profile's mode.
+pub mod mode {
+    pub const ENFORCE: u32 = 1;
+    pub const MONITOR: u32 = 2;
+}
+
+/// Bits of [`AgentEntry::flags`].
+pub mod agent_flag {
+    /// Record allowed decisions too, not only denials.
+    pub const RECORD_ALLOWED: u32 = 1;
+}
+
+/// Bits of [`Event::flags`].
+pub mod event_flag {
+    /// The path did not fit in [`super::Event::path`] or the walk was cut short.
+    pub const PATH_TRUNCATED: u32 = 1;
+    /// The path is relative to the file system root the walk reached, which is
+    /// not the process's root (e.g. a detached mount).
+    pub const PATH_UNROOTED: u32 = 2;
+}
+
+/// Protocols in [`NetRule::protocol`] and [`Event::protocol`].
+pub mod protocol {
+    pub const ANY: u16 = 0;
+    pub const TCP: u16 = 6;
+    pub const UDP: u16 = 17;
+}
+
+/// Indices into the per-CPU [`map::COUNTERS`] array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A record could not be reserved in the ring buffer and was lost.
+    EventsLost = 0,
+    /// A hook could not read kernel memory it needed and failed open.
+    HookErrors = 1,
+    /// A file walk hit [`MAX_WALK_DEPTH`] before reaching a root.
+    WalkTooDeep = 2,
+}
+/// Number of [`Counter`] slots.
+pub const COUNTER_SLOTS: u32 = 3;
+
+/// Value of [`map::AGENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentEntry {
+    /// Index of the agent profile in the policy; rule keys carry it.
+    pub profile: u32,
+    /// [`mode`] of the profile.
+    pub mode: u32,
+    /// [`agent_flag`] bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// A file's identity: device (kernel `dev_t` encoding, `MAJOR << 20 | MINOR`)
+/// and inode number, scoped to one profile.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IdentityKey {
+    pub ino: u64,
+    pub dev: u32,
+    pub profile: u32,
+}
+
+/// A matched rule: its id (index into the policy's rule table) and [`action`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleRef {
+    pub rule_id: u32,
+    pub action: u32,
+}
+
+/// Data of an [`map::EXEC_PATHS`] LPM key: profile id (big endian, so it is
+/// the leading 32 bits of the prefix) then the path bytes. Exact-path rules
+/// include the terminating NUL in their prefix; subtree rules end in `/`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecPathKey {
+    pub profile: [u8; 4],
+    pub path: [u8; EXEC_PATH_KEY_LEN],
+}
+
+/// Data of a [`map::FILE_NAMES`] LPM key: profile id (big endian) then the
+/// file name reversed, so that a suffix pattern (`*.sqlite`) is a prefix. An
+/// exact-name rule includes a NUL after the reversed name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameKey {
+    pub profile: [u8; 4],
+    pub reversed: [u8; NAME_KEY_LEN],
+}
+
+/// Data of a [`map::NET_RULES`] LPM key: profile id (big endian) then an IPv6
+/// address; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so mapped and
+/// plain IPv4 destinations meet the same rules.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetKey {
+    pub profile: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// One port-range rule of a network prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRule {
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// [`protocol`] id; [`protocol::ANY`] matches TCP and UDP.
+    pub protocol: u16,
+    /// [`action`] id (fits in 16 bits).
+    pub action: u16,
+    pub rule_id: u32,
+}
+
+/// Value of [`map::NET_RULES`]: the rules of the longest matching prefix,
+/// followed by those inherited from shorter prefixes; the first match wins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRuleSet {
+    pub len: u32,
+    pub _pad: u32,
+    pub rules: [NetRule; NET_RULES_PER_PREFIX],
+}
+
+/// One decision, as written to the [`map::EVENTS`] ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// `bpf_ktime_get_boot_ns` at the decision.
+    pub boot_ns: u64,
+    /// cgroup id of the agent cgroup the process belongs to.
+    pub agent_cgroup: u64,
+    /// Target file identity (exec and file hooks), else 0.
+    pub ino: u64,
+    pub dev: u32,
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    /// [`hook`] id.
+    pub hook: u32,
+    /// [`verdict`] id.
+    pub verdict: u32,
+    /// Profile index of the agent.
+    pub profile: u32,
+    /// Rule that decided, or [`NO_RULE`].
+    pub rule_id: u32,
+    /// Destination port (host order), network hooks.
+    pub port: u16,
+    /// `AF_INET` / `AF_INET6`, network hooks.
+    pub family: u16,
+    /// [`protocol`] id, network hooks.
+    pub protocol: u16,
+    /// Bytes of `path` in use.
+    pub path_len: u16,
+    /// [`event_flag`] bits.
+    pub flags: u32,
+    pub _pad: u32,
+    /// Destination address, IPv6 or IPv4-mapped.
+    pub addr: [u8; 16],
+    pub comm: [u8; 16],
+    /// Target path (exec and file hooks), not NUL terminated.
+    pub path: [u8; EVENT_PATH_LEN],
+}
+
+/// [`Event::rule_id`] when no rule matched (allowed by default).
+pub const NO_RULE: u32 = u32::MAX;
+
+const _: () = assert!(size_of::<AgentEntry>() == 16);
+const _: () = assert!(size_of::<IdentityKey>() == 16);
+const _: () = assert!(size_of::<RuleRef>() == 8);
+const _: () = assert!(size_of::<ExecPathKey>() == 4 + EXEC_PATH_KEY_LEN);
+const _: () = assert!(size_of::<ExecPathKey>() <= 256);
+const _: () = assert!(size_of::<NameKey>() == 4 + NAME_KEY_LEN);
+const _: () = assert!(size_of::<NetKey>() == 20);
+const _: () = assert!(size_of::<NetRule>() == 12);
+const _: () = assert!(size_of::<NetRuleSet>() == 8 + 12 * NET_RULES_PER_PREFIX);
+const _: () = assert!(size_of::<Event>() == 104 + EVENT_PATH_LEN);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, and have no padding (checked by
+    // the size assertions above), so any bit pattern is a valid value.
+    unsafe impl aya::Pod for AgentEntry {}
+    unsafe impl aya::Pod for IdentityKey {}
+    unsafe impl aya::Pod for RuleRef {}
+    unsafe impl aya::Pod for ExecPathKey {}
+    unsafe impl aya::Pod for NameKey {}
+    unsafe impl aya::Pod for NetKey {}
+    unsafe impl aya::Pod for NetRule {}
+    unsafe impl aya::Pod for NetRuleSet {}
+    unsafe impl aya::Pod for Event {}
+}

@@ -1,0 +1,79 @@
+//! `guardd`: the Guard enforcement daemon.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use guard_daemon::{cgroup, daemon, exit};
+
+/// Enforce a Guard policy on agent cgroups with BPF LSM.
+///
+/// guardd checks that this host can enforce (BPF LSM active, programs accepted
+/// by the kernel, BTF present), loads the programs, creates one cgroup per
+/// agent profile below the cgroup2 mount, writes the policy into the kernel,
+/// logs "enforcing", and writes every decision as one JSON object per line.
+/// SIGTERM or SIGINT detaches the programs and exits.
+///
+/// Exit codes: 0 clean shutdown, 1 failure, 2 usage, 3 this host cannot
+/// enforce (the message says why and what to do), 4 invalid policy.
+#[derive(Parser)]
+#[command(version, max_term_width = 100)]
+struct Args {
+    /// Policy file (YAML). See docs/policy.md.
+    #[arg(long, env = "GUARD_POLICY", required_unless_present = "check")]
+    policy: Option<PathBuf>,
+
+    /// Append decision records (JSON lines) to this file instead of stdout.
+    #[arg(long, env = "GUARD_EVENTS")]
+    events: Option<PathBuf>,
+
+    /// Guard's cgroup, relative to the cgroup2 mount; agents are its children.
+    #[arg(long, env = "GUARD_CGROUP_ROOT", default_value = cgroup::DEFAULT_ROOT)]
+    cgroup_root: String,
+
+    /// Only check whether this host can enforce (load and attach the
+    /// programs, then detach), and exit 0 or 3.
+    #[arg(long)]
+    check: bool,
+
+    /// Log format on stderr.
+    #[arg(long, env = "GUARD_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG").unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+
+    let result = if args.check {
+        daemon::check_host()
+    } else {
+        let config = daemon::Config {
+            policy: args.policy.expect("clap requires --policy"),
+            events: args.events,
+            cgroup_root: args.cgroup_root,
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| daemon::Fatal { code: exit::FAILURE, error: e.into() })
+            .and_then(|rt| rt.block_on(daemon::run(config)))
+    };
+    if let Err(fatal) = result {
+        tracing::error!("{fatal}");
+        if fatal.code == exit::UNSUPPORTED_HOST {
+            tracing::error!("not enforcing: no agent on this host is confined by Guard");
+        }
+        std::process::exit(fatal.code);
+    }
+}

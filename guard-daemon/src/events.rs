@@ -1,0 +1,259 @@
+//! Decision records: decoding the kernel's fixed-layout records and writing
+//! them as one JSON object per line.
+
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use guard_common::{event_flag, hook, protocol, verdict, Event, NO_RULE};
+use serde::Serialize;
+
+use crate::compile::CompiledPolicy;
+
+/// A decision, as written to the events stream.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Record {
+    /// Wall-clock time of the decision, RFC 3339.
+    pub time: String,
+    /// LSM hook that decided.
+    pub hook: &'static str,
+    /// What the process tried: exec, unlink, rmdir, rename, truncate, connect, sendmsg.
+    pub action: &'static str,
+    /// allow, deny, or would_deny (monitor mode).
+    pub verdict: &'static str,
+    pub agent: String,
+    pub agent_cgroup: u64,
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// Thread id (the kernel's pid).
+    pub tid: u32,
+    pub uid: u32,
+    pub comm: String,
+    /// The file path, or `address:port` for network actions.
+    pub target: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileIdentity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'static str>,
+    /// Id of the rule that decided; absent when no rule matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Notes on the record, e.g. `path_truncated`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct FileIdentity {
+    /// Kernel `dev_t` encoding: major << 20 | minor.
+    pub dev: u32,
+    pub ino: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed record: {len} bytes, expected {expected}")]
+pub struct DecodeError {
+    pub len: usize,
+    pub expected: usize,
+}
+
+/// Reads an [`Event`] from ring-buffer bytes.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    if bytes.len() < size_of::<Event>() {
+        return Err(DecodeError { len: bytes.len(), expected: size_of::<Event>() });
+    }
+    // SAFETY: length checked; Event is plain data valid for any bit pattern.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+/// Converts the kernel's boot-clock timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Wall-clock time at boot.
+    boot: SystemTime,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        let since_boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+            .unwrap_or_default();
+        Self { boot: SystemTime::now() - since_boot }
+    }
+
+    pub fn wall(&self, boot_ns: u64) -> SystemTime {
+        self.boot + Duration::from_nanos(boot_ns)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn hook_name(id: u32) -> (&'static str, &'static str) {
+    match id {
+        hook::EXEC => ("bprm_check_security", "exec"),
+        hook::UNLINK => ("path_unlink", "unlink"),
+        hook::RMDIR => ("path_rmdir", "rmdir"),
+        hook::RENAME => ("path_rename", "rename"),
+        hook::TRUNCATE => ("path_truncate", "truncate"),
+        hook::OPEN_TRUNC => ("file_open", "truncate"),
+        hook::FILE_TRUNCATE => ("file_truncate", "truncate"),
+        hook::CONNECT => ("socket_connect", "connect"),
+        hook::SENDMSG => ("socket_sendmsg", "sendmsg"),
+        _ => ("unknown", "unknown"),
+    }
+}
+
+fn verdict_name(id: u32) -> &'static str {
+    match id {
+        verdict::ALLOW => "allow",
+        verdict::DENY => "deny",
+        verdict::WOULD_DENY => "would_deny",
+        _ => "unknown",
+    }
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Turns a kernel record into a [`Record`], naming the agent and rule from
+/// the policy that was in force.
+pub fn to_record(event: &Event, policy: &CompiledPolicy, clock: &Clock) -> Record {
+    let (hook, action) = hook_name(event.hook);
+    let is_network = matches!(event.hook, hook::CONNECT | hook::SENDMSG);
+    let target = if is_network {
+        let v6 = Ipv6Addr::from(event.addr);
+        let ip = match (event.family, v6.to_ipv4_mapped()) {
+            (2, Some(v4)) => IpAddr::V4(v4), // AF_INET
+            _ => IpAddr::V6(v6),
+        };
+        std::net::SocketAddr::new(ip, event.port).to_string()
+    } else {
+        let len = usize::from(event.path_len).min(event.path.len());
+        String::from_utf8_lossy(&event.path[..len]).into_owned()
+    };
+    let rule = (event.rule_id != NO_RULE).then(|| policy.rule(event.rule_id)).flatten();
+    let mut flags = Vec::new();
+    if event.flags & event_flag::PATH_TRUNCATED != 0 {
+        flags.push("path_truncated");
+    }
+    if event.flags & event_flag::PATH_UNROOTED != 0 {
+        flags.push("path_unrooted");
+    }
+    Record {
+        time: humantime::format_rfc3339_nanos(clock.wall(event.boot_ns)).to_string(),
+        hook,
+        action,
+        verdict: verdict_name(event.verdict),
+        agent: policy
+            .agents
+            .get(event.profile as usize)
+            .map(|(name, _)| name.clone())
+            .unwrap_or_else(|| format!("profile-{}", event.profile)),
+        agent_cgroup: event.agent_cgroup,
+        pid: event.tgid,
+        tid: event.pid,
+        uid: event.uid,
+        comm: c_string(&event.comm),
+        target,
+        file: (!is_network && event.ino != 0).then_some(FileIdentity { dev: event.dev, ino: event.ino }),
+        protocol: is_network.then_some(match event.protocol {
+            protocol::TCP => "tcp",
+            protocol::UDP => "udp",
+            _ => "other",
+        }),
+        rule: rule.map(|r| r.id.clone()),
+        message: rule.and_then(|r| r.message.clone()),
+        flags,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{compile::compile, policy::parse};
+
+    fn blank() -> Event {
+        // SAFETY: Event is plain data; all-zero is valid.
+        unsafe { std::mem::zeroed() }
+    }
+
+    fn policy() -> CompiledPolicy {
+        compile(
+            &parse("agents:\n  - name: coder\n    network:\n      deny:\n        - id: no-db\n          cidr: 10.0.0.0/8\n          message: no databases\n")
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn short_records_are_refused() {
+        assert_eq!(decode(&[0; 10]).unwrap_err().len, 10);
+    }
+
+    #[test]
+    fn decodes_and_names_a_network_denial() {
+        let mut e = blank();
+        e.hook = hook::CONNECT;
+        e.verdict = verdict::DENY;
+        e.family = 2;
+        e.port = 5432;
+        e.protocol = protocol::TCP;
+        e.addr = std::net::Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
+        e.rule_id = 0;
+        e.pid = 7;
+        e.tgid = 7;
+        e.comm[..4].copy_from_slice(b"psql");
+        let bytes: [u8; size_of::<Event>()] = unsafe { std::mem::transmute(e) };
+        let r = to_record(&decode(&bytes).unwrap(), &policy(), &Clock::new());
+        assert_eq!((r.hook, r.action, r.verdict), ("socket_connect", "connect", "deny"));
+        assert_eq!(r.target, "10.1.2.3:5432");
+        assert_eq!(r.agent, "coder");
+        assert_eq!(r.rule.as_deref(), Some("no-db"));
+        assert_eq!(r.message.as_deref(), Some("no databases"));
+        assert_eq!(r.comm, "psql");
+        assert_eq!(r.protocol, Some("tcp"));
+        assert!(r.file.is_none());
+    }
+
+    #[test]
+    fn mapped_addresses_on_ipv6_sockets_stay_ipv6() {
+        let mut e = blank();
+        e.hook = hook::CONNECT;
+        e.family = 10;
+        e.port = 80;
+        e.addr = std::net::Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
+        e.rule_id = NO_RULE;
+        let r = to_record(&e, &policy(), &Clock::new());
+        assert_eq!(r.target, "[::ffff:127.0.0.1]:80");
+        assert_eq!(r.rule, None);
+    }
+
+    #[test]
+    fn file_records_carry_path_identity_and_flags() {
+        let mut e = blank();
+        e.hook = hook::UNLINK;
+        e.verdict = verdict::WOULD_DENY;
+        e.path[..6].copy_from_slice(b"/a/b/c");
+        e.path_len = 6;
+        e.ino = 42;
+        e.dev = 3;
+        e.flags = event_flag::PATH_TRUNCATED;
+        e.rule_id = NO_RULE;
+        let r = to_record(&e, &policy(), &Clock::new());
+        assert_eq!((r.action, r.verdict, r.target.as_str()), ("unlink", "would_deny", "/a/b/c"));
+        assert_eq!(r.file, Some(FileIdentity { dev: 3, ino: 42 }));
+        assert_eq!(r.flags, vec!["path_truncated"]);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""verdict":"would_deny""#), "{json}");
+        assert!(!json.contains("protocol"), "{json}");
+    }
+}

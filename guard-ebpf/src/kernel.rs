@@ -1,0 +1,293 @@
+//! Reading kernel structs portably.
+//!
+//! Rust eBPF has no CO-RE field relocations, and layouts differ between
+//! kernels, so every offset is a `u32` global that the loader sets from the
+//! running kernel's BTF (`guard_common::KERNEL_FIELDS`). The globals live in a
+//! frozen read-only map, so the verifier sees them as constants.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
+use guard_common::{
+    event_flag, IdentityKey, RuleRef, MAX_WALK_DEPTH, NAME_KEY_LEN,
+};
+
+use crate::maps::{PathScratch, FILE_IDENTITY, FILE_NAMES, WALK_LEN};
+
+/// A kernel pointer; only ever dereferenced through `bpf_probe_read_kernel`
+/// (or, where a helper needs the kernel's typed pointer, a direct load).
+pub type Kptr = *const u8;
+
+/// An error reading kernel memory (the helper's negative errno).
+pub type ReadError = i64;
+
+macro_rules! offset_globals {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[unsafe(no_mangle)]
+            static $name: u32 = 0;
+        )*
+    };
+}
+
+// One per entry of guard_common::KERNEL_FIELDS; the loader fails if any of
+// these is missing from the object or from the kernel's BTF.
+offset_globals!(
+    OFF_BPRM_FILE,
+    OFF_FILE_PATH,
+    OFF_FILE_INODE,
+    OFF_FILE_FLAGS,
+    OFF_PATH_MNT,
+    OFF_PATH_DENTRY,
+    OFF_DENTRY_PARENT,
+    OFF_DENTRY_NAME_LEN,
+    OFF_DENTRY_NAME,
+    OFF_DENTRY_INODE,
+    OFF_INODE_INO,
+    OFF_INODE_SB,
+    OFF_INODE_SIZE,
+    OFF_SB_DEV,
+    OFF_MOUNT_MNT,
+    OFF_MOUNT_PARENT,
+    OFF_MOUNT_MOUNTPOINT,
+    OFF_VFSMOUNT_ROOT,
+    OFF_SOCKET_TYPE,
+    OFF_MSGHDR_NAME,
+    OFF_MSGHDR_NAMELEN,
+);
+
+/// Byte offset held in an offset global.
+#[inline(always)]
+pub fn off(global: &'static u32) -> usize {
+    // SAFETY: a plain read of a static; volatile so the compiler cannot fold
+    // the object's placeholder 0 into the code.
+    unsafe { core::ptr::read_volatile(global) as usize }
+}
+
+/// Reads a `T` at `base + offset` of kernel memory.
+#[inline(always)]
+pub fn read<T>(base: Kptr, offset: usize) -> Result<T, ReadError> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset) as *const T) }.map_err(i64::from)
+}
+
+/// Copies `len` bytes of kernel memory from `src` to `dst`.
+#[inline(always)]
+pub fn copy(dst: *mut u8, len: u32, src: Kptr) -> Result<(), ReadError> {
+    // SAFETY: callers pass a destination inside a map value or the stack with
+    // at least `len` bytes; the verifier checks it too.
+    let rc = unsafe {
+        generated::bpf_probe_read_kernel(dst as *mut c_void, len, src as *const c_void)
+    };
+    if rc < 0 { Err(rc) } else { Ok(()) }
+}
+
+/// A file's identity in the kernel's `dev_t` encoding.
+#[derive(Clone, Copy, Default)]
+pub struct Identity {
+    pub dev: u32,
+    pub ino: u64,
+}
+
+impl Identity {
+    pub fn key(self, profile: u32) -> IdentityKey {
+        IdentityKey { ino: self.ino, dev: self.dev, profile }
+    }
+}
+
+pub fn inode_identity(inode: Kptr) -> Result<Identity, ReadError> {
+    let ino: u64 = read(inode, off(&OFF_INODE_INO))?;
+    let sb: Kptr = read(inode, off(&OFF_INODE_SB))?;
+    let dev: u32 = read(sb, off(&OFF_SB_DEV))?;
+    Ok(Identity { dev, ino })
+}
+
+/// Identity of a dentry's inode, or `None` for a negative dentry.
+pub fn dentry_identity(dentry: Kptr) -> Result<Option<Identity>, ReadError> {
+    let inode: Kptr = read(dentry, off(&OFF_DENTRY_INODE))?;
+    if inode.is_null() {
+        return Ok(None);
+    }
+    inode_identity(inode).map(Some)
+}
+
+/// `(vfsmount, dentry)` of a `struct path`.
+pub fn path_parts(path: Kptr) -> Result<(Kptr, Kptr), ReadError> {
+    Ok((read(path, off(&OFF_PATH_MNT))?, read(path, off(&OFF_PATH_DENTRY))?))
+}
+
+pub fn file_path(file: Kptr) -> Kptr {
+    file.wrapping_add(off(&OFF_FILE_PATH))
+}
+
+pub fn file_flags(file: Kptr) -> Result<u32, ReadError> {
+    read(file, off(&OFF_FILE_FLAGS))
+}
+
+pub fn file_inode(file: Kptr) -> Result<Kptr, ReadError> {
+    read(file, off(&OFF_FILE_INODE))
+}
+
+pub fn inode_size(inode: Kptr) -> Result<i64, ReadError> {
+    read(inode, off(&OFF_INODE_SIZE))
+}
+
+pub fn bprm_file_offset() -> usize {
+    off(&OFF_BPRM_FILE)
+}
+
+pub fn socket_type(sock: Kptr) -> Result<u16, ReadError> {
+    read(sock, off(&OFF_SOCKET_TYPE))
+}
+
+/// `(msg_name, msg_namelen)` of a `struct msghdr`.
+pub fn msghdr_name(msg: Kptr) -> Result<(Kptr, i32), ReadError> {
+    Ok((read(msg, off(&OFF_MSGHDR_NAME))?, read(msg, off(&OFF_MSGHDR_NAMELEN))?))
+}
+
+/// One step from a dentry towards the root of the mount tree
+/// (`fs/d_path.c`, `prepend_path`).
+enum Step {
+    /// The parent dentry in the same mount.
+    Parent(Kptr),
+    /// The dentry was the root of its mount: continue at the mount point in
+    /// the parent mount.
+    Mount { mountpoint: Kptr, vfsmount: Kptr },
+    /// The root of the mount tree.
+    Root,
+}
+
+fn step_up(dentry: Kptr, vfsmount: Kptr) -> Result<Step, ReadError> {
+    let mnt_root: Kptr = read(vfsmount, off(&OFF_VFSMOUNT_ROOT))?;
+    let parent: Kptr = read(dentry, off(&OFF_DENTRY_PARENT))?;
+    if dentry != mnt_root && dentry != parent {
+        return Ok(Step::Parent(parent));
+    }
+    // `struct mount` embeds the `struct vfsmount` (fs/mount.h, real_mount()).
+    let mount = vfsmount.wrapping_sub(off(&OFF_MOUNT_MNT));
+    let mount_parent: Kptr = read(mount, off(&OFF_MOUNT_PARENT))?;
+    if mount_parent == mount {
+        return Ok(Step::Root);
+    }
+    let mountpoint: Kptr = read(mount, off(&OFF_MOUNT_MOUNTPOINT))?;
+    Ok(Step::Mount { mountpoint, vfsmount: mount_parent.wrapping_add(off(&OFF_MOUNT_MNT)) })
+}
+
+/// Result of looking for a protected file or ancestor directory.
+pub enum Protection {
+    Protected(RuleRef),
+    Clear,
+    /// The walk gave up after `MAX_WALK_DEPTH` steps.
+    TooDeep,
+}
+
+/// Looks the dentry and each of its ancestors (across mounts) up in the
+/// protected identities of `profile`. Matching by identity rather than by path
+/// also covers bind mounts and other aliases of a protected directory.
+pub fn find_protected(profile: u32, dentry: Kptr, vfsmount: Kptr) -> Result<Protection, ReadError> {
+    let mut dentry = dentry;
+    let mut vfsmount = vfsmount;
+    for _ in 0..MAX_WALK_DEPTH {
+        if let Some(identity) = dentry_identity(dentry)?
+            // SAFETY: the value is a plain Copy struct, copied out at once.
+            && let Some(rule) = unsafe { FILE_IDENTITY.get(&identity.key(profile)) }.copied()
+        {
+            return Ok(Protection::Protected(rule));
+        }
+        match step_up(dentry, vfsmount)? {
+            Step::Parent(parent) => dentry = parent,
+            Step::Mount { mountpoint, vfsmount: parent_mount } => {
+                dentry = mountpoint;
+                vfsmount = parent_mount;
+            }
+            Step::Root => return Ok(Protection::Clear),
+        }
+    }
+    Ok(Protection::TooDeep)
+}
+
+/// Looks the dentry's name up in the protected names of `profile`. Names are
+/// matched reversed, so `*.sqlite` is a prefix and `.env` an exact key.
+pub fn find_protected_name(
+    profile: u32,
+    dentry: Kptr,
+    scratch: &mut PathScratch,
+) -> Result<Option<RuleRef>, ReadError> {
+    let len: u32 = read(dentry, off(&OFF_DENTRY_NAME_LEN))?;
+    let name: Kptr = read(dentry, off(&OFF_DENTRY_NAME))?;
+    let len = (len as usize).min(255);
+    copy(scratch.name.as_mut_ptr(), len as u32, name)?;
+
+    let key = &mut scratch.name_key;
+    key.data.profile = profile.to_be_bytes();
+    for i in 0..NAME_KEY_LEN {
+        if i < len {
+            key.data.reversed[i] = scratch.name[(len - 1 - i) & 255];
+        }
+    }
+    // An exact name ends with a NUL after its reversed bytes.
+    let key_bytes = match key.data.reversed.get_mut(len) {
+        Some(end) => {
+            *end = 0;
+            len + 1
+        }
+        None => NAME_KEY_LEN,
+    };
+    key.prefix_len = 32 + key_bytes as u32 * 8;
+    Ok(FILE_NAMES.get(&*key).copied())
+}
+
+/// A path built into `PathScratch::walk`.
+pub struct BuiltPath {
+    /// Start of the path in `walk`; it ends at `WALK_LEN`.
+    pub start: usize,
+    /// `event_flag` bits.
+    pub flags: u32,
+}
+
+/// Builds the absolute path of a dentry by walking to the root of the mount
+/// tree, back to front (like `prepend_path` in fs/d_path.c). Used for records
+/// on hooks where `bpf_d_path` is not allowed on every supported kernel.
+pub fn build_path(dentry: Kptr, vfsmount: Kptr, scratch: &mut PathScratch) -> BuiltPath {
+    let buf = &mut scratch.walk;
+    let mut pos = WALK_LEN;
+    let mut flags = event_flag::PATH_TRUNCATED;
+    let mut dentry = dentry;
+    let mut vfsmount = vfsmount;
+    for _ in 0..MAX_WALK_DEPTH {
+        match step_up(dentry, vfsmount) {
+            Ok(Step::Parent(parent)) => {
+                let Ok(len) = read::<u32>(dentry, off(&OFF_DENTRY_NAME_LEN)) else { break };
+                let Ok(name) = read::<Kptr>(dentry, off(&OFF_DENTRY_NAME)) else { break };
+                let len = (len as usize).min(255);
+                if pos < len + 1 {
+                    break;
+                }
+                pos -= len;
+                if copy(buf.as_mut_ptr().wrapping_add(pos & (WALK_LEN - 1)), len as u32, name).is_err() {
+                    break;
+                }
+                pos -= 1;
+                buf[pos & (WALK_LEN - 1)] = b'/';
+                dentry = parent;
+            }
+            Ok(Step::Mount { mountpoint, vfsmount: parent_mount }) => {
+                dentry = mountpoint;
+                vfsmount = parent_mount;
+            }
+            Ok(Step::Root) => {
+                flags = 0;
+                break;
+            }
+            Err(_) => {
+                flags = event_flag::PATH_UNROOTED;
+                break;
+            }
+        }
+    }
+    if pos == WALK_LEN {
+        pos -= 1;
+        buf[pos & (WALK_LEN - 1)] = b'/';
+    }
+    BuiltPath { start: pos, flags }
+}
