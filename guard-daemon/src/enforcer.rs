@@ -125,7 +125,9 @@ impl Enforcer {
 
         let btf = Btf::from_sys_fs().map_err(EnforceError::Btf)?;
         for hook in hooks {
+            let started = std::time::Instant::now();
             attach(&mut ebpf, &btf, &hook)?;
+            tracing::debug!(program = hook.name, elapsed_ms = started.elapsed().as_millis() as u64, "loaded and attached");
             attachment.attached.push(hook.name);
         }
         Ok(Self { ebpf, attachment })

@@ -249,8 +249,17 @@ pub struct BuiltPath {
 /// tree, back to front (like `prepend_path` in fs/d_path.c). Used for records
 /// on hooks where `bpf_d_path` is not allowed on every supported kernel.
 pub fn build_path(dentry: Kptr, vfsmount: Kptr, scratch: &mut PathScratch) -> BuiltPath {
-    let buf = &mut scratch.walk;
-    let mut pos = WALK_LEN;
+    use core::ptr::{addr_of_mut, read_volatile, write_volatile};
+    let pos_slot = addr_of_mut!(scratch.walk_pos);
+    // The cursor, re-read from map memory each time (see `walk_pos`); the
+    // mask keeps it provably inside `walk` for the verifier.
+    // SAFETY: `pos_slot` points into the per-CPU scratch value.
+    let pos = || unsafe { read_volatile(pos_slot) } as usize & (2 * WALK_LEN - 1);
+    let set_pos = |value: usize| unsafe { write_volatile(pos_slot, value as u64) };
+    let buf = addr_of_mut!(scratch.walk).cast::<u8>();
+    let put_slash = |at: usize| unsafe { write_volatile(buf.add(at & (WALK_LEN - 1)), b'/') };
+
+    set_pos(WALK_LEN);
     let mut flags = event_flag::PATH_TRUNCATED;
     let mut dentry = dentry;
     let mut vfsmount = vfsmount;
@@ -260,15 +269,16 @@ pub fn build_path(dentry: Kptr, vfsmount: Kptr, scratch: &mut PathScratch) -> Bu
                 let Ok(len) = read::<u32>(dentry, off(&OFF_DENTRY_NAME_LEN)) else { break };
                 let Ok(name) = read::<Kptr>(dentry, off(&OFF_DENTRY_NAME)) else { break };
                 let len = (len as usize).min(255);
-                if pos < len + 1 {
+                let at = pos();
+                if at < len + 1 {
                     break;
                 }
-                pos -= len;
-                if copy(buf.as_mut_ptr().wrapping_add(pos & (WALK_LEN - 1)), len as u32, name).is_err() {
+                let at = at - len;
+                if copy(buf.wrapping_add(at & (WALK_LEN - 1)), len as u32, name).is_err() {
                     break;
                 }
-                pos -= 1;
-                buf[pos & (WALK_LEN - 1)] = b'/';
+                put_slash(at - 1);
+                set_pos(at - 1);
                 dentry = parent;
             }
             Ok(Step::Mount { mountpoint, vfsmount: parent_mount }) => {
@@ -285,9 +295,9 @@ pub fn build_path(dentry: Kptr, vfsmount: Kptr, scratch: &mut PathScratch) -> Bu
             }
         }
     }
-    if pos == WALK_LEN {
-        pos -= 1;
-        buf[pos & (WALK_LEN - 1)] = b'/';
+    if pos() >= WALK_LEN {
+        put_slash(WALK_LEN - 1);
+        set_pos(WALK_LEN - 1);
     }
-    BuiltPath { start: pos, flags }
+    BuiltPath { start: pos().min(WALK_LEN - 1), flags }
 }

@@ -62,6 +62,10 @@ pub struct PathScratch {
     pub d_path: [u8; D_PATH_LEN],
     /// Path built by `kernel::build_path`; the tail guards masked writes.
     pub walk: [u8; WALK_LEN + 256],
+    /// Where the built path starts in `walk`. Kept in map memory, not in a
+    /// register, so the verifier does not track its exact range from
+    /// iteration to iteration (which defeats state pruning).
+    pub walk_pos: u64,
     /// A file name, for name matching.
     pub name: [u8; 256],
     /// Lookup keys, here because the LPM keys are large.

@@ -1,0 +1,75 @@
+#!/bin/sh
+# Guard demonstration: guardd enforces a small policy, and an agent launched
+# with `guardctl run` tries to delete production data, run a forbidden tool
+# and reach a forbidden address. Each attempt is denied by the kernel, and
+# guardd prints the records. Run it with `cargo xtask demo`.
+set -u
+BIN=${GUARD_BIN_DIR:?set GUARD_BIN_DIR to the directory with guardd, guardctl and guard-probe}
+WORK=$(mktemp -d /tmp/guard-demo.XXXXXX)
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+mkdir -p "$WORK/prod-data/schema" "$WORK/tools"
+echo "CREATE TABLE customers (id int);" > "$WORK/prod-data/schema/customers.sql"
+echo "42 rows" > "$WORK/prod-data/customers.csv"
+cp "$(command -v true)" "$WORK/tools/exfil-tool"
+
+cat > "$WORK/policy.yaml" <<POLICY
+agents:
+  - name: demo-agent
+    mode: enforce
+    exec:
+      deny:
+        - id: no-exfil-tool
+          path: $WORK/tools/exfil-tool
+          message: this tool uploads data; agents may not run it
+    files:
+      protect:
+        - id: keep-prod-data
+          subtree: $WORK/prod-data
+          message: production data is never deleted by agents
+    network:
+      deny:
+        - id: no-prod-db
+          cidr: 127.0.0.1
+          ports: 5432
+          message: the production database is off limits to agents
+POLICY
+
+say "The policy"
+cat "$WORK/policy.yaml"
+
+say "Starting guardd"
+"$BIN/guardd" --policy "$WORK/policy.yaml" --events "$WORK/events.jsonl" --cgroup-root guard-demo 2> "$WORK/guardd.log" &
+GUARDD=$!
+for _ in $(seq 1 200); do
+    grep -q enforcing "$WORK/guardd.log" && break
+    kill -0 $GUARDD 2>/dev/null || break
+    sleep 0.1
+done
+cat "$WORK/guardd.log"
+if ! grep -q enforcing "$WORK/guardd.log"; then
+    echo "guardd did not start enforcing" >&2
+    exit 1
+fi
+
+say "The agent, told to 'clean up', runs: rm -rf prod-data; tools/exfil-tool; connect to 127.0.0.1:5432"
+cd "$WORK"
+"$BIN/guardctl" run --agent demo-agent --cgroup-root guard-demo -- sh -c '
+    echo "\$ rm -rf prod-data";           rm -rf prod-data
+    echo "\$ ./tools/exfil-tool";         ./tools/exfil-tool
+    echo "\$ connect 127.0.0.1:5432";     '"$BIN"'/guard-probe connect-tcp 127.0.0.1:5432
+    true'
+
+say "prod-data is intact"
+find prod-data -type f | sort
+
+say "Stopping guardd (SIGTERM detaches the programs)"
+kill -TERM $GUARDD
+wait $GUARDD
+tail -n 1 "$WORK/guardd.log"
+
+say "Denial records"
+grep '"verdict":"deny"' "$WORK/events.jsonl"
+denials=$(grep -c '"verdict":"deny"' "$WORK/events.jsonl")
+[ -f prod-data/schema/customers.sql ] && [ -f prod-data/customers.csv ] && [ "$denials" -ge 3 ] || { echo "demo: expected intact data and at least 3 denials" >&2; exit 1; }
+say "Done: $denials actions denied, nothing destroyed"

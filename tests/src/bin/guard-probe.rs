@@ -1,0 +1,110 @@
+//! `guard-probe`: makes exactly one system call and reports the outcome as
+//! one JSON line, `{"pid":N,"ok":true}` or `{"pid":N,"errno":E}`, then exits 0.
+//! The tests run it tagged (through `guardctl run`) and untagged, and match
+//! its pid against Guard's records.
+//!
+//! Usage: guard-probe [--child-cgroup NAME] OP ARGS...
+//!   true                      do nothing (the target of exec tests)
+//!   exec PATH [ARG...]        execv(2); on success the new image reports
+//!   unlink PATH | rmdir PATH | rename FROM TO
+//!   truncate PATH             truncate(2) to 0 bytes
+//!   open-trunc PATH           open(2) with O_WRONLY|O_TRUNC
+//!   ftruncate PATH            open(2) O_WRONLY, then ftruncate(2) to 0
+//!   connect-tcp ADDR | connect-udp ADDR | sendto-udp ADDR   (ADDR: ip:port, [v6]:port)
+//! --child-cgroup NAME first creates a child of the probe's own cgroup and
+//! moves the probe into it.
+
+use std::{
+    ffi::CString,
+    io,
+    net::{SocketAddr, TcpStream, UdpSocket},
+    os::unix::ffi::OsStrExt,
+    path::Path,
+};
+
+fn report(result: io::Result<()>) -> ! {
+    let pid = std::process::id();
+    match result {
+        Ok(()) => println!(r#"{{"pid":{pid},"ok":true}}"#),
+        Err(e) => println!(r#"{{"pid":{pid},"errno":{}}}"#, e.raw_os_error().unwrap_or(-1)),
+    }
+    std::process::exit(0)
+}
+
+fn cstr(path: &str) -> CString {
+    CString::new(Path::new(path).as_os_str().as_bytes()).expect("no NUL in path")
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap_or_else(|_| panic!("bad address {text}"))
+}
+
+fn unspecified_for(a: &SocketAddr) -> &'static str {
+    if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+}
+
+fn enter_child_cgroup(name: &str) -> io::Result<()> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup v2 entry").trim().to_string();
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mount = info
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .expect("cgroup2 mounted")
+        .to_string();
+    let child = format!("{mount}{path}/{name}");
+    match std::fs::create_dir(&child) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    std::fs::write(format!("{child}/cgroup.procs"), "0")
+}
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child-cgroup") {
+        let name = args.get(1).expect("--child-cgroup NAME").clone();
+        if let Err(e) = enter_child_cgroup(&name) {
+            panic!("cannot enter child cgroup {name}: {e}");
+        }
+        args.drain(..2);
+    }
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_else(|| panic!("missing argument {i}"));
+    let result = match arg(0) {
+        "true" => Ok(()),
+        "exec" => {
+            let argv: Vec<CString> = args[1..].iter().map(|a| cstr(a)).collect();
+            let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+            ptrs.push(std::ptr::null());
+            // SAFETY: NUL-terminated argv of valid C strings.
+            unsafe { libc::execv(argv[0].as_ptr(), ptrs.as_ptr()) };
+            Err(io::Error::last_os_error())
+        }
+        // SAFETY (all below): valid C strings and plain values.
+        "unlink" => check(unsafe { libc::unlink(cstr(arg(1)).as_ptr()) }),
+        "rmdir" => check(unsafe { libc::rmdir(cstr(arg(1)).as_ptr()) }),
+        "rename" => check(unsafe { libc::rename(cstr(arg(1)).as_ptr(), cstr(arg(2)).as_ptr()) }),
+        "truncate" => check(unsafe { libc::truncate(cstr(arg(1)).as_ptr(), 0) }),
+        "open-trunc" => check(unsafe { libc::open(cstr(arg(1)).as_ptr(), libc::O_WRONLY | libc::O_TRUNC) }),
+        "ftruncate" => {
+            let fd = unsafe { libc::open(cstr(arg(1)).as_ptr(), libc::O_WRONLY) };
+            check(fd).and_then(|()| check(unsafe { libc::ftruncate(fd, 0) }))
+        }
+        "connect-tcp" => TcpStream::connect(addr(arg(1))).map(drop),
+        "connect-udp" => {
+            let a = addr(arg(1));
+            UdpSocket::bind(unspecified_for(&a)).and_then(|s| s.connect(a))
+        }
+        "sendto-udp" => {
+            let a = addr(arg(1));
+            UdpSocket::bind(unspecified_for(&a)).and_then(|s| s.send_to(b"guard-probe", a)).map(drop)
+        }
+        op => panic!("unknown op {op}"),
+    };
+    report(result)
+}

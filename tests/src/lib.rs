@@ -1,0 +1,153 @@
+//! Test harness: start `guardd` with a policy, run `guard-probe` tagged (via
+//! `guardctl run`) or untagged, and read the records guardd writes.
+//!
+//! Binaries are found in `$GUARD_BIN_DIR` (set by `cargo xtask`).
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const EPERM: i32 = libc::EPERM;
+
+/// Path of one of Guard's binaries.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("GUARD_BIN_DIR").expect("GUARD_BIN_DIR must name the directory with guardd, guardctl and guard-probe");
+    Path::new(&dir).join(name)
+}
+
+/// A running guardd.
+pub struct Guardd {
+    child: Child,
+    pub events: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Guardd {
+    /// Writes `policy` into `dir`, starts guardd on it with Guard's cgroup at
+    /// `cgroup_root`, and waits until it logs "enforcing".
+    pub fn start(dir: &Path, policy: &str, cgroup_root: &str) -> Guardd {
+        let policy_path = dir.join("policy.yaml");
+        fs::write(&policy_path, policy).expect("write policy");
+        let events = dir.join("events.jsonl");
+        let log = dir.join("guardd.log");
+        let child = Command::new(bin("guardd"))
+            .arg("--policy")
+            .arg(&policy_path)
+            .arg("--events")
+            .arg(&events)
+            .arg("--cgroup-root")
+            .arg(cgroup_root)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("create log"))
+            .spawn()
+            .expect("start guardd");
+        let mut guardd = Guardd { child, events, log };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let text = guardd.log_text();
+            if text.contains("enforcing") {
+                return guardd;
+            }
+            if let Some(status) = guardd.child.try_wait().expect("poll guardd") {
+                panic!("guardd exited with {status} before enforcing:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "guardd did not report enforcing in time:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every record written so far.
+    pub fn records(&self) -> Vec<Value> {
+        let Ok(file) = fs::File::open(&self.events) else { return Vec::new() };
+        BufReader::new(file)
+            .lines()
+            .map(|l| serde_json::from_str(&l.expect("read events")).expect("records are JSON"))
+            .collect()
+    }
+
+    /// Waits for the record of process `pid` that satisfies `matches`.
+    pub fn record(&self, pid: u32, matches: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let records = self.records();
+            if let Some(r) = records.iter().find(|r| r["pid"] == pid && matches(r)) {
+                return r.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no matching record for pid {pid}; records of that pid: {:#?}",
+                records.iter().filter(|r| r["pid"] == pid).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Records of `pid`, after giving the daemon time to drain allowed records.
+    pub fn records_of(&self, pid: u32) -> Vec<Value> {
+        std::thread::sleep(Duration::from_millis(600));
+        self.records().into_iter().filter(|r| r["pid"] == pid).collect()
+    }
+
+    /// Sends SIGTERM and waits; returns the exit code and the log.
+    pub fn stop(mut self) -> (Option<i32>, String) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait for guardd");
+        (status.code(), self.log_text())
+    }
+}
+
+impl Drop for Guardd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a probe reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub pid: u32,
+    /// `None` when the call succeeded.
+    pub errno: Option<i32>,
+}
+
+fn parse_outcome(output: std::process::Output, what: &str) -> Outcome {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!("{what}: no output; status {}; stderr: {}", output.status, String::from_utf8_lossy(&output.stderr))
+    });
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{what}: bad output {line:?}: {e}"));
+    Outcome {
+        pid: v["pid"].as_u64().expect("pid") as u32,
+        errno: v["errno"].as_i64().map(|e| e as i32),
+    }
+}
+
+/// Runs guard-probe as agent `agent` (via `guardctl run`) in `cwd`.
+pub fn probe_as(agent: &str, cgroup_root: &str, cwd: &Path, args: &[&str]) -> Outcome {
+    let output = Command::new(bin("guardctl"))
+        .args(["run", "--agent", agent, "--cgroup-root", cgroup_root, "--"])
+        .arg(bin("guard-probe"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run guardctl");
+    parse_outcome(output, &format!("guardctl run --agent {agent} -- guard-probe {args:?}"))
+}
+
+/// Runs guard-probe untagged.
+pub fn probe_untagged(cwd: &Path, args: &[&str]) -> Outcome {
+    let output = Command::new(bin("guard-probe")).args(args).current_dir(cwd).output().expect("run guard-probe");
+    parse_outcome(output, &format!("guard-probe {args:?}"))
+}

@@ -1,0 +1,85 @@
+//! Host tests, run by `cargo xtask test` on the build machine itself (as
+//! root, with `--ignored`): guardd must tell the truth about whether this
+//! host can enforce, and the command-line tools must fail clearly.
+
+use std::{fs, process::Command};
+
+use guard_tests::bin;
+
+fn run(cmd: &mut Command) -> (Option<i32>, String, String) {
+    let out = cmd.output().expect("run");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+#[ignore = "needs root; run by `cargo xtask test`"]
+fn guardd_check_tells_the_truth_about_this_host() {
+    let lsm = fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    let bpf_active = lsm.split(',').any(|l| l.trim() == "bpf");
+    let (code, _, stderr) = run(Command::new(bin("guardd")).arg("--check"));
+    match code {
+        Some(0) => {
+            assert!(bpf_active, "guardd claims it can enforce but bpf is not an active LSM ({lsm}):\n{stderr}");
+            assert!(stderr.contains("BPF LSM usable"), "{stderr}");
+        }
+        Some(3) => {
+            let cause = if bpf_active { "refused to load BPF LSM program" } else { "BPF LSM is not active" };
+            assert!(stderr.contains(cause), "expected the cause `{cause}` (lsm: {lsm}):\n{stderr}");
+            assert!(stderr.contains("not enforcing"), "{stderr}");
+        }
+        other => panic!("guardd --check must exit 0 or 3, got {other:?}:\n{stderr}"),
+    }
+}
+
+#[test]
+#[ignore = "needs root; run by `cargo xtask test`"]
+fn guardd_never_claims_enforcing_on_a_host_that_cannot() {
+    let (check, _, _) = run(Command::new(bin("guardd")).arg("--check"));
+    if check != Some(3) {
+        return; // This host can enforce; the VM tests cover that case.
+    }
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("p.yaml"), "agents:\n  - name: a\n").unwrap();
+    let (code, stdout, stderr) = run(Command::new(bin("guardd")).arg("--policy").arg(dir.path().join("p.yaml")).arg("--cgroup-root").arg("guard-host-test"));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(!stderr.contains("enforcing:"), "{stderr}");
+    assert!(stdout.is_empty());
+}
+
+#[test]
+#[ignore = "needs root; run by `cargo xtask test`"]
+fn invalid_policy_is_refused_with_line_and_exit_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("bad.yaml");
+    fs::write(&policy, "agents:\n  - name: a\n    network:\n      deny:\n        - id: x\n          cidr: 10.0.0.0/99\n").unwrap();
+    for cmd in [Command::new(bin("guardctl")).args(["policy", "check"]).arg(&policy), Command::new(bin("guardd")).arg("--policy").arg(&policy)] {
+        let (code, _, stderr) = run(cmd);
+        assert_eq!(code, Some(4), "{stderr}");
+        assert!(stderr.contains("line 5") && stderr.contains("not an IP address or CIDR"), "{stderr}");
+    }
+}
+
+#[test]
+#[ignore = "needs root; run by `cargo xtask test`"]
+fn example_policies_are_valid() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut checked = 0;
+    for entry in fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let (code, stdout, stderr) = run(Command::new(bin("guardctl")).args(["policy", "check"]).arg(&path));
+            assert_eq!(code, Some(0), "{}: {stderr}", path.display());
+            assert!(stdout.contains("valid"), "{stdout}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no example policies found in {examples}");
+}
+
+#[test]
+#[ignore = "needs root; run by `cargo xtask test`"]
+fn guardctl_run_names_an_unknown_agent() {
+    let (code, _, stderr) = run(Command::new(bin("guardctl")).args(["run", "--agent", "no-such-agent", "--", "true"]));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no agent `no-such-agent`"), "{stderr}");
+}

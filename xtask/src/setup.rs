@@ -1,0 +1,97 @@
+//! Installs what building and testing need, idempotently: Debian packages,
+//! the pinned eBPF nightly with rust-src, and bpf-linker linked against that
+//! nightly's own libLLVM.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{capture, run, Repo};
+
+/// Debian packages: QEMU for the kernel VMs, a static busybox and cpio for
+/// their initramfs.
+const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
+
+/// bpf-linker release, and the LLVM feature matching the pinned nightly.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn setup(repo: &Repo) -> Result<()> {
+    install_packages()?;
+    let toolchain = repo.ebpf_toolchain()?;
+    install_toolchain(&toolchain)?;
+    install_bpf_linker(&toolchain)?;
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .map(|s| s.contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn install_packages() -> Result<()> {
+    let missing: Vec<_> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn install_toolchain(toolchain: &str) -> Result<()> {
+    let has_rust_src = capture(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", toolchain]))
+        .map(|s| s.lines().any(|l| l.starts_with("rust-src")))
+        .unwrap_or(false);
+    if has_rust_src {
+        return Ok(());
+    }
+    eprintln!("xtask: installing toolchain {toolchain} with rust-src");
+    run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        toolchain,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+/// bpf-linker must use the same LLVM as the nightly that emits the bitcode.
+/// Building it against the toolchain's own libLLVM avoids needing a system
+/// LLVM of that exact version.
+fn install_bpf_linker(toolchain: &str) -> Result<()> {
+    let version = capture(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if version.contains(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    let sysroot = capture(Command::new("rustc").arg(format!("+{toolchain}")).args(["--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let libllvm = std::fs::read_dir(&lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so"))
+        .with_context(|| format!("no libLLVM in {}", lib.display()))?;
+    let rustc_info = capture(Command::new("rustc").arg(format!("+{toolchain}")).arg("-vV"))?;
+    let major = rustc_info
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("rustc -vV shows no LLVM version")?;
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {libllvm} (LLVM {major})");
+    let lib = lib.display();
+    let rustflags = format!("-C link-arg=-L{lib} -C link-arg=-l:{libllvm} -C link-arg=-Wl,-rpath,{lib}");
+    let status = Command::new("cargo")
+        .args(["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--no-default-features"])
+        .args(["--features", &format!("llvm-{major},no-llvm-linking")])
+        .env("RUSTFLAGS", rustflags)
+        .status()?;
+    if !status.success() {
+        bail!("installing bpf-linker failed");
+    }
+    Ok(())
+}

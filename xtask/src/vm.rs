@@ -1,0 +1,266 @@
+//! Test VMs: Debian cloud kernels fetched with apt, an initramfs holding
+//! busybox, Guard's binaries and the tests (with the shared libraries they
+//! need), and QEMU under software emulation. The guest reports on its serial
+//! console; the host turns that into an exit status.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{capture, run, Repo};
+
+/// A kernel series the tests run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Series {
+    #[value(name = "6.1")]
+    V6_1,
+    #[value(name = "6.12")]
+    V6_12,
+}
+
+impl Series {
+    pub const ALL: [Series; 2] = [Series::V6_1, Series::V6_12];
+
+    fn name(self) -> &'static str {
+        match self {
+            Series::V6_1 => "6.1",
+            Series::V6_12 => "6.12",
+        }
+    }
+
+    /// Package-name prefix and suffix of Debian's cloud images of the series.
+    fn package_pattern(self) -> (&'static str, &'static str) {
+        match self {
+            Series::V6_1 => ("linux-image-6.1.0-", "-cloud-amd64"),
+            Series::V6_12 => ("linux-image-6.12.", "+deb12-cloud-amd64"),
+        }
+    }
+}
+
+/// A kernel ready to boot.
+pub struct Kernel {
+    pub series: Series,
+    pub package: String,
+    pub image: PathBuf,
+    /// CONFIG_LSM: the LSMs the kernel enables by default.
+    pub default_lsm: String,
+}
+
+/// The newest cloud image of `series` that apt knows, downloaded and unpacked
+/// into the cache once.
+pub fn kernel(repo: &Repo, series: Series) -> Result<Kernel> {
+    let package = newest_package(series)?;
+    let dir = repo.cache.join("kernels").join(&package);
+    let image = dir.join("vmlinuz");
+    let config = dir.join("config");
+    if !image.exists() || !config.exists() {
+        eprintln!("xtask: fetching kernel {package}");
+        let work = dir.with_extension("tmp");
+        let _ = fs::remove_dir_all(&work);
+        fs::create_dir_all(&work)?;
+        run(Command::new("apt-get").arg("download").arg(&package).current_dir(&work))?;
+        let deb = fs::read_dir(&work)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .context("apt-get download produced no .deb")?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(work.join("root")))?;
+        let boot = work.join("root/boot");
+        let find = |prefix: &str| -> Result<PathBuf> {
+            fs::read_dir(&boot)?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+                .with_context(|| format!("no {prefix}* in {package}"))
+        };
+        fs::create_dir_all(&dir)?;
+        fs::copy(find("vmlinuz-")?, &image)?;
+        fs::copy(find("config-")?, &config)?;
+        fs::remove_dir_all(&work)?;
+    }
+    let default_lsm = fs::read_to_string(&config)?
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_LSM=").map(|v| v.trim_matches('"').to_string()))
+        .context("kernel config has no CONFIG_LSM")?;
+    Ok(Kernel { series, package, image, default_lsm })
+}
+
+/// Picks the highest version of the series from `apt-cache search`, so a
+/// point release that leaves the archive does not break the tests.
+fn newest_package(series: Series) -> Result<String> {
+    let (prefix, suffix) = series.package_pattern();
+    let search = |update: bool| -> Result<Option<String>> {
+        if update {
+            run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        }
+        let out = capture(Command::new("apt-cache").args(["search", "--names-only", &format!("^{prefix}.*{suffix}$")]))?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter_map(|name| {
+                let middle = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+                let number: u32 = middle.parse().ok()?;
+                Some((number, name.to_string()))
+            })
+            .max()
+            .map(|(_, name)| name))
+    };
+    match search(false)? {
+        Some(p) => Ok(p),
+        None => search(true)?.with_context(|| format!("apt knows no {prefix}*{suffix} kernel for series {}", series.name())),
+    }
+}
+
+/// Files for the initramfs: (source, path inside the guest).
+pub struct Payload {
+    pub files: Vec<(PathBuf, String)>,
+}
+
+/// Builds a gzip'd newc initramfs with busybox, `payload`, the shared
+/// libraries the payload's executables need, and an init that mounts the
+/// kernel file systems and runs `/guard/run-$mode.sh`.
+pub fn initramfs(repo: &Repo, payload: &Payload, scripts: &[(&str, String)]) -> Result<PathBuf> {
+    let stage = repo.cache.join("initramfs");
+    let _ = fs::remove_dir_all(&stage);
+    for dir in ["bin", "sbin", "proc", "sys", "dev", "tmp", "run", "guard/bin", "lib64", "etc"] {
+        fs::create_dir_all(stage.join(dir))?;
+    }
+    fs::copy("/bin/busybox", stage.join("bin/busybox")).context("busybox-static is not installed (cargo xtask setup)")?;
+    let mut libs = BTreeSet::new();
+    for (src, dst) in &payload.files {
+        let target = stage.join(dst.trim_start_matches('/'));
+        fs::create_dir_all(target.parent().expect("payload paths have a directory"))?;
+        fs::copy(src, &target).with_context(|| format!("copying {}", src.display()))?;
+        libs.extend(shared_libraries(src)?);
+    }
+    for lib in libs {
+        let target = stage.join(lib.trim_start_matches('/'));
+        fs::create_dir_all(target.parent().expect("library paths are absolute"))?;
+        fs::copy(&lib, &target).with_context(|| format!("copying {lib}"))?;
+    }
+    fs::write(stage.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
+    fs::write(stage.join("etc/group"), "root:x:0:\n")?;
+    write_executable(&stage.join("init"), INIT)?;
+    for (mode, script) in scripts {
+        write_executable(&stage.join(format!("guard/run-{mode}.sh")), script)?;
+    }
+
+    let image = repo.cache.join("initramfs.cpio.gz");
+    let files = capture(Command::new("find").arg(".").current_dir(&stage))?;
+    let mut cpio = Command::new("sh")
+        .arg("-c")
+        .arg(format!("cpio --quiet -o -H newc | gzip -1 > {}", image.display()))
+        .current_dir(&stage)
+        .stdin(Stdio::piped())
+        .spawn()?;
+    cpio.stdin.take().expect("piped").write_all(files.as_bytes())?;
+    if !cpio.wait()?.success() {
+        bail!("building the initramfs failed");
+    }
+    Ok(image)
+}
+
+fn write_executable(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(path, text)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// Shared objects an executable loads, from `ldd` (empty for static ones).
+fn shared_libraries(exe: &Path) -> Result<Vec<String>> {
+    let out = Command::new("ldd").arg(exe).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')).map(str::to_string))
+        .collect())
+}
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/guard/bin:/bin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mount -t securityfs securityfs /sys/kernel/security
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t bpf bpf /sys/fs/bpf
+ip link set lo up
+mode=$(sed -n 's/.*guard.mode=\([a-z-]*\).*/\1/p' /proc/cmdline)
+echo "GUARD-VM-BOOTED kernel=$(uname -r) lsm=$(cat /sys/kernel/security/lsm) mode=$mode"
+cd /guard
+sh /guard/run-$mode.sh
+echo "GUARD-VM-EXIT $?"
+poweroff -f
+"#;
+
+/// How a VM run ended.
+pub struct Outcome {
+    /// Exit status of the guest's script, if it reported one.
+    pub exit: Option<i32>,
+    pub elapsed: Duration,
+}
+
+/// Boots `kernel` with `initramfs` in mode `mode`; streams the console to
+/// stderr with a prefix and to `log`.
+pub fn boot(kernel: &Kernel, initramfs: &Path, mode: &str, lsm: &str, log: &Path, timeout: Duration) -> Result<Outcome> {
+    let append = format!("console=ttyS0 panic=-1 quiet loglevel=4 lsm={lsm} guard.mode={mode}");
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "2048", "-smp", "2"])
+        .args(["-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&kernel.image)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", &append])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start qemu-system-x86_64 (cargo xtask setup installs it)")?;
+    let start = Instant::now();
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = fs::File::create(log)?;
+    let tag = format!("[{} {mode}]", kernel.series.name());
+    let mut exit = None;
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r');
+                writeln!(log, "{line}")?;
+                eprintln!("{tag} {line}");
+                if let Some(code) = line.strip_prefix("GUARD-VM-EXIT ") {
+                    exit = code.trim().parse().ok();
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                eprintln!("{tag} timed out after {}s", timeout.as_secs());
+                break;
+            }
+        }
+    }
+    let _ = child.wait();
+    Ok(Outcome { exit, elapsed: start.elapsed() })
+}
