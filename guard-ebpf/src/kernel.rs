@@ -220,19 +220,14 @@ pub fn find_protected_name(
 
     let key = &mut scratch.name_key;
     key.data.profile = profile.to_be_bytes();
+    // Every slot is written at a constant index, zero past the name, so an
+    // exact name is followed by its NUL without a store at a computed offset
+    // (6.1's verifier explores infeasible paths on which such an offset is
+    // unbounded).
     for i in 0..NAME_KEY_LEN {
-        if i < len {
-            key.data.reversed[i] = scratch.name[(len - 1 - i) & 255];
-        }
+        key.data.reversed[i] = if i < len { scratch.name[(len - 1 - i) & 255] } else { 0 };
     }
-    // An exact name ends with a NUL after its reversed bytes.
-    let key_bytes = match key.data.reversed.get_mut(len) {
-        Some(end) => {
-            *end = 0;
-            len + 1
-        }
-        None => NAME_KEY_LEN,
-    };
+    let key_bytes = if len < NAME_KEY_LEN { len + 1 } else { NAME_KEY_LEN };
     key.prefix_len = 32 + key_bytes as u32 * 8;
     Ok(FILE_NAMES.get(&*key).copied())
 }

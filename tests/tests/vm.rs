@@ -82,9 +82,24 @@ fn copy_executable(from: &Path, to: &Path) {
     fs::set_permissions(to, fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
+/// The shared fixture: files, links, scripts and one guardd for all tests.
+/// If setting it up fails, every test fails at once with the same message
+/// instead of each trying again.
 fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| {
+    static ENV: OnceLock<Result<Env, String>> = OnceLock::new();
+    let env = ENV.get_or_init(|| {
+        std::panic::catch_unwind(set_up).map_err(|panic| {
+            panic.downcast_ref::<String>().cloned().unwrap_or_else(|| "fixture set-up panicked".into())
+        })
+    });
+    match env {
+        Ok(env) => env,
+        Err(message) => panic!("fixture set-up failed earlier: {}", message.lines().next().unwrap_or_default()),
+    }
+}
+
+fn set_up() -> Env {
+    {
         let dir = PathBuf::from("/tmp/guard-vm");
         let _ = fs::remove_dir_all(&dir);
         for sub in ["tools", "denied-dir", "scripts", "links", "protected", "open", "monitored"] {
@@ -111,7 +126,7 @@ fn env() -> &'static Env {
         );
         let guardd = Guardd::start(&dir, &policy, ROOT);
         Env { guardd, dir }
-    })
+    }
 }
 
 fn tagged(args: &[&str]) -> Outcome {
