@@ -11,7 +11,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 mkdir -p "$WORK/prod-data/schema" "$WORK/tools"
 echo "CREATE TABLE customers (id int);" > "$WORK/prod-data/schema/customers.sql"
 echo "42 rows" > "$WORK/prod-data/customers.csv"
-cp "$(command -v true)" "$WORK/tools/exfil-tool"
+cp "$BIN/guard-probe" "$WORK/tools/exfil-tool"
 
 cat > "$WORK/policy.yaml" <<POLICY
 agents:

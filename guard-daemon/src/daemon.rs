@@ -146,8 +146,11 @@ fn drain(events: &mut RingBuf<MapData>, policy: &CompiledPolicy, clock: &Clock, 
     while let Some(item) = events.next() {
         match events::decode(&item) {
             Ok(event) => {
-                serde_json::to_writer(&mut *out, &events::to_record(&event, policy, clock))?;
-                out.write_all(b"\n")?;
+                // One write per record, so a reader following the file never
+                // sees a record split across writes.
+                let mut line = serde_json::to_vec(&events::to_record(&event, policy, clock))?;
+                line.push(b'\n');
+                out.write_all(&line)?;
                 wrote = true;
             }
             Err(e) => warn!("{e}"),

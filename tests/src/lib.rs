@@ -5,7 +5,6 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -66,12 +65,14 @@ impl Guardd {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Every record written so far.
+    /// Every complete record written so far (a last line without its
+    /// newline is still being written and is left for the next read).
     pub fn records(&self) -> Vec<Value> {
-        let Ok(file) = fs::File::open(&self.events) else { return Vec::new() };
-        BufReader::new(file)
+        let text = fs::read_to_string(&self.events).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
             .lines()
-            .map(|l| serde_json::from_str(&l.expect("read events")).expect("records are JSON"))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("record is not JSON ({e}): {l}")))
             .collect()
     }
 
