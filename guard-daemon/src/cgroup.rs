@@ -108,6 +108,16 @@ impl GuardRoot {
     pub fn agent_path(&self, agent: &str) -> PathBuf {
         self.path.join(agent)
     }
+
+    /// Removes the agent cgroups and the root where they are empty, after a
+    /// start that failed: a host that cannot enforce keeps no trace of Guard.
+    /// Cgroups with processes in them stay (rmdir fails with EBUSY).
+    pub fn remove_unused(&self, agents: &[&str]) {
+        for agent in agents {
+            let _ = fs::remove_dir(self.agent_path(agent));
+        }
+        let _ = fs::remove_dir(&self.path);
+    }
 }
 
 /// The `cgroup.procs` file of an existing agent's cgroup, for `guardctl run`.

@@ -62,7 +62,7 @@ pub fn load_policy(path: &std::path::Path) -> Result<CompiledPolicy, Fatal> {
 pub fn check_host() -> Result<(), Fatal> {
     let mount = cgroup::ensure_cgroup2().map_err(|e| failure(e.into()))?;
     let root = GuardRoot::create(&mount, cgroup::DEFAULT_ROOT).map_err(|e| failure(e.into()))?;
-    let enforcer = Enforcer::load(&root)?;
+    let enforcer = Enforcer::load(&root).inspect_err(|_| root.remove_unused(&[]))?;
     info!(hooks = ?enforcer.attachment.attached, unavailable = ?enforcer.attachment.unavailable, "BPF LSM usable: all programs loaded and attached");
     Ok(())
 }
@@ -82,7 +82,8 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| failure(e.into()))?;
 
-    let mut enforcer = Enforcer::load(&root)?;
+    let agent_names: Vec<&str> = policy.agents.iter().map(|(name, _)| name.as_str()).collect();
+    let mut enforcer = Enforcer::load(&root).inspect_err(|_| root.remove_unused(&agent_names))?;
     enforcer.apply(&policy, &agent_cgroups)?;
     let events = enforcer.take_events()?;
     if !enforcer.attachment.unavailable.is_empty() {

@@ -6,7 +6,7 @@ use std::{io, path::Path};
 use aya::{
     maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
     programs::{Lsm, ProgramError},
-    Btf, Ebpf, EbpfError, EbpfLoader,
+    Btf, Ebpf, EbpfError, EbpfLoader, Pod,
 };
 use guard_common::{global, lsm, map, Counter, LsmHook, KERNEL_FIELDS};
 
@@ -137,39 +137,31 @@ impl Enforcer {
     /// the policy's i-th agent. Rule maps are written before the agents, so no
     /// agent is evaluated against a half-written rule set.
     pub fn apply(&mut self, policy: &CompiledPolicy, agent_cgroups: &[u64]) -> Result<(), EnforceError> {
-        {
-            let mut m: HashMap<_, guard_common::IdentityKey, guard_common::RuleRef> = self.map(map::EXEC_IDENTITY)?;
-            for (k, v) in &policy.exec_identity {
-                m.insert(k, v, 0).map_err(map_err(map::EXEC_IDENTITY))?;
-            }
+        self.fill_hash(map::EXEC_IDENTITY, policy.exec_identity.iter().map(|(k, v)| (*k, *v)))?;
+        self.fill_lpm(map::EXEC_PATHS, &policy.exec_paths)?;
+        self.fill_hash(map::FILE_IDENTITY, policy.file_identity.iter().map(|(k, v)| (*k, *v)))?;
+        self.fill_lpm(map::FILE_NAMES, &policy.file_names)?;
+        self.fill_lpm(map::NET_RULES, &policy.net_rules)?;
+        let agents = agent_cgroups.iter().zip(&policy.agents).map(|(cgroup, (_, entry))| (*cgroup, *entry));
+        self.fill_hash(map::AGENTS, agents)
+    }
+
+    fn fill_hash<K: Pod, V: Pod>(
+        &mut self,
+        name: &'static str,
+        entries: impl Iterator<Item = (K, V)>,
+    ) -> Result<(), EnforceError> {
+        let mut m: HashMap<_, K, V> = self.map(name)?;
+        for (k, v) in entries {
+            m.insert(k, v, 0).map_err(map_err(name))?;
         }
-        {
-            let mut m: LpmTrie<_, guard_common::ExecPathKey, guard_common::RuleRef> = self.map(map::EXEC_PATHS)?;
-            for (bits, k, v) in &policy.exec_paths {
-                m.insert(&Key::new(*bits, *k), v, 0).map_err(map_err(map::EXEC_PATHS))?;
-            }
-        }
-        {
-            let mut m: HashMap<_, guard_common::IdentityKey, guard_common::RuleRef> = self.map(map::FILE_IDENTITY)?;
-            for (k, v) in &policy.file_identity {
-                m.insert(k, v, 0).map_err(map_err(map::FILE_IDENTITY))?;
-            }
-        }
-        {
-            let mut m: LpmTrie<_, guard_common::NameKey, guard_common::RuleRef> = self.map(map::FILE_NAMES)?;
-            for (bits, k, v) in &policy.file_names {
-                m.insert(&Key::new(*bits, *k), v, 0).map_err(map_err(map::FILE_NAMES))?;
-            }
-        }
-        {
-            let mut m: LpmTrie<_, guard_common::NetKey, guard_common::NetRuleSet> = self.map(map::NET_RULES)?;
-            for (bits, k, v) in &policy.net_rules {
-                m.insert(&Key::new(*bits, *k), v, 0).map_err(map_err(map::NET_RULES))?;
-            }
-        }
-        let mut agents: HashMap<_, u64, guard_common::AgentEntry> = self.map(map::AGENTS)?;
-        for ((_, entry), cgroup) in policy.agents.iter().zip(agent_cgroups) {
-            agents.insert(cgroup, entry, 0).map_err(map_err(map::AGENTS))?;
+        Ok(())
+    }
+
+    fn fill_lpm<K: Pod, V: Pod>(&mut self, name: &'static str, entries: &[(u32, K, V)]) -> Result<(), EnforceError> {
+        let mut m: LpmTrie<_, K, V> = self.map(name)?;
+        for (bits, k, v) in entries {
+            m.insert(&Key::new(*bits, *k), v, 0).map_err(map_err(name))?;
         }
         Ok(())
     }

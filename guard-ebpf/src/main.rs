@@ -1,9 +1,9 @@
 //! Guard's BPF LSM programs.
 //!
-//! Every hook has the same shape: honour a denial by an earlier BPF LSM
-//! program on the same hook, return at once for processes that are not agents
-//! (one helper call and a compare), then decide from the policy maps and
-//! record the decision. A hook that cannot read kernel memory it needs fails
+//! Every hook has the same shape (`decide_hook`): honour a denial by an
+//! earlier BPF LSM program on the same hook, return at once for processes
+//! that are not agents (one helper call and a compare), then decide from the
+//! policy maps and record the decision. A hook that cannot read kernel memory it needs fails
 //! open and counts `Counter::HookErrors`; the daemon reports that counter.
 #![no_std]
 #![no_main]
@@ -18,7 +18,7 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use guard_common::{
-    action, agent_flag, global, hook, lsm, mode, protocol, verdict, AgentEntry, Counter, Event,
+    action, agent_flag, global, hook, lsm, mode, protocol, verdict, AgentEntry, Counter, Event, LsmHook,
     NetKey, RuleRef, EXEC_PATH_KEY_LEN, EVENT_PATH_LEN, NO_RULE,
 };
 use kernel::{Identity, Kptr, Protection, ReadError};
@@ -198,6 +198,21 @@ fn set_identity(event: &mut Event, identity: Option<Identity>) {
     }
 }
 
+/// The shape every hook shares: keep an earlier BPF LSM program's denial,
+/// return at once for processes that are not agents, otherwise let `decide`
+/// say whether to deny.
+#[inline(always)]
+fn decide_hook(ctx: &LsmContext, lsm_hook: LsmHook, decide: impl FnOnce(&Agent) -> Result<bool, ReadError>) -> i32 {
+    let previous: i32 = ctx.arg(lsm_hook.args);
+    if previous != 0 {
+        return deny_return();
+    }
+    match current_agent() {
+        Some(agent) => verdict(decide(&agent)),
+        None => 0,
+    }
+}
+
 // ---------------------------------------------------------------- exec ----
 
 /// Denies executing a file by its identity (device + inode: catches hard
@@ -209,12 +224,7 @@ fn set_identity(event: &mut Event, identity: Option<Identity>) {
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn bprm_check_security(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(lsm::BPRM_CHECK_SECURITY.args);
-    if previous != 0 {
-        return deny_return();
-    }
-    let Some(agent) = current_agent() else { return 0 };
-    verdict(try_exec(&ctx, &agent))
+    decide_hook(&ctx, lsm::BPRM_CHECK_SECURITY, |agent| try_exec(&ctx, agent))
 }
 
 fn try_exec(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
@@ -295,18 +305,10 @@ fn check_destroy(agent: &Agent, hook_id: u32, vfsmount: Kptr, dentry: Kptr) -> R
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn path_unlink(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(lsm::PATH_UNLINK.args);
-    if previous != 0 {
-        return deny_return();
-    }
-    let Some(agent) = current_agent() else { return 0 };
-    let dir: Kptr = ctx.arg(0);
-    let dentry: Kptr = ctx.arg(1);
-    verdict(
-        kernel::path_parts(dir)
-        .and_then(|(vfsmount, _)| check_destroy(&agent, hook::UNLINK, vfsmount, dentry)),
-    )
-        
+    decide_hook(&ctx, lsm::PATH_UNLINK, |agent| {
+        let (vfsmount, _) = kernel::path_parts(ctx.arg(0))?;
+        check_destroy(agent, hook::UNLINK, vfsmount, ctx.arg(1))
+    })
 }
 
 /// Denies removing a protected directory or one inside a protected subtree.
@@ -315,18 +317,10 @@ fn path_unlink(ctx: LsmContext) -> i32 {
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn path_rmdir(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(lsm::PATH_RMDIR.args);
-    if previous != 0 {
-        return deny_return();
-    }
-    let Some(agent) = current_agent() else { return 0 };
-    let dir: Kptr = ctx.arg(0);
-    let dentry: Kptr = ctx.arg(1);
-    verdict(
-        kernel::path_parts(dir)
-        .and_then(|(vfsmount, _)| check_destroy(&agent, hook::RMDIR, vfsmount, dentry)),
-    )
-        
+    decide_hook(&ctx, lsm::PATH_RMDIR, |agent| {
+        let (vfsmount, _) = kernel::path_parts(ctx.arg(0))?;
+        check_destroy(agent, hook::RMDIR, vfsmount, ctx.arg(1))
+    })
 }
 
 /// Denies renaming a protected file away and renaming another file over a
@@ -337,12 +331,7 @@ fn path_rmdir(ctx: LsmContext) -> i32 {
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn path_rename(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(lsm::PATH_RENAME.args);
-    if previous != 0 {
-        return deny_return();
-    }
-    let Some(agent) = current_agent() else { return 0 };
-    verdict(try_rename(&ctx, &agent))
+    decide_hook(&ctx, lsm::PATH_RENAME, |agent| try_rename(&ctx, agent))
 }
 
 fn try_rename(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
@@ -368,17 +357,10 @@ fn try_rename(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn path_truncate(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(lsm::PATH_TRUNCATE.args);
-    if previous != 0 {
-        return deny_return();
-    }
-    let Some(agent) = current_agent() else { return 0 };
-    let path: Kptr = ctx.arg(0);
-    verdict(
-        kernel::path_parts(path)
-        .and_then(|(vfsmount, dentry)| check_destroy(&agent, hook::TRUNCATE, vfsmount, dentry)),
-    )
-        
+    decide_hook(&ctx, lsm::PATH_TRUNCATE, |agent| {
+        let (vfsmount, dentry) = kernel::path_parts(ctx.arg(0))?;
+        check_destroy(agent, hook::TRUNCATE, vfsmount, dentry)
+    })
 }
 
 /// Denies opening a non-empty protected file with O_TRUNC. Opens without
@@ -389,12 +371,7 @@ fn path_truncate(ctx: LsmContext) -> i32 {
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn file_open(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(lsm::FILE_OPEN.args);
-    if previous != 0 {
-        return deny_return();
-    }
-    let Some(agent) = current_agent() else { return 0 };
-    verdict(try_file_open(&ctx, &agent))
+    decide_hook(&ctx, lsm::FILE_OPEN, |agent| try_file_open(&ctx, agent))
 }
 
 fn try_file_open(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
@@ -413,17 +390,10 @@ fn try_file_open(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn file_truncate(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(lsm::FILE_TRUNCATE.args);
-    if previous != 0 {
-        return deny_return();
-    }
-    let Some(agent) = current_agent() else { return 0 };
-    let file: Kptr = ctx.arg(0);
-    verdict(
-        kernel::path_parts(kernel::file_path(file))
-        .and_then(|(vfsmount, dentry)| check_destroy(&agent, hook::FILE_TRUNCATE, vfsmount, dentry)),
-    )
-        
+    decide_hook(&ctx, lsm::FILE_TRUNCATE, |agent| {
+        let (vfsmount, dentry) = kernel::path_parts(kernel::file_path(ctx.arg(0)))?;
+        check_destroy(agent, hook::FILE_TRUNCATE, vfsmount, dentry)
+    })
 }
 
 // -------------------------------------------------------------- network ---
@@ -520,15 +490,7 @@ fn check_destination(agent: &Agent, hook_id: u32, sock: Kptr, sockaddr: Kptr, le
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn socket_connect(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(lsm::SOCKET_CONNECT.args);
-    if previous != 0 {
-        return deny_return();
-    }
-    let Some(agent) = current_agent() else { return 0 };
-    let sock: Kptr = ctx.arg(0);
-    let sockaddr: Kptr = ctx.arg(1);
-    let len: i32 = ctx.arg(2);
-    verdict(check_destination(&agent, hook::CONNECT, sock, sockaddr, len))
+    decide_hook(&ctx, lsm::SOCKET_CONNECT, |agent| check_destination(agent, hook::CONNECT, ctx.arg(0), ctx.arg(1), ctx.arg(2)))
 }
 
 /// Denies sendto(2)/sendmsg(2) with an explicit denied destination, so an
@@ -539,18 +501,10 @@ fn socket_connect(ctx: LsmContext) -> i32 {
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn socket_sendmsg(ctx: LsmContext) -> i32 {
-    let previous: i32 = ctx.arg(lsm::SOCKET_SENDMSG.args);
-    if previous != 0 {
-        return deny_return();
-    }
-    let Some(agent) = current_agent() else { return 0 };
-    let sock: Kptr = ctx.arg(0);
-    let msg: Kptr = ctx.arg(1);
-    verdict(
-        kernel::msghdr_name(msg)
-        .and_then(|(name, len)| check_destination(&agent, hook::SENDMSG, sock, name, len)),
-    )
-        
+    decide_hook(&ctx, lsm::SOCKET_SENDMSG, |agent| {
+        let (name, len) = kernel::msghdr_name(ctx.arg(1))?;
+        check_destination(agent, hook::SENDMSG, ctx.arg(0), name, len)
+    })
 }
 
 #[cfg(not(test))]

@@ -44,6 +44,12 @@ fn guardd_never_claims_enforcing_on_a_host_that_cannot() {
     assert_eq!(code, Some(3), "{stderr}");
     assert!(!claims_enforcing(&stderr), "guardd must not claim to enforce:\n{stderr}");
     assert!(stdout.is_empty());
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let cgroup2 = mountinfo.lines().find(|l| l.contains(" - cgroup2 ")).and_then(|l| l.split_whitespace().nth(4)).unwrap();
+    assert!(
+        !std::path::Path::new(cgroup2).join("guard-host-test").exists(),
+        "a guardd that cannot enforce leaves no cgroups behind"
+    );
 }
 
 #[test]

@@ -473,10 +473,46 @@ fn network_untagged_is_not_confined() {
     let v6 = TcpListener::bind(("::1", PORT_V6)).unwrap();
     assert_untagged_ok(untagged(&["connect-tcp", &format!("[::1]:{PORT_V6}")]));
     v6.accept().expect("untagged v6 connection arrives");
+    assert_untagged_ok(untagged(&["connect-tcp", &format!("[::ffff:127.0.0.1]:{PORT_V4}")]));
+    listener.accept().expect("untagged v4-mapped connection arrives");
     let socket = UdpSocket::bind(("127.0.0.1", PORT_UDP)).unwrap();
     assert_untagged_ok(untagged(&["sendto-udp", &format!("127.0.0.1:{PORT_UDP}")]));
     let mut buf = [0u8; 64];
     socket.recv_from(&mut buf).expect("untagged datagram arrives");
+    assert_untagged_ok(untagged(&["connect-udp", &format!("127.0.0.1:{PORT_UDP}")]));
+}
+
+// -------------------------------------------------------------- guardctl --
+
+#[test]
+fn guardctl_run_passes_exit_status_streams_and_signals() {
+    let e = env();
+    let run = |script: &str| {
+        std::process::Command::new(bin("guardctl"))
+            .args(["run", "--agent", TAGGED, "--cgroup-root", ROOT, "--", "sh", "-c", script])
+            .current_dir(&e.dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start guardctl")
+    };
+    // Exit status and standard streams, both ways.
+    let mut child = run("read line; echo \"out:$line\"; echo err >&2; exit 7");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out:hello\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    // A signal sent to guardctl reaches the agent, and guardctl dies of it too.
+    let child = run("echo started; exec sleep 30");
+    let mut child = child;
+    let mut first = [0u8; 8];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGTERM), "{status:?}");
 }
 
 // ------------------------------------------------------------- lifecycle --

@@ -159,12 +159,12 @@ fn lsm_list(kernel: &vm::Kernel, with_bpf: bool) -> String {
 }
 
 /// Boots one VM and fails unless the guest's script exited 0.
-fn boot(repo: &Repo, kernel: &vm::Kernel, initramfs: &Path, mode: &str, with_bpf: bool) -> Result<Duration> {
+fn boot(repo: &Repo, kernel: &vm::Kernel, initramfs: &Path, mode: &str, with_bpf: bool) -> Result<vm::Outcome> {
     let log = repo.cache.join(format!("vm-{}-{mode}.log", kernel.package));
     let lsm = lsm_list(kernel, with_bpf);
     let outcome = vm::boot(kernel, initramfs, mode, &lsm, &log, Duration::from_secs(20 * 60))?;
     match outcome.exit {
-        Some(0) => Ok(outcome.elapsed),
+        Some(0) => Ok(outcome),
         Some(code) => bail!("{mode} in {} failed with exit status {code}; console log: {}", kernel.package, log.display()),
         None => bail!("{mode} in {} did not finish (no exit status on the console); console log: {}", kernel.package, log.display()),
     }
@@ -174,18 +174,23 @@ fn vm_tests(repo: &Repo, series: &[Series]) -> Result<()> {
     let artifacts = build(repo)?;
     let image = initramfs(repo, &artifacts)?;
     let mut report = Vec::new();
+    let mut passed = 0;
     for &s in series {
         let kernel = vm::kernel(repo, s)?;
-        let took = boot(repo, &kernel, &image, "test", true)?;
-        report.push(format!("{}: kernel tests passed ({:.0}s)", kernel.package, took.as_secs_f64()));
+        let run = boot(repo, &kernel, &image, "test", true)?;
+        report.push(format!("{}: {} kernel tests passed ({:.0}s)", kernel.package, run.passed, run.elapsed.as_secs_f64()));
+        passed += run.passed;
         // The same kernel with BPF LSM left out of `lsm=`: guardd must refuse.
-        let took = boot(repo, &kernel, &image, "no-lsm", false)?;
-        report.push(format!("{}: without bpf in lsm=, guardd refused ({:.0}s)", kernel.package, took.as_secs_f64()));
+        let run = boot(repo, &kernel, &image, "no-lsm", false)?;
+        report.push(format!("{}: without bpf in lsm=, guardd refused ({:.0}s)", kernel.package, run.elapsed.as_secs_f64()));
+        passed += run.passed;
     }
     eprintln!("\nxtask: VM report");
     for line in report {
         eprintln!("  {line}");
     }
+    // Every failure above already stopped the run; this is the closing count.
+    println!("vm-tests: {passed} passed, 0 failed");
     Ok(())
 }
 

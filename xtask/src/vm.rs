@@ -210,6 +210,19 @@ pub struct Outcome {
     /// Exit status of the guest's script, if it reported one.
     pub exit: Option<i32>,
     pub elapsed: Duration,
+    /// Tests passed and failed, from the guest's libtest summary.
+    pub passed: u32,
+    pub failed: u32,
+}
+
+/// `(passed, failed)` from a libtest line `test result: ok. 28 passed; 0 failed; ...`.
+fn test_counts(line: &str) -> Option<(u32, u32)> {
+    let rest = &line[line.find("test result:")?..];
+    let count = |word: &str| -> Option<u32> {
+        let end = rest.find(word)?;
+        rest[..end].split_whitespace().last()?.parse().ok()
+    };
+    Some((count(" passed")?, count(" failed")?))
 }
 
 /// Boots `kernel` with `initramfs` in mode `mode`; streams the console to
@@ -242,6 +255,7 @@ pub fn boot(kernel: &Kernel, initramfs: &Path, mode: &str, lsm: &str, log: &Path
     let mut log = fs::File::create(log)?;
     let tag = format!("[{} {mode}]", kernel.series.name());
     let mut exit = None;
+    let (mut passed, mut failed) = (0, 0);
     loop {
         let left = timeout.saturating_sub(start.elapsed());
         match rx.recv_timeout(left) {
@@ -251,6 +265,10 @@ pub fn boot(kernel: &Kernel, initramfs: &Path, mode: &str, lsm: &str, log: &Path
                 eprintln!("{tag} {line}");
                 if let Some(code) = line.strip_prefix("GUARD-VM-EXIT ") {
                     exit = code.trim().parse().ok();
+                }
+                if let Some((p, f)) = test_counts(line) {
+                    passed += p;
+                    failed += f;
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -262,5 +280,5 @@ pub fn boot(kernel: &Kernel, initramfs: &Path, mode: &str, lsm: &str, log: &Path
         }
     }
     let _ = child.wait();
-    Ok(Outcome { exit, elapsed: start.elapsed() })
+    Ok(Outcome { exit, elapsed: start.elapsed(), passed, failed })
 }
