@@ -120,27 +120,63 @@ pub struct LsmHook {
 pub mod lsm {
     use super::LsmHook;
     /// `int bprm_check_security(struct linux_binprm *bprm)`
-    pub const BPRM_CHECK_SECURITY: LsmHook = LsmHook { name: "bprm_check_security", args: 1, required: true };
+    pub const BPRM_CHECK_SECURITY: LsmHook = LsmHook {
+        name: "bprm_check_security",
+        args: 1,
+        required: true,
+    };
     /// `int path_unlink(const struct path *dir, struct dentry *dentry)`
-    pub const PATH_UNLINK: LsmHook = LsmHook { name: "path_unlink", args: 2, required: true };
+    pub const PATH_UNLINK: LsmHook = LsmHook {
+        name: "path_unlink",
+        args: 2,
+        required: true,
+    };
     /// `int path_rmdir(const struct path *dir, struct dentry *dentry)`
-    pub const PATH_RMDIR: LsmHook = LsmHook { name: "path_rmdir", args: 2, required: true };
+    pub const PATH_RMDIR: LsmHook = LsmHook {
+        name: "path_rmdir",
+        args: 2,
+        required: true,
+    };
     /// `int path_rename(const struct path *old_dir, struct dentry *old_dentry,
     /// const struct path *new_dir, struct dentry *new_dentry, unsigned int flags)`
     /// (`flags` since 5.19).
-    pub const PATH_RENAME: LsmHook = LsmHook { name: "path_rename", args: 5, required: true };
+    pub const PATH_RENAME: LsmHook = LsmHook {
+        name: "path_rename",
+        args: 5,
+        required: true,
+    };
     /// `int path_truncate(const struct path *path)`: truncate(2); before 6.2
     /// also ftruncate(2) and open(O_TRUNC).
-    pub const PATH_TRUNCATE: LsmHook = LsmHook { name: "path_truncate", args: 1, required: true };
+    pub const PATH_TRUNCATE: LsmHook = LsmHook {
+        name: "path_truncate",
+        args: 1,
+        required: true,
+    };
     /// `int file_open(struct file *file)`: open with O_TRUNC of a non-empty file.
-    pub const FILE_OPEN: LsmHook = LsmHook { name: "file_open", args: 1, required: true };
+    pub const FILE_OPEN: LsmHook = LsmHook {
+        name: "file_open",
+        args: 1,
+        required: true,
+    };
     /// `int file_truncate(struct file *file)` (6.2+): ftruncate(2) and
     /// open(O_TRUNC), which older kernels send through `path_truncate`.
-    pub const FILE_TRUNCATE: LsmHook = LsmHook { name: "file_truncate", args: 1, required: false };
+    pub const FILE_TRUNCATE: LsmHook = LsmHook {
+        name: "file_truncate",
+        args: 1,
+        required: false,
+    };
     /// `int socket_connect(struct socket *sock, struct sockaddr *address, int addrlen)`
-    pub const SOCKET_CONNECT: LsmHook = LsmHook { name: "socket_connect", args: 3, required: true };
+    pub const SOCKET_CONNECT: LsmHook = LsmHook {
+        name: "socket_connect",
+        args: 3,
+        required: true,
+    };
     /// `int socket_sendmsg(struct socket *sock, struct msghdr *msg, int size)`
-    pub const SOCKET_SENDMSG: LsmHook = LsmHook { name: "socket_sendmsg", args: 3, required: true };
+    pub const SOCKET_SENDMSG: LsmHook = LsmHook {
+        name: "socket_sendmsg",
+        args: 3,
+        required: true,
+    };
 
     pub const ALL: &[LsmHook] = &[
         BPRM_CHECK_SECURITY,

@@ -3,8 +3,7 @@
 //! a process is an agent when it runs in one of those or anywhere below.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
@@ -14,7 +13,9 @@ pub const DEFAULT_ROOT: &str = "guard";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("no cgroup2 file system is mounted (looked in /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup`")]
+    #[error(
+        "no cgroup2 file system is mounted (looked in /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup`"
+    )]
     NoCgroup2,
     #[error("cannot read /proc/self/mountinfo: {0}")]
     MountInfo(io::Error),
@@ -22,7 +23,9 @@ pub enum CgroupError {
     Mount { path: PathBuf, source: nix::Error },
     #[error("cgroup {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("no agent `{agent}` in the running policy: {path} does not exist. Is guardd running with a policy that defines `{agent}`?")]
+    #[error(
+        "no agent `{agent}` in the running policy: {path} does not exist. Is guardd running with a policy that defines `{agent}`?"
+    )]
     UnknownAgent { agent: String, path: PathBuf },
 }
 
@@ -49,7 +52,9 @@ fn unescape_octal(s: &str) -> String {
     let mut rest = s;
     while let Some(i) = rest.find('\\') {
         out.push_str(&rest[..i]);
-        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
         match code {
             Some(byte) => {
                 out.push(byte as char);
@@ -71,8 +76,17 @@ pub fn ensure_cgroup2() -> Result<PathBuf, CgroupError> {
     match cgroup2_mount() {
         Err(CgroupError::NoCgroup2) => {
             let path = PathBuf::from("/sys/fs/cgroup");
-            nix::mount::mount(Some("cgroup2"), &path, Some("cgroup2"), nix::mount::MsFlags::empty(), None::<&str>)
-                .map_err(|source| CgroupError::Mount { path: path.clone(), source })?;
+            nix::mount::mount(
+                Some("cgroup2"),
+                &path,
+                Some("cgroup2"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .map_err(|source| CgroupError::Mount {
+                path: path.clone(),
+                source,
+            })?;
             Ok(path)
         }
         other => other,
@@ -95,7 +109,11 @@ impl GuardRoot {
         let path = mount.join(name);
         create_dir(&path)?;
         let level = Path::new(name).components().count() as u32;
-        Ok(Self { id: cgroup_id(&path)?, path, level })
+        Ok(Self {
+            id: cgroup_id(&path)?,
+            path,
+            level,
+        })
     }
 
     /// The agent cgroup of `agent`, created if needed. Returns its id.
@@ -124,7 +142,10 @@ impl GuardRoot {
 pub fn agent_procs(mount: &Path, root: &str, agent: &str) -> Result<PathBuf, CgroupError> {
     let path = mount.join(root).join(agent);
     if !path.is_dir() {
-        return Err(CgroupError::UnknownAgent { agent: agent.into(), path });
+        return Err(CgroupError::UnknownAgent {
+            agent: agent.into(),
+            path,
+        });
     }
     Ok(path.join("cgroup.procs"))
 }
@@ -133,14 +154,22 @@ fn create_dir(path: &Path) -> Result<(), CgroupError> {
     match fs::create_dir(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(CgroupError::Io { path: path.into(), source }),
+        Err(source) => Err(CgroupError::Io {
+            path: path.into(),
+            source,
+        }),
     }
 }
 
 /// On cgroup2 the cgroup id is the kernfs node id, which is the directory's
 /// inode number (kernel/cgroup/cgroup.c, `cgroup_id()`).
 pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
-    fs::metadata(path).map(|m| m.ino()).map_err(|source| CgroupError::Io { path: path.into(), source })
+    fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|source| CgroupError::Io {
+            path: path.into(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -155,12 +184,18 @@ mod tests {
 34 33 0:29 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate
 35 33 0:30 / /sys/fs/cgroup/systemd rw,nosuid shared:11 - cgroup cgroup rw,name=systemd
 ";
-        assert_eq!(find_cgroup2(info), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            find_cgroup2(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
     }
 
     #[test]
     fn no_cgroup2_is_none() {
-        assert_eq!(find_cgroup2("25 30 0:23 / /sys rw - sysfs sysfs rw\n"), None);
+        assert_eq!(
+            find_cgroup2("25 30 0:23 / /sys rw - sysfs sysfs rw\n"),
+            None
+        );
     }
 
     #[test]

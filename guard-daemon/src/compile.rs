@@ -4,21 +4,17 @@
 //! kernel: the one thing it reads from the system is the identity (device and
 //! inode) of the files and directories rules name.
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    os::unix::fs::MetadataExt,
-    path::Path,
-};
+use std::{collections::BTreeMap, net::IpAddr, os::unix::fs::MetadataExt, path::Path};
 
 use guard_common::{
-    action, agent_flag, capacity, mode, protocol, AgentEntry, ExecPathKey, IdentityKey, NameKey, NetKey, NetRule,
-    NetRuleSet, RuleRef, EXEC_PATH_KEY_LEN, NAME_KEY_LEN, NET_RULES_PER_PREFIX,
+    AgentEntry, EXEC_PATH_KEY_LEN, ExecPathKey, IdentityKey, NAME_KEY_LEN, NET_RULES_PER_PREFIX,
+    NameKey, NetKey, NetRule, NetRuleSet, RuleRef, action, agent_flag, capacity, mode, protocol,
 };
 use ipnet::IpNet;
 
 use crate::policy::{
-    AgentProfile, ExecTarget, FileTarget, Location, Mode, NamePattern, Policy, PolicyError, Protocol,
+    AgentProfile, ExecTarget, FileTarget, Location, Mode, NamePattern, Policy, PolicyError,
+    Protocol,
 };
 
 /// What a rule id in a record refers to.
@@ -55,7 +51,14 @@ impl CompiledPolicy {
             self.agents.len(),
             self.agents
                 .iter()
-                .map(|(name, entry)| format!("{name}:{}", if entry.mode == mode::MONITOR { "monitor" } else { "enforce" }))
+                .map(|(name, entry)| format!(
+                    "{name}:{}",
+                    if entry.mode == mode::MONITOR {
+                        "monitor"
+                    } else {
+                        "enforce"
+                    }
+                ))
                 .collect::<Vec<_>>()
                 .join(","),
             self.exec_identity.len(),
@@ -86,7 +89,8 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
     let mut out = CompiledPolicy::default();
     for (index, agent) in policy.agents.iter().enumerate() {
         let profile = index as u32;
-        out.agents.push((agent.name.clone(), agent_entry(agent, profile)));
+        out.agents
+            .push((agent.name.clone(), agent_entry(agent, profile)));
         compile_exec(&mut out, agent, profile)?;
         compile_files(&mut out, agent, profile)?;
         compile_network(&mut out, agent, profile)?;
@@ -102,26 +106,49 @@ fn agent_entry(agent: &AgentProfile, profile: u32) -> AgentEntry {
             Mode::Enforce => mode::ENFORCE,
             Mode::Monitor => mode::MONITOR,
         },
-        flags: if agent.record_allowed { agent_flag::RECORD_ALLOWED } else { 0 },
+        flags: if agent.record_allowed {
+            agent_flag::RECORD_ALLOWED
+        } else {
+            0
+        },
         _pad: 0,
     }
 }
 
-fn add_rule(out: &mut CompiledPolicy, agent: &AgentProfile, id: &str, message: &Option<String>) -> RuleRef {
+fn add_rule(
+    out: &mut CompiledPolicy,
+    agent: &AgentProfile,
+    id: &str,
+    message: &Option<String>,
+) -> RuleRef {
     let rule_id = out.rules.len() as u32;
-    out.rules.push(RuleInfo { id: id.into(), message: message.clone(), agent: agent.name.clone() });
-    RuleRef { rule_id, action: action::DENY }
+    out.rules.push(RuleInfo {
+        id: id.into(),
+        message: message.clone(),
+        agent: agent.name.clone(),
+    });
+    RuleRef {
+        rule_id,
+        action: action::DENY,
+    }
 }
 
 /// LPM key data for an exec path: `bytes` (a path, then NUL for an exact
 /// rule or `/` for a subtree rule) after the profile id.
 fn exec_path_entry(profile: u32, bytes: &[u8], rule: RuleRef) -> (u32, ExecPathKey, RuleRef) {
-    let mut key = ExecPathKey { profile: profile.to_be_bytes(), path: [0; EXEC_PATH_KEY_LEN] };
+    let mut key = ExecPathKey {
+        profile: profile.to_be_bytes(),
+        path: [0; EXEC_PATH_KEY_LEN],
+    };
     key.path[..bytes.len()].copy_from_slice(bytes);
     (32 + bytes.len() as u32 * 8, key, rule)
 }
 
-fn compile_exec(out: &mut CompiledPolicy, agent: &AgentProfile, profile: u32) -> Result<(), PolicyError> {
+fn compile_exec(
+    out: &mut CompiledPolicy,
+    agent: &AgentProfile,
+    profile: u32,
+) -> Result<(), PolicyError> {
     for rule in &agent.exec_deny {
         let r = add_rule(out, agent, &rule.id, &rule.message);
         let (path, suffix) = match &rule.target {
@@ -145,7 +172,11 @@ fn compile_exec(out: &mut CompiledPolicy, agent: &AgentProfile, profile: u32) ->
             if bytes.len() > EXEC_PATH_KEY_LEN {
                 return Err(PolicyError::new(
                     rule.location,
-                    format!("rule `{}`: resolved path {} is too long for the kernel's path match", rule.id, p.display()),
+                    format!(
+                        "rule `{}`: resolved path {} is too long for the kernel's path match",
+                        rule.id,
+                        p.display()
+                    ),
                 ));
             }
             out.exec_paths.push(exec_path_entry(profile, &bytes, r));
@@ -164,7 +195,11 @@ fn compile_exec(out: &mut CompiledPolicy, agent: &AgentProfile, profile: u32) ->
     Ok(())
 }
 
-fn compile_files(out: &mut CompiledPolicy, agent: &AgentProfile, profile: u32) -> Result<(), PolicyError> {
+fn compile_files(
+    out: &mut CompiledPolicy,
+    agent: &AgentProfile,
+    profile: u32,
+) -> Result<(), PolicyError> {
     for rule in &agent.file_protect {
         let r = add_rule(out, agent, &rule.id, &rule.message);
         match &rule.target {
@@ -178,10 +213,15 @@ fn compile_files(out: &mut CompiledPolicy, agent: &AgentProfile, profile: u32) -
                 if matches!(rule.target, FileTarget::Subtree(_)) && !path.is_dir() {
                     return Err(PolicyError::new(
                         rule.location,
-                        format!("rule `{}`: subtree {} is not a directory; use `path` for a file", rule.id, path.display()),
+                        format!(
+                            "rule `{}`: subtree {} is not a directory; use `path` for a file",
+                            rule.id,
+                            path.display()
+                        ),
                     ));
                 }
-                out.file_identity.push((IdentityKey { ino, dev, profile }, r));
+                out.file_identity
+                    .push((IdentityKey { ino, dev, profile }, r));
             }
             FileTarget::Name(pattern) => out.file_names.push(name_entry(profile, pattern, r)),
         }
@@ -192,7 +232,10 @@ fn compile_files(out: &mut CompiledPolicy, agent: &AgentProfile, profile: u32) -
 /// LPM entry for a name pattern: the name reversed, so a suffix pattern is a
 /// prefix; an exact name adds a NUL, which the kernel puts after a whole name.
 fn name_entry(profile: u32, pattern: &NamePattern, rule: RuleRef) -> (u32, NameKey, RuleRef) {
-    let mut key = NameKey { profile: profile.to_be_bytes(), reversed: [0; NAME_KEY_LEN] };
+    let mut key = NameKey {
+        profile: profile.to_be_bytes(),
+        reversed: [0; NAME_KEY_LEN],
+    };
     let (name, exact) = match pattern {
         NamePattern::Exact(name) => (name, true),
         NamePattern::Suffix(suffix) => (suffix, false),
@@ -223,9 +266,15 @@ fn mapped_prefix(net: &IpNet) -> u32 {
     }
 }
 
-fn compile_network(out: &mut CompiledPolicy, agent: &AgentProfile, profile: u32) -> Result<(), PolicyError> {
-    // (mapped address, mapped prefix) → rules for that exact prefix.
-    let mut prefixes: BTreeMap<([u8; 16], u32), Vec<(NetRule, Location, String)>> = BTreeMap::new();
+fn compile_network(
+    out: &mut CompiledPolicy,
+    agent: &AgentProfile,
+    profile: u32,
+) -> Result<(), PolicyError> {
+    // (mapped address, mapped prefix) → rules for that exact prefix, with the
+    // location and id of each for errors.
+    type Prefixes = BTreeMap<([u8; 16], u32), Vec<(NetRule, Location, String)>>;
+    let mut prefixes = Prefixes::new();
     for rule in &agent.network_deny {
         let r = add_rule(out, agent, &rule.id, &rule.message);
         let target = &rule.target;
@@ -253,7 +302,10 @@ fn compile_network(out: &mut CompiledPolicy, agent: &AgentProfile, profile: u32)
             .filter(|&(&(other, other_len), _)| other_len < len && contains(other, other_len, addr))
             .collect();
         containing.sort_by_key(|&(&(_, other_len), _)| std::cmp::Reverse(other_len));
-        let all: Vec<_> = own.iter().chain(containing.into_iter().flat_map(|(_, rules)| rules)).collect();
+        let all: Vec<_> = own
+            .iter()
+            .chain(containing.into_iter().flat_map(|(_, rules)| rules))
+            .collect();
         if all.len() > NET_RULES_PER_PREFIX {
             let (_, location, id) = own[0].clone();
             return Err(PolicyError::new(
@@ -269,30 +321,60 @@ fn compile_network(out: &mut CompiledPolicy, agent: &AgentProfile, profile: u32)
             *slot = *rule;
         }
         set.len = all.len() as u32;
-        out.net_rules.push((32 + len, NetKey { profile: profile.to_be_bytes(), addr }, set));
+        out.net_rules.push((
+            32 + len,
+            NetKey {
+                profile: profile.to_be_bytes(),
+                addr,
+            },
+            set,
+        ));
     }
     Ok(())
 }
 
 /// Whether `addr` lies in `net/len` (both 128-bit).
 fn contains(net: [u8; 16], len: u32, addr: [u8; 16]) -> bool {
-    let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    };
     u128::from_be_bytes(net) & mask == u128::from_be_bytes(addr) & mask
 }
 
 fn check_capacity(out: &CompiledPolicy, policy: &Policy) -> Result<(), PolicyError> {
     let limits = [
         ("agents", out.agents.len(), capacity::AGENTS),
-        ("exec identity entries", out.exec_identity.len(), capacity::EXEC_IDENTITY),
-        ("exec path entries", out.exec_paths.len(), capacity::EXEC_PATHS),
-        ("protected files and directories", out.file_identity.len(), capacity::FILE_IDENTITY),
-        ("protected names", out.file_names.len(), capacity::FILE_NAMES),
+        (
+            "exec identity entries",
+            out.exec_identity.len(),
+            capacity::EXEC_IDENTITY,
+        ),
+        (
+            "exec path entries",
+            out.exec_paths.len(),
+            capacity::EXEC_PATHS,
+        ),
+        (
+            "protected files and directories",
+            out.file_identity.len(),
+            capacity::FILE_IDENTITY,
+        ),
+        (
+            "protected names",
+            out.file_names.len(),
+            capacity::FILE_NAMES,
+        ),
         ("network prefixes", out.net_rules.len(), capacity::NET_RULES),
     ];
     for (what, used, limit) in limits {
         if used > limit as usize {
             let location = policy.agents.last().map(|a| a.location).unwrap_or_default();
-            return Err(PolicyError::new(location, format!("the policy needs {used} {what}; the kernel maps hold {limit}")));
+            return Err(PolicyError::new(
+                location,
+                format!("the policy needs {used} {what}; the kernel maps hold {limit}"),
+            ));
         }
     }
     Ok(())
@@ -318,16 +400,40 @@ mod tests {
             dir.path().display()
         );
         let c = compile_text(&text).unwrap();
-        assert_eq!(c.rules[0], RuleInfo { id: "t".into(), message: None, agent: "b".into() });
+        assert_eq!(
+            c.rules[0],
+            RuleInfo {
+                id: "t".into(),
+                message: None,
+                agent: "b".into()
+            }
+        );
         let (dev, ino) = identity(&tool).unwrap();
-        assert_eq!(c.exec_identity, vec![(IdentityKey { ino, dev, profile: 1 }, RuleRef { rule_id: 0, action: action::DENY })]);
+        assert_eq!(
+            c.exec_identity,
+            vec![(
+                IdentityKey {
+                    ino,
+                    dev,
+                    profile: 1
+                },
+                RuleRef {
+                    rule_id: 0,
+                    action: action::DENY
+                }
+            )]
+        );
 
         let exact = tool.as_os_str().as_encoded_bytes();
         let (bits, key, rule) = c.exec_paths[0];
         assert_eq!(key.profile, 1u32.to_be_bytes());
         assert_eq!(&key.path[..exact.len()], exact);
         assert_eq!(key.path[exact.len()], 0);
-        assert_eq!(bits, 32 + (exact.len() as u32 + 1) * 8, "exact rules include the NUL");
+        assert_eq!(
+            bits,
+            32 + (exact.len() as u32 + 1) * 8,
+            "exact rules include the NUL"
+        );
         assert_eq!(rule.rule_id, 0);
 
         let subtree = c.exec_paths.iter().find(|e| e.2.rule_id == 1).unwrap();
@@ -348,23 +454,44 @@ mod tests {
     fn protected_paths_must_exist_and_errors_have_the_rule_line() {
         let e = compile_text("agents:\n  - name: a\n    files:\n      protect:\n        - id: gone\n          subtree: /nonexistent/dir\n").unwrap_err();
         assert_eq!(e.location.line, 5);
-        assert!(e.reason.contains("`gone`") && e.reason.contains("/nonexistent/dir"), "{e}");
+        assert!(
+            e.reason.contains("`gone`") && e.reason.contains("/nonexistent/dir"),
+            "{e}"
+        );
     }
 
     #[test]
     fn a_file_is_not_a_subtree() {
         let file = tempfile::NamedTempFile::new().unwrap();
-        let text = format!("agents:\n  - name: a\n    files:\n      protect:\n        - id: f\n          subtree: {}\n", file.path().display());
-        assert!(compile_text(&text).unwrap_err().reason.contains("not a directory"));
+        let text = format!(
+            "agents:\n  - name: a\n    files:\n      protect:\n        - id: f\n          subtree: {}\n",
+            file.path().display()
+        );
+        assert!(
+            compile_text(&text)
+                .unwrap_err()
+                .reason
+                .contains("not a directory")
+        );
     }
 
     #[test]
     fn protected_directories_become_identities() {
         let dir = tempfile::tempdir().unwrap();
-        let text = format!("agents:\n  - name: a\n    files:\n      protect:\n        - id: d\n          subtree: {}\n", dir.path().display());
+        let text = format!(
+            "agents:\n  - name: a\n    files:\n      protect:\n        - id: d\n          subtree: {}\n",
+            dir.path().display()
+        );
         let c = compile_text(&text).unwrap();
         let (dev, ino) = identity(dir.path()).unwrap();
-        assert_eq!(c.file_identity[0].0, IdentityKey { ino, dev, profile: 0 });
+        assert_eq!(
+            c.file_identity[0].0,
+            IdentityKey {
+                ino,
+                dev,
+                profile: 0
+            }
+        );
     }
 
     #[test]
@@ -400,18 +527,31 @@ mod tests {
         assert_eq!(wide.len, 1);
         let (_, _, narrow) = find(32 + 96 + 16);
         assert_eq!(narrow.len, 2, "the /16 inherits the /8's rule");
-        assert_eq!((narrow.rules[0].port_lo, narrow.rules[0].protocol, narrow.rules[0].rule_id), (443, protocol::TCP, 1));
+        assert_eq!(
+            (
+                narrow.rules[0].port_lo,
+                narrow.rules[0].protocol,
+                narrow.rules[0].rule_id
+            ),
+            (443, protocol::TCP, 1)
+        );
         assert_eq!((narrow.rules[1].port_lo, narrow.rules[1].rule_id), (22, 0));
         let (_, key, v6) = find(32 + 8);
         assert_eq!(key.addr[0], 0xfd);
-        assert_eq!((v6.len, v6.rules[0].port_lo, v6.rules[0].port_hi), (1, 0, u16::MAX));
+        assert_eq!(
+            (v6.len, v6.rules[0].port_lo, v6.rules[0].port_hi),
+            (1, 0, u16::MAX)
+        );
     }
 
     #[test]
     fn too_many_rules_on_one_prefix_are_refused_naming_the_rule() {
         let mut text = String::from("agents:\n  - name: a\n    network:\n      deny:\n");
         for i in 0..=NET_RULES_PER_PREFIX {
-            text += &format!("        - id: r{i}\n          cidr: 10.0.0.0/8\n          ports: {}\n", 1000 + i);
+            text += &format!(
+                "        - id: r{i}\n          cidr: 10.0.0.0/8\n          ports: {}\n",
+                1000 + i
+            );
         }
         let e = compile_text(&text).unwrap_err();
         assert!(e.reason.contains("at most 8"), "{e}");
@@ -421,6 +561,10 @@ mod tests {
     #[test]
     fn summary_names_agents_and_modes() {
         let c = compile_text("agents:\n  - name: a\n  - name: b\n    mode: monitor\n").unwrap();
-        assert!(c.summary().starts_with("2 agent(s) [a:enforce,b:monitor]"), "{}", c.summary());
+        assert!(
+            c.summary().starts_with("2 agent(s) [a:enforce,b:monitor]"),
+            "{}",
+            c.summary()
+        );
     }
 }

@@ -1,10 +1,6 @@
 //! `guardd`: load, enforce, stream records, detach on SIGTERM.
 
-use std::{
-    io::Write,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{io::Write, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -42,20 +38,34 @@ pub struct Fatal {
 
 impl From<EnforceError> for Fatal {
     fn from(e: EnforceError) -> Self {
-        let code = if e.is_unsupported_host() { exit::UNSUPPORTED_HOST } else { exit::FAILURE };
-        Fatal { code, error: e.into() }
+        let code = if e.is_unsupported_host() {
+            exit::UNSUPPORTED_HOST
+        } else {
+            exit::FAILURE
+        };
+        Fatal {
+            code,
+            error: e.into(),
+        }
     }
 }
 
 fn failure(error: anyhow::Error) -> Fatal {
-    Fatal { code: exit::FAILURE, error }
+    Fatal {
+        code: exit::FAILURE,
+        error,
+    }
 }
 
 /// Reads, validates and compiles the policy file.
 pub fn load_policy(path: &std::path::Path) -> Result<CompiledPolicy, Fatal> {
-    let invalid = |error: anyhow::Error| Fatal { code: exit::INVALID_POLICY, error };
+    let invalid = |error: anyhow::Error| Fatal {
+        code: exit::INVALID_POLICY,
+        error,
+    };
     let parsed = policy::load(path).map_err(|e| invalid(e.into()))?;
-    compile::compile(&parsed).map_err(|e| invalid(anyhow::anyhow!("invalid policy {}: {e}", path.display())))
+    compile::compile(&parsed)
+        .map_err(|e| invalid(anyhow::anyhow!("invalid policy {}: {e}", path.display())))
 }
 
 /// Checks whether this host can enforce, without enforcing anything.
@@ -82,7 +92,11 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| failure(e.into()))?;
 
-    let agent_names: Vec<&str> = policy.agents.iter().map(|(name, _)| name.as_str()).collect();
+    let agent_names: Vec<&str> = policy
+        .agents
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
     let mut enforcer = Enforcer::load(&root).inspect_err(|_| root.remove_unused(&agent_names))?;
     enforcer.apply(&policy, &agent_cgroups)?;
     let events = enforcer.take_events()?;
@@ -108,21 +122,33 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         ),
         None => Box::new(std::io::stdout()),
     };
-    stream_events(events, &policy, &mut out).await.map_err(failure)?;
+    stream_events(events, &policy, &mut out)
+        .await
+        .map_err(failure)?;
 
     let lost = enforcer.counter(Counter::EventsLost)?;
     let errors = enforcer.counter(Counter::HookErrors)?;
     let too_deep = enforcer.counter(Counter::WalkTooDeep)?;
     drop(enforcer);
-    info!(events_lost = lost, hook_errors = errors, walk_too_deep = too_deep, "detached: no longer enforcing");
+    info!(
+        events_lost = lost,
+        hook_errors = errors,
+        walk_too_deep = too_deep,
+        "detached: no longer enforcing"
+    );
     Ok(())
 }
 
 /// Writes every record until a termination signal, then drains what is left.
-async fn stream_events(events: RingBuf<MapData>, policy: &CompiledPolicy, out: &mut dyn Write) -> anyhow::Result<()> {
+async fn stream_events(
+    events: RingBuf<MapData>,
+    policy: &CompiledPolicy,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd,
     // so the fd stays open for as long as it is registered.
-    let mut events = unsafe { AsyncFd::register(events) }.context("cannot poll the events ring buffer")?;
+    let mut events =
+        unsafe { AsyncFd::register(events) }.context("cannot poll the events ring buffer")?;
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
@@ -142,7 +168,12 @@ async fn stream_events(events: RingBuf<MapData>, policy: &CompiledPolicy, out: &
     drain(events.get_mut(), policy, &clock, out)
 }
 
-fn drain(events: &mut RingBuf<MapData>, policy: &CompiledPolicy, clock: &Clock, out: &mut dyn Write) -> anyhow::Result<()> {
+fn drain(
+    events: &mut RingBuf<MapData>,
+    policy: &CompiledPolicy,
+    clock: &Clock,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let mut wrote = false;
     while let Some(item) = events.next() {
         match events::decode(&item) {

@@ -4,11 +4,11 @@
 use std::{io, path::Path};
 
 use aya::{
-    maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{Lsm, ProgramError},
     Btf, Ebpf, EbpfError, EbpfLoader, Pod,
+    maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{Lsm, ProgramError},
 };
-use guard_common::{global, lsm, map, Counter, LsmHook, KERNEL_FIELDS};
+use guard_common::{Counter, KERNEL_FIELDS, LsmHook, global, lsm, map};
 
 use crate::{
     cgroup::{CgroupError, GuardRoot},
@@ -24,9 +24,13 @@ const SECURITYFS_LSM: &str = "/sys/kernel/security/lsm";
 /// Why Guard cannot enforce on this host, or failed while setting up.
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
-    #[error("cannot read the active LSM list at {SECURITYFS_LSM}: {0}. Mount securityfs (`mount -t securityfs securityfs /sys/kernel/security`) and check that the kernel has CONFIG_SECURITY=y")]
+    #[error(
+        "cannot read the active LSM list at {SECURITYFS_LSM}: {0}. Mount securityfs (`mount -t securityfs securityfs /sys/kernel/security`) and check that the kernel has CONFIG_SECURITY=y"
+    )]
     LsmList(io::Error),
-    #[error("BPF LSM is not active on this kernel: the active LSMs are `{active}`. Add `bpf` to the kernel's `lsm=` boot parameter (for example `lsm={active},bpf`) and reboot; the kernel also needs CONFIG_BPF_LSM=y")]
+    #[error(
+        "BPF LSM is not active on this kernel: the active LSMs are `{active}`. Add `bpf` to the kernel's `lsm=` boot parameter (for example `lsm={active},bpf`) and reboot; the kernel also needs CONFIG_BPF_LSM=y"
+    )]
     BpfLsmInactive { active: String },
     #[error(transparent)]
     Layout(#[from] LayoutError),
@@ -36,14 +40,25 @@ pub enum EnforceError {
     Object(#[source] EbpfError),
     #[error("the eBPF object has no program `{0}`; the build is inconsistent")]
     NoProgram(&'static str),
-    #[error("the kernel refused to load BPF LSM program `{program}` with EPERM although `bpf` is an active LSM. This kernel does not allow BPF trampolines (ftrace patching disabled, or lockdown), so BPF LSM cannot enforce here. Guard is not enforcing")]
+    #[error(
+        "the kernel refused to load BPF LSM program `{program}` with EPERM although `bpf` is an active LSM. This kernel does not allow BPF trampolines (ftrace patching disabled, or lockdown), so BPF LSM cannot enforce here. Guard is not enforcing"
+    )]
     LoadRefused { program: &'static str },
     #[error("cannot load BPF LSM program `{program}`: {source}")]
-    Load { program: &'static str, source: ProgramError },
+    Load {
+        program: &'static str,
+        source: ProgramError,
+    },
     #[error("cannot attach BPF LSM program `{program}`: {source}")]
-    Attach { program: &'static str, source: ProgramError },
+    Attach {
+        program: &'static str,
+        source: ProgramError,
+    },
     #[error("map `{name}`: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
 }
@@ -106,7 +121,9 @@ impl Enforcer {
         for hook in lsm::ALL {
             match layout.check_hook(hook) {
                 Ok(()) => hooks.push(*hook),
-                Err(LayoutError::NoHook { .. }) if !hook.required => attachment.unavailable.push(hook.name),
+                Err(LayoutError::NoHook { .. }) if !hook.required => {
+                    attachment.unavailable.push(hook.name)
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -117,7 +134,7 @@ impl Enforcer {
 
         let mut loader = EbpfLoader::new();
         for (name, offset) in &offsets {
-            loader.override_global(*name, offset, true);
+            loader.override_global(name, offset, true);
         }
         loader.override_global(global::ROOT_CGROUP_ID, &root.id, true);
         loader.override_global(global::ROOT_CGROUP_LEVEL, &root.level, true);
@@ -127,7 +144,11 @@ impl Enforcer {
         for hook in hooks {
             let started = std::time::Instant::now();
             attach(&mut ebpf, &btf, &hook)?;
-            tracing::debug!(program = hook.name, elapsed_ms = started.elapsed().as_millis() as u64, "loaded and attached");
+            tracing::debug!(
+                program = hook.name,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "loaded and attached"
+            );
             attachment.attached.push(hook.name);
         }
         Ok(Self { ebpf, attachment })
@@ -136,13 +157,26 @@ impl Enforcer {
     /// Writes `policy` into the maps, with `agent_cgroups[i]` the cgroup id of
     /// the policy's i-th agent. Rule maps are written before the agents, so no
     /// agent is evaluated against a half-written rule set.
-    pub fn apply(&mut self, policy: &CompiledPolicy, agent_cgroups: &[u64]) -> Result<(), EnforceError> {
-        self.fill_hash(map::EXEC_IDENTITY, policy.exec_identity.iter().map(|(k, v)| (*k, *v)))?;
+    pub fn apply(
+        &mut self,
+        policy: &CompiledPolicy,
+        agent_cgroups: &[u64],
+    ) -> Result<(), EnforceError> {
+        self.fill_hash(
+            map::EXEC_IDENTITY,
+            policy.exec_identity.iter().map(|(k, v)| (*k, *v)),
+        )?;
         self.fill_lpm(map::EXEC_PATHS, &policy.exec_paths)?;
-        self.fill_hash(map::FILE_IDENTITY, policy.file_identity.iter().map(|(k, v)| (*k, *v)))?;
+        self.fill_hash(
+            map::FILE_IDENTITY,
+            policy.file_identity.iter().map(|(k, v)| (*k, *v)),
+        )?;
         self.fill_lpm(map::FILE_NAMES, &policy.file_names)?;
         self.fill_lpm(map::NET_RULES, &policy.net_rules)?;
-        let agents = agent_cgroups.iter().zip(&policy.agents).map(|(cgroup, (_, entry))| (*cgroup, *entry));
+        let agents = agent_cgroups
+            .iter()
+            .zip(&policy.agents)
+            .map(|(cgroup, (_, entry))| (*cgroup, *entry));
         self.fill_hash(map::AGENTS, agents)
     }
 
@@ -158,10 +192,15 @@ impl Enforcer {
         Ok(())
     }
 
-    fn fill_lpm<K: Pod, V: Pod>(&mut self, name: &'static str, entries: &[(u32, K, V)]) -> Result<(), EnforceError> {
+    fn fill_lpm<K: Pod, V: Pod>(
+        &mut self,
+        name: &'static str,
+        entries: &[(u32, K, V)],
+    ) -> Result<(), EnforceError> {
         let mut m: LpmTrie<_, K, V> = self.map(name)?;
         for (bits, k, v) in entries {
-            m.insert(&Key::new(*bits, *k), v, 0).map_err(map_err(name))?;
+            m.insert(&Key::new(*bits, *k), v, 0)
+                .map_err(map_err(name))?;
         }
         Ok(())
     }
@@ -170,7 +209,9 @@ impl Enforcer {
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, EnforceError> {
         let data = self.ebpf.take_map(map::EVENTS).ok_or(EnforceError::Map {
             name: map::EVENTS,
-            source: MapError::InvalidName { name: map::EVENTS.into() },
+            source: MapError::InvalidName {
+                name: map::EVENTS.into(),
+            },
         })?;
         RingBuf::try_from(data).map_err(map_err(map::EVENTS))
     }
@@ -179,10 +220,15 @@ impl Enforcer {
     pub fn counter(&self, counter: Counter) -> Result<u64, EnforceError> {
         let data = self.ebpf.map(map::COUNTERS).ok_or(EnforceError::Map {
             name: map::COUNTERS,
-            source: MapError::InvalidName { name: map::COUNTERS.into() },
+            source: MapError::InvalidName {
+                name: map::COUNTERS.into(),
+            },
         })?;
-        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(data).map_err(map_err(map::COUNTERS))?;
-        let values = array.get(&(counter as u32), 0).map_err(map_err(map::COUNTERS))?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(data).map_err(map_err(map::COUNTERS))?;
+        let values = array
+            .get(&(counter as u32), 0)
+            .map_err(map_err(map::COUNTERS))?;
         Ok(values.iter().sum())
     }
 
@@ -207,15 +253,24 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &LsmHook) -> Result<(), EnforceError
         .program_mut(hook.name)
         .ok_or(EnforceError::NoProgram(hook.name))?
         .try_into()
-        .map_err(|source| EnforceError::Load { program: hook.name, source })?;
+        .map_err(|source| EnforceError::Load {
+            program: hook.name,
+            source,
+        })?;
     program.load(hook.name, btf).map_err(|source| {
         if is_eperm(&source) {
             EnforceError::LoadRefused { program: hook.name }
         } else {
-            EnforceError::Load { program: hook.name, source }
+            EnforceError::Load {
+                program: hook.name,
+                source,
+            }
         }
     })?;
-    program.attach().map_err(|source| EnforceError::Attach { program: hook.name, source })?;
+    program.attach().map_err(|source| EnforceError::Attach {
+        program: hook.name,
+        source,
+    })?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use guard_common::{event_flag, hook, protocol, verdict, Event, NO_RULE};
+use guard_common::{Event, NO_RULE, event_flag, hook, protocol, verdict};
 use serde::Serialize;
 
 use crate::compile::CompiledPolicy;
@@ -63,7 +63,10 @@ pub struct DecodeError {
 /// Reads an [`Event`] from ring-buffer bytes.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     if bytes.len() < size_of::<Event>() {
-        return Err(DecodeError { len: bytes.len(), expected: size_of::<Event>() });
+        return Err(DecodeError {
+            len: bytes.len(),
+            expected: size_of::<Event>(),
+        });
     }
     // SAFETY: length checked; Event is plain data valid for any bit pattern.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
@@ -81,7 +84,9 @@ impl Clock {
         let since_boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
             .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
             .unwrap_or_default();
-        Self { boot: SystemTime::now() - since_boot }
+        Self {
+            boot: SystemTime::now() - since_boot,
+        }
     }
 
     pub fn wall(&self, boot_ns: u64) -> SystemTime {
@@ -140,7 +145,9 @@ pub fn to_record(event: &Event, policy: &CompiledPolicy, clock: &Clock) -> Recor
         let len = usize::from(event.path_len).min(event.path.len());
         String::from_utf8_lossy(&event.path[..len]).into_owned()
     };
-    let rule = (event.rule_id != NO_RULE).then(|| policy.rule(event.rule_id)).flatten();
+    let rule = (event.rule_id != NO_RULE)
+        .then(|| policy.rule(event.rule_id))
+        .flatten();
     let mut flags = Vec::new();
     if event.flags & event_flag::PATH_TRUNCATED != 0 {
         flags.push("path_truncated");
@@ -164,7 +171,10 @@ pub fn to_record(event: &Event, policy: &CompiledPolicy, clock: &Clock) -> Recor
         uid: event.uid,
         comm: c_string(&event.comm),
         target,
-        file: (!is_network && event.ino != 0).then_some(FileIdentity { dev: event.dev, ino: event.ino }),
+        file: (!is_network && event.ino != 0).then_some(FileIdentity {
+            dev: event.dev,
+            ino: event.ino,
+        }),
         protocol: is_network.then_some(match event.protocol {
             protocol::TCP => "tcp",
             protocol::UDP => "udp",
@@ -207,14 +217,19 @@ mod tests {
         e.family = 2;
         e.port = 5432;
         e.protocol = protocol::TCP;
-        e.addr = std::net::Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
+        e.addr = std::net::Ipv4Addr::new(10, 1, 2, 3)
+            .to_ipv6_mapped()
+            .octets();
         e.rule_id = 0;
         e.pid = 7;
         e.tgid = 7;
         e.comm[..4].copy_from_slice(b"psql");
         let bytes: [u8; size_of::<Event>()] = unsafe { std::mem::transmute(e) };
         let r = to_record(&decode(&bytes).unwrap(), &policy(), &Clock::new());
-        assert_eq!((r.hook, r.action, r.verdict), ("socket_connect", "connect", "deny"));
+        assert_eq!(
+            (r.hook, r.action, r.verdict),
+            ("socket_connect", "connect", "deny")
+        );
         assert_eq!(r.target, "10.1.2.3:5432");
         assert_eq!(r.agent, "coder");
         assert_eq!(r.rule.as_deref(), Some("no-db"));
@@ -230,7 +245,9 @@ mod tests {
         e.hook = hook::CONNECT;
         e.family = 10;
         e.port = 80;
-        e.addr = std::net::Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
+        e.addr = std::net::Ipv4Addr::new(127, 0, 0, 1)
+            .to_ipv6_mapped()
+            .octets();
         e.rule_id = NO_RULE;
         let r = to_record(&e, &policy(), &Clock::new());
         assert_eq!(r.target, "[::ffff:127.0.0.1]:80");
@@ -249,7 +266,10 @@ mod tests {
         e.flags = event_flag::PATH_TRUNCATED;
         e.rule_id = NO_RULE;
         let r = to_record(&e, &policy(), &Clock::new());
-        assert_eq!((r.action, r.verdict, r.target.as_str()), ("unlink", "would_deny", "/a/b/c"));
+        assert_eq!(
+            (r.action, r.verdict, r.target.as_str()),
+            ("unlink", "would_deny", "/a/b/c")
+        );
         assert_eq!(r.file, Some(FileIdentity { dev: 3, ino: 42 }));
         assert_eq!(r.flags, vec!["path_truncated"]);
         let json = serde_json::to_string(&r).unwrap();

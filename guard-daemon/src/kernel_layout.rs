@@ -15,7 +15,10 @@ pub enum LayoutError {
     #[error(
         "cannot read kernel BTF at {path}: {source}. Guard needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
     )]
-    Btf { path: PathBuf, source: btf_rs::Error },
+    Btf {
+        path: PathBuf,
+        source: btf_rs::Error,
+    },
     #[error("kernel BTF has no struct `{structure}` (needed for `{structure}.{member}`)")]
     NoStruct { structure: String, member: String },
     #[error("kernel BTF: struct `{structure}` has no member `{member}`")]
@@ -31,7 +34,11 @@ pub enum LayoutError {
     #[error(
         "LSM hook `{hook}` takes {found} arguments on this kernel, the programs were written for {expected}; this kernel is not supported"
     )]
-    HookArgs { hook: &'static str, expected: usize, found: usize },
+    HookArgs {
+        hook: &'static str,
+        expected: usize,
+        found: usize,
+    },
 }
 
 /// The running kernel's layout: one offset per kernel field, in
@@ -46,28 +53,40 @@ impl KernelLayout {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, LayoutError> {
-        let btf = Btf::from_file(path).map_err(|source| LayoutError::Btf { path: path.into(), source })?;
+        let btf = Btf::from_file(path).map_err(|source| LayoutError::Btf {
+            path: path.into(),
+            source,
+        })?;
         Ok(Self { btf })
     }
 
     /// Byte offset of `field` in this kernel.
     pub fn offset(&self, field: &KernelField) -> Result<u32, LayoutError> {
-        let no_member = || LayoutError::NoMember { structure: field.structure.into(), member: field.member.into() };
-        let mut current = self.find_struct(field.structure).ok_or_else(|| LayoutError::NoStruct {
+        let no_member = || LayoutError::NoMember {
             structure: field.structure.into(),
             member: field.member.into(),
-        })?;
+        };
+        let mut current =
+            self.find_struct(field.structure)
+                .ok_or_else(|| LayoutError::NoStruct {
+                    structure: field.structure.into(),
+                    member: field.member.into(),
+                })?;
         let mut bits = 0u32;
         let mut components = field.member.split('.').peekable();
         while let Some(name) = components.next() {
-            let (member_bits, member_type) = self.find_member(&current, name)?.ok_or_else(no_member)?;
+            let (member_bits, member_type) =
+                self.find_member(&current, name)?.ok_or_else(no_member)?;
             bits += member_bits;
             if components.peek().is_some() {
                 current = self.resolve_struct(member_type)?.ok_or_else(no_member)?;
             }
         }
-        if bits % 8 != 0 {
-            return Err(LayoutError::Bitfield { structure: field.structure.into(), member: field.member.into() });
+        if !bits.is_multiple_of(8) {
+            return Err(LayoutError::Bitfield {
+                structure: field.structure.into(),
+                member: field.member.into(),
+            });
         }
         Ok(bits / 8)
     }
@@ -75,7 +94,10 @@ impl KernelLayout {
     /// Checks that the kernel has `hook` with the argument count the program expects.
     pub fn check_hook(&self, hook: &LsmHook) -> Result<(), LayoutError> {
         let name = format!("bpf_lsm_{}", hook.name);
-        let types = self.btf.resolve_types_by_name(&name).map_err(|_| LayoutError::NoHook { hook: hook.name })?;
+        let types = self
+            .btf
+            .resolve_types_by_name(&name)
+            .map_err(|_| LayoutError::NoHook { hook: hook.name })?;
         let func = types
             .iter()
             .find_map(|t| match t {
@@ -83,12 +105,20 @@ impl KernelLayout {
                 _ => None,
             })
             .ok_or(LayoutError::NoHook { hook: hook.name })?;
-        let found = match self.btf.resolve_chained_type(&func).map_err(LayoutError::Malformed)? {
+        let found = match self
+            .btf
+            .resolve_chained_type(&func)
+            .map_err(LayoutError::Malformed)?
+        {
             Type::FuncProto(proto) => proto.parameters.len(),
             _ => return Err(LayoutError::NoHook { hook: hook.name }),
         };
         if found != hook.args {
-            return Err(LayoutError::HookArgs { hook: hook.name, expected: hook.args, found });
+            return Err(LayoutError::HookArgs {
+                hook: hook.name,
+                expected: hook.args,
+                found,
+            });
         }
         Ok(())
     }
@@ -109,10 +139,16 @@ impl KernelLayout {
 
     /// Finds `name` among the members of `st`, descending into anonymous
     /// struct and union members. Returns its bit offset and type id.
-    fn find_member(&self, st: &btf_rs::Struct, name: &str) -> Result<Option<(u32, u32)>, LayoutError> {
+    fn find_member(
+        &self,
+        st: &btf_rs::Struct,
+        name: &str,
+    ) -> Result<Option<(u32, u32)>, LayoutError> {
         for member in &st.members {
             let member_name = self.btf.resolve_name(member).unwrap_or_default();
-            let Some(type_id) = member.get_type_id() else { continue };
+            let Some(type_id) = member.get_type_id() else {
+                continue;
+            };
             if member_name == name {
                 return Ok(Some((member.bit_offset(), type_id)));
             }
@@ -128,13 +164,23 @@ impl KernelLayout {
 
     /// The struct or union behind `type_id`, through typedefs and qualifiers.
     fn resolve_struct(&self, type_id: u32) -> Result<Option<btf_rs::Struct>, LayoutError> {
-        let mut ty = self.btf.resolve_type_by_id(type_id).map_err(LayoutError::Malformed)?;
+        let mut ty = self
+            .btf
+            .resolve_type_by_id(type_id)
+            .map_err(LayoutError::Malformed)?;
         loop {
             match ty {
                 Type::Struct(s) | Type::Union(s) => return Ok(Some(s)),
-                Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::Restrict(_) | Type::TypeTag(_) => {
+                Type::Typedef(_)
+                | Type::Const(_)
+                | Type::Volatile(_)
+                | Type::Restrict(_)
+                | Type::TypeTag(_) => {
                     let next = ty.as_btf_type().expect("qualifier has a type");
-                    ty = self.btf.resolve_chained_type(next).map_err(LayoutError::Malformed)?;
+                    ty = self
+                        .btf
+                        .resolve_chained_type(next)
+                        .map_err(LayoutError::Malformed)?;
                 }
                 _ => return Ok(None),
             }

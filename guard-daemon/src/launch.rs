@@ -25,15 +25,26 @@ use crate::cgroup;
 /// Signals forwarded to the agent. A signal the terminal sends to the whole
 /// foreground process group (Ctrl-C) already reaches the agent and is not sent
 /// twice.
-const FORWARDED: [Signal; 6] =
-    [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2];
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
-    #[error("cannot open {path}: {source} (guardctl run needs root, or write access to the agent cgroup)")]
-    Procs { path: std::path::PathBuf, source: io::Error },
+    #[error(
+        "cannot open {path}: {source} (guardctl run needs root, or write access to the agent cgroup)"
+    )]
+    Procs {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
     #[error("cannot start {command}: {source}")]
     Spawn { command: String, source: io::Error },
     #[error("waiting for the agent: {0}")]
@@ -41,12 +52,20 @@ pub enum LaunchError {
 }
 
 /// Runs `command` as agent `agent`; returns the exit code to exit with.
-pub fn run(cgroup_mount: &Path, cgroup_root: &str, agent: &str, command: &[OsString]) -> Result<i32, LaunchError> {
+pub fn run(
+    cgroup_mount: &Path,
+    cgroup_root: &str,
+    agent: &str,
+    command: &[OsString],
+) -> Result<i32, LaunchError> {
     let procs_path = cgroup::agent_procs(cgroup_mount, cgroup_root, agent)?;
     let procs = OpenOptions::new()
         .write(true)
         .open(&procs_path)
-        .map_err(|source| LaunchError::Procs { path: procs_path.clone(), source })?;
+        .map_err(|source| LaunchError::Procs {
+            path: procs_path.clone(),
+            source,
+        })?;
     let procs_fd = procs.as_raw_fd();
 
     let mut forwarded = SigSet::empty();
@@ -55,7 +74,8 @@ pub fn run(cgroup_mount: &Path, cgroup_root: &str, agent: &str, command: &[OsStr
     }
     // Block the forwarded signals here so the forwarder thread can wait for
     // them; the child unblocks them before exec.
-    signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&forwarded), None).map_err(|e| LaunchError::Wait(e.into()))?;
+    signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&forwarded), None)
+        .map_err(|e| LaunchError::Wait(e.into()))?;
 
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]);

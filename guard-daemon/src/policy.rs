@@ -5,7 +5,11 @@
 //! including those found later while compiling (a protected path that does
 //! not exist, a limit exceeded), names the line and column.
 
-use std::{fmt, net::IpAddr, path::{Component, Path, PathBuf}};
+use std::{
+    fmt,
+    net::IpAddr,
+    path::{Component, Path, PathBuf},
+};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -26,7 +30,10 @@ impl fmt::Display for Location {
 
 impl From<serde_saphyr::Location> for Location {
     fn from(l: serde_saphyr::Location) -> Self {
-        Self { line: l.line(), column: l.column() }
+        Self {
+            line: l.line(),
+            column: l.column(),
+        }
     }
 }
 
@@ -40,7 +47,10 @@ pub struct PolicyError {
 
 impl PolicyError {
     pub fn new(location: impl Into<Location>, reason: impl Into<String>) -> Self {
-        Self { location: location.into(), reason: reason.into() }
+        Self {
+            location: location.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -135,7 +145,10 @@ pub struct PortRange {
 }
 
 impl PortRange {
-    pub const ALL: PortRange = PortRange { lo: 0, hi: u16::MAX };
+    pub const ALL: PortRange = PortRange {
+        lo: 0,
+        hi: u16::MAX,
+    };
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -217,7 +230,10 @@ enum PortsFile {
 pub fn parse(text: &str) -> Result<Policy, PolicyError> {
     let file: PolicyFile = serde_saphyr::from_str(text).map_err(|e| {
         let location = e.location().map(Location::from).unwrap_or_default();
-        PolicyError { location, reason: first_line(&e.to_string()) }
+        PolicyError {
+            location,
+            reason: first_line(&e.to_string()),
+        }
     })?;
     let mut agents = Vec::with_capacity(file.agents.len());
     let mut rule_ids = std::collections::HashMap::new();
@@ -228,10 +244,14 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         let name = agent_file.name.value;
         check_agent_name(&name).map_err(|reason| PolicyError::new(name_location, reason))?;
         if agents.iter().any(|a: &AgentProfile| a.name == name) {
-            return Err(PolicyError::new(name_location, format!("agent `{name}` is defined twice")));
+            return Err(PolicyError::new(
+                name_location,
+                format!("agent `{name}` is defined twice"),
+            ));
         }
-        let mut rules = |section: Vec<Spanned<RuleFile>>| -> Result<Vec<(RuleFile, Location)>, PolicyError> {
-            section
+        let mut rules =
+            |section: Vec<Spanned<RuleFile>>| -> Result<Vec<(RuleFile, Location)>, PolicyError> {
+                section
                 .into_iter()
                 .map(|rule| {
                     let location = Location::from(rule.referenced);
@@ -245,7 +265,7 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
                     Ok((rule.value, location))
                 })
                 .collect()
-        };
+            };
         let exec_deny = rules(agent_file.exec.deny)?
             .into_iter()
             .map(|(r, l)| exec_rule(r, l))
@@ -273,14 +293,23 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
 
 /// Reads and parses a policy file.
 pub fn load(path: &Path) -> Result<Policy, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
-    parse(&text).map_err(|error| LoadError::Invalid { path: path.into(), error })
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.into(),
+        source,
+    })?;
+    parse(&text).map_err(|error| LoadError::Invalid {
+        path: path.into(),
+        error,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read policy {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid policy {path}: {error}")]
     Invalid { path: PathBuf, error: PolicyError },
 }
@@ -294,7 +323,9 @@ fn check_agent_name(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if valid {
         Ok(())
     } else {
@@ -307,16 +338,25 @@ fn check_agent_name(name: &str) -> Result<(), String> {
 fn check_rule_id(id: &str) -> Result<(), String> {
     let valid = !id.is_empty()
         && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'));
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'));
     if valid {
         Ok(())
     } else {
-        Err(format!("invalid rule id `{id}`: use 1-64 letters, digits, `-`, `_`, `.`, `:` or `/`"))
+        Err(format!(
+            "invalid rule id `{id}`: use 1-64 letters, digits, `-`, `_`, `.`, `:` or `/`"
+        ))
     }
 }
 
 /// Rejects keys that do not belong to the rule's section.
-fn only_keys(rule: &RuleFile, location: Location, section: &str, allowed: &[&str]) -> Result<(), PolicyError> {
+fn only_keys(
+    rule: &RuleFile,
+    location: Location,
+    section: &str,
+    allowed: &[&str],
+) -> Result<(), PolicyError> {
     let present = [
         ("path", rule.path.is_some()),
         ("subtree", rule.subtree.is_some()),
@@ -329,7 +369,11 @@ fn only_keys(rule: &RuleFile, location: Location, section: &str, allowed: &[&str
         if is_present && !allowed.contains(&key) {
             return Err(PolicyError::new(
                 location,
-                format!("rule `{}`: `{key}` is not a key of {section} rules (expected one of: {})", rule.id, allowed.join(", ")),
+                format!(
+                    "rule `{}`: `{key}` is not a key of {section} rules (expected one of: {})",
+                    rule.id,
+                    allowed.join(", ")
+                ),
             ));
         }
     }
@@ -338,31 +382,53 @@ fn only_keys(rule: &RuleFile, location: Location, section: &str, allowed: &[&str
 
 /// Exactly one of the target keys must be set.
 fn one_target(rule: &RuleFile, location: Location, keys: &[&str]) -> Result<(), PolicyError> {
-    let set = [("path", rule.path.is_some()), ("subtree", rule.subtree.is_some()), ("name", rule.name.is_some())]
-        .iter()
-        .filter(|(k, present)| *present && keys.contains(k))
-        .count();
+    let set = [
+        ("path", rule.path.is_some()),
+        ("subtree", rule.subtree.is_some()),
+        ("name", rule.name.is_some()),
+    ]
+    .iter()
+    .filter(|(k, present)| *present && keys.contains(k))
+    .count();
     if set == 1 {
         Ok(())
     } else {
-        Err(PolicyError::new(location, format!("rule `{}`: set exactly one of {}", rule.id, keys.join(", "))))
+        Err(PolicyError::new(
+            location,
+            format!("rule `{}`: set exactly one of {}", rule.id, keys.join(", ")),
+        ))
     }
 }
 
-fn absolute_path(rule_id: &str, path: &str, location: Location, max: usize) -> Result<PathBuf, PolicyError> {
+fn absolute_path(
+    rule_id: &str,
+    path: &str,
+    location: Location,
+    max: usize,
+) -> Result<PathBuf, PolicyError> {
     let p = Path::new(path);
     if !p.is_absolute() {
-        return Err(PolicyError::new(location, format!("rule `{rule_id}`: path `{path}` must be absolute")));
+        return Err(PolicyError::new(
+            location,
+            format!("rule `{rule_id}`: path `{path}` must be absolute"),
+        ));
     }
-    if p.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
-        return Err(PolicyError::new(location, format!("rule `{rule_id}`: path `{path}` must not contain `.` or `..`")));
+    if p.components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(PolicyError::new(
+            location,
+            format!("rule `{rule_id}`: path `{path}` must not contain `.` or `..`"),
+        ));
     }
     // Normalise away duplicate and trailing slashes.
     let normal: PathBuf = p.components().collect();
     if normal.as_os_str().len() > max {
         return Err(PolicyError::new(
             location,
-            format!("rule `{rule_id}`: path `{path}` is longer than {max} bytes, the longest the kernel matches"),
+            format!(
+                "rule `{rule_id}`: path `{path}` is longer than {max} bytes, the longest the kernel matches"
+            ),
         ));
     }
     Ok(normal)
@@ -372,12 +438,24 @@ fn exec_rule(rule: RuleFile, location: Location) -> Result<Rule<ExecTarget>, Pol
     only_keys(&rule, location, "exec", &["path", "subtree"])?;
     one_target(&rule, location, &["path", "subtree"])?;
     let target = match (&rule.path, &rule.subtree) {
-        (Some(path), _) => ExecTarget::Path(absolute_path(&rule.id, path, location, MAX_EXEC_RULE_PATH)?),
+        (Some(path), _) => {
+            ExecTarget::Path(absolute_path(&rule.id, path, location, MAX_EXEC_RULE_PATH)?)
+        }
         // A subtree entry is the path plus `/`.
-        (_, Some(dir)) => ExecTarget::Subtree(absolute_path(&rule.id, dir, location, MAX_EXEC_RULE_PATH - 1)?),
+        (_, Some(dir)) => ExecTarget::Subtree(absolute_path(
+            &rule.id,
+            dir,
+            location,
+            MAX_EXEC_RULE_PATH - 1,
+        )?),
         _ => unreachable!("one_target checked"),
     };
-    Ok(Rule { id: rule.id, message: rule.message, target, location })
+    Ok(Rule {
+        id: rule.id,
+        message: rule.message,
+        target,
+        location,
+    })
 }
 
 fn file_rule(rule: RuleFile, location: Location) -> Result<Rule<FileTarget>, PolicyError> {
@@ -389,11 +467,25 @@ fn file_rule(rule: RuleFile, location: Location) -> Result<Rule<FileTarget>, Pol
         (_, _, Some(name)) => FileTarget::Name(name_pattern(&rule.id, name, location)?),
         _ => unreachable!("one_target checked"),
     };
-    Ok(Rule { id: rule.id, message: rule.message, target, location })
+    Ok(Rule {
+        id: rule.id,
+        message: rule.message,
+        target,
+        location,
+    })
 }
 
-fn name_pattern(rule_id: &str, pattern: &str, location: Location) -> Result<NamePattern, PolicyError> {
-    let err = |why: &str| PolicyError::new(location, format!("rule `{rule_id}`: name `{pattern}` {why}"));
+fn name_pattern(
+    rule_id: &str,
+    pattern: &str,
+    location: Location,
+) -> Result<NamePattern, PolicyError> {
+    let err = |why: &str| {
+        PolicyError::new(
+            location,
+            format!("rule `{rule_id}`: name `{pattern}` {why}"),
+        )
+    };
     let (suffix, body) = match pattern.strip_prefix('*') {
         Some(rest) => (true, rest),
         None => (false, pattern),
@@ -405,12 +497,18 @@ fn name_pattern(rule_id: &str, pattern: &str, location: Location) -> Result<Name
         return Err(err("must be a file name, without `/`"));
     }
     if body.contains(['*', '?', '[']) {
-        return Err(err("may only use `*` at its start (e.g. `*.sqlite`); other wildcards are not supported"));
+        return Err(err(
+            "may only use `*` at its start (e.g. `*.sqlite`); other wildcards are not supported",
+        ));
     }
     if body.len() > MAX_NAME_PATTERN {
         return Err(err(&format!("is longer than {MAX_NAME_PATTERN} bytes")));
     }
-    Ok(if suffix { NamePattern::Suffix(body.into()) } else { NamePattern::Exact(body.into()) })
+    Ok(if suffix {
+        NamePattern::Suffix(body.into())
+    } else {
+        NamePattern::Exact(body.into())
+    })
 }
 
 fn net_rule(rule: RuleFile, location: Location) -> Result<Rule<NetTarget>, PolicyError> {
@@ -420,21 +518,42 @@ fn net_rule(rule: RuleFile, location: Location) -> Result<Rule<NetTarget>, Polic
         .cidr
         .as_deref()
         .ok_or_else(|| PolicyError::new(location, format!("rule `{id}`: `cidr` is required")))?;
-    let cidr = parse_cidr(cidr_text)
-        .ok_or_else(|| PolicyError::new(location, format!("rule `{id}`: `{cidr_text}` is not an IP address or CIDR")))?;
+    let cidr = parse_cidr(cidr_text).ok_or_else(|| {
+        PolicyError::new(
+            location,
+            format!("rule `{id}`: `{cidr_text}` is not an IP address or CIDR"),
+        )
+    })?;
     let ports = match &rule.ports {
         None => PortRange::ALL,
-        Some(PortsFile::One(port)) => PortRange { lo: *port, hi: *port },
+        Some(PortsFile::One(port)) => PortRange {
+            lo: *port,
+            hi: *port,
+        },
         Some(PortsFile::Range(text)) => parse_ports(text).ok_or_else(|| {
-            PolicyError::new(location, format!("rule `{id}`: ports `{text}` must be a port or a range like `8000-8100`"))
+            PolicyError::new(
+                location,
+                format!("rule `{id}`: ports `{text}` must be a port or a range like `8000-8100`"),
+            )
         })?,
     };
-    let target = NetTarget { cidr: cidr.trunc(), ports, protocol: rule.protocol.unwrap_or_default() };
-    Ok(Rule { id: rule.id, message: rule.message, target, location })
+    let target = NetTarget {
+        cidr: cidr.trunc(),
+        ports,
+        protocol: rule.protocol.unwrap_or_default(),
+    };
+    Ok(Rule {
+        id: rule.id,
+        message: rule.message,
+        target,
+        location,
+    })
 }
 
 fn parse_cidr(text: &str) -> Option<IpNet> {
-    text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 fn parse_ports(text: &str) -> Option<PortRange> {
@@ -492,13 +611,28 @@ agents:
         assert_eq!(agent.name, "coder");
         assert_eq!(agent.mode, Mode::Monitor);
         assert!(agent.record_allowed);
-        assert_eq!(agent.exec_deny[0].target, ExecTarget::Path("/usr/bin/curl".into()));
+        assert_eq!(
+            agent.exec_deny[0].target,
+            ExecTarget::Path("/usr/bin/curl".into())
+        );
         assert_eq!(agent.exec_deny[0].message.as_deref(), Some("no downloads"));
-        assert_eq!(agent.exec_deny[1].target, ExecTarget::Subtree("/opt/tools".into()));
-        assert_eq!(agent.file_protect[1].target, FileTarget::Name(NamePattern::Exact(".env".into())));
-        assert_eq!(agent.file_protect[2].target, FileTarget::Name(NamePattern::Suffix(".sqlite".into())));
+        assert_eq!(
+            agent.exec_deny[1].target,
+            ExecTarget::Subtree("/opt/tools".into())
+        );
+        assert_eq!(
+            agent.file_protect[1].target,
+            FileTarget::Name(NamePattern::Exact(".env".into()))
+        );
+        assert_eq!(
+            agent.file_protect[2].target,
+            FileTarget::Name(NamePattern::Suffix(".sqlite".into()))
+        );
         let net = &agent.network_deny;
-        assert_eq!(net[0].target.cidr, "169.254.169.254/32".parse::<IpNet>().unwrap());
+        assert_eq!(
+            net[0].target.cidr,
+            "169.254.169.254/32".parse::<IpNet>().unwrap()
+        );
         assert_eq!(net[0].target.ports, PortRange::ALL);
         assert_eq!(net[1].target.ports, PortRange { lo: 5432, hi: 5432 });
         assert_eq!(net[1].target.protocol, Protocol::Tcp);
@@ -541,7 +675,10 @@ agents:
         let text = "agents:\n  - name: a\n    exec:\n      deny:\n        - id: rel\n          path: bin/sh\n";
         let e = error(text);
         assert_eq!(e.location.line, 5, "{e}");
-        assert!(e.reason.contains("`rel`") && e.reason.contains("absolute"), "{e}");
+        assert!(
+            e.reason.contains("`rel`") && e.reason.contains("absolute"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -577,7 +714,11 @@ agents:
     #[test]
     fn keys_of_other_sections_are_refused() {
         let text = "agents:\n  - name: a\n    exec:\n      deny:\n        - id: r\n          cidr: 10.0.0.0/8\n";
-        assert!(error(text).reason.contains("`cidr` is not a key of exec rules"));
+        assert!(
+            error(text)
+                .reason
+                .contains("`cidr` is not a key of exec rules")
+        );
     }
 
     #[test]
@@ -592,23 +733,36 @@ agents:
 
     #[test]
     fn name_patterns_are_checked() {
-        let rule = |name: &str| format!("agents:\n  - name: a\n    files:\n      protect:\n        - id: r\n          name: \"{name}\"\n");
+        let rule = |name: &str| {
+            format!(
+                "agents:\n  - name: a\n    files:\n      protect:\n        - id: r\n          name: \"{name}\"\n"
+            )
+        };
         assert!(error(&rule("*")).reason.contains("every file"));
         assert!(error(&rule("a/b")).reason.contains("without `/`"));
-        assert!(error(&rule("*.d*")).reason.contains("only use `*` at its start"));
+        assert!(
+            error(&rule("*.d*"))
+                .reason
+                .contains("only use `*` at its start")
+        );
     }
 
     #[test]
     fn over_long_exec_paths_are_refused() {
         let long = format!("/{}", "x".repeat(MAX_EXEC_RULE_PATH));
-        let text = format!("agents:\n  - name: a\n    exec:\n      deny:\n        - id: r\n          path: {long}\n");
+        let text = format!(
+            "agents:\n  - name: a\n    exec:\n      deny:\n        - id: r\n          path: {long}\n"
+        );
         assert!(error(&text).reason.contains("longer than"));
     }
 
     #[test]
     fn paths_are_normalised() {
         let text = "agents:\n  - name: a\n    exec:\n      deny:\n        - id: r\n          subtree: //opt//tools/\n";
-        assert_eq!(parse(text).unwrap().agents[0].exec_deny[0].target, ExecTarget::Subtree("/opt/tools".into()));
+        assert_eq!(
+            parse(text).unwrap().agents[0].exec_deny[0].target,
+            ExecTarget::Subtree("/opt/tools".into())
+        );
         let dots = "agents:\n  - name: a\n    exec:\n      deny:\n        - id: r\n          path: /opt/../bin/sh\n";
         assert!(error(dots).reason.contains("`..`"));
     }

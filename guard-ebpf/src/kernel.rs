@@ -8,11 +8,9 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
-use guard_common::{
-    event_flag, IdentityKey, RuleRef, MAX_WALK_DEPTH, NAME_KEY_LEN,
-};
+use guard_common::{IdentityKey, MAX_WALK_DEPTH, NAME_KEY_LEN, RuleRef, event_flag};
 
-use crate::maps::{PathScratch, FILE_IDENTITY, FILE_NAMES, WALK_LEN};
+use crate::maps::{FILE_IDENTITY, FILE_NAMES, PathScratch, WALK_LEN};
 
 /// A kernel pointer; only ever dereferenced through `bpf_probe_read_kernel`
 /// (or, where a helper needs the kernel's typed pointer, a direct load).
@@ -76,9 +74,8 @@ pub fn read<T>(base: Kptr, offset: usize) -> Result<T, ReadError> {
 pub fn copy(dst: *mut u8, len: u32, src: Kptr) -> Result<(), ReadError> {
     // SAFETY: callers pass a destination inside a map value or the stack with
     // at least `len` bytes; the verifier checks it too.
-    let rc = unsafe {
-        generated::bpf_probe_read_kernel(dst as *mut c_void, len, src as *const c_void)
-    };
+    let rc =
+        unsafe { generated::bpf_probe_read_kernel(dst as *mut c_void, len, src as *const c_void) };
     if rc < 0 { Err(rc) } else { Ok(()) }
 }
 
@@ -91,7 +88,11 @@ pub struct Identity {
 
 impl Identity {
     pub fn key(self, profile: u32) -> IdentityKey {
-        IdentityKey { ino: self.ino, dev: self.dev, profile }
+        IdentityKey {
+            ino: self.ino,
+            dev: self.dev,
+            profile,
+        }
     }
 }
 
@@ -113,7 +114,10 @@ pub fn dentry_identity(dentry: Kptr) -> Result<Option<Identity>, ReadError> {
 
 /// `(vfsmount, dentry)` of a `struct path`.
 pub fn path_parts(path: Kptr) -> Result<(Kptr, Kptr), ReadError> {
-    Ok((read(path, off(&OFF_PATH_MNT))?, read(path, off(&OFF_PATH_DENTRY))?))
+    Ok((
+        read(path, off(&OFF_PATH_MNT))?,
+        read(path, off(&OFF_PATH_DENTRY))?,
+    ))
 }
 
 pub fn file_path(file: Kptr) -> Kptr {
@@ -142,7 +146,10 @@ pub fn socket_type(sock: Kptr) -> Result<u16, ReadError> {
 
 /// `(msg_name, msg_namelen)` of a `struct msghdr`.
 pub fn msghdr_name(msg: Kptr) -> Result<(Kptr, i32), ReadError> {
-    Ok((read(msg, off(&OFF_MSGHDR_NAME))?, read(msg, off(&OFF_MSGHDR_NAMELEN))?))
+    Ok((
+        read(msg, off(&OFF_MSGHDR_NAME))?,
+        read(msg, off(&OFF_MSGHDR_NAMELEN))?,
+    ))
 }
 
 /// One step from a dentry towards the root of the mount tree
@@ -170,7 +177,10 @@ fn step_up(dentry: Kptr, vfsmount: Kptr) -> Result<Step, ReadError> {
         return Ok(Step::Root);
     }
     let mountpoint: Kptr = read(mount, off(&OFF_MOUNT_MOUNTPOINT))?;
-    Ok(Step::Mount { mountpoint, vfsmount: mount_parent.wrapping_add(off(&OFF_MOUNT_MNT)) })
+    Ok(Step::Mount {
+        mountpoint,
+        vfsmount: mount_parent.wrapping_add(off(&OFF_MOUNT_MNT)),
+    })
 }
 
 /// Result of looking for a protected file or ancestor directory.
@@ -196,7 +206,10 @@ pub fn find_protected(profile: u32, dentry: Kptr, vfsmount: Kptr) -> Result<Prot
         }
         match step_up(dentry, vfsmount)? {
             Step::Parent(parent) => dentry = parent,
-            Step::Mount { mountpoint, vfsmount: parent_mount } => {
+            Step::Mount {
+                mountpoint,
+                vfsmount: parent_mount,
+            } => {
                 dentry = mountpoint;
                 vfsmount = parent_mount;
             }
@@ -225,9 +238,17 @@ pub fn find_protected_name(
     // (6.1's verifier explores infeasible paths on which such an offset is
     // unbounded).
     for i in 0..NAME_KEY_LEN {
-        key.data.reversed[i] = if i < len { scratch.name[(len - 1 - i) & 255] } else { 0 };
+        key.data.reversed[i] = if i < len {
+            scratch.name[(len - 1 - i) & 255]
+        } else {
+            0
+        };
     }
-    let key_bytes = if len < NAME_KEY_LEN { len + 1 } else { NAME_KEY_LEN };
+    let key_bytes = if len < NAME_KEY_LEN {
+        len + 1
+    } else {
+        NAME_KEY_LEN
+    };
     key.prefix_len = 32 + key_bytes as u32 * 8;
     Ok(FILE_NAMES.get(&*key).copied())
 }
@@ -261,8 +282,12 @@ pub fn build_path(dentry: Kptr, vfsmount: Kptr, scratch: &mut PathScratch) -> Bu
     for _ in 0..MAX_WALK_DEPTH {
         match step_up(dentry, vfsmount) {
             Ok(Step::Parent(parent)) => {
-                let Ok(len) = read::<u32>(dentry, off(&OFF_DENTRY_NAME_LEN)) else { break };
-                let Ok(name) = read::<Kptr>(dentry, off(&OFF_DENTRY_NAME)) else { break };
+                let Ok(len) = read::<u32>(dentry, off(&OFF_DENTRY_NAME_LEN)) else {
+                    break;
+                };
+                let Ok(name) = read::<Kptr>(dentry, off(&OFF_DENTRY_NAME)) else {
+                    break;
+                };
                 let len = (len as usize).min(255);
                 let at = pos();
                 if at < len + 1 {
@@ -276,7 +301,10 @@ pub fn build_path(dentry: Kptr, vfsmount: Kptr, scratch: &mut PathScratch) -> Bu
                 set_pos(at - 1);
                 dentry = parent;
             }
-            Ok(Step::Mount { mountpoint, vfsmount: parent_mount }) => {
+            Ok(Step::Mount {
+                mountpoint,
+                vfsmount: parent_mount,
+            }) => {
                 dentry = mountpoint;
                 vfsmount = parent_mount;
             }
@@ -294,5 +322,8 @@ pub fn build_path(dentry: Kptr, vfsmount: Kptr, scratch: &mut PathScratch) -> Bu
         put_slash(WALK_LEN - 1);
         set_pos(WALK_LEN - 1);
     }
-    BuiltPath { start: pos().min(WALK_LEN - 1), flags }
+    BuiltPath {
+        start: pos().min(WALK_LEN - 1),
+        flags,
+    }
 }

@@ -3,8 +3,13 @@
 //! Every hook has the same shape (`decide_hook`): honour a denial by an
 //! earlier BPF LSM program on the same hook, return at once for processes
 //! that are not agents (one helper call and a compare), then decide from the
-//! policy maps and record the decision. A hook that cannot read kernel memory it needs fails
-//! open and counts `Counter::HookErrors`; the daemon reports that counter.
+//! policy maps and record the decision. A hook that cannot read kernel
+//! memory it needs fails open and counts `Counter::HookErrors`; the daemon
+//! reports that counter.
+//!
+//! Hook functions are `#[inline(always)]` into the wrapper `#[lsm]`
+//! generates: as a separate global function taking a struct by value, 6.1's
+//! verifier rejects them.
 #![no_std]
 #![no_main]
 
@@ -18,11 +23,13 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use guard_common::{
-    action, agent_flag, global, hook, lsm, mode, protocol, verdict, AgentEntry, Counter, Event, LsmHook,
-    NetKey, RuleRef, EXEC_PATH_KEY_LEN, EVENT_PATH_LEN, NO_RULE,
+    AgentEntry, Counter, EVENT_PATH_LEN, EXEC_PATH_KEY_LEN, Event, LsmHook, NO_RULE, NetKey,
+    RuleRef, action, agent_flag, hook, lsm, mode, protocol, verdict,
 };
 use kernel::{Identity, Kptr, Protection, ReadError};
-use maps::{PathScratch, AGENTS, COUNTERS, EVENTS, EXEC_IDENTITY, EXEC_PATHS, NET_RULES, PATH_SCRATCH};
+use maps::{
+    AGENTS, COUNTERS, EVENTS, EXEC_IDENTITY, EXEC_PATHS, NET_RULES, PATH_SCRATCH, PathScratch,
+};
 
 const EPERM: i32 = 1;
 const O_TRUNC: u32 = 0o1000;
@@ -31,17 +38,13 @@ const AF_INET6: u16 = 10;
 const SOCK_STREAM: u16 = 1;
 const SOCK_DGRAM: u16 = 2;
 
-/// cgroup id of Guard's root cgroup (set by the loader).
+/// cgroup id of Guard's root cgroup (set by the loader, by the name in
+/// `guard_common::global`).
 #[unsafe(no_mangle)]
 static GUARD_ROOT_CGROUP_ID: u64 = 0;
-/// Level of Guard's root cgroup below the cgroup2 root (set by the loader).
+/// Level of Guard's root cgroup below the cgroup2 root (set likewise).
 #[unsafe(no_mangle)]
 static GUARD_ROOT_CGROUP_LEVEL: u32 = 0;
-const _: () = {
-    // The loader sets these by the names in guard_common::global.
-    let _ = global::ROOT_CGROUP_ID;
-    let _ = global::ROOT_CGROUP_LEVEL;
-};
 
 /// The calling process's agent: its agent cgroup id and entry.
 struct Agent {
@@ -103,7 +106,10 @@ fn count(counter: Counter) {
 
 fn scratch() -> Result<&'static mut PathScratch, ReadError> {
     // SAFETY: per-CPU value, used by one program at a time on this CPU.
-    PATH_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p }).ok_or(-1)
+    PATH_SCRATCH
+        .get_ptr_mut(0)
+        .map(|p| unsafe { &mut *p })
+        .ok_or(-1)
 }
 
 /// A decision about one action.
@@ -116,11 +122,21 @@ impl Decision {
     fn new(agent: &Agent, rule: Option<RuleRef>) -> Self {
         match rule {
             Some(rule) if rule.action == action::DENY => Decision {
-                verdict: if agent.entry.mode == mode::MONITOR { verdict::WOULD_DENY } else { verdict::DENY },
+                verdict: if agent.entry.mode == mode::MONITOR {
+                    verdict::WOULD_DENY
+                } else {
+                    verdict::DENY
+                },
                 rule_id: rule.rule_id,
             },
-            Some(rule) => Decision { verdict: verdict::ALLOW, rule_id: rule.rule_id },
-            None => Decision { verdict: verdict::ALLOW, rule_id: NO_RULE },
+            Some(rule) => Decision {
+                verdict: verdict::ALLOW,
+                rule_id: rule.rule_id,
+            },
+            None => Decision {
+                verdict: verdict::ALLOW,
+                rule_id: NO_RULE,
+            },
         }
     }
 
@@ -151,7 +167,10 @@ fn record(agent: &Agent, hook_id: u32, decision: &Decision, fill: impl FnOnce(&m
     // field is plain data, written before submit.
     unsafe {
         use core::ptr::{addr_of_mut, write_volatile as put};
-        put(addr_of_mut!((*event).boot_ns), generated::bpf_ktime_get_boot_ns());
+        put(
+            addr_of_mut!((*event).boot_ns),
+            generated::bpf_ktime_get_boot_ns(),
+        );
         put(addr_of_mut!((*event).agent_cgroup), agent.cgroup);
         put(addr_of_mut!((*event).ino), 0);
         put(addr_of_mut!((*event).dev), 0);
@@ -174,14 +193,21 @@ fn record(agent: &Agent, hook_id: u32, decision: &Decision, fill: impl FnOnce(&m
         generated::bpf_get_current_comm(addr_of_mut!((*event).comm).cast(), 16);
         fill(&mut *event);
     }
-    let flags = if decision.verdict == verdict::ALLOW { BPF_RB_NO_WAKEUP as u64 } else { 0 };
+    let flags = if decision.verdict == verdict::ALLOW {
+        BPF_RB_NO_WAKEUP as u64
+    } else {
+        0
+    };
     entry.submit(flags);
 }
 
 /// Copies `EVENT_PATH_LEN` bytes starting at `src` into the record's path.
 fn set_path(event: &mut Event, src: *const u8, len: usize, flags: u32) {
     let (len, flags) = if len > EVENT_PATH_LEN {
-        (EVENT_PATH_LEN, flags | guard_common::event_flag::PATH_TRUNCATED)
+        (
+            EVENT_PATH_LEN,
+            flags | guard_common::event_flag::PATH_TRUNCATED,
+        )
     } else {
         (len, flags)
     };
@@ -202,7 +228,11 @@ fn set_identity(event: &mut Event, identity: Option<Identity>) {
 /// return at once for processes that are not agents, otherwise let `decide`
 /// say whether to deny.
 #[inline(always)]
-fn decide_hook(ctx: &LsmContext, lsm_hook: LsmHook, decide: impl FnOnce(&Agent) -> Result<bool, ReadError>) -> i32 {
+fn decide_hook(
+    ctx: &LsmContext,
+    lsm_hook: LsmHook,
+    decide: impl FnOnce(&Agent) -> Result<bool, ReadError>,
+) -> i32 {
     let previous: i32 = ctx.arg(lsm_hook.args);
     if previous != 0 {
         return deny_return();
@@ -224,7 +254,9 @@ fn decide_hook(ctx: &LsmContext, lsm_hook: LsmHook, decide: impl FnOnce(&Agent) 
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn bprm_check_security(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::BPRM_CHECK_SECURITY, |agent| try_exec(&ctx, agent))
+    decide_hook(&ctx, lsm::BPRM_CHECK_SECURITY, |agent| {
+        try_exec(&ctx, agent)
+    })
 }
 
 fn try_exec(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
@@ -232,7 +264,8 @@ fn try_exec(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     // A direct load, not bpf_probe_read: bpf_d_path needs the kernel's typed
     // pointer to `file->f_path`, which only a BTF-checked load yields.
     // SAFETY: the verifier checks this load against the kernel's BTF.
-    let file: Kptr = unsafe { core::ptr::read_volatile(bprm.add(kernel::bprm_file_offset()) as *const Kptr) };
+    let file: Kptr =
+        unsafe { core::ptr::read_volatile(bprm.add(kernel::bprm_file_offset()) as *const Kptr) };
     let identity = kernel::inode_identity(kernel::file_inode(file)?)?;
     let scratch = scratch()?;
 
@@ -247,11 +280,19 @@ fn try_exec(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
         )
     };
     // bpf_d_path returns the length including the NUL.
-    let path_len = if path_len > 0 { path_len as usize - 1 } else { 0 };
+    let path_len = if path_len > 0 {
+        path_len as usize - 1
+    } else {
+        0
+    };
     if rule.is_none() && path_len > 0 {
         let key = &mut scratch.exec_key;
         key.data.profile = agent.entry.profile.to_be_bytes();
-        kernel::copy(key.data.path.as_mut_ptr(), EXEC_PATH_KEY_LEN as u32, scratch.d_path.as_ptr())?;
+        kernel::copy(
+            key.data.path.as_mut_ptr(),
+            EXEC_PATH_KEY_LEN as u32,
+            scratch.d_path.as_ptr(),
+        )?;
         // Exact rules include the NUL, so they match only a path that ends there.
         key.prefix_len = 32 + (path_len + 1).min(EXEC_PATH_KEY_LEN) as u32 * 8;
         rule = EXEC_PATHS.get(&*key).copied();
@@ -271,7 +312,12 @@ fn try_exec(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
 
 /// Decides on destroying the file at `dentry` (in mount `vfsmount`): denied
 /// when its name is protected, or it or any ancestor directory is protected.
-fn check_destroy(agent: &Agent, hook_id: u32, vfsmount: Kptr, dentry: Kptr) -> Result<bool, ReadError> {
+fn check_destroy(
+    agent: &Agent,
+    hook_id: u32,
+    vfsmount: Kptr,
+    dentry: Kptr,
+) -> Result<bool, ReadError> {
     let scratch = scratch()?;
     let profile = agent.entry.profile;
     let mut rule = kernel::find_protected_name(profile, dentry, scratch)?;
@@ -290,7 +336,10 @@ fn check_destroy(agent: &Agent, hook_id: u32, vfsmount: Kptr, dentry: Kptr) -> R
     if decision.recorded(agent) {
         let identity = kernel::dentry_identity(dentry).unwrap_or(None);
         let built = kernel::build_path(dentry, vfsmount, scratch);
-        let path = scratch.walk.as_ptr().wrapping_add(built.start & (maps::WALK_LEN - 1));
+        let path = scratch
+            .walk
+            .as_ptr()
+            .wrapping_add(built.start & (maps::WALK_LEN - 1));
         record(agent, hook_id, &decision, |event| {
             set_identity(event, identity);
             set_path(event, path, maps::WALK_LEN - built.start, built.flags);
@@ -376,7 +425,9 @@ fn file_open(ctx: LsmContext) -> i32 {
 
 fn try_file_open(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     let file: Kptr = ctx.arg(0);
-    if kernel::file_flags(file)? & O_TRUNC == 0 || kernel::inode_size(kernel::file_inode(file)?)? <= 0 {
+    if kernel::file_flags(file)? & O_TRUNC == 0
+        || kernel::inode_size(kernel::file_inode(file)?)? <= 0
+    {
         return Ok(false);
     }
     let (vfsmount, dentry) = kernel::path_parts(kernel::file_path(file))?;
@@ -421,14 +472,22 @@ fn read_destination(sockaddr: Kptr, len: i32) -> Result<Option<Destination>, Rea
             addr[10] = 0xff;
             addr[11] = 0xff;
             addr[12..16].copy_from_slice(&raw[4..8]);
-            Ok(Some(Destination { family, port: u16::from_be_bytes([raw[2], raw[3]]), addr }))
+            Ok(Some(Destination {
+                family,
+                port: u16::from_be_bytes([raw[2], raw[3]]),
+                addr,
+            }))
         }
         AF_INET6 if len >= 24 => {
             // struct sockaddr_in6: family, port (BE), flowinfo, address.
             let raw: [u8; 24] = kernel::read(sockaddr, 0)?;
             let mut addr = [0u8; 16];
             addr.copy_from_slice(&raw[8..24]);
-            Ok(Some(Destination { family, port: u16::from_be_bytes([raw[2], raw[3]]), addr }))
+            Ok(Some(Destination {
+                family,
+                port: u16::from_be_bytes([raw[2], raw[3]]),
+                addr,
+            }))
         }
         _ => Ok(None),
     }
@@ -447,7 +506,10 @@ fn socket_protocol(sock: Kptr) -> Result<u16, ReadError> {
 fn find_net_rule(profile: u32, dest: &Destination, proto: u16) -> Option<RuleRef> {
     let key = aya_ebpf::maps::lpm_trie::Key::new(
         32 + 128,
-        NetKey { profile: profile.to_be_bytes(), addr: dest.addr },
+        NetKey {
+            profile: profile.to_be_bytes(),
+            addr: dest.addr,
+        },
     );
     let set = NET_RULES.get(&key)?;
     for rule in set.rules.iter().take(set.len as usize) {
@@ -455,15 +517,26 @@ fn find_net_rule(profile: u32, dest: &Destination, proto: u16) -> Option<RuleRef
             && dest.port <= rule.port_hi
             && (rule.protocol == protocol::ANY || rule.protocol == proto)
         {
-            return Some(RuleRef { rule_id: rule.rule_id, action: rule.action as u32 });
+            return Some(RuleRef {
+                rule_id: rule.rule_id,
+                action: rule.action as u32,
+            });
         }
     }
     None
 }
 
 #[inline(always)]
-fn check_destination(agent: &Agent, hook_id: u32, sock: Kptr, sockaddr: Kptr, len: i32) -> Result<bool, ReadError> {
-    let Some(dest) = read_destination(sockaddr, len)? else { return Ok(false) };
+fn check_destination(
+    agent: &Agent,
+    hook_id: u32,
+    sock: Kptr,
+    sockaddr: Kptr,
+    len: i32,
+) -> Result<bool, ReadError> {
+    let Some(dest) = read_destination(sockaddr, len)? else {
+        return Ok(false);
+    };
     let proto = socket_protocol(sock)?;
     let decision = Decision::new(agent, find_net_rule(agent.entry.profile, &dest, proto));
     if decision.recorded(agent) {
@@ -490,7 +563,9 @@ fn check_destination(agent: &Agent, hook_id: u32, sock: Kptr, sockaddr: Kptr, le
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn socket_connect(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::SOCKET_CONNECT, |agent| check_destination(agent, hook::CONNECT, ctx.arg(0), ctx.arg(1), ctx.arg(2)))
+    decide_hook(&ctx, lsm::SOCKET_CONNECT, |agent| {
+        check_destination(agent, hook::CONNECT, ctx.arg(0), ctx.arg(1), ctx.arg(2))
+    })
 }
 
 /// Denies sendto(2)/sendmsg(2) with an explicit denied destination, so an

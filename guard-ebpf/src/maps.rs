@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use guard_common::{
-    capacity, AgentEntry, ExecPathKey, IdentityKey, NameKey, NetKey, NetRuleSet, RuleRef,
-    COUNTER_SLOTS, EVENT_PATH_LEN,
+    AgentEntry, COUNTER_SLOTS, EVENT_PATH_LEN, ExecPathKey, IdentityKey, NameKey, NetKey,
+    NetRuleSet, RuleRef, capacity,
 };
 
 /// agent cgroup id → agent entry. Written by the daemon, read by every hook.
@@ -74,4 +74,3 @@ pub struct PathScratch {
     /// Keeps `EVENT_PATH_LEN`-byte copies from `walk` in bounds.
     pub _tail: [u8; EVENT_PATH_LEN],
 }
-

@@ -16,7 +16,8 @@ pub const EPERM: i32 = libc::EPERM;
 
 /// Path of one of Guard's binaries.
 pub fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("GUARD_BIN_DIR").expect("GUARD_BIN_DIR must name the directory with guardd, guardctl and guard-probe");
+    let dir = std::env::var_os("GUARD_BIN_DIR")
+        .expect("GUARD_BIN_DIR must name the directory with guardd, guardctl and guard-probe");
     Path::new(&dir).join(name)
 }
 
@@ -56,7 +57,10 @@ impl Guardd {
             if let Some(status) = guardd.child.try_wait().expect("poll guardd") {
                 panic!("guardd exited with {status} before enforcing:\n{text}");
             }
-            assert!(Instant::now() < deadline, "guardd did not report enforcing in time:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "guardd did not report enforcing in time:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -72,7 +76,9 @@ impl Guardd {
         let complete = text.rfind('\n').map_or("", |end| &text[..end]);
         complete
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("record is not JSON ({e}): {l}")))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("record is not JSON ({e}): {l}"))
+            })
             .collect()
     }
 
@@ -87,7 +93,10 @@ impl Guardd {
             assert!(
                 Instant::now() < deadline,
                 "no matching record for pid {pid}; records of that pid: {:#?}",
-                records.iter().filter(|r| r["pid"] == pid).collect::<Vec<_>>()
+                records
+                    .iter()
+                    .filter(|r| r["pid"] == pid)
+                    .collect::<Vec<_>>()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -96,7 +105,10 @@ impl Guardd {
     /// Records of `pid`, after giving the daemon time to drain allowed records.
     pub fn records_of(&self, pid: u32) -> Vec<Value> {
         std::thread::sleep(Duration::from_millis(600));
-        self.records().into_iter().filter(|r| r["pid"] == pid).collect()
+        self.records()
+            .into_iter()
+            .filter(|r| r["pid"] == pid)
+            .collect()
     }
 
     /// Sends SIGTERM and waits; returns the exit code and the log.
@@ -126,9 +138,14 @@ pub struct Outcome {
 fn parse_outcome(output: std::process::Output, what: &str) -> Outcome {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout.lines().last().unwrap_or_else(|| {
-        panic!("{what}: no output; status {}; stderr: {}", output.status, String::from_utf8_lossy(&output.stderr))
+        panic!(
+            "{what}: no output; status {}; stderr: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
     });
-    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{what}: bad output {line:?}: {e}"));
+    let v: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{what}: bad output {line:?}: {e}"));
     Outcome {
         pid: v["pid"].as_u64().expect("pid") as u32,
         errno: v["errno"].as_i64().map(|e| e as i32),
@@ -144,11 +161,18 @@ pub fn probe_as(agent: &str, cgroup_root: &str, cwd: &Path, args: &[&str]) -> Ou
         .current_dir(cwd)
         .output()
         .expect("run guardctl");
-    parse_outcome(output, &format!("guardctl run --agent {agent} -- guard-probe {args:?}"))
+    parse_outcome(
+        output,
+        &format!("guardctl run --agent {agent} -- guard-probe {args:?}"),
+    )
 }
 
 /// Runs guard-probe untagged.
 pub fn probe_untagged(cwd: &Path, args: &[&str]) -> Outcome {
-    let output = Command::new(bin("guard-probe")).args(args).current_dir(cwd).output().expect("run guard-probe");
+    let output = Command::new(bin("guard-probe"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run guard-probe");
     parse_outcome(output, &format!("guard-probe {args:?}"))
 }

@@ -8,7 +8,11 @@ use guard_tests::bin;
 
 fn run(cmd: &mut Command) -> (Option<i32>, String, String) {
     let out = cmd.output().expect("run");
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -19,12 +23,22 @@ fn guardd_check_tells_the_truth_about_this_host() {
     let (code, _, stderr) = run(Command::new(bin("guardd")).arg("--check"));
     match code {
         Some(0) => {
-            assert!(bpf_active, "guardd claims it can enforce but bpf is not an active LSM ({lsm}):\n{stderr}");
+            assert!(
+                bpf_active,
+                "guardd claims it can enforce but bpf is not an active LSM ({lsm}):\n{stderr}"
+            );
             assert!(stderr.contains("BPF LSM usable"), "{stderr}");
         }
         Some(3) => {
-            let cause = if bpf_active { "refused to load BPF LSM program" } else { "BPF LSM is not active" };
-            assert!(stderr.contains(cause), "expected the cause `{cause}` (lsm: {lsm}):\n{stderr}");
+            let cause = if bpf_active {
+                "refused to load BPF LSM program"
+            } else {
+                "BPF LSM is not active"
+            };
+            assert!(
+                stderr.contains(cause),
+                "expected the cause `{cause}` (lsm: {lsm}):\n{stderr}"
+            );
             assert!(stderr.contains("not enforcing"), "{stderr}");
         }
         other => panic!("guardd --check must exit 0 or 3, got {other:?}:\n{stderr}"),
@@ -40,14 +54,27 @@ fn guardd_never_claims_enforcing_on_a_host_that_cannot() {
     }
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("p.yaml"), "agents:\n  - name: a\n").unwrap();
-    let (code, stdout, stderr) = run(Command::new(bin("guardd")).arg("--policy").arg(dir.path().join("p.yaml")).arg("--cgroup-root").arg("guard-host-test"));
+    let (code, stdout, stderr) = run(Command::new(bin("guardd"))
+        .arg("--policy")
+        .arg(dir.path().join("p.yaml"))
+        .arg("--cgroup-root")
+        .arg("guard-host-test"));
     assert_eq!(code, Some(3), "{stderr}");
-    assert!(!claims_enforcing(&stderr), "guardd must not claim to enforce:\n{stderr}");
+    assert!(
+        !claims_enforcing(&stderr),
+        "guardd must not claim to enforce:\n{stderr}"
+    );
     assert!(stdout.is_empty());
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let cgroup2 = mountinfo.lines().find(|l| l.contains(" - cgroup2 ")).and_then(|l| l.split_whitespace().nth(4)).unwrap();
+    let cgroup2 = mountinfo
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .unwrap();
     assert!(
-        !std::path::Path::new(cgroup2).join("guard-host-test").exists(),
+        !std::path::Path::new(cgroup2)
+            .join("guard-host-test")
+            .exists(),
         "a guardd that cannot enforce leaves no cgroups behind"
     );
 }
@@ -58,10 +85,18 @@ fn invalid_policy_is_refused_with_line_and_exit_4() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("bad.yaml");
     fs::write(&policy, "agents:\n  - name: a\n    network:\n      deny:\n        - id: x\n          cidr: 10.0.0.0/99\n").unwrap();
-    for cmd in [Command::new(bin("guardctl")).args(["policy", "check"]).arg(&policy), Command::new(bin("guardd")).arg("--policy").arg(&policy)] {
+    for cmd in [
+        Command::new(bin("guardctl"))
+            .args(["policy", "check"])
+            .arg(&policy),
+        Command::new(bin("guardd")).arg("--policy").arg(&policy),
+    ] {
         let (code, _, stderr) = run(cmd);
         assert_eq!(code, Some(4), "{stderr}");
-        assert!(stderr.contains("line 5") && stderr.contains("not an IP address or CIDR"), "{stderr}");
+        assert!(
+            stderr.contains("line 5") && stderr.contains("not an IP address or CIDR"),
+            "{stderr}"
+        );
     }
 }
 
@@ -73,7 +108,9 @@ fn example_policies_are_valid() {
     for entry in fs::read_dir(examples).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let (code, stdout, stderr) = run(Command::new(bin("guardctl")).args(["policy", "check"]).arg(&path));
+            let (code, stdout, stderr) = run(Command::new(bin("guardctl"))
+                .args(["policy", "check"])
+                .arg(&path));
             assert_eq!(code, Some(0), "{}: {stderr}", path.display());
             assert!(stdout.contains("valid"), "{stdout}");
             checked += 1;
@@ -85,12 +122,14 @@ fn example_policies_are_valid() {
 #[test]
 #[ignore = "needs root; run by `cargo xtask test`"]
 fn guardctl_run_names_an_unknown_agent() {
-    let (code, _, stderr) = run(Command::new(bin("guardctl")).args(["run", "--agent", "no-such-agent", "--", "true"]));
+    let (code, _, stderr) =
+        run(Command::new(bin("guardctl")).args(["run", "--agent", "no-such-agent", "--", "true"]));
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("no agent `no-such-agent`"), "{stderr}");
 }
 
 /// Whether guardd's log claims it is enforcing (its INFO line `enforcing: ...`).
 fn claims_enforcing(log: &str) -> bool {
-    log.lines().any(|l| l.contains("INFO") && l.contains("enforcing:"))
+    log.lines()
+        .any(|l| l.contains("INFO") && l.contains("enforcing:"))
 }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 use vm::Series;
@@ -50,8 +50,13 @@ pub struct Repo {
 
 impl Repo {
     fn new() -> Result<Self> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask has a parent")?.to_path_buf();
-        let cache = std::env::var_os("GUARD_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| root.join(".cache"));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask has a parent")?
+            .to_path_buf();
+        let cache = std::env::var_os("GUARD_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join(".cache"));
         std::fs::create_dir_all(&cache)?;
         Ok(Self { root, cache })
     }
@@ -61,7 +66,11 @@ impl Repo {
         let file = self.root.join("guard-ebpf/rust-toolchain.toml");
         std::fs::read_to_string(&file)?
             .lines()
-            .find_map(|l| l.trim().strip_prefix("channel = ").map(|v| v.trim_matches('"').to_string()))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("channel = ")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
             .with_context(|| format!("no channel in {}", file.display()))
     }
 
@@ -75,7 +84,9 @@ impl Repo {
 
 /// Runs a command, failing on a non-zero exit.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -84,9 +95,15 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs a command and returns its stdout.
 pub fn capture(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{cmd:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -104,7 +121,16 @@ struct Artifacts {
 }
 
 fn build(repo: &Repo) -> Result<Artifacts> {
-    run(cargo(repo).args(["build", "--locked", "--release", "-p", "guard-daemon", "-p", "guard-tests", "--bins"]))?;
+    run(cargo(repo).args([
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        "guard-daemon",
+        "-p",
+        "guard-tests",
+        "--bins",
+    ]))?;
     let json = capture(cargo(repo).args([
         "test",
         "--locked",
@@ -122,7 +148,10 @@ fn build(repo: &Repo) -> Result<Artifacts> {
         .filter(|m| m["target"]["name"] == "vm" && m["profile"]["test"] == true)
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
         .context("cargo did not report the vm test executable")?;
-    Ok(Artifacts { bin_dir: repo.release_dir(), vm_tests })
+    Ok(Artifacts {
+        bin_dir: repo.release_dir(),
+        vm_tests,
+    })
 }
 
 const BINARIES: [&str; 3] = ["guardd", "guardctl", "guard-probe"];
@@ -141,17 +170,29 @@ fn initramfs(repo: &Repo, artifacts: &Artifacts) -> Result<PathBuf> {
         repo,
         &vm::Payload { files },
         &[
-            ("test", format!("{tests} --skip without_bpf_lsm
-")),
+            (
+                "test",
+                format!(
+                    "{tests} --skip without_bpf_lsm
+"
+                ),
+            ),
             ("no-lsm", format!("{tests} without_bpf_lsm\n")),
-            ("demo", "GUARD_BIN_DIR=/guard/bin sh /guard/demo.sh\n".into()),
+            (
+                "demo",
+                "GUARD_BIN_DIR=/guard/bin sh /guard/demo.sh\n".into(),
+            ),
         ],
     )
 }
 
 /// The kernel's default LSM list with `bpf` in it (or removed from it).
 fn lsm_list(kernel: &vm::Kernel, with_bpf: bool) -> String {
-    let mut lsms: Vec<&str> = kernel.default_lsm.split(',').filter(|l| *l != "bpf").collect();
+    let mut lsms: Vec<&str> = kernel
+        .default_lsm
+        .split(',')
+        .filter(|l| *l != "bpf")
+        .collect();
     if with_bpf {
         lsms.push("bpf");
     }
@@ -159,14 +200,35 @@ fn lsm_list(kernel: &vm::Kernel, with_bpf: bool) -> String {
 }
 
 /// Boots one VM and fails unless the guest's script exited 0.
-fn boot(repo: &Repo, kernel: &vm::Kernel, initramfs: &Path, mode: &str, with_bpf: bool) -> Result<vm::Outcome> {
+fn boot(
+    repo: &Repo,
+    kernel: &vm::Kernel,
+    initramfs: &Path,
+    mode: &str,
+    with_bpf: bool,
+) -> Result<vm::Outcome> {
     let log = repo.cache.join(format!("vm-{}-{mode}.log", kernel.package));
     let lsm = lsm_list(kernel, with_bpf);
-    let outcome = vm::boot(kernel, initramfs, mode, &lsm, &log, Duration::from_secs(20 * 60))?;
+    let outcome = vm::boot(
+        kernel,
+        initramfs,
+        mode,
+        &lsm,
+        &log,
+        Duration::from_secs(20 * 60),
+    )?;
     match outcome.exit {
         Some(0) => Ok(outcome),
-        Some(code) => bail!("{mode} in {} failed with exit status {code}; console log: {}", kernel.package, log.display()),
-        None => bail!("{mode} in {} did not finish (no exit status on the console); console log: {}", kernel.package, log.display()),
+        Some(code) => bail!(
+            "{mode} in {} failed with exit status {code}; console log: {}",
+            kernel.package,
+            log.display()
+        ),
+        None => bail!(
+            "{mode} in {} did not finish (no exit status on the console); console log: {}",
+            kernel.package,
+            log.display()
+        ),
     }
 }
 
@@ -178,11 +240,20 @@ fn vm_tests(repo: &Repo, series: &[Series]) -> Result<()> {
     for &s in series {
         let kernel = vm::kernel(repo, s)?;
         let run = boot(repo, &kernel, &image, "test", true)?;
-        report.push(format!("{}: {} kernel tests passed ({:.0}s)", kernel.package, run.passed, run.elapsed.as_secs_f64()));
+        report.push(format!(
+            "{}: {} kernel tests passed ({:.0}s)",
+            kernel.package,
+            run.passed,
+            run.elapsed.as_secs_f64()
+        ));
         passed += run.passed;
         // The same kernel with BPF LSM left out of `lsm=`: guardd must refuse.
         let run = boot(repo, &kernel, &image, "no-lsm", false)?;
-        report.push(format!("{}: without bpf in lsm=, guardd refused ({:.0}s)", kernel.package, run.elapsed.as_secs_f64()));
+        report.push(format!(
+            "{}: without bpf in lsm=, guardd refused ({:.0}s)",
+            kernel.package,
+            run.elapsed.as_secs_f64()
+        ));
         passed += run.passed;
     }
     eprintln!("\nxtask: VM report");
@@ -197,27 +268,56 @@ fn vm_tests(repo: &Repo, series: &[Series]) -> Result<()> {
 fn test(repo: &Repo) -> Result<()> {
     let start = Instant::now();
     setup::setup(repo)?;
+    // Formatting and lints first: cheap, and they fail fast.
+    run(cargo(repo).args(["fmt", "--all", "--check"]))?;
+    run(cargo(repo).args([
+        "clippy",
+        "--locked",
+        "--release",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // Unit tests: no root, no kernel.
     // The default members: everything but the eBPF crate, which only builds for BPF.
     run(cargo(repo).args(["test", "--locked", "--release"]))?;
     // Host tests: guardd must tell the truth about this host.
     build(repo)?;
     run(cargo(repo)
-        .args(["test", "--locked", "--release", "-p", "guard-tests", "--test", "host", "--", "--ignored"])
+        .args([
+            "test",
+            "--locked",
+            "--release",
+            "-p",
+            "guard-tests",
+            "--test",
+            "host",
+            "--",
+            "--ignored",
+        ])
         .env("GUARD_BIN_DIR", repo.release_dir()))?;
     vm_tests(repo, &Series::ALL)?;
-    eprintln!("xtask: all tests passed in {:.0}s", start.elapsed().as_secs_f64());
+    eprintln!(
+        "xtask: all tests passed in {:.0}s",
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 /// Whether guardd can enforce on this host; prints its reason when not.
 fn host_can_enforce(repo: &Repo) -> Result<bool> {
-    let out = Command::new(repo.release_dir().join("guardd")).arg("--check").output()?;
+    let out = Command::new(repo.release_dir().join("guardd"))
+        .arg("--check")
+        .output()?;
     if out.status.success() {
         return Ok(true);
     }
     let reason = String::from_utf8_lossy(&out.stderr);
-    eprintln!("xtask: this host cannot enforce; guardd --check said:\n{}", reason.trim_end());
+    eprintln!(
+        "xtask: this host cannot enforce; guardd --check said:\n{}",
+        reason.trim_end()
+    );
     Ok(false)
 }
 
@@ -225,7 +325,9 @@ fn demo(repo: &Repo) -> Result<()> {
     setup::setup(repo)?;
     let artifacts = build(repo)?;
     if host_can_enforce(repo)? {
-        return run(Command::new("sh").arg(repo.root.join("examples/demo.sh")).env("GUARD_BIN_DIR", &artifacts.bin_dir));
+        return run(Command::new("sh")
+            .arg(repo.root.join("examples/demo.sh"))
+            .env("GUARD_BIN_DIR", &artifacts.bin_dir));
     }
     eprintln!("xtask: running the demo in a VM with Debian's 6.12 cloud kernel instead\n");
     let image = initramfs(repo, &artifacts)?;
@@ -241,7 +343,14 @@ fn main() -> Result<()> {
         Cmd::Test => test(&repo),
         Cmd::VmTest { kernel } => {
             setup::setup(&repo)?;
-            vm_tests(&repo, if kernel.is_empty() { &Series::ALL } else { &kernel })
+            vm_tests(
+                &repo,
+                if kernel.is_empty() {
+                    &Series::ALL
+                } else {
+                    &kernel
+                },
+            )
         }
         Cmd::Demo => demo(&repo),
     }

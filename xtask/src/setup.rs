@@ -4,9 +4,9 @@
 
 use std::{path::Path, process::Command};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
-use crate::{capture, run, Repo};
+use crate::{Repo, capture, run};
 
 /// Debian packages: QEMU for the kernel VMs, a static busybox and cpio for
 /// their initramfs.
@@ -43,9 +43,15 @@ fn install_packages() -> Result<()> {
 }
 
 fn install_toolchain(toolchain: &str) -> Result<()> {
-    let has_rust_src = capture(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", toolchain]))
-        .map(|s| s.lines().any(|l| l.starts_with("rust-src")))
-        .unwrap_or(false);
+    let has_rust_src = capture(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        toolchain,
+    ]))
+    .map(|s| s.lines().any(|l| l.starts_with("rust-src")))
+    .unwrap_or(false);
     if has_rust_src {
         return Ok(());
     }
@@ -69,14 +75,22 @@ fn install_bpf_linker(toolchain: &str) -> Result<()> {
     if version.contains(BPF_LINKER_VERSION) {
         return Ok(());
     }
-    let sysroot = capture(Command::new("rustc").arg(format!("+{toolchain}")).args(["--print", "sysroot"]))?;
+    let sysroot = capture(
+        Command::new("rustc")
+            .arg(format!("+{toolchain}"))
+            .args(["--print", "sysroot"]),
+    )?;
     let lib = Path::new(sysroot.trim()).join("lib");
     let libllvm = std::fs::read_dir(&lib)?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n.starts_with("libLLVM.so"))
         .with_context(|| format!("no libLLVM in {}", lib.display()))?;
-    let rustc_info = capture(Command::new("rustc").arg(format!("+{toolchain}")).arg("-vV"))?;
+    let rustc_info = capture(
+        Command::new("rustc")
+            .arg(format!("+{toolchain}"))
+            .arg("-vV"),
+    )?;
     let major = rustc_info
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
@@ -84,9 +98,15 @@ fn install_bpf_linker(toolchain: &str) -> Result<()> {
         .context("rustc -vV shows no LLVM version")?;
     eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {libllvm} (LLVM {major})");
     let lib = lib.display();
-    let rustflags = format!("-C link-arg=-L{lib} -C link-arg=-l:{libllvm} -C link-arg=-Wl,-rpath,{lib}");
+    let rustflags =
+        format!("-C link-arg=-L{lib} -C link-arg=-l:{libllvm} -C link-arg=-Wl,-rpath,{lib}");
     let status = Command::new("cargo")
-        .args(["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--no-default-features"])
+        .args([
+            "install",
+            "--locked",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--no-default-features",
+        ])
         .args(["--features", &format!("llvm-{major},no-llvm-linking")])
         .env("RUSTFLAGS", rustflags)
         .status()?;

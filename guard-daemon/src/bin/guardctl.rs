@@ -49,7 +49,11 @@ enum PolicyCommand {
 fn main() {
     let args = Args::parse();
     let code = match args.command {
-        Command::Run { agent, cgroup_root, command } => {
+        Command::Run {
+            agent,
+            cgroup_root,
+            command,
+        } => {
             let result = cgroup::cgroup2_mount()
                 .map_err(launch::LaunchError::from)
                 .and_then(|mount| launch::run(&mount, &cgroup_root, &agent, &command));
@@ -61,7 +65,9 @@ fn main() {
                 }
             }
         }
-        Command::Policy { command: PolicyCommand::Check { file } } => match daemon::load_policy(&file) {
+        Command::Policy {
+            command: PolicyCommand::Check { file },
+        } => match daemon::load_policy(&file) {
             Ok(policy) => {
                 for note in &policy.notes {
                     eprintln!("note: {note}");

@@ -48,8 +48,11 @@ enum LogFormat {
 
 fn main() {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG").unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG").unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
@@ -66,7 +69,10 @@ fn main() {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| daemon::Fatal { code: exit::FAILURE, error: e.into() })
+            .map_err(|e| daemon::Fatal {
+                code: exit::FAILURE,
+                error: e.into(),
+            })
             .and_then(|rt| rt.block_on(daemon::run(config)))
     };
     if let Err(fatal) = result {

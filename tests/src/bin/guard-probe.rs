@@ -26,7 +26,10 @@ fn report(result: io::Result<()>) -> ! {
     let pid = std::process::id();
     match result {
         Ok(()) => println!(r#"{{"pid":{pid},"ok":true}}"#),
-        Err(e) => println!(r#"{{"pid":{pid},"errno":{}}}"#, e.raw_os_error().unwrap_or(-1)),
+        Err(e) => println!(
+            r#"{{"pid":{pid},"errno":{}}}"#,
+            e.raw_os_error().unwrap_or(-1)
+        ),
     }
     std::process::exit(0)
 }
@@ -36,11 +39,16 @@ fn cstr(path: &str) -> CString {
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 fn addr(text: &str) -> SocketAddr {
-    text.parse().unwrap_or_else(|_| panic!("bad address {text}"))
+    text.parse()
+        .unwrap_or_else(|_| panic!("bad address {text}"))
 }
 
 fn unspecified_for(a: &SocketAddr) -> &'static str {
@@ -49,7 +57,12 @@ fn unspecified_for(a: &SocketAddr) -> &'static str {
 
 fn enter_child_cgroup(name: &str) -> io::Result<()> {
     let own = std::fs::read_to_string("/proc/self/cgroup")?;
-    let path = own.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup v2 entry").trim().to_string();
+    let path = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("cgroup v2 entry")
+        .trim()
+        .to_string();
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let mount = info
         .lines()
@@ -74,7 +87,11 @@ fn main() {
         }
         args.drain(..2);
     }
-    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_else(|| panic!("missing argument {i}"));
+    let arg = |i: usize| {
+        args.get(i)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("missing argument {i}"))
+    };
     let result = match arg(0) {
         "true" => Ok(()),
         "exec" => {
@@ -90,7 +107,9 @@ fn main() {
         "rmdir" => check(unsafe { libc::rmdir(cstr(arg(1)).as_ptr()) }),
         "rename" => check(unsafe { libc::rename(cstr(arg(1)).as_ptr(), cstr(arg(2)).as_ptr()) }),
         "truncate" => check(unsafe { libc::truncate(cstr(arg(1)).as_ptr(), 0) }),
-        "open-trunc" => check(unsafe { libc::open(cstr(arg(1)).as_ptr(), libc::O_WRONLY | libc::O_TRUNC) }),
+        "open-trunc" => {
+            check(unsafe { libc::open(cstr(arg(1)).as_ptr(), libc::O_WRONLY | libc::O_TRUNC) })
+        }
         "ftruncate" => {
             let fd = unsafe { libc::open(cstr(arg(1)).as_ptr(), libc::O_WRONLY) };
             check(fd).and_then(|()| check(unsafe { libc::ftruncate(fd, 0) }))
@@ -102,7 +121,9 @@ fn main() {
         }
         "sendto-udp" => {
             let a = addr(arg(1));
-            UdpSocket::bind(unspecified_for(&a)).and_then(|s| s.send_to(b"guard-probe", a)).map(drop)
+            UdpSocket::bind(unspecified_for(&a))
+                .and_then(|s| s.send_to(b"guard-probe", a))
+                .map(drop)
         }
         op => panic!("unknown op {op}"),
     };
