@@ -116,67 +116,48 @@ pub struct LsmHook {
     pub required: bool,
 }
 
+impl LsmHook {
+    const fn required(name: &'static str, args: usize) -> Self {
+        Self {
+            name,
+            args,
+            required: true,
+        }
+    }
+    const fn optional(name: &'static str, args: usize) -> Self {
+        Self {
+            name,
+            args,
+            required: false,
+        }
+    }
+}
+
 /// The hooks, in attach order.
 pub mod lsm {
     use super::LsmHook;
     /// `int bprm_check_security(struct linux_binprm *bprm)`
-    pub const BPRM_CHECK_SECURITY: LsmHook = LsmHook {
-        name: "bprm_check_security",
-        args: 1,
-        required: true,
-    };
+    pub const BPRM_CHECK_SECURITY: LsmHook = LsmHook::required("bprm_check_security", 1);
     /// `int path_unlink(const struct path *dir, struct dentry *dentry)`
-    pub const PATH_UNLINK: LsmHook = LsmHook {
-        name: "path_unlink",
-        args: 2,
-        required: true,
-    };
+    pub const PATH_UNLINK: LsmHook = LsmHook::required("path_unlink", 2);
     /// `int path_rmdir(const struct path *dir, struct dentry *dentry)`
-    pub const PATH_RMDIR: LsmHook = LsmHook {
-        name: "path_rmdir",
-        args: 2,
-        required: true,
-    };
+    pub const PATH_RMDIR: LsmHook = LsmHook::required("path_rmdir", 2);
     /// `int path_rename(const struct path *old_dir, struct dentry *old_dentry,
     /// const struct path *new_dir, struct dentry *new_dentry, unsigned int flags)`
     /// (`flags` since 5.19).
-    pub const PATH_RENAME: LsmHook = LsmHook {
-        name: "path_rename",
-        args: 5,
-        required: true,
-    };
+    pub const PATH_RENAME: LsmHook = LsmHook::required("path_rename", 5);
     /// `int path_truncate(const struct path *path)`: truncate(2); before 6.2
     /// also ftruncate(2) and open(O_TRUNC).
-    pub const PATH_TRUNCATE: LsmHook = LsmHook {
-        name: "path_truncate",
-        args: 1,
-        required: true,
-    };
+    pub const PATH_TRUNCATE: LsmHook = LsmHook::required("path_truncate", 1);
     /// `int file_open(struct file *file)`: open with O_TRUNC of a non-empty file.
-    pub const FILE_OPEN: LsmHook = LsmHook {
-        name: "file_open",
-        args: 1,
-        required: true,
-    };
+    pub const FILE_OPEN: LsmHook = LsmHook::required("file_open", 1);
     /// `int file_truncate(struct file *file)` (6.2+): ftruncate(2) and
     /// open(O_TRUNC), which older kernels send through `path_truncate`.
-    pub const FILE_TRUNCATE: LsmHook = LsmHook {
-        name: "file_truncate",
-        args: 1,
-        required: false,
-    };
+    pub const FILE_TRUNCATE: LsmHook = LsmHook::optional("file_truncate", 1);
     /// `int socket_connect(struct socket *sock, struct sockaddr *address, int addrlen)`
-    pub const SOCKET_CONNECT: LsmHook = LsmHook {
-        name: "socket_connect",
-        args: 3,
-        required: true,
-    };
+    pub const SOCKET_CONNECT: LsmHook = LsmHook::required("socket_connect", 3);
     /// `int socket_sendmsg(struct socket *sock, struct msghdr *msg, int size)`
-    pub const SOCKET_SENDMSG: LsmHook = LsmHook {
-        name: "socket_sendmsg",
-        args: 3,
-        required: true,
-    };
+    pub const SOCKET_SENDMSG: LsmHook = LsmHook::required("socket_sendmsg", 3);
 
     pub const ALL: &[LsmHook] = &[
         BPRM_CHECK_SECURITY,

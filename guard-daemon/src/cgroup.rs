@@ -127,6 +127,25 @@ impl GuardRoot {
         self.path.join(agent)
     }
 
+    /// Agent cgroups below the root that are not in `agents` but still have
+    /// processes: left from an earlier policy, they are not confined now.
+    pub fn unknown_agents_with_processes(&self, agents: &[&str]) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.path) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| !agents.contains(&name.as_str()))
+            .filter(|name| {
+                let procs = fs::read_to_string(self.agent_path(name).join("cgroup.procs"))
+                    .unwrap_or_default();
+                !procs.trim().is_empty()
+            })
+            .collect()
+    }
+
     /// Removes the agent cgroups and the root where they are empty, after a
     /// start that failed: a host that cannot enforce keeps no trace of Guard.
     /// Cgroups with processes in them stay (rmdir fails with EBUSY).

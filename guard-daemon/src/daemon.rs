@@ -103,6 +103,12 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     if !enforcer.attachment.unavailable.is_empty() {
         info!(hooks = ?enforcer.attachment.unavailable, "optional hooks not in this kernel; older hooks cover their routes");
     }
+    for stale in root.unknown_agents_with_processes(&agent_names) {
+        warn!(
+            cgroup = %root.agent_path(&stale).display(),
+            "agent `{stale}` is not in this policy but its cgroup has processes: they are NOT confined"
+        );
+    }
     info!(
         policy = %config.policy.display(),
         cgroup_root = %root.path.display(),

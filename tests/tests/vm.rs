@@ -803,6 +803,51 @@ fn sigterm_detaches() {
     );
 }
 
+#[test]
+fn agents_missing_from_a_new_policy_are_reported_unconfined() {
+    let e = env();
+    let root = "guard-stale-test";
+    let (first, second) = (e.path("stale/first"), e.path("stale/second"));
+    fs::create_dir_all(&first).unwrap();
+    fs::create_dir_all(&second).unwrap();
+    let guardd = Guardd::start(&first, "agents:\n  - name: old\n", root);
+    let mut sleeper = std::process::Command::new(bin("guardctl"))
+        .args([
+            "run",
+            "--agent",
+            "old",
+            "--cgroup-root",
+            root,
+            "--",
+            "sleep",
+            "60",
+        ])
+        .spawn()
+        .expect("start an agent");
+    let procs = format!("/sys/fs/cgroup/{root}/old/cgroup.procs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fs::read_to_string(&procs)
+        .unwrap_or_default()
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never joined its cgroup"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    guardd.stop();
+    let guardd = Guardd::start(&second, "agents:\n  - name: new\n", root);
+    let log = guardd.log_text();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(
+        log.contains("agent `old` is not in this policy") && log.contains("NOT confined"),
+        "{log}"
+    );
+}
+
 /// Runs alone in a VM booted without `bpf` in `lsm=` (mode `no-lsm`).
 #[test]
 fn guardd_refuses_a_kernel_without_bpf_lsm() {

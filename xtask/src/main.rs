@@ -163,20 +163,15 @@ fn initramfs(repo: &Repo, artifacts: &Artifacts) -> Result<PathBuf> {
         .collect();
     files.push((artifacts.vm_tests.clone(), "/guard/tests/vm".into()));
     files.push((repo.root.join("examples/demo.sh"), "/guard/demo.sh".into()));
-    // GUARD_TEST_ARGS passes extra libtest arguments (a filter, --nocapture).
+    // GUARD_TEST_ARGS passes extra libtest arguments (a filter, --nocapture)
+    // to the kernel tests; the no-lsm boot always runs its one test.
     let extra = std::env::var("GUARD_TEST_ARGS").unwrap_or_default();
-    let tests = format!("GUARD_BIN_DIR=/guard/bin /guard/tests/vm --test-threads=1 {extra}");
+    let tests = "GUARD_BIN_DIR=/guard/bin /guard/tests/vm --test-threads=1";
     vm::initramfs(
         repo,
         &vm::Payload { files },
         &[
-            (
-                "test",
-                format!(
-                    "{tests} --skip without_bpf_lsm
-"
-                ),
-            ),
+            ("test", format!("{tests} --skip without_bpf_lsm {extra}\n")),
             ("no-lsm", format!("{tests} without_bpf_lsm\n")),
             (
                 "demo",
@@ -209,14 +204,29 @@ fn boot(
 ) -> Result<vm::Outcome> {
     let log = repo.cache.join(format!("vm-{}-{mode}.log", kernel.package));
     let lsm = lsm_list(kernel, with_bpf);
-    let outcome = vm::boot(
-        kernel,
-        initramfs,
-        mode,
-        &lsm,
-        &log,
-        Duration::from_secs(20 * 60),
-    )?;
+    let boot_once = || {
+        vm::boot(
+            kernel,
+            initramfs,
+            mode,
+            &lsm,
+            &log,
+            Duration::from_secs(20 * 60),
+        )
+    };
+    let mut outcome = boot_once()?;
+    // A guest that crashed before reaching userspace ran none of our code:
+    // an emulator or firmware flake, so boot it again (at most twice).
+    for _ in 0..2 {
+        if outcome.booted {
+            break;
+        }
+        eprintln!(
+            "xtask: {} crashed before reaching userspace; booting it again",
+            kernel.package
+        );
+        outcome = boot_once()?;
+    }
     match outcome.exit {
         Some(0) => Ok(outcome),
         Some(code) => bail!(

@@ -260,6 +260,8 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Tests passed, from the guest's libtest summary.
     pub passed: u32,
+    /// Whether the guest reached userspace (printed its boot marker).
+    pub booted: bool,
 }
 
 /// Tests passed, from a libtest line `test result: ok. 28 passed; 0 failed; ...`.
@@ -326,6 +328,7 @@ pub fn boot(
     let tag = format!("[{} {mode}]", kernel.series.name());
     let mut exit = None;
     let mut passed = 0;
+    let mut booted = false;
     loop {
         let left = timeout.saturating_sub(start.elapsed());
         match rx.recv_timeout(left) {
@@ -337,6 +340,7 @@ pub fn boot(
                     exit = code.trim().parse().ok();
                 }
                 passed += tests_passed(line).unwrap_or(0);
+                booted |= line.contains("GUARD-VM-BOOTED");
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -351,5 +355,6 @@ pub fn boot(
         exit,
         elapsed: start.elapsed(),
         passed,
+        booted,
     })
 }
