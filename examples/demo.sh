@@ -68,8 +68,8 @@ kill -TERM $GUARDD
 wait $GUARDD
 tail -n 1 "$WORK/guardd.log"
 
-say "Denial records"
-grep '"verdict":"deny"' "$WORK/events.jsonl"
-denials=$(grep -c '"verdict":"deny"' "$WORK/events.jsonl")
+say "Denial records of demo-agent (guardd's readiness canary, agent .canary, was denied too before it said enforcing)"
+grep '"agent":"demo-agent"' "$WORK/events.jsonl" | grep '"verdict":"deny"'
+denials=$(grep '"agent":"demo-agent"' "$WORK/events.jsonl" | grep -c '"verdict":"deny"')
 [ -f prod-data/schema/customers.sql ] && [ -f prod-data/customers.csv ] && [ "$denials" -ge 3 ] || { echo "demo: expected intact data and at least 3 denials" >&2; exit 1; }
 say "Done: $denials actions denied, nothing destroyed"

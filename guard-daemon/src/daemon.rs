@@ -9,6 +9,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use tracing::{info, warn};
 
 use crate::{
+    canary::Canary,
     cgroup::{self, GuardRoot},
     compile::{self, CompiledPolicy},
     enforcer::{EnforceError, Enforcer},
@@ -68,40 +69,55 @@ pub fn load_policy(path: &std::path::Path) -> Result<CompiledPolicy, Fatal> {
         .map_err(|e| invalid(anyhow::anyhow!("invalid policy {}: {e}", path.display())))
 }
 
-/// Checks whether this host can enforce, without enforcing anything.
+/// Checks whether this host can enforce, without enforcing anything: loads
+/// and attaches the programs and runs the readiness canary, then detaches.
 pub fn check_host() -> Result<(), Fatal> {
+    let canary = Canary::prepare().map_err(|e| failure(e.into()))?;
+    let policy = compile::compile(&policy::Policy {
+        agents: vec![canary.profile()],
+    })
+    .map_err(|e| failure(anyhow::anyhow!("canary profile: {e}")))?;
     let mount = cgroup::ensure_cgroup2().map_err(|e| failure(e.into()))?;
-    let root = GuardRoot::create(&mount, cgroup::DEFAULT_ROOT).map_err(|e| failure(e.into()))?;
-    let enforcer = Enforcer::load(&root).inspect_err(|_| root.remove_unused(&[]))?;
-    info!(hooks = ?enforcer.attachment.attached, unavailable = ?enforcer.attachment.unavailable, "BPF LSM usable: all programs loaded and attached");
+    let enforcer = start(&mount, cgroup::DEFAULT_ROOT, &policy, &canary)?;
+    info!(
+        hooks = ?enforcer.attachment.attached,
+        unavailable = ?enforcer.attachment.unavailable,
+        "BPF LSM usable: all programs loaded and attached, and the readiness canary was denied"
+    );
     Ok(())
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), Fatal> {
-    let policy = load_policy(&config.policy)?;
-    for note in &policy.notes {
-        warn!("{note}");
-    }
-    let mount = cgroup::ensure_cgroup2().map_err(|e| failure(e.into()))?;
-    let root = GuardRoot::create(&mount, &config.cgroup_root).map_err(|e| failure(e.into()))?;
-    let agent_cgroups = policy
-        .agents
-        .iter()
-        .map(|(name, _)| root.create_agent(name))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| failure(e.into()))?;
-
+/// Creates the cgroups, loads and attaches the programs, applies `policy`
+/// (which includes the canary's profile) and runs the canary. On failure,
+/// cgroups created here are removed again and the programs detach.
+fn start(
+    mount: &std::path::Path,
+    cgroup_root: &str,
+    policy: &CompiledPolicy,
+    canary: &Canary,
+) -> Result<Enforcer, Fatal> {
+    let root = GuardRoot::create(mount, cgroup_root).map_err(|e| failure(e.into()))?;
     let agent_names: Vec<&str> = policy
         .agents
         .iter()
         .map(|(name, _)| name.as_str())
         .collect();
-    let mut enforcer = Enforcer::load(&root).inspect_err(|_| root.remove_unused(&agent_names))?;
-    enforcer.apply(&policy, &agent_cgroups)?;
-    let events = enforcer.take_events()?;
-    if !enforcer.attachment.unavailable.is_empty() {
-        info!(hooks = ?enforcer.attachment.unavailable, "optional hooks not in this kernel; older hooks cover their routes");
+    let started = (|| {
+        let agent_cgroups = agent_names
+            .iter()
+            .map(|name| root.create_agent(name))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| failure(e.into()))?;
+        let mut enforcer = Enforcer::load(&root)?;
+        enforcer.apply(policy, &agent_cgroups)?;
+        canary.check(&root).map_err(|e| Fatal {
+            code: exit::UNSUPPORTED_HOST,
+            error: e.into(),
+        })?;
+        Ok(enforcer)
+    })();
+    if started.is_err() {
+        root.remove_unused(&agent_names);
     }
     for stale in root.unknown_agents_with_processes(&agent_names) {
         warn!(
@@ -109,9 +125,36 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
             "agent `{stale}` is not in this policy but its cgroup has processes: they are NOT confined"
         );
     }
+    started
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), Fatal> {
+    let invalid = |error: anyhow::Error| Fatal {
+        code: exit::INVALID_POLICY,
+        error,
+    };
+    let mut parsed = policy::load(&config.policy).map_err(|e| invalid(e.into()))?;
+    let canary = Canary::prepare().map_err(|e| failure(e.into()))?;
+    parsed.agents.push(canary.profile());
+    let policy = compile::compile(&parsed).map_err(|e| {
+        invalid(anyhow::anyhow!(
+            "invalid policy {}: {e}",
+            config.policy.display()
+        ))
+    })?;
+    for note in &policy.notes {
+        warn!("{note}");
+    }
+    let mount = cgroup::ensure_cgroup2().map_err(|e| failure(e.into()))?;
+    let mut enforcer = start(&mount, &config.cgroup_root, &policy, &canary)?;
+    let events = enforcer.take_events()?;
+    if !enforcer.attachment.unavailable.is_empty() {
+        info!(hooks = ?enforcer.attachment.unavailable, "optional hooks not in this kernel; older hooks cover their routes");
+    }
     info!(
         policy = %config.policy.display(),
-        cgroup_root = %root.path.display(),
+        cgroup_root = %config.cgroup_root,
         hooks = ?enforcer.attachment.attached,
         "enforcing: {}",
         policy.summary()

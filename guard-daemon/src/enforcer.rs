@@ -118,7 +118,17 @@ impl Enforcer {
         let layout = KernelLayout::from_sys()?;
         let mut hooks = Vec::new();
         let mut attachment = Attachment::default();
+        // For the readiness test only: leave named hooks unattached, to prove
+        // that the canary notices.
+        let skipped = std::env::var("GUARD_FAULT_SKIP_HOOK").unwrap_or_default();
         for hook in lsm::ALL {
+            if skipped.split(',').any(|h| h == hook.name) {
+                tracing::warn!(
+                    hook = hook.name,
+                    "GUARD_FAULT_SKIP_HOOK: not attaching this hook"
+                );
+                continue;
+            }
             match layout.check_hook(hook) {
                 Ok(()) => hooks.push(*hook),
                 Err(LayoutError::NoHook { .. }) if !hook.required => {

@@ -59,15 +59,6 @@ pub fn run(
     command: &[OsString],
 ) -> Result<i32, LaunchError> {
     let procs_path = cgroup::agent_procs(cgroup_mount, cgroup_root, agent)?;
-    let procs = OpenOptions::new()
-        .write(true)
-        .open(&procs_path)
-        .map_err(|source| LaunchError::Procs {
-            path: procs_path.clone(),
-            source,
-        })?;
-    let procs_fd = procs.as_raw_fd();
-
     let mut forwarded = SigSet::empty();
     for sig in FORWARDED {
         forwarded.add(sig);
@@ -79,13 +70,10 @@ pub fn run(
 
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]);
-    // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe calls (write, sigprocmask).
+    join_cgroup_on_exec(&mut cmd, &procs_path)?;
+    // SAFETY: runs between fork and exec; sigprocmask is async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(io::Error::last_os_error());
-            }
             signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&forwarded), None)?;
             Ok(())
         });
@@ -94,7 +82,6 @@ pub fn run(
         command: command[0].to_string_lossy().into_owned(),
         source,
     })?;
-    drop(procs);
 
     let child_pid = child.id() as libc::pid_t;
     std::thread::spawn(move || forward_signals(forwarded, child_pid));
@@ -114,6 +101,30 @@ pub fn run(
         let _ = signal::raise(sig);
     }
     Ok(128 + sig)
+}
+
+/// Makes `cmd`'s child join the cgroup whose `cgroup.procs` is `procs_path`
+/// after fork and before exec: it writes `0` ("myself"), so the program runs
+/// in the cgroup from its first instruction.
+pub fn join_cgroup_on_exec(cmd: &mut Command, procs_path: &Path) -> Result<(), LaunchError> {
+    let procs = OpenOptions::new()
+        .write(true)
+        .open(procs_path)
+        .map_err(|source| LaunchError::Procs {
+            path: procs_path.to_path_buf(),
+            source,
+        })?;
+    // SAFETY: runs between fork and exec and only calls write(2). The file
+    // moves into the closure, so its descriptor stays open until exec closes it.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 fn forward_signals(set: SigSet, child: libc::pid_t) {

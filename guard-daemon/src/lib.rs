@@ -5,9 +5,11 @@
 //! One module per concern: [`policy`] parses and validates the policy file,
 //! [`compile`] turns it into map entries, [`kernel_layout`] reads the running
 //! kernel's BTF, [`enforcer`] owns the loaded programs and maps, [`cgroup`]
-//! manages agent cgroups, [`events`] decodes decision records, [`daemon`] runs
-//! it all, and [`launch`] starts agents.
+//! manages agent cgroups, [`events`] decodes decision records, [`canary`]
+//! proves enforcement before guardd says so, [`daemon`] runs it all, and
+//! [`launch`] starts agents.
 
+pub mod canary;
 pub mod cgroup;
 pub mod compile;
 pub mod daemon;

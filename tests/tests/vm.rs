@@ -848,6 +848,54 @@ fn agents_missing_from_a_new_policy_are_reported_unconfined() {
     );
 }
 
+// --------------------------------------------------------------- readiness --
+
+#[test]
+fn readiness_canary_was_denied_before_enforcing() {
+    let e = env();
+    let records = e.guardd.records();
+    for action in ["connect", "unlink", "exec"] {
+        assert!(
+            records.iter().any(|r| r["agent"] == ".canary"
+                && r["action"] == action
+                && r["verdict"] == "deny"),
+            "no canary {action} denial in the records"
+        );
+    }
+}
+
+#[test]
+fn readiness_canary_catches_a_hook_that_is_not_attached() {
+    let e = env();
+    let dir = e.path("canary-fault");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("policy.yaml"), "agents:\n  - name: a\n").unwrap();
+    for hook in ["socket_connect", "path_unlink", "bprm_check_security"] {
+        let out = std::process::Command::new(bin("guardd"))
+            .arg("--policy")
+            .arg(dir.join("policy.yaml"))
+            .args(["--cgroup-root", "guard-canary-test"])
+            .env("GUARD_FAULT_SKIP_HOOK", hook)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{hook}: guardd must refuse to enforce:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("readiness canary") && stderr.contains(&format!("hook `{hook}`")),
+            "{stderr}"
+        );
+        assert!(!claims_enforcing(&stderr), "{stderr}");
+        assert!(
+            !Path::new("/sys/fs/cgroup/guard-canary-test").exists(),
+            "cgroups are removed again"
+        );
+    }
+}
+
 /// Runs alone in a VM booted without `bpf` in `lsm=` (mode `no-lsm`).
 #[test]
 fn guardd_refuses_a_kernel_without_bpf_lsm() {

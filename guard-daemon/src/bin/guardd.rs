@@ -10,7 +10,8 @@ use guard_daemon::{cgroup, daemon, exit};
 /// guardd checks that this host can enforce (BPF LSM active, programs accepted
 /// by the kernel, BTF present), loads the programs, creates one cgroup per
 /// agent profile below the cgroup2 mount, writes the policy into the kernel,
-/// logs "enforcing", and writes every decision as one JSON object per line.
+/// proves enforcement with a canary agent whose actions must be denied, logs
+/// "enforcing", and writes every decision as one JSON object per line.
 /// SIGTERM or SIGINT detaches the programs and exits.
 ///
 /// Exit codes: 0 clean shutdown, 1 failure, 2 usage, 3 this host cannot
@@ -19,7 +20,7 @@ use guard_daemon::{cgroup, daemon, exit};
 #[command(version, max_term_width = 100)]
 struct Args {
     /// Policy file (YAML). See docs/policy.md.
-    #[arg(long, env = "GUARD_POLICY", required_unless_present = "check")]
+    #[arg(long, env = "GUARD_POLICY", required_unless_present_any = ["check", "canary"])]
     policy: Option<PathBuf>,
 
     /// Append decision records (JSON lines) to this file instead of stdout.
@@ -31,9 +32,14 @@ struct Args {
     cgroup_root: String,
 
     /// Only check whether this host can enforce (load and attach the
-    /// programs, then detach), and exit 0 or 3.
+    /// programs, run the readiness canary, detach), and exit 0 or 3.
     #[arg(long)]
     check: bool,
+
+    /// Internal: run the readiness canary's actions (guardd starts itself
+    /// this way inside the canary cgroup).
+    #[arg(long, hide = true, value_name = "DIR")]
+    canary: Option<PathBuf>,
 
     /// Log format on stderr.
     #[arg(long, env = "GUARD_LOG_FORMAT", value_enum, default_value = "text")]
@@ -48,6 +54,9 @@ enum LogFormat {
 
 fn main() {
     let args = Args::parse();
+    if let Some(dir) = &args.canary {
+        std::process::exit(guard_daemon::canary::probe(dir));
+    }
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG").unwrap_or_else(|_| "info".into());
     let logs = tracing_subscriber::fmt()

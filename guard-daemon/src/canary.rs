@@ -1,0 +1,166 @@
+//! Readiness canary. Before guardd reports "enforcing", a throwaway process
+//! in a canary agent cgroup tries one action per hook family that the canary
+//! profile denies (connect, unlink, exec), and each must fail with EPERM. A
+//! kernel that loads the programs but does not apply them, or an attachment
+//! that is missing, is caught here instead of being reported as enforcing.
+//! The canary's denials appear in the records, as agent `.canary`.
+
+use std::{
+    io,
+    net::TcpStream,
+    os::unix::{ffi::OsStrExt, fs::PermissionsExt},
+    path::Path,
+    process::Command,
+};
+
+use ipnet::IpNet;
+
+use crate::{
+    cgroup::GuardRoot,
+    launch,
+    policy::{
+        AgentProfile, ExecTarget, FileTarget, Location, Mode, NetTarget, PortRange, Protocol, Rule,
+    },
+};
+
+/// The canary's agent name; user agent names cannot start with `.`.
+pub const AGENT: &str = ".canary";
+/// A port the canary profile denies on loopback (discard).
+const PORT: u16 = 9;
+const EXEC_TARGET: &str = "exec-target";
+const UNLINK_TARGET: &str = "unlink-target";
+
+/// The actions, in the order the canary process tries them (exec last: if it
+/// is not denied, the process image is replaced).
+const ACTIONS: [(&str, &str); 3] = [
+    ("connect", "socket_connect"),
+    ("unlink", "path_unlink"),
+    ("exec", "bprm_check_security"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CanaryError {
+    #[error("cannot prepare the canary: {0}")]
+    Prepare(io::Error),
+    #[error("cannot run the canary: {0}")]
+    Run(#[from] launch::LaunchError),
+    #[error(
+        "readiness canary: a test agent's {action} was not denied (hook `{hook}`: {outcome}); the kernel accepted the programs but is not enforcing them"
+    )]
+    NotDenied {
+        action: &'static str,
+        hook: &'static str,
+        outcome: String,
+    },
+}
+
+/// The canary's files, in a temporary directory removed on drop.
+pub struct Canary {
+    dir: tempfile::TempDir,
+}
+
+impl Canary {
+    pub fn prepare() -> Result<Self, CanaryError> {
+        let dir = tempfile::Builder::new()
+            .prefix("guard-canary.")
+            .tempdir()
+            .map_err(CanaryError::Prepare)?;
+        let exec_target = dir.path().join(EXEC_TARGET);
+        std::fs::write(&exec_target, "#!/bin/false\n").map_err(CanaryError::Prepare)?;
+        std::fs::set_permissions(&exec_target, std::fs::Permissions::from_mode(0o755))
+            .map_err(CanaryError::Prepare)?;
+        std::fs::write(dir.path().join(UNLINK_TARGET), "canary\n").map_err(CanaryError::Prepare)?;
+        Ok(Self { dir })
+    }
+
+    /// The profile that denies the canary's actions.
+    pub fn profile(&self) -> AgentProfile {
+        let rule = |id: &str| {
+            (
+                format!("guard-canary-{id}"),
+                Some("readiness canary".to_string()),
+                Location::default(),
+            )
+        };
+        let (exec_id, exec_message, location) = rule("exec");
+        let (file_id, file_message, _) = rule("unlink");
+        let (net_id, net_message, _) = rule("connect");
+        AgentProfile {
+            name: AGENT.into(),
+            mode: Mode::Enforce,
+            record_allowed: false,
+            exec_deny: vec![Rule {
+                id: exec_id,
+                message: exec_message,
+                target: ExecTarget::Path(self.dir.path().join(EXEC_TARGET)),
+                location,
+            }],
+            file_protect: vec![Rule {
+                id: file_id,
+                message: file_message,
+                target: FileTarget::Path(self.dir.path().join(UNLINK_TARGET)),
+                location,
+            }],
+            network_deny: vec![Rule {
+                id: net_id,
+                message: net_message,
+                target: NetTarget {
+                    cidr: IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)),
+                    ports: PortRange { lo: PORT, hi: PORT },
+                    protocol: Protocol::Tcp,
+                },
+                location,
+            }],
+            location,
+        }
+    }
+
+    /// Runs the canary process in the canary agent's cgroup and checks that
+    /// every action was denied.
+    pub fn check(&self, root: &GuardRoot) -> Result<(), CanaryError> {
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg("--canary").arg(self.dir.path());
+        launch::join_cgroup_on_exec(&mut cmd, &root.agent_path(AGENT).join("cgroup.procs"))?;
+        let output = cmd.output().map_err(|e| {
+            CanaryError::Run(launch::LaunchError::Spawn {
+                command: "guardd --canary".into(),
+                source: e,
+            })
+        })?;
+        let report = String::from_utf8_lossy(&output.stdout);
+        for (action, hook) in ACTIONS {
+            let outcome = report
+                .lines()
+                .find_map(|l| l.strip_prefix(action).map(|rest| rest.trim().to_string()))
+                .unwrap_or_else(|| format!("no result, canary exited with {}", output.status));
+            if outcome != "errno 1" {
+                return Err(CanaryError::NotDenied {
+                    action,
+                    hook,
+                    outcome,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The canary process (`guardd --canary DIR`): tries each action and prints
+/// `<action> ok` or `<action> errno N`, one line each.
+pub fn probe(dir: &Path) -> i32 {
+    let report = |action: &str, result: io::Result<()>| match result {
+        Ok(()) => println!("{action} ok"),
+        Err(e) => println!("{action} errno {}", e.raw_os_error().unwrap_or(-1)),
+    };
+    report("connect", TcpStream::connect(("127.0.0.1", PORT)).map(drop));
+    report("unlink", std::fs::remove_file(dir.join(UNLINK_TARGET)));
+    let target = dir.join(EXEC_TARGET);
+    let path =
+        std::ffi::CString::new(target.as_os_str().as_bytes()).expect("no NUL in a temp path");
+    let argv = [path.as_ptr(), std::ptr::null()];
+    // SAFETY: NUL-terminated argv of valid C strings. On success this process
+    // becomes /bin/false, and the missing line reports it.
+    unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
+    report("exec", Err(io::Error::last_os_error()));
+    0
+}
