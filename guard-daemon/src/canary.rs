@@ -75,43 +75,36 @@ impl Canary {
 
     /// The profile that denies the canary's actions.
     pub fn profile(&self) -> AgentProfile {
-        let rule = |id: &str| {
-            (
-                format!("guard-canary-{id}"),
-                Some("readiness canary".to_string()),
-                Location::default(),
-            )
-        };
-        let (exec_id, exec_message, location) = rule("exec");
-        let (file_id, file_message, _) = rule("unlink");
-        let (net_id, net_message, _) = rule("connect");
+        fn rule<T>(action: &str, target: T) -> Rule<T> {
+            Rule {
+                id: format!("guard-canary-{action}"),
+                message: Some("readiness canary".into()),
+                target,
+                location: Location::default(),
+            }
+        }
+        let loopback = IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST));
         AgentProfile {
             name: AGENT.into(),
             mode: Mode::Enforce,
             record_allowed: false,
-            exec_deny: vec![Rule {
-                id: exec_id,
-                message: exec_message,
-                target: ExecTarget::Path(self.dir.path().join(EXEC_TARGET)),
-                location,
-            }],
-            file_protect: vec![Rule {
-                id: file_id,
-                message: file_message,
-                target: FileTarget::Path(self.dir.path().join(UNLINK_TARGET)),
-                location,
-            }],
-            network_deny: vec![Rule {
-                id: net_id,
-                message: net_message,
-                target: NetTarget {
-                    cidr: IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)),
+            exec_deny: vec![rule(
+                "exec",
+                ExecTarget::Path(self.dir.path().join(EXEC_TARGET)),
+            )],
+            file_protect: vec![rule(
+                "unlink",
+                FileTarget::Path(self.dir.path().join(UNLINK_TARGET)),
+            )],
+            network_deny: vec![rule(
+                "connect",
+                NetTarget {
+                    cidr: loopback,
                     ports: PortRange { lo: PORT, hi: PORT },
                     protocol: Protocol::Tcp,
                 },
-                location,
-            }],
-            location,
+            )],
+            location: Location::default(),
         }
     }
 
@@ -163,4 +156,29 @@ pub fn probe(dir: &Path) -> i32 {
     unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
     report("exec", Err(io::Error::last_os_error()));
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{compile::compile, policy::Policy};
+
+    #[test]
+    fn the_canary_profile_denies_one_action_per_hook_family() {
+        let canary = Canary::prepare().unwrap();
+        let compiled = compile(&Policy {
+            agents: vec![canary.profile()],
+        })
+        .unwrap();
+        assert_eq!(compiled.agents[0].0, AGENT);
+        assert_eq!(
+            compiled.exec_identity.len(),
+            1,
+            "exec target denied by identity"
+        );
+        assert_eq!(compiled.file_identity.len(), 1, "unlink target protected");
+        assert_eq!(compiled.net_rules.len(), 1, "loopback port denied");
+        assert_eq!(compiled.net_rules[0].2.rules[0].port_lo, PORT);
+        assert!(compiled.notes.is_empty(), "{:?}", compiled.notes);
+    }
 }
