@@ -58,13 +58,18 @@ fn failure(error: anyhow::Error) -> Fatal {
     }
 }
 
-/// Reads, validates and compiles the policy file.
-pub fn load_policy(path: &std::path::Path) -> Result<CompiledPolicy, Fatal> {
+/// Reads, validates and compiles the policy file, with `extra_agents` (the
+/// daemon's own canary) appended after the file's profiles.
+pub fn load_policy(
+    path: &std::path::Path,
+    extra_agents: Vec<policy::AgentProfile>,
+) -> Result<CompiledPolicy, Fatal> {
     let invalid = |error: anyhow::Error| Fatal {
         code: exit::INVALID_POLICY,
         error,
     };
-    let parsed = policy::load(path).map_err(|e| invalid(e.into()))?;
+    let mut parsed = policy::load(path).map_err(|e| invalid(e.into()))?;
+    parsed.agents.extend(extra_agents);
     compile::compile(&parsed)
         .map_err(|e| invalid(anyhow::anyhow!("invalid policy {}: {e}", path.display())))
 }
@@ -130,19 +135,8 @@ fn start(
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), Fatal> {
-    let invalid = |error: anyhow::Error| Fatal {
-        code: exit::INVALID_POLICY,
-        error,
-    };
-    let mut parsed = policy::load(&config.policy).map_err(|e| invalid(e.into()))?;
     let canary = Canary::prepare().map_err(|e| failure(e.into()))?;
-    parsed.agents.push(canary.profile());
-    let policy = compile::compile(&parsed).map_err(|e| {
-        invalid(anyhow::anyhow!(
-            "invalid policy {}: {e}",
-            config.policy.display()
-        ))
-    })?;
+    let policy = load_policy(&config.policy, vec![canary.profile()])?;
     for note in &policy.notes {
         warn!("{note}");
     }

@@ -123,11 +123,6 @@ impl KernelLayout {
         Ok(())
     }
 
-    /// Whether the kernel has `hook` at all.
-    pub fn has_hook(&self, hook: &LsmHook) -> bool {
-        !matches!(self.check_hook(hook), Err(LayoutError::NoHook { .. }))
-    }
-
     fn find_struct(&self, name: &str) -> Option<btf_rs::Struct> {
         let types = self.btf.resolve_types_by_name(name).ok()?;
         types.into_iter().find_map(|t| match t {

@@ -67,7 +67,7 @@ fn main() {
         }
         Command::Policy {
             command: PolicyCommand::Check { file },
-        } => match daemon::load_policy(&file) {
+        } => match daemon::load_policy(&file, Vec::new()) {
             Ok(policy) => {
                 for note in &policy.notes {
                     eprintln!("note: {note}");
