@@ -14,9 +14,10 @@ echo "42 rows" > "$WORK/prod-data/customers.csv"
 cp "$BIN/guard-probe" "$WORK/tools/exfil-tool"
 
 cat > "$WORK/policy.yaml" <<POLICY
-agents:
-  - name: demo-agent
+profiles:
+  - name: cleanup-bot
     mode: enforce
+    default: allow
     exec:
       deny:
         - id: no-exfil-tool
@@ -33,28 +34,33 @@ agents:
           cidr: 127.0.0.1
           ports: 5432
           message: the production database is off limits to agents
+agents:
+  - name: demo-agent
+    profile: cleanup-bot
 POLICY
 
 say "The policy"
 cat "$WORK/policy.yaml"
 
 say "Starting guardd"
-"$BIN/guardd" --policy "$WORK/policy.yaml" --events "$WORK/events.jsonl" --cgroup-root guard-demo 2> "$WORK/guardd.log" &
+SOCKET="$WORK/control.sock"
+"$BIN/guardd" --policy "$WORK/policy.yaml" --events "$WORK/events.jsonl" --cgroup-root guard-demo --socket "$SOCKET" 2> "$WORK/guardd.log" &
 GUARDD=$!
+enforcing() { grep -q 'INFO.*enforcing:' "$WORK/guardd.log"; }
 for _ in $(seq 1 200); do
-    grep -q enforcing "$WORK/guardd.log" && break
+    enforcing && break
     kill -0 $GUARDD 2>/dev/null || break
     sleep 0.1
 done
 cat "$WORK/guardd.log"
-if ! grep -q enforcing "$WORK/guardd.log"; then
+if ! enforcing; then
     echo "guardd did not start enforcing" >&2
     exit 1
 fi
 
 say "The agent, told to 'clean up', runs: rm -rf prod-data; tools/exfil-tool; connect to 127.0.0.1:5432"
 cd "$WORK"
-"$BIN/guardctl" run --agent demo-agent --cgroup-root guard-demo -- sh -c '
+"$BIN/guardctl" --socket "$SOCKET" run --agent demo-agent --label ticket=DEMO-1 -- sh -c '
     echo "\$ rm -rf prod-data";           rm -rf prod-data
     echo "\$ ./tools/exfil-tool";         ./tools/exfil-tool
     echo "\$ connect 127.0.0.1:5432";     '"$BIN"'/guard-probe connect-tcp 127.0.0.1:5432
@@ -62,6 +68,9 @@ cd "$WORK"
 
 say "prod-data is intact"
 find prod-data -type f | sort
+
+say "guardctl status"
+"$BIN/guardctl" --socket "$SOCKET" status
 
 say "Stopping guardd (SIGTERM detaches the programs)"
 kill -TERM $GUARDD

@@ -10,16 +10,28 @@
 
 /// Map names, as the eBPF object declares them. Userspace looks maps up by
 /// these constants only.
+///
+/// The policy maps hold two generations side by side, in slots 0 and 1: the
+/// slot is part of every key ([`AgentKey::slot`], and the top bit of the
+/// profile id in the rule keys, see [`profile_key`]). [`GENERATION`] names the
+/// slot in force. The daemon writes a new generation into the idle slot, then
+/// switches [`GENERATION`] in one map update, so a hook sees either the old
+/// policy or the new one, never a mix.
 pub mod map {
-    /// agent cgroup id (u64) → [`super::AgentEntry`].
+    /// Array of maps with one element: an array map whose only element is
+    /// the [`super::GenerationInfo`] in force. Replaced whole on every switch.
+    pub const GENERATION: &str = "GENERATION";
+    /// The inner maps [`GENERATION`] points to, one per slot.
+    pub const GENERATION_SLOTS: [&str; 2] = ["GENERATION_SLOT_0", "GENERATION_SLOT_1"];
+    /// [`super::AgentKey`] → [`super::AgentEntry`]: agent and session cgroups.
     pub const AGENTS: &str = "AGENTS";
-    /// [`super::IdentityKey`] → [`super::RuleRef`]: executables denied by identity.
+    /// [`super::IdentityKey`] → [`super::ExecIdentityRule`]: exec rules by file identity.
     pub const EXEC_IDENTITY: &str = "EXEC_IDENTITY";
     /// LPM trie [`super::ExecPathKey`] → [`super::RuleRef`]: exec path rules.
     pub const EXEC_PATHS: &str = "EXEC_PATHS";
-    /// [`super::IdentityKey`] → [`super::RuleRef`]: protected files and directories.
+    /// [`super::IdentityKey`] → [`super::RuleRef`]: file rules on files and directories.
     pub const FILE_IDENTITY: &str = "FILE_IDENTITY";
-    /// LPM trie [`super::NameKey`] → [`super::RuleRef`]: protected file names.
+    /// LPM trie [`super::NameKey`] → [`super::RuleRef`]: file rules on names.
     pub const FILE_NAMES: &str = "FILE_NAMES";
     /// LPM trie [`super::NetKey`] → [`super::NetRuleSet`]: network rules.
     pub const NET_RULES: &str = "NET_RULES";
@@ -29,7 +41,37 @@ pub mod map {
     pub const COUNTERS: &str = "COUNTERS";
 }
 
-/// Capacities of the maps. Userspace checks a compiled policy against them.
+/// Generations the policy maps hold at once (the one in force and the next).
+pub const SLOTS: u32 = 2;
+
+/// The profile id rule keys carry: the profile's index in its generation,
+/// with the generation's slot in the top bit.
+pub const fn profile_key(slot: u32, index: u32) -> u32 {
+    (slot << 31) | index
+}
+
+/// The profile index in a profile id ([`profile_key`]).
+pub const fn profile_index(key: u32) -> u32 {
+    key & !(1 << 31)
+}
+
+/// Profile index of [`LOCKED`]; no rule key carries it.
+pub const LOCKED_PROFILE: u32 = 0x7fff_ffff;
+
+/// The entry of a cgroup below Guard's root that Guard does not know (one an
+/// agent made, or left from an earlier run): every decision is denied.
+pub const LOCKED: AgentEntry = AgentEntry {
+    profile: LOCKED_PROFILE,
+    mode: mode::ENFORCE,
+    flags: agent_flag::EXEC_DEFAULT_DENY
+        | agent_flag::FILES_DEFAULT_DENY
+        | agent_flag::NETWORK_DEFAULT_DENY
+        | agent_flag::DECIDE_WRITES,
+    _pad: 0,
+};
+
+/// Capacities of one generation. Userspace checks a compiled policy against
+/// them; the maps hold [`SLOTS`] times as many entries.
 pub mod capacity {
     pub const AGENTS: u32 = 1024;
     pub const EXEC_IDENTITY: u32 = 4096;
@@ -50,6 +92,17 @@ pub mod global {
     pub const ROOT_CGROUP_LEVEL: &str = "GUARD_ROOT_CGROUP_LEVEL";
 }
 
+/// The generation in force: value of the inner map of [`map::GENERATION`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenerationInfo {
+    /// Counts up from 1 with every policy the daemon applies.
+    pub generation: u64,
+    /// Slot (0 or 1) whose entries make up this generation.
+    pub slot: u32,
+    pub _pad: u32,
+}
+
 /// A kernel struct member whose byte offset the programs need. Layouts differ
 /// between kernels (e.g. `file.f_path` is at 16 on 6.1 and 64 on 6.12), so the
 /// loader reads each offset from the running kernel's BTF and sets the global
@@ -61,7 +114,9 @@ pub struct KernelField {
     /// Kernel struct name.
     pub structure: &'static str,
     /// Member path; `.` descends into a nested struct member. Anonymous
-    /// unions and structs are searched transparently.
+    /// unions and structs are searched transparently. `|` separates
+    /// alternatives for a member that kernels name differently; the first
+    /// one the running kernel has is used.
     pub member: &'static str,
 }
 
@@ -92,6 +147,8 @@ kernel_fields! {
     OFF_INODE_INO = "inode" . "i_ino";
     OFF_INODE_SB = "inode" . "i_sb";
     OFF_INODE_SIZE = "inode" . "i_size";
+    OFF_INODE_CTIME_SEC = "inode" . "i_ctime_sec|__i_ctime.tv_sec|i_ctime.tv_sec";
+    OFF_INODE_CTIME_NSEC = "inode" . "i_ctime_nsec|__i_ctime.tv_nsec|i_ctime.tv_nsec";
     OFF_SB_DEV = "super_block" . "s_dev";
     OFF_MOUNT_MNT = "mount" . "mnt";
     OFF_MOUNT_PARENT = "mount" . "mnt_parent";
@@ -158,6 +215,17 @@ pub mod lsm {
     pub const SOCKET_CONNECT: LsmHook = LsmHook::required("socket_connect", 3);
     /// `int socket_sendmsg(struct socket *sock, struct msghdr *msg, int size)`
     pub const SOCKET_SENDMSG: LsmHook = LsmHook::required("socket_sendmsg", 3);
+    /// `int path_mknod(const struct path *dir, struct dentry *dentry,
+    /// umode_t mode, unsigned int dev)`: also open with O_CREAT.
+    pub const PATH_MKNOD: LsmHook = LsmHook::required("path_mknod", 4);
+    /// `int path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode)`
+    pub const PATH_MKDIR: LsmHook = LsmHook::required("path_mkdir", 3);
+    /// `int path_symlink(const struct path *dir, struct dentry *dentry,
+    /// const char *old_name)`
+    pub const PATH_SYMLINK: LsmHook = LsmHook::required("path_symlink", 3);
+    /// `int path_link(struct dentry *old_dentry, const struct path *new_dir,
+    /// struct dentry *new_dentry)`
+    pub const PATH_LINK: LsmHook = LsmHook::required("path_link", 3);
 
     pub const ALL: &[LsmHook] = &[
         BPRM_CHECK_SECURITY,
@@ -169,6 +237,10 @@ pub mod lsm {
         FILE_TRUNCATE,
         SOCKET_CONNECT,
         SOCKET_SENDMSG,
+        PATH_MKNOD,
+        PATH_MKDIR,
+        PATH_SYMLINK,
+        PATH_LINK,
     ];
 }
 
@@ -197,6 +269,15 @@ pub mod hook {
     pub const FILE_TRUNCATE: u32 = 7;
     pub const CONNECT: u32 = 8;
     pub const SENDMSG: u32 = 9;
+    /// Creating a file: open with O_CREAT, mknod.
+    pub const CREATE: u32 = 10;
+    pub const MKDIR: u32 = 11;
+    pub const SYMLINK: u32 = 12;
+    pub const LINK: u32 = 13;
+    /// Opening a file for write.
+    pub const OPEN_WRITE: u32 = 14;
+    /// Renaming a file into a directory (the new entry's side of a rename).
+    pub const RENAME_INTO: u32 = 15;
 }
 
 /// Outcome of a decision.
@@ -209,8 +290,13 @@ pub mod verdict {
 
 /// What a rule does when it matches.
 pub mod action {
+    /// Exec and network: deny. Files: deny destruction (a protected file may
+    /// still be written).
     pub const DENY: u32 = 1;
+    /// Allow (files: writing and destruction).
     pub const ALLOW: u32 = 2;
+    /// Files: deny destruction, opening for write and creating entries.
+    pub const READ_ONLY: u32 = 3;
 }
 
 /// A profile's mode.
@@ -223,6 +309,16 @@ pub mod mode {
 pub mod agent_flag {
     /// Record allowed decisions too, not only denials.
     pub const RECORD_ALLOWED: u32 = 1;
+    /// Deny an exec no rule matches.
+    pub const EXEC_DEFAULT_DENY: u32 = 1 << 1;
+    /// Deny destroying or writing a file no rule matches.
+    pub const FILES_DEFAULT_DENY: u32 = 1 << 2;
+    /// Deny a network destination no rule matches.
+    pub const NETWORK_DEFAULT_DENY: u32 = 1 << 3;
+    /// Decide on opening files for write and creating entries (the profile
+    /// has read-only rules or denies files by default); otherwise those
+    /// actions are not decisions.
+    pub const DECIDE_WRITES: u32 = 1 << 4;
 }
 
 /// Bits of [`Event::flags`].
@@ -255,11 +351,20 @@ pub enum Counter {
 /// Number of [`Counter`] slots.
 pub const COUNTER_SLOTS: u32 = 3;
 
+/// Key of [`map::AGENTS`]: a session or agent cgroup, in one generation slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AgentKey {
+    pub cgroup: u64,
+    pub slot: u32,
+    pub _pad: u32,
+}
+
 /// Value of [`map::AGENTS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AgentEntry {
-    /// Index of the agent profile in the policy; rule keys carry it.
+    /// The profile id rule keys carry ([`profile_key`]).
     pub profile: u32,
     /// [`mode`] of the profile.
     pub mode: u32,
@@ -276,6 +381,26 @@ pub struct IdentityKey {
     pub ino: u64,
     pub dev: u32,
     pub profile: u32,
+}
+
+/// Value of [`map::EXEC_IDENTITY`]: a rule for one executable.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecIdentityRule {
+    pub rule: RuleRef,
+    /// With [`exec_flag::PINNED`]: the file's change time (`ctime`) when
+    /// guardd hashed it. The rule applies only while the inode still has
+    /// this change time: any write to the file changes it.
+    pub ctime_sec: i64,
+    pub ctime_nsec: u32,
+    /// [`exec_flag`] bits.
+    pub flags: u32,
+}
+
+/// Bits of [`ExecIdentityRule::flags`].
+pub mod exec_flag {
+    /// The rule pins the file's content (a `sha256` rule).
+    pub const PINNED: u32 = 1;
 }
 
 /// A matched rule: its id (index into the policy's rule table) and [`action`].
@@ -345,8 +470,13 @@ pub struct NetRuleSet {
 pub struct Event {
     /// `bpf_ktime_get_boot_ns` at the decision.
     pub boot_ns: u64,
-    /// cgroup id of the agent cgroup the process belongs to.
+    /// Policy generation that decided ([`GenerationInfo::generation`]).
+    pub generation: u64,
+    /// cgroup whose [`map::AGENTS`] entry applied: the session's, or the
+    /// agent's for a process outside any session.
     pub agent_cgroup: u64,
+    /// cgroup the process is in (the session's or one below it).
+    pub cgroup: u64,
     /// Target file identity (exec and file hooks), else 0.
     pub ino: u64,
     pub dev: u32,
@@ -379,19 +509,22 @@ pub struct Event {
     pub path: [u8; EVENT_PATH_LEN],
 }
 
-/// [`Event::rule_id`] when no rule matched (allowed by default).
+/// [`Event::rule_id`] when no rule matched: the profile's default decided.
 pub const NO_RULE: u32 = u32::MAX;
 
 const _: () = assert!(size_of::<AgentEntry>() == 16);
 const _: () = assert!(size_of::<IdentityKey>() == 16);
 const _: () = assert!(size_of::<RuleRef>() == 8);
+const _: () = assert!(size_of::<ExecIdentityRule>() == 24);
 const _: () = assert!(size_of::<ExecPathKey>() == 4 + EXEC_PATH_KEY_LEN);
 const _: () = assert!(size_of::<ExecPathKey>() <= 256);
 const _: () = assert!(size_of::<NameKey>() == 4 + NAME_KEY_LEN);
 const _: () = assert!(size_of::<NetKey>() == 20);
 const _: () = assert!(size_of::<NetRule>() == 12);
 const _: () = assert!(size_of::<NetRuleSet>() == 8 + 12 * NET_RULES_PER_PREFIX);
-const _: () = assert!(size_of::<Event>() == 104 + EVENT_PATH_LEN);
+const _: () = assert!(size_of::<Event>() == 120 + EVENT_PATH_LEN);
+const _: () = assert!(size_of::<AgentKey>() == 16);
+const _: () = assert!(size_of::<GenerationInfo>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -399,8 +532,11 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, and have no padding (checked by
     // the size assertions above), so any bit pattern is a valid value.
     unsafe impl aya::Pod for AgentEntry {}
+    unsafe impl aya::Pod for AgentKey {}
+    unsafe impl aya::Pod for GenerationInfo {}
     unsafe impl aya::Pod for IdentityKey {}
     unsafe impl aya::Pod for RuleRef {}
+    unsafe impl aya::Pod for ExecIdentityRule {}
     unsafe impl aya::Pod for ExecPathKey {}
     unsafe impl aya::Pod for NameKey {}
     unsafe impl aya::Pod for NetKey {}

@@ -19,16 +19,20 @@ use crate::{
     cgroup::GuardRoot,
     launch,
     policy::{
-        AgentProfile, ExecTarget, FileTarget, Location, Mode, NetTarget, PortRange, Protocol, Rule,
+        Access, AgentDef, Defaults, Effect, ExecTarget, FileTarget, Location, Mode, NetTarget,
+        Policy, PortRange, Profile, Protocol, Rule,
     },
 };
 
-/// The canary's agent name; user agent names cannot start with `.`.
+/// The canary's agent and profile name; user names cannot start with `.`.
 pub const AGENT: &str = ".canary";
 /// A port the canary profile denies on loopback (discard).
 const PORT: u16 = 9;
 const EXEC_TARGET: &str = "exec-target";
 const UNLINK_TARGET: &str = "unlink-target";
+
+/// The hooks the canary exercises.
+pub const HOOKS: [&str; 3] = [ACTIONS[0].1, ACTIONS[1].1, ACTIONS[2].1];
 
 /// The actions, in the order the canary process tries them (exec last: if it
 /// is not denied, the process image is replaced).
@@ -73,30 +77,36 @@ impl Canary {
         Ok(Self { dir })
     }
 
-    /// The profile that denies the canary's actions.
-    pub fn profile(&self) -> AgentProfile {
+    /// Adds the canary's agent, and its profile that denies the canary's
+    /// actions, to `policy`.
+    pub fn add_to(&self, policy: &mut Policy) {
         fn rule<T>(action: &str, target: T) -> Rule<T> {
             Rule {
                 id: format!("guard-canary-{action}"),
                 message: Some("readiness canary".into()),
+                effect: Effect::Deny,
                 target,
                 location: Location::default(),
             }
         }
         let loopback = IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST));
-        AgentProfile {
+        policy.profiles.push(Profile {
             name: AGENT.into(),
             mode: Mode::Enforce,
             record_allowed: false,
-            exec_deny: vec![rule(
+            defaults: Defaults::all(Access::Allow),
+            exec: vec![rule(
                 "exec",
-                ExecTarget::Path(self.dir.path().join(EXEC_TARGET)),
+                ExecTarget::Path {
+                    path: self.dir.path().join(EXEC_TARGET),
+                    sha256: None,
+                },
             )],
-            file_protect: vec![rule(
+            files: vec![rule(
                 "unlink",
                 FileTarget::Path(self.dir.path().join(UNLINK_TARGET)),
             )],
-            network_deny: vec![rule(
+            network: vec![rule(
                 "connect",
                 NetTarget {
                     cidr: loopback,
@@ -105,7 +115,12 @@ impl Canary {
                 },
             )],
             location: Location::default(),
-        }
+        });
+        policy.agents.push(AgentDef {
+            name: AGENT.into(),
+            profile: AGENT.into(),
+            location: Location::default(),
+        });
     }
 
     /// Runs the canary process in the canary agent's cgroup and checks that
@@ -166,11 +181,13 @@ mod tests {
     #[test]
     fn the_canary_profile_denies_one_action_per_hook_family() {
         let canary = Canary::prepare().unwrap();
-        let compiled = compile(&Policy {
-            agents: vec![canary.profile()],
-        })
-        .unwrap();
-        assert_eq!(compiled.agents[0].0, AGENT);
+        let mut policy = Policy {
+            profiles: vec![],
+            agents: vec![],
+        };
+        canary.add_to(&mut policy);
+        let compiled = compile(&policy).unwrap();
+        assert_eq!(compiled.agents, vec![(AGENT.to_string(), 0)]);
         assert_eq!(
             compiled.exec_identity.len(),
             1,

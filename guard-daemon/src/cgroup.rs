@@ -24,9 +24,9 @@ pub enum CgroupError {
     #[error("cgroup {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error(
-        "no agent `{agent}` in the running policy: {path} does not exist. Is guardd running with a policy that defines `{agent}`?"
+        "refusing {path} as Guard's cgroup root: {reason}. Choose a dedicated cgroup with --cgroup-root"
     )]
-    UnknownAgent { agent: String, path: PathBuf },
+    Unsafe { path: PathBuf, reason: String },
 }
 
 /// The cgroup2 mount point, from `/proc/self/mountinfo` (hosts may mount it
@@ -104,11 +104,42 @@ pub struct GuardRoot {
 }
 
 impl GuardRoot {
-    /// Opens (creating if needed) `name` below the cgroup2 mount.
+    /// Opens (creating if needed) `name` below the cgroup2 mount, after
+    /// checking the safety net: Guard's root must be a cgroup of its own,
+    /// in which no process the host needs to stay alive runs.
     pub fn create(mount: &Path, name: &str) -> Result<Self, CgroupError> {
-        let path = mount.join(name);
+        if Path::new(name).components().any(|c| {
+            matches!(
+                c,
+                std::path::Component::ParentDir | std::path::Component::CurDir
+            )
+        }) {
+            return Err(CgroupError::Unsafe {
+                path: mount.join(name),
+                reason: "it contains `.` or `..`".into(),
+            });
+        }
+        let level = Path::new(name)
+            .components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .count() as u32;
+        let path = mount.join(name.trim_start_matches('/'));
+        if level == 0 {
+            return Err(CgroupError::Unsafe {
+                path,
+                reason: "it is the cgroup2 root, so every process on the host would be an agent"
+                    .into(),
+            });
+        }
         create_dir(&path)?;
-        let level = Path::new(name).components().count() as u32;
+        if let Some((pid, what)) = vital_process_below(&path) {
+            return Err(CgroupError::Unsafe {
+                path,
+                reason: format!(
+                    "process {pid} ({what}) runs in it and would be confined as an agent"
+                ),
+            });
+        }
         Ok(Self {
             id: cgroup_id(&path)?,
             path,
@@ -127,22 +158,44 @@ impl GuardRoot {
         self.path.join(agent)
     }
 
-    /// Agent cgroups below the root that are not in `agents` but still have
-    /// processes: left from an earlier policy, they are not confined now.
-    pub fn unknown_agents_with_processes(&self, agents: &[&str]) -> Vec<String> {
-        let Ok(entries) = fs::read_dir(&self.path) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_dir())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|name| !agents.contains(&name.as_str()))
-            .filter(|name| {
-                let procs = fs::read_to_string(self.agent_path(name).join("cgroup.procs"))
-                    .unwrap_or_default();
-                !procs.trim().is_empty()
+    /// Whether process `pid` runs below this root, or cannot be looked up
+    /// (which must count as an agent too).
+    pub fn is_agent(&self, pid: i32) -> bool {
+        pid <= 0
+            || fs::read_to_string(format!("/proc/{pid}/cgroup")).is_err()
+            || self.cgroup_of(pid).is_some()
+    }
+
+    /// The cgroup directory of process `pid` when it is below this root
+    /// (the process is an agent), else `None`.
+    pub fn cgroup_of(&self, pid: i32) -> Option<PathBuf> {
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let relative = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let mount = self.path.ancestors().nth(self.level as usize)?;
+        let path = mount.join(relative.trim_start_matches('/'));
+        (path.starts_with(&self.path) && path != self.path).then_some(path)
+    }
+
+    /// Cgroups with processes that Guard has no entry for: agent cgroups not
+    /// in `agents`, and cgroups directly below an agent's that are not
+    /// `sessions` (left from an earlier run of guardd, or made by an agent).
+    /// The kernel denies every action of the processes in them.
+    pub fn unknown_with_processes(&self, agents: &[&str], sessions: &[&Path]) -> Vec<PathBuf> {
+        subdirs(&self.path)
+            .flat_map(|agent| {
+                let known = agent
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| agents.contains(&n));
+                if known {
+                    subdirs(&agent)
+                        .filter(|s| !sessions.contains(&s.as_path()))
+                        .collect()
+                } else {
+                    vec![agent]
+                }
             })
+            .filter(|dir| populated(dir))
             .collect()
     }
 
@@ -157,16 +210,70 @@ impl GuardRoot {
     }
 }
 
-/// The `cgroup.procs` file of an existing agent's cgroup, for `guardctl run`.
-pub fn agent_procs(mount: &Path, root: &str, agent: &str) -> Result<PathBuf, CgroupError> {
-    let path = mount.join(root).join(agent);
-    if !path.is_dir() {
-        return Err(CgroupError::UnknownAgent {
-            agent: agent.into(),
-            path,
-        });
+/// The directories directly below `dir`.
+fn subdirs(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+}
+
+/// Removes the cgroup at `dir` and every (empty) cgroup below it.
+pub fn remove_tree(dir: &Path) -> io::Result<()> {
+    for sub in subdirs(dir) {
+        remove_tree(&sub)?;
     }
-    Ok(path.join("cgroup.procs"))
+    fs::remove_dir(dir)
+}
+
+/// Programs a host needs to stay alive (and guardd itself). Policies only
+/// ever apply to processes below Guard's root cgroup; guardd refuses a root
+/// in which any of these runs.
+pub const SAFETY_NET: &[&str] = &[
+    "/sbin/init",
+    "/usr/sbin/init",
+    "/lib/systemd/systemd",
+    "/usr/lib/systemd/systemd",
+    "/lib/systemd/systemd-journald",
+    "/usr/lib/systemd/systemd-journald",
+    "/usr/sbin/sshd",
+    "/usr/sbin/cron",
+    "/usr/local/bin/guardd",
+];
+
+/// A process below `dir` that the host needs: PID 1, this guardd, or one
+/// running a program of [`SAFETY_NET`]. Returns its pid and what it is.
+fn vital_process_below(dir: &Path) -> Option<(u32, String)> {
+    let own = std::process::id();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+            let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            if pid == 1 {
+                return Some((pid, "init".into()));
+            }
+            if pid == own {
+                return Some((pid, "guardd itself".into()));
+            }
+            // A replaced binary's link ends in " (deleted)".
+            let exe_text = exe.to_string_lossy();
+            let exe_path = exe_text.trim_end_matches(" (deleted)");
+            if SAFETY_NET.contains(&exe_path) {
+                return Some((pid, exe.display().to_string()));
+            }
+        }
+        dirs.extend(subdirs(&dir));
+    }
+    None
+}
+
+/// Whether a process runs in the cgroup at `path` or below it.
+pub fn populated(path: &Path) -> bool {
+    fs::read_to_string(path.join("cgroup.events"))
+        .is_ok_and(|events| events.lines().any(|l| l == "populated 1"))
 }
 
 fn create_dir(path: &Path) -> Result<(), CgroupError> {
@@ -207,6 +314,29 @@ mod tests {
             find_cgroup2(info),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
+    }
+
+    #[test]
+    fn the_cgroup2_root_is_refused_as_guards_root() {
+        let mount = tempfile::tempdir().unwrap();
+        for name in ["", "/"] {
+            let e = GuardRoot::create(mount.path(), name).unwrap_err();
+            assert!(e.to_string().contains("cgroup2 root"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_root_with_guardd_in_it_is_refused() {
+        let mount = tempfile::tempdir().unwrap();
+        let root = mount.path().join("guard");
+        fs::create_dir(&root).unwrap();
+        fs::write(
+            root.join("cgroup.procs"),
+            format!("{}\n", std::process::id()),
+        )
+        .unwrap();
+        let e = GuardRoot::create(mount.path(), "guard").unwrap_err();
+        assert!(e.to_string().contains("guardd itself"), "{e}");
     }
 
     #[test]

@@ -1,20 +1,30 @@
 //! Compiling a policy into the entries of the kernel's policy maps.
 //!
 //! This is the only place that knows how rules become map keys. It touches no
-//! kernel: the one thing it reads from the system is the identity (device and
-//! inode) of the files and directories rules name.
+//! kernel: what it reads from the system is the identity (device and inode)
+//! of the files and directories rules name, and the digest of files that
+//! `sha256` exec rules pin. Keys carry the profile's index; the enforcer adds
+//! the generation slot when it writes them.
 
-use std::{collections::BTreeMap, net::IpAddr, os::unix::fs::MetadataExt, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Read,
+    net::IpAddr,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
 
 use guard_common::{
-    AgentEntry, EXEC_PATH_KEY_LEN, ExecPathKey, IdentityKey, NAME_KEY_LEN, NET_RULES_PER_PREFIX,
-    NameKey, NetKey, NetRule, NetRuleSet, RuleRef, action, agent_flag, capacity, mode, protocol,
+    AgentEntry, EXEC_PATH_KEY_LEN, ExecIdentityRule, ExecPathKey, IdentityKey, NAME_KEY_LEN,
+    NET_RULES_PER_PREFIX, NameKey, NetKey, NetRule, NetRuleSet, RuleRef, action, agent_flag,
+    capacity, exec_flag, mode, protocol,
 };
 use ipnet::IpNet;
+use sha2::Digest as _;
 
 use crate::policy::{
-    AgentProfile, ExecTarget, FileTarget, Location, Mode, NamePattern, Policy, PolicyError,
-    Protocol,
+    Access, Effect, ExecTarget, FileTarget, Location, Mode, NamePattern, Policy, PolicyError,
+    Profile, Protocol, Rule, Sha256,
 };
 
 /// What a rule id in a record refers to.
@@ -22,16 +32,18 @@ use crate::policy::{
 pub struct RuleInfo {
     pub id: String,
     pub message: Option<String>,
-    pub agent: String,
+    pub profile: String,
 }
 
 /// Entries for the kernel's maps, plus what userspace needs to explain them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompiledPolicy {
-    /// Agent names, indexed by profile id, with their map entry (the agent
-    /// cgroup id is added when the cgroups exist).
-    pub agents: Vec<(String, AgentEntry)>,
-    pub exec_identity: Vec<(IdentityKey, RuleRef)>,
+    /// Profile names with the entry a cgroup running that profile gets,
+    /// indexed by profile index.
+    pub profiles: Vec<(String, AgentEntry)>,
+    /// Agent names with their profile index.
+    pub agents: Vec<(String, u32)>,
+    pub exec_identity: Vec<(IdentityKey, ExecIdentityRule)>,
     /// `(prefix length in bits, key data, rule)`.
     pub exec_paths: Vec<(u32, ExecPathKey, RuleRef)>,
     pub file_identity: Vec<(IdentityKey, RuleRef)>,
@@ -39,6 +51,9 @@ pub struct CompiledPolicy {
     pub net_rules: Vec<(u32, NetKey, NetRuleSet)>,
     /// Indexed by rule id.
     pub rules: Vec<RuleInfo>,
+    /// Files exec rules pin by digest, with what they were when compiled
+    /// (`None`: unreadable). A change to one calls for a new generation.
+    pub pinned_files: Vec<(PathBuf, Option<FileVersion>)>,
     /// Things the operator should know that do not stop the policy.
     pub notes: Vec<String>,
 }
@@ -47,20 +62,14 @@ impl CompiledPolicy {
     /// One line describing the policy, for logs.
     pub fn summary(&self) -> String {
         format!(
-            "{} agent(s) [{}]; exec: {} identity + {} path entries; files: {} protected identities + {} names; network: {} prefixes",
-            self.agents.len(),
-            self.agents
+            "{} profile(s) [{}], {} agent(s); exec: {} identity + {} path entries; files: {} identities + {} names; network: {} prefixes",
+            self.profiles.len(),
+            self.profiles
                 .iter()
-                .map(|(name, entry)| format!(
-                    "{name}:{}",
-                    if entry.mode == mode::MONITOR {
-                        "monitor"
-                    } else {
-                        "enforce"
-                    }
-                ))
+                .map(|(name, entry)| format!("{name}:{}", mode_name(entry)))
                 .collect::<Vec<_>>()
                 .join(","),
+            self.agents.len(),
             self.exec_identity.len(),
             self.exec_paths.len(),
             self.file_identity.len(),
@@ -72,65 +81,210 @@ impl CompiledPolicy {
     pub fn rule(&self, rule_id: u32) -> Option<&RuleInfo> {
         self.rules.get(rule_id as usize)
     }
+
+    pub fn profile_index(&self, name: &str) -> Option<u32> {
+        self.profiles
+            .iter()
+            .position(|(n, _)| n == name)
+            .map(|i| i as u32)
+    }
+
+    /// Whether a pinned file differs from when this was compiled: in content,
+    /// or in change time (which the kernel compares, so a `touch` or `chmod`
+    /// needs a new generation too).
+    pub fn pinned_file_changed(&self) -> bool {
+        self.pinned_files
+            .iter()
+            .any(|(path, version)| FileVersion::read(path).ok() != *version)
+    }
+
+    pub fn agent_profile(&self, agent: &str) -> Option<u32> {
+        self.agents
+            .iter()
+            .find(|(n, _)| n == agent)
+            .map(|(_, profile)| *profile)
+    }
+}
+
+/// `enforce` or `monitor`, from an entry's mode.
+pub fn mode_name(entry: &AgentEntry) -> &'static str {
+    if entry.mode == mode::MONITOR {
+        Mode::Monitor.as_str()
+    } else {
+        Mode::Enforce.as_str()
+    }
+}
+
+/// A profile's defaults, from its entry's flags: (kind, `allow` or `deny`).
+pub fn defaults_of(entry: &AgentEntry) -> [(&'static str, &'static str); 3] {
+    let access = |flag: u32| {
+        if entry.flags & flag != 0 {
+            Access::Deny.as_str()
+        } else {
+            Access::Allow.as_str()
+        }
+    };
+    [
+        ("exec", access(agent_flag::EXEC_DEFAULT_DENY)),
+        ("files", access(agent_flag::FILES_DEFAULT_DENY)),
+        ("network", access(agent_flag::NETWORK_DEFAULT_DENY)),
+    ]
 }
 
 /// A file's identity as the kernel sees it: `s_dev` uses the kernel's internal
 /// `dev_t` encoding (`MAJOR << 20 | MINOR`, include/linux/kdev_t.h), not the
 /// one stat(2) returns.
 pub fn identity(path: &Path) -> std::io::Result<(u32, u64)> {
-    let meta = std::fs::metadata(path)?;
+    Ok(kernel_identity(&std::fs::metadata(path)?))
+}
+
+fn kernel_identity(meta: &std::fs::Metadata) -> (u32, u64) {
     let dev = meta.dev();
-    let kernel_dev = (libc::major(dev) << 20) | libc::minor(dev);
-    Ok((kernel_dev, meta.ino()))
+    ((libc::major(dev) << 20) | libc::minor(dev), meta.ino())
+}
+
+/// A file's content digest and change time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileVersion {
+    pub sha256: Sha256,
+    pub ctime_sec: i64,
+    pub ctime_nsec: u32,
+    /// Device (kernel encoding) and inode.
+    pub identity: (u32, u64),
+}
+
+impl FileVersion {
+    /// Reads the change time before hashing: if the file changes while it
+    /// is hashed, the kernel sees a newer change time and the rule does not
+    /// apply (fails closed) until the next generation.
+    pub fn read(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        let sha256 = sha256_file(path)?;
+        let ctime = |m: &std::fs::Metadata| (m.ctime(), m.ctime_nsec());
+        if ctime(&std::fs::metadata(path)?) != ctime(&meta) {
+            return Err(std::io::Error::other("it changed while it was hashed"));
+        }
+        Ok(Self {
+            sha256,
+            ctime_sec: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec() as u32,
+            identity: kernel_identity(&meta),
+        })
+    }
+}
+
+/// SHA-256 of a file's content.
+pub fn sha256_file(path: &Path) -> std::io::Result<Sha256> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().into())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Compiles `policy`.
 pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
     let mut out = CompiledPolicy::default();
-    for (index, agent) in policy.agents.iter().enumerate() {
-        let profile = index as u32;
-        out.agents
-            .push((agent.name.clone(), agent_entry(agent, profile)));
-        compile_exec(&mut out, agent, profile)?;
-        compile_files(&mut out, agent, profile)?;
-        compile_network(&mut out, agent, profile)?;
+    let mut seen = SeenKeys::default();
+    for (index, profile) in policy.profiles.iter().enumerate() {
+        let index = index as u32;
+        out.profiles
+            .push((profile.name.clone(), profile_entry(profile, index)));
+        compile_exec(&mut out, &mut seen, profile, index)?;
+        compile_files(&mut out, &mut seen, profile, index)?;
+        compile_network(&mut out, profile, index)?;
+    }
+    for agent in &policy.agents {
+        let index = out
+            .profile_index(&agent.profile)
+            .expect("parse checked that agents name existing profiles");
+        out.agents.push((agent.name.clone(), index));
     }
     check_capacity(&out, policy)?;
     Ok(out)
 }
 
-fn agent_entry(agent: &AgentProfile, profile: u32) -> AgentEntry {
+fn profile_entry(profile: &Profile, index: u32) -> AgentEntry {
+    let flag = |on: bool, bit: u32| if on { bit } else { 0 };
+    let files_deny = profile.defaults.files == Access::Deny;
+    let any_read_only = profile.files.iter().any(|r| r.effect == Effect::ReadOnly);
     AgentEntry {
-        profile,
-        mode: match agent.mode {
+        profile: index,
+        mode: match profile.mode {
             Mode::Enforce => mode::ENFORCE,
             Mode::Monitor => mode::MONITOR,
         },
-        flags: if agent.record_allowed {
-            agent_flag::RECORD_ALLOWED
-        } else {
-            0
-        },
+        flags: flag(profile.record_allowed, agent_flag::RECORD_ALLOWED)
+            | flag(
+                profile.defaults.exec == Access::Deny,
+                agent_flag::EXEC_DEFAULT_DENY,
+            )
+            | flag(files_deny, agent_flag::FILES_DEFAULT_DENY)
+            | flag(
+                profile.defaults.network == Access::Deny,
+                agent_flag::NETWORK_DEFAULT_DENY,
+            )
+            | flag(files_deny || any_read_only, agent_flag::DECIDE_WRITES),
         _pad: 0,
     }
 }
 
-fn add_rule(
-    out: &mut CompiledPolicy,
-    agent: &AgentProfile,
-    id: &str,
-    message: &Option<String>,
-) -> RuleRef {
+fn add_rule<T>(out: &mut CompiledPolicy, profile: &Profile, rule: &Rule<T>) -> RuleRef {
     let rule_id = out.rules.len() as u32;
     out.rules.push(RuleInfo {
-        id: id.into(),
-        message: message.clone(),
-        agent: agent.name.clone(),
+        id: rule.id.clone(),
+        message: rule.message.clone(),
+        profile: profile.name.clone(),
     });
     RuleRef {
         rule_id,
-        action: action::DENY,
+        action: match rule.effect {
+            Effect::Allow => action::ALLOW,
+            Effect::Deny => action::DENY,
+            Effect::ReadOnly => action::READ_ONLY,
+        },
     }
+}
+
+/// Which rule first claimed each key, so that two rules of a profile that
+/// name the same file, path or name are refused rather than one silently
+/// overwriting the other.
+#[derive(Default)]
+struct SeenKeys(HashMap<(&'static str, Vec<u8>), String>);
+
+impl SeenKeys {
+    fn claim<T>(
+        &mut self,
+        kind: &'static str,
+        key: &[u8],
+        rule: &Rule<T>,
+    ) -> Result<(), PolicyError> {
+        match self.0.insert((kind, key.to_vec()), rule.id.clone()) {
+            Some(first) if first != rule.id => Err(PolicyError::new(
+                rule.location,
+                format!(
+                    "rule `{}`: rule `{first}` of the same profile already names this {kind}; a target may have one rule",
+                    rule.id
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
+    // SAFETY: the key types are repr(C) without padding (guard-common checks).
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
 /// LPM key data for an exec path: `bytes` (a path, then NUL for an exact
@@ -146,13 +300,53 @@ fn exec_path_entry(profile: u32, bytes: &[u8], rule: RuleRef) -> (u32, ExecPathK
 
 fn compile_exec(
     out: &mut CompiledPolicy,
-    agent: &AgentProfile,
-    profile: u32,
+    seen: &mut SeenKeys,
+    profile: &Profile,
+    index: u32,
 ) -> Result<(), PolicyError> {
-    for rule in &agent.exec_deny {
-        let r = add_rule(out, agent, &rule.id, &rule.message);
+    for rule in &profile.exec {
+        let r = add_rule(out, profile, rule);
         let (path, suffix) = match &rule.target {
-            ExecTarget::Path(path) => (path, b'\0'),
+            ExecTarget::Path {
+                path,
+                sha256: Some(expected),
+            } => {
+                // Pinned by content: identity only, only if the content
+                // matches, and only while the file's change time is the one
+                // read before hashing (the kernel compares it).
+                let version = FileVersion::read(path);
+                out.pinned_files
+                    .push((path.clone(), version.as_ref().ok().copied()));
+                match version {
+                    Ok(version) if version.sha256 == *expected => {
+                        let (dev, ino) = version.identity;
+                        let key = IdentityKey { ino, dev, profile: index };
+                        seen.claim("file", &bytes_of(&key), rule)?;
+                        out.exec_identity.push((
+                            key,
+                            ExecIdentityRule {
+                                rule: r,
+                                ctime_sec: version.ctime_sec,
+                                ctime_nsec: version.ctime_nsec,
+                                flags: exec_flag::PINNED,
+                            },
+                        ));
+                    }
+                    Ok(version) => out.notes.push(format!(
+                        "rule `{}`: {} has sha256 {}, not the one the rule names; it is not allowed",
+                        rule.id,
+                        path.display(),
+                        hex(&version.sha256)
+                    )),
+                    Err(e) => out.notes.push(format!(
+                        "rule `{}`: cannot read {} ({e}); it is not allowed",
+                        rule.id,
+                        path.display()
+                    )),
+                }
+                continue;
+            }
+            ExecTarget::Path { path, sha256: None } => (path, b'\0'),
             ExecTarget::Subtree(path) => (path, b'/'),
         };
         // The kernel sees the resolved path; where the rule's path goes
@@ -179,13 +373,25 @@ fn compile_exec(
                     ),
                 ));
             }
-            out.exec_paths.push(exec_path_entry(profile, &bytes, r));
+            let entry = exec_path_entry(index, &bytes, r);
+            seen.claim("path", &bytes_of(&entry.1), rule)?;
+            out.exec_paths.push(entry);
         }
-        if let ExecTarget::Path(path) = &rule.target {
+        if let ExecTarget::Path { path, .. } = &rule.target {
             match identity(path) {
-                Ok((dev, ino)) => out.exec_identity.push((IdentityKey { ino, dev, profile }, r)),
+                Ok((dev, ino)) => {
+                    let key = IdentityKey { ino, dev, profile: index };
+                    seen.claim("file", &bytes_of(&key), rule)?;
+                    out.exec_identity.push((
+                        key,
+                        ExecIdentityRule {
+                            rule: r,
+                            ..Default::default()
+                        },
+                    ))
+                }
                 Err(e) => out.notes.push(format!(
-                    "rule `{}`: {} cannot be resolved ({e}); it is denied by path only until the policy is reloaded",
+                    "rule `{}`: {} cannot be resolved ({e}); it matches by path only until the policy is reloaded",
                     rule.id,
                     path.display()
                 )),
@@ -197,17 +403,18 @@ fn compile_exec(
 
 fn compile_files(
     out: &mut CompiledPolicy,
-    agent: &AgentProfile,
-    profile: u32,
+    seen: &mut SeenKeys,
+    profile: &Profile,
+    index: u32,
 ) -> Result<(), PolicyError> {
-    for rule in &agent.file_protect {
-        let r = add_rule(out, agent, &rule.id, &rule.message);
+    for rule in &profile.files {
+        let r = add_rule(out, profile, rule);
         match &rule.target {
             FileTarget::Path(path) | FileTarget::Subtree(path) => {
                 let (dev, ino) = identity(path).map_err(|e| {
                     PolicyError::new(
                         rule.location,
-                        format!("rule `{}`: cannot protect {}: {e}", rule.id, path.display()),
+                        format!("rule `{}`: cannot resolve {}: {e}", rule.id, path.display()),
                     )
                 })?;
                 if matches!(rule.target, FileTarget::Subtree(_)) && !path.is_dir() {
@@ -220,10 +427,19 @@ fn compile_files(
                         ),
                     ));
                 }
-                out.file_identity
-                    .push((IdentityKey { ino, dev, profile }, r));
+                let key = IdentityKey {
+                    ino,
+                    dev,
+                    profile: index,
+                };
+                seen.claim("file or directory", &bytes_of(&key), rule)?;
+                out.file_identity.push((key, r));
             }
-            FileTarget::Name(pattern) => out.file_names.push(name_entry(profile, pattern, r)),
+            FileTarget::Name(pattern) => {
+                let entry = name_entry(index, pattern, r);
+                seen.claim("name", &bytes_of(&(entry.0, entry.1)), rule)?;
+                out.file_names.push(entry)
+            }
         }
     }
     Ok(())
@@ -268,15 +484,15 @@ fn mapped_prefix(net: &IpNet) -> u32 {
 
 fn compile_network(
     out: &mut CompiledPolicy,
-    agent: &AgentProfile,
-    profile: u32,
+    profile: &Profile,
+    index: u32,
 ) -> Result<(), PolicyError> {
     // (mapped address, mapped prefix) → rules for that exact prefix, with the
     // location and id of each for errors.
     type Prefixes = BTreeMap<([u8; 16], u32), Vec<(NetRule, Location, String)>>;
     let mut prefixes = Prefixes::new();
-    for rule in &agent.network_deny {
-        let r = add_rule(out, agent, &rule.id, &rule.message);
+    for rule in &profile.network {
+        let r = add_rule(out, profile, rule);
         let target = &rule.target;
         let net_rule = NetRule {
             port_lo: target.ports.lo,
@@ -302,12 +518,15 @@ fn compile_network(
             .filter(|&(&(other, other_len), _)| other_len < len && contains(other, other_len, addr))
             .collect();
         containing.sort_by_key(|&(&(_, other_len), _)| std::cmp::Reverse(other_len));
+        // On one prefix, deny rules are tried before allow rules.
+        let mut own: Vec<_> = own.iter().collect();
+        own.sort_by_key(|(rule, _, _)| rule.action != action::DENY as u16);
         let all: Vec<_> = own
-            .iter()
+            .into_iter()
             .chain(containing.into_iter().flat_map(|(_, rules)| rules))
             .collect();
         if all.len() > NET_RULES_PER_PREFIX {
-            let (_, location, id) = own[0].clone();
+            let (_, location, id) = (*all[0]).clone();
             return Err(PolicyError::new(
                 location,
                 format!(
@@ -324,7 +543,7 @@ fn compile_network(
         out.net_rules.push((
             32 + len,
             NetKey {
-                profile: profile.to_be_bytes(),
+                profile: index.to_be_bytes(),
                 addr,
             },
             set,
@@ -345,6 +564,7 @@ fn contains(net: [u8; 16], len: u32, addr: [u8; 16]) -> bool {
 
 fn check_capacity(out: &CompiledPolicy, policy: &Policy) -> Result<(), PolicyError> {
     let limits = [
+        ("profiles", out.profiles.len(), capacity::AGENTS),
         ("agents", out.agents.len(), capacity::AGENTS),
         (
             "exec identity entries",
@@ -357,7 +577,7 @@ fn check_capacity(out: &CompiledPolicy, policy: &Policy) -> Result<(), PolicyErr
             capacity::EXEC_PATHS,
         ),
         (
-            "protected files and directories",
+            "file and directory rules",
             out.file_identity.len(),
             capacity::FILE_IDENTITY,
         ),
@@ -370,7 +590,14 @@ fn check_capacity(out: &CompiledPolicy, policy: &Policy) -> Result<(), PolicyErr
     ];
     for (what, used, limit) in limits {
         if used > limit as usize {
-            let location = policy.agents.last().map(|a| a.location).unwrap_or_default();
+            // The last profile from the file (guardd's canary has no location).
+            let location = policy
+                .profiles
+                .iter()
+                .rev()
+                .map(|p| p.location)
+                .find(|l| l.line > 0)
+                .unwrap_or_default();
             return Err(PolicyError::new(
                 location,
                 format!("the policy needs {used} {what}; the kernel maps hold {limit}"),
@@ -386,7 +613,21 @@ mod tests {
     use crate::policy::parse;
 
     fn compile_text(text: &str) -> Result<CompiledPolicy, PolicyError> {
-        compile(&parse(text).expect("valid policy"))
+        compile(&parse(&with_defaults(text)).expect("valid policy"))
+    }
+
+    /// Adds `default: allow` after each profile's name (moving the lines
+    /// below it down by one) and an empty agent list.
+    fn with_defaults(text: &str) -> String {
+        let mut out = String::new();
+        for line in text.lines() {
+            out += line;
+            out += "\n";
+            if line.starts_with("  - name: ") {
+                out += "    default: allow\n";
+            }
+        }
+        out + "agents: []\n"
     }
 
     #[test]
@@ -395,7 +636,7 @@ mod tests {
         let tool = dir.path().join("tool");
         std::fs::write(&tool, "#!/bin/sh\n").unwrap();
         let text = format!(
-            "agents:\n  - name: a\n  - name: b\n    exec:\n      deny:\n        - id: t\n          path: {}\n        - id: s\n          subtree: {}\n",
+            "profiles:\n  - name: a\n  - name: b\n    exec:\n      deny:\n        - id: t\n          path: {}\n        - id: s\n          subtree: {}\n",
             tool.display(),
             dir.path().display()
         );
@@ -405,7 +646,7 @@ mod tests {
             RuleInfo {
                 id: "t".into(),
                 message: None,
-                agent: "b".into()
+                profile: "b".into()
             }
         );
         let (dev, ino) = identity(&tool).unwrap();
@@ -417,9 +658,12 @@ mod tests {
                     dev,
                     profile: 1
                 },
-                RuleRef {
-                    rule_id: 0,
-                    action: action::DENY
+                ExecIdentityRule {
+                    rule: RuleRef {
+                        rule_id: 0,
+                        action: action::DENY
+                    },
+                    ..Default::default()
                 }
             )]
         );
@@ -444,16 +688,16 @@ mod tests {
 
     #[test]
     fn missing_exec_target_is_a_note_not_an_error() {
-        let c = compile_text("agents:\n  - name: a\n    exec:\n      deny:\n        - id: t\n          path: /nonexistent/tool\n").unwrap();
+        let c = compile_text("profiles:\n  - name: a\n    exec:\n      deny:\n        - id: t\n          path: /nonexistent/tool\n").unwrap();
         assert!(c.exec_identity.is_empty());
         assert_eq!(c.exec_paths.len(), 1);
-        assert!(c.notes[0].contains("denied by path only"), "{:?}", c.notes);
+        assert!(c.notes[0].contains("by path only"), "{:?}", c.notes);
     }
 
     #[test]
     fn protected_paths_must_exist_and_errors_have_the_rule_line() {
-        let e = compile_text("agents:\n  - name: a\n    files:\n      protect:\n        - id: gone\n          subtree: /nonexistent/dir\n").unwrap_err();
-        assert_eq!(e.location.line, 5);
+        let e = compile_text("profiles:\n  - name: a\n    files:\n      protect:\n        - id: gone\n          subtree: /nonexistent/dir\n").unwrap_err();
+        assert_eq!(e.location.line, 6);
         assert!(
             e.reason.contains("`gone`") && e.reason.contains("/nonexistent/dir"),
             "{e}"
@@ -464,7 +708,7 @@ mod tests {
     fn a_file_is_not_a_subtree() {
         let file = tempfile::NamedTempFile::new().unwrap();
         let text = format!(
-            "agents:\n  - name: a\n    files:\n      protect:\n        - id: f\n          subtree: {}\n",
+            "profiles:\n  - name: a\n    files:\n      protect:\n        - id: f\n          subtree: {}\n",
             file.path().display()
         );
         assert!(
@@ -479,7 +723,7 @@ mod tests {
     fn protected_directories_become_identities() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "agents:\n  - name: a\n    files:\n      protect:\n        - id: d\n          subtree: {}\n",
+            "profiles:\n  - name: a\n    files:\n      protect:\n        - id: d\n          subtree: {}\n",
             dir.path().display()
         );
         let c = compile_text(&text).unwrap();
@@ -506,7 +750,7 @@ mod tests {
 
     #[test]
     fn names_are_reversed() {
-        let c = compile_text("agents:\n  - name: a\n    files:\n      protect:\n        - id: e\n          name: .env\n        - id: s\n          name: \"*.db\"\n").unwrap();
+        let c = compile_text("profiles:\n  - name: a\n    files:\n      protect:\n        - id: e\n          name: .env\n        - id: s\n          name: \"*.db\"\n").unwrap();
         let (bits, key, _) = c.file_names[0];
         assert_eq!(&key.reversed[..5], b"vne.\0");
         assert_eq!(bits, 32 + 5 * 8);
@@ -517,7 +761,7 @@ mod tests {
 
     #[test]
     fn ipv4_is_mapped_and_wider_prefixes_are_inherited() {
-        let text = "agents:\n  - name: a\n    network:\n      deny:\n        - id: wide\n          cidr: 10.0.0.0/8\n          ports: 22\n        - id: narrow\n          cidr: 10.1.0.0/16\n          ports: 443\n          protocol: tcp\n        - id: v6\n          cidr: \"fd00::/8\"\n";
+        let text = "profiles:\n  - name: a\n    network:\n      deny:\n        - id: wide\n          cidr: 10.0.0.0/8\n          ports: 22\n        - id: narrow\n          cidr: 10.1.0.0/16\n          ports: 443\n          protocol: tcp\n        - id: v6\n          cidr: \"fd00::/8\"\n";
         let c = compile_text(text).unwrap();
         assert_eq!(c.net_rules.len(), 3);
         let find = |bits: u32| c.net_rules.iter().find(|e| e.0 == bits).unwrap();
@@ -546,7 +790,7 @@ mod tests {
 
     #[test]
     fn too_many_rules_on_one_prefix_are_refused_naming_the_rule() {
-        let mut text = String::from("agents:\n  - name: a\n    network:\n      deny:\n");
+        let mut text = String::from("profiles:\n  - name: a\n    network:\n      deny:\n");
         for i in 0..=NET_RULES_PER_PREFIX {
             text += &format!(
                 "        - id: r{i}\n          cidr: 10.0.0.0/8\n          ports: {}\n",
@@ -555,16 +799,144 @@ mod tests {
         }
         let e = compile_text(&text).unwrap_err();
         assert!(e.reason.contains("at most 8"), "{e}");
-        assert_eq!(e.location.line, 5);
+        assert_eq!(e.location.line, 6);
     }
 
     #[test]
     fn summary_names_agents_and_modes() {
-        let c = compile_text("agents:\n  - name: a\n  - name: b\n    mode: monitor\n").unwrap();
+        let c = compile_text("profiles:\n  - name: a\n  - name: b\n    mode: monitor\n").unwrap();
         assert!(
-            c.summary().starts_with("2 agent(s) [a:enforce,b:monitor]"),
+            c.summary()
+                .starts_with("2 profile(s) [a:enforce,b:monitor], 0 agent(s)"),
             "{}",
             c.summary()
         );
+    }
+
+    #[test]
+    fn defaults_and_read_only_rules_become_entry_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "profiles:\n  - name: open\n    default: allow\n  - name: shut\n    default: deny\n  - name: mixed\n    default: {{exec: allow, files: allow, network: deny}}\n    files:\n      read_only:\n        - id: ro\n          subtree: {}\nagents: []\n",
+            dir.path().display()
+        );
+        let c = compile(&parse(&text).unwrap()).unwrap();
+        let flags = |i: usize| c.profiles[i].1.flags;
+        assert_eq!(flags(0), 0);
+        assert_eq!(
+            flags(1),
+            agent_flag::EXEC_DEFAULT_DENY
+                | agent_flag::FILES_DEFAULT_DENY
+                | agent_flag::NETWORK_DEFAULT_DENY
+                | agent_flag::DECIDE_WRITES
+        );
+        assert_eq!(
+            flags(2),
+            agent_flag::NETWORK_DEFAULT_DENY | agent_flag::DECIDE_WRITES,
+            "read-only rules make writes decisions"
+        );
+        assert_eq!(c.file_identity[0].1.action, action::READ_ONLY);
+        assert_eq!(
+            defaults_of(&c.profiles[2].1),
+            [("exec", "allow"), ("files", "allow"), ("network", "deny")]
+        );
+    }
+
+    #[test]
+    fn allow_rules_carry_the_allow_action() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "profiles:\n  - name: a\n    exec:\n      allow:\n        - id: x\n          subtree: {d}\n    files:\n      writable:\n        - id: w\n          subtree: {d}\n    network:\n      allow:\n        - id: n\n          cidr: 10.0.0.0/8\n",
+            d = dir.path().display()
+        );
+        let c = compile_text(&text).unwrap();
+        assert_eq!(c.exec_paths[0].2.action, action::ALLOW);
+        assert_eq!(c.file_identity[0].1.action, action::ALLOW);
+        assert_eq!(c.net_rules[0].2.rules[0].action, action::ALLOW as u16);
+    }
+
+    #[test]
+    fn two_rules_on_one_target_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "profiles:\n  - name: a\n    files:\n      writable:\n        - id: first\n          subtree: {d}\n      read_only:\n        - id: second\n          subtree: {d}\n",
+            d = dir.path().display()
+        );
+        let e = compile_text(&text).unwrap_err();
+        assert_eq!(e.location.line, 9, "{e}");
+        assert!(
+            e.reason.contains("`second`") && e.reason.contains("`first`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sha256_rules_allow_only_a_matching_file_by_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let tool = dir.path().join("tool");
+        std::fs::write(&tool, "#!/bin/sh\necho hi\n").unwrap();
+        let digest = hex(&sha256_file(&tool).unwrap());
+        let rule = |sha: &str| {
+            format!(
+                "profiles:\n  - name: a\n    exec:\n      allow:\n        - id: pinned\n          path: {}\n          sha256: {sha}\n",
+                tool.display()
+            )
+        };
+        let c = compile_text(&rule(&digest)).unwrap();
+        let (dev, ino) = identity(&tool).unwrap();
+        let meta = std::fs::metadata(&tool).unwrap();
+        assert_eq!(
+            c.exec_identity,
+            vec![(
+                IdentityKey {
+                    ino,
+                    dev,
+                    profile: 0
+                },
+                ExecIdentityRule {
+                    rule: RuleRef {
+                        rule_id: 0,
+                        action: action::ALLOW
+                    },
+                    ctime_sec: meta.ctime(),
+                    ctime_nsec: meta.ctime_nsec() as u32,
+                    flags: exec_flag::PINNED,
+                }
+            )]
+        );
+        assert!(
+            c.exec_paths.is_empty(),
+            "never by path: a copy elsewhere is not the file"
+        );
+        assert_eq!(
+            c.pinned_files,
+            vec![(tool.clone(), Some(FileVersion::read(&tool).unwrap()))]
+        );
+        assert!(!c.pinned_file_changed());
+        // Change times tick with the kernel's coarse clock.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(c.pinned_file_changed(), "a new change time is a change");
+
+        let c = compile_text(&rule(&"0".repeat(64))).unwrap();
+        assert!(c.exec_identity.is_empty());
+        assert!(
+            c.notes[0].contains("`pinned`") && c.notes[0].contains(&digest),
+            "{:?}",
+            c.notes
+        );
+    }
+
+    #[test]
+    fn on_one_prefix_deny_rules_come_first() {
+        let text = "profiles:\n  - name: a\n    network:\n      allow:\n        - id: lan\n          cidr: 10.0.0.0/8\n      deny:\n        - id: no-ssh\n          cidr: 10.0.0.0/8\n          ports: 22\n";
+        let c = compile_text(text).unwrap();
+        let rules = &c.net_rules[0].2.rules;
+        assert_eq!(
+            (rules[0].action, rules[0].port_lo),
+            (action::DENY as u16, 22)
+        );
+        assert_eq!(rules[1].action, action::ALLOW as u16);
     }
 }

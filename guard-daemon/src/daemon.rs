@@ -1,25 +1,50 @@
-//! `guardd`: load, enforce, stream records, detach on SIGTERM.
+//! `guardd`: load, enforce, stream records, reload, detach on SIGTERM.
+//!
+//! One [`State`] behind a mutex owns the enforcer, the generations and the
+//! session table. Three things use it: the record stream, the control
+//! socket, and reloads (SIGHUP, a change of the policy file or of a file a
+//! rule pins by digest, or a control request).
 
-use std::{io::Write, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use guard_common::Counter;
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
-use tracing::{info, warn};
+use guard_common::{Counter, lsm};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, unix::AsyncFd},
+    net::{UnixListener, UnixStream},
+    signal::unix::SignalKind,
+    sync::mpsc,
+};
+use tracing::{error, info, warn};
 
 use crate::{
-    canary::Canary,
+    canary::{self, Canary},
     cgroup::{self, GuardRoot},
     compile::{self, CompiledPolicy},
+    control::{HookStatus, ProfileStatus, Request, Response, Status},
     enforcer::{EnforceError, Enforcer},
     events::{self, Clock},
     exit, policy,
+    session::{self, Session, Sessions},
 };
 
 /// How often records of allowed decisions (written without a wake-up) are
 /// drained.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+/// How often ended sessions are looked for.
+const REAP_INTERVAL: Duration = Duration::from_secs(1);
+/// Generations kept after they are replaced, so that records still queued
+/// from them name their rules.
+const GENERATIONS_KEPT: usize = 16;
+/// How long file changes are collected before one reload.
+const SETTLE: Duration = Duration::from_millis(300);
 
 pub struct Config {
     pub policy: PathBuf,
@@ -27,6 +52,8 @@ pub struct Config {
     pub events: Option<PathBuf>,
     /// Guard's cgroup, relative to the cgroup2 mount.
     pub cgroup_root: String,
+    /// The control socket.
+    pub socket: PathBuf,
 }
 
 /// An error with the process exit code it maps to.
@@ -51,108 +78,511 @@ impl From<EnforceError> for Fatal {
     }
 }
 
-fn failure(error: anyhow::Error) -> Fatal {
+fn failure(error: impl Into<anyhow::Error>) -> Fatal {
     Fatal {
         code: exit::FAILURE,
-        error,
+        error: error.into(),
     }
 }
 
-/// Reads, validates and compiles the policy file, with `extra_agents` (the
-/// daemon's own canary) appended after the file's profiles.
-pub fn load_policy(
-    path: &std::path::Path,
-    extra_agents: Vec<policy::AgentProfile>,
-) -> Result<CompiledPolicy, Fatal> {
+/// A policy read from its file: compiled, with the digest of the file.
+pub struct LoadedPolicy {
+    pub compiled: CompiledPolicy,
+    pub sha256: String,
+}
+
+/// Reads, validates and compiles the policy file, with the canary's agent
+/// and profile added when `canary` is given. Errors name the file, line,
+/// column and reason, and exit with [`exit::INVALID_POLICY`].
+pub fn load_policy(path: &Path, canary: Option<&Canary>) -> Result<LoadedPolicy, Fatal> {
     let invalid = |error: anyhow::Error| Fatal {
         code: exit::INVALID_POLICY,
         error,
     };
-    let mut parsed = policy::load(path).map_err(|e| invalid(e.into()))?;
-    parsed.agents.extend(extra_agents);
-    compile::compile(&parsed)
-        .map_err(|e| invalid(anyhow::anyhow!("invalid policy {}: {e}", path.display())))
+    let text = std::fs::read(path)
+        .with_context(|| format!("cannot read policy {}", path.display()))
+        .map_err(invalid)?;
+    let sha256 = digest(&text);
+    let text = String::from_utf8(text).map_err(|_| {
+        invalid(anyhow::anyhow!(
+            "invalid policy {}: not UTF-8",
+            path.display()
+        ))
+    })?;
+    let mut parsed = policy::parse(&text)
+        .map_err(|e| invalid(anyhow::anyhow!("invalid policy {}: {e}", path.display())))?;
+    if let Some(canary) = canary {
+        canary.add_to(&mut parsed);
+    }
+    let compiled = compile::compile(&parsed)
+        .map_err(|e| invalid(anyhow::anyhow!("invalid policy {}: {e}", path.display())))?;
+    Ok(LoadedPolicy { compiled, sha256 })
+}
+
+/// SHA-256 of a policy file's bytes, as records and status show it.
+fn digest(text: &[u8]) -> String {
+    compile::hex(&<sha2::Sha256 as sha2::Digest>::digest(text))
 }
 
 /// Checks whether this host can enforce, without enforcing anything: loads
 /// and attaches the programs and runs the readiness canary, then detaches.
 pub fn check_host() -> Result<(), Fatal> {
-    let canary = Canary::prepare().map_err(|e| failure(e.into()))?;
-    let policy = compile::compile(&policy::Policy {
-        agents: vec![canary.profile()],
-    })
-    .map_err(|e| failure(anyhow::anyhow!("canary profile: {e}")))?;
-    let mount = cgroup::ensure_cgroup2().map_err(|e| failure(e.into()))?;
-    let enforcer = start(&mount, cgroup::DEFAULT_ROOT, &policy, &canary)?;
+    let canary = Canary::prepare().map_err(failure)?;
+    let mut only_canary = policy::Policy {
+        profiles: vec![],
+        agents: vec![],
+    };
+    canary.add_to(&mut only_canary);
+    let compiled = compile::compile(&only_canary)
+        .map_err(|e| failure(anyhow::anyhow!("canary profile: {e}")))?;
+    let mount = cgroup::ensure_cgroup2().map_err(failure)?;
+    let state = State::start(
+        &mount,
+        cgroup::DEFAULT_ROOT,
+        PathBuf::new(),
+        canary,
+        LoadedPolicy {
+            compiled,
+            sha256: String::new(),
+        },
+    )?;
     info!(
-        hooks = ?enforcer.attachment.attached,
-        unavailable = ?enforcer.attachment.unavailable,
+        hooks = ?state.enforcer.attachment.attached,
+        unavailable = ?state.enforcer.attachment.unavailable,
         "BPF LSM usable: all programs loaded and attached, and the readiness canary was denied"
     );
     Ok(())
 }
 
-/// Creates the cgroups, loads and attaches the programs, applies `policy`
-/// (which includes the canary's profile) and runs the canary. On failure,
-/// cgroups created here are removed again and the programs detach.
-fn start(
-    mount: &std::path::Path,
-    cgroup_root: &str,
-    policy: &CompiledPolicy,
-    canary: &Canary,
-) -> Result<Enforcer, Fatal> {
-    let root = GuardRoot::create(mount, cgroup_root).map_err(|e| failure(e.into()))?;
-    let agent_names: Vec<&str> = policy
-        .agents
-        .iter()
-        .map(|(name, _)| name.as_str())
-        .collect();
-    let started = (|| {
-        let agent_cgroups = agent_names
+/// One published policy.
+pub struct Generation {
+    pub number: u64,
+    pub policy_sha256: String,
+    pub compiled: CompiledPolicy,
+    /// RFC 3339.
+    pub loaded: String,
+}
+
+/// Everything the running daemon owns.
+pub struct State {
+    enforcer: Enforcer,
+    root: GuardRoot,
+    policy_path: PathBuf,
+    canary: Arc<Canary>,
+    /// The generation in force first, then the ones it replaced.
+    generations: VecDeque<Arc<Generation>>,
+    sessions: Sessions,
+    /// Agent name → agent cgroup id.
+    agent_cgroups: BTreeMap<String, u64>,
+    /// `Err` with the reason when the canary failed on the generation in force.
+    readiness: Result<(), String>,
+    last_rejected: Option<String>,
+}
+
+impl State {
+    /// Creates Guard's cgroups, loads and attaches the programs, publishes
+    /// the first generation and runs the canary. On failure the cgroups
+    /// created here are removed again and the programs detach.
+    fn start(
+        mount: &Path,
+        cgroup_root: &str,
+        policy_path: PathBuf,
+        canary: Canary,
+        policy: LoadedPolicy,
+    ) -> Result<Self, Fatal> {
+        let root = GuardRoot::create(mount, cgroup_root).map_err(failure)?;
+        let agent_names: Vec<String> = policy
+            .compiled
+            .agents
             .iter()
-            .map(|name| root.create_agent(name))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| failure(e.into()))?;
-        let mut enforcer = Enforcer::load(&root)?;
-        enforcer.apply(policy, &agent_cgroups)?;
-        canary.check(&root).map_err(|e| Fatal {
-            code: exit::UNSUPPORTED_HOST,
-            error: e.into(),
-        })?;
-        Ok(enforcer)
-    })();
-    if started.is_err() {
-        root.remove_unused(&agent_names);
+            .map(|(name, _)| name.clone())
+            .collect();
+        let enforcer = match Enforcer::load(&root) {
+            Ok(enforcer) => enforcer,
+            Err(e) => {
+                root.remove_unused(&[]);
+                return Err(e.into());
+            }
+        };
+        let mut state = State {
+            enforcer,
+            root,
+            policy_path,
+            canary: Arc::new(canary),
+            generations: VecDeque::new(),
+            sessions: Sessions::default(),
+            agent_cgroups: BTreeMap::new(),
+            readiness: Err("no policy published yet".into()),
+            last_rejected: None,
+        };
+        let published = state.publish(policy);
+        let names: Vec<&str> = agent_names.iter().map(String::as_str).collect();
+        if let Err(e) = published.and_then(|()| {
+            state.readiness.clone().map_err(|reason| Fatal {
+                code: exit::UNSUPPORTED_HOST,
+                error: anyhow::anyhow!(reason),
+            })
+        }) {
+            let root = state.root.clone();
+            drop(state);
+            root.remove_unused(&names);
+            return Err(e);
+        }
+        state.warn_unknown_cgroups();
+        Ok(state)
     }
-    for stale in root.unknown_agents_with_processes(&agent_names) {
-        warn!(
-            cgroup = %root.agent_path(&stale).display(),
-            "agent `{stale}` is not in this policy but its cgroup has processes: they are NOT confined"
+
+    /// Warns about cgroups below the root with processes that no entry of
+    /// the generation in force covers: the kernel denies all they do.
+    fn warn_unknown_cgroups(&self) {
+        let compiled = &self.current().compiled;
+        let agents: Vec<&str> = compiled.agents.iter().map(|(n, _)| n.as_str()).collect();
+        for cgroup in self
+            .root
+            .unknown_with_processes(&agents, &self.sessions.live_paths())
+        {
+            warn!(
+                cgroup = %cgroup.display(),
+                "this cgroup has processes but is not an agent or session of the policy in force (left from an earlier policy or guardd run, or made by an agent): every action of theirs is denied until they exit"
+            );
+        }
+    }
+
+    fn current(&self) -> &Arc<Generation> {
+        self.generations
+            .front()
+            .expect("a State always has a generation")
+    }
+
+    /// Publishes `policy` as the next generation and runs the canary on it.
+    /// Agent cgroups are created as needed; running sessions keep their
+    /// profile, which the policy must still define.
+    fn publish(&mut self, policy: LoadedPolicy) -> Result<(), Fatal> {
+        let compiled = policy.compiled;
+        let mut cgroups = Vec::new();
+        // Sub-agents' sessions need no entry: the outermost session's applies.
+        for session in self.sessions.live().filter(|s| s.parent.is_none()) {
+            let profile = compiled.profile_index(&session.profile).ok_or_else(|| Fatal {
+                code: exit::INVALID_POLICY,
+                error: anyhow::anyhow!(
+                    "profile `{}` is in use by session {} (agent `{}`); a new policy must keep the profiles of running sessions",
+                    session.profile,
+                    session.id,
+                    session.agent
+                ),
+            })?;
+            cgroups.push((session.cgroup, profile));
+        }
+        let mut agent_cgroups = BTreeMap::new();
+        for (name, profile) in &compiled.agents {
+            let id = self.root.create_agent(name).map_err(failure)?;
+            agent_cgroups.insert(name.clone(), id);
+            cgroups.push((id, *profile));
+        }
+        let info = self.enforcer.publish(&compiled, &cgroups)?;
+        self.agent_cgroups = agent_cgroups;
+        self.generations.push_front(Arc::new(Generation {
+            number: info.generation,
+            policy_sha256: policy.sha256,
+            compiled,
+            loaded: session::now_rfc3339(),
+        }));
+        self.generations.truncate(GENERATIONS_KEPT + 1);
+        if let Ok(hooks) = std::env::var("GUARD_FAULT_DETACH_ON_RELOAD")
+            && info.generation > 1
+        {
+            // For the readiness test only: break an attachment after start.
+            for hook in hooks.split(',') {
+                warn!(hook, "GUARD_FAULT_DETACH_ON_RELOAD: detaching this hook");
+                self.enforcer.detach(hook);
+            }
+        }
+        self.readiness = self.canary.check(&self.root).map_err(|e| e.to_string());
+        Ok(())
+    }
+
+    /// Publishes a policy read again from its file, or, if it failed to
+    /// read, parse, validate or compile, records that it was refused: the
+    /// generation in force stays.
+    fn reload(
+        &mut self,
+        reason: Reason,
+        policy: Result<LoadedPolicy, Fatal>,
+    ) -> Result<Arc<Generation>, Fatal> {
+        let reason = reason.as_str();
+        let result = policy.and_then(|policy| {
+            let notes = policy.compiled.notes.clone();
+            self.publish(policy)?;
+            Ok(notes)
+        });
+        match result {
+            Ok(notes) => {
+                for note in notes {
+                    warn!("{note}");
+                }
+                let current = self.current().clone();
+                self.last_rejected = None;
+                self.warn_unknown_cgroups();
+                match &self.readiness {
+                    Ok(()) => info!(
+                        reason,
+                        generation = current.number,
+                        policy_sha256 = %current.policy_sha256,
+                        "enforcing: {}",
+                        current.compiled.summary()
+                    ),
+                    Err(problem) => error!(
+                        reason,
+                        generation = current.number,
+                        "NOT enforcing: {problem}"
+                    ),
+                }
+                Ok(current)
+            }
+            Err(fatal) => {
+                let message = format!("{fatal}");
+                error!(
+                    reason,
+                    generation = self.current().number,
+                    "policy refused, the generation in force stays: {message}"
+                );
+                self.last_rejected = Some(message);
+                Err(fatal)
+            }
+        }
+    }
+
+    /// Starts a session for a `guardctl run` by `caller`.
+    fn start_session(
+        &mut self,
+        agent: String,
+        profile: Option<String>,
+        labels: BTreeMap<String, String>,
+        caller: &Caller,
+    ) -> Result<(Session, PathBuf), String> {
+        session::check_labels(&labels)?;
+        let generation = self.current().clone();
+        let compiled = &generation.compiled;
+        if agent == canary::AGENT || compiled.agent_profile(&agent).is_none() {
+            return Err(format!("no agent `{agent}` in the policy in force"));
+        }
+        let parent = self.parent_session(caller.pid)?;
+        if caller.agent && parent.is_none() {
+            return Err("cannot tell which session the caller runs in".into());
+        }
+        let (profile, dir) = match &parent {
+            Some(parent) => {
+                // The kernel applies the outermost session's profile to
+                // everything below it.
+                let outermost = self.outermost(parent.clone());
+                if profile.as_ref().is_some_and(|p| *p != outermost.profile) {
+                    return Err(format!(
+                        "a sub-agent runs under its parent session's profile `{}`",
+                        outermost.profile
+                    ));
+                }
+                let dir = self
+                    .sessions
+                    .path(&parent.id)
+                    .expect("a live session has a path")
+                    .to_path_buf();
+                (outermost.profile, dir)
+            }
+            None => {
+                let profile = match profile {
+                    Some(p) => p,
+                    None => {
+                        let index = compiled.agent_profile(&agent).expect("checked above");
+                        compiled.profiles[index as usize].0.clone()
+                    }
+                };
+                let dir = self.root.agent_path(&agent);
+                (profile, dir)
+            }
+        };
+        let index = compiled
+            .profile_index(&profile)
+            .filter(|_| profile != canary::AGENT)
+            .ok_or_else(|| format!("no profile `{profile}` in the policy in force"))?;
+        let id = session::new_id().map_err(|e| format!("cannot make a session id: {e}"))?;
+        let path = dir.join(&id);
+        std::fs::create_dir(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let cgroup = cgroup::cgroup_id(&path).map_err(|e| e.to_string())?;
+        if parent.is_none()
+            && let Err(e) = self.enforcer.add_cgroup(compiled, cgroup, index)
+        {
+            let _ = std::fs::remove_dir(&path);
+            return Err(e.to_string());
+        }
+        let session = Session {
+            id,
+            agent,
+            profile,
+            uid: caller.uid,
+            user: nix::unistd::User::from_uid(caller.uid.into())
+                .ok()
+                .flatten()
+                .map(|u| u.name),
+            login_uid: session::login_uid(caller.pid),
+            labels,
+            started: session::now_rfc3339(),
+            parent: parent.map(|p| p.id),
+            cgroup,
+            ended: None,
+        };
+        info!(
+            session = %session.id,
+            agent = %session.agent,
+            profile = %session.profile,
+            uid = session.uid,
+            parent = ?session.parent,
+            "session started"
         );
+        self.sessions.insert(session.clone(), path.clone());
+        Ok((session, path.join("cgroup.procs")))
     }
-    started
+
+    /// The (innermost) session a process runs in, if it is an agent; an
+    /// agent outside any session may not start sessions.
+    fn parent_session(&mut self, pid: i32) -> Result<Option<Session>, String> {
+        let Some(path) = self.root.cgroup_of(pid) else {
+            return Ok(None);
+        };
+        let id = cgroup::cgroup_id(&path).map_err(|e| e.to_string())?;
+        match self.sessions.by_cgroup(id).cloned() {
+            Some(session) => Ok(Some(session)),
+            None => {
+                Err("a process in an agent cgroup outside any session cannot start sessions".into())
+            }
+        }
+    }
+
+    fn outermost(&self, mut session: Session) -> Session {
+        while let Some(parent) = session.parent.as_ref().and_then(|p| self.sessions.get(p)) {
+            session = parent.clone();
+        }
+        session
+    }
+
+    /// Marks ended sessions and removes their entries.
+    fn reap_sessions(&mut self) {
+        for cgroup in self.sessions.reap() {
+            if let Err(e) = self.enforcer.remove_cgroup(cgroup) {
+                warn!("cannot remove an ended session's entry: {e}");
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let current = self.current();
+        let canaried: BTreeSet<&str> = canary::HOOKS.iter().copied().collect();
+        let attachment = &self.enforcer.attachment;
+        let hooks = lsm::ALL
+            .iter()
+            .map(|hook| {
+                let attached = attachment.attached.contains(&hook.name);
+                HookStatus {
+                    name: hook.name.into(),
+                    attached,
+                    enforcing: attached
+                        && (self.readiness.is_ok() || !canaried.contains(hook.name)),
+                    note: attachment
+                        .unavailable
+                        .contains(&hook.name)
+                        .then(|| "not in this kernel; older hooks cover its routes".into()),
+                }
+            })
+            .collect();
+        let compiled = &current.compiled;
+        let profiles = compiled
+            .profiles
+            .iter()
+            .filter(|(name, _)| name != canary::AGENT)
+            .map(|(name, entry)| ProfileStatus {
+                name: name.clone(),
+                mode: compile::mode_name(entry).into(),
+                defaults: compile::defaults_of(entry)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                rules: compiled.rules.iter().filter(|r| r.profile == *name).count(),
+            })
+            .collect();
+        let counters = [
+            ("events_lost", Counter::EventsLost),
+            ("hook_errors", Counter::HookErrors),
+            ("walk_too_deep", Counter::WalkTooDeep),
+        ]
+        .into_iter()
+        .map(|(name, c)| (name.to_string(), self.enforcer.counter(c).unwrap_or(0)))
+        .collect();
+        Status {
+            enforcing: self.readiness.is_ok(),
+            problem: self.readiness.clone().err(),
+            generation: current.number,
+            policy_file: self.policy_path.clone(),
+            policy_sha256: current.policy_sha256.clone(),
+            policy_loaded: current.loaded.clone(),
+            last_rejected: self.last_rejected.clone(),
+            hooks,
+            profiles,
+            sessions: self.sessions.live().cloned().collect(),
+            counters,
+        }
+    }
+
+    fn record(&mut self, event: &guard_common::Event, clock: &Clock) -> events::Record {
+        let generation = self
+            .generations
+            .iter()
+            .find(|g| g.number == event.generation)
+            .cloned();
+        let session = self.sessions.by_cgroup(event.cgroup).cloned();
+        let agent = match &session {
+            Some(s) => Some(s.agent.clone()),
+            None => self
+                .agent_cgroups
+                .iter()
+                .find(|(_, id)| **id == event.agent_cgroup)
+                .map(|(name, _)| name.clone()),
+        };
+        events::to_record(event, generation.as_deref(), agent, session.as_ref(), clock)
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), Fatal> {
-    let canary = Canary::prepare().map_err(|e| failure(e.into()))?;
-    let policy = load_policy(&config.policy, vec![canary.profile()])?;
-    for note in &policy.notes {
+    let canary = Canary::prepare().map_err(failure)?;
+    let policy = load_policy(&config.policy, Some(&canary))?;
+    for note in &policy.compiled.notes {
         warn!("{note}");
     }
-    let mount = cgroup::ensure_cgroup2().map_err(|e| failure(e.into()))?;
-    let mut enforcer = start(&mount, &config.cgroup_root, &policy, &canary)?;
-    let events = enforcer.take_events()?;
-    if !enforcer.attachment.unavailable.is_empty() {
-        info!(hooks = ?enforcer.attachment.unavailable, "optional hooks not in this kernel; older hooks cover their routes");
+    let mount = cgroup::ensure_cgroup2().map_err(failure)?;
+    let mut state = State::start(
+        &mount,
+        &config.cgroup_root,
+        config.policy.clone(),
+        canary,
+        policy,
+    )?;
+    let events = state.enforcer.take_events()?;
+    let listener = bind_control(&config.socket).map_err(failure)?;
+    if !state.enforcer.attachment.unavailable.is_empty() {
+        info!(hooks = ?state.enforcer.attachment.unavailable, "optional hooks not in this kernel; older hooks cover their routes");
     }
-    info!(
-        policy = %config.policy.display(),
-        cgroup_root = %config.cgroup_root,
-        hooks = ?enforcer.attachment.attached,
-        "enforcing: {}",
-        policy.summary()
-    );
+    {
+        let current = state.current();
+        info!(
+            policy = %config.policy.display(),
+            cgroup_root = %config.cgroup_root,
+            control_socket = %config.socket.display(),
+            hooks = ?state.enforcer.attachment.attached,
+            generation = current.number,
+            policy_sha256 = %current.policy_sha256,
+            "enforcing: {}",
+            current.compiled.summary()
+        );
+    }
 
     let mut out: Box<dyn Write + Send> = match &config.events {
         Some(path) => Box::new(
@@ -165,27 +595,315 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         ),
         None => Box::new(std::io::stdout()),
     };
-    stream_events(events, &policy, &mut out)
-        .await
-        .map_err(failure)?;
+    let watched = watched_files(&config.policy, &state.current().compiled);
+    let state = Arc::new(Mutex::new(state));
+    let (changes_tx, changes_rx) = mpsc::channel(16);
+    let watcher = FileWatcher::new(changes_tx, watched).map_err(failure)?;
+    tokio::spawn(serve_control(listener, state.clone()));
+    tokio::spawn(reload_on_change(state.clone(), changes_rx, watcher));
 
-    let lost = enforcer.counter(Counter::EventsLost)?;
-    let errors = enforcer.counter(Counter::HookErrors)?;
-    let too_deep = enforcer.counter(Counter::WalkTooDeep)?;
-    drop(enforcer);
+    let result = stream_events(events, &state, &mut out).await;
+    let _ = std::fs::remove_file(&config.socket);
+    result.map_err(failure)?;
+
+    let state = lock(&state);
+    let counter = |c| state.enforcer.counter(c).unwrap_or(0);
+    let (lost, errors, too_deep) = (
+        counter(Counter::EventsLost),
+        counter(Counter::HookErrors),
+        counter(Counter::WalkTooDeep),
+    );
+    let live = state.sessions.populated();
+    drop(state);
     info!(
         events_lost = lost,
         hook_errors = errors,
         walk_too_deep = too_deep,
         "detached: no longer enforcing"
     );
+    if live > 0 {
+        warn!(
+            "{live} session(s) still have processes; they are NOT confined until guardd runs again"
+        );
+    }
     Ok(())
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    // A panic while holding the lock leaves nothing half-written that
+    // matters more than continuing to stream records.
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether the policy file or a pinned file has other content than
+/// `generation` was made from.
+fn files_changed(policy_path: &Path, generation: &Generation) -> bool {
+    let policy = std::fs::read(policy_path).map(|text| digest(&text));
+    policy.ok().as_ref() != Some(&generation.policy_sha256)
+        || generation.compiled.pinned_file_changed()
+}
+
+/// What asked for a reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    Signal,
+    FileChanged,
+    Request,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::Signal => "SIGHUP",
+            Reason::FileChanged => "file changed",
+            Reason::Request => "control request",
+        }
+    }
+}
+
+/// Reloads in a blocking task (the canary runs a process) and reports the
+/// outcome as a control response.
+async fn reload(state: Arc<Mutex<State>>, reason: Reason) -> Response {
+    let result = tokio::task::spawn_blocking(move || {
+        // Read and compile without the lock (records keep flowing), then
+        // publish with it.
+        let (path, canary, current) = {
+            let state = lock(&state);
+            (
+                state.policy_path.clone(),
+                state.canary.clone(),
+                state.current().clone(),
+            )
+        };
+        if reason == Reason::FileChanged && !files_changed(&path, &current) {
+            return Ok((current, None));
+        }
+        let policy = load_policy(&path, Some(&canary));
+        let mut state = lock(&state);
+        state
+            .reload(reason, policy)
+            .map(|generation| (generation, state.readiness.clone().err()))
+    })
+    .await;
+    match result {
+        Ok(Ok((generation, problem))) => Response::Reloaded {
+            generation: generation.number,
+            policy_sha256: generation.policy_sha256.clone(),
+            problem,
+        },
+        Ok(Err(fatal)) if fatal.code == exit::INVALID_POLICY => Response::PolicyRefused {
+            message: fatal.to_string(),
+        },
+        Ok(Err(fatal)) => Response::Error {
+            message: fatal.to_string(),
+        },
+        Err(e) => Response::Error {
+            message: format!("reload failed: {e}"),
+        },
+    }
+}
+
+/// The files whose change calls for a reload: the policy and every file a
+/// rule pins by digest.
+fn watched_files(policy: &Path, compiled: &CompiledPolicy) -> Vec<PathBuf> {
+    std::iter::once(policy.to_path_buf())
+        .chain(compiled.pinned_files.iter().map(|(path, _)| path.clone()))
+        .collect()
+}
+
+/// Watches files by their directories (editors replace files by rename).
+struct FileWatcher {
+    watcher: notify::RecommendedWatcher,
+    files: Arc<Mutex<Vec<PathBuf>>>,
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl FileWatcher {
+    fn new(changes: mpsc::Sender<()>, files: Vec<PathBuf>) -> notify::Result<Self> {
+        let watched = Arc::new(Mutex::new(Vec::new()));
+        let filter = watched.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if event.kind.is_access() {
+                return;
+            }
+            let files = filter.lock().unwrap_or_else(|e| e.into_inner());
+            if event.paths.iter().any(|p| files.contains(p)) {
+                let _ = changes.try_send(());
+            }
+        })?;
+        let mut this = Self {
+            watcher,
+            files: watched,
+            dirs: BTreeSet::new(),
+        };
+        this.watch(files);
+        Ok(this)
+    }
+
+    fn watch(&mut self, files: Vec<PathBuf>) {
+        use notify::Watcher as _;
+        let files: Vec<PathBuf> = files
+            .into_iter()
+            .map(|f| std::path::absolute(&f).unwrap_or(f))
+            .collect();
+        let dirs: BTreeSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        for gone in self.dirs.difference(&dirs) {
+            let _ = self.watcher.unwatch(gone);
+        }
+        for new in dirs.difference(&self.dirs) {
+            if let Err(e) = self.watcher.watch(new, notify::RecursiveMode::NonRecursive) {
+                warn!(dir = %new.display(), "cannot watch for policy changes: {e}");
+            }
+        }
+        self.dirs = dirs;
+        *self.files.lock().unwrap_or_else(|e| e.into_inner()) = files;
+    }
+}
+
+/// Reloads on SIGHUP and when a watched file changes.
+async fn reload_on_change(
+    state: Arc<Mutex<State>>,
+    mut changes: mpsc::Receiver<()>,
+    mut watcher: FileWatcher,
+) {
+    let Ok(mut hup) = tokio::signal::unix::signal(SignalKind::hangup()) else {
+        error!("cannot handle SIGHUP; reload through `guardctl reload`");
+        return;
+    };
+    // Also picks up the pinned files of generations published on request.
+    let mut refresh = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        let reason = tokio::select! {
+            _ = hup.recv() => Some(Reason::Signal),
+            Some(()) = changes.recv() => {
+                // Let a burst of writes settle into one reload.
+                tokio::time::sleep(SETTLE).await;
+                while changes.try_recv().is_ok() {}
+                Some(Reason::FileChanged)
+            }
+            _ = refresh.tick() => None,
+        };
+        if let Some(reason) = reason {
+            reload(state.clone(), reason).await;
+        }
+        let files = {
+            let state = lock(&state);
+            watched_files(&state.policy_path, &state.current().compiled)
+        };
+        watcher.watch(files);
+    }
+}
+
+fn bind_control(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // A socket left by a daemon that did not shut down cleanly.
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn serve_control(listener: UnixListener, state: Arc<Mutex<State>>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle_control(stream, state.clone()));
+            }
+            Err(e) => {
+                // E.g. out of file descriptors: do not spin.
+                warn!("control socket: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Largest request accepted.
+const MAX_REQUEST: u64 = 64 * 1024;
+/// How long a client has to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A control request's caller, from the socket's peer credentials.
+struct Caller {
+    pid: i32,
+    uid: u32,
+    /// Inside Guard's root (or not identifiable): may only start sub-agent
+    /// sessions and read the status.
+    agent: bool,
+}
+
+async fn handle_control(stream: UnixStream, state: Arc<Mutex<State>>) {
+    // Looked up at once and again after the request: a caller that exits
+    // in between (its pid may be reused) counts as an agent.
+    let peer = stream.peer_cred().ok();
+    let pid = peer.and_then(|p| p.pid()).unwrap_or(0);
+    let agent_at_accept = lock(&state).root.is_agent(pid);
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
+    let response = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => Response::Error {
+            message: "no request within 5 s".into(),
+        },
+        Ok(Err(e)) => Response::Error {
+            message: format!("cannot read the request: {e}"),
+        },
+        Ok(Ok(_)) => match (serde_json::from_str::<Request>(&line), peer) {
+            (Err(e), _) => Response::Error {
+                message: format!("malformed request: {e}"),
+            },
+            (Ok(_), None) => Response::Error {
+                message: "cannot identify the caller".into(),
+            },
+            (Ok(request), Some(peer)) => {
+                let caller = Caller {
+                    pid,
+                    uid: peer.uid(),
+                    agent: agent_at_accept || lock(&state).root.is_agent(pid),
+                };
+                answer(request, caller, state).await
+            }
+        },
+    };
+    let mut reply = serde_json::to_vec(&response).expect("responses serialize");
+    reply.push(b'\n');
+    let _ = write.write_all(&reply).await;
+}
+
+async fn answer(request: Request, caller: Caller, state: Arc<Mutex<State>>) -> Response {
+    match request {
+        Request::Status => Response::Status(Box::new(lock(&state).status())),
+        Request::StartSession {
+            agent,
+            profile,
+            labels,
+        } => match lock(&state).start_session(agent, profile, labels, &caller) {
+            Ok((session, cgroup_procs)) => Response::Session {
+                session,
+                cgroup_procs,
+            },
+            Err(message) => Response::Error { message },
+        },
+        Request::Reload if caller.agent => Response::Error {
+            message: "agents cannot change the policy".into(),
+        },
+        Request::Reload => reload(state, Reason::Request).await,
+    }
 }
 
 /// Writes every record until a termination signal, then drains what is left.
 async fn stream_events(
     events: RingBuf<MapData>,
-    policy: &CompiledPolicy,
+    state: &Mutex<State>,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd,
@@ -195,25 +913,30 @@ async fn stream_events(
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+    let mut reap = tokio::time::interval(REAP_INTERVAL);
     let clock = Clock::new();
     loop {
         tokio::select! {
             ready = events.readable_mut() => {
                 let mut guard = ready?;
-                drain(guard.get_inner_mut(), policy, &clock, out)?;
+                drain(guard.get_inner_mut(), state, &clock, out)?;
                 guard.clear_ready();
             }
-            _ = tick.tick() => drain(events.get_mut(), policy, &clock, out)?,
+            _ = tick.tick() => drain(events.get_mut(), state, &clock, out)?,
+            _ = reap.tick() => {
+                drain(events.get_mut(), state, &clock, out)?;
+                lock(state).reap_sessions();
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
-    drain(events.get_mut(), policy, &clock, out)
+    drain(events.get_mut(), state, &clock, out)
 }
 
 fn drain(
     events: &mut RingBuf<MapData>,
-    policy: &CompiledPolicy,
+    state: &Mutex<State>,
     clock: &Clock,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
@@ -221,9 +944,10 @@ fn drain(
     while let Some(item) = events.next() {
         match events::decode(&item) {
             Ok(event) => {
+                let record = lock(state).record(&event, clock);
                 // One write per record, so a reader following the file never
                 // sees a record split across writes.
-                let mut line = serde_json::to_vec(&events::to_record(&event, policy, clock))?;
+                let mut line = serde_json::to_vec(&record)?;
                 line.push(b'\n');
                 out.write_all(&line)?;
                 wrote = true;

@@ -9,7 +9,10 @@ use std::{
 use guard_common::{Event, NO_RULE, event_flag, hook, protocol, verdict};
 use serde::Serialize;
 
-use crate::compile::CompiledPolicy;
+use crate::{
+    daemon::Generation,
+    session::{Session, SessionRef},
+};
 
 /// A decision, as written to the events stream.
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -23,7 +26,18 @@ pub struct Record {
     /// allow, deny, or would_deny (monitor mode).
     pub verdict: &'static str,
     pub agent: String,
+    /// The profile that decided.
+    pub profile: String,
+    /// The session, its launching user and labels; absent for a process
+    /// that runs in an agent cgroup outside any session.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionRef>,
+    /// Policy generation that decided, and the SHA-256 of its policy file.
+    pub generation: u64,
+    pub policy_sha256: String,
+    /// The cgroup whose entry applied (session or agent), and the process's.
     pub agent_cgroup: u64,
+    pub cgroup: u64,
     /// Process id (the kernel's tgid).
     pub pid: u32,
     /// Thread id (the kernel's pid).
@@ -36,9 +50,9 @@ pub struct Record {
     pub file: Option<FileIdentity>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<&'static str>,
-    /// Id of the rule that decided; absent when no rule matched.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
+    /// Id of the rule that decided; `default` when no rule matched and the
+    /// profile's default decided.
+    pub rule: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Notes on the record, e.g. `path_truncated`.
@@ -111,6 +125,12 @@ pub fn hook_name(id: u32) -> (&'static str, &'static str) {
         hook::FILE_TRUNCATE => ("file_truncate", "truncate"),
         hook::CONNECT => ("socket_connect", "connect"),
         hook::SENDMSG => ("socket_sendmsg", "sendmsg"),
+        hook::CREATE => ("path_mknod", "create"),
+        hook::MKDIR => ("path_mkdir", "mkdir"),
+        hook::SYMLINK => ("path_symlink", "symlink"),
+        hook::LINK => ("path_link", "link"),
+        hook::OPEN_WRITE => ("file_open", "open_write"),
+        hook::RENAME_INTO => ("path_rename", "rename_into"),
         _ => ("unknown", "unknown"),
     }
 }
@@ -129,9 +149,16 @@ fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-/// Turns a kernel record into a [`Record`], naming the agent and rule from
-/// the policy that was in force.
-pub fn to_record(event: &Event, policy: &CompiledPolicy, clock: &Clock) -> Record {
+/// Turns a kernel record into a [`Record`], naming the profile and rule from
+/// the generation that decided (`None` when it is no longer kept), with the
+/// agent and session the process belongs to.
+pub fn to_record(
+    event: &Event,
+    generation: Option<&Generation>,
+    agent: Option<String>,
+    session: Option<&Session>,
+    clock: &Clock,
+) -> Record {
     let (hook, action) = hook_name(event.hook);
     let is_network = matches!(event.hook, hook::CONNECT | hook::SENDMSG);
     let target = if is_network {
@@ -145,9 +172,11 @@ pub fn to_record(event: &Event, policy: &CompiledPolicy, clock: &Clock) -> Recor
         let len = usize::from(event.path_len).min(event.path.len());
         String::from_utf8_lossy(&event.path[..len]).into_owned()
     };
+    let policy = generation.map(|g| &g.compiled);
     let rule = (event.rule_id != NO_RULE)
-        .then(|| policy.rule(event.rule_id))
+        .then(|| policy.and_then(|p| p.rule(event.rule_id)))
         .flatten();
+    let profile_index = guard_common::profile_index(event.profile);
     let mut flags = Vec::new();
     if event.flags & event_flag::PATH_TRUNCATED != 0 {
         flags.push("path_truncated");
@@ -160,12 +189,21 @@ pub fn to_record(event: &Event, policy: &CompiledPolicy, clock: &Clock) -> Recor
         hook,
         action,
         verdict: verdict_name(event.verdict),
-        agent: policy
-            .agents
-            .get(event.profile as usize)
-            .map(|(name, _)| name.clone())
-            .unwrap_or_else(|| format!("profile-{}", event.profile)),
+        agent: agent.unwrap_or_else(|| format!("cgroup-{}", event.agent_cgroup)),
+        profile: match profile_index {
+            guard_common::LOCKED_PROFILE => "locked".into(),
+            index => policy
+                .and_then(|p| p.profiles.get(index as usize))
+                .map(|(name, _)| name.clone())
+                .unwrap_or_else(|| format!("profile-{index}")),
+        },
+        session: session.map(Session::reference),
+        generation: event.generation,
+        policy_sha256: generation
+            .map(|g| g.policy_sha256.clone())
+            .unwrap_or_default(),
         agent_cgroup: event.agent_cgroup,
+        cgroup: event.cgroup,
         pid: event.tgid,
         tid: event.pid,
         uid: event.uid,
@@ -180,7 +218,11 @@ pub fn to_record(event: &Event, policy: &CompiledPolicy, clock: &Clock) -> Recor
             protocol::UDP => "udp",
             _ => "other",
         }),
-        rule: rule.map(|r| r.id.clone()),
+        rule: match (event.rule_id, rule) {
+            (NO_RULE, _) => "default".into(),
+            (_, Some(rule)) => rule.id.clone(),
+            (id, None) => format!("#{id}"),
+        },
         message: rule.and_then(|r| r.message.clone()),
         flags,
     }
@@ -191,17 +233,38 @@ mod tests {
     use super::*;
     use crate::{compile::compile, policy::parse};
 
+    fn generation() -> Generation {
+        Generation {
+            number: 3,
+            policy_sha256: "ab".repeat(32),
+            compiled: compile(
+                &parse("profiles:\n  - name: coding\n    default: allow\n    network:\n      deny:\n        - id: no-db\n          cidr: 10.0.0.0/8\n          message: no databases\nagents:\n  - name: coder\n    profile: coding\n")
+                    .unwrap(),
+            )
+            .unwrap(),
+            loaded: String::new(),
+        }
+    }
+
+    fn session() -> Session {
+        Session {
+            id: "5d8e".into(),
+            agent: "coder".into(),
+            profile: "coding".into(),
+            uid: 1000,
+            user: Some("dev".into()),
+            login_uid: Some(1000),
+            labels: [("ticket".to_string(), "OPS-1".to_string())].into(),
+            started: String::new(),
+            parent: None,
+            cgroup: 77,
+            ended: None,
+        }
+    }
+
     fn blank() -> Event {
         // SAFETY: Event is plain data; all-zero is valid.
         unsafe { std::mem::zeroed() }
-    }
-
-    fn policy() -> CompiledPolicy {
-        compile(
-            &parse("agents:\n  - name: coder\n    network:\n      deny:\n        - id: no-db\n          cidr: 10.0.0.0/8\n          message: no databases\n")
-                .unwrap(),
-        )
-        .unwrap()
     }
 
     #[test]
@@ -225,14 +288,27 @@ mod tests {
         e.tgid = 7;
         e.comm[..4].copy_from_slice(b"psql");
         let bytes: [u8; size_of::<Event>()] = unsafe { std::mem::transmute(e) };
-        let r = to_record(&decode(&bytes).unwrap(), &policy(), &Clock::new());
+        let r = to_record(
+            &decode(&bytes).unwrap(),
+            Some(&generation()),
+            Some("coder".into()),
+            Some(&session()),
+            &Clock::new(),
+        );
         assert_eq!(
             (r.hook, r.action, r.verdict),
             ("socket_connect", "connect", "deny")
         );
         assert_eq!(r.target, "10.1.2.3:5432");
         assert_eq!(r.agent, "coder");
-        assert_eq!(r.rule.as_deref(), Some("no-db"));
+        assert_eq!(r.rule, "no-db");
+        assert_eq!(r.profile, "coding");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["session"], "5d8e");
+        assert_eq!(json["user"]["uid"], 1000);
+        assert_eq!(json["user"]["name"], "dev");
+        assert_eq!(json["labels"]["ticket"], "OPS-1");
+        assert_eq!(json["policy_sha256"], "ab".repeat(32));
         assert_eq!(r.message.as_deref(), Some("no databases"));
         assert_eq!(r.comm, "psql");
         assert_eq!(r.protocol, Some("tcp"));
@@ -249,9 +325,10 @@ mod tests {
             .to_ipv6_mapped()
             .octets();
         e.rule_id = NO_RULE;
-        let r = to_record(&e, &policy(), &Clock::new());
+        let r = to_record(&e, Some(&generation()), None, None, &Clock::new());
         assert_eq!(r.target, "[::ffff:127.0.0.1]:80");
-        assert_eq!(r.rule, None);
+        assert_eq!(r.rule, "default");
+        assert_eq!(r.agent, "cgroup-0", "no agent known for the cgroup");
     }
 
     #[test]
@@ -265,7 +342,7 @@ mod tests {
         e.dev = 3;
         e.flags = event_flag::PATH_TRUNCATED;
         e.rule_id = NO_RULE;
-        let r = to_record(&e, &policy(), &Clock::new());
+        let r = to_record(&e, None, Some("coder".into()), None, &Clock::new());
         assert_eq!(
             (r.action, r.verdict, r.target.as_str()),
             ("unlink", "would_deny", "/a/b/c")
@@ -275,5 +352,9 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains(r#""verdict":"would_deny""#), "{json}");
         assert!(!json.contains("protocol"), "{json}");
+        assert!(
+            !json.contains("session"),
+            "no session, no session fields: {json}"
+        );
     }
 }

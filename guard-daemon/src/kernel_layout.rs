@@ -60,20 +60,36 @@ impl KernelLayout {
         Ok(Self { btf })
     }
 
-    /// Byte offset of `field` in this kernel.
+    /// Byte offset of `field` in this kernel: of the first of its `|`-separated
+    /// member paths this kernel has (members get renamed between kernels).
     pub fn offset(&self, field: &KernelField) -> Result<u32, LayoutError> {
-        let no_member = || LayoutError::NoMember {
+        let mut error = None;
+        for member in field.member.split('|') {
+            match self.member_offset(field.structure, member) {
+                Ok(offset) => return Ok(offset),
+                Err(e @ LayoutError::NoMember { .. }) => error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(error.unwrap_or_else(|| LayoutError::NoMember {
             structure: field.structure.into(),
             member: field.member.into(),
+        }))
+    }
+
+    fn member_offset(&self, structure: &str, member: &str) -> Result<u32, LayoutError> {
+        let no_member = || LayoutError::NoMember {
+            structure: structure.into(),
+            member: member.into(),
         };
-        let mut current =
-            self.find_struct(field.structure)
-                .ok_or_else(|| LayoutError::NoStruct {
-                    structure: field.structure.into(),
-                    member: field.member.into(),
-                })?;
+        let mut current = self
+            .find_struct(structure)
+            .ok_or_else(|| LayoutError::NoStruct {
+                structure: structure.into(),
+                member: member.into(),
+            })?;
         let mut bits = 0u32;
-        let mut components = field.member.split('.').peekable();
+        let mut components = member.split('.').peekable();
         while let Some(name) = components.next() {
             let (member_bits, member_type) =
                 self.find_member(&current, name)?.ok_or_else(no_member)?;
@@ -84,8 +100,8 @@ impl KernelLayout {
         }
         if !bits.is_multiple_of(8) {
             return Err(LayoutError::Bitfield {
-                structure: field.structure.into(),
-                member: field.member.into(),
+                structure: structure.into(),
+                member: member.into(),
             });
         }
         Ok(bits / 8)
@@ -180,5 +196,40 @@ impl KernelLayout {
                 _ => return Ok(None),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field resolves on the kernel running the tests (the kernel
+    /// tests cover 6.1 and 6.12), through one of its alternatives.
+    #[test]
+    fn every_field_resolves_on_this_kernel() {
+        let Ok(layout) = KernelLayout::from_sys() else {
+            return; // No kernel BTF here.
+        };
+        for field in guard_common::KERNEL_FIELDS {
+            layout
+                .offset(field)
+                .unwrap_or_else(|e| panic!("{}: {e}", field.global));
+        }
+    }
+
+    #[test]
+    fn a_field_with_no_known_name_is_an_error() {
+        let Ok(layout) = KernelLayout::from_sys() else {
+            return;
+        };
+        let field = KernelField {
+            global: "X",
+            structure: "inode",
+            member: "no_such_member|nor_this",
+        };
+        assert!(matches!(
+            layout.offset(&field),
+            Err(LayoutError::NoMember { .. })
+        ));
     }
 }

@@ -20,8 +20,6 @@ use std::{
 
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 
-use crate::cgroup;
-
 /// Signals forwarded to the agent. A signal the terminal sends to the whole
 /// foreground process group (Ctrl-C) already reaches the agent and is not sent
 /// twice.
@@ -36,10 +34,8 @@ const FORWARDED: [Signal; 6] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error(transparent)]
-    Cgroup(#[from] cgroup::CgroupError),
     #[error(
-        "cannot open {path}: {source} (guardctl run needs root, or write access to the agent cgroup)"
+        "cannot open {path}: {source} (guardctl run needs root, or write access to the session's cgroup)"
     )]
     Procs {
         path: std::path::PathBuf,
@@ -51,14 +47,9 @@ pub enum LaunchError {
     Wait(io::Error),
 }
 
-/// Runs `command` as agent `agent`; returns the exit code to exit with.
-pub fn run(
-    cgroup_mount: &Path,
-    cgroup_root: &str,
-    agent: &str,
-    command: &[OsString],
-) -> Result<i32, LaunchError> {
-    let procs_path = cgroup::agent_procs(cgroup_mount, cgroup_root, agent)?;
+/// Runs `command` in session `session`, whose cgroup's `cgroup.procs` is
+/// `procs_path`; returns the exit code to exit with.
+pub fn run(procs_path: &Path, session: &str, command: &[OsString]) -> Result<i32, LaunchError> {
     let mut forwarded = SigSet::empty();
     for sig in FORWARDED {
         forwarded.add(sig);
@@ -69,8 +60,8 @@ pub fn run(
         .map_err(|e| LaunchError::Wait(e.into()))?;
 
     let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..]);
-    join_cgroup_on_exec(&mut cmd, &procs_path)?;
+    cmd.args(&command[1..]).env("GUARD_SESSION", session);
+    join_cgroup_on_exec(&mut cmd, procs_path)?;
     // SAFETY: runs between fork and exec; sigprocmask is async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {

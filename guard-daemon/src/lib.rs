@@ -5,19 +5,22 @@
 //! One module per concern: [`policy`] parses and validates the policy file,
 //! [`compile`] turns it into map entries, [`kernel_layout`] reads the running
 //! kernel's BTF, [`enforcer`] owns the loaded programs and maps, [`cgroup`]
-//! manages agent cgroups, [`events`] decodes decision records, [`canary`]
-//! proves enforcement before guardd says so, [`daemon`] runs it all, and
-//! [`launch`] starts agents.
+//! manages agent cgroups, [`session`] keeps the session table, [`events`]
+//! decodes decision records, [`canary`] proves enforcement before guardd
+//! says so, [`control`] is the local control socket, [`daemon`] runs it all,
+//! and [`launch`] starts agents.
 
 pub mod canary;
 pub mod cgroup;
 pub mod compile;
+pub mod control;
 pub mod daemon;
 pub mod enforcer;
 pub mod events;
 pub mod kernel_layout;
 pub mod launch;
 pub mod policy;
+pub mod session;
 
 /// Exit codes shared by the binaries; documented in README.md.
 pub mod exit {

@@ -63,24 +63,70 @@ pub const MAX_NAME_PATTERN: usize = guard_common::NAME_KEY_LEN - 1;
 /// A validated policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
-    pub agents: Vec<AgentProfile>,
+    pub profiles: Vec<Profile>,
+    pub agents: Vec<AgentDef>,
 }
 
+/// An agent: a name developers launch (`guardctl run --agent NAME`) and the
+/// profile its sessions get unless they ask for another.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AgentProfile {
+pub struct AgentDef {
+    pub name: String,
+    pub profile: String,
+    pub location: Location,
+}
+
+/// What an agent may do: a default per kind of action, and rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Profile {
     pub name: String,
     pub mode: Mode,
     pub record_allowed: bool,
-    pub exec_deny: Vec<Rule<ExecTarget>>,
-    pub file_protect: Vec<Rule<FileTarget>>,
-    pub network_deny: Vec<Rule<NetTarget>>,
+    pub defaults: Defaults,
+    pub exec: Vec<Rule<ExecTarget>>,
+    pub files: Vec<Rule<FileTarget>>,
+    pub network: Vec<Rule<NetTarget>>,
     pub location: Location,
+}
+
+/// What happens to an action no rule matches, per kind of action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Defaults {
+    pub exec: Access,
+    pub files: Access,
+    pub network: Access,
+}
+
+impl Defaults {
+    pub const fn all(access: Access) -> Self {
+        Self {
+            exec: access,
+            files: access,
+            network: access,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Allow,
+    Deny,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Allow => "allow",
+            Access::Deny => "deny",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Deny what the rules deny.
+    /// Deny what the profile denies.
     #[default]
     Enforce,
     /// Allow everything; record what would have been denied.
@@ -96,20 +142,40 @@ impl Mode {
     }
 }
 
-/// A rule: its id, the message shown in records, what it matches, and where
-/// it was written.
+/// What a matching rule does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// exec and network `allow`; files `writable`.
+    Allow,
+    /// exec and network `deny`; files `protect` (no destruction).
+    Deny,
+    /// files `read_only`: no destruction, no write, no new entries.
+    ReadOnly,
+}
+
+/// A rule: its id, the message shown in records, what it does and matches,
+/// and where it was written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule<T> {
     pub id: String,
     pub message: Option<String>,
+    pub effect: Effect,
     pub target: T,
     pub location: Location,
 }
 
+/// A SHA-256 digest.
+pub type Sha256 = [u8; 32];
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExecTarget {
-    /// This file: by its path and by its identity (device + inode).
-    Path(PathBuf),
+    /// This file: by its path and by its identity (device + inode). With a
+    /// digest (allow rules only), by identity only, and only while the
+    /// file's content has that digest.
+    Path {
+        path: PathBuf,
+        sha256: Option<Sha256>,
+    },
     /// Every file below this directory, by resolved path.
     Subtree(PathBuf),
 }
@@ -165,6 +231,7 @@ pub enum Protocol {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
+    profiles: Vec<Spanned<ProfileFile>>,
     agents: Vec<Spanned<AgentFile>>,
 }
 
@@ -172,10 +239,19 @@ struct PolicyFile {
 #[serde(deny_unknown_fields)]
 struct AgentFile {
     name: Spanned<String>,
+    profile: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    name: Spanned<String>,
     #[serde(default)]
     mode: Mode,
     #[serde(default)]
     record_allowed: bool,
+    /// Required: a profile says what happens when no rule matches.
+    default: DefaultsFile,
     #[serde(default)]
     exec: ExecFile,
     #[serde(default)]
@@ -184,9 +260,27 @@ struct AgentFile {
     network: NetworkFile,
 }
 
+/// `default: allow`, or one value per kind of action.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DefaultsFile {
+    All(Access),
+    PerKind(PerKindDefaults),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PerKindDefaults {
+    exec: Access,
+    files: Access,
+    network: Access,
+}
+
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExecFile {
+    #[serde(default)]
+    allow: Vec<Spanned<RuleFile>>,
     #[serde(default)]
     deny: Vec<Spanned<RuleFile>>,
 }
@@ -195,12 +289,18 @@ struct ExecFile {
 #[serde(deny_unknown_fields)]
 struct FilesFile {
     #[serde(default)]
+    writable: Vec<Spanned<RuleFile>>,
+    #[serde(default)]
     protect: Vec<Spanned<RuleFile>>,
+    #[serde(default)]
+    read_only: Vec<Spanned<RuleFile>>,
 }
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NetworkFile {
+    #[serde(default)]
+    allow: Vec<Spanned<RuleFile>>,
     #[serde(default)]
     deny: Vec<Spanned<RuleFile>>,
 }
@@ -212,6 +312,7 @@ struct RuleFile {
     id: String,
     message: Option<String>,
     path: Option<String>,
+    sha256: Option<String>,
     subtree: Option<String>,
     name: Option<String>,
     cidr: Option<String>,
@@ -232,94 +333,125 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         let location = e.location().map(Location::from).unwrap_or_default();
         PolicyError {
             location,
-            reason: first_line(&e.to_string()),
+            reason: parse_reason(&e.to_string()),
         }
     })?;
-    let mut agents = Vec::with_capacity(file.agents.len());
     let mut rule_ids = std::collections::HashMap::new();
+    let mut profiles: Vec<Profile> = Vec::with_capacity(file.profiles.len());
+    for profile in file.profiles {
+        let location = Location::from(profile.referenced);
+        let profile = profile.value;
+        let name_location = Location::from(profile.name.referenced);
+        let name = profile.name.value;
+        check_name("profile", &name).map_err(|reason| PolicyError::new(name_location, reason))?;
+        if profiles.iter().any(|p| p.name == name) {
+            return Err(PolicyError::new(
+                name_location,
+                format!("profile `{name}` is defined twice"),
+            ));
+        }
+        let mut section = |rules: Vec<Spanned<RuleFile>>,
+                           effect: Effect,
+                           out: &mut Vec<(RuleFile, Effect, Location)>|
+         -> Result<(), PolicyError> {
+            for rule in rules {
+                let location = Location::from(rule.referenced);
+                check_rule_id(&rule.value.id)
+                    .map_err(|reason| PolicyError::new(location, reason))?;
+                if let Some(first) = rule_ids.insert(rule.value.id.clone(), location) {
+                    return Err(PolicyError::new(
+                        location,
+                        format!(
+                            "rule id `{}` is already used at {first}; rule ids must be unique",
+                            rule.value.id
+                        ),
+                    ));
+                }
+                out.push((rule.value, effect, location));
+            }
+            Ok(())
+        };
+        let (mut exec, mut files, mut network) = (Vec::new(), Vec::new(), Vec::new());
+        section(profile.exec.allow, Effect::Allow, &mut exec)?;
+        section(profile.exec.deny, Effect::Deny, &mut exec)?;
+        section(profile.files.writable, Effect::Allow, &mut files)?;
+        section(profile.files.protect, Effect::Deny, &mut files)?;
+        section(profile.files.read_only, Effect::ReadOnly, &mut files)?;
+        section(profile.network.allow, Effect::Allow, &mut network)?;
+        section(profile.network.deny, Effect::Deny, &mut network)?;
+        profiles.push(Profile {
+            name,
+            mode: profile.mode,
+            record_allowed: profile.record_allowed,
+            defaults: match profile.default {
+                DefaultsFile::All(access) => Defaults::all(access),
+                DefaultsFile::PerKind(d) => Defaults {
+                    exec: d.exec,
+                    files: d.files,
+                    network: d.network,
+                },
+            },
+            exec: exec
+                .into_iter()
+                .map(|(r, e, l)| exec_rule(r, e, l))
+                .collect::<Result<_, _>>()?,
+            files: files
+                .into_iter()
+                .map(|(r, e, l)| file_rule(r, e, l))
+                .collect::<Result<_, _>>()?,
+            network: network
+                .into_iter()
+                .map(|(r, e, l)| net_rule(r, e, l))
+                .collect::<Result<_, _>>()?,
+            location,
+        });
+    }
+    let mut agents: Vec<AgentDef> = Vec::with_capacity(file.agents.len());
     for agent in file.agents {
         let location = Location::from(agent.referenced);
-        let agent_file = agent.value;
-        let name_location = Location::from(agent_file.name.referenced);
-        let name = agent_file.name.value;
-        check_agent_name(&name).map_err(|reason| PolicyError::new(name_location, reason))?;
-        if agents.iter().any(|a: &AgentProfile| a.name == name) {
+        let name_location = Location::from(agent.value.name.referenced);
+        let name = agent.value.name.value;
+        check_name("agent", &name).map_err(|reason| PolicyError::new(name_location, reason))?;
+        if agents.iter().any(|a| a.name == name) {
             return Err(PolicyError::new(
                 name_location,
                 format!("agent `{name}` is defined twice"),
             ));
         }
-        let mut rules =
-            |section: Vec<Spanned<RuleFile>>| -> Result<Vec<(RuleFile, Location)>, PolicyError> {
-                section
-                .into_iter()
-                .map(|rule| {
-                    let location = Location::from(rule.referenced);
-                    check_rule_id(&rule.value.id).map_err(|reason| PolicyError::new(location, reason))?;
-                    if let Some(first) = rule_ids.insert(rule.value.id.clone(), location) {
-                        return Err(PolicyError::new(
-                            location,
-                            format!("rule id `{}` is already used at {first}; rule ids must be unique", rule.value.id),
-                        ));
-                    }
-                    Ok((rule.value, location))
-                })
-                .collect()
-            };
-        let exec_deny = rules(agent_file.exec.deny)?
-            .into_iter()
-            .map(|(r, l)| exec_rule(r, l))
-            .collect::<Result<_, _>>()?;
-        let file_protect = rules(agent_file.files.protect)?
-            .into_iter()
-            .map(|(r, l)| file_rule(r, l))
-            .collect::<Result<_, _>>()?;
-        let network_deny = rules(agent_file.network.deny)?
-            .into_iter()
-            .map(|(r, l)| net_rule(r, l))
-            .collect::<Result<_, _>>()?;
-        agents.push(AgentProfile {
+        let profile = agent.value.profile.value;
+        if !profiles.iter().any(|p| p.name == profile) {
+            return Err(PolicyError::new(
+                Location::from(agent.value.profile.referenced),
+                format!("agent `{name}`: no profile is named `{profile}`"),
+            ));
+        }
+        agents.push(AgentDef {
             name,
-            mode: agent_file.mode,
-            record_allowed: agent_file.record_allowed,
-            exec_deny,
-            file_protect,
-            network_deny,
+            profile,
             location,
         });
     }
-    Ok(Policy { agents })
+    Ok(Policy { profiles, agents })
 }
 
-/// Reads and parses a policy file.
-pub fn load(path: &Path) -> Result<Policy, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-        path: path.into(),
-        source,
-    })?;
-    parse(&text).map_err(|error| LoadError::Invalid {
-        path: path.into(),
-        error,
-    })
+/// The reason of a YAML or shape error: its first line, without the
+/// location the error repeats (it is reported separately), and in terms of
+/// the policy rather than of the parser's types.
+fn parse_reason(message: &str) -> String {
+    let line = message.lines().next().unwrap_or(message).trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    let line = match line.split_once(": ") {
+        Some((location, rest)) if location.starts_with("line ") => rest,
+        _ => line,
+    };
+    if line.contains("DefaultsFile") {
+        return "`default` must be `allow`, `deny`, or a map with `exec`, `files` and `network`, each `allow` or `deny`".into();
+    }
+    line.to_string()
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("cannot read policy {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid policy {path}: {error}")]
-    Invalid { path: PathBuf, error: PolicyError },
-}
-
-fn first_line(message: &str) -> String {
-    message.lines().next().unwrap_or(message).trim().to_string()
-}
-
-fn check_agent_name(name: &str) -> Result<(), String> {
-    // The name becomes a cgroup directory name.
+/// Agent and profile names: agent names become cgroup directory names.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
@@ -330,7 +462,7 @@ fn check_agent_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid agent name `{name}`: use 1-64 letters, digits, `-`, `_` or `.`, not starting with `.`"
+            "invalid {what} name `{name}`: use 1-64 letters, digits, `-`, `_` or `.`, not starting with `.`"
         ))
     }
 }
@@ -359,6 +491,7 @@ fn only_keys(
 ) -> Result<(), PolicyError> {
     let present = [
         ("path", rule.path.is_some()),
+        ("sha256", rule.sha256.is_some()),
         ("subtree", rule.subtree.is_some()),
         ("name", rule.name.is_some()),
         ("cidr", rule.cidr.is_some()),
@@ -434,12 +567,34 @@ fn absolute_path(
     Ok(normal)
 }
 
-fn exec_rule(rule: RuleFile, location: Location) -> Result<Rule<ExecTarget>, PolicyError> {
-    only_keys(&rule, location, "exec", &["path", "subtree"])?;
+fn exec_rule(
+    rule: RuleFile,
+    effect: Effect,
+    location: Location,
+) -> Result<Rule<ExecTarget>, PolicyError> {
+    let keys: &[&str] = match effect {
+        Effect::Allow => &["path", "subtree", "sha256"],
+        _ => &["path", "subtree"],
+    };
+    only_keys(&rule, location, "exec", keys)?;
     one_target(&rule, location, &["path", "subtree"])?;
     let target = match (&rule.path, &rule.subtree) {
-        (Some(path), _) => {
-            ExecTarget::Path(absolute_path(&rule.id, path, location, MAX_EXEC_RULE_PATH)?)
+        (Some(path), _) => ExecTarget::Path {
+            path: absolute_path(&rule.id, path, location, MAX_EXEC_RULE_PATH)?,
+            sha256: rule
+                .sha256
+                .as_deref()
+                .map(|hex| parse_sha256(&rule.id, hex, location))
+                .transpose()?,
+        },
+        (_, Some(_)) if rule.sha256.is_some() => {
+            return Err(PolicyError::new(
+                location,
+                format!(
+                    "rule `{}`: `sha256` names one file; use it with `path`",
+                    rule.id
+                ),
+            ));
         }
         // A subtree entry is the path plus `/`.
         (_, Some(dir)) => ExecTarget::Subtree(absolute_path(
@@ -453,23 +608,59 @@ fn exec_rule(rule: RuleFile, location: Location) -> Result<Rule<ExecTarget>, Pol
     Ok(Rule {
         id: rule.id,
         message: rule.message,
+        effect,
         target,
         location,
     })
 }
 
-fn file_rule(rule: RuleFile, location: Location) -> Result<Rule<FileTarget>, PolicyError> {
+fn parse_sha256(rule_id: &str, hex: &str, location: Location) -> Result<Sha256, PolicyError> {
+    let bytes = hex.as_bytes();
+    let mut digest = [0u8; 32];
+    let valid = bytes.len() == 64
+        && digest.iter_mut().zip(bytes.chunks(2)).all(|(out, pair)| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .map(|b| *out = b)
+                .is_some()
+        });
+    if valid {
+        Ok(digest)
+    } else {
+        Err(PolicyError::new(
+            location,
+            format!("rule `{rule_id}`: sha256 must be 64 hexadecimal digits"),
+        ))
+    }
+}
+
+fn file_rule(
+    rule: RuleFile,
+    effect: Effect,
+    location: Location,
+) -> Result<Rule<FileTarget>, PolicyError> {
     only_keys(&rule, location, "files", &["path", "subtree", "name"])?;
     one_target(&rule, location, &["path", "subtree", "name"])?;
     let target = match (&rule.path, &rule.subtree, &rule.name) {
         (Some(path), _, _) => FileTarget::Path(absolute_path(&rule.id, path, location, 4095)?),
         (_, Some(dir), _) => FileTarget::Subtree(absolute_path(&rule.id, dir, location, 4095)?),
+        (_, _, Some(name)) if effect == Effect::Allow => {
+            return Err(PolicyError::new(
+                location,
+                format!(
+                    "rule `{}`: `writable` takes `path` or `subtree`; a name cannot make files writable",
+                    rule.id
+                ),
+            ));
+        }
         (_, _, Some(name)) => FileTarget::Name(name_pattern(&rule.id, name, location)?),
         _ => unreachable!("one_target checked"),
     };
     Ok(Rule {
         id: rule.id,
         message: rule.message,
+        effect,
         target,
         location,
     })
@@ -511,7 +702,11 @@ fn name_pattern(
     })
 }
 
-fn net_rule(rule: RuleFile, location: Location) -> Result<Rule<NetTarget>, PolicyError> {
+fn net_rule(
+    rule: RuleFile,
+    effect: Effect,
+    location: Location,
+) -> Result<Rule<NetTarget>, PolicyError> {
     only_keys(&rule, location, "network", &["cidr", "ports", "protocol"])?;
     let id = &rule.id;
     let cidr_text = rule
@@ -545,6 +740,7 @@ fn net_rule(rule: RuleFile, location: Location) -> Result<Rule<NetTarget>, Polic
     Ok(Rule {
         id: rule.id,
         message: rule.message,
+        effect,
         target,
         location,
     })
@@ -572,11 +768,16 @@ mod tests {
     use super::*;
 
     const GOOD: &str = r#"
-agents:
+profiles:
   - name: coder
     mode: monitor
     record_allowed: true
+    default: {exec: allow, files: deny, network: allow}
     exec:
+      allow:
+        - id: python
+          path: /usr/bin/python3
+          sha256: "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
       deny:
         - id: no-curl
           path: /usr/bin/curl
@@ -584,6 +785,9 @@ agents:
         - id: no-tools
           subtree: /opt/tools/
     files:
+      writable:
+        - id: workspace
+          subtree: /work
       protect:
         - id: keep-data
           subtree: /srv/data
@@ -591,7 +795,14 @@ agents:
           name: .env
         - id: keep-db
           name: "*.sqlite"
+      read_only:
+        - id: hooks
+          subtree: /work/.git/hooks
     network:
+      allow:
+        - id: registry
+          cidr: 10.9.0.0/16
+          ports: 443
       deny:
         - id: no-metadata
           cidr: 169.254.169.254
@@ -602,49 +813,136 @@ agents:
         - id: no-high
           cidr: "::/0"
           ports: "8000-8100"
+agents:
+  - name: claude
+    profile: coder
 "#;
+
+    /// A policy whose only profile, `a`, has `body` (which starts at its
+    /// `- name:` line), allows by default and has no agents. Lines of `body`
+    /// keep their numbers.
+    fn one_profile(body: &str) -> String {
+        format!("profiles:\n{body}    default: allow\nagents: []\n")
+    }
 
     #[test]
     fn parses_every_rule_kind() {
         let policy = parse(GOOD).expect("valid policy");
-        let agent = &policy.agents[0];
-        assert_eq!(agent.name, "coder");
-        assert_eq!(agent.mode, Mode::Monitor);
-        assert!(agent.record_allowed);
+        let profile = &policy.profiles[0];
+        assert_eq!(profile.name, "coder");
+        assert_eq!(profile.mode, Mode::Monitor);
+        assert!(profile.record_allowed);
         assert_eq!(
-            agent.exec_deny[0].target,
-            ExecTarget::Path("/usr/bin/curl".into())
+            profile.defaults,
+            Defaults {
+                exec: Access::Allow,
+                files: Access::Deny,
+                network: Access::Allow
+            }
         );
-        assert_eq!(agent.exec_deny[0].message.as_deref(), Some("no downloads"));
+        let ExecTarget::Path { path, sha256 } = &profile.exec[0].target else {
+            panic!("a path rule")
+        };
+        assert_eq!(path, Path::new("/usr/bin/python3"));
+        assert_eq!(sha256.unwrap()[..2], [0x00, 0x11]);
+        assert_eq!(profile.exec[0].effect, Effect::Allow);
         assert_eq!(
-            agent.exec_deny[1].target,
+            profile.exec[1].target,
+            ExecTarget::Path {
+                path: "/usr/bin/curl".into(),
+                sha256: None
+            }
+        );
+        assert_eq!(profile.exec[1].effect, Effect::Deny);
+        assert_eq!(profile.exec[1].message.as_deref(), Some("no downloads"));
+        assert_eq!(
+            profile.exec[2].target,
             ExecTarget::Subtree("/opt/tools".into())
         );
+        let effects: Vec<Effect> = profile.files.iter().map(|r| r.effect).collect();
+        use Effect::*;
+        assert_eq!(effects, [Allow, Deny, Deny, Deny, ReadOnly]);
         assert_eq!(
-            agent.file_protect[1].target,
+            profile.files[2].target,
             FileTarget::Name(NamePattern::Exact(".env".into()))
         );
         assert_eq!(
-            agent.file_protect[2].target,
+            profile.files[3].target,
             FileTarget::Name(NamePattern::Suffix(".sqlite".into()))
         );
-        let net = &agent.network_deny;
+        let net = &profile.network;
+        assert_eq!(net[0].effect, Allow);
         assert_eq!(
-            net[0].target.cidr,
+            net[1].target.cidr,
             "169.254.169.254/32".parse::<IpNet>().unwrap()
         );
-        assert_eq!(net[0].target.ports, PortRange::ALL);
-        assert_eq!(net[1].target.ports, PortRange { lo: 5432, hi: 5432 });
-        assert_eq!(net[1].target.protocol, Protocol::Tcp);
-        assert_eq!(net[2].target.ports, PortRange { lo: 8000, hi: 8100 });
-        assert_eq!(net[0].location.line, 23, "the line of the rule's `- id:`");
+        assert_eq!(net[1].target.ports, PortRange::ALL);
+        assert_eq!(net[2].target.ports, PortRange { lo: 5432, hi: 5432 });
+        assert_eq!(net[2].target.protocol, Protocol::Tcp);
+        assert_eq!(net[3].target.ports, PortRange { lo: 8000, hi: 8100 });
+        assert_eq!(net[1].location.line, 38, "the line of the rule's `- id:`");
+        assert_eq!(
+            policy.agents,
+            vec![AgentDef {
+                name: "claude".into(),
+                profile: "coder".into(),
+                location: policy.agents[0].location
+            }]
+        );
     }
 
     #[test]
-    fn defaults_are_enforce_and_no_allowed_records() {
-        let policy = parse("agents:\n  - name: a\n").unwrap();
-        assert_eq!(policy.agents[0].mode, Mode::Enforce);
-        assert!(!policy.agents[0].record_allowed);
+    fn mode_defaults_to_enforce_and_default_is_required() {
+        let policy = parse(&one_profile("  - name: a\n")).unwrap();
+        assert_eq!(policy.profiles[0].mode, Mode::Enforce);
+        assert!(!policy.profiles[0].record_allowed);
+        let e = error("profiles:\n  - name: a\nagents: []\n");
+        assert!(e.reason.contains("default"), "{e}");
+        let e = error("profiles:\n  - name: a\n    default: {exec: deny}\nagents: []\n");
+        assert_eq!(e.location.line, 3, "{e}");
+        assert!(e.reason.starts_with("`default` must be"), "{e}");
+    }
+
+    #[test]
+    fn agents_name_existing_profiles() {
+        let e = error("profiles: []\nagents:\n  - name: x\n    profile: nope\n");
+        assert_eq!(e.location.line, 4, "{e}");
+        assert!(e.reason.contains("no profile is named `nope`"), "{e}");
+        let twice = "profiles:\n  - name: p\n    default: deny\nagents:\n  - name: x\n    profile: p\n  - name: x\n    profile: p\n";
+        assert_eq!(error(twice).location.line, 7);
+    }
+
+    #[test]
+    fn sha256_belongs_to_exec_allow_path_rules() {
+        let deny = one_profile(
+            "  - name: a\n    exec:\n      deny:\n        - id: r\n          path: /bin/sh\n          sha256: abc\n",
+        );
+        assert!(
+            error(&deny).reason.contains("`sha256` is not a key"),
+            "{}",
+            error(&deny)
+        );
+        let short = one_profile(
+            "  - name: a\n    exec:\n      allow:\n        - id: r\n          path: /bin/sh\n          sha256: abc\n",
+        );
+        assert!(error(&short).reason.contains("64 hexadecimal digits"));
+        let subtree = one_profile(&format!(
+            "  - name: a\n    exec:\n      allow:\n        - id: r\n          subtree: /bin\n          sha256: {}\n",
+            "0".repeat(64)
+        ));
+        assert!(error(&subtree).reason.contains("use it with `path`"));
+    }
+
+    #[test]
+    fn writable_takes_no_names() {
+        let text = one_profile(
+            "  - name: a\n    files:\n      writable:\n        - id: r\n          name: .env\n",
+        );
+        assert!(
+            error(&text)
+                .reason
+                .contains("a name cannot make files writable")
+        );
     }
 
     fn error(text: &str) -> PolicyError {
@@ -653,26 +951,32 @@ agents:
 
     #[test]
     fn syntax_errors_have_a_line() {
-        let e = error("agents:\n  - name: a\n    mode: [\n");
+        let e = error("profiles:\n  - name: a\n    mode: [\n");
         assert!(e.location.line >= 3, "{e}");
     }
 
     #[test]
     fn unknown_keys_are_refused_with_their_line() {
-        let e = error("agents:\n  - name: a\n    moed: monitor\n");
+        let e = error(&one_profile("  - name: a\n    moed: monitor\n"));
         assert_eq!(e.location.line, 3, "{e}");
+        assert!(
+            !e.reason.contains("line 3"),
+            "the location is not repeated: {e}"
+        );
         assert!(e.reason.contains("moed"), "{e}");
     }
 
     #[test]
     fn bad_mode_is_refused() {
-        let e = error("agents:\n  - name: a\n    mode: loud\n");
+        let e = error(&one_profile("  - name: a\n    mode: loud\n"));
         assert_eq!(e.location.line, 3, "{e}");
     }
 
     #[test]
     fn rule_errors_name_rule_and_line() {
-        let text = "agents:\n  - name: a\n    exec:\n      deny:\n        - id: rel\n          path: bin/sh\n";
+        let text = &one_profile(
+            "  - name: a\n    exec:\n      deny:\n        - id: rel\n          path: bin/sh\n",
+        );
         let e = error(text);
         assert_eq!(e.location.line, 5, "{e}");
         assert!(
@@ -683,37 +987,45 @@ agents:
 
     #[test]
     fn duplicate_rule_ids_are_refused() {
-        let text = "agents:\n  - name: a\n    files:\n      protect:\n        - id: x\n          name: a\n        - id: x\n          name: b\n";
+        let text = &one_profile(
+            "  - name: a\n    files:\n      protect:\n        - id: x\n          name: a\n        - id: x\n          name: b\n",
+        );
         let e = error(text);
         assert_eq!(e.location.line, 7, "{e}");
         assert!(e.reason.contains("line 5"), "{e}");
     }
 
     #[test]
-    fn duplicate_agents_are_refused() {
-        let e = error("agents:\n  - name: a\n  - name: a\n");
-        assert_eq!(e.location.line, 3, "{e}");
+    fn duplicate_profiles_are_refused() {
+        let e = error(
+            "profiles:\n  - name: a\n    default: allow\n  - name: a\n    default: allow\nagents: []\n",
+        );
+        assert_eq!(e.location.line, 4, "{e}");
     }
 
     #[test]
-    fn bad_agent_names_are_refused() {
+    fn bad_names_are_refused() {
         for name in ["../x", ".hidden", "a b", ""] {
-            let e = error(&format!("agents:\n  - name: \"{name}\"\n"));
-            assert!(e.reason.contains("agent name"), "{name}: {e}");
+            let e = error(&one_profile(&format!("  - name: \"{name}\"\n")));
+            assert!(e.reason.contains("profile name"), "{name}: {e}");
         }
     }
 
     #[test]
     fn a_rule_needs_exactly_one_target() {
-        let both = "agents:\n  - name: a\n    exec:\n      deny:\n        - id: r\n          path: /a\n          subtree: /b\n";
+        let both = &one_profile(
+            "  - name: a\n    exec:\n      deny:\n        - id: r\n          path: /a\n          subtree: /b\n",
+        );
         assert!(error(both).reason.contains("exactly one"));
-        let none = "agents:\n  - name: a\n    exec:\n      deny:\n        - id: r\n";
+        let none = &one_profile("  - name: a\n    exec:\n      deny:\n        - id: r\n");
         assert!(error(none).reason.contains("exactly one"));
     }
 
     #[test]
     fn keys_of_other_sections_are_refused() {
-        let text = "agents:\n  - name: a\n    exec:\n      deny:\n        - id: r\n          cidr: 10.0.0.0/8\n";
+        let text = &one_profile(
+            "  - name: a\n    exec:\n      deny:\n        - id: r\n          cidr: 10.0.0.0/8\n",
+        );
         assert!(
             error(text)
                 .reason
@@ -723,20 +1035,26 @@ agents:
 
     #[test]
     fn bad_network_values_are_refused() {
-        let cidr = "agents:\n  - name: a\n    network:\n      deny:\n        - id: r\n          cidr: 10.0.0.0/33\n";
+        let cidr = &one_profile(
+            "  - name: a\n    network:\n      deny:\n        - id: r\n          cidr: 10.0.0.0/33\n",
+        );
         assert!(error(cidr).reason.contains("not an IP address or CIDR"));
-        let ports = "agents:\n  - name: a\n    network:\n      deny:\n        - id: r\n          cidr: 10.0.0.0/8\n          ports: \"90-80\"\n";
+        let ports = &one_profile(
+            "  - name: a\n    network:\n      deny:\n        - id: r\n          cidr: 10.0.0.0/8\n          ports: \"90-80\"\n",
+        );
         assert!(error(ports).reason.contains("ports"));
-        let proto = "agents:\n  - name: a\n    network:\n      deny:\n        - id: r\n          cidr: 10.0.0.0/8\n          protocol: icmp\n";
+        let proto = &one_profile(
+            "  - name: a\n    network:\n      deny:\n        - id: r\n          cidr: 10.0.0.0/8\n          protocol: icmp\n",
+        );
         assert_eq!(error(proto).location.line, 7);
     }
 
     #[test]
     fn name_patterns_are_checked() {
         let rule = |name: &str| {
-            format!(
-                "agents:\n  - name: a\n    files:\n      protect:\n        - id: r\n          name: \"{name}\"\n"
-            )
+            one_profile(&format!(
+                "  - name: a\n    files:\n      protect:\n        - id: r\n          name: \"{name}\"\n"
+            ))
         };
         assert!(error(&rule("*")).reason.contains("every file"));
         assert!(error(&rule("a/b")).reason.contains("without `/`"));
@@ -751,19 +1069,23 @@ agents:
     fn over_long_exec_paths_are_refused() {
         let long = format!("/{}", "x".repeat(MAX_EXEC_RULE_PATH));
         let text = format!(
-            "agents:\n  - name: a\n    exec:\n      deny:\n        - id: r\n          path: {long}\n"
+            "profiles:\n  - name: a\n    exec:\n      deny:\n        - id: r\n          path: {long}\n    default: allow\nagents: []\n"
         );
         assert!(error(&text).reason.contains("longer than"));
     }
 
     #[test]
     fn paths_are_normalised() {
-        let text = "agents:\n  - name: a\n    exec:\n      deny:\n        - id: r\n          subtree: //opt//tools/\n";
+        let text = &one_profile(
+            "  - name: a\n    exec:\n      deny:\n        - id: r\n          subtree: //opt//tools/\n",
+        );
         assert_eq!(
-            parse(text).unwrap().agents[0].exec_deny[0].target,
+            parse(text).unwrap().profiles[0].exec[0].target,
             ExecTarget::Subtree("/opt/tools".into())
         );
-        let dots = "agents:\n  - name: a\n    exec:\n      deny:\n        - id: r\n          path: /opt/../bin/sh\n";
+        let dots = &one_profile(
+            "  - name: a\n    exec:\n      deny:\n        - id: r\n          path: /opt/../bin/sh\n",
+        );
         assert!(error(dots).reason.contains("`..`"));
     }
 }

@@ -44,6 +44,8 @@ offset_globals!(
     OFF_INODE_INO,
     OFF_INODE_SB,
     OFF_INODE_SIZE,
+    OFF_INODE_CTIME_SEC,
+    OFF_INODE_CTIME_NSEC,
     OFF_SB_DEV,
     OFF_MOUNT_MNT,
     OFF_MOUNT_PARENT,
@@ -134,6 +136,15 @@ pub fn file_inode(file: Kptr) -> Result<Kptr, ReadError> {
 
 pub fn inode_size(inode: Kptr) -> Result<i64, ReadError> {
     read(inode, off(&OFF_INODE_SIZE))
+}
+
+/// An inode's change time: seconds, nanoseconds (on 6.1 the low half of a
+/// `long`, on 6.11+ a `u32`; little endian either way).
+pub fn inode_ctime(inode: Kptr) -> Result<(i64, u32), ReadError> {
+    Ok((
+        read(inode, off(&OFF_INODE_CTIME_SEC))?,
+        read(inode, off(&OFF_INODE_CTIME_NSEC))?,
+    ))
 }
 
 pub fn bprm_file_offset() -> usize {
@@ -326,4 +337,85 @@ pub fn build_path(dentry: Kptr, vfsmount: Kptr, scratch: &mut PathScratch) -> Bu
         start: pos().min(WALK_LEN - 1),
         flags,
     }
+}
+
+// ------------------------------------------------------ global functions --
+//
+// The walks above loop up to MAX_WALK_DEPTH times. Called from a hook as
+// ordinary (static) functions, the verifier walks them again for every
+// state the hook reaches them in, which on 6.1 multiplies into minutes and,
+// for some hooks, past its instruction limit. As global functions, with
+// only scalar arguments and a scalar result, each is verified once, on its
+// own. The results are packed into a u64.
+
+/// A rule was found: `action << 32 | rule_id` in the low bits.
+pub const FOUND: u64 = 1 << 63;
+/// The walk gave up after `MAX_WALK_DEPTH` steps.
+pub const TOO_DEEP: u64 = 1 << 62;
+/// Kernel memory could not be read.
+pub const FAILED: u64 = 1 << 61;
+
+fn pack(rule: Option<RuleRef>) -> u64 {
+    match rule {
+        Some(rule) => FOUND | (u64::from(rule.action) << 32) | u64::from(rule.rule_id),
+        None => 0,
+    }
+}
+
+/// Unpacks a result of the functions below.
+pub fn unpack(packed: u64) -> Result<Option<RuleRef>, ReadError> {
+    if packed & FAILED != 0 {
+        return Err(-1);
+    }
+    Ok((packed & FOUND != 0).then_some(RuleRef {
+        rule_id: packed as u32,
+        action: ((packed >> 32) & 0xff) as u32,
+    }))
+}
+
+/// A kernel pointer as a plain number. Hook arguments are typed pointers to
+/// the verifier, and 6.1 refuses them as arguments of global functions;
+/// copied through `bpf_probe_read_kernel`, the value is a scalar.
+pub fn as_scalar(pointer: Kptr) -> Result<u64, ReadError> {
+    let value = pointer as u64;
+    read(core::ptr::addr_of!(value).cast(), 0)
+}
+
+/// [`find_protected`] as a global function.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn guard_file_rule(profile: u32, dentry: u64, vfsmount: u64) -> u64 {
+    match find_protected(profile, dentry as Kptr, vfsmount as Kptr) {
+        Ok(Protection::Protected(rule)) => pack(Some(rule)),
+        Ok(Protection::Clear) => 0,
+        Ok(Protection::TooDeep) => TOO_DEEP,
+        Err(_) => FAILED,
+    }
+}
+
+/// [`find_protected_name`] as a global function.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn guard_name_rule(profile: u32, dentry: u64) -> u64 {
+    let Some(scratch) = crate::maps::PATH_SCRATCH.get_ptr_mut(0) else {
+        return FAILED;
+    };
+    // SAFETY: per-CPU value, used by one program at a time on this CPU.
+    match find_protected_name(profile, dentry as Kptr, unsafe { &mut *scratch }) {
+        Ok(rule) => pack(rule),
+        Err(_) => FAILED,
+    }
+}
+
+/// [`build_path`] into the per-CPU scratch, as a global function: returns
+/// `flags << 32 | start`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn guard_build_path(dentry: u64, vfsmount: u64) -> u64 {
+    let Some(scratch) = crate::maps::PATH_SCRATCH.get_ptr_mut(0) else {
+        return u64::from(event_flag::PATH_UNROOTED) << 32 | (WALK_LEN as u64 - 1);
+    };
+    // SAFETY: as above.
+    let built = build_path(dentry as Kptr, vfsmount as Kptr, unsafe { &mut *scratch });
+    u64::from(built.flags) << 32 | built.start as u64
 }

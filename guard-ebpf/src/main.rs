@@ -23,15 +23,18 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use guard_common::{
-    AgentEntry, Counter, EVENT_PATH_LEN, EXEC_PATH_KEY_LEN, Event, LsmHook, NO_RULE, NetKey,
-    RuleRef, action, agent_flag, hook, lsm, mode, protocol, verdict,
+    AgentEntry, AgentKey, Counter, EVENT_PATH_LEN, EXEC_PATH_KEY_LEN, Event, LOCKED, LsmHook,
+    NO_RULE, NetKey, RuleRef, action, agent_flag, exec_flag, hook, lsm, mode, protocol, verdict,
 };
-use kernel::{Identity, Kptr, Protection, ReadError};
+use kernel::{Identity, Kptr, ReadError};
 use maps::{
-    AGENTS, COUNTERS, EVENTS, EXEC_IDENTITY, EXEC_PATHS, NET_RULES, PATH_SCRATCH, PathScratch,
+    AGENTS, COUNTERS, EVENTS, EXEC_IDENTITY, EXEC_PATHS, GENERATION, NET_RULES, PATH_SCRATCH,
+    PathScratch,
 };
 
 const EPERM: i32 = 1;
+const O_ACCMODE: u32 = 0o3;
+const O_RDONLY: u32 = 0;
 const O_TRUNC: u32 = 0o1000;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -46,15 +49,22 @@ static GUARD_ROOT_CGROUP_ID: u64 = 0;
 #[unsafe(no_mangle)]
 static GUARD_ROOT_CGROUP_LEVEL: u32 = 0;
 
-/// The calling process's agent: its agent cgroup id and entry.
+/// The calling process's agent: the cgroup whose entry applies, the
+/// generation in force, and the entry.
 struct Agent {
     cgroup: u64,
+    generation: u64,
     entry: AgentEntry,
 }
 
 /// Returns the agent the current process belongs to, if any. A process is an
-/// agent when it runs in a child of Guard's root cgroup or anywhere below one;
-/// the cgroup at the level below Guard's root names the agent.
+/// agent when it runs anywhere below Guard's root cgroup: in an agent cgroup
+/// (one level below), a session cgroup (two levels below) or deeper. The
+/// session's entry applies to everything below it, the agent's to a process
+/// directly in the agent cgroup. A cgroup without an entry (made by an
+/// agent, or left from an earlier run) gets `LOCKED`: everything denied, so
+/// moving to a new cgroup is no way out of a profile. Everything is read
+/// from the one generation in force.
 #[inline(always)]
 fn current_agent() -> Option<Agent> {
     // SAFETY: plain reads of statics set at load time.
@@ -64,10 +74,36 @@ fn current_agent() -> Option<Agent> {
     if root == 0 || unsafe { generated::bpf_get_current_ancestor_cgroup_id(level) } != root {
         return None;
     }
-    let cgroup = unsafe { generated::bpf_get_current_ancestor_cgroup_id(level + 1) };
-    // SAFETY: the value is a plain Copy struct.
-    let entry = unsafe { AGENTS.get(&cgroup) }.copied()?;
-    Some(Agent { cgroup, entry })
+    // A key on the stack: a promoted `&0` may be merged with a zero-valued
+    // load-time global (e.g. the cgroup level), which the loader rewrites.
+    let first: u32 = 0;
+    // The inner map is never written after the daemon publishes it.
+    let info = GENERATION.get_value(0, &first).copied()?;
+    let entry_of = |cgroup: u64| {
+        let key = AgentKey {
+            cgroup,
+            slot: info.slot,
+            _pad: 0,
+        };
+        // SAFETY: the value is a plain Copy struct, copied out at once.
+        unsafe { AGENTS.get(&key) }.copied().map(|entry| Agent {
+            cgroup,
+            generation: info.generation,
+            entry,
+        })
+    };
+    // 0 when the process is directly in an agent cgroup.
+    let session = unsafe { generated::bpf_get_current_ancestor_cgroup_id(level + 2) };
+    let cgroup = if session != 0 {
+        session
+    } else {
+        unsafe { generated::bpf_get_current_ancestor_cgroup_id(level + 1) }
+    };
+    Some(entry_of(cgroup).unwrap_or(Agent {
+        cgroup,
+        generation: info.generation,
+        entry: LOCKED,
+    }))
 }
 
 /// -EPERM, read at run time from read-only data. As a literal, the compiler
@@ -119,25 +155,21 @@ struct Decision {
 }
 
 impl Decision {
-    fn new(agent: &Agent, rule: Option<RuleRef>) -> Self {
-        match rule {
-            Some(rule) if rule.action == action::DENY => Decision {
-                verdict: if agent.entry.mode == mode::MONITOR {
-                    verdict::WOULD_DENY
-                } else {
-                    verdict::DENY
-                },
-                rule_id: rule.rule_id,
-            },
-            Some(rule) => Decision {
-                verdict: verdict::ALLOW,
-                rule_id: rule.rule_id,
-            },
-            None => Decision {
-                verdict: verdict::ALLOW,
-                rule_id: NO_RULE,
-            },
-        }
+    /// The decision of `rule` (an `ALLOW` or `DENY`), or without one, the
+    /// profile's default: deny when the entry has `default_deny_flag`.
+    fn new(agent: &Agent, rule: Option<RuleRef>, default_deny_flag: u32) -> Self {
+        let (deny, rule_id) = match rule {
+            Some(rule) => (rule.action == action::DENY, rule.rule_id),
+            None => (agent.entry.flags & default_deny_flag != 0, NO_RULE),
+        };
+        let verdict = if !deny {
+            verdict::ALLOW
+        } else if agent.entry.mode == mode::MONITOR {
+            verdict::WOULD_DENY
+        } else {
+            verdict::DENY
+        };
+        Decision { verdict, rule_id }
     }
 
     fn recorded(&self, agent: &Agent) -> bool {
@@ -171,7 +203,12 @@ fn record(agent: &Agent, hook_id: u32, decision: &Decision, fill: impl FnOnce(&m
             addr_of_mut!((*event).boot_ns),
             generated::bpf_ktime_get_boot_ns(),
         );
+        put(addr_of_mut!((*event).generation), agent.generation);
         put(addr_of_mut!((*event).agent_cgroup), agent.cgroup);
+        put(
+            addr_of_mut!((*event).cgroup),
+            generated::bpf_get_current_cgroup_id(),
+        );
         put(addr_of_mut!((*event).ino), 0);
         put(addr_of_mut!((*event).dev), 0);
         put(addr_of_mut!((*event).pid), pid_tgid as u32);
@@ -266,11 +303,19 @@ fn try_exec(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     // SAFETY: the verifier checks this load against the kernel's BTF.
     let file: Kptr =
         unsafe { core::ptr::read_volatile(bprm.add(kernel::bprm_file_offset()) as *const Kptr) };
-    let identity = kernel::inode_identity(kernel::file_inode(file)?)?;
+    let inode = kernel::file_inode(file)?;
+    let identity = kernel::inode_identity(inode)?;
     let scratch = scratch()?;
 
     // SAFETY: the value is a plain Copy struct, copied out at once.
-    let mut rule = unsafe { EXEC_IDENTITY.get(&identity.key(agent.entry.profile)) }.copied();
+    let mut rule = match unsafe { EXEC_IDENTITY.get(&identity.key(agent.entry.profile)) }.copied() {
+        // A pinned file changed since guardd hashed it: not the file the
+        // rule names any more.
+        Some(pinned) if pinned.flags & exec_flag::PINNED != 0 => (kernel::inode_ctime(inode)?
+            == (pinned.ctime_sec, pinned.ctime_nsec))
+            .then_some(pinned.rule),
+        found => found.map(|r| r.rule),
+    };
     // SAFETY: the path pointer is the file's typed f_path; the buffer is a map value of D_PATH_LEN bytes.
     let path_len = unsafe {
         generated::bpf_d_path(
@@ -298,7 +343,7 @@ fn try_exec(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
         rule = EXEC_PATHS.get(&*key).copied();
     }
 
-    let decision = Decision::new(agent, rule);
+    let decision = Decision::new(agent, rule, agent_flag::EXEC_DEFAULT_DENY);
     if decision.recorded(agent) {
         record(agent, hook::EXEC, &decision, |event| {
             set_identity(event, Some(identity));
@@ -310,42 +355,95 @@ fn try_exec(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
 
 // ---------------------------------------------------------------- files ---
 
-/// Decides on destroying the file at `dentry` (in mount `vfsmount`): denied
-/// when its name is protected, or it or any ancestor directory is protected.
-fn check_destroy(
+/// What a file hook is about to do to its target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FileOp {
+    /// Unlink, rmdir, rename away or over, truncate.
+    Destroy,
+    /// Open for write, or create an entry in a directory.
+    Write,
+}
+
+/// What a file hook id does to its target.
+fn file_op(hook_id: u32) -> FileOp {
+    match hook_id {
+        hook::CREATE
+        | hook::MKDIR
+        | hook::SYMLINK
+        | hook::LINK
+        | hook::OPEN_WRITE
+        | hook::RENAME_INTO => FileOp::Write,
+        _ => FileOp::Destroy,
+    }
+}
+
+/// Whether a file rule's `action` denies `op`: read-only denies both,
+/// protect (`DENY`) only destruction, `ALLOW` neither.
+fn file_rule_denies(rule_action: u32, op: FileOp) -> bool {
+    match rule_action {
+        action::ALLOW => false,
+        action::READ_ONLY => true,
+        _ => op == FileOp::Destroy,
+    }
+}
+
+/// Decides on the action of `hook_id` on the file at `dentry` (in mount `vfsmount`; for a
+/// creation, the new, still negative dentry). A name rule that denies `op`
+/// decides first; then the rule of the nearest of the file and its ancestor
+/// directories that has one; then the profile's default.
+fn check_file(
     agent: &Agent,
     hook_id: u32,
     vfsmount: Kptr,
     dentry: Kptr,
 ) -> Result<bool, ReadError> {
-    let scratch = scratch()?;
-    let profile = agent.entry.profile;
-    let mut rule = kernel::find_protected_name(profile, dentry, scratch)?;
-    if rule.is_none() {
-        rule = match kernel::find_protected(profile, dentry, vfsmount)? {
-            Protection::Protected(rule) => Some(rule),
-            Protection::Clear => None,
-            Protection::TooDeep => {
-                // Fails open like other internal limits; counted and reported.
-                count(Counter::WalkTooDeep);
-                None
-            }
-        };
+    let op = file_op(hook_id);
+    if op == FileOp::Write && agent.entry.flags & agent_flag::DECIDE_WRITES == 0 {
+        return Ok(false);
     }
-    let decision = Decision::new(agent, rule);
+    let profile = agent.entry.profile;
+    let (dentry_arg, vfsmount_arg) = (kernel::as_scalar(dentry)?, kernel::as_scalar(vfsmount)?);
+    let mut rule = kernel::unpack(kernel::guard_name_rule(profile, dentry_arg))?
+        .filter(|rule| file_rule_denies(rule.action, op));
+    if rule.is_none() {
+        let packed = kernel::guard_file_rule(profile, dentry_arg, vfsmount_arg);
+        if packed & kernel::TOO_DEEP != 0 {
+            // Left to the profile's default; counted and reported.
+            count(Counter::WalkTooDeep);
+        }
+        rule = kernel::unpack(packed)?;
+    }
+    let rule = rule.map(|rule| RuleRef {
+        rule_id: rule.rule_id,
+        action: if file_rule_denies(rule.action, op) {
+            action::DENY
+        } else {
+            action::ALLOW
+        },
+    });
+    let decision = Decision::new(agent, rule, agent_flag::FILES_DEFAULT_DENY);
     if decision.recorded(agent) {
         let identity = kernel::dentry_identity(dentry).unwrap_or(None);
-        let built = kernel::build_path(dentry, vfsmount, scratch);
+        let built = kernel::guard_build_path(dentry_arg, vfsmount_arg);
+        let (start, flags) = (built as u32 as usize, (built >> 32) as u32);
+        let scratch = scratch()?;
         let path = scratch
             .walk
             .as_ptr()
-            .wrapping_add(built.start & (maps::WALK_LEN - 1));
+            .wrapping_add(start & (maps::WALK_LEN - 1));
         record(agent, hook_id, &decision, |event| {
             set_identity(event, identity);
-            set_path(event, path, maps::WALK_LEN - built.start, built.flags);
+            set_path(event, path, maps::WALK_LEN - start, flags);
         });
     }
     Ok(decision.denies())
+}
+
+/// `check_file` for a hook whose arguments are a directory's `struct path`
+/// and a dentry in it.
+fn check_in_dir(agent: &Agent, hook_id: u32, dir: Kptr, dentry: Kptr) -> Result<bool, ReadError> {
+    let (vfsmount, _) = kernel::path_parts(dir)?;
+    check_file(agent, hook_id, vfsmount, dentry)
 }
 
 /// Denies unlinking a protected file (path_unlink).
@@ -355,8 +453,7 @@ fn check_destroy(
 #[inline(always)]
 fn path_unlink(ctx: LsmContext) -> i32 {
     decide_hook(&ctx, lsm::PATH_UNLINK, |agent| {
-        let (vfsmount, _) = kernel::path_parts(ctx.arg(0))?;
-        check_destroy(agent, hook::UNLINK, vfsmount, ctx.arg(1))
+        check_in_dir(agent, hook::UNLINK, ctx.arg(0), ctx.arg(1))
     })
 }
 
@@ -367,14 +464,14 @@ fn path_unlink(ctx: LsmContext) -> i32 {
 #[inline(always)]
 fn path_rmdir(ctx: LsmContext) -> i32 {
     decide_hook(&ctx, lsm::PATH_RMDIR, |agent| {
-        let (vfsmount, _) = kernel::path_parts(ctx.arg(0))?;
-        check_destroy(agent, hook::RMDIR, vfsmount, ctx.arg(1))
+        check_in_dir(agent, hook::RMDIR, ctx.arg(0), ctx.arg(1))
     })
 }
 
-/// Denies renaming a protected file away and renaming another file over a
-/// protected one. Renaming a new name *into* a protected directory creates
-/// and destroys nothing, so it is allowed.
+/// Denies renaming a protected file away, renaming another file over a
+/// protected one, and renaming anything into a read-only directory.
+/// Renaming a new name into a (merely) protected directory destroys
+/// nothing, so it is allowed.
 #[lsm(hook = "path_rename")]
 // Inlined into the wrapper the macro generates: as a separate global
 // function taking a struct by value, 6.1\'s verifier rejects it.
@@ -388,15 +485,17 @@ fn try_rename(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     let old_dentry: Kptr = ctx.arg(1);
     let new_dir: Kptr = ctx.arg(2);
     let new_dentry: Kptr = ctx.arg(3);
-    let (old_mnt, _) = kernel::path_parts(old_dir)?;
-    if check_destroy(agent, hook::RENAME, old_mnt, old_dentry)? {
+    if check_in_dir(agent, hook::RENAME, old_dir, old_dentry)? {
         return Ok(true);
     }
-    if kernel::dentry_identity(new_dentry)?.is_none() {
-        return Ok(false);
-    }
-    let (new_mnt, _) = kernel::path_parts(new_dir)?;
-    check_destroy(agent, hook::RENAME, new_mnt, new_dentry)
+    // Over an existing file: destroying it (which a read-only directory
+    // denies too). Otherwise: a new entry in the directory.
+    let new_side = if kernel::dentry_identity(new_dentry)?.is_some() {
+        hook::RENAME
+    } else {
+        hook::RENAME_INTO
+    };
+    check_in_dir(agent, new_side, new_dir, new_dentry)
 }
 
 /// Denies truncate(2) of a protected file (and, before 6.2, ftruncate(2) and
@@ -408,13 +507,13 @@ fn try_rename(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
 fn path_truncate(ctx: LsmContext) -> i32 {
     decide_hook(&ctx, lsm::PATH_TRUNCATE, |agent| {
         let (vfsmount, dentry) = kernel::path_parts(ctx.arg(0))?;
-        check_destroy(agent, hook::TRUNCATE, vfsmount, dentry)
+        check_file(agent, hook::TRUNCATE, vfsmount, dentry)
     })
 }
 
-/// Denies opening a non-empty protected file with O_TRUNC. Opens without
-/// O_TRUNC, and O_TRUNC on an empty or new file, destroy nothing and are not
-/// decisions.
+/// Denies opening a non-empty protected file with O_TRUNC, and opening a
+/// read-only file for write. Read-only opens, and O_TRUNC on an empty or new
+/// file, destroy nothing and are not decisions on destruction.
 #[lsm(hook = "file_open")]
 // Inlined into the wrapper the macro generates: as a separate global
 // function taking a struct by value, 6.1\'s verifier rejects it.
@@ -425,13 +524,19 @@ fn file_open(ctx: LsmContext) -> i32 {
 
 fn try_file_open(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     let file: Kptr = ctx.arg(0);
-    if kernel::file_flags(file)? & O_TRUNC == 0
-        || kernel::inode_size(kernel::file_inode(file)?)? <= 0
-    {
+    let flags = kernel::file_flags(file)?;
+    if flags & O_ACCMODE == O_RDONLY {
         return Ok(false);
     }
     let (vfsmount, dentry) = kernel::path_parts(kernel::file_path(file))?;
-    check_destroy(agent, hook::OPEN_TRUNC, vfsmount, dentry)
+    // Truncating a non-empty file destroys its content (denied wherever
+    // writing is, too); any other open for write writes.
+    let hook_id = if flags & O_TRUNC != 0 && kernel::inode_size(kernel::file_inode(file)?)? > 0 {
+        hook::OPEN_TRUNC
+    } else {
+        hook::OPEN_WRITE
+    };
+    check_file(agent, hook_id, vfsmount, dentry)
 }
 
 /// Denies ftruncate(2) (and open with O_TRUNC) of a protected file on kernels
@@ -443,7 +548,51 @@ fn try_file_open(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
 fn file_truncate(ctx: LsmContext) -> i32 {
     decide_hook(&ctx, lsm::FILE_TRUNCATE, |agent| {
         let (vfsmount, dentry) = kernel::path_parts(kernel::file_path(ctx.arg(0)))?;
-        check_destroy(agent, hook::FILE_TRUNCATE, vfsmount, dentry)
+        check_file(agent, hook::FILE_TRUNCATE, vfsmount, dentry)
+    })
+}
+
+/// Denies creating a file (open with O_CREAT, mknod) in a read-only directory.
+#[lsm(hook = "path_mknod")]
+// Inlined into the wrapper the macro generates: as a separate global
+// function taking a struct by value, 6.1\'s verifier rejects it.
+#[inline(always)]
+fn path_mknod(ctx: LsmContext) -> i32 {
+    decide_hook(&ctx, lsm::PATH_MKNOD, |agent| {
+        check_in_dir(agent, hook::CREATE, ctx.arg(0), ctx.arg(1))
+    })
+}
+
+/// Denies creating a directory in a read-only directory.
+#[lsm(hook = "path_mkdir")]
+// Inlined into the wrapper the macro generates: as a separate global
+// function taking a struct by value, 6.1\'s verifier rejects it.
+#[inline(always)]
+fn path_mkdir(ctx: LsmContext) -> i32 {
+    decide_hook(&ctx, lsm::PATH_MKDIR, |agent| {
+        check_in_dir(agent, hook::MKDIR, ctx.arg(0), ctx.arg(1))
+    })
+}
+
+/// Denies creating a symlink in a read-only directory.
+#[lsm(hook = "path_symlink")]
+// Inlined into the wrapper the macro generates: as a separate global
+// function taking a struct by value, 6.1\'s verifier rejects it.
+#[inline(always)]
+fn path_symlink(ctx: LsmContext) -> i32 {
+    decide_hook(&ctx, lsm::PATH_SYMLINK, |agent| {
+        check_in_dir(agent, hook::SYMLINK, ctx.arg(0), ctx.arg(1))
+    })
+}
+
+/// Denies creating a hard link in a read-only directory.
+#[lsm(hook = "path_link")]
+// Inlined into the wrapper the macro generates: as a separate global
+// function taking a struct by value, 6.1\'s verifier rejects it.
+#[inline(always)]
+fn path_link(ctx: LsmContext) -> i32 {
+    decide_hook(&ctx, lsm::PATH_LINK, |agent| {
+        check_in_dir(agent, hook::LINK, ctx.arg(1), ctx.arg(2))
     })
 }
 
@@ -538,7 +687,11 @@ fn check_destination(
         return Ok(false);
     };
     let proto = socket_protocol(sock)?;
-    let decision = Decision::new(agent, find_net_rule(agent.entry.profile, &dest, proto));
+    let decision = Decision::new(
+        agent,
+        find_net_rule(agent.entry.profile, &dest, proto),
+        agent_flag::NETWORK_DEFAULT_DENY,
+    );
     if decision.recorded(agent) {
         record(agent, hook_id, &decision, |event| {
             event.family = dest.family;

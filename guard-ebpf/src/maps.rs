@@ -2,42 +2,61 @@
 //! `guard_common::{map, capacity}`; the loader looks them up by those names.
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::{Array, ArrayOfMaps},
+    macros::{btf_map, map},
     maps::{HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use guard_common::{
-    AgentEntry, COUNTER_SLOTS, EVENT_PATH_LEN, ExecPathKey, IdentityKey, NameKey, NetKey,
-    NetRuleSet, RuleRef, capacity,
+    AgentEntry, AgentKey, COUNTER_SLOTS, EVENT_PATH_LEN, ExecIdentityRule, ExecPathKey,
+    GenerationInfo, IdentityKey, NameKey, NetKey, NetRuleSet, RuleRef, SLOTS, capacity,
 };
 
-/// agent cgroup id → agent entry. Written by the daemon, read by every hook.
-#[map]
-pub static AGENTS: HashMap<u64, AgentEntry> = HashMap::with_max_entries(capacity::AGENTS, 0);
+/// The generation in force: element 0 is an array map holding its
+/// `GenerationInfo`. The daemon switches generations by replacing that inner
+/// map, one atomic update; the kernel then waits for running programs to
+/// finish before the update returns, so the daemon knows when the old slot
+/// is idle.
+#[btf_map]
+pub static GENERATION: ArrayOfMaps<Array<GenerationInfo, 1>, 1> = ArrayOfMaps::new();
 
-/// (profile, dev, ino) → rule: executables denied by file identity.
+/// The inner maps `GENERATION` switches between, one per slot. Declared
+/// here, not created by the daemon, so that they are created from the same
+/// BTF as `GENERATION`'s inner-map template: 6.1 refuses an inner map whose
+/// BTF-derived metadata differs from the template's.
+#[btf_map]
+pub static GENERATION_SLOT_0: Array<GenerationInfo, 1> = Array::new();
+#[btf_map]
+pub static GENERATION_SLOT_1: Array<GenerationInfo, 1> = Array::new();
+
+/// (cgroup, slot) → agent entry. Written by the daemon, read by every hook.
 #[map]
-pub static EXEC_IDENTITY: HashMap<IdentityKey, RuleRef> =
-    HashMap::with_max_entries(capacity::EXEC_IDENTITY, 0);
+pub static AGENTS: HashMap<AgentKey, AgentEntry> =
+    HashMap::with_max_entries(capacity::AGENTS * SLOTS, 0);
+
+/// (profile, dev, ino) → rule: exec rules by file identity.
+#[map]
+pub static EXEC_IDENTITY: HashMap<IdentityKey, ExecIdentityRule> =
+    HashMap::with_max_entries(capacity::EXEC_IDENTITY * SLOTS, 0);
 
 /// LPM (profile, resolved path) → rule: exec path rules (exact and subtree).
 #[map]
 pub static EXEC_PATHS: LpmTrie<ExecPathKey, RuleRef> =
-    LpmTrie::with_max_entries(capacity::EXEC_PATHS, 0);
+    LpmTrie::with_max_entries(capacity::EXEC_PATHS * SLOTS, 0);
 
 /// (profile, dev, ino) → rule: protected files and directory subtrees.
 #[map]
 pub static FILE_IDENTITY: HashMap<IdentityKey, RuleRef> =
-    HashMap::with_max_entries(capacity::FILE_IDENTITY, 0);
+    HashMap::with_max_entries(capacity::FILE_IDENTITY * SLOTS, 0);
 
 /// LPM (profile, reversed file name) → rule: protected names.
 #[map]
 pub static FILE_NAMES: LpmTrie<NameKey, RuleRef> =
-    LpmTrie::with_max_entries(capacity::FILE_NAMES, 0);
+    LpmTrie::with_max_entries(capacity::FILE_NAMES * SLOTS, 0);
 
 /// LPM (profile, IPv6 or IPv4-mapped address) → port-range rules.
 #[map]
 pub static NET_RULES: LpmTrie<NetKey, NetRuleSet> =
-    LpmTrie::with_max_entries(capacity::NET_RULES, 0);
+    LpmTrie::with_max_entries(capacity::NET_RULES * SLOTS, 0);
 
 /// Decision records for the daemon.
 #[map]

@@ -24,18 +24,33 @@ pub fn bin(name: &str) -> PathBuf {
 /// A running guardd.
 pub struct Guardd {
     child: Child,
+    pub policy: PathBuf,
     pub events: PathBuf,
     pub log: PathBuf,
+    /// Its control socket.
+    pub socket: PathBuf,
 }
 
 impl Guardd {
     /// Writes `policy` into `dir`, starts guardd on it with Guard's cgroup at
-    /// `cgroup_root`, and waits until it logs "enforcing".
+    /// `cgroup_root` and its control socket in `dir`, and waits until it logs
+    /// "enforcing".
     pub fn start(dir: &Path, policy: &str, cgroup_root: &str) -> Guardd {
+        Self::start_with_env(dir, policy, cgroup_root, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables for guardd.
+    pub fn start_with_env(
+        dir: &Path,
+        policy: &str,
+        cgroup_root: &str,
+        env: &[(&str, &str)],
+    ) -> Guardd {
         let policy_path = dir.join("policy.yaml");
         fs::write(&policy_path, policy).expect("write policy");
         let events = dir.join("events.jsonl");
         let log = dir.join("guardd.log");
+        let socket = dir.join("control.sock");
         let child = Command::new(bin("guardd"))
             .arg("--policy")
             .arg(&policy_path)
@@ -43,15 +58,24 @@ impl Guardd {
             .arg(&events)
             .arg("--cgroup-root")
             .arg(cgroup_root)
+            .arg("--socket")
+            .arg(&socket)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("create log"))
             .spawn()
             .expect("start guardd");
-        let mut guardd = Guardd { child, events, log };
+        let mut guardd = Guardd {
+            child,
+            policy: policy_path,
+            events,
+            log,
+            socket,
+        };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let text = guardd.log_text();
-            if text.contains("enforcing") {
+            if claims_enforcing(&text) {
                 return guardd;
             }
             if let Some(status) = guardd.child.try_wait().expect("poll guardd") {
@@ -63,6 +87,79 @@ impl Guardd {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Runs `guardctl ARGS` against this guardd; returns its output.
+    pub fn guardctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("guardctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run guardctl")
+    }
+
+    /// `guardctl status --json`.
+    pub fn status(&self) -> Value {
+        let output = self.guardctl(&["status", "--json"]);
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "guardctl status: {e}; stderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+    }
+
+    /// Writes a new policy and reloads with `guardctl reload`; returns the
+    /// generation now in force, or guardctl's exit code and stderr.
+    pub fn reload(&self, policy: &str) -> Result<u64, (i32, String)> {
+        fs::write(&self.policy, policy).expect("write policy");
+        let output = self.guardctl(&["reload"]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if output.status.success() {
+            let generation = stdout
+                .split_whitespace()
+                .nth(1)
+                .and_then(|g| g.parse().ok())
+                .unwrap_or_else(|| panic!("guardctl reload: unexpected output {stdout}"));
+            Ok(generation)
+        } else {
+            Err((
+                output.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ))
+        }
+    }
+
+    /// Runs guard-probe as agent `agent` (via `guardctl run`) in `cwd`.
+    pub fn probe(&self, agent: &str, cwd: &Path, args: &[&str]) -> Outcome {
+        self.probe_with(&["--agent", agent], cwd, args)
+    }
+
+    /// Runs guard-probe through `guardctl run RUN_ARGS --` in `cwd`.
+    pub fn probe_with(&self, run_args: &[&str], cwd: &Path, args: &[&str]) -> Outcome {
+        let output = self
+            .probe_command(run_args, args)
+            .current_dir(cwd)
+            .output()
+            .expect("run guardctl");
+        parse_outcome(
+            output,
+            &format!("guardctl run {run_args:?} -- guard-probe {args:?}"),
+        )
+    }
+
+    /// The `guardctl run RUN_ARGS -- guard-probe ARGS` command.
+    pub fn probe_command(&self, run_args: &[&str], args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("guardctl"));
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .arg("run")
+            .args(run_args)
+            .arg("--")
+            .arg(bin("guard-probe"))
+            .args(args);
+        cmd
     }
 
     pub fn log_text(&self) -> String {
@@ -111,6 +208,11 @@ impl Guardd {
             .collect()
     }
 
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
     /// Sends SIGTERM and waits; returns the exit code and the log.
     pub fn stop(mut self) -> (Option<i32>, String) {
         // SAFETY: signalling our own child.
@@ -135,7 +237,7 @@ pub struct Outcome {
     pub errno: Option<i32>,
 }
 
-fn parse_outcome(output: std::process::Output, what: &str) -> Outcome {
+pub fn parse_outcome(output: std::process::Output, what: &str) -> Outcome {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout.lines().last().unwrap_or_else(|| {
         panic!(
@@ -152,21 +254,6 @@ fn parse_outcome(output: std::process::Output, what: &str) -> Outcome {
     }
 }
 
-/// Runs guard-probe as agent `agent` (via `guardctl run`) in `cwd`.
-pub fn probe_as(agent: &str, cgroup_root: &str, cwd: &Path, args: &[&str]) -> Outcome {
-    let output = Command::new(bin("guardctl"))
-        .args(["run", "--agent", agent, "--cgroup-root", cgroup_root, "--"])
-        .arg(bin("guard-probe"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run guardctl");
-    parse_outcome(
-        output,
-        &format!("guardctl run --agent {agent} -- guard-probe {args:?}"),
-    )
-}
-
 /// Runs guard-probe untagged.
 pub fn probe_untagged(cwd: &Path, args: &[&str]) -> Outcome {
     let output = Command::new(bin("guard-probe"))
@@ -175,4 +262,10 @@ pub fn probe_untagged(cwd: &Path, args: &[&str]) -> Outcome {
         .output()
         .expect("run guard-probe");
     parse_outcome(output, &format!("guard-probe {args:?}"))
+}
+
+/// Whether guardd's log claims it is enforcing (its INFO line `enforcing: ...`).
+pub fn claims_enforcing(log: &str) -> bool {
+    log.lines()
+        .any(|l| l.contains("INFO") && l.contains("enforcing:"))
 }

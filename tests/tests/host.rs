@@ -53,7 +53,11 @@ fn guardd_never_claims_enforcing_on_a_host_that_cannot() {
         return; // This host can enforce; the VM tests cover that case.
     }
     let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("p.yaml"), "agents:\n  - name: a\n").unwrap();
+    fs::write(
+        dir.path().join("p.yaml"),
+        "profiles:\n  - name: a\n    default: allow\nagents:\n  - name: a\n    profile: a\n",
+    )
+    .unwrap();
     let (code, stdout, stderr) = run(Command::new(bin("guardd"))
         .arg("--policy")
         .arg(dir.path().join("p.yaml"))
@@ -84,7 +88,7 @@ fn guardd_never_claims_enforcing_on_a_host_that_cannot() {
 fn invalid_policy_is_refused_with_line_and_exit_4() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("bad.yaml");
-    fs::write(&policy, "agents:\n  - name: a\n    network:\n      deny:\n        - id: x\n          cidr: 10.0.0.0/99\n").unwrap();
+    fs::write(&policy, "profiles:\n  - name: a\n    default: allow\n    network:\n      deny:\n        - id: x\n          cidr: 10.0.0.0/99\nagents: []\n").unwrap();
     for cmd in [
         Command::new(bin("guardctl"))
             .args(["policy", "check"])
@@ -94,7 +98,7 @@ fn invalid_policy_is_refused_with_line_and_exit_4() {
         let (code, _, stderr) = run(cmd);
         assert_eq!(code, Some(4), "{stderr}");
         assert!(
-            stderr.contains("line 5") && stderr.contains("not an IP address or CIDR"),
+            stderr.contains("line 6") && stderr.contains("not an IP address or CIDR"),
             "{stderr}"
         );
     }
@@ -102,30 +106,20 @@ fn invalid_policy_is_refused_with_line_and_exit_4() {
 
 #[test]
 #[ignore = "needs root; run by `cargo xtask test`"]
-fn example_policies_are_valid() {
-    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-    let mut checked = 0;
-    for entry in fs::read_dir(examples).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            let (code, stdout, stderr) = run(Command::new(bin("guardctl"))
-                .args(["policy", "check"])
-                .arg(&path));
-            assert_eq!(code, Some(0), "{}: {stderr}", path.display());
-            assert!(stdout.contains("valid"), "{stdout}");
-            checked += 1;
-        }
+fn guardctl_says_when_guardd_is_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    for args in [&["run", "--agent", "a", "--", "true"][..], &["status"]] {
+        let (code, _, stderr) = run(Command::new(bin("guardctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(args));
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains("cannot reach guardd") && stderr.contains("control.sock"),
+            "{stderr}"
+        );
     }
-    assert!(checked > 0, "no example policies found in {examples}");
-}
-
-#[test]
-#[ignore = "needs root; run by `cargo xtask test`"]
-fn guardctl_run_names_an_unknown_agent() {
-    let (code, _, stderr) =
-        run(Command::new(bin("guardctl")).args(["run", "--agent", "no-such-agent", "--", "true"]));
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("no agent `no-such-agent`"), "{stderr}");
 }
 
 /// Whether guardd's log claims it is enforcing (its INFO line `enforcing: ...`).

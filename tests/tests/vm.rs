@@ -11,7 +11,7 @@ use std::{
     sync::OnceLock,
 };
 
-use guard_tests::{EPERM, Guardd, Outcome, bin, probe_as, probe_untagged};
+use guard_tests::{EPERM, Guardd, Outcome, bin, claims_enforcing, probe_untagged};
 use serde_json::Value;
 
 const ROOT: &str = "guard-test";
@@ -60,6 +60,15 @@ fn rules(dir: &Path, prefix: &str) -> String {
           name: "*.sqlite"
         - id: {prefix}files-env
           name: .env
+      read_only:
+        - id: {prefix}files-read-only
+          subtree: {d}/read-only
+          message: configuration agents may read, not change
+        - id: {prefix}files-pem
+          name: "*.pem"
+      writable:
+        - id: {prefix}files-writable-inside
+          subtree: {d}/read-only/scratch
     network:
       deny:
         - id: {prefix}net-v4
@@ -75,6 +84,21 @@ fn rules(dir: &Path, prefix: &str) -> String {
           protocol: udp
 "#
     )
+}
+
+/// A policy of `profiles` (YAML list items) with one agent per name in
+/// `agents`, running the profile of the same name.
+fn policy_of(profiles: &str, agents: &[&str]) -> String {
+    let mut text = format!("profiles:\n{profiles}agents:\n");
+    for agent in agents {
+        text += &format!("  - name: {agent}\n    profile: {agent}\n");
+    }
+    text
+}
+
+/// A profile that allows everything by default and has no rules.
+fn open_profile(name: &str) -> String {
+    format!("  - name: {name}\n    default: allow\n")
 }
 
 fn copy_executable(from: &Path, to: &Path) {
@@ -117,6 +141,7 @@ fn set_up() -> Env {
             "protected",
             "open",
             "monitored",
+            "read-only/scratch",
         ] {
             fs::create_dir_all(dir.join(sub)).expect("create fixture dirs");
         }
@@ -146,10 +171,13 @@ fn set_up() -> Env {
         )
         .expect("hard link");
 
-        let policy = format!(
-            "agents:\n  - name: {TAGGED}\n    mode: enforce\n    record_allowed: true\n{}  - name: {WATCHER}\n    mode: monitor\n{}",
-            rules(&dir, ""),
-            rules(&dir, "w-")
+        let policy = policy_of(
+            &format!(
+                "  - name: {TAGGED}\n    mode: enforce\n    default: allow\n    record_allowed: true\n{}  - name: {WATCHER}\n    mode: monitor\n    default: allow\n{}",
+                rules(&dir, ""),
+                rules(&dir, "w-")
+            ),
+            &[TAGGED, WATCHER],
         );
         let guardd = Guardd::start(&dir, &policy, ROOT);
         Env { guardd, dir }
@@ -158,7 +186,7 @@ fn set_up() -> Env {
 
 fn tagged(args: &[&str]) -> Outcome {
     let e = env();
-    probe_as(TAGGED, ROOT, &e.dir, args)
+    e.guardd.probe(TAGGED, &e.dir, args)
 }
 
 fn untagged(args: &[&str]) -> Outcome {
@@ -176,8 +204,25 @@ fn assert_denied(outcome: Outcome, action: &str, target: &str, rule: &str) -> Va
         r["verdict"] == "deny" && r["action"] == action
     });
     assert_eq!(record["agent"], TAGGED, "{record}");
+    assert_eq!(record["profile"], TAGGED, "{record}");
     assert_eq!(record["target"], target, "{record}");
     assert_eq!(record["rule"], rule, "{record}");
+    // Who and under which policy: every record names its session, the
+    // launching user, the generation and the policy's digest.
+    assert!(
+        record["session"].as_str().is_some_and(|s| s.len() == 36),
+        "{record}"
+    );
+    assert_eq!(record["user"]["uid"], 0, "{record}");
+    assert!(
+        record["generation"].as_u64().is_some_and(|g| g >= 1),
+        "{record}"
+    );
+    assert_eq!(
+        record["policy_sha256"].as_str().map(str::len),
+        Some(64),
+        "{record}"
+    );
     assert!(
         record["time"].as_str().is_some_and(|t| t.contains('T')),
         "{record}"
@@ -193,7 +238,7 @@ fn assert_allowed_tagged(outcome: Outcome, action: &str, target: &str) {
         r["action"] == action && r["target"] == target
     });
     assert_eq!(record["verdict"], "allow", "{record}");
-    assert!(record.get("rule").is_none(), "{record}");
+    assert_eq!(record["rule"], "default", "{record}");
 }
 
 fn assert_untagged_ok(outcome: Outcome) {
@@ -266,12 +311,9 @@ fn exec_denied_via_hard_link_by_identity() {
 #[test]
 fn exec_denied_via_relative_path() {
     let e = env();
-    let outcome = probe_as(
-        TAGGED,
-        ROOT,
-        &e.path("tools"),
-        &["exec", "./denied-tool", "true"],
-    );
+    let outcome = e
+        .guardd
+        .probe(TAGGED, &e.path("tools"), &["exec", "./denied-tool", "true"]);
     assert_denied(
         outcome,
         "exec",
@@ -562,21 +604,25 @@ fn child_cgroup_of_an_agent_is_still_tagged() {
         "files-protected-dir",
     );
     assert_intact(&path, "protected/child-cgroup.txt");
-    // The record names the agent's cgroup, not the child's.
-    let agent_cgroup = fs::metadata(format!("/sys/fs/cgroup/{ROOT}/{TAGGED}"))
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        .unwrap();
-    assert_eq!(r["agent_cgroup"], agent_cgroup);
-    assert!(Path::new(&format!("/sys/fs/cgroup/{ROOT}/{TAGGED}/sub")).is_dir());
+    // The session's entry applied; the record names the child cgroup the
+    // process ran in, and the session it belongs to.
+    let session = r["session"].as_str().expect("a session").to_string();
+    let ino = |path: String| {
+        fs::metadata(&path)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    let session_dir = format!("/sys/fs/cgroup/{ROOT}/{TAGGED}/{session}");
+    assert_eq!(r["agent_cgroup"], ino(session_dir.clone()), "{r}");
+    assert_eq!(r["cgroup"], ino(format!("{session_dir}/sub")), "{r}");
 }
 
 #[test]
 fn monitor_mode_allows_and_records_would_deny() {
     let e = env();
     file("protected/monitored.txt");
-    let outcome = probe_as(
+    let outcome = e.guardd.probe(
         WATCHER,
-        ROOT,
         &e.dir,
         &["unlink", &e.p("protected/monitored.txt")],
     );
@@ -587,9 +633,8 @@ fn monitor_mode_allows_and_records_would_deny() {
     assert_eq!(r["agent"], WATCHER);
     assert_eq!(r["rule"], "w-files-protected-dir");
 
-    let outcome = probe_as(
+    let outcome = e.guardd.probe(
         WATCHER,
-        ROOT,
         &e.dir,
         &["exec", &e.p("tools/denied-tool"), "true"],
     );
@@ -725,17 +770,9 @@ fn guardctl_run_passes_exit_status_streams_and_signals() {
     let e = env();
     let run = |script: &str| {
         std::process::Command::new(bin("guardctl"))
-            .args([
-                "run",
-                "--agent",
-                TAGGED,
-                "--cgroup-root",
-                ROOT,
-                "--",
-                "sh",
-                "-c",
-                script,
-            ])
+            .arg("--socket")
+            .arg(&e.guardd.socket)
+            .args(["run", "--agent", TAGGED, "--", "sh", "-c", script])
             .current_dir(&e.dir)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -774,29 +811,46 @@ fn sigterm_detaches() {
     fs::create_dir_all(dir.join("keep")).unwrap();
     let victim = dir.join("keep/file.txt");
     fs::write(&victim, "keep").unwrap();
-    let policy = format!(
-        "agents:\n  - name: short-lived\n    files:\n      protect:\n        - id: keep\n          subtree: {}\n",
-        dir.join("keep").display()
+    let policy = policy_of(
+        &format!(
+            "  - name: short-lived\n    default: allow\n    files:\n      protect:\n        - id: keep\n          subtree: {}\n",
+            dir.join("keep").display()
+        ),
+        &["short-lived"],
     );
     let root = "guard-detach-test";
     let guardd = Guardd::start(&dir, &policy, root);
-    let denied = probe_as(
+    let denied = guardd.probe(
         "short-lived",
-        root,
         &dir,
         &["truncate", &victim.display().to_string()],
     );
     assert_eq!(denied.errno, Some(EPERM));
+    // A process still running in a session when guardd stops.
+    let mut sleeper = guardd
+        .probe_command(&["--agent", "short-lived"], &["exec", "/bin/sleep", "60"])
+        .spawn()
+        .expect("start an agent");
+    let sessions = format!("/sys/fs/cgroup/{root}/short-lived");
+    wait_populated(&sessions);
     let (code, log) = guardd.stop();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
     assert_eq!(code, Some(0), "guardd exits 0 on SIGTERM:\n{log}");
     assert!(log.contains("detached"), "{log}");
-    // The agent cgroup is still there, but nothing enforces any more.
-    let after = probe_as(
-        "short-lived",
-        root,
-        &dir,
-        &["truncate", &victim.display().to_string()],
-    );
+    assert!(log.contains("1 session(s) still have processes"), "{log}");
+    // The cgroups are still there, but nothing enforces any more.
+    let procs = fs::read_dir(&sessions)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .expect("a session cgroup")
+        .path()
+        .join("cgroup.procs");
+    let mut cmd = std::process::Command::new(bin("guard-probe"));
+    cmd.args(["truncate", &victim.display().to_string()]);
+    join_cgroup_on_exec(&mut cmd, &procs);
+    let after = guard_tests::parse_outcome(cmd.output().unwrap(), "probe after detach");
     assert_eq!(
         after.errno, None,
         "after detaching, the operation is no longer denied"
@@ -804,48 +858,56 @@ fn sigterm_detaches() {
 }
 
 #[test]
-fn agents_missing_from_a_new_policy_are_reported_unconfined() {
+fn cgroups_guard_does_not_know_are_locked() {
     let e = env();
     let root = "guard-stale-test";
     let (first, second) = (e.path("stale/first"), e.path("stale/second"));
     fs::create_dir_all(&first).unwrap();
     fs::create_dir_all(&second).unwrap();
-    let guardd = Guardd::start(&first, "agents:\n  - name: old\n", root);
-    let mut sleeper = std::process::Command::new(bin("guardctl"))
-        .args([
-            "run",
-            "--agent",
-            "old",
-            "--cgroup-root",
-            root,
-            "--",
-            "sleep",
-            "60",
-        ])
+    let guardd = Guardd::start(&first, &policy_of(&open_profile("old"), &["old"]), root);
+    let mut sleeper = guardd
+        .probe_command(&["--agent", "old"], &["exec", "/bin/sleep", "60"])
         .spawn()
         .expect("start an agent");
-    let procs = format!("/sys/fs/cgroup/{root}/old/cgroup.procs");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while fs::read_to_string(&procs)
-        .unwrap_or_default()
-        .trim()
-        .is_empty()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent never joined its cgroup"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_populated(&format!("/sys/fs/cgroup/{root}/old"));
     guardd.stop();
-    let guardd = Guardd::start(&second, "agents:\n  - name: new\n", root);
+    // A new guardd whose policy no longer has the agent: its session is
+    // reported, and what runs there may do nothing.
+    let guardd = Guardd::start(&second, &policy_of(&open_profile("new"), &["new"]), root);
     let log = guardd.log_text();
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     assert!(
-        log.contains("agent `old` is not in this policy") && log.contains("NOT confined"),
+        log.contains(&format!("{root}/old")) && log.contains("every action of theirs is denied"),
         "{log}"
     );
+    // A cgroup made next to the sessions (the way out of a profile an agent
+    // with root might try) is locked too.
+    let escape = format!("/sys/fs/cgroup/{root}/new/escape");
+    fs::create_dir_all(&escape).unwrap();
+    let mut cmd = std::process::Command::new(bin("guard-probe"));
+    cmd.arg("true");
+    join_cgroup_on_exec(&mut cmd, &Path::new(&escape).join("cgroup.procs"));
+    let error = cmd.output().expect_err("the exec is denied");
+    assert_eq!(error.raw_os_error(), Some(EPERM), "{error}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let record = loop {
+        if let Some(r) = guardd
+            .records()
+            .into_iter()
+            .find(|r| r["profile"] == "locked" && r["action"] == "exec")
+        {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no locked record");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(
+        (record["verdict"].as_str(), record["rule"].as_str()),
+        (Some("deny"), Some("default")),
+        "{record}"
+    );
+    let _ = fs::remove_dir(&escape);
 }
 
 // --------------------------------------------------------------- readiness --
@@ -869,7 +931,11 @@ fn readiness_canary_catches_a_hook_that_is_not_attached() {
     let e = env();
     let dir = e.path("canary-fault");
     fs::create_dir_all(&dir).unwrap();
-    fs::write(dir.join("policy.yaml"), "agents:\n  - name: a\n").unwrap();
+    fs::write(
+        dir.join("policy.yaml"),
+        policy_of(&open_profile("a"), &["a"]),
+    )
+    .unwrap();
     for hook in ["socket_connect", "path_unlink", "bprm_check_security"] {
         let out = std::process::Command::new(bin("guardd"))
             .arg("--policy")
@@ -905,7 +971,11 @@ fn guardd_refuses_a_kernel_without_bpf_lsm() {
         "this test needs a kernel booted without bpf in lsm= (got {lsm})"
     );
     let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("policy.yaml"), "agents:\n  - name: a\n").unwrap();
+    fs::write(
+        dir.path().join("policy.yaml"),
+        policy_of(&open_profile("a"), &["a"]),
+    )
+    .unwrap();
     let out = std::process::Command::new(bin("guardd"))
         .arg("--policy")
         .arg(dir.path().join("policy.yaml"))
@@ -929,8 +999,860 @@ fn guardd_refuses_a_kernel_without_bpf_lsm() {
     assert!(out.stdout.is_empty(), "no records");
 }
 
-/// Whether guardd's log claims it is enforcing (its INFO line `enforcing: ...`).
-fn claims_enforcing(log: &str) -> bool {
-    log.lines()
-        .any(|l| l.contains("INFO") && l.contains("enforcing:"))
+/// Waits until the cgroup at `dir` (or one below it) has a process.
+fn wait_populated(dir: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !fs::read_to_string(format!("{dir}/cgroup.events"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l == "populated 1")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no process ever joined {dir}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Makes `cmd` join the cgroup of `procs` before exec, without guardctl.
+fn join_cgroup_on_exec(cmd: &mut std::process::Command, procs: &Path) {
+    use std::os::unix::process::CommandExt;
+    let procs = procs.to_path_buf();
+    // SAFETY: only a write(2) to a file opened before, between fork and exec.
+    let file = fs::OpenOptions::new().write(true).open(&procs).unwrap();
+    unsafe {
+        cmd.pre_exec(move || {
+            use std::io::Write;
+            (&file).write_all(b"0")
+        });
+    }
+}
+
+// --------------------------------------------------------- read-only files --
+
+#[test]
+fn read_only_subtree_denies_writing_and_creating() {
+    let e = env();
+    let path = file("read-only/config.toml");
+    let target = e.p("read-only/config.toml");
+    let denied = |args: &[&str], action: &str, target: &str, rule: &str| {
+        let r = assert_denied(tagged(args), action, target, rule);
+        assert_eq!(
+            r["message"], "configuration agents may read, not change",
+            "{r}"
+        );
+    };
+    denied(
+        &["open-write", &target],
+        "open_write",
+        &target,
+        "files-read-only",
+    );
+    denied(&["unlink", &target], "unlink", &target, "files-read-only");
+    denied(
+        &["truncate", &target],
+        "truncate",
+        &target,
+        "files-read-only",
+    );
+    let new = e.p("read-only/new.txt");
+    denied(&["create", &new], "create", &new, "files-read-only");
+    let dir = e.p("read-only/newdir");
+    denied(&["mkdir", &dir], "mkdir", &dir, "files-read-only");
+    let link = e.p("read-only/link");
+    denied(
+        &["symlink", "/etc/hostname", &link],
+        "symlink",
+        &link,
+        "files-read-only",
+    );
+    let outside = file("open/outside.txt");
+    let hard = e.p("read-only/hard");
+    denied(
+        &["link", &outside.display().to_string(), &hard],
+        "link",
+        &hard,
+        "files-read-only",
+    );
+    let moved = e.p("read-only/moved.txt");
+    denied(
+        &["rename", &outside.display().to_string(), &moved],
+        "rename_into",
+        &moved,
+        "files-read-only",
+    );
+    assert_intact(&path, "read-only/config.toml");
+    for gone in ["new.txt", "newdir", "link", "hard", "moved.txt"] {
+        assert!(
+            !e.path("read-only").join(gone).exists(),
+            "{gone} was created"
+        );
+    }
+    // Reading is not a decision; writing elsewhere is allowed.
+    assert_eq!(tagged(&["read", &target]).errno, None);
+    let open = file("open/writable.txt");
+    assert_allowed_tagged(
+        tagged(&["open-write", &open.display().to_string()]),
+        "open_write",
+        &open.display().to_string(),
+    );
+    // The nearest rule decides: a writable directory inside the read-only one.
+    let scratch = e.p("read-only/scratch/note.txt");
+    let r = tagged(&["create", &scratch]);
+    assert_eq!(r.errno, None, "writable inside read-only");
+    let record = e
+        .guardd
+        .record(r.pid, |r| r["action"] == "create" && r["target"] == scratch);
+    assert_eq!(
+        (record["verdict"].as_str(), record["rule"].as_str()),
+        (Some("allow"), Some("files-writable-inside"))
+    );
+}
+
+#[test]
+fn read_only_names_anywhere() {
+    let key = file("open/server.pem");
+    let target = key.display().to_string();
+    assert_denied(
+        tagged(&["open-write", &target]),
+        "open_write",
+        &target,
+        "files-pem",
+    );
+    assert_denied(tagged(&["unlink", &target]), "unlink", &target, "files-pem");
+    assert_intact(&key, "open/server.pem");
+}
+
+#[test]
+fn untagged_writes_to_read_only_subtrees_are_not_confined() {
+    let e = env();
+    file("read-only/untagged.txt");
+    assert_untagged_ok(untagged(&["open-write", &e.p("read-only/untagged.txt")]));
+    assert_untagged_ok(untagged(&["create", &e.p("read-only/untagged-new.txt")]));
+}
+
+// --------------------------------------------------------------- sessions --
+
+#[test]
+fn sessions_carry_labels_user_and_profile() {
+    let e = env();
+    file("protected/labelled.txt");
+    let target = e.p("protected/labelled.txt");
+    let outcome = e.guardd.probe_with(
+        &[
+            "--agent",
+            TAGGED,
+            "--label",
+            "ticket=OPS-7",
+            "--label",
+            "model=test-model",
+        ],
+        &e.dir,
+        &["unlink", &target],
+    );
+    let r = assert_denied(outcome, "unlink", &target, "files-protected-dir");
+    assert_eq!(r["labels"]["ticket"], "OPS-7", "{r}");
+    assert_eq!(r["labels"]["model"], "test-model", "{r}");
+    assert_eq!(r["user"]["name"], "root", "{r}");
+    assert_eq!(r["message"], "production data", "{r}");
+    // The session is in the daemon's table while it runs, not after.
+    let session = r["session"].as_str().unwrap();
+    assert!(r.get("parent_session").is_none(), "{r}");
+
+    // Another profile for one session: the watcher's, in monitor mode.
+    let outcome = e.guardd.probe_with(
+        &["--agent", TAGGED, "--profile", WATCHER],
+        &e.dir,
+        &["unlink", &target],
+    );
+    assert_eq!(outcome.errno, None, "monitor mode does not deny");
+    let r = e.guardd.record(outcome.pid, |r| r["action"] == "unlink");
+    assert_eq!(
+        (
+            r["verdict"].as_str(),
+            r["profile"].as_str(),
+            r["agent"].as_str()
+        ),
+        (Some("would_deny"), Some(WATCHER), Some(TAGGED)),
+        "{r}"
+    );
+    assert_ne!(r["session"], session, "every run is a new session");
+}
+
+#[test]
+fn sub_agents_nest_in_their_parent_session() {
+    let e = env();
+    file("protected/sub-agent.txt");
+    let target = e.p("protected/sub-agent.txt");
+    let guardctl = bin("guardctl").display().to_string();
+    let probe = bin("guard-probe").display().to_string();
+    // An agent launching a sub-agent: guardctl run inside guardctl run.
+    let outcome = e.guardd.probe_with(
+        &["--agent", TAGGED, "--label", "role=lead"],
+        &e.dir,
+        &[
+            "exec",
+            &guardctl,
+            "--socket",
+            &e.guardd.socket.display().to_string(),
+            "run",
+            "--agent",
+            TAGGED,
+            "--label",
+            "role=helper",
+            "--",
+            &probe,
+            "unlink",
+            &target,
+        ],
+    );
+    let r = assert_denied(outcome, "unlink", &target, "files-protected-dir");
+    assert_eq!(r["labels"]["role"], "helper", "{r}");
+    let parent = r["parent_session"].as_str().expect("a parent session");
+    assert_ne!(r["session"].as_str(), Some(parent));
+
+    // A sub-agent cannot pick a looser profile, and agents cannot reload.
+    let inner = |args: &[&str]| {
+        let mut all = vec!["exec", guardctl.as_str(), "--socket"];
+        let socket = e.guardd.socket.display().to_string();
+        let socket: &'static str = Box::leak(socket.into_boxed_str());
+        all.push(socket);
+        all.extend_from_slice(args);
+        e.guardd
+            .probe_command(&["--agent", TAGGED], &all)
+            .current_dir(&e.dir)
+            .output()
+            .unwrap()
+    };
+    let out = inner(&["run", "--agent", TAGGED, "--profile", WATCHER, "--", "true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("parent session's profile"), "{stderr}");
+    let out = inner(&["reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("agents cannot change the policy"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn guardctl_run_names_an_unknown_agent() {
+    let e = env();
+    let out = e
+        .guardd
+        .guardctl(&["run", "--agent", "no-such-agent", "--", "true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no agent `no-such-agent`"), "{stderr}");
+}
+
+#[test]
+fn guardctl_status_shows_hooks_generation_modes_and_sessions() {
+    let e = env();
+    let status = e.guardd.status();
+    assert_eq!(status["enforcing"], true, "{status:#}");
+    assert!(status["generation"].as_u64().is_some_and(|g| g >= 1));
+    assert_eq!(status["policy_sha256"].as_str().map(str::len), Some(64));
+    let hooks = status["hooks"].as_array().unwrap();
+    for required in [
+        "bprm_check_security",
+        "path_unlink",
+        "socket_connect",
+        "path_mknod",
+    ] {
+        let hook = hooks.iter().find(|h| h["name"] == required).unwrap();
+        assert_eq!(
+            (&hook["attached"], &hook["enforcing"]),
+            (&Value::Bool(true), &Value::Bool(true)),
+            "{hook}"
+        );
+    }
+    let mode = |name: &str| {
+        status["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["mode"].clone())
+    };
+    assert_eq!(mode(TAGGED), Some("enforce".into()));
+    assert_eq!(mode(WATCHER), Some("monitor".into()));
+    assert!(
+        mode(".canary").is_none(),
+        "the canary is not a user profile"
+    );
+    // A session that is running shows up.
+    let mut sleeper = e
+        .guardd
+        .probe_command(
+            &["--agent", TAGGED, "--label", "ticket=S-1"],
+            &["exec", "/bin/sleep", "30"],
+        )
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let found = loop {
+        let sessions = e.guardd.status()["sessions"].clone();
+        if let Some(s) = sessions
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["labels"]["ticket"] == "S-1")
+        {
+            break s.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "session not listed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(found["agent"], TAGGED);
+    assert_eq!(found["uid"], 0);
+    let text = e.guardd.guardctl(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("enforcing: yes") && text.contains("MONITOR"),
+        "{text}"
+    );
+}
+
+// ------------------------------------------------------- default deny ----
+
+/// A guardd of its own with a locked-down profile: everything not allowed
+/// is denied.
+#[test]
+fn a_default_deny_profile_allows_only_its_rules() {
+    let e = env();
+    let dir = e.path("locked");
+    fs::create_dir_all(dir.join("work")).unwrap();
+    fs::create_dir_all(dir.join("outside")).unwrap();
+    let probe = bin("guard-probe");
+    copy_executable(&probe, &dir.join("other-tool"));
+    copy_executable(&probe, &dir.join("pinned-tool"));
+    copy_executable(&probe, &dir.join("wrong-pin"));
+    copy_executable(&probe, &dir.join("chmod-tool"));
+    // The copies have the same content, so one digest pins both.
+    let pinned_sha = sha256_of(&dir.join("pinned-tool"));
+    let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let d = dir.display();
+    let policy = policy_of(
+        &format!(
+            r#"  - name: locked
+    default: deny
+    record_allowed: true
+    exec:
+      allow:
+        - id: the-probe
+          path: {probe}
+        - id: pinned
+          path: {d}/pinned-tool
+          sha256: {pinned_sha}
+        - id: wrong-pin
+          path: {d}/wrong-pin
+          sha256: {zeros}
+        - id: chmod-pin
+          path: {d}/chmod-tool
+          sha256: {pinned_sha}
+    files:
+      writable:
+        - id: workspace
+          subtree: {d}/work
+    network:
+      allow:
+        - id: local-api
+          cidr: 127.0.0.1
+          ports: {port}
+          protocol: tcp
+"#,
+            probe = probe.display(),
+            zeros = "0".repeat(64),
+        ),
+        &["locked"],
+    );
+    let guardd = Guardd::start(&dir, &policy, "guard-locked-test");
+    assert!(
+        guardd.log_text().contains("`wrong-pin`"),
+        "a digest mismatch is reported:\n{}",
+        guardd.log_text()
+    );
+    let run = |args: &[&str]| guardd.probe("locked", &dir, args);
+    // The outcome and the record of `action` on `target`.
+    let verdict = |outcome: Outcome, action: &str, target: &str| {
+        let r = guardd.record(outcome.pid, |r| {
+            r["action"] == action && r["target"] == target
+        });
+        (
+            outcome.errno,
+            r["verdict"].as_str().unwrap().to_string(),
+            r["rule"].as_str().unwrap().to_string(),
+        )
+    };
+    let allowed = |rule: &str| (None, "allow".to_string(), rule.to_string());
+    let by_default = (Some(EPERM), "deny".to_string(), "default".to_string());
+
+    // exec: the probe itself is allowed by its rule (guardctl execs it).
+    let probe_path = probe.display().to_string();
+    assert_eq!(
+        verdict(run(&["true"]), "exec", &probe_path),
+        allowed("the-probe")
+    );
+    let other = dir.join("other-tool").display().to_string();
+    assert_eq!(
+        verdict(run(&["exec", &other, "true"]), "exec", &other),
+        by_default
+    );
+    let pinned = dir.join("pinned-tool").display().to_string();
+    assert_eq!(
+        verdict(run(&["exec", &pinned, "true"]), "exec", &pinned),
+        allowed("pinned")
+    );
+    let wrong = dir.join("wrong-pin").display().to_string();
+    assert_eq!(
+        verdict(run(&["exec", &wrong, "true"]), "exec", &wrong),
+        by_default
+    );
+
+    // network
+    let ok = format!("127.0.0.1:{port}");
+    assert_eq!(
+        verdict(run(&["connect-tcp", &ok]), "connect", &ok),
+        allowed("local-api")
+    );
+    let other_port = format!("127.0.0.1:{}", port.wrapping_add(1));
+    assert_eq!(
+        verdict(run(&["connect-tcp", &other_port]), "connect", &other_port),
+        by_default
+    );
+
+    // files: writes and destruction only in the workspace.
+    let inside = dir.join("work/a.txt").display().to_string();
+    assert_eq!(
+        verdict(run(&["create", &inside]), "create", &inside),
+        allowed("workspace")
+    );
+    assert_eq!(
+        verdict(run(&["unlink", &inside]), "unlink", &inside),
+        allowed("workspace")
+    );
+    fs::write(dir.join("outside/b.txt"), "b").unwrap();
+    let outside = dir.join("outside/b.txt").display().to_string();
+    assert_eq!(
+        verdict(run(&["open-write", &outside]), "open_write", &outside),
+        by_default
+    );
+    assert_eq!(
+        verdict(run(&["unlink", &outside]), "unlink", &outside),
+        by_default
+    );
+    let created = dir.join("outside/c.txt").display().to_string();
+    assert_eq!(
+        verdict(run(&["create", &created]), "create", &created),
+        by_default
+    );
+    assert!(dir.join("outside/b.txt").exists() && !dir.join("outside/c.txt").exists());
+
+    // A pinned file that changes is no longer the file the rule allows: the
+    // kernel sees its change time differ at once, and guardd notices the
+    // change and publishes a generation without the entry.
+    let generation = guardd.status()["generation"].as_u64().unwrap();
+    {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("pinned-tool"))
+            .unwrap();
+        f.write_all(b"tampered").unwrap();
+    }
+    assert_eq!(
+        verdict(run(&["exec", &pinned, "true"]), "exec", &pinned),
+        by_default
+    );
+    let generation = wait_for_generation(&guardd, generation + 1)["generation"]
+        .as_u64()
+        .unwrap();
+    assert!(guardd.log_text().contains("not the one the rule names"));
+    assert_eq!(
+        verdict(run(&["exec", &pinned, "true"]), "exec", &pinned),
+        by_default
+    );
+    // A new change time with the same content: guardd re-hashes and
+    // publishes the entry with the new change time.
+    let chmodded = dir.join("chmod-tool").display().to_string();
+    fs::set_permissions(&chmodded, fs::Permissions::from_mode(0o700)).unwrap();
+    wait_for_generation(&guardd, generation + 1);
+    assert_eq!(
+        verdict(run(&["exec", &chmodded, "true"]), "exec", &chmodded),
+        allowed("chmod-pin")
+    );
+    drop(listener);
+}
+
+fn sha256_of(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("sha256sum output")
+        .to_string()
+}
+
+/// Waits until the generation in force is at least `generation`.
+fn wait_for_generation(guardd: &Guardd, generation: u64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = guardd.status();
+        if status["generation"]
+            .as_u64()
+            .is_some_and(|g| g >= generation)
+        {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "generation {generation} never came: {status:#}\n{}",
+            guardd.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+// ----------------------------------------------------------------- reload --
+
+#[test]
+fn reload_switches_policy_and_refuses_a_broken_one() {
+    let e = env();
+    let dir = e.path("reload");
+    for sub in ["a", "b"] {
+        fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let protecting = |sub: &str| {
+        policy_of(
+            &format!(
+                "  - name: r\n    default: allow\n    files:\n      protect:\n        - id: keep-{sub}\n          subtree: {}\n",
+                dir.join(sub).display()
+            ),
+            &["r"],
+        )
+    };
+    let guardd = Guardd::start(&dir, &protecting("a"), "guard-reload-test");
+    let unlink = |sub: &str| {
+        let path = dir.join(sub).join("f");
+        fs::write(&path, "f").unwrap();
+        let outcome = guardd.probe("r", &dir, &["unlink", &path.display().to_string()]);
+        let _ = fs::remove_file(&path);
+        outcome.errno
+    };
+    assert_eq!((unlink("a"), unlink("b")), (Some(EPERM), None));
+
+    // guardctl reload.
+    let second = guardd.reload(&protecting("b")).expect("reload");
+    assert!(second >= 2);
+    let digest_b = guardd.status()["policy_sha256"].clone();
+    assert_eq!((unlink("a"), unlink("b")), (None, Some(EPERM)));
+
+    // A broken policy is refused with its line; the generation in force stays.
+    let broken = protecting("a").replace("subtree:", "subtre:");
+    let (code, stderr) = guardd.reload(&broken).unwrap_err();
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains("line 7") && stderr.contains("subtre"),
+        "{stderr}"
+    );
+    let status = guardd.status();
+    assert_eq!(status["generation"], second);
+    assert!(
+        status["last_rejected"]
+            .as_str()
+            .is_some_and(|m| m.contains("line 7"))
+    );
+    assert_eq!((unlink("a"), unlink("b")), (None, Some(EPERM)));
+    let missing = protecting("a").replace("/reload/a", "/reload/missing");
+    assert_eq!(guardd.reload(&missing).unwrap_err().0, 4);
+    assert_eq!(guardd.status()["generation"], second);
+
+    // SIGHUP.
+    fs::write(&guardd.policy, protecting("a")).unwrap();
+    guardd.signal(libc::SIGHUP);
+    wait_for_generation(&guardd, second + 1);
+    assert_eq!((unlink("a"), unlink("b")), (Some(EPERM), None));
+
+    // A change of the file alone.
+    fs::write(&guardd.policy, protecting("b")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while guardd.status()["policy_sha256"] != digest_b {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            guardd.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!((unlink("a"), unlink("b")), (None, Some(EPERM)));
+    let log = guardd.log_text();
+    assert!(
+        log.contains("SIGHUP") && log.contains("file changed"),
+        "{log}"
+    );
+}
+
+#[test]
+fn generation_swaps_are_atomic_under_load() {
+    let e = env();
+    let dir = e.path("swap");
+    fs::create_dir_all(&dir).unwrap();
+    let target = "127.0.0.2:7";
+    // A denies the target by a rule; B denies by default and allows it by
+    // a rule. A decision made from a mix of the two would show up as a
+    // verdict or rule that does not belong to the policy of its record.
+    let a = policy_of(
+        "  - name: s\n    default: allow\n    record_allowed: true\n    network:\n      deny:\n        - id: a-denies\n          cidr: 127.0.0.2\n          ports: 7\n",
+        &["s"],
+    );
+    let b = policy_of(
+        "  - name: s\n    default: deny\n    record_allowed: true\n    network:\n      allow:\n        - id: b-allows\n          cidr: 127.0.0.2\n          ports: 7\n",
+        &["s"],
+    )
+    .replace("default: deny", "default: {exec: allow, files: allow, network: deny}");
+    let guardd = Guardd::start(&dir, &a, "guard-swap-test");
+    let digest_a = guardd.status()["policy_sha256"].clone();
+    let stop = dir.join("stop");
+    let hammer = guardd
+        .probe_command(
+            &["--agent", "s"],
+            &["connect-udp-loop", target, &stop.display().to_string()],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let swaps = 100;
+    let mut digest_b = Value::Null;
+    for i in 0..swaps {
+        let text = if i % 2 == 0 { &b } else { &a };
+        guardd.reload(text).expect("reload");
+        if i == 0 {
+            digest_b = guardd.status()["policy_sha256"].clone();
+        }
+    }
+    assert_ne!(digest_a, digest_b);
+    // Enough decisions: keep hammering until there are 10,000.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while guardd
+        .records()
+        .iter()
+        .filter(|r| r["action"] == "connect")
+        .count()
+        < 10_000
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    fs::write(&stop, "").unwrap();
+    let out = hammer.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    let pid = report["pid"].as_u64().unwrap() as u32;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let records: Vec<Value> = guardd
+        .records()
+        .into_iter()
+        .filter(|r| r["pid"] == pid && r["action"] == "connect")
+        .collect();
+    let (allowed, denied) = (
+        report["allowed"].as_u64().unwrap(),
+        report["denied"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        records.len() as u64,
+        allowed + denied,
+        "one record per decision"
+    );
+    assert!(records.len() >= 10_000, "{} decisions", records.len());
+    let mut generations = std::collections::BTreeSet::new();
+    let mut mixed = Vec::new();
+    for r in &records {
+        generations.insert(r["generation"].as_u64().unwrap());
+        let expected = if r["policy_sha256"] == digest_a {
+            ("deny", "a-denies")
+        } else {
+            assert_eq!(r["policy_sha256"], digest_b, "{r}");
+            ("allow", "b-allows")
+        };
+        if (r["verdict"].as_str().unwrap(), r["rule"].as_str().unwrap()) != expected {
+            mixed.push(r.clone());
+        }
+    }
+    assert!(
+        mixed.is_empty(),
+        "{} mixed decisions, e.g. {:#}",
+        mixed.len(),
+        mixed[0]
+    );
+    assert!(
+        generations.len() > swaps / 2,
+        "decisions spanned only {} generations",
+        generations.len()
+    );
+    println!(
+        "{} decisions over {} generations ({} swaps), 0 mixed",
+        records.len(),
+        generations.len(),
+        swaps
+    );
+}
+
+#[test]
+fn readiness_canary_after_reload_catches_a_broken_attachment() {
+    let e = env();
+    let dir = e.path("canary-reload");
+    fs::create_dir_all(&dir).unwrap();
+    let policy = policy_of(&open_profile("c"), &["c"]);
+    let guardd = Guardd::start_with_env(
+        &dir,
+        &policy,
+        "guard-canary-reload-test",
+        &[("GUARD_FAULT_DETACH_ON_RELOAD", "socket_connect")],
+    );
+    assert_eq!(guardd.status()["enforcing"], true);
+    let out = guardd.guardctl(&["reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("NOT enforcing") && stderr.contains("socket_connect"),
+        "{stderr}"
+    );
+    let status = guardd.status();
+    assert_eq!(status["enforcing"], false, "{status:#}");
+    let hook = status["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "socket_connect")
+        .unwrap()
+        .clone();
+    assert_eq!(hook["enforcing"], false, "{hook}");
+    let out = guardd.guardctl(&["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "status exits 1 when not enforcing"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("enforcing: NO"));
+    assert!(guardd.log_text().contains("NOT enforcing"));
+}
+
+// --------------------------------------------------------------- examples --
+
+/// The example policy (examples/policy.yaml) loads, and each of its three
+/// profiles denies what its comments say.
+#[test]
+fn example_profiles_load_and_enforce() {
+    let examples = std::env::var("GUARD_EXAMPLES")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../examples").into());
+    let policy = fs::read_to_string(Path::new(&examples).join("policy.yaml")).unwrap();
+    for dir in ["workspace/.git/hooks", "data", "scratch"] {
+        fs::create_dir_all(Path::new("/srv/agents").join(dir)).unwrap();
+    }
+    let e = env();
+    let dir = e.path("examples");
+    fs::create_dir_all(&dir).unwrap();
+    let check = std::process::Command::new(bin("guardctl"))
+        .args(["policy", "check"])
+        .arg(Path::new(&examples).join("policy.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let guardd = Guardd::start(&dir, &policy, "guard-examples-test");
+
+    // coding: writes only in the workspace; git hooks read-only; no egress
+    // but the registry.
+    fs::write("/srv/agents/workspace/.git/hooks/pre-commit", "#!/bin/sh\n").unwrap();
+    let coder = |args: &[&str]| guardd.probe("coder", &dir, args);
+    assert_eq!(
+        coder(&["create", "/srv/agents/workspace/main.rs"]).errno,
+        None
+    );
+    assert_eq!(
+        coder(&["open-write", "/srv/agents/workspace/.git/hooks/pre-commit"]).errno,
+        Some(EPERM)
+    );
+    assert_eq!(coder(&["create", "/srv/agents/data/x"]).errno, Some(EPERM));
+    assert_eq!(coder(&["connect-tcp", "10.20.0.5:5432"]).errno, Some(EPERM));
+
+    // data-analysis: source data is never deleted; only the database is
+    // reachable (no route in the VM, but not EPERM).
+    fs::write("/srv/agents/data/events.parquet", "data").unwrap();
+    let analyst = |args: &[&str]| guardd.probe("analyst", &dir, args);
+    assert_eq!(
+        analyst(&["unlink", "/srv/agents/data/events.parquet"]).errno,
+        Some(EPERM)
+    );
+    assert!(Path::new("/srv/agents/data/events.parquet").exists());
+    assert_ne!(
+        analyst(&["connect-tcp", "10.20.0.5:5432"]).errno,
+        Some(EPERM)
+    );
+    assert_eq!(
+        analyst(&["connect-tcp", "10.30.0.5:443"]).errno,
+        Some(EPERM)
+    );
+
+    // locked-down: only programs in /usr/bin and /usr/local/bin run.
+    fs::create_dir_all("/usr/local/bin").unwrap();
+    copy_executable(&bin("guard-probe"), Path::new("/usr/local/bin/guard-probe"));
+    let sandboxed = |args: &[&str]| {
+        let output = std::process::Command::new(bin("guardctl"))
+            .arg("--socket")
+            .arg(&guardd.socket)
+            .args([
+                "run",
+                "--agent",
+                "sandboxed",
+                "--",
+                "/usr/local/bin/guard-probe",
+            ])
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        guard_tests::parse_outcome(output, "sandboxed probe")
+    };
+    assert_eq!(
+        sandboxed(&["create", "/srv/agents/scratch/out.txt"]).errno,
+        None
+    );
+    assert_eq!(
+        sandboxed(&["create", "/srv/agents/data/out.txt"]).errno,
+        Some(EPERM)
+    );
+    let outside_tool = bin("guard-probe").display().to_string();
+    assert_eq!(
+        sandboxed(&["exec", &outside_tool, "true"]).errno,
+        Some(EPERM),
+        "a program outside the allowed directories"
+    );
+    let r = guardd.record(sandboxed(&["connect-tcp", "127.0.0.1:9"]).pid, |r| {
+        r["action"] == "connect"
+    });
+    assert_eq!(
+        (r["verdict"].as_str(), r["rule"].as_str()),
+        (Some("deny"), Some("default"))
+    );
+    assert_eq!(r["profile"], "locked-down");
 }

@@ -163,10 +163,16 @@ fn initramfs(repo: &Repo, artifacts: &Artifacts) -> Result<PathBuf> {
         .collect();
     files.push((artifacts.vm_tests.clone(), "/guard/tests/vm".into()));
     files.push((repo.root.join("examples/demo.sh"), "/guard/demo.sh".into()));
+    // The kernel tests load the example policy.
+    files.push((
+        repo.root.join("examples/policy.yaml"),
+        "/guard/examples/policy.yaml".into(),
+    ));
     // GUARD_TEST_ARGS passes extra libtest arguments (a filter, --nocapture)
     // to the kernel tests; the no-lsm boot always runs its one test.
     let extra = std::env::var("GUARD_TEST_ARGS").unwrap_or_default();
-    let tests = "GUARD_BIN_DIR=/guard/bin /guard/tests/vm --test-threads=1";
+    let tests =
+        "GUARD_BIN_DIR=/guard/bin GUARD_EXAMPLES=/guard/examples /guard/tests/vm --test-threads=1";
     vm::initramfs(
         repo,
         &vm::Payload { files },
@@ -285,6 +291,19 @@ fn test(repo: &Repo) -> Result<()> {
         "--locked",
         "--release",
         "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The kernel tests are not a default test target (they run in VMs).
+    run(cargo(repo).args([
+        "clippy",
+        "--locked",
+        "--release",
+        "--package",
+        "guard-tests",
+        "--test",
+        "vm",
         "--",
         "-D",
         "warnings",

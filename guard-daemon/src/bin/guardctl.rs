@@ -1,34 +1,57 @@
-//! `guardctl`: launch agents and check policies.
+//! `guardctl`: launch agents, inspect and reload the daemon, check policies.
 
-use std::{ffi::OsString, path::PathBuf};
+use std::{collections::BTreeMap, ffi::OsString, path::PathBuf};
 
 use clap::{Parser, Subcommand};
-use guard_daemon::{cgroup, daemon, exit, launch};
+use guard_daemon::{
+    control::{self, Request, Response, Status},
+    daemon, exit, launch,
+};
 
-/// Launch agents under Guard and check policies.
+/// Launch agents under Guard, inspect and reload guardd, check policies.
 #[derive(Parser)]
 #[command(version, max_term_width = 100)]
 struct Args {
+    /// guardd's control socket.
+    #[arg(long, global = true, env = "GUARD_CONTROL_SOCKET", default_value = control::DEFAULT_SOCKET)]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a command as an agent: it and everything it starts are confined by
-    /// the agent's profile from its first instruction. Standard streams and
-    /// signals pass through; the exit status is the command's.
+    /// Run a command as an agent, in a new session: it and everything it
+    /// starts are confined by the session's profile from its first
+    /// instruction. Standard streams and signals pass through; the exit
+    /// status is the command's. The command sees its session id in
+    /// GUARD_SESSION. Run from inside a session, it starts a sub-agent
+    /// session under the same profile.
     Run {
-        /// Agent profile name, as in the running policy.
+        /// Agent name, as in the policy in force.
         #[arg(long, env = "GUARD_AGENT")]
         agent: String,
-        /// Guard's cgroup, relative to the cgroup2 mount (as given to guardd).
-        #[arg(long, env = "GUARD_CGROUP_ROOT", default_value = cgroup::DEFAULT_ROOT)]
-        cgroup_root: String,
+        /// Profile for this session instead of the agent's.
+        #[arg(long)]
+        profile: Option<String>,
+        /// A label recorded with the session and every record of it, e.g.
+        /// `--label ticket=OPS-12`. Repeatable.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
     },
+    /// Show whether guardd is enforcing: per hook, the generation and policy,
+    /// the mode and defaults per profile, sessions and counters.
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make guardd read its policy file again. Exit 0 when the new policy is
+    /// in force, 4 when it was refused (the old one stays in force).
+    Reload,
     /// Policy files.
     Policy {
         #[command(subcommand)]
@@ -46,33 +69,64 @@ enum PolicyCommand {
     },
 }
 
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
 fn main() {
     let args = Args::parse();
     let code = match args.command {
         Command::Run {
             agent,
-            cgroup_root,
+            profile,
+            labels,
             command,
-        } => {
-            let result = cgroup::cgroup2_mount()
-                .map_err(launch::LaunchError::from)
-                .and_then(|mount| launch::run(&mount, &cgroup_root, &agent, &command));
-            match result {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("guardctl: {e}");
-                    exit::FAILURE
+        } => run(&args.socket, agent, profile, labels, &command),
+        Command::Status { json } => match control::call(&args.socket, &Request::Status) {
+            Ok(Response::Status(status)) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&status).expect("status serializes")
+                    );
+                } else {
+                    print_status(&status);
+                }
+                if status.enforcing { 0 } else { exit::FAILURE }
+            }
+            other => fail(other),
+        },
+        Command::Reload => match control::call(&args.socket, &Request::Reload) {
+            Ok(Response::Reloaded {
+                generation,
+                policy_sha256,
+                problem,
+            }) => {
+                println!("generation {generation} in force (policy sha256 {policy_sha256})");
+                match problem {
+                    None => 0,
+                    Some(problem) => {
+                        eprintln!("guardctl: NOT enforcing: {problem}");
+                        exit::FAILURE
+                    }
                 }
             }
-        }
+            Ok(Response::PolicyRefused { message }) => {
+                eprintln!("guardctl: {message}");
+                exit::INVALID_POLICY
+            }
+            other => fail(other),
+        },
         Command::Policy {
             command: PolicyCommand::Check { file },
-        } => match daemon::load_policy(&file, Vec::new()) {
+        } => match daemon::load_policy(&file, None) {
             Ok(policy) => {
-                for note in &policy.notes {
+                for note in &policy.compiled.notes {
                     eprintln!("note: {note}");
                 }
-                println!("{}: valid: {}", file.display(), policy.summary());
+                println!("{}: valid: {}", file.display(), policy.compiled.summary());
                 0
             }
             Err(fatal) => {
@@ -82,4 +136,98 @@ fn main() {
         },
     };
     std::process::exit(code);
+}
+
+fn run(
+    socket: &std::path::Path,
+    agent: String,
+    profile: Option<String>,
+    labels: Vec<(String, String)>,
+    command: &[OsString],
+) -> i32 {
+    let request = Request::StartSession {
+        agent,
+        profile,
+        labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
+    };
+    let (session, procs) = match control::call(socket, &request) {
+        Ok(Response::Session {
+            session,
+            cgroup_procs,
+        }) => (session, cgroup_procs),
+        other => return fail(other),
+    };
+    match launch::run(&procs, &session.id, command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("guardctl: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// Reports an error or unexpected response; returns the exit code.
+fn fail(response: Result<Response, control::ClientError>) -> i32 {
+    match response {
+        Err(e) => eprintln!("guardctl: {e}"),
+        Ok(other) => eprintln!("guardctl: unexpected response from guardd: {other:?}"),
+    }
+    exit::FAILURE
+}
+
+fn print_status(status: &Status) {
+    match &status.problem {
+        None => println!("enforcing: yes"),
+        Some(problem) => println!("enforcing: NO ({problem})"),
+    }
+    println!(
+        "generation: {} (policy {}, sha256 {}, loaded {})",
+        status.generation,
+        status.policy_file.display(),
+        status.policy_sha256,
+        status.policy_loaded
+    );
+    if let Some(rejected) = &status.last_rejected {
+        println!("last reload refused: {rejected}");
+    }
+    println!("hooks:");
+    for hook in &status.hooks {
+        let state = match (hook.attached, hook.enforcing) {
+            (true, true) => "attached, enforcing",
+            (true, false) => "attached, NOT enforcing",
+            (false, _) => "not attached",
+        };
+        match &hook.note {
+            Some(note) => println!("  {:<22} {state} ({note})", hook.name),
+            None => println!("  {:<22} {state}", hook.name),
+        }
+    }
+    println!("profiles:");
+    for profile in &status.profiles {
+        let defaults: Vec<String> = profile
+            .defaults
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "  {:<22} {} (defaults {}; {} rules)",
+            profile.name,
+            profile.mode.to_uppercase(),
+            defaults.join(" "),
+            profile.rules
+        );
+    }
+    println!("sessions: {}", status.sessions.len());
+    for s in &status.sessions {
+        println!(
+            "  {} agent={} profile={} uid={} started={}",
+            s.id, s.agent, s.profile, s.uid, s.started
+        );
+    }
+    let counters: Vec<String> = status
+        .counters
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!("counters: {}", counters.join(" "));
 }

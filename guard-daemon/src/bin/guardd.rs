@@ -3,15 +3,20 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use guard_daemon::{cgroup, daemon, exit};
+use guard_daemon::{cgroup, control, daemon, exit};
 
 /// Enforce a Guard policy on agent cgroups with BPF LSM.
 ///
 /// guardd checks that this host can enforce (BPF LSM active, programs accepted
 /// by the kernel, BTF present), loads the programs, creates one cgroup per
-/// agent profile below the cgroup2 mount, writes the policy into the kernel,
-/// proves enforcement with a canary agent whose actions must be denied, logs
-/// "enforcing", and writes every decision as one JSON object per line.
+/// agent below the cgroup2 mount, publishes the policy to the kernel as
+/// generation 1, proves enforcement with a canary agent whose actions must be
+/// denied, logs "enforcing", and writes every decision as one JSON object per
+/// line. `guardctl run` starts sessions through the control socket.
+///
+/// The policy is reloaded on SIGHUP, when the policy file changes, and on
+/// `guardctl reload`; a policy that does not parse, validate or compile is
+/// refused with its line and reason, and the generation in force stays.
 /// SIGTERM or SIGINT detaches the programs and exits.
 ///
 /// Exit codes: 0 clean shutdown, 1 failure, 2 usage, 3 this host cannot
@@ -30,6 +35,10 @@ struct Args {
     /// Guard's cgroup, relative to the cgroup2 mount; agents are its children.
     #[arg(long, env = "GUARD_CGROUP_ROOT", default_value = cgroup::DEFAULT_ROOT)]
     cgroup_root: String,
+
+    /// Control socket for guardctl (sessions, status, reload); mode 0600.
+    #[arg(long, env = "GUARD_CONTROL_SOCKET", default_value = control::DEFAULT_SOCKET)]
+    socket: PathBuf,
 
     /// Only check whether this host can enforce (load and attach the
     /// programs, run the readiness canary, detach), and exit 0 or 3.
@@ -74,6 +83,7 @@ fn main() {
             policy: args.policy.expect("clap requires --policy"),
             events: args.events,
             cgroup_root: args.cgroup_root,
+            socket: args.socket,
         };
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -10,7 +10,14 @@
 //!   truncate PATH             truncate(2) to 0 bytes
 //!   open-trunc PATH           open(2) with O_WRONLY|O_TRUNC
 //!   ftruncate PATH            open(2) O_WRONLY, then ftruncate(2) to 0
+//!   open-write PATH           open(2) with O_WRONLY
+//!   read PATH                 open(2) with O_RDONLY
+//!   create PATH               open(2) with O_WRONLY|O_CREAT|O_EXCL
+//!   mkdir PATH | symlink TARGET PATH | link FROM TO
 //!   connect-tcp ADDR | connect-udp ADDR | sendto-udp ADDR   (ADDR: ip:port, [v6]:port)
+//!   connect-udp-loop ADDR STOP  connect(2) a UDP socket to ADDR once a
+//!                             millisecond until file STOP exists; reports
+//!                             `{"pid":N,"ok":true,"allowed":A,"denied":D}`
 //! --child-cgroup NAME first creates a child of the probe's own cgroup and
 //! moves the probe into it.
 
@@ -78,6 +85,27 @@ fn enter_child_cgroup(name: &str) -> io::Result<()> {
     std::fs::write(format!("{child}/cgroup.procs"), "0")
 }
 
+/// Connects one UDP socket to `to` over and over until `stop` exists, and
+/// reports how many connects were allowed and denied.
+fn connect_udp_loop(to: SocketAddr, stop: &Path) -> io::Result<()> {
+    let socket = UdpSocket::bind(unspecified_for(&to))?;
+    let (mut allowed, mut denied) = (0u64, 0u64);
+    for i in 0u64.. {
+        if i % 100 == 0 && stop.exists() {
+            break;
+        }
+        match socket.connect(to) {
+            Ok(()) => allowed += 1,
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => denied += 1,
+            Err(e) => return Err(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let pid = std::process::id();
+    println!(r#"{{"pid":{pid},"ok":true,"allowed":{allowed},"denied":{denied}}}"#);
+    std::process::exit(0);
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child-cgroup") {
@@ -114,6 +142,19 @@ fn main() {
             let fd = unsafe { libc::open(cstr(arg(1)).as_ptr(), libc::O_WRONLY) };
             check(fd).and_then(|()| check(unsafe { libc::ftruncate(fd, 0) }))
         }
+        "open-write" => check(unsafe { libc::open(cstr(arg(1)).as_ptr(), libc::O_WRONLY) }),
+        "read" => check(unsafe { libc::open(cstr(arg(1)).as_ptr(), libc::O_RDONLY) }),
+        "create" => check(unsafe {
+            libc::open(
+                cstr(arg(1)).as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                0o644,
+            )
+        }),
+        "mkdir" => check(unsafe { libc::mkdir(cstr(arg(1)).as_ptr(), 0o755) }),
+        "symlink" => check(unsafe { libc::symlink(cstr(arg(1)).as_ptr(), cstr(arg(2)).as_ptr()) }),
+        "link" => check(unsafe { libc::link(cstr(arg(1)).as_ptr(), cstr(arg(2)).as_ptr()) }),
+        "connect-udp-loop" => connect_udp_loop(addr(arg(1)), Path::new(arg(2))),
         "connect-tcp" => TcpStream::connect(addr(arg(1))).map(drop),
         "connect-udp" => {
             let a = addr(arg(1));

@@ -1,0 +1,326 @@
+//! Sessions: one per `guardctl run`. A session is a cgroup below its agent's
+//! cgroup (or below its parent session's, for a sub-agent), plus who started
+//! it and why. The daemon keeps the table; every record names its session.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Most labels a session may carry.
+pub const MAX_LABELS: usize = 32;
+/// How long an empty session is kept before it counts as ended: the time its
+/// launcher has to move the first process in.
+const EMPTY_GRACE: Duration = Duration::from_secs(10);
+/// How long an ended session stays in the table, so that late records still
+/// name it.
+const ENDED_KEPT: Duration = Duration::from_secs(600);
+
+/// A session, as recorded and as `guardctl status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub agent: String,
+    pub profile: String,
+    /// The launching user, from the control socket's peer credentials.
+    pub uid: u32,
+    pub user: Option<String>,
+    /// The launcher's login uid (the human behind `sudo`), when the kernel
+    /// tracks one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_uid: Option<u32>,
+    pub labels: BTreeMap<String, String>,
+    /// RFC 3339.
+    pub started: String,
+    /// The session that launched this one (a sub-agent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    pub cgroup: u64,
+    /// RFC 3339, once the session's last process has exited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+}
+
+/// What a session's records carry about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SessionRef {
+    pub session: String,
+    pub user: User,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_session: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub uid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_uid: Option<u32>,
+}
+
+impl Session {
+    pub fn reference(&self) -> SessionRef {
+        SessionRef {
+            session: self.id.clone(),
+            user: User {
+                uid: self.uid,
+                name: self.user.clone(),
+                login_uid: self.login_uid,
+            },
+            labels: self.labels.clone(),
+            parent_session: self.parent.clone(),
+        }
+    }
+}
+
+/// A live or recently ended session, with what the daemon needs to manage it.
+struct Entry {
+    session: Session,
+    path: PathBuf,
+    created: Instant,
+    ended_at: Option<Instant>,
+}
+
+/// The session table. Looked up by cgroup id: a record names the cgroup its
+/// process ran in, which is a session's or one below it.
+#[derive(Default)]
+pub struct Sessions {
+    entries: BTreeMap<String, Entry>,
+    /// cgroup id → session id, for the session cgroups and any cgroup looked
+    /// up since (`None`: in no session).
+    by_cgroup: BTreeMap<u64, Option<String>>,
+}
+
+impl Sessions {
+    pub fn insert(&mut self, session: Session, path: PathBuf) {
+        self.by_cgroup
+            .insert(session.cgroup, Some(session.id.clone()));
+        self.entries.insert(
+            session.id.clone(),
+            Entry {
+                session,
+                path,
+                created: Instant::now(),
+                ended_at: None,
+            },
+        );
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Session> {
+        self.entries.get(id).map(|e| &e.session)
+    }
+
+    pub fn path(&self, id: &str) -> Option<&Path> {
+        self.entries.get(id).map(|e| e.path.as_path())
+    }
+
+    /// The cgroups of the sessions whose processes may still run.
+    pub fn live_paths(&self) -> Vec<&Path> {
+        self.entries
+            .values()
+            .filter(|e| e.ended_at.is_none())
+            .map(|e| e.path.as_path())
+            .collect()
+    }
+
+    /// Sessions whose processes may still run.
+    pub fn live(&self) -> impl Iterator<Item = &Session> {
+        self.entries
+            .values()
+            .filter(|e| e.ended_at.is_none())
+            .map(|e| &e.session)
+    }
+
+    /// How many sessions have processes now.
+    pub fn populated(&self) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.ended_at.is_none() && crate::cgroup::populated(&e.path))
+            .count()
+    }
+
+    /// The session of a process in cgroup `cgroup`, which is a session's or
+    /// one an agent created below it (found by its directory's inode).
+    pub fn by_cgroup(&mut self, cgroup: u64) -> Option<&Session> {
+        if !self.by_cgroup.contains_key(&cgroup) {
+            // Sub-agent sessions lie inside their parent's: the deepest wins.
+            let found = self
+                .entries
+                .values()
+                .filter(|e| contains_cgroup(&e.path, cgroup))
+                .max_by_key(|e| e.path.components().count())
+                .map(|e| e.session.id.clone());
+            self.by_cgroup.insert(cgroup, found);
+        }
+        let id = self.by_cgroup.get(&cgroup)?.as_deref()?;
+        self.get(id)
+    }
+
+    /// Marks sessions whose cgroup is empty (after the grace period) as
+    /// ended, removes their cgroups, and forgets long-ended ones. Returns the
+    /// cgroup ids of the sessions that ended now.
+    pub fn reap(&mut self) -> Vec<u64> {
+        let mut ended = Vec::new();
+        // Innermost first, so a sub-agent's session ends before its parent's
+        // directory (which holds it) is removed.
+        let mut entries: Vec<&mut Entry> = self.entries.values_mut().collect();
+        entries.sort_by_key(|e| std::cmp::Reverse(e.path.components().count()));
+        for entry in entries {
+            if entry.ended_at.is_some() || entry.created.elapsed() < EMPTY_GRACE {
+                continue;
+            }
+            // With its sub-agents' sessions and any cgroups the agent made.
+            // (A sub-agent's directory may be gone with its parent's.)
+            if !entry.path.exists()
+                || (!crate::cgroup::populated(&entry.path)
+                    && crate::cgroup::remove_tree(&entry.path).is_ok())
+            {
+                entry.ended_at = Some(Instant::now());
+                entry.session.ended = Some(now_rfc3339());
+                ended.push(entry.session.cgroup);
+            }
+        }
+        let forget: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.ended_at.is_some_and(|t| t.elapsed() > ENDED_KEPT))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in forget {
+            self.entries.remove(&id);
+            self.by_cgroup
+                .retain(|_, s| s.as_deref() != Some(id.as_str()));
+        }
+        ended
+    }
+}
+
+/// Whether a cgroup with id `id` lies in the tree at `dir`.
+fn contains_cgroup(dir: &Path, id: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(dir).is_ok_and(|m| m.ino() == id) {
+        return true;
+    }
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .any(|e| contains_cgroup(&e.path(), id))
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// A new session id: a random UUID from the kernel.
+pub fn new_id() -> std::io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/random/uuid")?
+        .trim()
+        .to_string())
+}
+
+/// Checks labels given on the command line (`key=value`).
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!("at most {MAX_LABELS} labels"));
+    }
+    for (key, value) in labels {
+        let key_ok = !key.is_empty()
+            && key.len() <= 64
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+        if !key_ok {
+            return Err(format!(
+                "label key `{key}`: use 1-64 letters, digits, `-`, `_`, `.` or `/`"
+            ));
+        }
+        if value.len() > 256 || value.chars().any(char::is_control) {
+            return Err(format!(
+                "label `{key}`: the value must be at most 256 bytes without control characters"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The login uid of a process (`/proc/PID/loginuid`); `None` when unset.
+pub fn login_uid(pid: i32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/loginuid")).ok()?;
+    let uid: u32 = text.trim().parse().ok()?;
+    (uid != u32::MAX).then_some(uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_checked() {
+        let ok: BTreeMap<_, _> = [("ticket".to_string(), "OPS-12".to_string())].into();
+        assert!(check_labels(&ok).is_ok());
+        let bad_key: BTreeMap<_, _> = [("a b".to_string(), "x".to_string())].into();
+        assert!(check_labels(&bad_key).unwrap_err().contains("label key"));
+        let bad_value: BTreeMap<_, _> = [("k".to_string(), "a\nb".to_string())].into();
+        assert!(check_labels(&bad_value).unwrap_err().contains("control"));
+        let many: BTreeMap<_, _> = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), String::new()))
+            .collect();
+        assert!(check_labels(&many).is_err());
+    }
+
+    #[test]
+    fn sessions_are_found_by_their_cgroup_and_cgroups_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let below = dir.path().join("worker");
+        std::fs::create_dir(&below).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let id = std::fs::metadata(dir.path()).unwrap().ino();
+        let below_id = std::fs::metadata(&below).unwrap().ino();
+        let mut sessions = Sessions::default();
+        sessions.insert(
+            Session {
+                id: "s1".into(),
+                agent: "coder".into(),
+                profile: "coding".into(),
+                uid: 1000,
+                user: Some("dev".into()),
+                login_uid: None,
+                labels: BTreeMap::new(),
+                started: now_rfc3339(),
+                parent: None,
+                cgroup: id,
+                ended: None,
+            },
+            dir.path().into(),
+        );
+        assert_eq!(sessions.by_cgroup(id).unwrap().id, "s1");
+        assert_eq!(sessions.by_cgroup(below_id).unwrap().id, "s1");
+        assert!(sessions.by_cgroup(1).is_none());
+        assert_eq!(sessions.live().count(), 1);
+
+        // A sub-agent's session inside it: its cgroups are the sub-agent's.
+        let sub = dir.path().join("sub-session");
+        let sub_worker = sub.join("worker");
+        std::fs::create_dir_all(&sub_worker).unwrap();
+        let sub_id = std::fs::metadata(&sub).unwrap().ino();
+        let worker_id = std::fs::metadata(&sub_worker).unwrap().ino();
+        sessions.insert(
+            Session {
+                id: "s2".into(),
+                parent: Some("s1".into()),
+                cgroup: sub_id,
+                ..sessions.get("s1").unwrap().clone()
+            },
+            sub,
+        );
+        assert_eq!(sessions.by_cgroup(worker_id).unwrap().id, "s2");
+    }
+}
