@@ -27,6 +27,7 @@ use tracing::{error, info, warn};
 use crate::{
     canary::{self, Canary},
     cgroup::{self, GuardRoot},
+    chain::Chain,
     compile::{self, CompiledPolicy},
     control::{HookStatus, ProfileStatus, Request, Response, Status},
     enforcer::{EnforceError, Enforcer},
@@ -602,7 +603,13 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     tokio::spawn(serve_control(listener, state.clone()));
     tokio::spawn(reload_on_change(state.clone(), changes_rx, watcher));
 
-    let result = stream_events(events, &state, &mut out).await;
+    let chain = match &config.events {
+        Some(path) => Chain::resume(path)
+            .with_context(|| format!("cannot continue the record chain of {}", path.display()))
+            .map_err(failure)?,
+        None => Chain::default(),
+    };
+    let result = stream_events(events, &state, chain, &mut out).await;
     let _ = std::fs::remove_file(&config.socket);
     result.map_err(failure)?;
 
@@ -904,6 +911,7 @@ async fn answer(request: Request, caller: Caller, state: Arc<Mutex<State>>) -> R
 async fn stream_events(
     events: RingBuf<MapData>,
     state: &Mutex<State>,
+    mut chain: Chain,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd,
@@ -919,35 +927,37 @@ async fn stream_events(
         tokio::select! {
             ready = events.readable_mut() => {
                 let mut guard = ready?;
-                drain(guard.get_inner_mut(), state, &clock, out)?;
+                drain(guard.get_inner_mut(), state, &clock, &mut chain, out)?;
                 guard.clear_ready();
             }
-            _ = tick.tick() => drain(events.get_mut(), state, &clock, out)?,
+            _ = tick.tick() => drain(events.get_mut(), state, &clock, &mut chain, out)?,
             _ = reap.tick() => {
-                drain(events.get_mut(), state, &clock, out)?;
+                drain(events.get_mut(), state, &clock, &mut chain, out)?;
                 lock(state).reap_sessions();
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
-    drain(events.get_mut(), state, &clock, out)
+    drain(events.get_mut(), state, &clock, &mut chain, out)
 }
 
 fn drain(
     events: &mut RingBuf<MapData>,
     state: &Mutex<State>,
     clock: &Clock,
+    chain: &mut Chain,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let mut wrote = false;
     while let Some(item) = events.next() {
         match events::decode(&item) {
             Ok(event) => {
-                let record = lock(state).record(&event, clock);
+                let mut record = lock(state).record(&event, clock);
+                record.seq = chain.next_seq();
                 // One write per record, so a reader following the file never
                 // sees a record split across writes.
-                let mut line = serde_json::to_vec(&record)?;
+                let mut line = chain.seal(serde_json::to_vec(&record)?);
                 line.push(b'\n');
                 out.write_all(&line)?;
                 wrote = true;

@@ -17,6 +17,8 @@ use crate::{
 /// A decision, as written to the events stream.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Record {
+    /// Position in this host's record stream, from 1; see [`crate::chain`].
+    pub seq: u64,
     /// Wall-clock time of the decision, RFC 3339.
     pub time: String,
     /// LSM hook that decided.
@@ -185,6 +187,7 @@ pub fn to_record(
         flags.push("path_unrooted");
     }
     Record {
+        seq: 0,
         time: humantime::format_rfc3339_nanos(clock.wall(event.boot_ns)).to_string(),
         hook,
         action,

@@ -6,12 +6,14 @@
 //! [`compile`] turns it into map entries, [`kernel_layout`] reads the running
 //! kernel's BTF, [`enforcer`] owns the loaded programs and maps, [`cgroup`]
 //! manages agent cgroups, [`session`] keeps the session table, [`events`]
-//! decodes decision records, [`canary`] proves enforcement before guardd
+//! decodes decision records, [`chain`] seals them into a tamper-evident
+//! chain, [`canary`] proves enforcement before guardd
 //! says so, [`control`] is the local control socket, [`daemon`] runs it all,
 //! and [`launch`] starts agents.
 
 pub mod canary;
 pub mod cgroup;
+pub mod chain;
 pub mod compile;
 pub mod control;
 pub mod daemon;

@@ -1856,3 +1856,87 @@ fn example_profiles_load_and_enforce() {
     );
     assert_eq!(r["profile"], "locked-down");
 }
+
+// ------------------------------------------------------------ tamper test --
+
+/// Records are sealed into a hash chain that survives a restart of guardd;
+/// `guardctl audit verify` finds a changed or removed record.
+#[test]
+fn records_are_chained_and_tampering_is_found() {
+    let e = env();
+    let dir = e.path("chain");
+    fs::create_dir_all(dir.join("keep")).unwrap();
+    let policy = policy_of(
+        &format!(
+            "  - name: c\n    default: allow\n    files:\n      protect:\n        - id: keep\n          subtree: {}\n",
+            dir.join("keep").display()
+        ),
+        &["c"],
+    );
+    let denials = |guardd: &Guardd, n: usize| {
+        for i in 0..n {
+            let path = dir.join(format!("keep/{i}"));
+            fs::write(&path, "x").unwrap();
+            let outcome = guardd.probe("c", &dir, &["unlink", &path.display().to_string()]);
+            assert_eq!(outcome.errno, Some(EPERM));
+            guardd.record(outcome.pid, |r| r["action"] == "unlink");
+        }
+    };
+    let guardd = Guardd::start(&dir, &policy, "guard-chain-test");
+    denials(&guardd, 3);
+    let events = guardd.events.clone();
+    guardd.stop();
+    // A second run appends to the same file and continues the chain.
+    let guardd = Guardd::start(&dir, &policy, "guard-chain-test");
+    denials(&guardd, 2);
+    guardd.stop();
+
+    let verify = |text: &str| {
+        let tampered = dir.join("tampered.jsonl");
+        fs::write(&tampered, text).unwrap();
+        let out = std::process::Command::new(bin("guardctl"))
+            .args(["audit", "verify"])
+            .arg(&tampered)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let text = fs::read_to_string(&events).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 5, "{text}");
+    let (code, out) = verify(&text);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "intact: {} records, sequence 1 to {}",
+            lines.len(),
+            lines.len()
+        )),
+        "{out}"
+    );
+
+    // A changed verdict.
+    let victim = lines
+        .iter()
+        .position(|l| l.contains("\"verdict\":\"deny\""))
+        .unwrap();
+    let mut changed: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    changed[victim] = changed[victim].replace("\"verdict\":\"deny\"", "\"verdict\":\"allow\"");
+    let (code, out) = verify(&(changed.join("\n") + "\n"));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("line {}", victim + 1)) && out.contains("changed"),
+        "{out}"
+    );
+
+    // A removed record.
+    let mut removed: Vec<&str> = lines.clone();
+    removed.remove(2);
+    let (code, out) = verify(&(removed.join("\n") + "\n"));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("line 3") && out.contains("missing"), "{out}");
+}

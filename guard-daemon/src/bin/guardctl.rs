@@ -4,6 +4,7 @@ use std::{collections::BTreeMap, ffi::OsString, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 use guard_daemon::{
+    chain,
     control::{self, Request, Response, Status},
     daemon, exit, launch,
 };
@@ -56,6 +57,22 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// The record stream.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check that an events file (guardd --events) is intact: every record's
+    /// chain hash matches and no sequence number is missing. Exit 0 when
+    /// intact, 1 with the first broken link (line and reason) when not.
+    Verify {
+        /// Events file (JSON lines), or `-` for standard input.
+        file: PathBuf,
     },
 }
 
@@ -119,6 +136,9 @@ fn main() {
             }
             other => fail(other),
         },
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => verify(&file),
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => match daemon::load_policy(&file, None) {
@@ -161,6 +181,41 @@ fn run(
         Ok(code) => code,
         Err(e) => {
             eprintln!("guardctl: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+fn verify(file: &std::path::Path) -> i32 {
+    let input: Box<dyn std::io::BufRead> = if file == std::path::Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        match std::fs::File::open(file) {
+            Ok(f) => Box::new(std::io::BufReader::new(f)),
+            Err(e) => {
+                eprintln!("guardctl: cannot read {}: {e}", file.display());
+                return exit::FAILURE;
+            }
+        }
+    };
+    match chain::verify(input) {
+        Ok(Ok(v)) => {
+            match (v.first_seq, v.last_seq) {
+                (Some(first), Some(last)) => println!(
+                    "{}: intact: {} records, sequence {first} to {last}",
+                    file.display(),
+                    v.records
+                ),
+                _ => println!("{}: intact: no records", file.display()),
+            }
+            0
+        }
+        Ok(Err(broken)) => {
+            eprintln!("guardctl: {}: BROKEN at {broken}", file.display());
+            exit::FAILURE
+        }
+        Err(e) => {
+            eprintln!("guardctl: cannot read {}: {e}", file.display());
             exit::FAILURE
         }
     }

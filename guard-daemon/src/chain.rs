@@ -1,0 +1,273 @@
+//! Tamper evidence for the record stream: every record carries a sequence
+//! number and a hash that commits to the record and to the hash of the one
+//! before it, so that changing, removing or reordering a written record
+//! breaks the chain from there on.
+//!
+//! A record line is the record's JSON object with `"chain":"<hex>"` as its
+//! last member. The hash is SHA-256 over the previous record's hash (32 zero
+//! bytes before the first record) followed by the line's bytes without that
+//! member, exactly as written. Verifying needs the lines only, no schema.
+
+use std::{
+    io::{self, BufRead, Read, Seek, SeekFrom},
+    path::Path,
+};
+
+use sha2::{Digest, Sha256};
+
+use crate::compile::hex;
+
+/// The member every sealed line ends with: `,"chain":"` + 64 hex digits + `"}`.
+const MEMBER: &str = ",\"chain\":\"";
+const SUFFIX_LEN: usize = MEMBER.len() + 64 + 2;
+
+/// The sealing state of one stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    next_seq: u64,
+    last: [u8; 32],
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Self {
+            next_seq: 1,
+            last: [0; 32],
+        }
+    }
+}
+
+impl Chain {
+    /// Continues the chain of the records already in `path` (an events file
+    /// guardd appends to), or starts one if the file is empty or missing.
+    pub fn resume(path: &Path) -> io::Result<Self> {
+        let mut file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e),
+        };
+        // The last complete line is within the last few KiB.
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))?;
+        let mut tail = String::new();
+        file.read_to_string(&mut tail)?;
+        let Some(last) = tail.lines().rev().find(|l| l.ends_with('}')) else {
+            return Ok(Self::default());
+        };
+        let (seq, hash) = seal_of(last).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the last record in {} carries no sequence number and chain hash",
+                    path.display()
+                ),
+            )
+        })?;
+        Ok(Self {
+            next_seq: seq + 1,
+            last: hash,
+        })
+    }
+
+    /// The sequence number the next record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Seals a record serialized as a JSON object (whose `seq` member is
+    /// [`Self::next_seq`]): appends the chain member.
+    pub fn seal(&mut self, mut json: Vec<u8>) -> Vec<u8> {
+        debug_assert_eq!(json.last(), Some(&b'}'));
+        json.pop();
+        let hash = link(&self.last, &json);
+        json.extend_from_slice(MEMBER.as_bytes());
+        json.extend_from_slice(hex(&hash).as_bytes());
+        json.extend_from_slice(b"\"}");
+        self.last = hash;
+        self.next_seq += 1;
+        json
+    }
+}
+
+fn link(previous: &[u8; 32], body: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(previous);
+    hasher.update(body);
+    hasher.finalize().into()
+}
+
+/// The `seq` and chain hash of a sealed line.
+fn seal_of(line: &str) -> Option<(u64, [u8; 32])> {
+    let hash = parse_hash(line)?;
+    let seq = serde_json::from_str::<serde_json::Value>(line).ok()?["seq"].as_u64()?;
+    Some((seq, hash))
+}
+
+fn parse_hash(line: &str) -> Option<[u8; 32]> {
+    let suffix = line.get(line.len().checked_sub(SUFFIX_LEN)?..)?;
+    let hex = suffix.strip_prefix(MEMBER)?.strip_suffix("\"}")?;
+    let mut hash = [0u8; 32];
+    for (byte, pair) in hash.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(hash)
+}
+
+/// Where a chain is broken.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct Break {
+    /// 1-based line number in the verified input.
+    pub line: usize,
+    pub reason: String,
+}
+
+/// What a verification found intact.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+}
+
+/// Verifies the records in `input`, a stream of sealed lines (a whole events
+/// file, or a stretch of one: the first record's link to its predecessor
+/// cannot be checked then). Returns the first broken link.
+pub fn verify(input: impl BufRead) -> Result<Result<Verified, Break>, io::Error> {
+    let mut previous: Option<(u64, [u8; 32])> = None;
+    let mut verified = Verified {
+        records: 0,
+        first_seq: None,
+        last_seq: None,
+    };
+    for (index, line) in input.lines().enumerate() {
+        let line = line?;
+        let number = index + 1;
+        let broken = |reason: String| {
+            Ok(Err(Break {
+                line: number,
+                reason,
+            }))
+        };
+        if line.is_empty() {
+            continue;
+        }
+        let Some((seq, hash)) = seal_of(&line) else {
+            return broken("not a sealed record (no `seq` or `chain`)".into());
+        };
+        let body = &line.as_bytes()[..line.len() - SUFFIX_LEN];
+        match previous {
+            Some((previous_seq, _)) if seq != previous_seq + 1 => {
+                return broken(format!(
+                    "sequence {seq} follows {previous_seq}: {} missing or reordered",
+                    if seq > previous_seq + 1 {
+                        format!("{} record(s)", seq - previous_seq - 1)
+                    } else {
+                        "records".into()
+                    }
+                ));
+            }
+            Some((_, previous_hash)) if link(&previous_hash, body) != hash => {
+                return broken(format!(
+                    "record {seq} does not match its chain hash: it was changed"
+                ));
+            }
+            None if seq == 1 && link(&[0; 32], body) != hash => {
+                return broken("record 1 does not match its chain hash: it was changed".into());
+            }
+            _ => {}
+        }
+        previous = Some((seq, hash));
+        verified.records += 1;
+        verified.first_seq.get_or_insert(seq);
+        verified.last_seq = Some(seq);
+    }
+    Ok(Ok(verified))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealed(chain: &mut Chain, what: &str) -> String {
+        let json = format!("{{\"seq\":{},\"what\":\"{what}\"}}", chain.next_seq());
+        String::from_utf8(chain.seal(json.into_bytes())).unwrap()
+    }
+
+    fn stream(n: usize) -> Vec<String> {
+        let mut chain = Chain::default();
+        (0..n)
+            .map(|i| sealed(&mut chain, &format!("r{i}")))
+            .collect()
+    }
+
+    fn check(lines: &[String]) -> Result<Verified, Break> {
+        verify(lines.join("\n").as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn an_intact_stream_verifies() {
+        let lines = stream(5);
+        assert!(lines[0].ends_with("\"}") && lines[0].contains(",\"chain\":\""));
+        assert_eq!(
+            check(&lines),
+            Ok(Verified {
+                records: 5,
+                first_seq: Some(1),
+                last_seq: Some(5)
+            })
+        );
+    }
+
+    #[test]
+    fn a_changed_record_is_found() {
+        let mut lines = stream(5);
+        lines[2] = lines[2].replace("r2", "r9");
+        let e = check(&lines).unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(e.reason.contains("changed"), "{e}");
+        // The first record too.
+        let mut lines = stream(2);
+        lines[0] = lines[0].replace("r0", "rX");
+        assert_eq!(check(&lines).unwrap_err().line, 1);
+    }
+
+    #[test]
+    fn a_removed_record_is_found() {
+        let mut lines = stream(5);
+        lines.remove(3);
+        let e = check(&lines).unwrap_err();
+        assert_eq!(e.line, 4);
+        assert!(e.reason.contains("1 record(s) missing"), "{e}");
+    }
+
+    #[test]
+    fn a_forged_replacement_with_a_fresh_hash_breaks_the_next_link() {
+        let mut lines = stream(4);
+        // Rewrite record 2 and give it a correct hash over its new body: the
+        // next record still commits to the old hash.
+        let body = lines[1].replace("r1", "forged");
+        let body = &body[..body.len() - SUFFIX_LEN];
+        let previous = parse_hash(&lines[0]).unwrap();
+        lines[1] = format!(
+            "{body}{MEMBER}{}\"}}",
+            hex(&link(&previous, body.as_bytes()))
+        );
+        assert_eq!(check(&lines).unwrap_err().line, 3);
+    }
+
+    #[test]
+    fn a_resumed_chain_continues_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        assert_eq!(Chain::resume(&path).unwrap(), Chain::default());
+        let mut lines = stream(3);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let mut chain = Chain::resume(&path).unwrap();
+        assert_eq!(chain.next_seq(), 4);
+        lines.push(sealed(&mut chain, "after restart"));
+        assert_eq!(check(&lines).unwrap().records, 4);
+        std::fs::write(&path, "{\"unsealed\":true}\n").unwrap();
+        assert!(Chain::resume(&path).is_err());
+    }
+}
