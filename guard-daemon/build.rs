@@ -1,10 +1,17 @@
 //! Builds the eBPF programs (guard-ebpf) with the nightly pinned in
 //! guard-ebpf/rust-toolchain.toml and bpf-linker, into OUT_DIR, from where
 //! the daemon embeds the object. `cargo xtask setup` installs both.
+//!
+//! Also generates the gRPC code from proto/ (protox: no system protoc).
 
 use std::path::Path;
 
 fn main() -> anyhow::Result<()> {
+    let proto_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    println!("cargo:rerun-if-changed={}", proto_dir.display());
+    let descriptors = protox::compile([proto_dir.join("guard/v1/audit.proto")], [&proto_dir])?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+
     let ebpf_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guard-ebpf");
     let toolchain_file = ebpf_dir.join("rust-toolchain.toml");
     println!("cargo:rerun-if-changed={}", toolchain_file.display());

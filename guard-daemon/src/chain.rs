@@ -69,6 +69,11 @@ impl Chain {
         })
     }
 
+    /// The hash of the last sealed record, in hex.
+    pub fn last_hex(&self) -> String {
+        hex(&self.last)
+    }
+
     /// The sequence number the next record gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq

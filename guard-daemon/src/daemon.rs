@@ -25,6 +25,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    api::{AuditService, Feed, Sealed, pb::audit_service_server::AuditServiceServer},
     canary::{self, Canary},
     cgroup::{self, GuardRoot},
     chain::Chain,
@@ -55,6 +56,8 @@ pub struct Config {
     pub cgroup_root: String,
     /// The control socket.
     pub socket: PathBuf,
+    /// Where the gRPC audit API listens; off when `None`.
+    pub grpc_listen: Option<std::net::SocketAddr>,
 }
 
 /// An error with the process exit code it maps to.
@@ -609,7 +612,26 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
             .map_err(failure)?,
         None => Chain::default(),
     };
-    let result = stream_events(events, &state, chain, &mut out).await;
+    let feed = Feed::default();
+    if let Some(addr) = config.grpc_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for gRPC on {addr}"))
+            .map_err(failure)?;
+        info!(%addr, "gRPC audit API listening");
+        let service = AuditServiceServer::new(AuditService { feed: feed.clone() });
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await
+            {
+                error!("gRPC audit API stopped: {e}");
+            }
+        });
+    }
+    let result = stream_events(events, &state, chain, &feed, &mut out).await;
     let _ = std::fs::remove_file(&config.socket);
     result.map_err(failure)?;
 
@@ -912,6 +934,7 @@ async fn stream_events(
     events: RingBuf<MapData>,
     state: &Mutex<State>,
     mut chain: Chain,
+    feed: &Feed,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd,
@@ -927,19 +950,19 @@ async fn stream_events(
         tokio::select! {
             ready = events.readable_mut() => {
                 let mut guard = ready?;
-                drain(guard.get_inner_mut(), state, &clock, &mut chain, out)?;
+                drain(guard.get_inner_mut(), state, &clock, &mut chain, feed, out)?;
                 guard.clear_ready();
             }
-            _ = tick.tick() => drain(events.get_mut(), state, &clock, &mut chain, out)?,
+            _ = tick.tick() => drain(events.get_mut(), state, &clock, &mut chain, feed, out)?,
             _ = reap.tick() => {
-                drain(events.get_mut(), state, &clock, &mut chain, out)?;
+                drain(events.get_mut(), state, &clock, &mut chain, feed, out)?;
                 lock(state).reap_sessions();
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
-    drain(events.get_mut(), state, &clock, &mut chain, out)
+    drain(events.get_mut(), state, &clock, &mut chain, feed, out)
 }
 
 fn drain(
@@ -947,6 +970,7 @@ fn drain(
     state: &Mutex<State>,
     clock: &Clock,
     chain: &mut Chain,
+    feed: &Feed,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let mut wrote = false;
@@ -958,8 +982,13 @@ fn drain(
                 // One write per record, so a reader following the file never
                 // sees a record split across writes.
                 let mut line = chain.seal(serde_json::to_vec(&record)?);
+                let link = chain.last_hex();
                 line.push(b'\n');
                 out.write_all(&line)?;
+                feed.publish(Sealed {
+                    record,
+                    chain: link,
+                });
                 wrote = true;
             }
             Err(e) => warn!("{e}"),

@@ -8,9 +8,11 @@
 //! manages agent cgroups, [`session`] keeps the session table, [`events`]
 //! decodes decision records, [`chain`] seals them into a tamper-evident
 //! chain, [`canary`] proves enforcement before guardd
-//! says so, [`control`] is the local control socket, [`daemon`] runs it all,
+//! says so, [`control`] is the local control socket, [`api`] the gRPC audit
+//! feed, [`daemon`] runs it all,
 //! and [`launch`] starts agents.
 
+pub mod api;
 pub mod canary;
 pub mod cgroup;
 pub mod chain;

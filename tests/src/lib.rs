@@ -46,6 +46,17 @@ impl Guardd {
         cgroup_root: &str,
         env: &[(&str, &str)],
     ) -> Guardd {
+        Self::start_with(dir, policy, cgroup_root, &[], env)
+    }
+
+    /// [`Self::start`] with extra arguments and environment variables.
+    pub fn start_with(
+        dir: &Path,
+        policy: &str,
+        cgroup_root: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Guardd {
         let policy_path = dir.join("policy.yaml");
         fs::write(&policy_path, policy).expect("write policy");
         let events = dir.join("events.jsonl");
@@ -60,6 +71,7 @@ impl Guardd {
             .arg(cgroup_root)
             .arg("--socket")
             .arg(&socket)
+            .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("create log"))

@@ -1940,3 +1940,105 @@ fn records_are_chained_and_tampering_is_found() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("line 3") && out.contains("missing"), "{out}");
 }
+
+// ------------------------------------------------------------------- gRPC --
+
+/// `guardctl events --follow` receives, through guardd's gRPC feed, the
+/// records its server-side filter selects and no others.
+#[test]
+fn grpc_feed_follows_records_with_a_filter() {
+    let e = env();
+    let dir = e.path("grpc");
+    fs::create_dir_all(dir.join("keep")).unwrap();
+    let policy = policy_of(
+        &format!(
+            "  - name: g\n    default: allow\n    record_allowed: true\n    files:\n      protect:\n        - id: keep\n          subtree: {}\n          message: kept\n",
+            dir.join("keep").display()
+        ),
+        &["g"],
+    );
+    let addr = {
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let guardd = Guardd::start_with(
+        &dir,
+        &policy,
+        "guard-grpc-test",
+        &["--grpc-listen", &addr],
+        &[],
+    );
+    let mut follower = std::process::Command::new(bin("guardctl"))
+        .args([
+            "events",
+            "--follow",
+            "--server",
+            &addr,
+            "--agent",
+            "g",
+            "--verdict",
+            "deny",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel::<String>();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The follower subscribes some time after it starts: act until a
+    // denial comes through.
+    let victim = dir.join("keep/file");
+    let target = victim.display().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let record: Value = loop {
+        fs::write(&victim, "x").unwrap();
+        let denied = guardd.probe("g", &dir, &["unlink", &target]);
+        assert_eq!(denied.errno, Some(EPERM));
+        let allowed = guardd.probe("g", &dir, &["true"]);
+        assert_eq!(allowed.errno, None);
+        if let Ok(line) = received.recv_timeout(std::time::Duration::from_secs(2)) {
+            break serde_json::from_str(&line).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing came through the feed"
+        );
+    };
+    assert_eq!(
+        (
+            record["verdict"].as_str(),
+            record["agent"].as_str(),
+            record["target"].as_str()
+        ),
+        (Some("deny"), Some("g"), Some(target.as_str())),
+        "{record}"
+    );
+    assert_eq!(
+        (record["rule"].as_str(), record["message"].as_str()),
+        (Some("keep"), Some("kept"))
+    );
+    assert!(
+        record["session"].as_str().is_some_and(|s| s.len() == 36),
+        "{record}"
+    );
+    assert_eq!(record["chain"].as_str().map(str::len), Some(64), "{record}");
+    assert!(record["seq"].as_u64().is_some_and(|s| s > 0));
+    // Only denials of `g` pass the filter, though allowed records were made.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    while let Ok(line) = received.try_recv() {
+        let r: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(r["verdict"], "deny", "{r}");
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+}

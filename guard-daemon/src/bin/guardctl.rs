@@ -4,6 +4,7 @@ use std::{collections::BTreeMap, ffi::OsString, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 use guard_daemon::{
+    api::{self, pb},
     chain,
     control::{self, Request, Response, Status},
     daemon, exit, launch,
@@ -57,6 +58,30 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Follow guardd's records live through its gRPC API (guardd
+    /// --grpc-listen), filtered on the server, one JSON object per line. A
+    /// line `{"loss":N}` says N records were missed because this client fell
+    /// behind.
+    Events {
+        /// Keep following (the only mode so far).
+        #[arg(long, required = true)]
+        follow: bool,
+        /// guardd's gRPC address.
+        #[arg(long, env = "GUARD_GRPC", default_value = "127.0.0.1:50051")]
+        server: String,
+        /// Only these agents (repeatable).
+        #[arg(long)]
+        agent: Vec<String>,
+        /// Only these sessions (repeatable).
+        #[arg(long)]
+        session: Vec<String>,
+        /// Only these hooks, e.g. path_unlink (repeatable).
+        #[arg(long)]
+        hook: Vec<String>,
+        /// Only these verdicts (repeatable).
+        #[arg(long, value_parser = ["allow", "deny", "would_deny"])]
+        verdict: Vec<String>,
     },
     /// The record stream.
     Audit {
@@ -139,6 +164,28 @@ fn main() {
         Command::Audit {
             command: AuditCommand::Verify { file },
         } => verify(&file),
+        Command::Events {
+            follow: _,
+            server,
+            agent,
+            session,
+            hook,
+            verdict,
+        } => {
+            let filter = pb::Filter {
+                agents: agent,
+                sessions: session,
+                hooks: hook,
+                verdicts: verdict.iter().map(|v| api::verdict(v) as i32).collect(),
+            };
+            match follow(&server, filter) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("guardctl: {e:#}");
+                    exit::FAILURE
+                }
+            }
+        }
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => match daemon::load_policy(&file, None) {
@@ -184,6 +231,72 @@ fn run(
             exit::FAILURE
         }
     }
+}
+
+/// Prints the records of guardd's live feed until it ends.
+fn follow(server: &str, filter: pb::Filter) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let url = format!("http://{server}");
+        let mut client = pb::audit_service_client::AuditServiceClient::connect(url.clone())
+            .await
+            .with_context(|| format!("cannot reach guardd's gRPC API at {url} (is guardd running with --grpc-listen?)"))?;
+        let mut stream = client
+            .follow(pb::FollowRequest {
+                filter: Some(filter),
+            })
+            .await?
+            .into_inner();
+        let mut out = std::io::stdout().lock();
+        while let Some(response) = stream.message().await? {
+            let line = match response.event {
+                Some(pb::follow_response::Event::Record(r)) => record_json(&r),
+                Some(pb::follow_response::Event::Loss(loss)) => {
+                    serde_json::json!({"loss": loss.records, "stage": loss.stage})
+                }
+                None => continue,
+            };
+            writeln!(out, "{line}")?;
+            out.flush()?;
+        }
+        Ok(())
+    })
+}
+
+fn record_json(r: &pb::Record) -> serde_json::Value {
+    let verdict = match pb::Verdict::try_from(r.verdict) {
+        Ok(pb::Verdict::Allow) => "allow",
+        Ok(pb::Verdict::Deny) => "deny",
+        Ok(pb::Verdict::WouldDeny) => "would_deny",
+        _ => "unknown",
+    };
+    let time = r.time.map(|t| {
+        let at = std::time::UNIX_EPOCH
+            + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+        humantime::format_rfc3339_nanos(at).to_string()
+    });
+    serde_json::json!({
+        "seq": r.seq,
+        "time": time,
+        "hook": r.hook,
+        "action": r.action,
+        "verdict": verdict,
+        "agent": r.agent,
+        "profile": r.profile,
+        "session": r.session.as_ref().map(|s| &s.id),
+        "labels": r.session.as_ref().map(|s| &s.labels),
+        "generation": r.generation,
+        "pid": r.pid,
+        "comm": r.comm,
+        "target": r.target,
+        "rule": r.rule,
+        "message": r.message,
+        "chain": r.chain,
+    })
 }
 
 fn verify(file: &std::path::Path) -> i32 {

@@ -40,6 +40,12 @@ struct Args {
     #[arg(long, env = "GUARD_CONTROL_SOCKET", default_value = control::DEFAULT_SOCKET)]
     socket: PathBuf,
 
+    /// Serve the gRPC audit API (live feed of records) on this address, e.g.
+    /// 127.0.0.1:50051. Off by default: the API has no authentication yet,
+    /// so bind it to loopback.
+    #[arg(long, env = "GUARD_GRPC_LISTEN", value_name = "ADDR:PORT")]
+    grpc_listen: Option<std::net::SocketAddr>,
+
     /// Only check whether this host can enforce (load and attach the
     /// programs, run the readiness canary, detach), and exit 0 or 3.
     #[arg(long)]
@@ -84,6 +90,7 @@ fn main() {
             events: args.events,
             cgroup_root: args.cgroup_root,
             socket: args.socket,
+            grpc_listen: args.grpc_listen,
         };
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
