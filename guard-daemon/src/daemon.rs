@@ -477,6 +477,24 @@ impl State {
         }
     }
 
+    /// The status, as `caller` may see it: an agent sees only the sessions
+    /// of its own outermost session (itself and its sub-agents).
+    fn status_for(&mut self, caller: &Caller) -> Status {
+        let mut status = self.status();
+        if caller.agent {
+            let own = self
+                .parent_session(caller.pid)
+                .ok()
+                .flatten()
+                .map(|session| self.outermost(session).id);
+            status.sessions.retain(|session| {
+                own.as_ref()
+                    .is_some_and(|own| self.outermost(session.clone()).id == *own)
+            });
+        }
+        status
+    }
+
     fn status(&self) -> Status {
         let current = self.current();
         let canaried: BTreeSet<&str> = canary::HOOKS.iter().copied().collect();
@@ -910,7 +928,7 @@ async fn handle_control(stream: UnixStream, state: Arc<Mutex<State>>) {
 
 async fn answer(request: Request, caller: Caller, state: Arc<Mutex<State>>) -> Response {
     match request {
-        Request::Status => Response::Status(Box::new(lock(&state).status())),
+        Request::Status => Response::Status(Box::new(lock(&state).status_for(&caller))),
         Request::StartSession {
             agent,
             profile,

@@ -1236,6 +1236,36 @@ fn sub_agents_nest_in_their_parent_session() {
         stderr.contains("agents cannot change the policy"),
         "{stderr}"
     );
+    // An agent's status lists its own session only, while another runs.
+    let mut other = e
+        .guardd
+        .probe_command(
+            &["--agent", TAGGED, "--label", "who=other"],
+            &["exec", "/bin/sleep", "30"],
+        )
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !e.guardd.status()["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["labels"]["who"] == "other")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other session never showed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = inner(&["status", "--json"]);
+    let _ = other.kill();
+    let _ = other.wait();
+    let status: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let sessions = status["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    assert!(sessions[0]["labels"].get("who").is_none(), "{sessions:#?}");
 }
 
 #[test]

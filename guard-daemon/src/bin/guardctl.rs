@@ -23,9 +23,10 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a command as an agent, in a new session: it and everything it
-    /// starts are confined by the session's profile from its first
-    /// instruction. Standard streams and signals pass through; the exit
+    /// Run a command as an agent, in a new session.
+    ///
+    /// The command and everything it starts are confined by the session's
+    /// profile from its first instruction. Standard streams and signals pass through; the exit
     /// status is the command's. The command sees its session id in
     /// GUARD_SESSION. Run from inside a session, it starts a sub-agent
     /// session under the same profile.
@@ -44,25 +45,31 @@ enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
     },
-    /// Show whether guardd is enforcing: per hook, the generation and policy,
-    /// the mode and defaults per profile, sessions and counters.
+    /// Show whether guardd is enforcing (exit 1 when not).
+    ///
+    /// Per hook, the generation and policy, the mode and defaults per
+    /// profile, sessions and counters.
     Status {
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Make guardd read its policy file again. Exit 0 when the new policy is
-    /// in force, 4 when it was refused (the old one stays in force).
+    /// Make guardd read its policy file again.
+    ///
+    /// Exit 0 when the new policy is in force, 4 when it was refused (the
+    /// old one stays in force), 1 when it is in force but guardd is not
+    /// enforcing (the readiness canary failed).
     Reload,
     /// Policy files.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Follow guardd's records live through its gRPC API (guardd
-    /// --grpc-listen), filtered on the server, one JSON object per line. A
-    /// line `{"loss":N}` says N records were missed because this client fell
-    /// behind.
+    /// Follow guardd's records live, through its gRPC API.
+    ///
+    /// Needs guardd --grpc-listen. Filtered on the server; one JSON object
+    /// per line. A line `{"loss":N}` says N records were missed because this
+    /// client fell behind.
     Events {
         /// Keep following (the only mode so far).
         #[arg(long, required = true)]
@@ -83,7 +90,7 @@ enum Command {
         #[arg(long, value_parser = ["allow", "deny", "would_deny"])]
         verdict: Vec<String>,
     },
-    /// The record stream.
+    /// Check recorded events.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
