@@ -211,7 +211,7 @@ impl GuardRoot {
 }
 
 /// The directories directly below `dir`.
-fn subdirs(dir: &Path) -> impl Iterator<Item = PathBuf> {
+pub fn subdirs(dir: &Path) -> impl Iterator<Item = PathBuf> {
     fs::read_dir(dir)
         .into_iter()
         .flatten()

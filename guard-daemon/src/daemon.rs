@@ -530,14 +530,6 @@ impl State {
                 rules: compiled.rules.iter().filter(|r| r.profile == *name).count(),
             })
             .collect();
-        let counters = [
-            ("events_lost", Counter::EventsLost),
-            ("hook_errors", Counter::HookErrors),
-            ("walk_too_deep", Counter::WalkTooDeep),
-        ]
-        .into_iter()
-        .map(|(name, c)| (name.to_string(), self.enforcer.counter(c).unwrap_or(0)))
-        .collect();
         Status {
             enforcing: self.readiness.is_ok(),
             problem: self.readiness.clone().err(),
@@ -549,8 +541,20 @@ impl State {
             hooks,
             profiles,
             sessions: self.sessions.live().cloned().collect(),
-            counters,
+            counters: self.counters(),
         }
+    }
+
+    /// The kernel's counters, by name.
+    fn counters(&self) -> BTreeMap<String, u64> {
+        [
+            ("events_lost", Counter::EventsLost),
+            ("hook_errors", Counter::HookErrors),
+            ("walk_too_deep", Counter::WalkTooDeep),
+        ]
+        .into_iter()
+        .map(|(name, c)| (name.to_string(), self.enforcer.counter(c).unwrap_or(0)))
+        .collect()
     }
 
     fn record(&mut self, event: &guard_common::Event, clock: &Clock) -> events::Record {
@@ -654,20 +658,10 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     result.map_err(failure)?;
 
     let state = lock(&state);
-    let counter = |c| state.enforcer.counter(c).unwrap_or(0);
-    let (lost, errors, too_deep) = (
-        counter(Counter::EventsLost),
-        counter(Counter::HookErrors),
-        counter(Counter::WalkTooDeep),
-    );
+    let counters = state.counters();
     let live = state.sessions.populated();
     drop(state);
-    info!(
-        events_lost = lost,
-        hook_errors = errors,
-        walk_too_deep = too_deep,
-        "detached: no longer enforcing"
-    );
+    info!(?counters, "detached: no longer enforcing");
     if live > 0 {
         warn!(
             "{live} session(s) still have processes; they are NOT confined until guardd runs again"

@@ -207,12 +207,7 @@ fn contains_cgroup(dir: &Path, id: u64) -> bool {
     if std::fs::metadata(dir).is_ok_and(|m| m.ino() == id) {
         return true;
     }
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .any(|e| contains_cgroup(&e.path(), id))
+    crate::cgroup::subdirs(dir).any(|sub| contains_cgroup(&sub, id))
 }
 
 pub fn now_rfc3339() -> String {

@@ -397,11 +397,10 @@ pub extern "C" fn guard_file_rule(profile: u32, dentry: u64, vfsmount: u64) -> u
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn guard_name_rule(profile: u32, dentry: u64) -> u64 {
-    let Some(scratch) = crate::maps::PATH_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = crate::maps::path_scratch() else {
         return FAILED;
     };
-    // SAFETY: per-CPU value, used by one program at a time on this CPU.
-    match find_protected_name(profile, dentry as Kptr, unsafe { &mut *scratch }) {
+    match find_protected_name(profile, dentry as Kptr, scratch) {
         Ok(rule) => pack(rule),
         Err(_) => FAILED,
     }
@@ -412,10 +411,9 @@ pub extern "C" fn guard_name_rule(profile: u32, dentry: u64) -> u64 {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn guard_build_path(dentry: u64, vfsmount: u64) -> u64 {
-    let Some(scratch) = crate::maps::PATH_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = crate::maps::path_scratch() else {
         return u64::from(event_flag::PATH_UNROOTED) << 32 | (WALK_LEN as u64 - 1);
     };
-    // SAFETY: as above.
-    let built = build_path(dentry as Kptr, vfsmount as Kptr, unsafe { &mut *scratch });
+    let built = build_path(dentry as Kptr, vfsmount as Kptr, scratch);
     u64::from(built.flags) << 32 | built.start as u64
 }

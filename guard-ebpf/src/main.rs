@@ -28,8 +28,7 @@ use guard_common::{
 };
 use kernel::{Identity, Kptr, ReadError};
 use maps::{
-    AGENTS, COUNTERS, EVENTS, EXEC_IDENTITY, EXEC_PATHS, GENERATION, NET_RULES, PATH_SCRATCH,
-    PathScratch,
+    AGENTS, COUNTERS, EVENTS, EXEC_IDENTITY, EXEC_PATHS, GENERATION, NET_RULES, PathScratch,
 };
 
 const EPERM: i32 = 1;
@@ -141,11 +140,7 @@ fn count(counter: Counter) {
 }
 
 fn scratch() -> Result<&'static mut PathScratch, ReadError> {
-    // SAFETY: per-CPU value, used by one program at a time on this CPU.
-    PATH_SCRATCH
-        .get_ptr_mut(0)
-        .map(|p| unsafe { &mut *p })
-        .ok_or(-1)
+    maps::path_scratch().ok_or(-1)
 }
 
 /// A decision about one action.

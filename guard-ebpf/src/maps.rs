@@ -70,6 +70,12 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SL
 #[map]
 pub static PATH_SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// The per-CPU path scratch space.
+pub fn path_scratch() -> Option<&'static mut PathScratch> {
+    // SAFETY: per-CPU value, used by one program at a time on this CPU.
+    PATH_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
 /// Bytes `bpf_d_path` may write (the kernel's `PATH_MAX`).
 pub const D_PATH_LEN: usize = 4096;
 /// Bytes available for a path built by walking dentries, back to front.
