@@ -319,6 +319,9 @@ pub mod agent_flag {
     /// has read-only rules or denies files by default); otherwise those
     /// actions are not decisions.
     pub const DECIDE_WRITES: u32 = 1 << 4;
+    /// Deny an action whose record cannot be reserved (the ring buffer is
+    /// full) rather than let it happen unrecorded.
+    pub const AUDIT_OR_DENY: u32 = 1 << 5;
 }
 
 /// Bits of [`Event::flags`].
@@ -347,9 +350,14 @@ pub enum Counter {
     HookErrors = 1,
     /// A file walk hit [`MAX_WALK_DEPTH`] before reaching a root.
     WalkTooDeep = 2,
+    /// Records the hooks tried to write (written or lost).
+    RecordsMade = 3,
+    /// Actions denied only because their record could not be reserved
+    /// (profiles with audit-or-deny).
+    UnrecordedDenials = 4,
 }
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 3;
+pub const COUNTER_SLOTS: u32 = 5;
 
 /// Key of [`map::AGENTS`]: a session or agent cgroup, in one generation slot.
 #[repr(C)]

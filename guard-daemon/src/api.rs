@@ -1,9 +1,15 @@
-//! The gRPC audit API (`proto/guard/v1/audit.proto`): a live feed of the
-//! records guardd writes, with server-side filters. Every subscriber has its
-//! own bounded queue; one that falls behind is told how many records it
-//! missed and never slows the record writer.
+//! The gRPC audit API (`proto/guard/v1/audit.proto`), served by guardd (a
+//! live feed of the records it writes) and by guard-collector (the live
+//! feed of every host it stores, and queries over what it stored).
+//!
+//! Every subscriber has its own bounded queue; one that falls behind is told
+//! how many entries it missed and never slows the writer.
 
-use std::{pin::Pin, sync::Arc, time::SystemTime};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use tokio::sync::broadcast;
 use tokio_stream::{
@@ -12,28 +18,30 @@ use tokio_stream::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::events::Record;
+use crate::{
+    chain,
+    compile::hex,
+    events::{Line, Record},
+    session::SessionRef,
+};
 
-/// Generated from the proto.
-#[allow(clippy::large_enum_variant)] // a oneof of a record or a loss count
+/// Generated from the protos.
+#[allow(clippy::large_enum_variant)] // oneofs of a record or a small message
 pub mod pb {
     tonic::include_proto!("guard.v1");
 }
 
-/// Records each subscriber may fall behind by before it loses some.
+/// Entries each subscriber may fall behind by before it loses some.
 pub const SUBSCRIBER_QUEUE: usize = 4096;
 
-/// A written record and its chain link, as the feed sends it.
-#[derive(Debug)]
-pub struct Sealed {
-    pub record: Record,
-    pub chain: String,
-}
+/// Largest page a query returns, and the default.
+pub const MAX_PAGE: u32 = 1000;
+pub const DEFAULT_PAGE: u32 = 100;
 
-/// The record feed: the writer publishes, each `Follow` call subscribes.
+/// The live feed: the writer publishes, each `Follow` call subscribes.
 #[derive(Clone)]
 pub struct Feed {
-    sender: broadcast::Sender<Arc<Sealed>>,
+    sender: broadcast::Sender<Arc<pb::Entry>>,
 }
 
 impl Default for Feed {
@@ -45,18 +53,42 @@ impl Default for Feed {
 }
 
 impl Feed {
-    /// Publishes a record to the current subscribers (none is fine).
-    pub fn publish(&self, sealed: Sealed) {
-        let _ = self.sender.send(Arc::new(sealed));
+    /// Whether anyone follows (so that callers can skip building entries).
+    pub fn has_subscribers(&self) -> bool {
+        self.sender.receiver_count() > 0
     }
+
+    /// Publishes an entry to the current subscribers (none is fine).
+    pub fn publish(&self, entry: pb::Entry) {
+        let _ = self.sender.send(Arc::new(entry));
+    }
+}
+
+/// Stored entries, for `Query` and `Stats` (the collector's store).
+#[tonic::async_trait]
+pub trait History: Send + Sync {
+    /// Up to `limit` entries matching `filter` after position `after` (0 for
+    /// the start), and the position of the last one returned.
+    async fn query(
+        &self,
+        filter: &Filter,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<pb::Entry>, u64), Status>;
+
+    async fn stats(&self, filter: &Filter) -> Result<pb::StatsResponse, Status>;
 }
 
 /// `guard.v1.AuditService`.
 pub struct AuditService {
     pub feed: Feed,
+    /// None in guardd, which keeps no queryable store.
+    pub history: Option<Arc<dyn History>>,
+    /// Counts the entries followers missed (a metric).
+    pub subscriber_losses: prometheus_client::metrics::counter::Counter,
 }
 
-type FollowStream = Pin<Box<dyn Stream<Item = Result<pb::FollowResponse, Status>> + Send>>;
+type FollowStream = Pin<Box<dyn Stream<Item = Result<pb::Entry, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::audit_service_server::AuditService for AuditService {
@@ -66,46 +98,157 @@ impl pb::audit_service_server::AuditService for AuditService {
         &self,
         request: Request<pb::FollowRequest>,
     ) -> Result<Response<FollowStream>, Status> {
-        let filter = request.into_inner().filter.unwrap_or_default();
-        for verdict in &filter.verdicts {
-            if !matches!(
-                pb::Verdict::try_from(*verdict),
-                Ok(pb::Verdict::Allow | pb::Verdict::Deny | pb::Verdict::WouldDeny)
-            ) {
-                return Err(Status::invalid_argument(format!(
-                    "filter.verdicts: {verdict} is not a verdict (1 allow, 2 deny, 3 would_deny)"
-                )));
-            }
-        }
-        let stream = BroadcastStream::new(self.feed.sender.subscribe()).filter_map(move |item| {
-            let event = match item {
-                Ok(sealed) => {
-                    let record = to_proto(&sealed);
-                    matches(&filter, &record)
-                        .then_some(pb::follow_response::Event::Record(record))?
-                }
+        let filter = Filter::new(request.into_inner().filter.unwrap_or_default())?;
+        let losses = self.subscriber_losses.clone();
+        let stream =
+            BroadcastStream::new(self.feed.sender.subscribe()).filter_map(move |item| match item {
+                Ok(entry) => filter.matches(&entry).then(|| Ok((*entry).clone())),
                 Err(BroadcastStreamRecvError::Lagged(missed)) => {
-                    pb::follow_response::Event::Loss(pb::Loss {
-                        records: missed,
-                        stage: "subscriber_queue".into(),
-                    })
+                    losses.inc_by(missed);
+                    Some(Ok(pb::Entry {
+                        entry: Some(pb::entry::Entry::Loss(pb::Loss {
+                            records: missed,
+                            stage: "subscriber_queue".into(),
+                            ..Default::default()
+                        })),
+                    }))
                 }
-            };
-            Some(Ok(pb::FollowResponse { event: Some(event) }))
-        });
+            });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        let history = self.history()?;
+        let request = request.into_inner();
+        let filter = Filter::new(request.filter.unwrap_or_default())?;
+        let limit = match request.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let after = match request.page_token.as_str() {
+            "" => 0,
+            token => token.parse().map_err(|_| {
+                Status::invalid_argument("page_token: not a token this server gave")
+            })?,
+        };
+        let (entries, last) = history.query(&filter, after, limit).await?;
+        let next_page_token = if entries.len() as u32 == limit {
+            last.to_string()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::QueryResponse {
+            entries,
+            next_page_token,
+        }))
+    }
+
+    async fn stats(
+        &self,
+        request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        let history = self.history()?;
+        let filter = Filter::new(request.into_inner().filter.unwrap_or_default())?;
+        Ok(Response::new(history.stats(&filter).await?))
     }
 }
 
-/// Whether `record` passes `filter`: every non-empty list must contain the
-/// record's value.
-pub fn matches(filter: &pb::Filter, record: &pb::Record) -> bool {
-    let any = |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v == value);
-    let session = record.session.as_ref().map_or("", |s| s.id.as_str());
-    any(&filter.agents, &record.agent)
-        && any(&filter.sessions, session)
-        && any(&filter.hooks, &record.hook)
-        && (filter.verdicts.is_empty() || filter.verdicts.contains(&record.verdict))
+impl AuditService {
+    fn history(&self) -> Result<&Arc<dyn History>, Status> {
+        self.history.as_ref().ok_or_else(|| {
+            Status::unimplemented(
+                "guardd keeps no queryable store: query guard-collector, or read guardd's events file",
+            )
+        })
+    }
+}
+
+/// A checked [`pb::Filter`].
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub agents: Vec<String>,
+    pub sessions: Vec<String>,
+    pub hooks: Vec<String>,
+    /// Verdict names as records spell them: allow, deny, would_deny.
+    pub verdicts: Vec<&'static str>,
+    pub hosts: Vec<String>,
+    /// Nanoseconds since the epoch.
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+}
+
+impl Filter {
+    pub fn new(filter: pb::Filter) -> Result<Self, Status> {
+        let verdicts = filter
+            .verdicts
+            .iter()
+            .map(|v| match pb::Verdict::try_from(*v) {
+                Ok(pb::Verdict::Allow) => Ok("allow"),
+                Ok(pb::Verdict::Deny) => Ok("deny"),
+                Ok(pb::Verdict::WouldDeny) => Ok("would_deny"),
+                _ => Err(Status::invalid_argument(format!(
+                    "filter.verdicts: {v} is not a verdict (1 allow, 2 deny, 3 would_deny)"
+                ))),
+            })
+            .collect::<Result<_, _>>()?;
+        let since = filter.since.as_ref().map(nanos);
+        let until = filter.until.as_ref().map(nanos);
+        if let (Some(since), Some(until)) = (since, until)
+            && since >= until
+        {
+            return Err(Status::invalid_argument(
+                "filter: `since` must be before `until`",
+            ));
+        }
+        Ok(Self {
+            agents: filter.agents,
+            sessions: filter.sessions,
+            hooks: filter.hooks,
+            verdicts,
+            hosts: filter.hosts,
+            since,
+            until,
+        })
+    }
+
+    /// Whether the filter restricts records beyond host and time (losses
+    /// and gaps match such filters regardless: they may hide any record).
+    pub fn selects_records(&self) -> bool {
+        !(self.agents.is_empty()
+            && self.sessions.is_empty()
+            && self.hooks.is_empty()
+            && self.verdicts.is_empty())
+    }
+
+    /// Whether `entry` passes: every non-empty list must contain the
+    /// entry's value.
+    pub fn matches(&self, entry: &pb::Entry) -> bool {
+        let any = |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v == value);
+        let (host, time) = match &entry.entry {
+            Some(pb::entry::Entry::Record(r)) => (&r.host, r.time),
+            Some(pb::entry::Entry::Loss(l)) => (&l.host, l.time),
+            Some(pb::entry::Entry::Gap(g)) => (&g.host, g.time),
+            None => return false,
+        };
+        let time = time.as_ref().map_or(0, nanos);
+        if !any(&self.hosts, host)
+            || self.since.is_some_and(|s| time < s)
+            || self.until.is_some_and(|u| time >= u)
+        {
+            return false;
+        }
+        let Some(pb::entry::Entry::Record(r)) = &entry.entry else {
+            return true;
+        };
+        let session = r.session.as_ref().map_or("", |s| s.id.as_str());
+        any(&self.agents, &r.agent)
+            && any(&self.sessions, session)
+            && any(&self.hooks, &r.hook)
+            && (self.verdicts.is_empty() || self.verdicts.contains(&verdict_name(r.verdict)))
+    }
 }
 
 pub fn verdict(name: &str) -> pb::Verdict {
@@ -117,31 +260,93 @@ pub fn verdict(name: &str) -> pb::Verdict {
     }
 }
 
-fn to_proto(sealed: &Sealed) -> pb::Record {
-    let r = &sealed.record;
-    let time = humantime::parse_rfc3339(&r.time)
+pub fn verdict_name(verdict: i32) -> &'static str {
+    match pb::Verdict::try_from(verdict) {
+        Ok(pb::Verdict::Allow) => "allow",
+        Ok(pb::Verdict::Deny) => "deny",
+        Ok(pb::Verdict::WouldDeny) => "would_deny",
+        _ => "unknown",
+    }
+}
+
+/// Nanoseconds since the epoch.
+pub fn nanos(t: &prost_types::Timestamp) -> i64 {
+    t.seconds.saturating_mul(1_000_000_000) + i64::from(t.nanos)
+}
+
+pub fn timestamp(nanos: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: nanos.div_euclid(1_000_000_000),
+        nanos: nanos.rem_euclid(1_000_000_000) as i32,
+    }
+}
+
+/// Wall-clock time now, in nanoseconds since the epoch.
+pub fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// An RFC 3339 time as nanoseconds since the epoch (0 if it is not one).
+pub fn rfc3339_nanos(time: &str) -> i64 {
+    humantime::parse_rfc3339(time)
         .ok()
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map(|d| prost_types::Timestamp {
-            seconds: d.as_secs() as i64,
-            nanos: d.subsec_nanos() as i32,
-        });
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+pub fn rfc3339(nanos: i64) -> String {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64);
+    humantime::format_rfc3339_nanos(at).to_string()
+}
+
+/// The entry for one sealed line of a host's events stream.
+pub fn entry(host: &str, sealed: &str, line: &Line, integrity: pb::Integrity) -> pb::Entry {
+    let chain = chain::seal_of(sealed)
+        .map(|(_, h)| hex(&h))
+        .unwrap_or_default();
+    let entry = match line {
+        Line::Decision(record) => {
+            let mut record = to_proto(record, chain, sealed);
+            record.host = host.into();
+            record.integrity = integrity as i32;
+            pb::entry::Entry::Record(record)
+        }
+        Line::Loss(loss) => pb::entry::Entry::Loss(pb::Loss {
+            records: loss.loss.records,
+            stage: loss.loss.stage.clone(),
+            host: host.into(),
+            seq: loss.seq,
+            time: Some(timestamp(rfc3339_nanos(&loss.time))),
+            json: sealed.into(),
+        }),
+    };
+    pb::Entry { entry: Some(entry) }
+}
+
+/// The API form of what a record carries about its session.
+pub fn session(s: &SessionRef) -> pb::Session {
+    pb::Session {
+        id: s.session.clone(),
+        uid: s.user.uid,
+        user: s.user.name.clone().unwrap_or_default(),
+        login_uid: s.user.login_uid,
+        labels: s.labels.clone().into_iter().collect(),
+        parent: s.parent_session.clone().unwrap_or_default(),
+    }
+}
+
+fn to_proto(r: &Record, chain: String, json: &str) -> pb::Record {
     pb::Record {
         seq: r.seq,
-        time,
-        hook: r.hook.into(),
-        action: r.action.into(),
-        verdict: verdict(r.verdict) as i32,
+        time: Some(timestamp(rfc3339_nanos(&r.time))),
+        hook: r.hook.clone(),
+        action: r.action.clone(),
+        verdict: verdict(&r.verdict) as i32,
         agent: r.agent.clone(),
         profile: r.profile.clone(),
-        session: r.session.as_ref().map(|s| pb::Session {
-            id: s.session.clone(),
-            uid: s.user.uid,
-            user: s.user.name.clone().unwrap_or_default(),
-            login_uid: s.user.login_uid,
-            labels: s.labels.clone().into_iter().collect(),
-            parent: s.parent_session.clone().unwrap_or_default(),
-        }),
+        session: r.session.as_ref().map(session),
         generation: r.generation,
         policy_sha256: r.policy_sha256.clone(),
         agent_cgroup: r.agent_cgroup,
@@ -155,83 +360,136 @@ fn to_proto(sealed: &Sealed) -> pb::Record {
             dev: f.dev,
             ino: f.ino,
         }),
-        protocol: r.protocol.unwrap_or_default().into(),
+        protocol: r.protocol.clone().unwrap_or_default(),
         rule: r.rule.clone(),
         message: r.message.clone().unwrap_or_default(),
-        flags: r.flags.iter().map(|f| f.to_string()).collect(),
-        chain: sealed.chain.clone(),
+        flags: r.flags.clone(),
+        chain,
+        host: String::new(),
+        integrity: pb::Integrity::Unspecified as i32,
+        json: json.into(),
+        process: r.process.as_ref().map(|p| pb::Process {
+            cmdline: p.cmdline.clone(),
+            exe: p.exe.clone().unwrap_or_default(),
+            ancestry: p
+                .ancestry
+                .iter()
+                .map(|a| pb::Ancestor {
+                    pid: a.pid,
+                    comm: a.comm.clone(),
+                })
+                .collect(),
+        }),
+        redacted: r.redacted.clone(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::Chain;
 
-    fn record(agent: &str, verdict: pb::Verdict) -> pb::Record {
-        pb::Record {
-            agent: agent.into(),
-            hook: "path_unlink".into(),
-            verdict: verdict as i32,
-            ..Default::default()
+    fn record(agent: &str, verdict: pb::Verdict) -> pb::Entry {
+        pb::Entry {
+            entry: Some(pb::entry::Entry::Record(pb::Record {
+                agent: agent.into(),
+                hook: "path_unlink".into(),
+                verdict: verdict as i32,
+                host: "web-1".into(),
+                time: Some(timestamp(5_000_000_000)),
+                ..Default::default()
+            })),
         }
+    }
+
+    fn filter(filter: pb::Filter) -> Filter {
+        Filter::new(filter).unwrap()
     }
 
     #[test]
     fn filters_need_every_non_empty_list_to_match() {
-        let all = pb::Filter::default();
-        assert!(matches(&all, &record("coder", pb::Verdict::Allow)));
-        let denials_of_coder = pb::Filter {
+        let all = filter(pb::Filter::default());
+        assert!(all.matches(&record("coder", pb::Verdict::Allow)));
+        let denials_of_coder = filter(pb::Filter {
             agents: vec!["coder".into()],
             verdicts: vec![pb::Verdict::Deny as i32],
             ..Default::default()
-        };
-        assert!(matches(
-            &denials_of_coder,
-            &record("coder", pb::Verdict::Deny)
-        ));
-        assert!(!matches(
-            &denials_of_coder,
-            &record("coder", pb::Verdict::Allow)
-        ));
-        assert!(!matches(
-            &denials_of_coder,
-            &record("other", pb::Verdict::Deny)
-        ));
-        let by_session = pb::Filter {
+        });
+        assert!(denials_of_coder.matches(&record("coder", pb::Verdict::Deny)));
+        assert!(!denials_of_coder.matches(&record("coder", pb::Verdict::Allow)));
+        assert!(!denials_of_coder.matches(&record("other", pb::Verdict::Deny)));
+        let by_session = filter(pb::Filter {
             sessions: vec!["s1".into()],
             ..Default::default()
-        };
-        assert!(!matches(&by_session, &record("coder", pb::Verdict::Deny)));
+        });
+        assert!(!by_session.matches(&record("coder", pb::Verdict::Deny)));
+        let other_host = filter(pb::Filter {
+            hosts: vec!["db-1".into()],
+            ..Default::default()
+        });
+        assert!(!other_host.matches(&record("coder", pb::Verdict::Deny)));
     }
 
-    fn sealed(seq: u64) -> Sealed {
-        Sealed {
-            record: Record {
-                seq,
-                time: "2026-11-22T21:45:01.5Z".into(),
-                hook: "path_unlink",
-                action: "unlink",
-                verdict: "deny",
-                agent: "coder".into(),
-                profile: "coding".into(),
-                session: None,
-                generation: 1,
-                policy_sha256: String::new(),
-                agent_cgroup: 1,
-                cgroup: 1,
-                pid: 1,
-                tid: 1,
-                uid: 0,
-                comm: "rm".into(),
-                target: "/srv/data/x".into(),
-                file: None,
-                protocol: None,
-                rule: "keep".into(),
-                message: None,
-                flags: vec![],
-            },
-            chain: "ab".repeat(32),
+    #[test]
+    fn time_ranges_are_half_open_and_gaps_match_record_filters() {
+        let window = |since, until| {
+            filter(pb::Filter {
+                since: Some(timestamp(since)),
+                until: Some(timestamp(until)),
+                agents: vec!["coder".into()],
+                ..Default::default()
+            })
+        };
+        assert!(window(5_000_000_000, 6_000_000_000).matches(&record("coder", pb::Verdict::Deny)));
+        assert!(!window(4_000_000_000, 5_000_000_000).matches(&record("coder", pb::Verdict::Deny)));
+        let gap = pb::Entry {
+            entry: Some(pb::entry::Entry::Gap(pb::Gap {
+                host: "web-1".into(),
+                first_seq: 3,
+                last_seq: 4,
+                time: Some(timestamp(5_500_000_000)),
+            })),
+        };
+        assert!(window(5_000_000_000, 6_000_000_000).matches(&gap));
+        assert!(!window(6_000_000_000, 7_000_000_000).matches(&gap));
+    }
+
+    #[test]
+    fn bad_filters_are_invalid_arguments() {
+        let bad_verdict = pb::Filter {
+            verdicts: vec![42],
+            ..Default::default()
+        };
+        assert_eq!(
+            Filter::new(bad_verdict).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let backwards = pb::Filter {
+            since: Some(timestamp(2)),
+            until: Some(timestamp(1)),
+            ..Default::default()
+        };
+        assert_eq!(
+            Filter::new(backwards).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    fn sealed_entry(seq: u64) -> pb::Entry {
+        let mut chain = Chain::default();
+        while chain.next_seq() < seq {
+            chain.seal(b"{}".to_vec());
         }
+        let json = format!(
+            r#"{{"seq":{seq},"time":"2026-11-22T21:45:01.5Z","hook":"path_unlink","action":"unlink","verdict":"deny","agent":"coder","profile":"coding","generation":1,"policy_sha256":"","agent_cgroup":1,"cgroup":1,"pid":1,"tid":1,"uid":0,"comm":"rm","target":"/srv/data/x","rule":"keep"}}"#
+        );
+        let sealed = String::from_utf8(chain.seal(json.into_bytes())).unwrap();
+        entry(
+            "web-1",
+            &sealed,
+            &Line::parse(&sealed).unwrap(),
+            pb::Integrity::Unspecified,
+        )
     }
 
     #[tokio::test]
@@ -239,48 +497,50 @@ mod tests {
         use pb::audit_service_server::AuditService as _;
         let service = AuditService {
             feed: Feed::default(),
+            history: None,
+            subscriber_losses: Default::default(),
         };
         let mut stream = service
             .follow(Request::new(pb::FollowRequest::default()))
             .await
             .unwrap()
             .into_inner();
-        for seq in 1..=(SUBSCRIBER_QUEUE as u64 + 10) {
-            service.feed.publish(sealed(seq));
+        let entry = sealed_entry(1);
+        for _ in 0..(SUBSCRIBER_QUEUE + 10) {
+            service.feed.publish(entry.clone());
         }
-        let first = stream.next().await.unwrap().unwrap().event.unwrap();
+        let first = stream.next().await.unwrap().unwrap().entry.unwrap();
         assert_eq!(
             first,
-            pb::follow_response::Event::Loss(pb::Loss {
+            pb::entry::Entry::Loss(pb::Loss {
                 records: 10,
-                stage: "subscriber_queue".into()
+                stage: "subscriber_queue".into(),
+                ..Default::default()
             })
         );
-        let Some(pb::follow_response::Event::Record(next)) =
-            stream.next().await.unwrap().unwrap().event
+        let Some(pb::entry::Entry::Record(next)) = stream.next().await.unwrap().unwrap().entry
         else {
             panic!("a record after the loss")
         };
-        assert_eq!(next.seq, 11, "the oldest record still queued");
         assert_eq!(next.verdict, pb::Verdict::Deny as i32);
         assert_eq!(next.time.unwrap().nanos, 500_000_000);
+        assert_eq!(next.host, "web-1");
+        assert_eq!(next.chain.len(), 64);
+        assert!(next.json.starts_with("{\"seq\":1,"));
     }
 
     #[tokio::test]
-    async fn an_unknown_verdict_in_a_filter_is_invalid_argument() {
+    async fn guardd_answers_queries_with_unimplemented() {
         use pb::audit_service_server::AuditService as _;
         let service = AuditService {
             feed: Feed::default(),
+            history: None,
+            subscriber_losses: Default::default(),
         };
-        let request = pb::FollowRequest {
-            filter: Some(pb::Filter {
-                verdicts: vec![42],
-                ..Default::default()
-            }),
-        };
-        let Err(status) = service.follow(Request::new(request)).await else {
-            panic!("refused")
-        };
-        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let status = service
+            .query(Request::new(pb::QueryRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
     }
 }

@@ -94,6 +94,7 @@ impl Canary {
             name: AGENT.into(),
             mode: Mode::Enforce,
             record_allowed: false,
+            audit_or_deny: false,
             defaults: Defaults::all(Access::Allow),
             exec: vec![rule(
                 "exec",

@@ -94,15 +94,23 @@ impl Chain {
     }
 }
 
-fn link(previous: &[u8; 32], body: &[u8]) -> [u8; 32] {
+/// The hash that seals `body` (a line without its chain member) after a
+/// record whose hash is `previous`.
+pub fn link(previous: &[u8; 32], body: &[u8]) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(previous);
     hasher.update(body);
     hasher.finalize().into()
 }
 
+/// A sealed line without its chain member: what its hash covers.
+pub fn body(line: &str) -> Option<&[u8]> {
+    parse_hash(line)?;
+    Some(&line.as_bytes()[..line.len() - SUFFIX_LEN])
+}
+
 /// The `seq` and chain hash of a sealed line.
-fn seal_of(line: &str) -> Option<(u64, [u8; 32])> {
+pub fn seal_of(line: &str) -> Option<(u64, [u8; 32])> {
     let hash = parse_hash(line)?;
     let seq = serde_json::from_str::<serde_json::Value>(line).ok()?["seq"].as_u64()?;
     Some((seq, hash))
@@ -110,7 +118,14 @@ fn seal_of(line: &str) -> Option<(u64, [u8; 32])> {
 
 fn parse_hash(line: &str) -> Option<[u8; 32]> {
     let suffix = line.get(line.len().checked_sub(SUFFIX_LEN)?..)?;
-    let hex = suffix.strip_prefix(MEMBER)?.strip_suffix("\"}")?;
+    parse_hex(suffix.strip_prefix(MEMBER)?.strip_suffix("\"}")?)
+}
+
+/// A chain hash from its 64 hex digits.
+pub fn parse_hex(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
     let mut hash = [0u8; 32];
     for (byte, pair) in hash.iter_mut().zip(hex.as_bytes().chunks(2)) {
         *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;

@@ -225,6 +225,7 @@ fn profile_entry(profile: &Profile, index: u32) -> AgentEntry {
             Mode::Monitor => mode::MONITOR,
         },
         flags: flag(profile.record_allowed, agent_flag::RECORD_ALLOWED)
+            | flag(profile.audit_or_deny, agent_flag::AUDIT_OR_DENY)
             | flag(
                 profile.defaults.exec == Access::Deny,
                 agent_flag::EXEC_DEFAULT_DENY,

@@ -17,6 +17,9 @@ use crate::session::Session;
 /// Where guardd listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/guard/control.sock";
 
+/// Where guardd serves its local gRPC API (policy, sessions).
+pub const DEFAULT_API_SOCKET: &str = "/run/guard/api.sock";
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {

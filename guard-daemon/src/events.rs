@@ -7,32 +7,33 @@ use std::{
 };
 
 use guard_common::{Event, NO_RULE, event_flag, hook, protocol, verdict};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     daemon::Generation,
+    enrich::ProcessInfo,
     session::{Session, SessionRef},
 };
 
 /// A decision, as written to the events stream.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Record {
     /// Position in this host's record stream, from 1; see [`crate::chain`].
     pub seq: u64,
     /// Wall-clock time of the decision, RFC 3339.
     pub time: String,
     /// LSM hook that decided.
-    pub hook: &'static str,
+    pub hook: String,
     /// What the process tried: exec, unlink, rmdir, rename, truncate, connect, sendmsg.
-    pub action: &'static str,
+    pub action: String,
     /// allow, deny, or would_deny (monitor mode).
-    pub verdict: &'static str,
+    pub verdict: String,
     pub agent: String,
     /// The profile that decided.
     pub profile: String,
     /// The session, its launching user and labels; absent for a process
     /// that runs in an agent cgroup outside any session.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionRef>,
     /// Policy generation that decided, and the SHA-256 of its policy file.
     pub generation: u64,
@@ -48,21 +49,88 @@ pub struct Record {
     pub comm: String,
     /// The file path, or `address:port` for network actions.
     pub target: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileIdentity>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<&'static str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
     /// Id of the rule that decided; `default` when no rule matched and the
     /// profile's default decided.
     pub rule: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The acting process's command line and parents, from procfs; absent
+    /// when it had already exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessInfo>,
+    /// Fields in which secrets were masked, e.g. `process.cmdline`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redacted: Vec<String>,
     /// Notes on the record, e.g. `path_truncated`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub flags: Vec<&'static str>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+/// Records that were made but never written, as written to the events
+/// stream in their place.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LossRecord {
+    pub seq: u64,
+    pub time: String,
+    pub loss: Loss,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Loss {
+    /// Where they were lost: `ring_buffer` or `decode`.
+    pub stage: String,
+    pub records: u64,
+}
+
+/// One line of the events stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    Decision(Box<Record>),
+    Loss(LossRecord),
+}
+
+impl Line {
+    /// Parses a line of an events file (a sealed record or loss).
+    pub fn parse(line: &str) -> serde_json::Result<Self> {
+        #[derive(Deserialize)]
+        struct Probe {
+            loss: Option<serde::de::IgnoredAny>,
+        }
+        if serde_json::from_str::<Probe>(line)?.loss.is_some() {
+            serde_json::from_str(line).map(Line::Loss)
+        } else {
+            serde_json::from_str(line).map(|r| Line::Decision(Box::new(r)))
+        }
+    }
+
+    /// The line's JSON object, before sealing.
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        match self {
+            Line::Decision(r) => serde_json::to_vec(r),
+            Line::Loss(l) => serde_json::to_vec(l),
+        }
+    }
+
+    pub fn seq(&self) -> u64 {
+        match self {
+            Line::Decision(r) => r.seq,
+            Line::Loss(l) => l.seq,
+        }
+    }
+
+    pub fn time(&self) -> &str {
+        match self {
+            Line::Decision(r) => &r.time,
+            Line::Loss(l) => &l.time,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileIdentity {
     /// Kernel `dev_t` encoding: major << 20 | minor.
     pub dev: u32,
@@ -181,17 +249,17 @@ pub fn to_record(
     let profile_index = guard_common::profile_index(event.profile);
     let mut flags = Vec::new();
     if event.flags & event_flag::PATH_TRUNCATED != 0 {
-        flags.push("path_truncated");
+        flags.push("path_truncated".into());
     }
     if event.flags & event_flag::PATH_UNROOTED != 0 {
-        flags.push("path_unrooted");
+        flags.push("path_unrooted".into());
     }
     Record {
         seq: 0,
         time: humantime::format_rfc3339_nanos(clock.wall(event.boot_ns)).to_string(),
-        hook,
-        action,
-        verdict: verdict_name(event.verdict),
+        hook: hook.into(),
+        action: action.into(),
+        verdict: verdict_name(event.verdict).into(),
         agent: agent.unwrap_or_else(|| format!("cgroup-{}", event.agent_cgroup)),
         profile: match profile_index {
             guard_common::LOCKED_PROFILE => "locked".into(),
@@ -216,10 +284,13 @@ pub fn to_record(
             dev: event.dev,
             ino: event.ino,
         }),
-        protocol: is_network.then_some(match event.protocol {
-            protocol::TCP => "tcp",
-            protocol::UDP => "udp",
-            _ => "other",
+        protocol: is_network.then(|| {
+            match event.protocol {
+                protocol::TCP => "tcp",
+                protocol::UDP => "udp",
+                _ => "other",
+            }
+            .into()
         }),
         rule: match (event.rule_id, rule) {
             (NO_RULE, _) => "default".into(),
@@ -227,6 +298,8 @@ pub fn to_record(
             (id, None) => format!("#{id}"),
         },
         message: rule.and_then(|r| r.message.clone()),
+        process: None,
+        redacted: Vec::new(),
         flags,
     }
 }
@@ -240,6 +313,7 @@ mod tests {
         Generation {
             number: 3,
             policy_sha256: "ab".repeat(32),
+            text: String::new(),
             compiled: compile(
                 &parse("profiles:\n  - name: coding\n    default: allow\n    network:\n      deny:\n        - id: no-db\n          cidr: 10.0.0.0/8\n          message: no databases\nagents:\n  - name: coder\n    profile: coding\n")
                     .unwrap(),
@@ -299,7 +373,7 @@ mod tests {
             &Clock::new(),
         );
         assert_eq!(
-            (r.hook, r.action, r.verdict),
+            (r.hook.as_str(), r.action.as_str(), r.verdict.as_str()),
             ("socket_connect", "connect", "deny")
         );
         assert_eq!(r.target, "10.1.2.3:5432");
@@ -314,7 +388,7 @@ mod tests {
         assert_eq!(json["policy_sha256"], "ab".repeat(32));
         assert_eq!(r.message.as_deref(), Some("no databases"));
         assert_eq!(r.comm, "psql");
-        assert_eq!(r.protocol, Some("tcp"));
+        assert_eq!(r.protocol.as_deref(), Some("tcp"));
         assert!(r.file.is_none());
     }
 
@@ -347,7 +421,7 @@ mod tests {
         e.rule_id = NO_RULE;
         let r = to_record(&e, None, Some("coder".into()), None, &Clock::new());
         assert_eq!(
-            (r.action, r.verdict, r.target.as_str()),
+            (r.action.as_str(), r.verdict.as_str(), r.target.as_str()),
             ("unlink", "would_deny", "/a/b/c")
         );
         assert_eq!(r.file, Some(FileIdentity { dev: 3, ino: 42 }));

@@ -16,15 +16,45 @@ pub mod api;
 pub mod canary;
 pub mod cgroup;
 pub mod chain;
+pub mod collector;
 pub mod compile;
 pub mod control;
 pub mod daemon;
 pub mod enforcer;
+pub mod enrich;
 pub mod events;
+pub mod grpc;
 pub mod kernel_layout;
 pub mod launch;
+pub mod metrics;
+pub mod ocsf;
 pub mod policy;
+pub mod redact;
 pub mod session;
+pub mod ship;
+
+/// Logging setup shared by the daemons.
+pub mod logs {
+    /// Log format on stderr.
+    #[derive(Clone, Copy, clap::ValueEnum)]
+    pub enum LogFormat {
+        Text,
+        Json,
+    }
+
+    /// Logs to stderr in `format`, filtered by `GUARD_LOG` (default `info`).
+    pub fn init(format: LogFormat) {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG")
+            .unwrap_or_else(|_| "info".into());
+        let logs = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match format {
+            LogFormat::Text => logs.init(),
+            LogFormat::Json => logs.json().init(),
+        }
+    }
+}
 
 /// Exit codes shared by the binaries; documented in README.md.
 pub mod exit {

@@ -82,6 +82,9 @@ pub struct Profile {
     pub name: String,
     pub mode: Mode,
     pub record_allowed: bool,
+    /// Deny an action whose record cannot be written (implies
+    /// `record_allowed`).
+    pub audit_or_deny: bool,
     pub defaults: Defaults,
     pub exec: Vec<Rule<ExecTarget>>,
     pub files: Vec<Rule<FileTarget>>,
@@ -250,6 +253,8 @@ struct ProfileFile {
     mode: Mode,
     #[serde(default)]
     record_allowed: bool,
+    #[serde(default)]
+    audit_or_deny: bool,
     /// Required: a profile says what happens when no rule matches.
     default: DefaultsFile,
     #[serde(default)]
@@ -382,7 +387,8 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         profiles.push(Profile {
             name,
             mode: profile.mode,
-            record_allowed: profile.record_allowed,
+            record_allowed: profile.record_allowed || profile.audit_or_deny,
+            audit_or_deny: profile.audit_or_deny,
             defaults: match profile.default {
                 DefaultsFile::All(access) => Defaults::all(access),
                 DefaultsFile::PerKind(d) => Defaults {

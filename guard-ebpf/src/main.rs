@@ -176,14 +176,35 @@ impl Decision {
     }
 }
 
+/// Records `decision` if the profile records it, and returns whether the
+/// action is denied: by the decision, or, for a profile with audit-or-deny,
+/// because its record could not be written.
+#[inline(always)]
+fn decided(
+    agent: &Agent,
+    hook_id: u32,
+    decision: &Decision,
+    fill: impl FnOnce(&mut Event),
+) -> bool {
+    if decision.recorded(agent)
+        && !record(agent, hook_id, decision, fill)
+        && agent.entry.flags & agent_flag::AUDIT_OR_DENY != 0
+    {
+        count(Counter::UnrecordedDenials);
+        return true;
+    }
+    decision.denies()
+}
+
 /// Writes a record of `decision`; `fill` adds the target fields. Allowed
 /// decisions are written without waking the reader (it drains on a timer);
-/// denials wake it.
+/// denials wake it. False when the ring buffer had no room (counted).
 #[inline(always)]
-fn record(agent: &Agent, hook_id: u32, decision: &Decision, fill: impl FnOnce(&mut Event)) {
+fn record(agent: &Agent, hook_id: u32, decision: &Decision, fill: impl FnOnce(&mut Event)) -> bool {
+    count(Counter::RecordsMade);
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(Counter::EventsLost);
-        return;
+        return false;
     };
     let event = entry.as_mut_ptr();
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -231,6 +252,7 @@ fn record(agent: &Agent, hook_id: u32, decision: &Decision, fill: impl FnOnce(&m
         0
     };
     entry.submit(flags);
+    true
 }
 
 /// Copies `EVENT_PATH_LEN` bytes starting at `src` into the record's path.
@@ -339,13 +361,10 @@ fn try_exec(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     }
 
     let decision = Decision::new(agent, rule, agent_flag::EXEC_DEFAULT_DENY);
-    if decision.recorded(agent) {
-        record(agent, hook::EXEC, &decision, |event| {
-            set_identity(event, Some(identity));
-            set_path(event, scratch.d_path.as_ptr(), path_len, 0);
-        });
-    }
-    Ok(decision.denies())
+    Ok(decided(agent, hook::EXEC, &decision, |event| {
+        set_identity(event, Some(identity));
+        set_path(event, scratch.d_path.as_ptr(), path_len, 0);
+    }))
 }
 
 // ---------------------------------------------------------------- files ---
@@ -417,21 +436,21 @@ fn check_file(
         },
     });
     let decision = Decision::new(agent, rule, agent_flag::FILES_DEFAULT_DENY);
-    if decision.recorded(agent) {
-        let identity = kernel::dentry_identity(dentry).unwrap_or(None);
-        let built = kernel::guard_build_path(dentry_arg, vfsmount_arg);
-        let (start, flags) = (built as u32 as usize, (built >> 32) as u32);
-        let scratch = scratch()?;
-        let path = scratch
-            .walk
-            .as_ptr()
-            .wrapping_add(start & (maps::WALK_LEN - 1));
-        record(agent, hook_id, &decision, |event| {
-            set_identity(event, identity);
-            set_path(event, path, maps::WALK_LEN - start, flags);
-        });
+    if !decision.recorded(agent) {
+        return Ok(decision.denies());
     }
-    Ok(decision.denies())
+    let identity = kernel::dentry_identity(dentry).unwrap_or(None);
+    let built = kernel::guard_build_path(dentry_arg, vfsmount_arg);
+    let (start, flags) = (built as u32 as usize, (built >> 32) as u32);
+    let scratch = scratch()?;
+    let path = scratch
+        .walk
+        .as_ptr()
+        .wrapping_add(start & (maps::WALK_LEN - 1));
+    Ok(decided(agent, hook_id, &decision, |event| {
+        set_identity(event, identity);
+        set_path(event, path, maps::WALK_LEN - start, flags);
+    }))
 }
 
 /// `check_file` for a hook whose arguments are a directory's `struct path`
@@ -687,22 +706,19 @@ fn check_destination(
         find_net_rule(agent.entry.profile, &dest, proto),
         agent_flag::NETWORK_DEFAULT_DENY,
     );
-    if decision.recorded(agent) {
-        record(agent, hook_id, &decision, |event| {
-            event.family = dest.family;
-            event.port = dest.port;
-            event.protocol = proto;
-            // Two word stores rather than a 16-byte copy (see `record`).
-            let [a, b]: [u64; 2] = unsafe { core::mem::transmute(dest.addr) };
-            let addr = event.addr.as_mut_ptr().cast::<u64>();
-            // SAFETY: `addr` is 8-byte aligned inside the reserved record.
-            unsafe {
-                core::ptr::write_volatile(addr, a);
-                core::ptr::write_volatile(addr.add(1), b);
-            }
-        });
-    }
-    Ok(decision.denies())
+    Ok(decided(agent, hook_id, &decision, |event| {
+        event.family = dest.family;
+        event.port = dest.port;
+        event.protocol = proto;
+        // Two word stores rather than a 16-byte copy (see `record`).
+        let [a, b]: [u64; 2] = unsafe { core::mem::transmute(dest.addr) };
+        let addr = event.addr.as_mut_ptr().cast::<u64>();
+        // SAFETY: `addr` is 8-byte aligned inside the reserved record.
+        unsafe {
+            core::ptr::write_volatile(addr, a);
+            core::ptr::write_volatile(addr.add(1), b);
+        }
+    }))
 }
 
 /// Denies connect(2) to a denied destination (TCP, and UDP connect).

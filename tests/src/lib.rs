@@ -12,6 +12,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod collector;
+
 pub const EPERM: i32 = libc::EPERM;
 
 /// Path of one of Guard's binaries.
@@ -29,6 +31,8 @@ pub struct Guardd {
     pub log: PathBuf,
     /// Its control socket.
     pub socket: PathBuf,
+    /// Its local gRPC API socket.
+    pub api_socket: PathBuf,
 }
 
 impl Guardd {
@@ -62,6 +66,7 @@ impl Guardd {
         let events = dir.join("events.jsonl");
         let log = dir.join("guardd.log");
         let socket = dir.join("control.sock");
+        let api_socket = dir.join("api.sock");
         let child = Command::new(bin("guardd"))
             .arg("--policy")
             .arg(&policy_path)
@@ -71,6 +76,8 @@ impl Guardd {
             .arg(cgroup_root)
             .arg("--socket")
             .arg(&socket)
+            .arg("--api-socket")
+            .arg(&api_socket)
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -83,6 +90,7 @@ impl Guardd {
             events,
             log,
             socket,
+            api_socket,
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -106,6 +114,8 @@ impl Guardd {
         Command::new(bin("guardctl"))
             .arg("--socket")
             .arg(&self.socket)
+            .arg("--api-socket")
+            .arg(&self.api_socket)
             .args(args)
             .output()
             .expect("run guardctl")

@@ -154,7 +154,7 @@ fn build(repo: &Repo) -> Result<Artifacts> {
     })
 }
 
-const BINARIES: [&str; 3] = ["guardd", "guardctl", "guard-probe"];
+const BINARIES: [&str; 4] = ["guardd", "guardctl", "guard-collector", "guard-probe"];
 
 fn initramfs(repo: &Repo, artifacts: &Artifacts) -> Result<PathBuf> {
     let mut files: Vec<_> = BINARIES
@@ -322,8 +322,13 @@ fn test(repo: &Repo) -> Result<()> {
             "guard-tests",
             "--test",
             "host",
+            "--test",
+            "collector",
             "--",
             "--ignored",
+            // The collector tests each start servers; one at a time keeps
+            // two cores responsive.
+            "--test-threads=1",
         ])
         .env("GUARD_BIN_DIR", repo.release_dir()))?;
     vm_tests(repo, &Series::ALL)?;

@@ -9,14 +9,24 @@ use anyhow::{Context as _, Result, bail};
 use crate::{Repo, capture, run};
 
 /// Debian packages: QEMU for the kernel VMs, a static busybox and cpio for
-/// their initramfs.
-const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
+/// their initramfs, PostgreSQL for the collector's shared-store tests.
+const PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "postgresql",
+    "postgresql-client",
+];
+
+/// Python packages for the test client generated from the proto.
+const PYTHON_PACKAGES: &[&str] = &["grpcio==1.85.1", "grpcio-tools==1.85.1"];
 
 /// bpf-linker release, and the LLVM feature matching the pinned nightly.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn setup(repo: &Repo) -> Result<()> {
     install_packages()?;
+    install_python_packages()?;
     let toolchain = repo.ebpf_toolchain()?;
     install_toolchain(&toolchain)?;
     install_bpf_linker(&toolchain)?;
@@ -40,6 +50,29 @@ fn install_packages() -> Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn install_python_packages() -> Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing Python packages: {}",
+        PYTHON_PACKAGES.join(" ")
+    );
+    run(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--root-user-action=ignore",
+        ])
+        .args(PYTHON_PACKAGES))
 }
 
 fn install_toolchain(toolchain: &str) -> Result<()> {

@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use guard_daemon::{cgroup, control, daemon, exit};
+use guard_daemon::{
+    cgroup, control, daemon, exit,
+    logs::{self, LogFormat},
+};
 
 /// Enforce a Guard policy on agent cgroups with BPF LSM.
 ///
@@ -40,11 +43,46 @@ struct Args {
     #[arg(long, env = "GUARD_CONTROL_SOCKET", default_value = control::DEFAULT_SOCKET)]
     socket: PathBuf,
 
+    /// Local gRPC API (policy get/validate/apply, sessions); mode 0600.
+    #[arg(long, env = "GUARD_API_SOCKET", default_value = control::DEFAULT_API_SOCKET)]
+    api_socket: PathBuf,
+
     /// Serve the gRPC audit API (live feed of records) on this address, e.g.
     /// 127.0.0.1:50051. Off by default: the API has no authentication yet,
     /// so bind it to loopback.
     #[arg(long, env = "GUARD_GRPC_LISTEN", value_name = "ADDR:PORT")]
     grpc_listen: Option<std::net::SocketAddr>,
+
+    /// Ship the records to guard-collector at this URL, e.g.
+    /// http://collector.example:50052. Needs --events: the events file is
+    /// the spool, kept whole, and shipping resumes where the collector's
+    /// copy ends.
+    #[arg(long, env = "GUARD_COLLECTOR", value_name = "URL", requires = "events")]
+    collector: Option<String>,
+
+    /// Also mask what this regular expression matches in recorded command
+    /// lines (repeatable; a `secret` group limits the mask to it). Built-in
+    /// patterns cover passwords in URLs, --password style options,
+    /// *_TOKEN= style assignments, bearer tokens, AWS key ids and private
+    /// keys.
+    #[arg(long = "redact", value_name = "REGEX")]
+    redact: Vec<String>,
+
+    /// Also write every record as an OCSF 1.3 event (JSON lines) to this
+    /// file, for log shippers.
+    #[arg(long = "ocsf-file", env = "GUARD_OCSF_FILE", value_name = "FILE")]
+    ocsf: Option<PathBuf>,
+
+    /// Serve Prometheus metrics on this address (GET /metrics), e.g.
+    /// 127.0.0.1:9464: decisions by hook, verdict and agent, losses by
+    /// stage, the kernel counters, enforcement state, generation, and the
+    /// shipping position.
+    #[arg(long, env = "GUARD_METRICS_LISTEN", value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
+
+    /// This host's name in the collector (default: the system's host name).
+    #[arg(long, env = "GUARD_HOST_NAME")]
+    host_name: Option<String>,
 
     /// Only check whether this host can enforce (load and attach the
     /// programs, run the readiness canary, detach), and exit 0 or 3.
@@ -61,36 +99,39 @@ struct Args {
     log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn main() {
     let args = Args::parse();
     if let Some(dir) = &args.canary {
         std::process::exit(guard_daemon::canary::probe(dir));
     }
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG").unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    logs::init(args.log_format);
 
     let result = if args.check {
         daemon::check_host()
     } else {
+        let redactor = match guard_daemon::redact::Redactor::new(&args.redact) {
+            Ok(redactor) => redactor,
+            Err(e) => {
+                tracing::error!("--redact: {e}");
+                std::process::exit(exit::USAGE);
+            }
+        };
         let config = daemon::Config {
             policy: args.policy.expect("clap requires --policy"),
             events: args.events,
             cgroup_root: args.cgroup_root,
             socket: args.socket,
+            api_socket: args.api_socket,
             grpc_listen: args.grpc_listen,
+            collector: args.collector,
+            redactor,
+            ocsf: args.ocsf,
+            metrics_listen: args.metrics_listen,
+            host_name: args.host_name.unwrap_or_else(|| {
+                nix::unistd::gethostname()
+                    .map(|h| h.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| "localhost".into())
+            }),
         };
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -18,6 +18,7 @@
 //!   connect-udp-loop ADDR STOP  connect(2) a UDP socket to ADDR once a
 //!                             millisecond until file STOP exists; reports
 //!                             `{"pid":N,"ok":true,"allowed":A,"denied":D}`
+//!   connect-udp-flood ADDR N  the same N times as fast as it can
 //! --child-cgroup NAME first creates a child of the probe's own cgroup and
 //! moves the probe into it.
 
@@ -87,11 +88,23 @@ fn enter_child_cgroup(name: &str) -> io::Result<()> {
 
 /// Connects one UDP socket to `to` over and over until `stop` exists, and
 /// reports how many connects were allowed and denied.
-fn connect_udp_loop(to: SocketAddr, stop: &Path) -> io::Result<()> {
+/// When a connect loop ends.
+enum Until<'a> {
+    /// This file exists; one connect a millisecond.
+    File(&'a Path),
+    /// This many connects, back to back.
+    Count(u64),
+}
+
+fn connect_udp_loop(to: SocketAddr, until: Until) -> io::Result<()> {
     let socket = UdpSocket::bind(unspecified_for(&to))?;
     let (mut allowed, mut denied) = (0u64, 0u64);
     for i in 0u64.. {
-        if i % 100 == 0 && stop.exists() {
+        let done = match until {
+            Until::File(stop) => i % 100 == 0 && stop.exists(),
+            Until::Count(n) => i == n,
+        };
+        if done {
             break;
         }
         match socket.connect(to) {
@@ -99,7 +112,9 @@ fn connect_udp_loop(to: SocketAddr, stop: &Path) -> io::Result<()> {
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => denied += 1,
             Err(e) => return Err(e),
         }
-        std::thread::sleep(std::time::Duration::from_millis(1));
+        if let Until::File(_) = until {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
     let pid = std::process::id();
     println!(r#"{{"pid":{pid},"ok":true,"allowed":{allowed},"denied":{denied}}}"#);
@@ -154,7 +169,10 @@ fn main() {
         "mkdir" => check(unsafe { libc::mkdir(cstr(arg(1)).as_ptr(), 0o755) }),
         "symlink" => check(unsafe { libc::symlink(cstr(arg(1)).as_ptr(), cstr(arg(2)).as_ptr()) }),
         "link" => check(unsafe { libc::link(cstr(arg(1)).as_ptr(), cstr(arg(2)).as_ptr()) }),
-        "connect-udp-loop" => connect_udp_loop(addr(arg(1)), Path::new(arg(2))),
+        "connect-udp-loop" => connect_udp_loop(addr(arg(1)), Until::File(Path::new(arg(2)))),
+        "connect-udp-flood" => {
+            connect_udp_loop(addr(arg(1)), Until::Count(arg(2).parse().expect("a count")))
+        }
         "connect-tcp" => TcpStream::connect(addr(arg(1))).map(drop),
         "connect-udp" => {
             let a = addr(arg(1));

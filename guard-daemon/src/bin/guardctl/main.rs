@@ -1,14 +1,22 @@
-//! `guardctl`: launch agents, inspect and reload the daemon, check policies.
+//! `guardctl`: launch agents, inspect and reload the daemon, check policies,
+//! follow and query the audit trail.
+
+mod audit;
+mod local;
 
 use std::{collections::BTreeMap, ffi::OsString, path::PathBuf};
 
+use audit::{FilterArgs, Output};
 use clap::{Parser, Subcommand};
 use guard_daemon::{
-    api::{self, pb},
-    chain,
     control::{self, Request, Response, Status},
     daemon, exit, launch,
 };
+
+/// Where guardd serves the audit API by default (guardd --grpc-listen).
+const GUARDD_API: &str = "127.0.0.1:50051";
+/// Where guard-collector serves it by default.
+const COLLECTOR_API: &str = "127.0.0.1:50052";
 
 /// Launch agents under Guard, inspect and reload guardd, check policies.
 #[derive(Parser)]
@@ -17,6 +25,9 @@ struct Args {
     /// guardd's control socket.
     #[arg(long, global = true, env = "GUARD_CONTROL_SOCKET", default_value = control::DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// guardd's local gRPC API socket.
+    #[arg(long, global = true, env = "GUARD_API_SOCKET", default_value = control::DEFAULT_API_SOCKET)]
+    api_socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,6 +65,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the sessions guardd knows, through its local API (an agent
+    /// sees only its own session tree).
+    Sessions {
+        /// Only this agent's sessions.
+        #[arg(long)]
+        agent: Option<String>,
+        /// One JSON object per session.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make guardd read its policy file again.
     ///
     /// Exit 0 when the new policy is in force, 4 when it was refused (the
@@ -65,32 +86,24 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Follow guardd's records live, through its gRPC API.
+    /// Follow records live, through the audit API of guardd or of
+    /// guard-collector.
     ///
-    /// Needs guardd --grpc-listen. Filtered on the server; one JSON object
-    /// per line. A line `{"loss":N}` says N records were missed because this
-    /// client fell behind.
+    /// Filtered on the server. A loss entry says how many records were
+    /// missed and where (e.g. this client fell behind).
     Events {
         /// Keep following (the only mode so far).
         #[arg(long, required = true)]
         follow: bool,
-        /// guardd's gRPC address.
-        #[arg(long, env = "GUARD_GRPC", default_value = "127.0.0.1:50051")]
+        /// The audit API's address (guardd --grpc-listen, or a collector).
+        #[arg(long, env = "GUARD_GRPC", default_value = GUARDD_API)]
         server: String,
-        /// Only these agents (repeatable).
-        #[arg(long)]
-        agent: Vec<String>,
-        /// Only these sessions (repeatable).
-        #[arg(long)]
-        session: Vec<String>,
-        /// Only these hooks, e.g. path_unlink (repeatable).
-        #[arg(long)]
-        hook: Vec<String>,
-        /// Only these verdicts (repeatable).
-        #[arg(long, value_parser = ["allow", "deny", "would_deny"])]
-        verdict: Vec<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(short, long, value_enum, default_value = "json")]
+        output: Output,
     },
-    /// Check recorded events.
+    /// Query, count, verify and ship recorded events.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -99,12 +112,59 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check that an events file (guardd --events) is intact: every record's
-    /// chain hash matches and no sequence number is missing. Exit 0 when
-    /// intact, 1 with the first broken link (line and reason) when not.
+    /// Print the stored entries that match, oldest first (from
+    /// guard-collector): records, losses, and gaps (which match every
+    /// filter but host and time, since a gap may hide any record).
+    Query {
+        /// The collector's address.
+        #[arg(long, env = "GUARD_COLLECTOR_GRPC", default_value = COLLECTOR_API)]
+        server: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Print at most this many entries.
+        #[arg(long)]
+        limit: Option<u64>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Count the stored entries that match, by verdict, with losses, gaps
+    /// and broken chain links, and each host's next sequence number.
+    Stats {
+        #[arg(long, env = "GUARD_COLLECTOR_GRPC", default_value = COLLECTOR_API)]
+        server: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Check that records are intact: every chain hash matches and no
+    /// sequence number is missing. Exit 0 when intact, 1 with the first
+    /// broken link when not.
+    ///
+    /// Checks an events file (guardd --events), or with --host, that
+    /// host's stream as the collector stores it (gaps the collector
+    /// recorded are listed, and each stretch between them is checked).
     Verify {
         /// Events file (JSON lines), or `-` for standard input.
+        #[arg(required_unless_present = "host", conflicts_with = "host")]
+        file: Option<PathBuf>,
+        /// Check this host's stream in the collector instead.
+        #[arg(long)]
+        host: Option<String>,
+        /// The collector's address (with --host).
+        #[arg(long, env = "GUARD_COLLECTOR_GRPC", default_value = COLLECTOR_API)]
+        server: String,
+    },
+    /// Send an events file to a collector, e.g. one kept from a host whose
+    /// guardd no longer runs. Resumes where the collector's copy of the
+    /// host's stream ends; exit 0 once the collector acknowledged all.
+    Ship {
+        /// Events file (guardd --events).
         file: PathBuf,
+        /// The host the file is from, as the collector names it.
+        #[arg(long = "as-host")]
+        host: String,
+        /// The collector's address.
+        #[arg(long, env = "GUARD_COLLECTOR_GRPC", default_value = COLLECTOR_API)]
+        server: String,
     },
 }
 
@@ -115,6 +175,19 @@ enum PolicyCommand {
     Check {
         /// Policy file (YAML).
         file: PathBuf,
+    },
+    /// Print the policy in force (its generation and SHA-256 on stderr).
+    Show,
+    /// Make FILE's policy the one in force: guardd validates it, writes it
+    /// to its policy file and loads it. Exit 0 when in force, 4 when refused
+    /// (the old policy stays), 1 when in force but not enforcing.
+    Apply {
+        /// Policy file (YAML).
+        file: PathBuf,
+        /// Only if the policy in force has this SHA-256 (from `policy
+        /// show`), so that a change made meanwhile is not overwritten.
+        #[arg(long, value_name = "SHA256")]
+        expect: Option<String>,
     },
 }
 
@@ -168,31 +241,13 @@ fn main() {
             }
             other => fail(other),
         },
-        Command::Audit {
-            command: AuditCommand::Verify { file },
-        } => verify(&file),
+        Command::Audit { command } => audit(command),
         Command::Events {
             follow: _,
             server,
-            agent,
-            session,
-            hook,
-            verdict,
-        } => {
-            let filter = pb::Filter {
-                agents: agent,
-                sessions: session,
-                hooks: hook,
-                verdicts: verdict.iter().map(|v| api::verdict(v) as i32).collect(),
-            };
-            match follow(&server, filter) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("guardctl: {e:#}");
-                    exit::FAILURE
-                }
-            }
-        }
+            filter,
+            output,
+        } => or_fail(audit::follow(&server, &filter, output)),
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => match daemon::load_policy(&file, None) {
@@ -208,6 +263,13 @@ fn main() {
                 fatal.code
             }
         },
+        Command::Policy {
+            command: PolicyCommand::Show,
+        } => local::show_policy(&args.api_socket),
+        Command::Policy {
+            command: PolicyCommand::Apply { file, expect },
+        } => local::apply_policy(&args.api_socket, &file, expect),
+        Command::Sessions { agent, json } => local::list_sessions(&args.api_socket, agent, json),
     };
     std::process::exit(code);
 }
@@ -240,102 +302,45 @@ fn run(
     }
 }
 
-/// Prints the records of guardd's live feed until it ends.
-fn follow(server: &str, filter: pb::Filter) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    use std::io::Write as _;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let url = format!("http://{server}");
-        let mut client = pb::audit_service_client::AuditServiceClient::connect(url.clone())
-            .await
-            .with_context(|| format!("cannot reach guardd's gRPC API at {url} (is guardd running with --grpc-listen?)"))?;
-        let mut stream = client
-            .follow(pb::FollowRequest {
-                filter: Some(filter),
-            })
-            .await?
-            .into_inner();
-        let mut out = std::io::stdout().lock();
-        while let Some(response) = stream.message().await? {
-            let line = match response.event {
-                Some(pb::follow_response::Event::Record(r)) => record_json(&r),
-                Some(pb::follow_response::Event::Loss(loss)) => {
-                    serde_json::json!({"loss": loss.records, "stage": loss.stage})
-                }
-                None => continue,
-            };
-            writeln!(out, "{line}")?;
-            out.flush()?;
-        }
-        Ok(())
-    })
-}
-
-fn record_json(r: &pb::Record) -> serde_json::Value {
-    let verdict = match pb::Verdict::try_from(r.verdict) {
-        Ok(pb::Verdict::Allow) => "allow",
-        Ok(pb::Verdict::Deny) => "deny",
-        Ok(pb::Verdict::WouldDeny) => "would_deny",
-        _ => "unknown",
-    };
-    let time = r.time.map(|t| {
-        let at = std::time::UNIX_EPOCH
-            + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
-        humantime::format_rfc3339_nanos(at).to_string()
-    });
-    serde_json::json!({
-        "seq": r.seq,
-        "time": time,
-        "hook": r.hook,
-        "action": r.action,
-        "verdict": verdict,
-        "agent": r.agent,
-        "profile": r.profile,
-        "session": r.session.as_ref().map(|s| &s.id),
-        "labels": r.session.as_ref().map(|s| &s.labels),
-        "generation": r.generation,
-        "pid": r.pid,
-        "comm": r.comm,
-        "target": r.target,
-        "rule": r.rule,
-        "message": r.message,
-        "chain": r.chain,
-    })
-}
-
-fn verify(file: &std::path::Path) -> i32 {
-    let input: Box<dyn std::io::BufRead> = if file == std::path::Path::new("-") {
-        Box::new(std::io::stdin().lock())
-    } else {
-        match std::fs::File::open(file) {
-            Ok(f) => Box::new(std::io::BufReader::new(f)),
-            Err(e) => {
-                eprintln!("guardctl: cannot read {}: {e}", file.display());
-                return exit::FAILURE;
-            }
-        }
-    };
-    match chain::verify(input) {
-        Ok(Ok(v)) => {
-            match (v.first_seq, v.last_seq) {
-                (Some(first), Some(last)) => println!(
-                    "{}: intact: {} records, sequence {first} to {last}",
-                    file.display(),
-                    v.records
-                ),
-                _ => println!("{}: intact: no records", file.display()),
-            }
-            0
-        }
-        Ok(Err(broken)) => {
-            eprintln!("guardctl: {}: BROKEN at {broken}", file.display());
+fn audit(command: AuditCommand) -> i32 {
+    match command {
+        AuditCommand::Query {
+            server,
+            filter,
+            limit,
+            output,
+        } => or_fail(audit::query(&server, &filter, limit, output)),
+        AuditCommand::Stats { server, filter } => or_fail(audit::stats(&server, &filter)),
+        AuditCommand::Verify {
+            file: Some(file), ..
+        } => audit::verify_file(&file),
+        AuditCommand::Verify {
+            host: Some(host),
+            server,
+            ..
+        } => audit::verify_stored(&server, &host).unwrap_or_else(|e| {
+            eprintln!("guardctl: {e:#}");
             exit::FAILURE
-        }
+        }),
+        AuditCommand::Verify { .. } => unreachable!("clap requires a file or --host"),
+        AuditCommand::Ship { file, host, server } => match audit::ship(file, &server, host) {
+            Ok(acked) => {
+                println!("shipped: the collector holds the stream up to {acked}");
+                0
+            }
+            Err(e) => {
+                eprintln!("guardctl: {e:#}");
+                exit::FAILURE
+            }
+        },
+    }
+}
+
+fn or_fail(result: anyhow::Result<()>) -> i32 {
+    match result {
+        Ok(()) => 0,
         Err(e) => {
-            eprintln!("guardctl: cannot read {}: {e}", file.display());
+            eprintln!("guardctl: {e:#}");
             exit::FAILURE
         }
     }

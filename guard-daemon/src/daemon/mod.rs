@@ -13,6 +13,8 @@ use std::{
     time::Duration,
 };
 
+mod services;
+
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use guard_common::{Counter, lsm};
@@ -20,26 +22,31 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader, unix::AsyncFd},
     net::{UnixListener, UnixStream},
     signal::unix::SignalKind,
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
 use tracing::{error, info, warn};
 
 use crate::{
-    api::{AuditService, Feed, Sealed, pb::audit_service_server::AuditServiceServer},
+    api::{self, AuditService, Feed, pb},
     canary::{self, Canary},
     cgroup::{self, GuardRoot},
     chain::Chain,
     compile::{self, CompiledPolicy},
     control::{HookStatus, ProfileStatus, Request, Response, Status},
     enforcer::{EnforceError, Enforcer},
-    events::{self, Clock},
-    exit, policy,
+    events::{self, Clock, Line},
+    exit,
+    metrics::{DaemonMetrics, DecisionLabels, NameLabels, StageLabels},
+    policy,
     session::{self, Session, Sessions},
 };
 
 /// How often records of allowed decisions (written without a wake-up) are
 /// drained.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Records written between two chances for the control socket and reloads
+/// to run (guardd is single-threaded).
+const DRAIN_BATCH: usize = 1024;
 /// How often ended sessions are looked for.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
 /// Generations kept after they are replaced, so that records still queued
@@ -56,8 +63,20 @@ pub struct Config {
     pub cgroup_root: String,
     /// The control socket.
     pub socket: PathBuf,
+    /// The local gRPC API socket (policy and sessions).
+    pub api_socket: PathBuf,
     /// Where the gRPC audit API listens; off when `None`.
     pub grpc_listen: Option<std::net::SocketAddr>,
+    /// The collector to ship the events file to; needs `events`.
+    pub collector: Option<String>,
+    /// This host's name in records and in the collector.
+    pub host_name: String,
+    /// Masks secrets in recorded command lines.
+    pub redactor: crate::redact::Redactor,
+    /// Also write every record as an OCSF event to this file.
+    pub ocsf: Option<PathBuf>,
+    /// Where Prometheus metrics are served; off when `None`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// An error with the process exit code it maps to.
@@ -93,6 +112,7 @@ fn failure(error: impl Into<anyhow::Error>) -> Fatal {
 pub struct LoadedPolicy {
     pub compiled: CompiledPolicy,
     pub sha256: String,
+    pub text: String,
 }
 
 /// Reads, validates and compiles the policy file, with the canary's agent
@@ -106,21 +126,36 @@ pub fn load_policy(path: &Path, canary: Option<&Canary>) -> Result<LoadedPolicy,
     let text = std::fs::read(path)
         .with_context(|| format!("cannot read policy {}", path.display()))
         .map_err(invalid)?;
-    let sha256 = digest(&text);
     let text = String::from_utf8(text).map_err(|_| {
         invalid(anyhow::anyhow!(
             "invalid policy {}: not UTF-8",
             path.display()
         ))
     })?;
-    let mut parsed = policy::parse(&text)
-        .map_err(|e| invalid(anyhow::anyhow!("invalid policy {}: {e}", path.display())))?;
+    compile_policy(text, &path.display().to_string(), canary)
+}
+
+/// Validates and compiles a policy's text; errors name `origin` (a file)
+/// with the line, column and reason.
+pub fn compile_policy(
+    text: String,
+    origin: &str,
+    canary: Option<&Canary>,
+) -> Result<LoadedPolicy, Fatal> {
+    let invalid = |e: &dyn std::fmt::Display| Fatal {
+        code: exit::INVALID_POLICY,
+        error: anyhow::anyhow!("invalid policy {origin}: {e}"),
+    };
+    let mut parsed = policy::parse(&text).map_err(|e| invalid(&e))?;
     if let Some(canary) = canary {
         canary.add_to(&mut parsed);
     }
-    let compiled = compile::compile(&parsed)
-        .map_err(|e| invalid(anyhow::anyhow!("invalid policy {}: {e}", path.display())))?;
-    Ok(LoadedPolicy { compiled, sha256 })
+    let compiled = compile::compile(&parsed).map_err(|e| invalid(&e))?;
+    Ok(LoadedPolicy {
+        compiled,
+        sha256: digest(text.as_bytes()),
+        text,
+    })
 }
 
 /// SHA-256 of a policy file's bytes, as records and status show it.
@@ -148,6 +183,7 @@ pub fn check_host() -> Result<(), Fatal> {
         LoadedPolicy {
             compiled,
             sha256: String::new(),
+            text: String::new(),
         },
     )?;
     info!(
@@ -162,6 +198,8 @@ pub fn check_host() -> Result<(), Fatal> {
 pub struct Generation {
     pub number: u64,
     pub policy_sha256: String,
+    /// The policy file's text.
+    pub text: String,
     pub compiled: CompiledPolicy,
     /// RFC 3339.
     pub loaded: String,
@@ -288,6 +326,7 @@ impl State {
         self.generations.push_front(Arc::new(Generation {
             number: info.generation,
             policy_sha256: policy.sha256,
+            text: policy.text,
             compiled,
             loaded: session::now_rfc3339(),
         }));
@@ -551,10 +590,25 @@ impl State {
             ("events_lost", Counter::EventsLost),
             ("hook_errors", Counter::HookErrors),
             ("walk_too_deep", Counter::WalkTooDeep),
+            ("records_made", Counter::RecordsMade),
+            ("unrecorded_denials", Counter::UnrecordedDenials),
         ]
         .into_iter()
         .map(|(name, c)| (name.to_string(), self.enforcer.counter(c).unwrap_or(0)))
         .collect()
+    }
+
+    /// Copies the kernel counters, enforcement state and generation into
+    /// the metrics.
+    fn update_metrics(&self, metrics: &DaemonMetrics) {
+        for (name, value) in self.counters() {
+            metrics
+                .kernel
+                .get_or_create(&NameLabels { name })
+                .set(value as i64);
+        }
+        metrics.enforcing.set(i64::from(self.readiness.is_ok()));
+        metrics.generation.set(self.current().number as i64);
     }
 
     fn record(&mut self, event: &guard_common::Event, clock: &Clock) -> events::Record {
@@ -610,7 +664,7 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         );
     }
 
-    let mut out: Box<dyn Write + Send> = match &config.events {
+    let out: Box<dyn Write + Send> = match &config.events {
         Some(path) => Box::new(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -626,6 +680,13 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     let (changes_tx, changes_rx) = mpsc::channel(16);
     let watcher = FileWatcher::new(changes_tx, watched).map_err(failure)?;
     tokio::spawn(serve_control(listener, state.clone()));
+    let api_listener = bind_control(&config.api_socket).map_err(failure)?;
+    tokio::spawn(services::serve(
+        api_listener,
+        services::LocalApi {
+            state: state.clone(),
+        },
+    ));
     tokio::spawn(reload_on_change(state.clone(), changes_rx, watcher));
 
     let chain = match &config.events {
@@ -634,27 +695,75 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
             .map_err(failure)?,
         None => Chain::default(),
     };
-    let feed = Feed::default();
+    let ocsf: Option<Box<dyn Write + Send>> = match &config.ocsf {
+        Some(path) => Some(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open OCSF file {}", path.display()))
+                .map_err(failure)?,
+        )),
+        None => None,
+    };
+    let metrics = Arc::new(DaemonMetrics::default());
+    if let Some(addr) = config.metrics_listen {
+        let listener = crate::metrics::listen(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))
+            .map_err(failure)?;
+        info!(%addr, "metrics on /metrics");
+        tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+    }
+    lock(&state).update_metrics(&metrics);
+    let mut writer = RecordWriter::new(chain, out, config.host_name.clone(), config.redactor);
+    writer.ocsf = ocsf;
+    writer.metrics = metrics.clone();
     if let Some(addr) = config.grpc_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for gRPC on {addr}"))
             .map_err(failure)?;
         info!(%addr, "gRPC audit API listening");
-        let service = AuditServiceServer::new(AuditService { feed: feed.clone() });
+        let services = crate::grpc::Services {
+            audit: AuditService {
+                feed: writer.feed.clone(),
+                history: None,
+                subscriber_losses: metrics
+                    .lost
+                    .get_or_create(&StageLabels {
+                        stage: "subscriber_queue".into(),
+                    })
+                    .clone(),
+            },
+            ingest: None,
+        };
         tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            if let Err(e) = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(incoming)
-                .await
-            {
-                error!("gRPC audit API stopped: {e}");
+            if let Err(e) = crate::grpc::serve(listener, services, std::future::pending()).await {
+                error!("gRPC audit API stopped: {e:#}");
             }
         });
     }
-    let result = stream_events(events, &state, chain, &feed, &mut out).await;
+    if let (Some(collector), Some(events)) = (&config.collector, &config.events) {
+        let shipper = crate::ship::Shipper {
+            events: events.clone(),
+            collector: collector.clone(),
+            host: config.host_name.clone(),
+            written: Some(writer.written.subscribe()),
+            acked: watch::Sender::new(0),
+        };
+        let mut acked = shipper.acked.subscribe();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            while acked.changed().await.is_ok() {
+                metrics.acked_seq.set(*acked.borrow() as i64);
+            }
+        });
+        tokio::spawn(shipper.run());
+    }
+    let result = stream_events(events, &state, writer).await;
     let _ = std::fs::remove_file(&config.socket);
+    let _ = std::fs::remove_file(&config.api_socket);
     result.map_err(failure)?;
 
     let state = lock(&state);
@@ -839,6 +948,8 @@ async fn reload_on_change(
     }
 }
 
+/// Listens on a unix socket only root can open (the control socket, the
+/// local API socket).
 fn bind_control(path: &Path) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
@@ -846,8 +957,8 @@ fn bind_control(path: &Path) -> anyhow::Result<UnixListener> {
     }
     // A socket left by a daemon that did not shut down cleanly.
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("cannot listen on control socket {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot restrict {}", path.display()))?;
     Ok(listener)
@@ -945,9 +1056,7 @@ async fn answer(request: Request, caller: Caller, state: Arc<Mutex<State>>) -> R
 async fn stream_events(
     events: RingBuf<MapData>,
     state: &Mutex<State>,
-    mut chain: Chain,
-    feed: &Feed,
-    out: &mut dyn Write,
+    mut writer: RecordWriter,
 ) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd,
     // so the fd stays open for as long as it is registered.
@@ -962,52 +1071,186 @@ async fn stream_events(
         tokio::select! {
             ready = events.readable_mut() => {
                 let mut guard = ready?;
-                drain(guard.get_inner_mut(), state, &clock, &mut chain, feed, out)?;
+                writer.drain_all(guard.get_inner_mut(), state, &clock).await?;
                 guard.clear_ready();
             }
-            _ = tick.tick() => drain(events.get_mut(), state, &clock, &mut chain, feed, out)?,
+            _ = tick.tick() => writer.drain_all(events.get_mut(), state, &clock).await?,
             _ = reap.tick() => {
-                drain(events.get_mut(), state, &clock, &mut chain, feed, out)?;
-                lock(state).reap_sessions();
+                writer.drain_all(events.get_mut(), state, &clock).await?;
+                let mut state = lock(state);
+                state.reap_sessions();
+                state.update_metrics(&writer.metrics);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
-    drain(events.get_mut(), state, &clock, &mut chain, feed, out)
+    writer.drain_all(events.get_mut(), state, &clock).await
 }
 
-fn drain(
-    events: &mut RingBuf<MapData>,
-    state: &Mutex<State>,
-    clock: &Clock,
-    chain: &mut Chain,
-    feed: &Feed,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let mut wrote = false;
-    while let Some(item) = events.next() {
-        match events::decode(&item) {
-            Ok(event) => {
-                let mut record = lock(state).record(&event, clock);
-                record.seq = chain.next_seq();
-                // One write per record, so a reader following the file never
-                // sees a record split across writes.
-                let mut line = chain.seal(serde_json::to_vec(&record)?);
-                let link = chain.last_hex();
-                line.push(b'\n');
-                out.write_all(&line)?;
-                feed.publish(Sealed {
-                    record,
-                    chain: link,
-                });
-                wrote = true;
-            }
-            Err(e) => warn!("{e}"),
+/// Turns kernel records into sealed lines of the events stream, publishes
+/// them to the live feed, and accounts for every record it could not
+/// write with a loss line in its place.
+struct RecordWriter {
+    chain: Chain,
+    out: Box<dyn Write + Send>,
+    host: String,
+    redactor: crate::redact::Redactor,
+    processes: crate::enrich::ProcessCache,
+    /// An OCSF copy of the stream, for log shippers.
+    ocsf: Option<Box<dyn Write + Send>>,
+    metrics: Arc<DaemonMetrics>,
+    feed: Feed,
+    /// The last sequence number written (the shipper follows it).
+    written: watch::Sender<u64>,
+    /// Ring-buffer losses (the kernel's counter) already written as loss
+    /// lines.
+    lost_reported: u64,
+    /// Records that did not decode, not yet written as a loss line.
+    undecodable: u64,
+}
+
+impl RecordWriter {
+    fn new(
+        chain: Chain,
+        out: Box<dyn Write + Send>,
+        host: String,
+        redactor: crate::redact::Redactor,
+    ) -> Self {
+        let written = watch::Sender::new(chain.next_seq() - 1);
+        Self {
+            chain,
+            out,
+            host,
+            redactor,
+            processes: Default::default(),
+            ocsf: None,
+            metrics: Arc::default(),
+            feed: Feed::default(),
+            written,
+            lost_reported: 0,
+            undecodable: 0,
         }
     }
-    if wrote {
-        out.flush()?;
+
+    /// Writes everything in the ring buffer, a batch at a time, letting
+    /// the control socket and reloads run between batches.
+    async fn drain_all(
+        &mut self,
+        events: &mut RingBuf<MapData>,
+        state: &Mutex<State>,
+        clock: &Clock,
+    ) -> anyhow::Result<()> {
+        while self.drain(events, state, clock)? {
+            tokio::task::yield_now().await;
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Writes up to [`DRAIN_BATCH`] records; true if more are waiting.
+    fn drain(
+        &mut self,
+        events: &mut RingBuf<MapData>,
+        state: &Mutex<State>,
+        clock: &Clock,
+    ) -> anyhow::Result<bool> {
+        let mut wrote = false;
+        let mut taken = 0;
+        while taken < DRAIN_BATCH
+            && let Some(item) = events.next()
+        {
+            taken += 1;
+            match events::decode(&item) {
+                Ok(event) => {
+                    let mut record = lock(state).record(&event, clock);
+                    record.seq = self.chain.next_seq();
+                    let fresh = record.action == "exec";
+                    if let Some((process, masked)) =
+                        self.processes.get(record.pid, fresh, &self.redactor)
+                    {
+                        record.process = Some(process);
+                        if masked {
+                            record.redacted.push("process.cmdline".into());
+                        }
+                    }
+                    self.metrics
+                        .decisions
+                        .get_or_create(&DecisionLabels {
+                            hook: record.hook.clone(),
+                            verdict: record.verdict.clone(),
+                            agent: record.agent.clone(),
+                        })
+                        .inc();
+                    self.write(Line::Decision(Box::new(record)))?;
+                    wrote = true;
+                }
+                Err(e) => {
+                    warn!("{e}");
+                    self.undecodable += 1;
+                }
+            }
+        }
+        let lost = lock(state)
+            .enforcer
+            .counter(Counter::EventsLost)
+            .unwrap_or(self.lost_reported);
+        for (stage, records) in [
+            ("ring_buffer", lost.saturating_sub(self.lost_reported)),
+            ("decode", std::mem::take(&mut self.undecodable)),
+        ] {
+            if records > 0 {
+                warn!(stage, records, "records lost");
+                self.metrics
+                    .lost
+                    .get_or_create(&StageLabels {
+                        stage: stage.into(),
+                    })
+                    .inc_by(records);
+                self.write(Line::Loss(events::LossRecord {
+                    seq: self.chain.next_seq(),
+                    time: api::rfc3339(api::now_nanos()),
+                    loss: events::Loss {
+                        stage: stage.into(),
+                        records,
+                    },
+                }))?;
+                wrote = true;
+            }
+        }
+        self.lost_reported = self.lost_reported.max(lost);
+        if wrote {
+            self.out.flush()?;
+            if let Some(ocsf) = &mut self.ocsf {
+                ocsf.flush()?;
+            }
+            self.written.send_replace(self.chain.next_seq() - 1);
+            self.metrics
+                .written_seq
+                .set((self.chain.next_seq() - 1) as i64);
+        }
+        Ok(taken == DRAIN_BATCH)
+    }
+
+    /// Seals and writes one line (one write, so that a reader following
+    /// the file never sees a line split across writes), and publishes it.
+    fn write(&mut self, line: Line) -> anyhow::Result<()> {
+        let mut sealed = self.chain.seal(line.to_json()?);
+        let text = std::str::from_utf8(&sealed)?;
+        if let Some(ocsf) = &mut self.ocsf {
+            let mut event = serde_json::to_vec(&crate::ocsf::event(&self.host, &line, text))?;
+            event.push(b'\n');
+            ocsf.write_all(&event)?;
+        }
+        if self.feed.has_subscribers() {
+            self.feed.publish(api::entry(
+                &self.host,
+                text,
+                &line,
+                pb::Integrity::Unspecified,
+            ));
+        }
+        sealed.push(b'\n');
+        self.out.write_all(&sealed)?;
+        Ok(())
+    }
 }

@@ -1,0 +1,81 @@
+//! `guard-collector`: stores the record streams of many guardd hosts and
+//! serves the audit API across them.
+
+use std::time::Duration;
+
+use clap::Parser;
+use guard_daemon::{
+    collector, exit,
+    logs::{self, LogFormat},
+};
+
+/// Collect the records of many guardd hosts in one store.
+///
+/// guardd ships its events file here (guardd --collector URL). For each
+/// host the collector checks the sequence numbers and the hash chain as
+/// records arrive, stores them, and acknowledges what it stored; a missing
+/// stretch becomes a gap entry, a record that does not match its chain hash
+/// is stored flagged as broken. It serves guard.v1.AuditService (Follow,
+/// Query, Stats) over every host, gRPC health checking and reflection.
+///
+/// Exit codes: 0 clean shutdown, 1 failure, 2 usage.
+#[derive(Parser)]
+#[command(version, max_term_width = 100)]
+struct Args {
+    /// Address to serve on. The API has no authentication yet: keep it on
+    /// loopback or a private network.
+    #[arg(
+        long,
+        env = "GUARD_COLLECTOR_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
+    listen: std::net::SocketAddr,
+
+    /// Where to store: sqlite:PATH (embedded, WAL mode) or a PostgreSQL URL
+    /// (postgres://USER@HOST/DATABASE) that several collectors may share.
+    #[arg(
+        long,
+        env = "GUARD_COLLECTOR_STORE",
+        default_value = "sqlite:/var/lib/guard/collector.db"
+    )]
+    store: collector::StoreSpec,
+
+    /// Delete entries older than this, e.g. 90d.
+    #[arg(long, env = "GUARD_COLLECTOR_RETAIN_FOR", value_parser = humantime::parse_duration)]
+    retain_for: Option<Duration>,
+
+    /// Delete the oldest entries beyond this size, e.g. 20GiB (SQLite only;
+    /// PostgreSQL manages its own space).
+    #[arg(long, env = "GUARD_COLLECTOR_RETAIN_SIZE")]
+    retain_size: Option<bytesize::ByteSize>,
+
+    /// Serve Prometheus metrics on this address (GET /metrics), e.g.
+    /// 127.0.0.1:9465.
+    #[arg(long, env = "GUARD_COLLECTOR_METRICS_LISTEN", value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
+
+    /// Log format on stderr.
+    #[arg(long, env = "GUARD_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn main() {
+    let args = Args::parse();
+    logs::init(args.log_format);
+    let config = collector::Config {
+        listen: args.listen,
+        store: args.store,
+        retain_for: args.retain_for,
+        retain_bytes: args.retain_size.map(|s| s.as_u64()),
+        metrics_listen: args.metrics_listen,
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(collector::run(config)));
+    if let Err(e) = result {
+        tracing::error!("{e:#}");
+        std::process::exit(exit::FAILURE);
+    }
+}

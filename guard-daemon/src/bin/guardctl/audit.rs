@@ -1,0 +1,380 @@
+//! guardctl's audit commands: follow and query the audit API (guardd or
+//! guard-collector), verify chains, ship an events file.
+
+use std::{
+    io::{BufRead, Write as _},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+use guard_daemon::{
+    api::{self, pb},
+    chain,
+    events::Line,
+    exit, ocsf, ship,
+};
+
+/// Which entries: every non-empty list must contain the entry's value.
+#[derive(Args, Clone, Debug)]
+pub struct FilterArgs {
+    /// Only these agents (repeatable).
+    #[arg(long)]
+    agent: Vec<String>,
+    /// Only these sessions (repeatable).
+    #[arg(long)]
+    session: Vec<String>,
+    /// Only these hooks, e.g. path_unlink (repeatable).
+    #[arg(long)]
+    hook: Vec<String>,
+    /// Only these verdicts (repeatable).
+    #[arg(long, value_parser = ["allow", "deny", "would_deny"])]
+    verdict: Vec<String>,
+    /// Only these hosts (repeatable; collector only).
+    #[arg(long)]
+    host: Vec<String>,
+    /// Entries made at or after this time: a duration ago (`1h`, `30m`) or
+    /// an RFC 3339 time.
+    #[arg(long, value_parser = parse_time)]
+    since: Option<i64>,
+    /// Entries made before this time (same forms as --since).
+    #[arg(long, value_parser = parse_time)]
+    until: Option<i64>,
+}
+
+impl FilterArgs {
+    fn to_proto(&self) -> pb::Filter {
+        pb::Filter {
+            agents: self.agent.clone(),
+            sessions: self.session.clone(),
+            hooks: self.hook.clone(),
+            verdicts: self
+                .verdict
+                .iter()
+                .map(|v| api::verdict(v) as i32)
+                .collect(),
+            hosts: self.host.clone(),
+            since: self.since.map(api::timestamp),
+            until: self.until.map(api::timestamp),
+        }
+    }
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return Ok(api::now_nanos() - ago.as_nanos() as i64);
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map(|t| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_nanos() as i64
+        })
+        .map_err(|_| format!("`{text}` is neither a duration (1h, 30m) nor an RFC 3339 time"))
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Output {
+    /// The records exactly as sealed on their host, one JSON object per
+    /// line; losses and gaps as `{"loss":..}` and `{"gap":..}` lines.
+    Json,
+    /// Aligned columns for people.
+    Table,
+    /// OCSF 1.3 events, one JSON object per line (see docs/audit.md).
+    Ocsf,
+}
+
+fn endpoint(server: &str) -> String {
+    if server.contains("://") {
+        server.into()
+    } else {
+        format!("http://{server}")
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn client(
+    server: &str,
+) -> anyhow::Result<pb::audit_service_client::AuditServiceClient<tonic::transport::Channel>> {
+    let url = endpoint(server);
+    pb::audit_service_client::AuditServiceClient::connect(url.clone())
+        .await
+        .with_context(|| format!("cannot reach the audit API at {url}"))
+}
+
+/// Prints entries of the live feed until it ends.
+pub fn follow(server: &str, filter: &FilterArgs, output: Output) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let mut stream = client(server)
+            .await?
+            .follow(pb::FollowRequest {
+                filter: Some(filter.to_proto()),
+            })
+            .await?
+            .into_inner();
+        // The server has subscribed: nothing from now on is missed.
+        eprintln!("guardctl: following {}", endpoint(server));
+        let mut out = std::io::stdout().lock();
+        while let Some(entry) = stream.message().await? {
+            writeln!(out, "{}", format(&entry, output))?;
+            out.flush()?;
+        }
+        Ok(())
+    })
+}
+
+/// Prints every stored entry that matches, oldest first.
+pub fn query(
+    server: &str,
+    filter: &FilterArgs,
+    limit: Option<u64>,
+    output: Output,
+) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let mut client = client(server).await?;
+        let mut out = std::io::stdout().lock();
+        let mut page_token = String::new();
+        let mut printed = 0;
+        loop {
+            let page = client
+                .query(pb::QueryRequest {
+                    filter: Some(filter.to_proto()),
+                    page_size: api::MAX_PAGE,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            for entry in &page.entries {
+                if limit.is_some_and(|l| printed >= l) {
+                    return Ok(());
+                }
+                writeln!(out, "{}", format(entry, output))?;
+                printed += 1;
+            }
+            if page.next_page_token.is_empty() {
+                return Ok(());
+            }
+            page_token = page.next_page_token;
+        }
+    })
+}
+
+pub fn stats(server: &str, filter: &FilterArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let stats = client(server)
+            .await?
+            .stats(pb::StatsRequest {
+                filter: Some(filter.to_proto()),
+            })
+            .await?
+            .into_inner();
+        println!(
+            "allowed: {}\ndenied: {}\nwould_deny: {}\nlost: {}\nmissing: {}\nbroken: {}",
+            stats.allowed, stats.denied, stats.would_deny, stats.lost, stats.missing, stats.broken
+        );
+        for host in stats.hosts {
+            println!("host {}: next sequence {}", host.host, host.next_seq);
+        }
+        Ok(())
+    })
+}
+
+fn format(entry: &pb::Entry, output: Output) -> String {
+    match (&entry.entry, output) {
+        (Some(pb::entry::Entry::Record(pb::Record { host, json, .. })), Output::Ocsf)
+        | (Some(pb::entry::Entry::Loss(pb::Loss { host, json, .. })), Output::Ocsf)
+            if !json.is_empty() =>
+        {
+            match Line::parse(json) {
+                Ok(line) => ocsf::event(host, &line, json).to_string(),
+                Err(e) => {
+                    serde_json::json!({"error": format!("not a record: {e}"), "raw_data": json})
+                        .to_string()
+                }
+            }
+        }
+        (Some(pb::entry::Entry::Gap(g)), Output::Ocsf) => ocsf::gap(
+            &g.host,
+            g.first_seq,
+            g.last_seq,
+            g.time.as_ref().map_or(0, api::nanos),
+        )
+        .to_string(),
+        (Some(pb::entry::Entry::Loss(l)), Output::Ocsf) => {
+            // A subscriber-queue loss: not part of any host's stream.
+            serde_json::json!({"class_uid": 0, "class_name": "Base Event", "message":
+                format!("{} record(s) lost at {}", l.records, l.stage), "count": l.records})
+            .to_string()
+        }
+        (Some(pb::entry::Entry::Record(r)), Output::Json) => r.json.clone(),
+        (Some(pb::entry::Entry::Record(r)), Output::Table) => {
+            let time = r.time.as_ref().map(|t| api::rfc3339(api::nanos(t)));
+            let session = r.session.as_ref().map_or("-", |s| s.id.as_str());
+            format!(
+                "{:<30} {:<12} {:<10} {:<12} {:<8.8} {:<12} {:<32} {}{}",
+                time.unwrap_or_default(),
+                if r.host.is_empty() { "-" } else { &r.host },
+                api::verdict_name(r.verdict),
+                r.agent,
+                session,
+                r.action,
+                r.target,
+                r.rule,
+                match pb::Integrity::try_from(r.integrity) {
+                    Ok(pb::Integrity::Broken) => "  CHAIN BROKEN",
+                    _ => "",
+                }
+            )
+        }
+        (Some(pb::entry::Entry::Record(_)), Output::Ocsf) => String::new(),
+        (Some(pb::entry::Entry::Loss(l)), Output::Json) if !l.json.is_empty() => l.json.clone(),
+        (Some(pb::entry::Entry::Loss(l)), Output::Json) => {
+            serde_json::json!({"loss": {"stage": l.stage, "records": l.records}}).to_string()
+        }
+        (Some(pb::entry::Entry::Loss(l)), Output::Table) => format!(
+            "LOSS: {} record(s) lost at {}{}",
+            l.records,
+            l.stage,
+            if l.host.is_empty() {
+                String::new()
+            } else {
+                format!(" on {} (sequence {})", l.host, l.seq)
+            }
+        ),
+        (Some(pb::entry::Entry::Gap(g)), Output::Json) => serde_json::json!({"gap": {
+            "host": g.host, "first_seq": g.first_seq, "last_seq": g.last_seq,
+            "time": g.time.as_ref().map(|t| api::rfc3339(api::nanos(t))),
+        }})
+        .to_string(),
+        (Some(pb::entry::Entry::Gap(g)), Output::Table) => format!(
+            "GAP: records {} to {} of {} never reached the collector",
+            g.first_seq, g.last_seq, g.host
+        ),
+        (None, _) => String::new(),
+    }
+}
+
+/// Checks an events file's chain; exit code 0 when intact.
+pub fn verify_file(file: &Path) -> i32 {
+    let input: Box<dyn BufRead> = if file == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        match std::fs::File::open(file) {
+            Ok(f) => Box::new(std::io::BufReader::new(f)),
+            Err(e) => {
+                eprintln!("guardctl: cannot read {}: {e}", file.display());
+                return exit::FAILURE;
+            }
+        }
+    };
+    let name = file.display().to_string();
+    match chain::verify(input) {
+        Ok(result) => report(&name, &[result]),
+        Err(e) => {
+            eprintln!("guardctl: cannot read {name}: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// Checks the chain of one host's stream as the collector stores it. Gaps
+/// the collector recorded split the stream into stretches, each verified
+/// on its own; a record removed or changed in the store breaks one.
+pub fn verify_stored(server: &str, host: &str) -> anyhow::Result<i32> {
+    let filter = pb::Filter {
+        hosts: vec![host.into()],
+        ..Default::default()
+    };
+    let mut stretches = vec![String::new()];
+    let mut gaps = Vec::new();
+    runtime()?.block_on(async {
+        let mut client = client(server).await?;
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .query(pb::QueryRequest {
+                    filter: Some(filter.clone()),
+                    page_size: api::MAX_PAGE,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            for entry in page.entries {
+                let json = match entry.entry {
+                    Some(pb::entry::Entry::Record(r)) => r.json,
+                    Some(pb::entry::Entry::Loss(l)) => l.json,
+                    Some(pb::entry::Entry::Gap(g)) => {
+                        gaps.push((g.first_seq, g.last_seq));
+                        stretches.push(String::new());
+                        continue;
+                    }
+                    None => continue,
+                };
+                let stretch = stretches.last_mut().expect("one stretch at least");
+                stretch.push_str(&json);
+                stretch.push('\n');
+            }
+            if page.next_page_token.is_empty() {
+                return anyhow::Ok(());
+            }
+            page_token = page.next_page_token;
+        }
+    })?;
+    if stretches.iter().all(|s| s.is_empty()) {
+        bail!("the collector holds no records of host `{host}`");
+    }
+    for (first, last) in &gaps {
+        println!("{host}: records {first} to {last} never reached the collector (recorded gap)");
+    }
+    let results = stretches
+        .iter()
+        .map(|s| chain::verify(s.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(report(&format!("{host} in the collector"), &results))
+}
+
+fn report(name: &str, results: &[Result<chain::Verified, chain::Break>]) -> i32 {
+    let mut records = 0;
+    let (mut first, mut last) = (None, None);
+    for result in results {
+        match result {
+            Ok(v) => {
+                records += v.records;
+                first = first.or(v.first_seq);
+                last = v.last_seq.or(last);
+            }
+            Err(broken) => {
+                eprintln!("guardctl: {name}: BROKEN at {broken}");
+                return exit::FAILURE;
+            }
+        }
+    }
+    match (first, last) {
+        (Some(first), Some(last)) => {
+            println!("{name}: intact: {records} records, sequence {first} to {last}")
+        }
+        _ => println!("{name}: intact: no records"),
+    }
+    0
+}
+
+/// Sends an events file to a collector; returns the last acknowledged
+/// sequence number.
+pub fn ship(file: PathBuf, collector: &str, host: String) -> anyhow::Result<u64> {
+    runtime()?.block_on(
+        ship::Shipper {
+            events: file,
+            collector: endpoint(collector),
+            host,
+            written: None,
+            acked: tokio::sync::watch::Sender::new(0),
+        }
+        .ship_file(),
+    )
+}

@@ -1,0 +1,696 @@
+//! guard-collector: receives the record streams of many guardd hosts,
+//! checks each stream's sequence and chain as it arrives, stores it, and
+//! serves the audit API across all hosts.
+//!
+//! [`ingest`] is the checking (pure), [`store`] the schema both stores share,
+//! [`sqlite`] and [`postgres`] the stores.
+
+pub mod postgres;
+pub mod sqlite;
+pub mod store;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::{
+    api::{self, AuditService, Feed, Filter, History, pb},
+    chain,
+    events::Line,
+    metrics::{CollectorMetrics, KindLabels, StageLabels},
+};
+use store::{Kind, NewEntry, Store, StoreError, StreamState};
+
+/// Lines the collector stores in one transaction at most.
+const BATCH: usize = 512;
+/// How long it waits for a batch to fill before storing what it has.
+const BATCH_WAIT: Duration = Duration::from_millis(20);
+/// Longest host name accepted.
+const MAX_HOST: usize = 253;
+
+/// Where the collector keeps what it receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreSpec {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl std::str::FromStr for StoreSpec {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        if let Some(path) = spec.strip_prefix("sqlite:") {
+            Ok(StoreSpec::Sqlite(path.into()))
+        } else if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            Ok(StoreSpec::Postgres(spec.into()))
+        } else {
+            Err(format!(
+                "`{spec}` is not a store: use sqlite:PATH or postgres://USER@HOST/DATABASE"
+            ))
+        }
+    }
+}
+
+impl StoreSpec {
+    pub fn open(&self) -> Result<Box<dyn Store>, StoreError> {
+        Ok(match self {
+            StoreSpec::Sqlite(path) => Box::new(sqlite::Sqlite::open(path)?),
+            StoreSpec::Postgres(url) => Box::new(postgres::Postgres::connect(url)?),
+        })
+    }
+}
+
+pub struct Config {
+    pub listen: SocketAddr,
+    pub store: StoreSpec,
+    /// Delete entries older than this.
+    pub retain_for: Option<Duration>,
+    /// Delete the oldest entries beyond this size (SQLite only).
+    pub retain_bytes: Option<u64>,
+    /// Where Prometheus metrics are served; off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The store, used from blocking threads one call at a time.
+#[derive(Clone)]
+pub struct StoreHandle(Arc<Mutex<Box<dyn Store>>>);
+
+impl StoreHandle {
+    pub fn new(store: Box<dyn Store>) -> Self {
+        Self(Arc::new(Mutex::new(store)))
+    }
+
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+            f(store.as_mut())
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("store call failed: {e}")))?
+    }
+}
+
+fn status(e: StoreError) -> Status {
+    match e {
+        StoreError::Conflict(_) => Status::aborted(e.to_string()),
+        StoreError::Database(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+/// A line the collector cannot take.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line with sequence {after}+: {reason}")]
+pub struct BadLine {
+    /// The last sequence number accepted before it.
+    pub after: u64,
+    pub reason: String,
+}
+
+/// What one batch of a host's lines adds to the store.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Ingested {
+    pub entries: Vec<NewEntry>,
+    /// Lines the store already held (a resend), skipped.
+    pub duplicates: u64,
+}
+
+/// Checks `lines` against where the host's stream stands and turns them
+/// into entries, moving `state` on: a jump in sequence numbers becomes a
+/// gap entry, and each record's chain link is checked against the record
+/// before it. Stops at the first line that is not a sealed record or loss;
+/// what came before it stands.
+pub fn ingest(state: &mut StreamState, lines: &[String], now: i64) -> (Ingested, Option<BadLine>) {
+    let mut out = Ingested::default();
+    for line in lines {
+        let bad = |reason: String| BadLine {
+            after: state.next_seq - 1,
+            reason,
+        };
+        let (Some((seq, hash)), Some(body)) = (chain::seal_of(line), chain::body(line)) else {
+            return (
+                out,
+                Some(bad("not a sealed line (no `seq` and `chain`)".into())),
+            );
+        };
+        let parsed = match Line::parse(line) {
+            Ok(parsed) => parsed,
+            Err(e) => return (out, Some(bad(format!("not a record or loss: {e}")))),
+        };
+        if seq < state.next_seq {
+            out.duplicates += 1;
+            continue;
+        }
+        let previous = if seq > state.next_seq {
+            out.entries.push(NewEntry {
+                kind: Kind::Gap,
+                seq: state.next_seq,
+                count: seq - state.next_seq,
+                time: now,
+                agent: String::new(),
+                session: String::new(),
+                hook: String::new(),
+                verdict: String::new(),
+                integrity: pb::Integrity::Unspecified,
+                json: String::new(),
+            });
+            None
+        } else if seq == 1 {
+            Some([0; 32])
+        } else {
+            state.last_chain
+        };
+        let integrity = match previous {
+            None => pb::Integrity::Unchecked,
+            Some(previous) if chain::link(&previous, body) == hash => pb::Integrity::Verified,
+            Some(_) => pb::Integrity::Broken,
+        };
+        let mut entry = NewEntry {
+            kind: Kind::Record,
+            seq,
+            count: 1,
+            time: api::rfc3339_nanos(parsed.time()),
+            agent: String::new(),
+            session: String::new(),
+            hook: String::new(),
+            verdict: String::new(),
+            integrity,
+            json: line.clone(),
+        };
+        match &parsed {
+            Line::Decision(r) => {
+                entry.agent = r.agent.clone();
+                entry.session = r
+                    .session
+                    .as_ref()
+                    .map(|s| s.session.clone())
+                    .unwrap_or_default();
+                entry.hook = r.hook.clone();
+                entry.verdict = r.verdict.clone();
+            }
+            Line::Loss(loss) => {
+                entry.kind = Kind::Loss;
+                entry.count = loss.loss.records;
+            }
+        }
+        out.entries.push(entry);
+        *state = StreamState {
+            next_seq: seq + 1,
+            last_chain: Some(hash),
+        };
+    }
+    (out, None)
+}
+
+/// The API form of a stored entry.
+pub fn to_entry(host: &str, entry: &NewEntry) -> pb::Entry {
+    if entry.kind == Kind::Gap {
+        return pb::Entry {
+            entry: Some(pb::entry::Entry::Gap(pb::Gap {
+                host: host.into(),
+                first_seq: entry.seq,
+                last_seq: entry.seq + entry.count - 1,
+                time: Some(api::timestamp(entry.time)),
+            })),
+        };
+    }
+    match Line::parse(&entry.json) {
+        Ok(line) => api::entry(host, &entry.json, &line, entry.integrity),
+        // Stored lines were parsed on the way in; one that no longer
+        // parses was changed in the store.
+        Err(_) => pb::Entry {
+            entry: Some(pb::entry::Entry::Record(pb::Record {
+                seq: entry.seq,
+                host: host.into(),
+                time: Some(api::timestamp(entry.time)),
+                integrity: pb::Integrity::Broken as i32,
+                json: entry.json.clone(),
+                ..Default::default()
+            })),
+        },
+    }
+}
+
+#[tonic::async_trait]
+impl History for StoreHandle {
+    async fn query(
+        &self,
+        filter: &Filter,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<pb::Entry>, u64), Status> {
+        let filter = filter.clone();
+        let rows = self
+            .call(move |s| s.query(&filter, after, limit))
+            .await
+            .map_err(status)?;
+        let last = rows.last().map_or(after, |r| r.id);
+        Ok((
+            rows.iter().map(|r| to_entry(&r.host, &r.entry)).collect(),
+            last,
+        ))
+    }
+
+    async fn stats(&self, filter: &Filter) -> Result<pb::StatsResponse, Status> {
+        let filter = filter.clone();
+        let (totals, hosts) = self
+            .call(move |s| Ok((s.totals(&filter)?, s.hosts()?)))
+            .await
+            .map_err(status)?;
+        let mut stats = pb::StatsResponse::default();
+        for (kind, verdict, integrity, count) in totals.rows {
+            match (kind, verdict.as_str()) {
+                (Kind::Record, "allow") => stats.allowed += count,
+                (Kind::Record, "deny") => stats.denied += count,
+                (Kind::Record, "would_deny") => stats.would_deny += count,
+                (Kind::Loss, _) => stats.lost += count,
+                (Kind::Gap, _) => stats.missing += count,
+                _ => {}
+            }
+            if integrity == pb::Integrity::Broken {
+                stats.broken += count;
+            }
+        }
+        stats.hosts = hosts
+            .into_iter()
+            .map(|(host, next_seq)| pb::HostStats { host, next_seq })
+            .collect();
+        Ok(stats)
+    }
+}
+
+/// `guard.v1.IngestService`.
+#[derive(Clone)]
+pub struct IngestService {
+    pub store: StoreHandle,
+    pub feed: Feed,
+    pub metrics: Arc<CollectorMetrics>,
+}
+
+type IngestStream = Pin<Box<dyn Stream<Item = Result<pb::IngestResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::ingest_service_server::IngestService for IngestService {
+    type IngestStream = IngestStream;
+
+    async fn ingest(
+        &self,
+        request: Request<Streaming<pb::IngestRequest>>,
+    ) -> Result<Response<IngestStream>, Status> {
+        let mut incoming = request.into_inner();
+        let host = match incoming.message().await? {
+            Some(pb::IngestRequest {
+                item: Some(pb::ingest_request::Item::Hello(hello)),
+            }) => hello.host,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a Hello",
+                ));
+            }
+        };
+        if host.is_empty()
+            || host.len() > MAX_HOST
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        {
+            return Err(Status::invalid_argument(format!(
+                "host `{host}`: 1 to {MAX_HOST} letters, digits, `-`, `.` or `_`"
+            )));
+        }
+        let state = {
+            let host = host.clone();
+            self.store
+                .call(move |s| s.stream(&host))
+                .await
+                .map_err(status)?
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let resume = pb::Resume {
+            next_seq: state.next_seq,
+            last_chain: state
+                .last_chain
+                .map(|h| crate::compile::hex(&h))
+                .unwrap_or_default(),
+        };
+        let _ = tx
+            .send(Ok(pb::IngestResponse {
+                item: Some(pb::ingest_response::Item::Resume(resume)),
+            }))
+            .await;
+        info!(%host, next_seq = state.next_seq, "host connected");
+        self.metrics.hosts_connected.inc();
+        tokio::spawn(self.clone().receive(host, state, incoming, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl IngestService {
+    /// Stores a host's lines batch by batch, acknowledging each batch once
+    /// it is committed.
+    async fn receive(
+        self,
+        host: String,
+        mut state: StreamState,
+        incoming: Streaming<pb::IngestRequest>,
+        acks: mpsc::Sender<Result<pb::IngestResponse, Status>>,
+    ) {
+        let batches = incoming.chunks_timeout(BATCH, BATCH_WAIT);
+        tokio::pin!(batches);
+        while let Some(batch) = batches.next().await {
+            let mut lines = Vec::with_capacity(batch.len());
+            let mut end = None;
+            for item in batch {
+                match item {
+                    Ok(pb::IngestRequest {
+                        item: Some(pb::ingest_request::Item::Line(line)),
+                    }) => lines.push(line),
+                    Ok(_) => {
+                        end = Some(Status::invalid_argument("only lines may follow the Hello"));
+                        break;
+                    }
+                    // The host went away; store what it sent before.
+                    Err(_) => {
+                        end = Some(Status::cancelled("stream ended"));
+                        break;
+                    }
+                }
+            }
+            let from = state.clone();
+            let (ingested, bad) = ingest(&mut state, &lines, api::now_nanos());
+            self.metrics.duplicates.inc_by(ingested.duplicates);
+            if let Some(bad) = &bad {
+                warn!(%host, "refusing the rest of the stream: {bad}");
+                end.get_or_insert(Status::invalid_argument(bad.to_string()));
+            }
+            for entry in &ingested.entries {
+                match (entry.kind, entry.integrity) {
+                    (Kind::Gap, _) => {
+                        warn!(%host, first = entry.seq, count = entry.count, "records missing from the stream")
+                    }
+                    (_, pb::Integrity::Broken) => {
+                        warn!(%host, seq = entry.seq, "record does not match its chain hash")
+                    }
+                    _ => {}
+                }
+            }
+            if !ingested.entries.is_empty() {
+                let (h, to, entries) = (host.clone(), state.clone(), ingested.entries);
+                let stored = self
+                    .store
+                    .call(move |s| s.append(&h, &from, &to, &entries).map(|()| entries))
+                    .await;
+                match stored {
+                    Ok(entries) => {
+                        self.count(&entries);
+                        if self.feed.has_subscribers() {
+                            for entry in &entries {
+                                self.feed.publish(to_entry(&host, entry));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        warn!(%host, "cannot store: {e}");
+                        self.metrics.store_errors.inc();
+                        let _ = acks.send(Err(status(e))).await;
+                        break;
+                    }
+                }
+            }
+            let ack = pb::IngestResponse {
+                item: Some(pb::ingest_response::Item::Ack(pb::Ack {
+                    seq: state.next_seq - 1,
+                })),
+            };
+            if acks.send(Ok(ack)).await.is_err() {
+                break;
+            }
+            if let Some(end) = end {
+                if end.code() != tonic::Code::Cancelled {
+                    let _ = acks.send(Err(end)).await;
+                }
+                break;
+            }
+        }
+        self.metrics.hosts_connected.dec();
+        info!(%host, next_seq = state.next_seq, "host disconnected");
+    }
+
+    fn count(&self, entries: &[NewEntry]) {
+        for entry in entries {
+            self.metrics
+                .entries
+                .get_or_create(&KindLabels {
+                    kind: entry.kind.as_str().into(),
+                })
+                .inc();
+            if entry.integrity == pb::Integrity::Broken {
+                self.metrics.broken.inc();
+            }
+        }
+    }
+}
+
+/// Runs the collector until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let spec = config.store.clone();
+    let store = StoreHandle::new(
+        tokio::task::spawn_blocking(move || spec.open())
+            .await?
+            .context("cannot open the store")?,
+    );
+    let feed = Feed::default();
+    let metrics = Arc::new(CollectorMetrics::default());
+    if let Some(addr) = config.metrics_listen {
+        let listener = crate::metrics::listen(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        info!(%addr, "metrics on /metrics");
+        tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    info!(listen = %config.listen, store = ?config.store, "collecting");
+    tokio::spawn(prune(store.clone(), config.retain_for, config.retain_bytes));
+    let audit = AuditService {
+        feed: feed.clone(),
+        history: Some(Arc::new(store.clone())),
+        subscriber_losses: metrics
+            .lost
+            .get_or_create(&StageLabels {
+                stage: "subscriber_queue".into(),
+            })
+            .clone(),
+    };
+    let ingest = IngestService {
+        store,
+        feed,
+        metrics,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    crate::grpc::serve(
+        listener,
+        crate::grpc::Services {
+            audit,
+            ingest: Some(ingest),
+        },
+        async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        },
+    )
+    .await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Applies the retention limits every minute.
+async fn prune(store: StoreHandle, retain_for: Option<Duration>, retain_bytes: Option<u64>) {
+    if retain_for.is_none() && retain_bytes.is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let before = retain_for.map(|age| api::now_nanos() - age.as_nanos() as i64);
+        match store.call(move |s| s.prune(before, retain_bytes)).await {
+            Ok(0) => {}
+            Ok(n) => info!(deleted = n, "retention: deleted the oldest entries"),
+            Err(e) => warn!("retention: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Chain;
+
+    /// A host stream of `n` sealed lines: decisions, with a loss as line 3.
+    pub fn stream(n: u64) -> Vec<String> {
+        let mut chain = Chain::default();
+        (1..=n)
+            .map(|seq| {
+                let json = if seq == 3 {
+                    format!(
+                        r#"{{"seq":{seq},"time":"2026-11-22T10:00:03Z","loss":{{"stage":"ring_buffer","records":7}}}}"#
+                    )
+                } else {
+                    format!(
+                        r#"{{"seq":{seq},"time":"2026-11-22T10:00:{seq:02}Z","hook":"path_unlink","action":"unlink","verdict":"{}","agent":"coder","profile":"coding","session":"s1","user":{{"uid":0}},"generation":1,"policy_sha256":"","agent_cgroup":1,"cgroup":1,"pid":1,"tid":1,"uid":0,"comm":"rm","target":"/srv/x{seq}","rule":"keep"}}"#,
+                        if seq % 2 == 0 { "deny" } else { "allow" }
+                    )
+                };
+                String::from_utf8(chain.seal(json.into_bytes())).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_intact_stream_is_verified_and_resends_are_skipped() {
+        let lines = stream(5);
+        let mut state = StreamState::default();
+        let (first, bad) = ingest(&mut state, &lines[..3], 0);
+        assert_eq!(bad, None);
+        assert_eq!(first.entries.len(), 3);
+        assert!(
+            first
+                .entries
+                .iter()
+                .all(|e| e.integrity == pb::Integrity::Verified)
+        );
+        assert_eq!(first.entries[1].verdict, "deny");
+        assert_eq!(first.entries[1].session, "s1");
+        assert_eq!(
+            (first.entries[2].kind, first.entries[2].count),
+            (Kind::Loss, 7)
+        );
+        assert_eq!(state.next_seq, 4);
+        // A resend from 2 after a reconnect: 2 and 3 are skipped.
+        let (second, _) = ingest(&mut state, &lines[1..], 0);
+        assert_eq!(second.duplicates, 2);
+        assert_eq!(second.entries.len(), 2);
+        assert_eq!(second.entries[0].integrity, pb::Integrity::Verified);
+        assert_eq!(state.next_seq, 6);
+    }
+
+    #[test]
+    fn a_jump_becomes_a_gap_and_the_next_record_is_unchecked() {
+        let lines = stream(6);
+        let mut state = StreamState::default();
+        let (ingested, _) = ingest(&mut state, &[lines[0].clone(), lines[4].clone()], 42);
+        let gap = &ingested.entries[1];
+        assert_eq!(
+            (gap.kind, gap.seq, gap.count, gap.time),
+            (Kind::Gap, 2, 3, 42)
+        );
+        assert_eq!(ingested.entries[2].integrity, pb::Integrity::Unchecked);
+        let (next, _) = ingest(&mut state, &lines[5..], 0);
+        assert_eq!(next.entries[0].integrity, pb::Integrity::Verified);
+        match to_entry("web-1", gap).entry {
+            Some(pb::entry::Entry::Gap(g)) => assert_eq!((g.first_seq, g.last_seq), (2, 4)),
+            other => panic!("a gap, not {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_changed_record_is_stored_as_broken() {
+        let mut lines = stream(3);
+        lines[1] = lines[1].replace("/srv/x2", "/srv/y2");
+        let mut state = StreamState::default();
+        let (ingested, bad) = ingest(&mut state, &lines, 0);
+        assert_eq!(bad, None);
+        let integrity: Vec<_> = ingested.entries.iter().map(|e| e.integrity).collect();
+        assert_eq!(
+            integrity,
+            [
+                pb::Integrity::Verified,
+                pb::Integrity::Broken,
+                pb::Integrity::Verified
+            ],
+            "the record after it still commits to the original"
+        );
+    }
+
+    #[test]
+    fn a_line_that_is_not_sealed_stops_the_batch_after_what_came_before() {
+        let mut lines = stream(3);
+        lines[1] = "{\"seq\":2}".into();
+        let mut state = StreamState::default();
+        let (ingested, bad) = ingest(&mut state, &lines, 0);
+        assert_eq!(ingested.entries.len(), 1);
+        assert_eq!(bad.unwrap().after, 1);
+        assert_eq!(state.next_seq, 2);
+    }
+
+    #[test]
+    fn the_sqlite_store_appends_queries_counts_and_prunes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = sqlite::Sqlite::open(&dir.path().join("c.db")).unwrap();
+        let lines = stream(6);
+        let mut state = StreamState::default();
+        let (ingested, _) = ingest(&mut state, &lines, 0);
+        store
+            .append("web-1", &StreamState::default(), &state, &ingested.entries)
+            .unwrap();
+        assert_eq!(store.stream("web-1").unwrap(), state);
+        // A second writer that read the old state loses.
+        assert!(matches!(
+            store.append("web-1", &StreamState::default(), &state, &[]),
+            Err(StoreError::Conflict(_))
+        ));
+        let denials = Filter {
+            verdicts: vec!["deny"],
+            ..Default::default()
+        };
+        let page = store.query(&denials, 0, 2).unwrap();
+        // Records 2 and the loss (3), which matches any record filter.
+        assert_eq!(page.iter().map(|e| e.entry.seq).collect::<Vec<_>>(), [2, 3]);
+        let rest = store.query(&denials, page[1].id, 10).unwrap();
+        assert_eq!(rest.iter().map(|e| e.entry.seq).collect::<Vec<_>>(), [4, 6]);
+        let totals = store.totals(&Filter::default()).unwrap();
+        let count = |kind, verdict: &str| {
+            totals
+                .rows
+                .iter()
+                .filter(|r| r.0 == kind && r.1 == verdict)
+                .map(|r| r.3)
+                .sum::<u64>()
+        };
+        assert_eq!(
+            (count(Kind::Record, "deny"), count(Kind::Record, "allow")),
+            (3, 2)
+        );
+        assert_eq!(count(Kind::Loss, ""), 7);
+        assert_eq!(store.hosts().unwrap(), [("web-1".to_string(), 7)]);
+        let cutoff = api::rfc3339_nanos("2026-11-22T10:00:03Z");
+        assert_eq!(store.prune(Some(cutoff), None).unwrap(), 2);
+        assert_eq!(
+            store.query(&Filter::default(), 0, 10).unwrap()[0].entry.seq,
+            3
+        );
+        assert!(store.prune(None, Some(0)).unwrap() >= 4);
+        assert!(store.query(&Filter::default(), 0, 10).unwrap().is_empty());
+        assert_eq!(
+            store.stream("web-1").unwrap(),
+            state,
+            "the stream's end stays"
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! The embedded store: one SQLite database in WAL mode.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension as _, params, params_from_iter, types};
+
+use super::store::{
+    COLUMNS, INSERT, NewEntry, Row, Store, StoreError, StoredEntry, StreamState, Totals, Value,
+    filter_clause, integrity_name, schema, stored_entry, totals_row,
+};
+use crate::{api::Filter, chain, compile::hex};
+
+pub struct Sqlite {
+    db: Connection,
+}
+
+fn db_error(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(format!("SQLite: {e}"))
+}
+
+impl Sqlite {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Connection::open(path)
+            .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+        // WAL: readers do not block the writer. FULL: an acknowledged
+        // batch survives a power cut, not just a crash.
+        db.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; {}",
+            schema("INTEGER PRIMARY KEY AUTOINCREMENT")
+        ))
+        .map_err(db_error)?;
+        Ok(Self { db })
+    }
+}
+
+fn bind(values: Vec<Value>) -> Vec<types::Value> {
+    values
+        .into_iter()
+        .map(|v| match v {
+            Value::Text(t) => types::Value::Text(t),
+            Value::Int(i) => types::Value::Integer(i),
+        })
+        .collect()
+}
+
+fn placeholder(n: usize) -> String {
+    format!("?{n}")
+}
+
+// The schema declares every column NOT NULL, of the type asked for.
+impl Row for rusqlite::Row<'_> {
+    fn int(&self, index: usize) -> i64 {
+        self.get(index).unwrap_or_default()
+    }
+
+    fn text(&self, index: usize) -> String {
+        self.get(index).unwrap_or_default()
+    }
+}
+
+impl Store for Sqlite {
+    fn stream(&mut self, host: &str) -> Result<StreamState, StoreError> {
+        let row: Option<(i64, String)> = self
+            .db
+            .query_row(
+                "SELECT next_seq, last_chain FROM streams WHERE host = ?1",
+                [host],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db_error)?;
+        Ok(
+            row.map_or_else(StreamState::default, |(next_seq, last)| StreamState {
+                next_seq: next_seq as u64,
+                last_chain: chain::parse_hex(&last),
+            }),
+        )
+    }
+
+    fn append(
+        &mut self,
+        host: &str,
+        from: &StreamState,
+        to: &StreamState,
+        entries: &[NewEntry],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.transaction().map_err(db_error)?;
+        let hex_of = |c: &Option<[u8; 32]>| c.as_ref().map(|h| hex(h)).unwrap_or_default();
+        let moved = if *from == StreamState::default() {
+            tx.execute(
+                "INSERT INTO streams (host, next_seq, last_chain) VALUES (?1, ?2, ?3) ON CONFLICT (host) DO NOTHING",
+                params![host, to.next_seq as i64, hex_of(&to.last_chain)],
+            )
+        } else {
+            tx.execute(
+                "UPDATE streams SET next_seq = ?1, last_chain = ?2 WHERE host = ?3 AND next_seq = ?4 AND last_chain = ?5",
+                params![
+                    to.next_seq as i64,
+                    hex_of(&to.last_chain),
+                    host,
+                    from.next_seq as i64,
+                    hex_of(&from.last_chain)
+                ],
+            )
+        }
+        .map_err(db_error)?;
+        if moved != 1 {
+            return Err(StoreError::Conflict(host.into()));
+        }
+        {
+            let mut insert = tx
+                .prepare_cached(&format!(
+                    "{INSERT} (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                ))
+                .map_err(db_error)?;
+            for e in entries {
+                insert
+                    .execute(params![
+                        host,
+                        e.kind.as_str(),
+                        e.seq as i64,
+                        e.count as i64,
+                        e.time,
+                        e.agent,
+                        e.session,
+                        e.hook,
+                        e.verdict,
+                        integrity_name(e.integrity),
+                        e.json
+                    ])
+                    .map_err(db_error)?;
+            }
+        }
+        tx.commit().map_err(db_error)
+    }
+
+    fn query(
+        &mut self,
+        filter: &Filter,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        let (clause, mut values) = filter_clause(filter, &placeholder);
+        values.push(Value::Int(after as i64));
+        let after_mark = placeholder(values.len());
+        values.push(Value::Int(i64::from(limit)));
+        let limit_mark = placeholder(values.len());
+        let sql = format!(
+            "SELECT {COLUMNS} FROM entries WHERE {clause} AND id > {after_mark} ORDER BY id LIMIT {limit_mark}"
+        );
+        let mut statement = self.db.prepare(&sql).map_err(db_error)?;
+        let rows = statement
+            .query_map(params_from_iter(bind(values)), |row| Ok(stored_entry(row)))
+            .map_err(db_error)?;
+        rows.collect::<Result<_, _>>().map_err(db_error)
+    }
+
+    fn totals(&mut self, filter: &Filter) -> Result<Totals, StoreError> {
+        let (clause, values) = filter_clause(filter, &placeholder);
+        let sql = format!(
+            "SELECT kind, verdict, integrity, SUM(count) FROM entries WHERE {clause} GROUP BY kind, verdict, integrity"
+        );
+        let mut statement = self.db.prepare(&sql).map_err(db_error)?;
+        let rows = statement
+            .query_map(params_from_iter(bind(values)), |row| Ok(totals_row(row)))
+            .map_err(db_error)?;
+        Ok(Totals {
+            rows: rows.collect::<Result<_, _>>().map_err(db_error)?,
+        })
+    }
+
+    fn hosts(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut statement = self
+            .db
+            .prepare("SELECT host, next_seq FROM streams ORDER BY host")
+            .map_err(db_error)?;
+        let rows = statement
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(db_error)?;
+        rows.collect::<Result<_, _>>().map_err(db_error)
+    }
+
+    fn prune(&mut self, before: Option<i64>, max_bytes: Option<u64>) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        if let Some(before) = before {
+            deleted += self
+                .db
+                .execute("DELETE FROM entries WHERE time < ?1", [before])
+                .map_err(db_error)? as u64;
+        }
+        let Some(max_bytes) = max_bytes else {
+            return Ok(deleted);
+        };
+        loop {
+            let used: i64 = self
+                .db
+                .query_row(
+                    "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(db_error)?;
+            if used as u64 <= max_bytes {
+                return Ok(deleted);
+            }
+            let n = self
+                .db
+                .execute(
+                    "DELETE FROM entries WHERE id IN (SELECT id FROM entries ORDER BY id LIMIT 1000)",
+                    [],
+                )
+                .map_err(db_error)?;
+            if n == 0 {
+                return Ok(deleted);
+            }
+            deleted += n as u64;
+        }
+    }
+}

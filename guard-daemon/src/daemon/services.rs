@@ -1,0 +1,199 @@
+//! guardd's local gRPC API: `PolicyService` and `SessionService`, on a
+//! unix socket only root can open (`--api-socket`). Callers are identified
+//! by the socket's peer credentials, as on the control socket: a caller
+//! inside Guard's root (an agent) may validate policies and list its own
+//! session tree, but not read or apply the policy.
+
+use std::sync::{Arc, Mutex};
+
+use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
+
+use super::{Caller, Reason, State, compile_policy, lock, reload};
+use crate::{
+    api::{self, pb},
+    control,
+    session::Session,
+};
+
+#[derive(Clone)]
+pub struct LocalApi {
+    pub state: Arc<Mutex<State>>,
+}
+
+impl LocalApi {
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let cred = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .ok_or_else(|| Status::permission_denied("cannot identify the caller"))?;
+        let pid = cred.pid().unwrap_or(0);
+        Ok(Caller {
+            pid,
+            uid: cred.uid(),
+            agent: lock(&self.state).root.is_agent(pid),
+        })
+    }
+
+    fn not_for_agents<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
+        if self.caller(request)?.agent {
+            return Err(Status::permission_denied(format!(
+                "agents cannot {what} the policy"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl pb::policy_service_server::PolicyService for LocalApi {
+    async fn get_policy(
+        &self,
+        request: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        self.not_for_agents(&request, "read")?;
+        let state = lock(&self.state);
+        let current = state.current();
+        Ok(Response::new(pb::Policy {
+            text: current.text.clone(),
+            sha256: current.policy_sha256.clone(),
+            generation: current.number,
+            path: state.policy_path.display().to_string(),
+            summary: current.compiled.summary(),
+        }))
+    }
+
+    async fn validate_policy(
+        &self,
+        request: Request<pb::ValidatePolicyRequest>,
+    ) -> Result<Response<pb::ValidatePolicyResponse>, Status> {
+        let text = request.into_inner().text;
+        let canary = lock(&self.state).canary.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || compile_policy(text, "(request)", Some(&canary)))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(match checked {
+            Ok(policy) => pb::ValidatePolicyResponse {
+                valid: true,
+                error: String::new(),
+                summary: policy.compiled.summary(),
+                notes: policy.compiled.notes,
+            },
+            Err(fatal) => pb::ValidatePolicyResponse {
+                valid: false,
+                error: fatal.to_string(),
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn apply_policy(
+        &self,
+        request: Request<pb::ApplyPolicyRequest>,
+    ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        self.not_for_agents(&request, "change")?;
+        let request = request.into_inner();
+        let (path, canary, sha256) = {
+            let state = lock(&self.state);
+            let sha256 = state.current().policy_sha256.clone();
+            (state.policy_path.clone(), state.canary.clone(), sha256)
+        };
+        if !request.expected_sha256.is_empty() && request.expected_sha256 != sha256 {
+            return Err(Status::failed_precondition(format!(
+                "the policy in force is {sha256}, not {}",
+                request.expected_sha256
+            )));
+        }
+        let text = request.text;
+        let written = tokio::task::spawn_blocking(move || {
+            compile_policy(text.clone(), "(request)", Some(&canary))
+                .map_err(|fatal| Status::invalid_argument(fatal.to_string()))?;
+            // Replace the file in one rename, so that a reload never reads
+            // half of it.
+            let dir = path.parent().unwrap_or(std::path::Path::new("."));
+            let mut file = tempfile::NamedTempFile::new_in(dir)
+                .map_err(|e| Status::internal(format!("cannot write {}: {e}", dir.display())))?;
+            std::io::Write::write_all(&mut file, text.as_bytes())
+                .and_then(|()| file.as_file().sync_all())
+                .map_err(|e| Status::internal(format!("cannot write the policy: {e}")))?;
+            file.persist(&path)
+                .map_err(|e| Status::internal(format!("cannot replace {}: {e}", path.display())))?;
+            Ok::<_, Status>(())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        written?;
+        match reload(self.state.clone(), Reason::Request).await {
+            control::Response::Reloaded {
+                generation,
+                policy_sha256,
+                problem,
+            } => Ok(Response::new(pb::ApplyPolicyResponse {
+                generation,
+                sha256: policy_sha256,
+                problem: problem.unwrap_or_default(),
+            })),
+            control::Response::PolicyRefused { message } => Err(Status::invalid_argument(message)),
+            other => Err(Status::internal(format!("{other:?}"))),
+        }
+    }
+}
+
+fn session_info(s: &Session) -> pb::SessionInfo {
+    pb::SessionInfo {
+        session: Some(api::session(&s.reference())),
+        agent: s.agent.clone(),
+        profile: s.profile.clone(),
+        started: Some(api::timestamp(api::rfc3339_nanos(&s.started))),
+        cgroup: s.cgroup,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::session_service_server::SessionService for LocalApi {
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let agent = request.into_inner().agent;
+        let sessions = lock(&self.state)
+            .status_for(&caller)
+            .sessions
+            .iter()
+            .filter(|s| agent.is_empty() || s.agent == agent)
+            .map(session_info)
+            .collect();
+        Ok(Response::new(pb::ListSessionsResponse { sessions }))
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::SessionInfo>, Status> {
+        let caller = self.caller(&request)?;
+        let id = request.into_inner().id;
+        lock(&self.state)
+            .status_for(&caller)
+            .sessions
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| Response::new(session_info(s)))
+            .ok_or_else(|| Status::not_found(format!("no session {id}")))
+    }
+}
+
+/// Serves the local API on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::UnixListener, api: LocalApi) {
+    let result = tonic::transport::Server::builder()
+        .add_service(pb::policy_service_server::PolicyServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(pb::session_service_server::SessionServiceServer::new(api))
+        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+        .await;
+    if let Err(e) = result {
+        tracing::error!("local API stopped: {e}");
+    }
+}

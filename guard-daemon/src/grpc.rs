@@ -1,0 +1,72 @@
+//! The gRPC server guardd and guard-collector share: the audit API, the
+//! collector's ingest, standard health checking and server reflection.
+
+use std::future::Future;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::{
+    api::{AuditService, pb},
+    collector::IngestService,
+};
+
+/// The protos' descriptors, for reflection.
+const DESCRIPTORS: &[u8] = tonic::include_file_descriptor_set!("guard_descriptors");
+
+pub struct Services {
+    pub audit: AuditService,
+    /// The collector only.
+    pub ingest: Option<IngestService>,
+}
+
+/// A channel to a gRPC server on a unix socket (guardd's local API).
+pub async fn connect_unix(path: &std::path::Path) -> anyhow::Result<tonic::transport::Channel> {
+    let socket = path.to_owned();
+    // The URI is required but unused: the connector dials the socket.
+    let channel = tonic::transport::Endpoint::try_from("http://localhost")?
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach guardd's API at {}: {e}", path.display()))?;
+    Ok(channel)
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    services: Services,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::audit_service_server::AuditServiceServer<AuditService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(DESCRIPTORS)
+        .build_v1()?;
+    let ingest = match services.ingest {
+        Some(ingest) => {
+            health
+                .set_serving::<pb::ingest_service_server::IngestServiceServer<IngestService>>()
+                .await;
+            Some(pb::ingest_service_server::IngestServiceServer::new(ingest))
+        }
+        None => None,
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(pb::audit_service_server::AuditServiceServer::new(
+            services.audit,
+        ))
+        .add_optional_service(ingest)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

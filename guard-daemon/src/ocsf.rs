@@ -1,0 +1,296 @@
+//! Records as OCSF 1.3 events (Open Cybersecurity Schema Framework), for
+//! log shippers and SIEMs: Process Activity (1007) for exec, File System
+//! Activity (1001) for file actions, Network Activity (4001) for connect
+//! and send, each with `action_id`/`disposition_id` for allowed, denied and
+//! would-deny and the deciding rule as `policy`. Guard's own fields that
+//! OCSF has no place for are under `unmapped`.
+
+use serde_json::{Value, json};
+
+use crate::{
+    api,
+    events::{Line, LossRecord, Record},
+};
+
+pub const VERSION: &str = "1.3.0";
+
+/// The OCSF event for one line of `host`'s stream; `sealed` is the line as
+/// sealed (kept as `raw_data`).
+pub fn event(host: &str, line: &Line, sealed: &str) -> Value {
+    match line {
+        Line::Decision(record) => decision(host, record, sealed),
+        Line::Loss(loss) => lost(host, loss, sealed),
+    }
+}
+
+/// (class_uid, class_name, category_uid, category_name, activity_id, activity_name)
+fn class(action: &str) -> (u32, &'static str, u32, &'static str, u32, &'static str) {
+    const FILE: (u32, &str, u32, &str) = (1001, "File System Activity", 1, "System Activity");
+    let with = |c: (u32, &'static str, u32, &'static str), id, name| (c.0, c.1, c.2, c.3, id, name);
+    match action {
+        "exec" => (1007, "Process Activity", 1, "System Activity", 1, "Launch"),
+        "unlink" | "rmdir" => with(FILE, 4, "Delete"),
+        "rename" | "rename_into" => with(FILE, 5, "Rename"),
+        "truncate" => with(FILE, 3, "Update"),
+        "open_write" => with(FILE, 14, "Open"),
+        "create" | "mkdir" | "symlink" | "link" => with(FILE, 1, "Create"),
+        "connect" => (4001, "Network Activity", 4, "Network Activity", 1, "Open"),
+        "sendmsg" => (
+            4001,
+            "Network Activity",
+            4,
+            "Network Activity",
+            6,
+            "Traffic",
+        ),
+        _ => with(FILE, 99, "Other"),
+    }
+}
+
+fn metadata(host: &str, seq: u64, hook: &str) -> Value {
+    json!({
+        "version": VERSION,
+        "product": {"name": "Guard", "vendor_name": "Guard", "version": env!("CARGO_PKG_VERSION"), "feature": {"name": hook}},
+        "uid": format!("{host}/{seq}"),
+        "sequence": seq,
+    })
+}
+
+fn decision(host: &str, r: &Record, sealed: &str) -> Value {
+    let (class_uid, class_name, category_uid, category_name, activity_id, activity_name) =
+        class(&r.action);
+    let (action_id, action, disposition_id, disposition, status_id, status, severity_id, severity) =
+        match r.verdict.as_str() {
+            "deny" => (2, "Denied", 2, "Blocked", 2, "Failure", 3, "Medium"),
+            "would_deny" => (1, "Allowed", 15, "Detected", 1, "Success", 2, "Low"),
+            _ => (1, "Allowed", 1, "Allowed", 1, "Success", 1, "Informational"),
+        };
+    let process = r.process.as_ref();
+    let mut actor_process = json!({
+        "pid": r.pid,
+        "tid": r.tid,
+        "name": r.comm,
+        "user": {"uid": r.uid.to_string()},
+    });
+    if let Some(p) = process {
+        actor_process["cmd_line"] = json!(p.cmdline.join(" "));
+        if let Some(exe) = &p.exe {
+            actor_process["file"] = json!({"path": exe});
+        }
+        if let Some(parent) = p.ancestry.first() {
+            actor_process["parent_process"] = json!({"pid": parent.pid, "name": parent.comm});
+        }
+    }
+    let mut event = json!({
+        "class_uid": class_uid,
+        "class_name": class_name,
+        "category_uid": category_uid,
+        "category_name": category_name,
+        "activity_id": activity_id,
+        "activity_name": activity_name,
+        "type_uid": class_uid * 100 + activity_id,
+        "type_name": format!("{class_name}: {activity_name}"),
+        "time": api::rfc3339_nanos(&r.time) / 1_000_000,
+        "severity_id": severity_id,
+        "severity": severity,
+        "action_id": action_id,
+        "action": action,
+        "disposition_id": disposition_id,
+        "disposition": disposition,
+        "status_id": status_id,
+        "status": status,
+        "message": r.message.clone().unwrap_or_else(|| format!("{} {}: {} ({})", r.action, r.target, r.verdict, r.rule)),
+        "metadata": metadata(host, r.seq, &r.hook),
+        "device": {"hostname": host},
+        "actor": {"process": actor_process},
+        "policy": {"uid": r.rule, "name": r.rule, "version": r.generation.to_string()},
+        "raw_data": sealed,
+        "unmapped": {
+            "agent": r.agent,
+            "profile": r.profile,
+            "policy_sha256": r.policy_sha256,
+            "verdict": r.verdict,
+            "cgroup": r.cgroup,
+            "agent_cgroup": r.agent_cgroup,
+        },
+    });
+    if let Some(message) = &r.message {
+        event["policy"]["desc"] = json!(message);
+    }
+    if let Some(session) = &r.session {
+        event["actor"]["user"] =
+            json!({"uid": session.user.uid.to_string(), "name": session.user.name});
+        event["actor"]["session"] = json!({"uid": session.session});
+        if let Some(parent) = &session.parent_session {
+            event["unmapped"]["parent_session"] = json!(parent);
+        }
+        if !session.labels.is_empty() {
+            event["unmapped"]["labels"] = json!(session.labels);
+        }
+    }
+    if !r.redacted.is_empty() {
+        event["unmapped"]["redacted"] = json!(r.redacted);
+    }
+    if !r.flags.is_empty() {
+        event["unmapped"]["flags"] = json!(r.flags);
+    }
+    match class_uid {
+        1007 => event["process"] = json!({"file": {"path": r.target}}),
+        4001 => {
+            if let Ok(addr) = r.target.parse::<std::net::SocketAddr>() {
+                event["dst_endpoint"] = json!({"ip": addr.ip().to_string(), "port": addr.port()});
+            }
+            event["connection_info"] = json!({"protocol_name": r.protocol});
+        }
+        _ => {
+            let name = r.target.rsplit('/').next().unwrap_or_default();
+            event["file"] = json!({"path": r.target, "name": name});
+            if let Some(f) = &r.file {
+                event["file"]["uid"] = json!(format!("{}:{}", f.dev, f.ino));
+            }
+        }
+    }
+    event
+}
+
+/// A loss has no OCSF class of its own: a Base Event saying how many
+/// records were lost where.
+fn lost(host: &str, loss: &LossRecord, sealed: &str) -> Value {
+    let mut event = base_event(
+        host,
+        loss.seq,
+        "loss",
+        api::rfc3339_nanos(&loss.time),
+        format!(
+            "{} record(s) lost at {}",
+            loss.loss.records, loss.loss.stage
+        ),
+        loss.loss.records,
+    );
+    event["raw_data"] = json!(sealed);
+    event["unmapped"] = json!({"loss": {"stage": loss.loss.stage, "records": loss.loss.records}});
+    event
+}
+
+/// A gap the collector recorded: records `first` to `last` of `host` never
+/// arrived.
+pub fn gap(host: &str, first: u64, last: u64, time_nanos: i64) -> Value {
+    let mut event = base_event(
+        host,
+        first,
+        "gap",
+        time_nanos,
+        format!("records {first} to {last} of {host} never reached the collector"),
+        last + 1 - first,
+    );
+    event["unmapped"] = json!({"gap": {"first_seq": first, "last_seq": last}});
+    event
+}
+
+/// A Base Event (class 0) about `count` records that are missing.
+fn base_event(
+    host: &str,
+    seq: u64,
+    feature: &str,
+    time_nanos: i64,
+    message: String,
+    count: u64,
+) -> Value {
+    json!({
+        "class_uid": 0,
+        "class_name": "Base Event",
+        "category_uid": 0,
+        "category_name": "Uncategorized",
+        "activity_id": 99,
+        "activity_name": "Other",
+        "type_uid": 99,
+        "time": time_nanos / 1_000_000,
+        "severity_id": 3,
+        "severity": "Medium",
+        "status_id": 2,
+        "status": "Failure",
+        "message": message,
+        "metadata": metadata(host, seq, feature),
+        "device": {"hostname": host},
+        "count": count,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(json: &str) -> Line {
+        Line::parse(json).unwrap()
+    }
+
+    const BASE: &str = r#""seq":7,"time":"2026-11-22T10:00:01.5Z","agent":"coder","profile":"coding","session":"s1","user":{"uid":1000,"name":"dev"},"generation":3,"policy_sha256":"ab","agent_cgroup":1,"cgroup":2,"pid":42,"tid":43,"uid":1000,"comm":"rm""#;
+
+    #[test]
+    fn a_denied_unlink_is_a_blocked_file_system_delete() {
+        let json = format!(
+            r#"{{{BASE},"hook":"path_unlink","action":"unlink","verdict":"deny","target":"/srv/data/db.sqlite","file":{{"dev":3,"ino":9}},"rule":"keep-data","message":"data stays","process":{{"cmdline":["rm","-rf","/srv/data"],"exe":"/usr/bin/rm","ancestry":[{{"pid":41,"comm":"bash"}}]}}}}"#
+        );
+        let e = event("web-1", &line(&json), &json);
+        assert_eq!(
+            (e["class_uid"].as_u64(), e["activity_id"].as_u64()),
+            (Some(1001), Some(4))
+        );
+        assert_eq!(e["type_uid"], 100104);
+        assert_eq!(
+            (e["action_id"].as_u64(), e["disposition_id"].as_u64()),
+            (Some(2), Some(2))
+        );
+        assert_eq!(e["time"], 1_795_341_601_500i64);
+        assert_eq!(e["file"]["path"], "/srv/data/db.sqlite");
+        assert_eq!(e["file"]["name"], "db.sqlite");
+        assert_eq!(e["policy"]["uid"], "keep-data");
+        assert_eq!(e["policy"]["desc"], "data stays");
+        assert_eq!(e["actor"]["process"]["cmd_line"], "rm -rf /srv/data");
+        assert_eq!(e["actor"]["process"]["parent_process"]["name"], "bash");
+        assert_eq!(e["actor"]["session"]["uid"], "s1");
+        assert_eq!(e["device"]["hostname"], "web-1");
+        assert_eq!(e["metadata"]["uid"], "web-1/7");
+        assert_eq!(e["raw_data"], json.as_str());
+    }
+
+    #[test]
+    fn exec_and_connect_and_monitor_mode() {
+        let exec = format!(
+            r#"{{{BASE},"hook":"bprm_check_security","action":"exec","verdict":"would_deny","target":"/usr/bin/curl","rule":"no-curl"}}"#
+        );
+        let e = event("h", &line(&exec), &exec);
+        assert_eq!(
+            (e["class_uid"].as_u64(), e["type_uid"].as_u64()),
+            (Some(1007), Some(100701))
+        );
+        assert_eq!(
+            (e["action_id"].as_u64(), e["disposition_id"].as_u64()),
+            (Some(1), Some(15))
+        );
+        assert_eq!(e["process"]["file"]["path"], "/usr/bin/curl");
+        let connect = format!(
+            r#"{{{BASE},"hook":"socket_connect","action":"connect","verdict":"allow","target":"[::ffff:10.0.0.1]:5432","protocol":"tcp","rule":"default"}}"#
+        );
+        let e = event("h", &line(&connect), &connect);
+        assert_eq!(
+            (e["class_uid"].as_u64(), e["type_uid"].as_u64()),
+            (Some(4001), Some(400101))
+        );
+        assert_eq!(e["dst_endpoint"]["port"], 5432);
+        assert_eq!(e["dst_endpoint"]["ip"], "::ffff:10.0.0.1");
+        assert_eq!(e["connection_info"]["protocol_name"], "tcp");
+        assert_eq!(e["action_id"], 1);
+    }
+
+    #[test]
+    fn a_loss_is_a_base_event_with_its_count() {
+        let json = r#"{"seq":9,"time":"2026-11-22T10:00:02Z","loss":{"stage":"ring_buffer","records":12}}"#;
+        let e = event("h", &line(json), json);
+        assert_eq!(
+            (e["class_uid"].as_u64(), e["count"].as_u64()),
+            (Some(0), Some(12))
+        );
+        assert_eq!(e["unmapped"]["loss"]["stage"], "ring_buffer");
+    }
+}

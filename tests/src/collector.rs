@@ -1,0 +1,257 @@
+//! Harness for guard-collector: start it on a free loopback port with a
+//! store, kill and restart it, query it with guardctl; and a real
+//! PostgreSQL server on loopback for the shared store.
+
+use std::{
+    fs,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::bin;
+
+/// A free TCP port on loopback (free when this returns).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Waits until `path`'s text contains `needle`; panics with the text after
+/// `timeout`.
+pub fn wait_for_log(path: &Path, needle: &str, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no `{needle}` in {} after {timeout:?}:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `GET /metrics` from a Prometheus endpoint at `addr` (host:port): the
+/// exposition text.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    response
+}
+
+/// A running guard-collector.
+pub struct Collector {
+    child: Option<Child>,
+    /// Its API address, host:port.
+    pub addr: String,
+    /// Its metrics endpoint, host:port.
+    pub metrics: String,
+    pub store: String,
+    pub log: PathBuf,
+}
+
+impl Collector {
+    /// Starts a collector with `store` (sqlite:PATH or a PostgreSQL URL),
+    /// logging to `dir/collector.log`, and waits until it serves.
+    pub fn start(dir: &Path, store: &str) -> Collector {
+        let mut collector = Collector {
+            child: None,
+            addr: format!("127.0.0.1:{}", free_port()),
+            metrics: format!("127.0.0.1:{}", free_port()),
+            store: store.into(),
+            log: dir.join("collector.log"),
+        };
+        collector.restart();
+        collector
+    }
+
+    /// Starts it (again) on the same address and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open collector log");
+        use std::io::Write as _;
+        writeln!(log, "--- start").unwrap();
+        let child = Command::new(bin("guard-collector"))
+            .args(["--listen", &self.addr, "--store", &self.store])
+            .args(["--metrics-listen", &self.metrics])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start guard-collector");
+        self.child = Some(child);
+        let start = Instant::now();
+        loop {
+            let text = fs::read_to_string(&self.log).unwrap_or_default();
+            let this_run = text.rsplit("--- start").next().unwrap_or("");
+            if this_run.contains("collecting") {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "guard-collector did not start:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `guardctl ARGS --server ADDR`.
+    pub fn guardctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("guardctl"))
+            .args(args)
+            .args(["--server", &self.addr])
+            .output()
+            .expect("run guardctl")
+    }
+
+    /// `guardctl audit query -o json ARGS`: the entries, one JSON value each.
+    pub fn query(&self, args: &[&str]) -> Vec<Value> {
+        let mut all = vec!["audit", "query", "-o", "json"];
+        all.extend_from_slice(args);
+        let output = self.guardctl(&all);
+        assert!(
+            output.status.success(),
+            "guardctl {all:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// Waits until the collector holds `host`'s stream up to `seq`.
+    pub fn wait_for_seq(&self, host: &str, seq: u64, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let output = self.guardctl(&["audit", "stats", "--host", host]);
+            let text = String::from_utf8_lossy(&output.stdout);
+            let next = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("host {host}: next sequence ")))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+            if next > seq {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "the collector holds {host} only up to {} after {timeout:?}",
+                next.saturating_sub(1)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A PostgreSQL server of its own on loopback, in a temporary directory.
+pub struct Postgres {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let bin_dir = fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is installed (cargo xtask setup installs it)")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .find(|p| p.join("initdb").exists())
+            .expect("an initdb in /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        // PostgreSQL refuses to run as root: run it as `postgres` then.
+        let user = (unsafe { libc::geteuid() } == 0).then(|| {
+            // SAFETY: a NUL-terminated name; the entry is read at once.
+            let entry = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
+            assert!(
+                !entry.is_null(),
+                "no `postgres` user (the package makes it)"
+            );
+            unsafe { ((*entry).pw_uid, (*entry).pw_gid) }
+        });
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+        }
+        let command = |program: &str| {
+            let mut c = Command::new(bin_dir.join(program));
+            if let Some((uid, gid)) = user {
+                use std::os::unix::process::CommandExt as _;
+                c.uid(uid).gid(gid);
+            }
+            c.current_dir(dir.path());
+            c
+        };
+        let init = command("initdb")
+            .args(["--auth=trust", "--username=guard", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .expect("run initdb");
+        assert!(
+            init.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let port = free_port();
+        let log = dir.path().join("postgres.log");
+        let child = command("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
+            .arg(dir.path())
+            .args(["-c", "fsync=off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(fs::File::create(&log).expect("log")))
+            .spawn()
+            .expect("start postgres");
+        wait_for_log(
+            &log,
+            "database system is ready to accept connections",
+            Duration::from_secs(30),
+        );
+        Postgres {
+            child,
+            _dir: dir,
+            url: format!("postgres://guard@127.0.0.1:{port}/postgres"),
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // SIGINT: PostgreSQL's fast shutdown.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+    }
+}

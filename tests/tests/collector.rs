@@ -1,0 +1,400 @@
+//! guard-collector end to end: guardctl ships events files to a real
+//! collector over gRPC, into SQLite and into a real PostgreSQL server; the
+//! stored streams are queried, followed, verified and tampered with, and a
+//! Python grpcio client generated from the proto talks to the API.
+//!
+//! Run by `cargo xtask test` (they need the release binaries, PostgreSQL
+//! and Python's grpcio, which `cargo xtask setup` installs).
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use guard_daemon::chain::Chain;
+use guard_tests::{
+    bin,
+    collector::{Collector, Postgres},
+};
+use serde_json::Value;
+
+/// A host's stream of `n` sealed lines: every third record a denial by
+/// `coder`, the rest allowed for `analyst`, and every 100th line a loss.
+fn stream(n: u64, salt: &str) -> Vec<String> {
+    let mut chain = Chain::default();
+    (1..=n)
+        .map(|seq| {
+            let second = seq % 60;
+            let json = if seq % 100 == 0 {
+                format!(
+                    r#"{{"seq":{seq},"time":"2026-11-22T10:00:{second:02}Z","loss":{{"stage":"ring_buffer","records":5}}}}"#
+                )
+            } else {
+                let (agent, verdict) = if seq % 3 == 0 {
+                    ("coder", "deny")
+                } else {
+                    ("analyst", "allow")
+                };
+                format!(
+                    r#"{{"seq":{seq},"time":"2026-11-22T10:00:{second:02}Z","hook":"path_unlink","action":"unlink","verdict":"{verdict}","agent":"{agent}","profile":"coding","session":"s-{agent}","user":{{"uid":1000,"name":"dev"}},"labels":{{"ticket":"OPS-1"}},"generation":1,"policy_sha256":"{salt}","agent_cgroup":1,"cgroup":2,"pid":{seq},"tid":{seq},"uid":1000,"comm":"rm","target":"/srv/data/f{seq}","file":{{"dev":3,"ino":{seq}}},"rule":"keep-data","message":"data is kept"}}"#
+                )
+            };
+            String::from_utf8(chain.seal(json.into_bytes())).unwrap()
+        })
+        .collect()
+}
+
+fn write_events(path: &Path, lines: &[String]) {
+    fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn ship(collector: &Collector, file: &Path, host: &str) -> std::process::Output {
+    collector.guardctl(&["audit", "ship", file.to_str().unwrap(), "--as-host", host])
+}
+
+fn assert_ok(output: &std::process::Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what}: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn seqs(entries: &[Value]) -> Vec<u64> {
+    entries.iter().filter_map(|e| e["seq"].as_u64()).collect()
+}
+
+/// Shipped records come back exactly as sealed, and the filters select.
+fn round_trip(dir: &Path, collector: &Collector) {
+    let lines = stream(2000, "a");
+    let file = dir.join("a.jsonl");
+    write_events(&file, &lines);
+    let out = assert_ok(&ship(collector, &file, "host-a"), "ship");
+    assert!(out.contains("up to 2000"), "{out}");
+
+    let all = collector.query(&["--host", "host-a"]);
+    let json: Vec<String> = all.iter().map(|v| v.to_string()).collect();
+    let expected: Vec<String> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap().to_string())
+        .collect();
+    assert_eq!(
+        json, expected,
+        "every record and loss, every field, in order"
+    );
+
+    let denials = collector.query(&["--host", "host-a", "--agent", "coder", "--verdict", "deny"]);
+    let records: Vec<&Value> = denials.iter().filter(|e| e["loss"].is_null()).collect();
+    assert!(
+        records
+            .iter()
+            .all(|r| r["agent"] == "coder" && r["verdict"] == "deny")
+    );
+    assert_eq!(
+        records.len(),
+        (1..=2000).filter(|s| s % 3 == 0 && s % 100 != 0).count()
+    );
+    assert_eq!(
+        denials.len() - records.len(),
+        20,
+        "losses match any record filter: they may hide a denial"
+    );
+
+    let window = collector.query(&[
+        "--host",
+        "host-a",
+        "--since",
+        "2026-11-22T10:00:10Z",
+        "--until",
+        "2026-11-22T10:00:12Z",
+    ]);
+    assert!(!window.is_empty());
+    assert!(
+        window
+            .iter()
+            .all(|e| matches!(e["seq"].as_u64().unwrap() % 60, 10 | 11))
+    );
+
+    let stats = assert_ok(
+        &collector.guardctl(&["audit", "stats", "--host", "host-a"]),
+        "stats",
+    );
+    assert!(
+        stats.contains(&format!("denied: {}\n", records.len())),
+        "{stats}"
+    );
+    assert!(stats.contains("lost: 100\n"), "20 losses of 5: {stats}");
+    assert!(stats.contains("host host-a: next sequence 2001"), "{stats}");
+
+    let verify = assert_ok(
+        &collector.guardctl(&["audit", "verify", "--host", "host-a"]),
+        "verify",
+    );
+    assert!(
+        verify.contains("intact: 2000 records, sequence 1 to 2000"),
+        "{verify}"
+    );
+}
+
+/// A collector killed mid-stream loses nothing it acknowledged, and the
+/// resent stream is stored once.
+fn restart_mid_stream(dir: &Path, collector: &mut Collector) {
+    let n = 60_000;
+    let file = dir.join("b.jsonl");
+    write_events(&file, &stream(n, "b"));
+    let shipping = Command::new(bin("guardctl"))
+        .args([
+            "audit",
+            "ship",
+            file.to_str().unwrap(),
+            "--as-host",
+            "host-b",
+        ])
+        .args(["--server", &collector.addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    collector.wait_for_seq("host-b", 1, Duration::from_secs(30));
+    collector.kill();
+    let first = shipping.wait_with_output().unwrap();
+    assert!(
+        !first.status.success(),
+        "the shipment was cut off mid-stream (else make the stream longer)"
+    );
+    collector.restart();
+    assert_ok(&ship(collector, &file, "host-b"), "ship again");
+    let stored = seqs(&collector.query(&["--host", "host-b"]));
+    assert_eq!(
+        stored,
+        (1..=n).collect::<Vec<_>>(),
+        "complete, no duplicates"
+    );
+    let verify = assert_ok(
+        &collector.guardctl(&["audit", "verify", "--host", "host-b"]),
+        "verify",
+    );
+    assert!(verify.contains(&format!("intact: {n} records")), "{verify}");
+}
+
+/// A missing stretch becomes a gap; a changed or removed stored record is
+/// found by `audit verify`.
+fn gaps_and_tampering(dir: &Path, collector: &Collector, tamper: &dyn Fn(&str)) {
+    let lines = stream(20, "c");
+    let file = dir.join("c.jsonl");
+    write_events(&file, &lines[..10]);
+    assert_ok(&ship(collector, &file, "host-c"), "ship 1-10");
+    // The spool lost 11-13 (rotated away, say): 14-20 follow.
+    write_events(&file, &lines[13..]);
+    assert_ok(&ship(collector, &file, "host-c"), "ship 14-20");
+    let entries = collector.query(&["--host", "host-c"]);
+    let gap = entries
+        .iter()
+        .find(|e| !e["gap"].is_null())
+        .expect("a gap entry");
+    assert_eq!(
+        (
+            gap["gap"]["first_seq"].as_u64(),
+            gap["gap"]["last_seq"].as_u64()
+        ),
+        (Some(11), Some(13))
+    );
+    let stats = assert_ok(
+        &collector.guardctl(&["audit", "stats", "--host", "host-c"]),
+        "stats",
+    );
+    assert!(stats.contains("missing: 3\n"), "{stats}");
+    let metrics = guard_tests::collector::scrape(&collector.metrics);
+    assert!(
+        metrics.contains(r#"guard_collector_entries_total{kind="gap"} 1"#),
+        "{metrics}"
+    );
+    let verify = assert_ok(
+        &collector.guardctl(&["audit", "verify", "--host", "host-c"]),
+        "verify with a recorded gap",
+    );
+    assert!(
+        verify.contains("records 11 to 13 never reached the collector"),
+        "{verify}"
+    );
+
+    tamper(
+        "UPDATE entries SET json = replace(json, '/srv/data/f5\"', '/srv/data/g5\"') WHERE host = 'host-c' AND seq = 5 AND kind = 'record'",
+    );
+    let changed = collector.guardctl(&["audit", "verify", "--host", "host-c"]);
+    assert_eq!(changed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&changed.stderr);
+    assert!(
+        stderr.contains("record 5 does not match its chain hash"),
+        "{stderr}"
+    );
+
+    tamper(
+        "UPDATE entries SET json = replace(json, '/srv/data/g5\"', '/srv/data/f5\"') WHERE host = 'host-c' AND seq = 5",
+    );
+    assert_ok(
+        &collector.guardctl(&["audit", "verify", "--host", "host-c"]),
+        "restored",
+    );
+    tamper("DELETE FROM entries WHERE host = 'host-c' AND seq = 7 AND kind = 'record'");
+    let removed = collector.guardctl(&["audit", "verify", "--host", "host-c"]);
+    assert_eq!(removed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&removed.stderr);
+    assert!(
+        stderr.contains("sequence 8 follows 6: 1 record(s) missing"),
+        "{stderr}"
+    );
+}
+
+/// Another stream under a name the collector knows is refused, not merged.
+fn another_stream_under_the_same_name(dir: &Path, collector: &Collector) {
+    let file = dir.join("d.jsonl");
+    write_events(&file, &stream(10, "d"));
+    assert_ok(&ship(collector, &file, "host-d"), "ship");
+    write_events(&file, &stream(12, "other"));
+    let refused = ship(collector, &file, "host-d");
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("another stream for host `host-d`"),
+        "{stderr}"
+    );
+    assert_eq!(seqs(&collector.query(&["--host", "host-d"])).len(), 10);
+}
+
+/// `guardctl events --follow` on the collector gets what is stored from now
+/// on, filtered on the server.
+fn live_follow(dir: &Path, collector: &Collector) {
+    let mut follower = Command::new(bin("guardctl"))
+        .args([
+            "events",
+            "--follow",
+            "--host",
+            "host-e",
+            "--verdict",
+            "deny",
+        ])
+        .args(["--server", &collector.addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(follower.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("following"), "{line}");
+    let file = dir.join("e.jsonl");
+    write_events(&file, &stream(30, "e"));
+    assert_ok(&ship(collector, &file, "host-e"), "ship");
+    let mut stdout = BufReader::new(follower.stdout.take().unwrap());
+    let mut followed = Vec::new();
+    for _ in 0..10 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        followed.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert_eq!(seqs(&followed), (1..=10).map(|i| i * 3).collect::<Vec<_>>());
+    assert!(followed.iter().all(|r| r["verdict"] == "deny"));
+}
+
+fn all_scenarios(dir: &Path, collector: &mut Collector, tamper: &dyn Fn(&str)) {
+    round_trip(dir, collector);
+    restart_mid_stream(dir, collector);
+    gaps_and_tampering(dir, collector, tamper);
+    another_stream_under_the_same_name(dir, collector);
+    live_follow(dir, collector);
+}
+
+#[test]
+#[ignore = "needs the release binaries: cargo xtask test"]
+fn sqlite_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("collector.db");
+    let mut collector = Collector::start(dir.path(), &format!("sqlite:{}", db.display()));
+    let tamper = |sql: &str| {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute(sql, [])
+            .unwrap();
+    };
+    all_scenarios(dir.path(), &mut collector, &tamper);
+}
+
+#[test]
+#[ignore = "needs the release binaries and PostgreSQL: cargo xtask test"]
+fn postgres_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let postgres = Postgres::start();
+    let mut collector = Collector::start(dir.path(), &postgres.url);
+    let tamper = |sql: &str| {
+        let out = Command::new("psql")
+            .args([postgres.url.as_str(), "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .unwrap();
+        assert_ok(&out, sql);
+    };
+    all_scenarios(dir.path(), &mut collector, &tamper);
+    // A second collector on the same database serves what the first stored.
+    let second_dir = dir.path().join("second");
+    fs::create_dir(&second_dir).unwrap();
+    let second = Collector::start(&second_dir, &postgres.url);
+    assert_eq!(seqs(&second.query(&["--host", "host-a"])).len(), 2000);
+}
+
+#[test]
+#[ignore = "needs the release binaries and Python grpcio: cargo xtask test"]
+fn a_python_grpcio_client_follows_and_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("collector.db");
+    let collector = Collector::start(dir.path(), &format!("sqlite:{}", db.display()));
+    let lines = stream(60, "py");
+    let file = dir.path().join("py.jsonl");
+    write_events(&file, &lines[..30]);
+    assert_ok(&ship(&collector, &file, "host-py"), "ship 1-30");
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut client = Command::new("python3")
+        .arg(root.join("tests/python/audit_client.py"))
+        .args(["--proto", root.join("proto").to_str().unwrap()])
+        .args(["--server", &collector.addr, "--follow", "10"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut stdout = BufReader::new(client.stdout.take().unwrap());
+    let mut read = || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    };
+    let query = read();
+    assert_eq!(
+        query["query"],
+        serde_json::json!((1..=10).map(|i| i * 3).collect::<Vec<_>>()),
+        "denials of coder among 1-30: {query}"
+    );
+    assert_eq!(query["bad_page_token"], "INVALID_ARGUMENT");
+    assert_eq!(query["bad_verdict"], "INVALID_ARGUMENT");
+    assert_eq!(read()["following"], true);
+    write_events(&file, &lines);
+    assert_ok(&ship(&collector, &file, "host-py"), "ship 31-60");
+    let followed = read();
+    let output = client.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        followed["followed"],
+        serde_json::json!((11..=20).map(|i| i * 3).collect::<Vec<_>>()),
+        "{followed}"
+    );
+}
