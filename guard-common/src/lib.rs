@@ -78,7 +78,7 @@ pub mod capacity {
     pub const EXEC_PATHS: u32 = 4096;
     pub const FILE_IDENTITY: u32 = 4096;
     pub const FILE_NAMES: u32 = 1024;
-    pub const NET_RULES: u32 = 4096;
+    pub const NET_RULES: u32 = 1 << 17;
     /// Bytes; must be a power of two and a multiple of the page size.
     pub const EVENTS_BYTES: u32 = 1 << 22;
 }

@@ -514,11 +514,12 @@ fn compile_network(
     // The kernel finds only the longest matching prefix, so each prefix also
     // carries the rules of every shorter prefix containing it, longest first.
     for (&(addr, len), own) in &prefixes {
-        let mut containing: Vec<_> = prefixes
-            .iter()
-            .filter(|&(&(other, other_len), _)| other_len < len && contains(other, other_len, addr))
+        // One lookup per shorter length (not a scan of every prefix), so
+        // that 100,000 rules compile in linear time.
+        let containing: Vec<_> = (0..len)
+            .rev()
+            .filter_map(|shorter| prefixes.get_key_value(&(network(addr, shorter), shorter)))
             .collect();
-        containing.sort_by_key(|&(&(_, other_len), _)| std::cmp::Reverse(other_len));
         // On one prefix, deny rules are tried before allow rules.
         let mut own: Vec<_> = own.iter().collect();
         own.sort_by_key(|(rule, _, _)| rule.action != action::DENY as u16);
@@ -553,14 +554,14 @@ fn compile_network(
     Ok(())
 }
 
-/// Whether `addr` lies in `net/len` (both 128-bit).
-fn contains(net: [u8; 16], len: u32, addr: [u8; 16]) -> bool {
+/// The network of `addr` with a prefix of `len` bits (both 128-bit).
+fn network(addr: [u8; 16], len: u32) -> [u8; 16] {
     let mask = if len == 0 {
         0
     } else {
         u128::MAX << (128 - len)
     };
-    u128::from_be_bytes(net) & mask == u128::from_be_bytes(addr) & mask
+    (u128::from_be_bytes(addr) & mask).to_be_bytes()
 }
 
 fn check_capacity(out: &CompiledPolicy, policy: &Policy) -> Result<(), PolicyError> {

@@ -334,7 +334,14 @@ enum PortsFile {
 
 /// Parses and validates a policy.
 pub fn parse(text: &str) -> Result<Policy, PolicyError> {
-    let file: PolicyFile = serde_saphyr::from_str(text).map_err(|e| {
+    // The parser's limits, sized to the largest policy the kernel maps can
+    // hold (about 130,000 network rules of six YAML nodes each).
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = 2_000_000;
+    budget.max_events = 4_000_000;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    let file: PolicyFile = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let location = e.location().map(Location::from).unwrap_or_default();
         PolicyError {
             location,

@@ -109,6 +109,10 @@ impl Guardd {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Runs `guardctl ARGS` against this guardd; returns its output.
     pub fn guardctl(&self, args: &[&str]) -> std::process::Output {
         Command::new(bin("guardctl"))

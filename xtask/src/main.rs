@@ -1,5 +1,6 @@
 //! `cargo xtask`: set-up, tests in kernel VMs, and the demo.
 
+mod bench;
 mod setup;
 mod vm;
 
@@ -39,6 +40,15 @@ enum Cmd {
     /// The demonstration: guardd with an example policy and an agent trying
     /// destructive actions. Runs on this host if it can enforce, else in a VM.
     Demo,
+    /// What Guard costs: per-hook loops in each configuration against a
+    /// baseline measured in the same boot, decision cost against policy
+    /// size, BPF program run times and guardd's footprint. Writes
+    /// bench/results.md and bench/results.json.
+    Bench {
+        /// Run on this host (it must be able to enforce) instead of a VM.
+        #[arg(long)]
+        host: bool,
+    },
 }
 
 /// Paths of the repository.
@@ -154,7 +164,13 @@ fn build(repo: &Repo) -> Result<Artifacts> {
     })
 }
 
-const BINARIES: [&str; 4] = ["guardd", "guardctl", "guard-collector", "guard-probe"];
+const BINARIES: [&str; 5] = [
+    "guardd",
+    "guardctl",
+    "guard-collector",
+    "guard-probe",
+    "guard-bench",
+];
 
 fn initramfs(repo: &Repo, artifacts: &Artifacts) -> Result<PathBuf> {
     let mut files: Vec<_> = BINARIES
@@ -168,6 +184,14 @@ fn initramfs(repo: &Repo, artifacts: &Artifacts) -> Result<PathBuf> {
         repo.root.join("examples/policy.yaml"),
         "/guard/examples/policy.yaml".into(),
     ));
+    // The benchmark's peer, auditd, when installed (`cargo xtask bench`
+    // installs it); its libraries come along like the binaries'.
+    for tool in ["auditd", "auditctl"] {
+        let path = Path::new("/sbin").join(tool);
+        if path.exists() {
+            files.push((path, format!("/guard/audit/{tool}")));
+        }
+    }
     // GUARD_TEST_ARGS passes extra libtest arguments (a filter, --nocapture)
     // to the kernel tests; the no-lsm boot always runs its one test.
     let extra = std::env::var("GUARD_TEST_ARGS").unwrap_or_default();
@@ -182,6 +206,11 @@ fn initramfs(repo: &Repo, artifacts: &Artifacts) -> Result<PathBuf> {
             (
                 "demo",
                 "GUARD_BIN_DIR=/guard/bin sh /guard/demo.sh\n".into(),
+            ),
+            (
+                "bench",
+                "GUARD_BIN_DIR=/guard/bin GUARD_AUDITD_DIR=/guard/audit /guard/bin/guard-bench suite\n"
+                    .into(),
             ),
         ],
     )
@@ -387,5 +416,6 @@ fn main() -> Result<()> {
             )
         }
         Cmd::Demo => demo(&repo),
+        Cmd::Bench { host } => bench::bench(&repo, host),
     }
 }

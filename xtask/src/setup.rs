@@ -25,7 +25,7 @@ const PYTHON_PACKAGES: &[&str] = &["grpcio==1.85.1", "grpcio-tools==1.85.1"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn setup(repo: &Repo) -> Result<()> {
-    install_packages()?;
+    install_packages(PACKAGES)?;
     install_python_packages()?;
     let toolchain = repo.ebpf_toolchain()?;
     install_toolchain(&toolchain)?;
@@ -39,8 +39,9 @@ fn installed(package: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn install_packages() -> Result<()> {
-    let missing: Vec<_> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+/// Installs the Debian packages that are missing.
+pub fn install_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<_> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
