@@ -303,9 +303,7 @@ pub fn rfc3339(nanos: i64) -> String {
 
 /// The entry for one sealed line of a host's events stream.
 pub fn entry(host: &str, sealed: &str, line: &Line, integrity: pb::Integrity) -> pb::Entry {
-    let chain = chain::seal_of(sealed)
-        .map(|(_, h)| hex(&h))
-        .unwrap_or_default();
+    let chain = chain::hash_of(sealed).map(|h| hex(&h)).unwrap_or_default();
     let entry = match line {
         Line::Decision(record) => {
             let mut record = to_proto(record, chain, sealed);

@@ -105,18 +105,20 @@ pub fn link(previous: &[u8; 32], body: &[u8]) -> [u8; 32] {
 
 /// A sealed line without its chain member: what its hash covers.
 pub fn body(line: &str) -> Option<&[u8]> {
-    parse_hash(line)?;
+    hash_of(line)?;
     Some(&line.as_bytes()[..line.len() - SUFFIX_LEN])
 }
 
-/// The `seq` and chain hash of a sealed line.
+/// The `seq` and chain hash of a sealed line (parses the line; callers
+/// that already did want [`hash_of`]).
 pub fn seal_of(line: &str) -> Option<(u64, [u8; 32])> {
-    let hash = parse_hash(line)?;
+    let hash = hash_of(line)?;
     let seq = serde_json::from_str::<serde_json::Value>(line).ok()?["seq"].as_u64()?;
     Some((seq, hash))
 }
 
-fn parse_hash(line: &str) -> Option<[u8; 32]> {
+/// The chain hash of a sealed line, from its last member.
+pub fn hash_of(line: &str) -> Option<[u8; 32]> {
     let suffix = line.get(line.len().checked_sub(SUFFIX_LEN)?..)?;
     parse_hex(suffix.strip_prefix(MEMBER)?.strip_suffix("\"}")?)
 }
@@ -268,7 +270,7 @@ mod tests {
         // next record still commits to the old hash.
         let body = lines[1].replace("r1", "forged");
         let body = &body[..body.len() - SUFFIX_LEN];
-        let previous = parse_hash(&lines[0]).unwrap();
+        let previous = hash_of(&lines[0]).unwrap();
         lines[1] = format!(
             "{body}{MEMBER}{}\"}}",
             hex(&link(&previous, body.as_bytes()))

@@ -1,7 +1,7 @@
 //! Prometheus metrics of guardd and guard-collector, served as OpenMetrics
 //! text on `GET /metrics`.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, sync::Arc};
 
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, header::CONTENT_TYPE};
@@ -181,11 +181,6 @@ impl Exposition for CollectorMetrics {
     fn registry(&self) -> &Registry {
         &self.registry
     }
-}
-
-/// Binds `addr` for `GET /metrics`.
-pub async fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 /// Serves `metrics` on `listener` until the task is dropped.

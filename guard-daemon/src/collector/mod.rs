@@ -140,16 +140,14 @@ pub fn ingest(state: &mut StreamState, lines: &[String], now: i64) -> (Ingested,
             after: state.next_seq - 1,
             reason,
         };
-        let (Some((seq, hash)), Some(body)) = (chain::seal_of(line), chain::body(line)) else {
-            return (
-                out,
-                Some(bad("not a sealed line (no `seq` and `chain`)".into())),
-            );
+        let (Some(hash), Some(body)) = (chain::hash_of(line), chain::body(line)) else {
+            return (out, Some(bad("not a sealed line (no `chain`)".into())));
         };
         let parsed = match Line::parse(line) {
             Ok(parsed) => parsed,
             Err(e) => return (out, Some(bad(format!("not a record or loss: {e}")))),
         };
+        let seq = parsed.seq();
         if seq < state.next_seq {
             out.duplicates += 1;
             continue;
@@ -475,7 +473,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let feed = Feed::default();
     let metrics = Arc::new(CollectorMetrics::default());
     if let Some(addr) = config.metrics_listen {
-        let listener = crate::metrics::listen(addr)
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
         info!(%addr, "metrics on /metrics");

@@ -5,10 +5,10 @@
 use postgres::{Client, NoTls, types::ToSql};
 
 use super::store::{
-    COLUMNS, INSERT, NewEntry, Row, Store, StoreError, StoredEntry, StreamState, Totals, Value,
-    filter_clause, integrity_name, schema, stored_entry, totals_row,
+    self, NewEntry, Row, Store, StoreError, StoredEntry, StreamState, Totals, Value, schema,
+    stored_entry, totals_row,
 };
-use crate::{api::Filter, chain, compile::hex};
+use crate::{api::Filter, chain};
 
 pub struct Postgres {
     db: Client,
@@ -90,51 +90,14 @@ impl Store for Postgres {
         entries: &[NewEntry],
     ) -> Result<(), StoreError> {
         let mut tx = self.db.transaction().map_err(db_error)?;
-        let hex_of = |c: &Option<[u8; 32]>| c.as_ref().map(|h| hex(h)).unwrap_or_default();
-        let moved = if *from == StreamState::default() {
-            tx.execute(
-                "INSERT INTO streams (host, next_seq, last_chain) VALUES ($1, $2, $3) ON CONFLICT (host) DO NOTHING",
-                &[&host, &(to.next_seq as i64), &hex_of(&to.last_chain)],
-            )
-        } else {
-            tx.execute(
-                "UPDATE streams SET next_seq = $1, last_chain = $2 WHERE host = $3 AND next_seq = $4 AND last_chain = $5",
-                &[
-                    &(to.next_seq as i64),
-                    &hex_of(&to.last_chain),
-                    &host,
-                    &(from.next_seq as i64),
-                    &hex_of(&from.last_chain),
-                ],
-            )
-        }
-        .map_err(db_error)?;
+        let (sql, values) = store::move_stream(host, from, to, &placeholder);
+        let moved = tx.execute(&sql, &refs(&boxed(values))).map_err(db_error)?;
         if moved != 1 {
             return Err(StoreError::Conflict(host.into()));
         }
-        let insert = tx
-            .prepare(&format!(
-                "{INSERT} ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-            ))
-            .map_err(db_error)?;
-        for e in entries {
-            tx.execute(
-                &insert,
-                &[
-                    &host,
-                    &e.kind.as_str(),
-                    &(e.seq as i64),
-                    &(e.count as i64),
-                    &e.time,
-                    &e.agent,
-                    &e.session,
-                    &e.hook,
-                    &e.verdict,
-                    &integrity_name(e.integrity),
-                    &e.json,
-                ],
-            )
-            .map_err(db_error)?;
+        for entry in entries {
+            let (sql, values) = store::insert_entry(host, entry, &placeholder);
+            tx.execute(&sql, &refs(&boxed(values))).map_err(db_error)?;
         }
         tx.commit().map_err(db_error)
     }
@@ -145,26 +108,20 @@ impl Store for Postgres {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredEntry>, StoreError> {
-        let (clause, mut values) = filter_clause(filter, &placeholder);
-        values.push(Value::Int(after as i64));
-        let after_mark = placeholder(values.len());
-        values.push(Value::Int(i64::from(limit)));
-        let limit_mark = placeholder(values.len());
-        let sql = format!(
-            "SELECT {COLUMNS} FROM entries WHERE {clause} AND id > {after_mark} ORDER BY id LIMIT {limit_mark}"
-        );
-        let values = boxed(values);
-        let rows = self.db.query(&sql, &refs(&values)).map_err(db_error)?;
+        let (sql, values) = store::query(filter, after, limit, &placeholder);
+        let rows = self
+            .db
+            .query(&sql, &refs(&boxed(values)))
+            .map_err(db_error)?;
         Ok(rows.iter().map(stored_entry).collect())
     }
 
     fn totals(&mut self, filter: &Filter) -> Result<Totals, StoreError> {
-        let (clause, values) = filter_clause(filter, &placeholder);
-        let sql = format!(
-            "SELECT kind, verdict, integrity, SUM(count)::BIGINT FROM entries WHERE {clause} GROUP BY kind, verdict, integrity"
-        );
-        let values = boxed(values);
-        let rows = self.db.query(&sql, &refs(&values)).map_err(db_error)?;
+        let (sql, values) = store::totals(filter, &placeholder);
+        let rows = self
+            .db
+            .query(&sql, &refs(&boxed(values)))
+            .map_err(db_error)?;
         Ok(Totals {
             rows: rows.iter().map(totals_row).collect(),
         })

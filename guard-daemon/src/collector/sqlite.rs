@@ -2,13 +2,13 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension as _, params, params_from_iter, types};
+use rusqlite::{Connection, OptionalExtension as _, params_from_iter, types};
 
 use super::store::{
-    COLUMNS, INSERT, NewEntry, Row, Store, StoreError, StoredEntry, StreamState, Totals, Value,
-    filter_clause, integrity_name, schema, stored_entry, totals_row,
+    self, NewEntry, Row, Store, StoreError, StoredEntry, StreamState, Totals, Value, schema,
+    stored_entry, totals_row,
 };
-use crate::{api::Filter, chain, compile::hex};
+use crate::{api::Filter, chain};
 
 pub struct Sqlite {
     db: Connection,
@@ -58,6 +58,21 @@ impl Row for rusqlite::Row<'_> {
     }
 }
 
+impl Sqlite {
+    fn rows<T>(
+        &self,
+        sql: &str,
+        values: Vec<Value>,
+        read: fn(&rusqlite::Row<'_>) -> T,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut statement = self.db.prepare(sql).map_err(db_error)?;
+        let rows = statement
+            .query_map(params_from_iter(bind(values)), |row| Ok(read(row)))
+            .map_err(db_error)?;
+        rows.collect::<Result<_, _>>().map_err(db_error)
+    }
+}
+
 impl Store for Sqlite {
     fn stream(&mut self, host: &str) -> Result<StreamState, StoreError> {
         let row: Option<(i64, String)> = self
@@ -85,51 +100,18 @@ impl Store for Sqlite {
         entries: &[NewEntry],
     ) -> Result<(), StoreError> {
         let tx = self.db.transaction().map_err(db_error)?;
-        let hex_of = |c: &Option<[u8; 32]>| c.as_ref().map(|h| hex(h)).unwrap_or_default();
-        let moved = if *from == StreamState::default() {
-            tx.execute(
-                "INSERT INTO streams (host, next_seq, last_chain) VALUES (?1, ?2, ?3) ON CONFLICT (host) DO NOTHING",
-                params![host, to.next_seq as i64, hex_of(&to.last_chain)],
-            )
-        } else {
-            tx.execute(
-                "UPDATE streams SET next_seq = ?1, last_chain = ?2 WHERE host = ?3 AND next_seq = ?4 AND last_chain = ?5",
-                params![
-                    to.next_seq as i64,
-                    hex_of(&to.last_chain),
-                    host,
-                    from.next_seq as i64,
-                    hex_of(&from.last_chain)
-                ],
-            )
-        }
-        .map_err(db_error)?;
+        let (sql, values) = store::move_stream(host, from, to, &placeholder);
+        let moved = tx
+            .execute(&sql, params_from_iter(bind(values)))
+            .map_err(db_error)?;
         if moved != 1 {
             return Err(StoreError::Conflict(host.into()));
         }
-        {
-            let mut insert = tx
-                .prepare_cached(&format!(
-                    "{INSERT} (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-                ))
+        for entry in entries {
+            let (sql, values) = store::insert_entry(host, entry, &placeholder);
+            tx.prepare_cached(&sql)
+                .and_then(|mut insert| insert.execute(params_from_iter(bind(values))))
                 .map_err(db_error)?;
-            for e in entries {
-                insert
-                    .execute(params![
-                        host,
-                        e.kind.as_str(),
-                        e.seq as i64,
-                        e.count as i64,
-                        e.time,
-                        e.agent,
-                        e.session,
-                        e.hook,
-                        e.verdict,
-                        integrity_name(e.integrity),
-                        e.json
-                    ])
-                    .map_err(db_error)?;
-            }
         }
         tx.commit().map_err(db_error)
     }
@@ -140,32 +122,14 @@ impl Store for Sqlite {
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredEntry>, StoreError> {
-        let (clause, mut values) = filter_clause(filter, &placeholder);
-        values.push(Value::Int(after as i64));
-        let after_mark = placeholder(values.len());
-        values.push(Value::Int(i64::from(limit)));
-        let limit_mark = placeholder(values.len());
-        let sql = format!(
-            "SELECT {COLUMNS} FROM entries WHERE {clause} AND id > {after_mark} ORDER BY id LIMIT {limit_mark}"
-        );
-        let mut statement = self.db.prepare(&sql).map_err(db_error)?;
-        let rows = statement
-            .query_map(params_from_iter(bind(values)), |row| Ok(stored_entry(row)))
-            .map_err(db_error)?;
-        rows.collect::<Result<_, _>>().map_err(db_error)
+        let (sql, values) = store::query(filter, after, limit, &placeholder);
+        self.rows(&sql, values, |row| stored_entry(row))
     }
 
     fn totals(&mut self, filter: &Filter) -> Result<Totals, StoreError> {
-        let (clause, values) = filter_clause(filter, &placeholder);
-        let sql = format!(
-            "SELECT kind, verdict, integrity, SUM(count) FROM entries WHERE {clause} GROUP BY kind, verdict, integrity"
-        );
-        let mut statement = self.db.prepare(&sql).map_err(db_error)?;
-        let rows = statement
-            .query_map(params_from_iter(bind(values)), |row| Ok(totals_row(row)))
-            .map_err(db_error)?;
+        let (sql, values) = store::totals(filter, &placeholder);
         Ok(Totals {
-            rows: rows.collect::<Result<_, _>>().map_err(db_error)?,
+            rows: self.rows(&sql, values, |row| totals_row(row))?,
         })
     }
 

@@ -2,7 +2,10 @@
 //! two stores differ only in how they connect, bind values and size
 //! themselves.
 
-use crate::api::{Filter, pb};
+use crate::{
+    api::{Filter, pb},
+    compile::hex,
+};
 
 /// One stored row: a record or loss line of a host's stream, or a gap.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,7 +162,7 @@ pub fn schema(id: &str) -> String {
     )
 }
 
-pub const COLUMNS: &str =
+const COLUMNS: &str =
     "id, host, kind, seq, count, time, agent, session, hook, verdict, integrity, json";
 
 /// Reads column `index` of a result row; both stores' rows implement it.
@@ -198,7 +201,111 @@ pub fn totals_row(row: &impl Row) -> (Kind, String, pb::Integrity, u64) {
     )
 }
 
-pub const INSERT: &str = "INSERT INTO entries (host, kind, seq, count, time, agent, session, hook, verdict, integrity, json) VALUES ";
+/// A statement and the values bound to it; `placeholder(n)` spells the n-th
+/// (1-based) bound value in the store's dialect.
+pub type Statement = (String, Vec<Value>);
+
+/// Moves `host`'s stream from `from` to `to`: exactly one row changes
+/// unless another connection moved it first.
+pub fn move_stream(
+    host: &str,
+    from: &StreamState,
+    to: &StreamState,
+    placeholder: &dyn Fn(usize) -> String,
+) -> Statement {
+    let hex_of = |c: &Option<[u8; 32]>| Value::Text(c.as_ref().map(|h| hex(h)).unwrap_or_default());
+    let p = placeholder;
+    if *from == StreamState::default() {
+        (
+            format!(
+                "INSERT INTO streams (host, next_seq, last_chain) VALUES ({}, {}, {}) ON CONFLICT (host) DO NOTHING",
+                p(1),
+                p(2),
+                p(3)
+            ),
+            vec![
+                Value::Text(host.into()),
+                Value::Int(to.next_seq as i64),
+                hex_of(&to.last_chain),
+            ],
+        )
+    } else {
+        (
+            format!(
+                "UPDATE streams SET next_seq = {}, last_chain = {} WHERE host = {} AND next_seq = {} AND last_chain = {}",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5)
+            ),
+            vec![
+                Value::Int(to.next_seq as i64),
+                hex_of(&to.last_chain),
+                Value::Text(host.into()),
+                Value::Int(from.next_seq as i64),
+                hex_of(&from.last_chain),
+            ],
+        )
+    }
+}
+
+/// Inserts one entry of `host`'s stream.
+pub fn insert_entry(host: &str, e: &NewEntry, placeholder: &dyn Fn(usize) -> String) -> Statement {
+    let marks: Vec<String> = (1..=11).map(placeholder).collect();
+    (
+        format!(
+            "INSERT INTO entries (host, kind, seq, count, time, agent, session, hook, verdict, integrity, json) VALUES ({})",
+            marks.join(", ")
+        ),
+        vec![
+            Value::Text(host.into()),
+            Value::Text(e.kind.as_str().into()),
+            Value::Int(e.seq as i64),
+            Value::Int(e.count as i64),
+            Value::Int(e.time),
+            Value::Text(e.agent.clone()),
+            Value::Text(e.session.clone()),
+            Value::Text(e.hook.clone()),
+            Value::Text(e.verdict.clone()),
+            Value::Text(integrity_name(e.integrity).into()),
+            Value::Text(e.json.clone()),
+        ],
+    )
+}
+
+/// Up to `limit` entries matching `filter` with ids above `after`, in
+/// insertion order; rows are read with [`stored_entry`].
+pub fn query(
+    filter: &Filter,
+    after: u64,
+    limit: u32,
+    placeholder: &dyn Fn(usize) -> String,
+) -> Statement {
+    let (clause, mut values) = filter_clause(filter, placeholder);
+    values.push(Value::Int(after as i64));
+    let after_mark = placeholder(values.len());
+    values.push(Value::Int(i64::from(limit)));
+    let limit_mark = placeholder(values.len());
+    (
+        format!(
+            "SELECT {COLUMNS} FROM entries WHERE {clause} AND id > {after_mark} ORDER BY id LIMIT {limit_mark}"
+        ),
+        values,
+    )
+}
+
+/// Sums over the entries matching `filter`; rows are read with
+/// [`totals_row`].
+pub fn totals(filter: &Filter, placeholder: &dyn Fn(usize) -> String) -> Statement {
+    let (clause, values) = filter_clause(filter, placeholder);
+    (
+        format!(
+            "SELECT kind, verdict, integrity, CAST(SUM(count) AS BIGINT) FROM entries WHERE {clause} GROUP BY kind, verdict, integrity"
+        ),
+        values,
+    )
+}
 
 /// A value bound to a query.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -708,7 +708,7 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     };
     let metrics = Arc::new(DaemonMetrics::default());
     if let Some(addr) = config.metrics_listen {
-        let listener = crate::metrics::listen(addr)
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for metrics on {addr}"))
             .map_err(failure)?;

@@ -129,6 +129,38 @@ pub fn follow(server: &str, filter: &FilterArgs, output: Output) -> anyhow::Resu
     })
 }
 
+/// Hands every stored entry that matches `filter` to `each`, oldest first,
+/// a page at a time, until `each` returns false or none are left.
+fn for_each_stored(
+    server: &str,
+    filter: pb::Filter,
+    mut each: impl FnMut(pb::Entry) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let mut client = client(server).await?;
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .query(pb::QueryRequest {
+                    filter: Some(filter.clone()),
+                    page_size: api::MAX_PAGE,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            for entry in page.entries {
+                if !each(entry)? {
+                    return Ok(());
+                }
+            }
+            if page.next_page_token.is_empty() {
+                return Ok(());
+            }
+            page_token = page.next_page_token;
+        }
+    })
+}
+
 /// Prints every stored entry that matches, oldest first.
 pub fn query(
     server: &str,
@@ -136,32 +168,15 @@ pub fn query(
     limit: Option<u64>,
     output: Output,
 ) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
-        let mut client = client(server).await?;
-        let mut out = std::io::stdout().lock();
-        let mut page_token = String::new();
-        let mut printed = 0;
-        loop {
-            let page = client
-                .query(pb::QueryRequest {
-                    filter: Some(filter.to_proto()),
-                    page_size: api::MAX_PAGE,
-                    page_token,
-                })
-                .await?
-                .into_inner();
-            for entry in &page.entries {
-                if limit.is_some_and(|l| printed >= l) {
-                    return Ok(());
-                }
-                writeln!(out, "{}", format(entry, output))?;
-                printed += 1;
-            }
-            if page.next_page_token.is_empty() {
-                return Ok(());
-            }
-            page_token = page.next_page_token;
+    let mut out = std::io::stdout().lock();
+    let mut left = limit.unwrap_or(u64::MAX);
+    for_each_stored(server, filter.to_proto(), |entry| {
+        if left == 0 {
+            return Ok(false);
         }
+        writeln!(out, "{}", format(&entry, output))?;
+        left -= 1;
+        Ok(true)
     })
 }
 
@@ -293,38 +308,21 @@ pub fn verify_stored(server: &str, host: &str) -> anyhow::Result<i32> {
     };
     let mut stretches = vec![String::new()];
     let mut gaps = Vec::new();
-    runtime()?.block_on(async {
-        let mut client = client(server).await?;
-        let mut page_token = String::new();
-        loop {
-            let page = client
-                .query(pb::QueryRequest {
-                    filter: Some(filter.clone()),
-                    page_size: api::MAX_PAGE,
-                    page_token,
-                })
-                .await?
-                .into_inner();
-            for entry in page.entries {
-                let json = match entry.entry {
-                    Some(pb::entry::Entry::Record(r)) => r.json,
-                    Some(pb::entry::Entry::Loss(l)) => l.json,
-                    Some(pb::entry::Entry::Gap(g)) => {
-                        gaps.push((g.first_seq, g.last_seq));
-                        stretches.push(String::new());
-                        continue;
-                    }
-                    None => continue,
-                };
-                let stretch = stretches.last_mut().expect("one stretch at least");
-                stretch.push_str(&json);
-                stretch.push('\n');
+    for_each_stored(server, filter, |entry| {
+        let json = match entry.entry {
+            Some(pb::entry::Entry::Record(r)) => r.json,
+            Some(pb::entry::Entry::Loss(l)) => l.json,
+            Some(pb::entry::Entry::Gap(g)) => {
+                gaps.push((g.first_seq, g.last_seq));
+                stretches.push(String::new());
+                return Ok(true);
             }
-            if page.next_page_token.is_empty() {
-                return anyhow::Ok(());
-            }
-            page_token = page.next_page_token;
-        }
+            None => return Ok(true),
+        };
+        let stretch = stretches.last_mut().expect("one stretch at least");
+        stretch.push_str(&json);
+        stretch.push('\n');
+        Ok(true)
     })?;
     if stretches.iter().all(|s| s.is_empty()) {
         bail!("the collector holds no records of host `{host}`");
