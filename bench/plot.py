@@ -1,5 +1,6 @@
 """Plots bench/results.json: overhead over the baseline per hook and
-configuration, as measured in one run. Used by `cargo xtask bench`.
+configuration, as measured in one run (bars: the median of the rounds;
+whiskers: the lowest and highest round). Used by `cargo xtask bench`.
 
 usage: python3 bench/plot.py RESULTS.json OUT.png
 """
@@ -25,22 +26,24 @@ def main():
     results_path, out = sys.argv[1], sys.argv[2]
     with open(results_path) as f:
         run = json.load(f)
-    loops = {(r["config"], r["op"]): r for r in run["results"] if r["kind"] == "loop"}
+    rows = {(r["config"], r["op"]): r for r in run["summary"]["overhead"]}
     fig, ax = plt.subplots(figsize=(9, 4.5))
     width = 0.8 / len(CONFIGS)
     for i, (config, label) in enumerate(CONFIGS):
-        xs, ys = [], []
+        xs, ys, errs = [], [], [[], []]
         for j, op in enumerate(OPS):
-            base, r = loops.get(("baseline", op)), loops.get((config, op))
-            if base and r:
+            r = rows.get((config, op))
+            if r:
                 xs.append(j + (i - (len(CONFIGS) - 1) / 2) * width)
-                ys.append((r["median_ns"] / base["median_ns"] - 1) * 100)
+                ys.append((r["ratio"] - 1) * 100)
+                errs[0].append((r["ratio"] - r["low"]) * 100)
+                errs[1].append((r["high"] - r["ratio"]) * 100)
         if xs:
-            ax.bar(xs, ys, width, label=label)
+            ax.bar(xs, ys, width, yerr=errs, capsize=2, label=label)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(OPS)), OPS)
-    ax.set_ylabel("median overhead over baseline (%)")
-    ax.set_title(f"What Guard costs ({run['kernel']}, ratios from one run)")
+    ax.set_ylabel("overhead over baseline (%), median of rounds")
+    ax.set_title(f"What Guard costs ({run['kernel']}, ratios within one run)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -111,6 +111,10 @@ impl Collector {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the collector runs").id()
+    }
+
     /// SIGKILL: no chance to finish anything.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

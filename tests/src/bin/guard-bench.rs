@@ -7,14 +7,23 @@
 //!   connect ADDR      TCP connect(2) to ADDR (a listener the suite runs)
 //!   sendto ADDR       UDP sendto(2) to ADDR
 //!
+//!   pace RATE SECONDS ADDR  UDP sendto(2) to ADDR at RATE per second
+//!
 //! `guard-bench suite` (root, `GUARD_BIN_DIR` set, a BPF LSM kernel) runs
-//! the loops in every configuration: no programs loaded; loaded and the
-//! caller untagged; tagged and allowed without a record; with a record per
-//! decision; tagged and denied. It also measures the decision cost with 1,
-//! 1,000 and 100,000 rules, each program's average run time from the
-//! kernel's BPF statistics, and guardd's start-up time and memory. Every
-//! result is one line `GUARD-BENCH {json}` on stdout; `cargo xtask bench`
-//! turns them into the report.
+//! the loops in every configuration, in [`ROUNDS`] interleaved rounds: no
+//! programs loaded; loaded and the caller untagged; tagged and allowed
+//! without a record; with a record per decision; tagged and denied; no
+//! programs loaded again (the noise floor); auditd. It also measures the
+//! decision cost with 1, 1,000 and 100,000 rules, each program's average run
+//! time from the kernel's BPF statistics, the pipeline (paced decisions into
+//! a gRPC subscriber and the collector, losses accounted), and the start-up
+//! time and memory of guardd and guard-collector. Every result is one line
+//! `GUARD-BENCH {json}` on stdout; `cargo xtask bench` turns them into the
+//! report.
+//!
+//! With two CPUs or more, the daemons run on the first and the timed loops
+//! on the last, so that a loop's time is what the kernel adds to its own
+//! system calls, not the daemons' work competing for its CPU.
 
 use std::{
     ffi::CString,
@@ -26,16 +35,30 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_tests::{Guardd, bin};
+use guard_tests::{
+    Guardd, bin,
+    collector::{Collector, free_port},
+};
 use serde_json::{Value, json};
 
 /// Iterations per loop, before the first 5% are dropped as warm-up.
 const ITERATIONS: &[(&str, usize)] = &[
-    ("exec", 2_000),
+    ("exec", 1_000),
     ("unlink", 20_000),
-    ("connect", 10_000),
+    ("connect", 5_000),
     ("sendto", 20_000),
 ];
+
+/// Passes over every configuration; the report takes the median of each
+/// round's ratio to that round's baseline.
+const ROUNDS: u32 = 5;
+
+/// Requested rates for the pipeline, decisions per second, each for
+/// [`PACE_SECONDS`]; the steps stop once the generator cannot keep up.
+const PACE_RATES: &[u64] = &[
+    1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
+];
+const PACE_SECONDS: u64 = 3;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,9 +67,16 @@ fn main() {
             let n = args[2].parse().expect("an iteration count");
             println!("{}", loops(&args[1], n, &args[3]));
         }
+        Some("pace") => {
+            let rate = args[1].parse().expect("a rate");
+            let seconds = args[2].parse().expect("a duration in seconds");
+            println!("{}", pace(rate, seconds, &args[3]));
+        }
         Some("suite") => suite(),
         _ => {
-            eprintln!("usage: guard-bench loops OP N ARG | guard-bench suite");
+            eprintln!(
+                "usage: guard-bench loops OP N ARG | guard-bench pace RATE SECONDS ADDR | guard-bench suite"
+            );
             std::process::exit(2);
         }
     }
@@ -55,6 +85,7 @@ fn main() {
 // ---------------------------------------------------------------- loops --
 
 fn loops(op: &str, n: usize, arg: &str) -> Value {
+    pin_to_last_cpu();
     let mut times = Vec::with_capacity(n);
     let mut errors = 0u64;
     let mut last_errno = 0;
@@ -115,6 +146,32 @@ fn loops(op: &str, n: usize, arg: &str) -> Value {
     }
     let warm = times.split_off(n / 20);
     summary(op, warm, errors, last_errno)
+}
+
+/// Sends UDP datagrams to `to` at `rate` per second for `seconds` (or as
+/// fast as it can, if slower); reports how many it sent and the rate.
+fn pace(rate: u64, seconds: u64, to: &str) -> Value {
+    pin_to_last_cpu();
+    let to: SocketAddr = to.parse().expect("an address");
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (mut sent, mut errors) = (0u64, 0u64);
+    let start = Instant::now();
+    let total = rate * seconds;
+    while sent < total {
+        let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        if sent >= due {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        while sent < due {
+            if socket.send_to(b"guard-bench", to).is_err() {
+                errors += 1;
+            }
+            sent += 1;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    json!({"sent": sent, "errors": errors, "seconds": seconds, "rate": sent as f64 / seconds})
 }
 
 /// Closes with a reset instead of leaving the port in TIME_WAIT, so that
@@ -184,11 +241,16 @@ fn summary(op: &str, mut times: Vec<u64>, errors: u64, errno: i32) -> Value {
 
 // ---------------------------------------------------------------- suite --
 
+/// Where the UDP loops send, allowed by the bench policy.
+const UDP_ALLOWED: &str = "127.0.0.1:40101";
+
 struct Targets {
     dir: PathBuf,
     /// Allowed and denied targets per op.
     allowed: Vec<(&'static str, String)>,
     denied: Vec<(&'static str, String)>,
+    /// The port of the TCP listener the policy denies.
+    tcp_denied: u16,
 }
 
 fn report(kind: &str, mut value: Value) {
@@ -197,6 +259,8 @@ fn report(kind: &str, mut value: Value) {
 }
 
 fn suite() {
+    let pinned = pin_daemons_to_first_cpu();
+    report("setup", json!({"rounds": ROUNDS, "pinned": pinned}));
     let dir = PathBuf::from("/tmp/guard-bench");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(dir.join("work")).unwrap();
@@ -210,7 +274,7 @@ fn suite() {
             ("exec", "/bin/true".into()),
             ("unlink", dir.join("work").display().to_string()),
             ("connect", tcp_allowed.to_string()),
-            ("sendto", "127.0.0.1:40101".into()),
+            ("sendto", UDP_ALLOWED.into()),
         ],
         denied: vec![
             ("exec", dir.join("denied-true").display().to_string()),
@@ -218,10 +282,8 @@ fn suite() {
             ("connect", tcp_denied.to_string()),
             ("sendto", "127.0.0.1:40102".into()),
         ],
+        tcp_denied: tcp_denied.port(),
         dir,
-    };
-    let policy = |record_allowed: bool, extra_rules: usize| {
-        bench_policy(&targets, tcp_denied.port(), record_allowed, extra_rules)
     };
 
     // Warm-up, not reported: under emulation the first run of any code
@@ -229,73 +291,330 @@ fn suite() {
     for (op, target) in &targets.allowed {
         loops_via(None, op, target);
     }
-    // 1. No programs loaded.
-    for (op, target) in &targets.allowed {
-        run_loops("baseline", op, target, None);
+    for round in 1..=ROUNDS {
+        per_hook_round(&targets, round);
     }
-
-    // guardd's start-up time and idle memory.
-    let started = Instant::now();
-    let guardd = Guardd::start(&targets.dir, &policy(false, 0), "guard-bench");
-    report(
-        "footprint",
-        json!({"daemon": "guardd", "startup_ms": started.elapsed().as_millis(), "rss_kib": rss_kib(guardd.pid())}),
-    );
-    bpf_stats(true);
-
-    // 2. Loaded, caller untagged.
-    for (op, target) in &targets.allowed {
-        run_loops("untagged", op, target, None);
-    }
-    // 3. Tagged, allowed, no record.
-    for (op, target) in &targets.allowed {
-        run_loops("tagged_allowed", op, target, Some(&guardd));
-    }
-    program_stats(&guardd, "tagged_allowed");
-    // 4. Tagged, allowed, a record per decision.
-    guardd.reload(&policy(true, 0)).expect("reload");
-    for (op, target) in &targets.allowed {
-        run_loops("tagged_recorded", op, target, Some(&guardd));
-    }
-    report(
-        "footprint",
-        json!({"daemon": "guardd", "after": "tagged_recorded", "rss_kib": rss_kib(guardd.pid())}),
-    );
-    // 5. Tagged and denied.
-    guardd.reload(&policy(false, 0)).expect("reload");
-    for (op, target) in &targets.denied {
-        run_loops("tagged_denied", op, target, Some(&guardd));
-    }
-    // Decision cost against the number of rules.
-    for rules in [1, 1_000, 100_000] {
-        guardd.reload(&policy(false, rules)).expect("reload");
-        let (_, target) = &targets.allowed[2];
-        let mut result = loops_via(Some(&guardd), "connect", target);
-        result["rules"] = json!(rules);
-        report("scale", result);
-    }
-    bpf_stats(false);
+    let guardd = Guardd::start(&targets.dir, &targets.policy(false, 0), "guard-bench");
+    program_stats(&guardd, &targets);
+    policy_scale(&guardd, &targets);
     drop(guardd);
-    // The baseline again, to show how much the machine drifted.
-    for (op, target) in &targets.allowed {
-        run_loops("baseline_again", op, target, None);
-    }
+    pipeline(&targets);
+}
 
+/// One pass over every configuration, each against this round's baseline.
+fn per_hook_round(targets: &Targets, round: u32) {
+    let run = |config: &str, guardd: Option<&Guardd>, ops: &[(&'static str, String)]| {
+        for (op, target) in ops {
+            let mut result = loops_via(guardd, op, target);
+            result["config"] = json!(config);
+            result["round"] = json!(round);
+            report("loop", result);
+        }
+    };
+    // 1. No programs loaded.
+    run("baseline", None, &targets.allowed);
+    let started = Instant::now();
+    let guardd = Guardd::start(&targets.dir, &targets.policy(false, 0), "guard-bench");
+    report(
+        "footprint",
+        json!({"daemon": "guardd", "when": "idle", "round": round,
+               "startup_ms": started.elapsed().as_millis(), "rss_kib": memory_kib(guardd.pid(), "VmRSS")}),
+    );
+    // 2. Loaded, caller untagged.
+    run("untagged", None, &targets.allowed);
+    // 3. Tagged, allowed, no record.
+    run("tagged_allowed", Some(&guardd), &targets.allowed);
+    // 4. Tagged, allowed, a record per decision.
+    guardd.reload(&targets.policy(true, 0)).expect("reload");
+    run("tagged_recorded", Some(&guardd), &targets.allowed);
+    // 5. Tagged and denied.
+    guardd.reload(&targets.policy(false, 0)).expect("reload");
+    run("tagged_denied", Some(&guardd), &targets.denied);
+    drop(guardd);
+    // The baseline again: how far two measurements of the same thing
+    // differ in this run (the noise floor).
+    run("baseline_again", None, &targets.allowed);
     // 6. The peer: Linux auditd recording the same system calls, no Guard.
     match Auditd::start(&targets.dir) {
         Ok(auditd) => {
-            for (op, target) in &targets.allowed {
-                run_loops("auditd", op, target, None);
+            run("auditd", None, &targets.allowed);
+            if round == 1 {
+                report(
+                    "footprint",
+                    json!({"daemon": "auditd", "when": "recording", "rss_kib": memory_kib(auditd.pid(), "VmRSS")}),
+                );
             }
-            report(
-                "footprint",
-                json!({"daemon": "auditd", "after": "auditd", "rss_kib": rss_kib(auditd.pid())}),
-            );
         }
-        Err(why) => report(
+        Err(why) if round == 1 => report(
             "note",
             json!({"note": format!("auditd not measured: {why}")}),
         ),
+        Err(_) => {}
+    }
+}
+
+/// Each program's average run time from the kernel's BPF statistics, over
+/// one tagged pass of every loop (statistics cost time themselves, so they
+/// are off while the loops above are timed).
+fn program_stats(guardd: &Guardd, targets: &Targets) {
+    bpf_stats(true);
+    for (op, target) in &targets.allowed {
+        loops_via(Some(guardd), op, target);
+    }
+    report_program_stats(guardd);
+    bpf_stats(false);
+}
+
+/// Decision cost against the number of rules (tagged connect).
+fn policy_scale(guardd: &Guardd, targets: &Targets) {
+    for rules in [1, 1_000, 100_000] {
+        guardd
+            .reload(&targets.policy(false, rules))
+            .expect("reload");
+        let (_, target) = &targets.allowed[2];
+        let mut result = loops_via(Some(guardd), "connect", target);
+        result["rules"] = json!(rules);
+        report("scale", result);
+    }
+}
+
+/// Paced decisions (a recorded UDP sendto each) into guardd, a gRPC
+/// subscriber of guardd's live feed, and guard-collector. For each rate:
+/// what the kernel made, what the subscriber received, what was counted
+/// lost, and how long the collector took to store it all.
+fn pipeline(targets: &Targets) {
+    let dir = targets.dir.join("pipeline");
+    fs::create_dir_all(&dir).unwrap();
+    let started = Instant::now();
+    let collector = Collector::start(&dir, &format!("sqlite:{}", dir.join("audit.db").display()));
+    report(
+        "footprint",
+        json!({"daemon": "guard-collector", "when": "idle",
+               "startup_ms": started.elapsed().as_millis(), "rss_kib": memory_kib(collector.pid(), "VmRSS")}),
+    );
+    let feed = format!("127.0.0.1:{}", free_port());
+    let guardd = Guardd::start_with(
+        &dir,
+        &targets.policy(true, 0),
+        "guard-bench-pipeline",
+        &[
+            "--grpc-listen",
+            &feed,
+            "--collector",
+            &format!("http://{}", collector.addr),
+            "--host-name",
+            "bench",
+        ],
+        &[],
+    );
+    let subscriber = Subscriber::follow(&feed);
+    // The follower subscribes some time after it starts.
+    while subscriber.counts().records == 0 {
+        paced_via(&guardd, 100);
+    }
+    for &rate in PACE_RATES {
+        let seen_before = subscriber.settled();
+        let made_before = records_made(&guardd);
+        let step_start = Instant::now();
+        let paced = paced_via(&guardd, rate);
+        // Everything made must now be received or counted lost.
+        let made = records_made(&guardd) - made_before;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let seen = loop {
+            let seen = subscriber.counts().since(&seen_before);
+            if seen.records + seen.lost() >= made || Instant::now() > deadline {
+                break seen;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let delivered = Instant::now();
+        collector.wait_for_seq("bench", last_seq(&guardd.events), Duration::from_secs(300));
+        report(
+            "pipeline",
+            json!({
+                "requested_rate": rate,
+                "achieved_rate": paced["rate"],
+                "sent": paced["sent"],
+                "made": made,
+                "received": seen.records,
+                "lost_ring_buffer": seen.ring_buffer,
+                "lost_subscriber_queue": seen.subscriber_queue,
+                "lost_decode": seen.decode,
+                "exact": seen.records + seen.lost() == made,
+                "delivered_s": (delivered - step_start).as_secs_f64(),
+                "stored_s": step_start.elapsed().as_secs_f64(),
+            }),
+        );
+        let achieved = paced["rate"].as_f64().unwrap_or(0.0);
+        if achieved < rate as f64 * 0.9 {
+            break; // the generator is the limit now
+        }
+    }
+    for (daemon, pid) in [
+        ("guardd", guardd.pid()),
+        ("guard-collector", collector.pid()),
+    ] {
+        report(
+            "footprint",
+            json!({"daemon": daemon, "when": "after the pipeline",
+                   "rss_kib": memory_kib(pid, "VmRSS"), "peak_rss_kib": memory_kib(pid, "VmHWM")}),
+        );
+    }
+}
+
+/// `guard-bench pace RATE` as a tagged agent.
+fn paced_via(guardd: &Guardd, rate: u64) -> Value {
+    let me = bin("guard-bench");
+    let (rate, seconds) = (rate.to_string(), PACE_SECONDS.to_string());
+    let output = guardd.guardctl(&[
+        "run",
+        "--agent",
+        "bench",
+        "--",
+        me.to_str().unwrap(),
+        "pace",
+        &rate,
+        &seconds,
+        UDP_ALLOWED,
+    ]);
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "guard-bench pace: {e}; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn records_made(guardd: &Guardd) -> u64 {
+    guardd.status()["counters"]["records_made"]
+        .as_u64()
+        .expect("records_made in guardctl status")
+}
+
+/// The sequence number of the last line of an events file.
+fn last_seq(events: &Path) -> u64 {
+    let text = fs::read_to_string(events).unwrap_or_default();
+    text.lines()
+        .last()
+        .and_then(|l| serde_json::from_str::<Value>(l).ok())
+        .and_then(|v| v["seq"].as_u64())
+        .unwrap_or(0)
+}
+
+/// What a subscriber of the live feed has received so far.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    records: u64,
+    ring_buffer: u64,
+    subscriber_queue: u64,
+    decode: u64,
+}
+
+impl Counts {
+    fn lost(&self) -> u64 {
+        self.ring_buffer + self.subscriber_queue + self.decode
+    }
+
+    fn since(&self, before: &Counts) -> Counts {
+        Counts {
+            records: self.records - before.records,
+            ring_buffer: self.ring_buffer - before.ring_buffer,
+            subscriber_queue: self.subscriber_queue - before.subscriber_queue,
+            decode: self.decode - before.decode,
+        }
+    }
+}
+
+/// `guardctl events --follow -o json` against guardd's audit API, counted
+/// by a thread as its lines arrive.
+struct Subscriber {
+    child: std::process::Child,
+    counts: std::sync::Arc<std::sync::Mutex<Counts>>,
+}
+
+impl Subscriber {
+    fn follow(server: &str) -> Subscriber {
+        let mut child = Command::new(bin("guardctl"))
+            .args(["events", "--follow", "-o", "json", "--server", server])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start guardctl events --follow");
+        let counts = std::sync::Arc::new(std::sync::Mutex::new(Counts::default()));
+        let stdout = child.stdout.take().unwrap();
+        let shared = counts.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let entry: Value = serde_json::from_str(&line).unwrap_or_default();
+                let mut counts = shared.lock().unwrap();
+                let loss = &entry["loss"];
+                let records = loss["records"].as_u64().unwrap_or(0);
+                match loss["stage"].as_str() {
+                    Some("ring_buffer") => counts.ring_buffer += records,
+                    Some("subscriber_queue") => counts.subscriber_queue += records,
+                    Some(_) => counts.decode += records,
+                    None => counts.records += 1,
+                }
+            }
+        });
+        Subscriber { child, counts }
+    }
+
+    fn counts(&self) -> Counts {
+        *self.counts.lock().unwrap()
+    }
+
+    /// The counts once nothing more has arrived for a second.
+    fn settled(&self) -> Counts {
+        let mut last = self.counts();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = self.counts();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the rest of this process, and the daemons it starts, on the first
+/// CPU; the timed loops move to the last ([`pin_to_last_cpu`]). Returns
+/// whether there were two CPUs to do so.
+fn pin_daemons_to_first_cpu() -> bool {
+    cpus() >= 2 && pin_to(0)
+}
+
+fn pin_to_last_cpu() {
+    if cpus() >= 2 {
+        pin_to(cpus() - 1);
+    }
+}
+
+/// CPUs online (not only those this process may use).
+fn cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize
+}
+
+fn pin_to(cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel reads
+    // exactly its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
     }
 }
 
@@ -408,25 +727,22 @@ fn listener() -> SocketAddr {
     addr
 }
 
-/// A profile allowing everything but the denied targets, plus `extra`
-/// network deny rules that never match (for the scale measurement).
-fn bench_policy(targets: &Targets, tcp_denied: u16, record_allowed: bool, extra: usize) -> String {
-    let mut text = format!(
-        "profiles:\n  - name: bench\n    default: allow\n    record_allowed: {record_allowed}\n    exec:\n      deny:\n        - id: no-true\n          path: {}\n    files:\n      protect:\n        - id: keep\n          subtree: {}\n    network:\n      deny:\n        - id: no-tcp\n          cidr: 127.0.0.1/32\n          ports: {tcp_denied}\n          protocol: tcp\n        - id: no-udp\n          cidr: 127.0.0.1/32\n          ports: 40102\n          protocol: udp\n",
-        targets.dir.join("denied-true").display(),
-        targets.dir.join("protected").display(),
-    );
-    for i in 0..extra {
-        let [a, b, c] = [(i >> 16) as u8, (i >> 8) as u8, i as u8];
-        text += &format!("        - id: extra-{i}\n          cidr: 10.{a}.{b}.{c}/32\n");
+impl Targets {
+    /// A profile allowing everything but the denied targets, plus `extra`
+    /// network deny rules that never match (for the scale measurement).
+    fn policy(&self, record_allowed: bool, extra: usize) -> String {
+        let mut text = format!(
+            "profiles:\n  - name: bench\n    default: allow\n    record_allowed: {record_allowed}\n    exec:\n      deny:\n        - id: no-true\n          path: {}\n    files:\n      protect:\n        - id: keep\n          subtree: {}\n    network:\n      deny:\n        - id: no-tcp\n          cidr: 127.0.0.1/32\n          ports: {}\n          protocol: tcp\n        - id: no-udp\n          cidr: 127.0.0.1/32\n          ports: 40102\n          protocol: udp\n",
+            self.dir.join("denied-true").display(),
+            self.dir.join("protected").display(),
+            self.tcp_denied,
+        );
+        for i in 0..extra {
+            let [a, b, c] = [(i >> 16) as u8, (i >> 8) as u8, i as u8];
+            text += &format!("        - id: extra-{i}\n          cidr: 10.{a}.{b}.{c}/32\n");
+        }
+        text + "agents:\n  - name: bench\n    profile: bench\n"
     }
-    text + "agents:\n  - name: bench\n    profile: bench\n"
-}
-
-fn run_loops(config: &str, op: &str, target: &str, guardd: Option<&Guardd>) {
-    let mut result = loops_via(guardd, op, target);
-    result["config"] = json!(config);
-    report("loop", result);
 }
 
 /// Runs `guard-bench loops` untagged, or tagged in a session of `guardd`.
@@ -457,12 +773,13 @@ fn loops_via(guardd: Option<&Guardd>, op: &str, target: &str) -> Value {
     })
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A memory figure of `/proc/PID/status` (VmRSS, VmHWM), in KiB.
+fn memory_kib(pid: u32, field: &str) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
@@ -518,7 +835,7 @@ fn bpf_stats(on: bool) {
 
 /// Each BPF program guardd holds: its average run time so far, from the
 /// kernel's statistics (the fdinfo of the program's descriptor).
-fn program_stats(guardd: &Guardd, config: &str) {
+fn report_program_stats(guardd: &Guardd) {
     let fds = format!("/proc/{}/fd", guardd.pid());
     for entry in fs::read_dir(&fds).unwrap().filter_map(Result::ok) {
         let is_prog = fs::read_link(entry.path())
@@ -543,7 +860,7 @@ fn program_stats(guardd: &Guardd, config: &str) {
         if runs > 0 {
             report(
                 "program",
-                json!({"config": config, "program": program_name(guardd.pid(), fd), "runs": runs, "avg_ns": ns / runs}),
+                json!({"program": program_name(guardd.pid(), fd), "runs": runs, "avg_ns": ns / runs}),
             );
         }
     }
