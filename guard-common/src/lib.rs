@@ -150,6 +150,15 @@ kernel_fields! {
     OFF_INODE_CTIME_SEC = "inode" . "i_ctime_sec|__i_ctime.tv_sec|i_ctime.tv_sec";
     OFF_INODE_CTIME_NSEC = "inode" . "i_ctime_nsec|__i_ctime.tv_nsec|i_ctime.tv_nsec";
     OFF_SB_DEV = "super_block" . "s_dev";
+    OFF_SB_MAGIC = "super_block" . "s_magic";
+    OFF_DENTRY_SB = "dentry" . "d_sb";
+    OFF_INODE_MODE = "inode" . "i_mode";
+    OFF_TASK_TGID = "task_struct" . "tgid";
+    OFF_TASK_CGROUPS = "task_struct" . "cgroups";
+    OFF_CSS_SET_DFL_CGRP = "css_set" . "dfl_cgrp";
+    OFF_CGROUP_KN = "cgroup" . "kn";
+    OFF_KERNFS_NODE_ID = "kernfs_node" . "id";
+    OFF_KERNFS_NODE_PARENT = "kernfs_node" . "__parent|parent";
     OFF_MOUNT_MNT = "mount" . "mnt";
     OFF_MOUNT_PARENT = "mount" . "mnt_parent";
     OFF_MOUNT_MOUNTPOINT = "mount" . "mnt_mountpoint";
@@ -171,6 +180,10 @@ pub struct LsmHook {
     /// A kernel without this hook cannot enforce Guard's promises. Optional
     /// hooks close a route that older kernels send through a required hook.
     pub required: bool,
+    /// The program reads only the first `args` arguments and not the
+    /// previous program's return value, so a kernel may pass more (newer
+    /// kernels append arguments to some hooks, e.g. `bpf`).
+    pub leading_args: bool,
 }
 
 impl LsmHook {
@@ -179,6 +192,7 @@ impl LsmHook {
             name,
             args,
             required: true,
+            leading_args: false,
         }
     }
     const fn optional(name: &'static str, args: usize) -> Self {
@@ -186,6 +200,15 @@ impl LsmHook {
             name,
             args,
             required: false,
+            leading_args: false,
+        }
+    }
+    const fn leading(name: &'static str, args: usize) -> Self {
+        Self {
+            name,
+            args,
+            required: true,
+            leading_args: true,
         }
     }
 }
@@ -226,6 +249,31 @@ pub mod lsm {
     /// `int path_link(struct dentry *old_dentry, const struct path *new_dir,
     /// struct dentry *new_dentry)`
     pub const PATH_LINK: LsmHook = LsmHook::required("path_link", 3);
+    /// `int bpf(int cmd, union bpf_attr *attr, unsigned int size)`, plus
+    /// `bool kernel` since 6.16.
+    pub const BPF: LsmHook = LsmHook::leading("bpf", 3);
+    /// `int task_kill(struct task_struct *p, struct kernel_siginfo *info,
+    /// int sig, const struct cred *cred)`
+    pub const TASK_KILL: LsmHook = LsmHook::required("task_kill", 4);
+    /// `int ptrace_access_check(struct task_struct *child, unsigned int mode)`
+    pub const PTRACE_ACCESS_CHECK: LsmHook = LsmHook::required("ptrace_access_check", 2);
+    /// `int sb_mount(const char *dev_name, const struct path *path,
+    /// const char *type, unsigned long flags, void *data)`
+    pub const SB_MOUNT: LsmHook = LsmHook::required("sb_mount", 5);
+    /// `int sb_umount(struct vfsmount *mnt, int flags)`
+    pub const SB_UMOUNT: LsmHook = LsmHook::required("sb_umount", 2);
+    /// `int sb_remount(struct super_block *sb, void *mnt_opts)`
+    pub const SB_REMOUNT: LsmHook = LsmHook::required("sb_remount", 2);
+    /// `int move_mount(const struct path *from_path, const struct path *to_path)`
+    pub const MOVE_MOUNT: LsmHook = LsmHook::required("move_mount", 2);
+    /// `int kernel_read_file(struct file *file, enum kernel_read_file_id id,
+    /// bool contents)`: finit_module, kexec, firmware and policy files.
+    pub const KERNEL_READ_FILE: LsmHook = LsmHook::required("kernel_read_file", 3);
+    /// `int kernel_load_data(enum kernel_load_data_id id, bool contents)`:
+    /// init_module and kexec_load from memory.
+    pub const KERNEL_LOAD_DATA: LsmHook = LsmHook::required("kernel_load_data", 2);
+    /// `int task_alloc(struct task_struct *task, unsigned long clone_flags)`
+    pub const TASK_ALLOC: LsmHook = LsmHook::required("task_alloc", 2);
 
     pub const ALL: &[LsmHook] = &[
         BPRM_CHECK_SECURITY,
@@ -241,6 +289,16 @@ pub mod lsm {
         PATH_MKDIR,
         PATH_SYMLINK,
         PATH_LINK,
+        BPF,
+        TASK_KILL,
+        PTRACE_ACCESS_CHECK,
+        SB_MOUNT,
+        SB_UMOUNT,
+        SB_REMOUNT,
+        MOVE_MOUNT,
+        KERNEL_READ_FILE,
+        KERNEL_LOAD_DATA,
+        TASK_ALLOC,
     ];
 }
 
@@ -278,6 +336,23 @@ pub mod hook {
     pub const OPEN_WRITE: u32 = 14;
     /// Renaming a file into a directory (the new entry's side of a rename).
     pub const RENAME_INTO: u32 = 15;
+    /// Any bpf(2) command.
+    pub const BPF: u32 = 16;
+    /// A signal to a process outside Guard's cgroup.
+    pub const SIGNAL: u32 = 17;
+    /// ptrace attach (or /proc/PID/mem, process_vm_writev, pidfd_getfd) to a
+    /// process outside Guard's cgroup.
+    pub const PTRACE: u32 = 18;
+    pub const MOUNT: u32 = 19;
+    pub const UMOUNT: u32 = 20;
+    pub const REMOUNT: u32 = 21;
+    pub const MOVE_MOUNT: u32 = 22;
+    /// Loading a kernel module, kexec image or firmware from a file.
+    pub const KERNEL_READ_FILE: u32 = 23;
+    /// Loading a kernel module or kexec image from memory.
+    pub const KERNEL_LOAD_DATA: u32 = 24;
+    /// clone3(2) with CLONE_INTO_CGROUP.
+    pub const CLONE_INTO_CGROUP: u32 = 25;
 }
 
 /// Outcome of a decision.
@@ -519,6 +594,10 @@ pub struct Event {
 
 /// [`Event::rule_id`] when no rule matched: the profile's default decided.
 pub const NO_RULE: u32 = u32::MAX;
+/// [`Event::rule_id`] of a self-protection denial: an action no agent may
+/// take whatever its profile says (bpf(2), mounts, kernel modules, signals
+/// to processes outside Guard's cgroup, writes to kernel interfaces).
+pub const SELF_PROTECTION: u32 = u32::MAX - 1;
 
 const _: () = assert!(size_of::<AgentEntry>() == 16);
 const _: () = assert!(size_of::<IdentityKey>() == 16);

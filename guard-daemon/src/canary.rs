@@ -1,6 +1,7 @@
 //! Readiness canary. Before guardd reports "enforcing", a throwaway process
 //! in a canary agent cgroup tries one action per hook family that the canary
-//! profile denies (connect, unlink, exec), and each must fail with EPERM. A
+//! profile denies (connect, unlink, exec) and one that self-protection
+//! denies to every agent (bpf), and each must fail with EPERM. A
 //! kernel that loads the programs but does not apply them, or an attachment
 //! that is missing, is caught here instead of being reported as enforcing.
 //! The canary's denials appear in the records, as agent `.canary`.
@@ -32,13 +33,14 @@ const EXEC_TARGET: &str = "exec-target";
 const UNLINK_TARGET: &str = "unlink-target";
 
 /// The hooks the canary exercises.
-pub const HOOKS: [&str; 3] = [ACTIONS[0].1, ACTIONS[1].1, ACTIONS[2].1];
+pub const HOOKS: [&str; 4] = [ACTIONS[0].1, ACTIONS[1].1, ACTIONS[2].1, ACTIONS[3].1];
 
 /// The actions, in the order the canary process tries them (exec last: if it
 /// is not denied, the process image is replaced).
-const ACTIONS: [(&str, &str); 3] = [
+const ACTIONS: [(&str, &str); 4] = [
     ("connect", "socket_connect"),
     ("unlink", "path_unlink"),
+    ("bpf", "bpf"),
     ("exec", "bprm_check_security"),
 ];
 
@@ -154,6 +156,27 @@ impl Canary {
     }
 }
 
+/// bpf(BPF_PROG_GET_NEXT_ID): harmless, and allowed to root but not to an
+/// agent. ENOENT (no programs) counts as allowed.
+fn bpf_next_program_id() -> io::Result<()> {
+    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+    let mut attr = [0u32; 4]; // start_id, next_id, open_flags, padding
+    // SAFETY: the kernel reads and writes at most `size_of_val(&attr)` bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_NEXT_ID,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    match io::Error::last_os_error().raw_os_error() {
+        _ if rc == 0 => Ok(()),
+        Some(libc::ENOENT) => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 /// The canary process (`guardd --canary DIR`): tries each action and prints
 /// `<action> ok` or `<action> errno N`, one line each.
 pub fn probe(dir: &Path) -> i32 {
@@ -163,6 +186,7 @@ pub fn probe(dir: &Path) -> i32 {
     };
     report("connect", TcpStream::connect(("127.0.0.1", PORT)).map(drop));
     report("unlink", std::fs::remove_file(dir.join(UNLINK_TARGET)));
+    report("bpf", bpf_next_program_id());
     let target = dir.join(EXEC_TARGET);
     let path =
         std::ffi::CString::new(target.as_os_str().as_bytes()).expect("no NUL in a temp path");

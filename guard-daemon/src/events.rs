@@ -6,7 +6,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use guard_common::{Event, NO_RULE, event_flag, hook, protocol, verdict};
+use guard_common::{Event, NO_RULE, SELF_PROTECTION, event_flag, hook, protocol, verdict};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -184,6 +184,10 @@ impl Default for Clock {
     }
 }
 
+/// The rule of a self-protection denial (`guard_common::SELF_PROTECTION`).
+pub const SELF_PROTECTION_RULE: &str = "self-protection";
+const SELF_PROTECTION_MESSAGE: &str = "no agent may do this, whatever its profile: it would switch Guard off, leave the agent's cgroup or change the kernel";
+
 pub fn hook_name(id: u32) -> (&'static str, &'static str) {
     match id {
         hook::EXEC => ("bprm_check_security", "exec"),
@@ -201,6 +205,16 @@ pub fn hook_name(id: u32) -> (&'static str, &'static str) {
         hook::LINK => ("path_link", "link"),
         hook::OPEN_WRITE => ("file_open", "open_write"),
         hook::RENAME_INTO => ("path_rename", "rename_into"),
+        hook::BPF => ("bpf", "bpf"),
+        hook::SIGNAL => ("task_kill", "signal"),
+        hook::PTRACE => ("ptrace_access_check", "ptrace"),
+        hook::MOUNT => ("sb_mount", "mount"),
+        hook::UMOUNT => ("sb_umount", "umount"),
+        hook::REMOUNT => ("sb_remount", "remount"),
+        hook::MOVE_MOUNT => ("move_mount", "mount"),
+        hook::KERNEL_READ_FILE => ("kernel_read_file", "load_kernel_file"),
+        hook::KERNEL_LOAD_DATA => ("kernel_load_data", "load_kernel_data"),
+        hook::CLONE_INTO_CGROUP => ("task_alloc", "clone_into_cgroup"),
         _ => ("unknown", "unknown"),
     }
 }
@@ -231,7 +245,10 @@ pub fn to_record(
 ) -> Record {
     let (hook, action) = hook_name(event.hook);
     let is_network = matches!(event.hook, hook::CONNECT | hook::SENDMSG);
-    let target = if is_network {
+    let is_process = matches!(event.hook, hook::SIGNAL | hook::PTRACE);
+    let target = if is_process {
+        format!("pid {}", event.ino)
+    } else if is_network {
         let v6 = Ipv6Addr::from(event.addr);
         let ip = match (event.family, v6.to_ipv4_mapped()) {
             (2, Some(v4)) => IpAddr::V4(v4), // AF_INET
@@ -280,7 +297,7 @@ pub fn to_record(
         uid: event.uid,
         comm: c_string(&event.comm),
         target,
-        file: (!is_network && event.ino != 0).then_some(FileIdentity {
+        file: (!is_network && !is_process && event.ino != 0).then_some(FileIdentity {
             dev: event.dev,
             ino: event.ino,
         }),
@@ -294,10 +311,15 @@ pub fn to_record(
         }),
         rule: match (event.rule_id, rule) {
             (NO_RULE, _) => "default".into(),
+            (SELF_PROTECTION, _) => SELF_PROTECTION_RULE.into(),
             (_, Some(rule)) => rule.id.clone(),
             (id, None) => format!("#{id}"),
         },
-        message: rule.and_then(|r| r.message.clone()),
+        message: if event.rule_id == SELF_PROTECTION {
+            Some(SELF_PROTECTION_MESSAGE.into())
+        } else {
+            rule.and_then(|r| r.message.clone())
+        },
         process: None,
         redacted: Vec::new(),
         flags,

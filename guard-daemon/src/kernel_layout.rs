@@ -129,7 +129,12 @@ impl KernelLayout {
             Type::FuncProto(proto) => proto.parameters.len(),
             _ => return Err(LayoutError::NoHook { hook: hook.name }),
         };
-        if found != hook.args {
+        let fits = if hook.leading_args {
+            found >= hook.args
+        } else {
+            found == hook.args
+        };
+        if !fits {
             return Err(LayoutError::HookArgs {
                 hook: hook.name,
                 expected: hook.args,

@@ -2,14 +2,16 @@
 //! log shippers and SIEMs: Process Activity (1007) for exec, File System
 //! Activity (1001) for file actions, Network Activity (4001) for connect
 //! and send, each with `action_id`/`disposition_id` for allowed, denied and
-//! would-deny and the deciding rule as `policy`. Guard's own fields that
+//! would-deny and the deciding rule as `policy`. A self-protection denial
+//! (an agent tampering with Guard or the kernel) is a Detection Finding
+//! (2004). Guard's own fields that
 //! OCSF has no place for are under `unmapped`.
 
 use serde_json::{Value, json};
 
 use crate::{
     api,
-    events::{Line, LossRecord, Record},
+    events::{Line, LossRecord, Record, SELF_PROTECTION_RULE},
 };
 
 pub const VERSION: &str = "1.3.0";
@@ -23,11 +25,23 @@ pub fn event(host: &str, line: &Line, sealed: &str) -> Value {
     }
 }
 
+const DETECTION_FINDING: u32 = 2004;
+
 /// (class_uid, class_name, category_uid, category_name, activity_id, activity_name)
-fn class(action: &str) -> (u32, &'static str, u32, &'static str, u32, &'static str) {
+fn class(r: &Record) -> (u32, &'static str, u32, &'static str, u32, &'static str) {
     const FILE: (u32, &str, u32, &str) = (1001, "File System Activity", 1, "System Activity");
     let with = |c: (u32, &'static str, u32, &'static str), id, name| (c.0, c.1, c.2, c.3, id, name);
-    match action {
+    if r.rule == SELF_PROTECTION_RULE {
+        return (
+            DETECTION_FINDING,
+            "Detection Finding",
+            2,
+            "Findings",
+            1,
+            "Create",
+        );
+    }
+    match r.action.as_str() {
         "exec" => (1007, "Process Activity", 1, "System Activity", 1, "Launch"),
         "unlink" | "rmdir" => with(FILE, 4, "Delete"),
         "rename" | "rename_into" => with(FILE, 5, "Rename"),
@@ -57,8 +71,7 @@ fn metadata(host: &str, seq: u64, hook: &str) -> Value {
 }
 
 fn decision(host: &str, r: &Record, sealed: &str) -> Value {
-    let (class_uid, class_name, category_uid, category_name, activity_id, activity_name) =
-        class(&r.action);
+    let (class_uid, class_name, category_uid, category_name, activity_id, activity_name) = class(r);
     let (action_id, action, disposition_id, disposition, status_id, status, severity_id, severity) =
         match r.verdict.as_str() {
             "deny" => (2, "Denied", 2, "Blocked", 2, "Failure", 3, "Medium"),
@@ -135,6 +148,17 @@ fn decision(host: &str, r: &Record, sealed: &str) -> Value {
         event["unmapped"]["flags"] = json!(r.flags);
     }
     match class_uid {
+        DETECTION_FINDING => {
+            event["finding_info"] = json!({
+                "uid": format!("{host}/{}", r.seq),
+                "title": format!("tamper attempt: {} {}", r.action, r.target).trim_end().to_string(),
+                "types": ["tamper"],
+                "analytic": {"name": SELF_PROTECTION_RULE, "type_id": 1, "type": "Rule"},
+            });
+            event["severity_id"] = json!(4);
+            event["severity"] = json!("High");
+            event["unmapped"]["target"] = json!(r.target);
+        }
         1007 => event["process"] = json!({"file": {"path": r.target}}),
         4001 => {
             if let Ok(addr) = r.target.parse::<std::net::SocketAddr>() {
@@ -252,6 +276,24 @@ mod tests {
         assert_eq!(e["device"]["hostname"], "web-1");
         assert_eq!(e["metadata"]["uid"], "web-1/7");
         assert_eq!(e["raw_data"], json.as_str());
+    }
+
+    #[test]
+    fn a_self_protection_denial_is_a_tamper_finding() {
+        let json = format!(
+            r#"{{{BASE},"hook":"task_kill","action":"signal","verdict":"deny","target":"pid 812","rule":"self-protection","message":"no agent may do this"}}"#
+        );
+        let e = event("web-1", &line(&json), &json);
+        assert_eq!(
+            (e["class_uid"].as_u64(), e["type_uid"].as_u64()),
+            (Some(2004), Some(200401))
+        );
+        assert_eq!(e["finding_info"]["types"][0], "tamper");
+        assert_eq!(e["finding_info"]["title"], "tamper attempt: signal pid 812");
+        assert_eq!(e["finding_info"]["uid"], "web-1/7");
+        assert_eq!(e["disposition_id"], 2);
+        assert_eq!(e["severity"], "High");
+        assert_eq!(e["unmapped"]["target"], "pid 812");
     }
 
     #[test]

@@ -47,6 +47,15 @@ offset_globals!(
     OFF_INODE_CTIME_SEC,
     OFF_INODE_CTIME_NSEC,
     OFF_SB_DEV,
+    OFF_SB_MAGIC,
+    OFF_DENTRY_SB,
+    OFF_INODE_MODE,
+    OFF_TASK_TGID,
+    OFF_TASK_CGROUPS,
+    OFF_CSS_SET_DFL_CGRP,
+    OFF_CGROUP_KN,
+    OFF_KERNFS_NODE_ID,
+    OFF_KERNFS_NODE_PARENT,
     OFF_MOUNT_MNT,
     OFF_MOUNT_PARENT,
     OFF_MOUNT_MOUNTPOINT,
@@ -112,6 +121,100 @@ pub fn dentry_identity(dentry: Kptr) -> Result<Option<Identity>, ReadError> {
         return Ok(None);
     }
     inode_identity(inode).map(Some)
+}
+
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+
+/// Superblock magic numbers of the filesystems through which a process
+/// steers the kernel (include/uapi/linux/magic.h): cgroup2, cgroup, bpf,
+/// securityfs, tracefs, debugfs, proc, sysfs.
+const KERNEL_INTERFACES: [u64; 8] = [
+    CGROUP2_SUPER_MAGIC,
+    0x0027_e0eb,
+    0xcafe_4a11,
+    0x7363_6673,
+    0x7472_6163,
+    0x6462_6720,
+    0x9fa0,
+    0x6265_6572,
+];
+const S_IFMT: u16 = 0o170_000;
+const S_IFBLK: u16 = 0o060_000;
+
+/// Whether no agent may write, create or destroy `dentry` (`for_write`:
+/// open it for write), whatever its profile: a file of a kernel interface
+/// (moving a process between cgroups, pinned BPF objects, sysctls such as
+/// `kernel.modprobe`) or a block device (writing one rewrites files beneath
+/// every rule). One exception: a process may move into a cgroup below its
+/// own (sub-agents launched by an agent do), which leaves it confined.
+pub fn off_limits(dentry: Kptr, for_write: bool) -> Result<bool, ReadError> {
+    let sb: Kptr = read(dentry, off(&OFF_DENTRY_SB))?;
+    let magic: u64 = read(sb, off(&OFF_SB_MAGIC))?;
+    if KERNEL_INTERFACES.contains(&magic) {
+        let deeper = magic == CGROUP2_SUPER_MAGIC && for_write && joins_own_subtree(dentry)?;
+        return Ok(!deeper);
+    }
+    let inode: Kptr = read(dentry, off(&OFF_DENTRY_INODE))?;
+    if inode.is_null() {
+        return Ok(false);
+    }
+    let mode: u16 = read(inode, off(&OFF_INODE_MODE))?;
+    Ok(mode & S_IFMT == S_IFBLK)
+}
+
+/// Cgroup levels walked up looking for a cgroup.
+const MAX_CGROUP_DEPTH: u32 = 32;
+
+/// Whether `dentry` is the `cgroup.procs` file of the caller's cgroup or of
+/// one below it (a cgroup2 directory's inode number is the cgroup's id).
+fn joins_own_subtree(dentry: Kptr) -> Result<bool, ReadError> {
+    const PROCS: &[u8; 12] = b"cgroup.procs";
+    let len: u32 = read(dentry, off(&OFF_DENTRY_NAME_LEN))?;
+    let name: Kptr = read(dentry, off(&OFF_DENTRY_NAME))?;
+    if len != PROCS.len() as u32 || read::<[u8; 12]>(name, 0)? != *PROCS {
+        return Ok(false);
+    }
+    // SAFETY: a helper call without arguments.
+    let own = unsafe { generated::bpf_get_current_cgroup_id() };
+    let mut dir: Kptr = read(dentry, off(&OFF_DENTRY_PARENT))?;
+    for _ in 0..MAX_CGROUP_DEPTH {
+        let inode: Kptr = read(dir, off(&OFF_DENTRY_INODE))?;
+        if inode.is_null() {
+            return Ok(false);
+        }
+        if read::<u64>(inode, off(&OFF_INODE_INO))? == own {
+            return Ok(true);
+        }
+        let parent: Kptr = read(dir, off(&OFF_DENTRY_PARENT))?;
+        if parent == dir {
+            return Ok(false);
+        }
+        dir = parent;
+    }
+    Ok(false)
+}
+
+/// Whether `task` runs in the cgroup `root` or below it (its cgroup2
+/// cgroup's kernfs node or an ancestor has id `root`).
+pub fn task_in_cgroup(task: Kptr, root: u64) -> Result<bool, ReadError> {
+    let css_set: Kptr = read(task, off(&OFF_TASK_CGROUPS))?;
+    let cgroup: Kptr = read(css_set, off(&OFF_CSS_SET_DFL_CGRP))?;
+    let mut node: Kptr = read(cgroup, off(&OFF_CGROUP_KN))?;
+    for _ in 0..MAX_CGROUP_DEPTH {
+        if node.is_null() {
+            return Ok(false);
+        }
+        let id: u64 = read(node, off(&OFF_KERNFS_NODE_ID))?;
+        if id == root {
+            return Ok(true);
+        }
+        node = read(node, off(&OFF_KERNFS_NODE_PARENT))?;
+    }
+    Ok(false)
+}
+
+pub fn task_tgid(task: Kptr) -> Result<u32, ReadError> {
+    read(task, off(&OFF_TASK_TGID))
 }
 
 /// `(vfsmount, dentry)` of a `struct path`.

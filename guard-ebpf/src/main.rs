@@ -24,7 +24,8 @@ use aya_ebpf::{
 };
 use guard_common::{
     AgentEntry, AgentKey, Counter, EVENT_PATH_LEN, EXEC_PATH_KEY_LEN, Event, LOCKED, LsmHook,
-    NO_RULE, NetKey, RuleRef, action, agent_flag, exec_flag, hook, lsm, mode, protocol, verdict,
+    NO_RULE, NetKey, RuleRef, SELF_PROTECTION, action, agent_flag, exec_flag, hook, lsm, mode,
+    protocol, verdict,
 };
 use kernel::{Identity, Kptr, ReadError};
 use maps::{
@@ -66,8 +67,8 @@ struct Agent {
 /// from the one generation in force.
 #[inline(always)]
 fn current_agent() -> Option<Agent> {
-    // SAFETY: plain reads of statics set at load time.
-    let root = unsafe { core::ptr::read_volatile(&GUARD_ROOT_CGROUP_ID) };
+    let root = guard_root();
+    // SAFETY: a plain read of a static set at load time.
     let level = unsafe { core::ptr::read_volatile(&GUARD_ROOT_CGROUP_LEVEL) } as i32;
     // SAFETY: helper calls without pointer arguments.
     if root == 0 || unsafe { generated::bpf_get_current_ancestor_cgroup_id(level) } != root {
@@ -103,6 +104,13 @@ fn current_agent() -> Option<Agent> {
         generation: info.generation,
         entry: LOCKED,
     }))
+}
+
+/// The cgroup id of Guard's root cgroup (0 until the loader sets it).
+#[inline(always)]
+fn guard_root() -> u64 {
+    // SAFETY: a plain read of a static set at load time.
+    unsafe { core::ptr::read_volatile(&GUARD_ROOT_CGROUP_ID) }
 }
 
 /// -EPERM, read at run time from read-only data. As a literal, the compiler
@@ -166,6 +174,12 @@ impl Decision {
         };
         Decision { verdict, rule_id }
     }
+
+    /// A self-protection denial: enforced in every mode, always recorded.
+    const SELF_PROTECTION: Decision = Decision {
+        verdict: verdict::DENY,
+        rule_id: SELF_PROTECTION,
+    };
 
     fn recorded(&self, agent: &Agent) -> bool {
         self.verdict != verdict::ALLOW || agent.entry.flags & agent_flag::RECORD_ALLOWED != 0
@@ -287,9 +301,11 @@ fn decide_hook(
     lsm_hook: LsmHook,
     decide: impl FnOnce(&Agent) -> Result<bool, ReadError>,
 ) -> i32 {
-    let previous: i32 = ctx.arg(lsm_hook.args);
-    if previous != 0 {
-        return deny_return();
+    if !lsm_hook.leading_args {
+        let previous: i32 = ctx.arg(lsm_hook.args);
+        if previous != 0 {
+            return deny_return();
+        }
     }
     match current_agent() {
         Some(agent) => verdict(decide(&agent)),
@@ -405,18 +421,54 @@ fn file_rule_denies(rule_action: u32, op: FileOp) -> bool {
 /// creation, the new, still negative dentry). A name rule that denies `op`
 /// decides first; then the rule of the nearest of the file and its ancestor
 /// directories that has one; then the profile's default.
+///
+/// Files of kernel interfaces and block devices are off limits to every
+/// agent (self-protection), before any rule.
 fn check_file(
     agent: &Agent,
     hook_id: u32,
     vfsmount: Kptr,
     dentry: Kptr,
 ) -> Result<bool, ReadError> {
+    let (dentry_arg, vfsmount_arg) = (kernel::as_scalar(dentry)?, kernel::as_scalar(vfsmount)?);
+    let decision = if kernel::off_limits(dentry, hook_id == hook::OPEN_WRITE)? {
+        Decision::SELF_PROTECTION
+    } else {
+        match file_decision(agent, hook_id, dentry_arg, vfsmount_arg)? {
+            Some(decision) => decision,
+            None => return Ok(false),
+        }
+    };
+    if !decision.recorded(agent) {
+        return Ok(decision.denies());
+    }
+    let identity = kernel::dentry_identity(dentry).unwrap_or(None);
+    let built = kernel::guard_build_path(dentry_arg, vfsmount_arg);
+    let (start, flags) = (built as u32 as usize, (built >> 32) as u32);
+    let scratch = scratch()?;
+    let path = scratch
+        .walk
+        .as_ptr()
+        .wrapping_add(start & (maps::WALK_LEN - 1));
+    Ok(decided(agent, hook_id, &decision, |event| {
+        set_identity(event, identity);
+        set_path(event, path, maps::WALK_LEN - start, flags);
+    }))
+}
+
+/// The profile's decision on a file action; `None` for a write the profile
+/// does not decide.
+fn file_decision(
+    agent: &Agent,
+    hook_id: u32,
+    dentry_arg: u64,
+    vfsmount_arg: u64,
+) -> Result<Option<Decision>, ReadError> {
     let op = file_op(hook_id);
     if op == FileOp::Write && agent.entry.flags & agent_flag::DECIDE_WRITES == 0 {
-        return Ok(false);
+        return Ok(None);
     }
     let profile = agent.entry.profile;
-    let (dentry_arg, vfsmount_arg) = (kernel::as_scalar(dentry)?, kernel::as_scalar(vfsmount)?);
     let mut rule = kernel::unpack(kernel::guard_name_rule(profile, dentry_arg))?
         .filter(|rule| file_rule_denies(rule.action, op));
     if rule.is_none() {
@@ -435,22 +487,11 @@ fn check_file(
             action::ALLOW
         },
     });
-    let decision = Decision::new(agent, rule, agent_flag::FILES_DEFAULT_DENY);
-    if !decision.recorded(agent) {
-        return Ok(decision.denies());
-    }
-    let identity = kernel::dentry_identity(dentry).unwrap_or(None);
-    let built = kernel::guard_build_path(dentry_arg, vfsmount_arg);
-    let (start, flags) = (built as u32 as usize, (built >> 32) as u32);
-    let scratch = scratch()?;
-    let path = scratch
-        .walk
-        .as_ptr()
-        .wrapping_add(start & (maps::WALK_LEN - 1));
-    Ok(decided(agent, hook_id, &decision, |event| {
-        set_identity(event, identity);
-        set_path(event, path, maps::WALK_LEN - start, flags);
-    }))
+    Ok(Some(Decision::new(
+        agent,
+        rule,
+        agent_flag::FILES_DEFAULT_DENY,
+    )))
 }
 
 /// `check_file` for a hook whose arguments are a directory's `struct path`
@@ -744,6 +785,187 @@ fn socket_sendmsg(ctx: LsmContext) -> i32 {
         let (name, len) = kernel::msghdr_name(ctx.arg(1))?;
         check_destination(agent, hook::SENDMSG, ctx.arg(0), name, len)
     })
+}
+
+// ------------------------------------------------------ self-protection --
+//
+// Actions no agent may take, whatever its profile and in every mode: each
+// would switch Guard off, step out of its cgroup, or change the kernel
+// beneath every rule. Denied and recorded with rule `SELF_PROTECTION`.
+
+/// `decide_hook` for a self-protection hook: deny and record when
+/// `applies` says the action is one of those.
+#[inline(always)]
+fn protect(
+    ctx: &LsmContext,
+    lsm_hook: LsmHook,
+    hook_id: u32,
+    applies: impl FnOnce() -> Result<bool, ReadError>,
+    fill: impl FnOnce(&mut Event),
+) -> i32 {
+    decide_hook(ctx, lsm_hook, |agent| {
+        Ok(applies()? && decided(agent, hook_id, &Decision::SELF_PROTECTION, fill))
+    })
+}
+
+/// Records a process target (signal, ptrace) as its pid, in `ino`.
+fn set_target_pid(event: &mut Event, task: Kptr) {
+    event.ino = kernel::task_tgid(task).unwrap_or(0) as u64;
+}
+
+/// Records a path target (mounts, kernel files).
+fn set_target_path(event: &mut Event, path: Kptr) {
+    let Ok((vfsmount, dentry)) = kernel::path_parts(path) else {
+        return;
+    };
+    let (Ok(dentry), Ok(vfsmount)) = (kernel::as_scalar(dentry), kernel::as_scalar(vfsmount))
+    else {
+        return;
+    };
+    let built = kernel::guard_build_path(dentry, vfsmount);
+    let (start, flags) = (built as u32 as usize, (built >> 32) as u32);
+    if let Ok(scratch) = scratch() {
+        let from = scratch
+            .walk
+            .as_ptr()
+            .wrapping_add(start & (maps::WALK_LEN - 1));
+        set_path(event, from, maps::WALK_LEN - start, flags);
+    }
+}
+
+/// Denies every bpf(2) command: loading programs, reading or writing maps
+/// (Guard's policy), detaching links.
+#[lsm(hook = "bpf")]
+#[inline(always)]
+fn bpf(ctx: LsmContext) -> i32 {
+    protect(&ctx, lsm::BPF, hook::BPF, || Ok(true), |_| {})
+}
+
+/// Denies a signal to any process outside Guard's cgroup (guardd, the
+/// collector, the rest of the host). Signal 0 only probes and is allowed.
+#[lsm(hook = "task_kill")]
+#[inline(always)]
+fn task_kill(ctx: LsmContext) -> i32 {
+    let target: Kptr = ctx.arg(0);
+    let signal: i32 = ctx.arg(2);
+    protect(
+        &ctx,
+        lsm::TASK_KILL,
+        hook::SIGNAL,
+        || Ok(signal != 0 && !kernel::task_in_cgroup(target, guard_root())?),
+        |event| set_target_pid(event, target),
+    )
+}
+
+/// `PTRACE_MODE_ATTACH`: ptrace attach, /proc/PID/mem, process_vm_writev,
+/// pidfd_getfd. Read access (`ps`, /proc/PID/stat) stays allowed.
+const PTRACE_MODE_ATTACH: u32 = 0x02;
+
+/// Denies attaching to (or writing the memory of) a process outside Guard's
+/// cgroup.
+#[lsm(hook = "ptrace_access_check")]
+#[inline(always)]
+fn ptrace_access_check(ctx: LsmContext) -> i32 {
+    let target: Kptr = ctx.arg(0);
+    let mode: u32 = ctx.arg(1);
+    protect(
+        &ctx,
+        lsm::PTRACE_ACCESS_CHECK,
+        hook::PTRACE,
+        || Ok(mode & PTRACE_MODE_ATTACH != 0 && !kernel::task_in_cgroup(target, guard_root())?),
+        |event| set_target_pid(event, target),
+    )
+}
+
+/// Denies mount(2) (new mounts, binds, remounts, moves).
+#[lsm(hook = "sb_mount")]
+#[inline(always)]
+fn sb_mount(ctx: LsmContext) -> i32 {
+    let at: Kptr = ctx.arg(1);
+    protect(
+        &ctx,
+        lsm::SB_MOUNT,
+        hook::MOUNT,
+        || Ok(true),
+        |event| set_target_path(event, at),
+    )
+}
+
+/// Denies umount(2).
+#[lsm(hook = "sb_umount")]
+#[inline(always)]
+fn sb_umount(ctx: LsmContext) -> i32 {
+    protect(&ctx, lsm::SB_UMOUNT, hook::UMOUNT, || Ok(true), |_| {})
+}
+
+/// Denies reconfiguring a mounted filesystem (fsconfig, remount).
+#[lsm(hook = "sb_remount")]
+#[inline(always)]
+fn sb_remount(ctx: LsmContext) -> i32 {
+    protect(&ctx, lsm::SB_REMOUNT, hook::REMOUNT, || Ok(true), |_| {})
+}
+
+/// Denies move_mount(2), which attaches a mount made with fsmount(2).
+#[lsm(hook = "move_mount")]
+#[inline(always)]
+fn move_mount(ctx: LsmContext) -> i32 {
+    let to: Kptr = ctx.arg(1);
+    protect(
+        &ctx,
+        lsm::MOVE_MOUNT,
+        hook::MOVE_MOUNT,
+        || Ok(true),
+        |event| set_target_path(event, to),
+    )
+}
+
+/// Denies the kernel reading a file on an agent's behalf: finit_module(2),
+/// kexec_file_load(2), firmware.
+#[lsm(hook = "kernel_read_file")]
+#[inline(always)]
+fn kernel_read_file(ctx: LsmContext) -> i32 {
+    let file: Kptr = ctx.arg(0);
+    protect(
+        &ctx,
+        lsm::KERNEL_READ_FILE,
+        hook::KERNEL_READ_FILE,
+        || Ok(true),
+        |event| {
+            if !file.is_null() {
+                set_target_path(event, kernel::file_path(file));
+            }
+        },
+    )
+}
+
+/// Denies init_module(2) and kexec_load(2) from memory.
+#[lsm(hook = "kernel_load_data")]
+#[inline(always)]
+fn kernel_load_data(ctx: LsmContext) -> i32 {
+    protect(
+        &ctx,
+        lsm::KERNEL_LOAD_DATA,
+        hook::KERNEL_LOAD_DATA,
+        || Ok(true),
+        |_| {},
+    )
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Denies clone3(2) with CLONE_INTO_CGROUP: a child born in another cgroup
+/// would not be an agent.
+#[lsm(hook = "task_alloc")]
+#[inline(always)]
+fn task_alloc(ctx: LsmContext) -> i32 {
+    let flags: u64 = ctx.arg(1);
+    protect(
+        &ctx,
+        lsm::TASK_ALLOC,
+        hook::CLONE_INTO_CGROUP,
+        || Ok(flags & CLONE_INTO_CGROUP != 0),
+        |_| {},
+    )
 }
 
 #[cfg(not(test))]

@@ -587,16 +587,63 @@ fn file_operations_untagged_are_not_confined() {
     assert_untagged_ok(untagged(&["unlink", &e.p("open/untagged.sqlite")]));
 }
 
+/// The cgroup2 directory of process `pid`.
+fn cgroup_of(pid: u32) -> PathBuf {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup2 entry");
+    Path::new("/sys/fs/cgroup").join(rel.trim().trim_start_matches('/'))
+}
+
+/// The one child process of `pid`, once it has one.
+fn child_of(pid: u32) -> u32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+        if let Some(child) = children
+            .ok()
+            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+        {
+            return child;
+        }
+        assert!(std::time::Instant::now() < deadline, "{pid} has no child");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn child_cgroup_of_an_agent_is_still_tagged() {
     let e = env();
     let path = file("protected/child-cgroup.txt");
-    let outcome = tagged(&[
-        "--child-cgroup",
-        "sub",
-        "unlink",
-        &e.p("protected/child-cgroup.txt"),
-    ]);
+    // Agents may not make cgroups (self-protection), so the test makes one
+    // below a live session and starts a process in it.
+    let mut sleeper = e
+        .guardd
+        .probe_command(&["--agent", TAGGED], &["exec", "/bin/sleep", "60"])
+        .spawn()
+        .expect("start an agent");
+    let agent = child_of(sleeper.id());
+    let sessions = Path::new("/sys/fs/cgroup").join(ROOT).join(TAGGED);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let session_dir = loop {
+        let cgroup = cgroup_of(agent);
+        if cgroup.starts_with(&sessions) {
+            break cgroup;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never joined its session"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let sub = session_dir.join("sub");
+    fs::create_dir_all(&sub).unwrap();
+    let mut cmd = std::process::Command::new(bin("guard-probe"));
+    cmd.args(["unlink", &e.p("protected/child-cgroup.txt")]);
+    join_cgroup_on_exec(&mut cmd, &sub.join("cgroup.procs"));
+    let outcome = guard_tests::parse_outcome(cmd.output().unwrap(), "probe in a child cgroup");
     let r = assert_denied(
         outcome,
         "unlink",
@@ -606,15 +653,17 @@ fn child_cgroup_of_an_agent_is_still_tagged() {
     assert_intact(&path, "protected/child-cgroup.txt");
     // The session's entry applied; the record names the child cgroup the
     // process ran in, and the session it belongs to.
-    let session = r["session"].as_str().expect("a session").to_string();
-    let ino = |path: String| {
-        fs::metadata(&path)
+    assert!(r["session"].as_str().is_some(), "{r}");
+    let ino = |path: &Path| {
+        fs::metadata(path)
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     };
-    let session_dir = format!("/sys/fs/cgroup/{ROOT}/{TAGGED}/{session}");
-    assert_eq!(r["agent_cgroup"], ino(session_dir.clone()), "{r}");
-    assert_eq!(r["cgroup"], ino(format!("{session_dir}/sub")), "{r}");
+    assert_eq!(r["agent_cgroup"], ino(&session_dir), "{r}");
+    assert_eq!(r["cgroup"], ino(&sub), "{r}");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let _ = fs::remove_dir(&sub);
 }
 
 #[test]
@@ -1027,6 +1076,121 @@ fn join_cgroup_on_exec(cmd: &mut std::process::Command, procs: &Path) {
             (&file).write_all(b"0")
         });
     }
+}
+
+// --------------------------------------------------------- self-protection --
+
+/// Asserts a self-protection denial: EPERM, and a deny record of `action`
+/// with rule `self-protection`, whatever the profile says.
+fn assert_tamper_denied(outcome: Outcome, action: &str) -> Value {
+    assert_eq!(outcome.errno, Some(EPERM), "expected EPERM for {action}");
+    let record = env().guardd.record(outcome.pid, |r| {
+        r["action"] == action && r["rule"] == "self-protection"
+    });
+    assert_eq!(record["verdict"], "deny", "{record}");
+    assert!(
+        record["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("whatever its profile") || m.contains("Guard's own")),
+        "{record}"
+    );
+    record
+}
+
+#[test]
+fn agents_cannot_use_bpf_mount_or_load_modules() {
+    let e = env();
+    assert_tamper_denied(tagged(&["bpf"]), "bpf");
+    // In monitor mode too: self-protection is never only reported.
+    let watched = e.guardd.probe(WATCHER, &e.dir, &["bpf"]);
+    assert_eq!(watched.errno, Some(EPERM), "monitor mode: bpf");
+    assert_eq!(untagged(&["bpf"]).errno, None, "root outside agents may");
+
+    fs::create_dir_all(e.path("mnt")).unwrap();
+    let r = assert_tamper_denied(tagged(&["mount-tmpfs", &e.p("mnt")]), "mount");
+    assert_eq!(r["target"], e.p("mnt"), "{r}");
+    assert_eq!(r["hook"], "sb_mount", "{r}");
+    // A mount the test made stays.
+    fs::create_dir_all(e.path("mounted")).unwrap();
+    assert_eq!(untagged(&["mount-tmpfs", &e.p("mounted")]).errno, None);
+    assert_tamper_denied(tagged(&["umount", &e.p("mounted")]), "umount");
+    assert_eq!(untagged(&["umount", &e.p("mounted")]).errno, None);
+
+    // Kernel modules, from a file and from memory. Outside agents the
+    // kernel gets to parse the bogus module (and refuses it otherwise).
+    let module = file("module.ko");
+    let module = module.display().to_string();
+    let r = assert_tamper_denied(tagged(&["finit-module", &module]), "load_kernel_file");
+    assert_eq!(r["target"], module, "{r}");
+    assert_tamper_denied(tagged(&["init-module"]), "load_kernel_data");
+    assert_ne!(untagged(&["finit-module", &module]).errno, Some(EPERM));
+}
+
+#[test]
+fn agents_cannot_signal_or_trace_guardd() {
+    let e = env();
+    let pid = e.guardd.pid().to_string();
+    let r = assert_tamper_denied(tagged(&["kill", &pid, "15"]), "signal");
+    assert_eq!(r["target"], format!("pid {pid}"), "{r}");
+    assert_eq!(r["hook"], "task_kill", "{r}");
+    assert_tamper_denied(tagged(&["kill", &pid, "9"]), "signal");
+    assert_tamper_denied(tagged(&["ptrace", &pid]), "ptrace");
+    assert_tamper_denied(tagged(&["pidfd-getfd", &pid, "0"]), "ptrace");
+    // guardd lives on and still answers.
+    assert!(e.guardd.status()["hooks"].is_array());
+    // Probing whether it exists (signal 0) is not an attack.
+    assert_eq!(tagged(&["kill", &pid, "0"]).errno, None);
+}
+
+#[test]
+fn agents_cannot_change_guards_files_or_kernel_interfaces() {
+    let e = env();
+    let policy = e.guardd.policy.display().to_string();
+    let r = assert_tamper_denied(tagged(&["open-write", &policy]), "open_write");
+    assert_eq!(r["target"], policy, "{r}");
+    let events = e.guardd.events.display().to_string();
+    assert_tamper_denied(tagged(&["unlink", &events]), "unlink");
+    assert_tamper_denied(tagged(&["truncate", &events]), "truncate");
+    // Guard's binaries (opening a running one for write fails earlier,
+    // with ETXTBSY, so they are unlinked).
+    for binary in ["guardd", "guardctl", "guard-collector"] {
+        let binary = bin(binary).display().to_string();
+        assert_tamper_denied(tagged(&["unlink", &binary]), "unlink");
+    }
+    assert!(e.guardd.events.exists() && fs::metadata(&e.guardd.events).unwrap().len() > 0);
+    // Kernel interfaces: the module loader's path, Guard's cgroups.
+    let r = assert_tamper_denied(
+        tagged(&["open-write", "/proc/sys/kernel/modprobe"]),
+        "open_write",
+    );
+    assert_eq!(r["target"], "/proc/sys/kernel/modprobe", "{r}");
+    let escape = format!("/sys/fs/cgroup/{ROOT}/escape");
+    assert_tamper_denied(tagged(&["mkdir", &escape]), "mkdir");
+    assert!(!Path::new(&escape).exists());
+}
+
+#[test]
+fn a_tagged_process_stays_tagged() {
+    let e = env();
+    for how in [
+        "cgroup:/sys/fs/cgroup",
+        "child-cgroup",
+        "unshare",
+        "daemonize",
+    ] {
+        let rel = format!("protected/escape-{}.txt", how.replace([':', '/'], "-"));
+        let path = file(&rel);
+        let outcome = tagged(&["--escape", how, "unlink", &e.p(&rel)]);
+        assert_denied(outcome, "unlink", &e.p(&rel), "files-protected-dir");
+        assert_intact(&path, &rel);
+    }
+    // The ways out are denied and recorded themselves.
+    let r = assert_tamper_denied(tagged(&["join-cgroup", "/sys/fs/cgroup"]), "open_write");
+    assert_eq!(r["target"], "/sys/fs/cgroup/cgroup.procs", "{r}");
+    assert_tamper_denied(
+        tagged(&["clone-into-cgroup", "/sys/fs/cgroup"]),
+        "clone_into_cgroup",
+    );
 }
 
 // --------------------------------------------------------- read-only files --

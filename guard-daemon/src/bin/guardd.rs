@@ -80,6 +80,12 @@ struct Args {
     #[arg(long, env = "GUARD_METRICS_LISTEN", value_name = "ADDR:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
 
+    /// A file or directory no agent may change, besides Guard's binaries,
+    /// policy and record files, which are always protected (repeatable;
+    /// e.g. /etc/guard, the collector's database).
+    #[arg(long = "protect", value_name = "PATH")]
+    protect: Vec<PathBuf>,
+
     /// This host's name in the collector (default: the system's host name).
     #[arg(long, env = "GUARD_HOST_NAME")]
     host_name: Option<String>,
@@ -127,6 +133,7 @@ fn main() {
             redactor,
             ocsf: args.ocsf,
             metrics_listen: args.metrics_listen,
+            protect: args.protect,
             host_name: args.host_name.unwrap_or_else(|| {
                 nix::unistd::gethostname()
                     .map(|h| h.to_string_lossy().into_owned())

@@ -13,7 +13,10 @@ use std::{
     time::Duration,
 };
 
+mod builtins;
 mod services;
+
+pub use builtins::Builtins;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -77,6 +80,9 @@ pub struct Config {
     pub ocsf: Option<PathBuf>,
     /// Where Prometheus metrics are served; off when `None`.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// More files and directories no agent may change (configuration, the
+    /// collector's database).
+    pub protect: Vec<PathBuf>,
 }
 
 /// An error with the process exit code it maps to.
@@ -115,10 +121,10 @@ pub struct LoadedPolicy {
     pub text: String,
 }
 
-/// Reads, validates and compiles the policy file, with the canary's agent
-/// and profile added when `canary` is given. Errors name the file, line,
-/// column and reason, and exit with [`exit::INVALID_POLICY`].
-pub fn load_policy(path: &Path, canary: Option<&Canary>) -> Result<LoadedPolicy, Fatal> {
+/// Reads, validates and compiles the policy file, with guardd's built-in
+/// agent, profile and rules added when `builtins` is given. Errors name the
+/// file, line, column and reason, and exit with [`exit::INVALID_POLICY`].
+pub fn load_policy(path: &Path, builtins: Option<&Builtins>) -> Result<LoadedPolicy, Fatal> {
     let invalid = |error: anyhow::Error| Fatal {
         code: exit::INVALID_POLICY,
         error,
@@ -132,7 +138,7 @@ pub fn load_policy(path: &Path, canary: Option<&Canary>) -> Result<LoadedPolicy,
             path.display()
         ))
     })?;
-    compile_policy(text, &path.display().to_string(), canary)
+    compile_policy(text, &path.display().to_string(), builtins)
 }
 
 /// Validates and compiles a policy's text; errors name `origin` (a file)
@@ -140,15 +146,15 @@ pub fn load_policy(path: &Path, canary: Option<&Canary>) -> Result<LoadedPolicy,
 pub fn compile_policy(
     text: String,
     origin: &str,
-    canary: Option<&Canary>,
+    builtins: Option<&Builtins>,
 ) -> Result<LoadedPolicy, Fatal> {
     let invalid = |e: &dyn std::fmt::Display| Fatal {
         code: exit::INVALID_POLICY,
         error: anyhow::anyhow!("invalid policy {origin}: {e}"),
     };
     let mut parsed = policy::parse(&text).map_err(|e| invalid(&e))?;
-    if let Some(canary) = canary {
-        canary.add_to(&mut parsed);
+    if let Some(builtins) = builtins {
+        builtins.add_to(&mut parsed);
     }
     let compiled = compile::compile(&parsed).map_err(|e| invalid(&e))?;
     Ok(LoadedPolicy {
@@ -166,12 +172,12 @@ fn digest(text: &[u8]) -> String {
 /// Checks whether this host can enforce, without enforcing anything: loads
 /// and attaches the programs and runs the readiness canary, then detaches.
 pub fn check_host() -> Result<(), Fatal> {
-    let canary = Canary::prepare().map_err(failure)?;
+    let builtins = Builtins::new(Canary::prepare().map_err(failure)?, Vec::new());
     let mut only_canary = policy::Policy {
         profiles: vec![],
         agents: vec![],
     };
-    canary.add_to(&mut only_canary);
+    builtins.add_to(&mut only_canary);
     let compiled = compile::compile(&only_canary)
         .map_err(|e| failure(anyhow::anyhow!("canary profile: {e}")))?;
     let mount = cgroup::ensure_cgroup2().map_err(failure)?;
@@ -179,7 +185,7 @@ pub fn check_host() -> Result<(), Fatal> {
         &mount,
         cgroup::DEFAULT_ROOT,
         PathBuf::new(),
-        canary,
+        builtins,
         LoadedPolicy {
             compiled,
             sha256: String::new(),
@@ -210,7 +216,7 @@ pub struct State {
     enforcer: Enforcer,
     root: GuardRoot,
     policy_path: PathBuf,
-    canary: Arc<Canary>,
+    builtins: Arc<Builtins>,
     /// The generation in force first, then the ones it replaced.
     generations: VecDeque<Arc<Generation>>,
     sessions: Sessions,
@@ -229,7 +235,7 @@ impl State {
         mount: &Path,
         cgroup_root: &str,
         policy_path: PathBuf,
-        canary: Canary,
+        builtins: Builtins,
         policy: LoadedPolicy,
     ) -> Result<Self, Fatal> {
         let root = GuardRoot::create(mount, cgroup_root).map_err(failure)?;
@@ -250,7 +256,7 @@ impl State {
             enforcer,
             root,
             policy_path,
-            canary: Arc::new(canary),
+            builtins: Arc::new(builtins),
             generations: VecDeque::new(),
             sessions: Sessions::default(),
             agent_cgroups: BTreeMap::new(),
@@ -340,7 +346,11 @@ impl State {
                 self.enforcer.detach(hook);
             }
         }
-        self.readiness = self.canary.check(&self.root).map_err(|e| e.to_string());
+        self.readiness = self
+            .builtins
+            .canary
+            .check(&self.root)
+            .map_err(|e| e.to_string());
         Ok(())
     }
 
@@ -630,10 +640,30 @@ impl State {
     }
 }
 
+/// The files no agent may change: Guard's binaries, the policy, the
+/// records (created here if new, so that they are protected from the
+/// start) and what `--protect` names.
+fn own_files(config: &Config) -> Vec<PathBuf> {
+    let mut own = Builtins::binaries();
+    own.push(config.policy.clone());
+    for file in [&config.events, &config.ocsf].into_iter().flatten() {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+        {
+            warn!(file = %file.display(), "cannot create: {e}");
+        }
+        own.push(file.clone());
+    }
+    own.extend(config.protect.iter().cloned());
+    own
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), Fatal> {
-    let canary = Canary::prepare().map_err(failure)?;
-    let policy = load_policy(&config.policy, Some(&canary))?;
+    let builtins = Builtins::new(Canary::prepare().map_err(failure)?, own_files(&config));
+    let policy = load_policy(&config.policy, Some(&builtins))?;
     for note in &policy.compiled.notes {
         warn!("{note}");
     }
@@ -642,7 +672,7 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         &mount,
         &config.cgroup_root,
         config.policy.clone(),
-        canary,
+        builtins,
         policy,
     )?;
     let events = state.enforcer.take_events()?;
@@ -817,18 +847,18 @@ async fn reload(state: Arc<Mutex<State>>, reason: Reason) -> Response {
     let result = tokio::task::spawn_blocking(move || {
         // Read and compile without the lock (records keep flowing), then
         // publish with it.
-        let (path, canary, current) = {
+        let (path, builtins, current) = {
             let state = lock(&state);
             (
                 state.policy_path.clone(),
-                state.canary.clone(),
+                state.builtins.clone(),
                 state.current().clone(),
             )
         };
         if reason == Reason::FileChanged && !files_changed(&path, &current) {
             return Ok((current, None));
         }
-        let policy = load_policy(&path, Some(&canary));
+        let policy = load_policy(&path, Some(&builtins));
         let mut state = lock(&state);
         state
             .reload(reason, policy)

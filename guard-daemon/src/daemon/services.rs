@@ -68,9 +68,9 @@ impl pb::policy_service_server::PolicyService for LocalApi {
         request: Request<pb::ValidatePolicyRequest>,
     ) -> Result<Response<pb::ValidatePolicyResponse>, Status> {
         let text = request.into_inner().text;
-        let canary = lock(&self.state).canary.clone();
+        let builtins = lock(&self.state).builtins.clone();
         let checked =
-            tokio::task::spawn_blocking(move || compile_policy(text, "(request)", Some(&canary)))
+            tokio::task::spawn_blocking(move || compile_policy(text, "(request)", Some(&builtins)))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(match checked {
@@ -94,10 +94,10 @@ impl pb::policy_service_server::PolicyService for LocalApi {
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
         self.not_for_agents(&request, "change")?;
         let request = request.into_inner();
-        let (path, canary, sha256) = {
+        let (path, builtins, sha256) = {
             let state = lock(&self.state);
             let sha256 = state.current().policy_sha256.clone();
-            (state.policy_path.clone(), state.canary.clone(), sha256)
+            (state.policy_path.clone(), state.builtins.clone(), sha256)
         };
         if !request.expected_sha256.is_empty() && request.expected_sha256 != sha256 {
             return Err(Status::failed_precondition(format!(
@@ -107,7 +107,7 @@ impl pb::policy_service_server::PolicyService for LocalApi {
         }
         let text = request.text;
         let written = tokio::task::spawn_blocking(move || {
-            compile_policy(text.clone(), "(request)", Some(&canary))
+            compile_policy(text.clone(), "(request)", Some(&builtins))
                 .map_err(|fatal| Status::invalid_argument(fatal.to_string()))?;
             // Replace the file in one rename, so that a reload never reads
             // half of it.

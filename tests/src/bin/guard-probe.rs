@@ -19,8 +19,21 @@
 //!                             millisecond until file STOP exists; reports
 //!                             `{"pid":N,"ok":true,"allowed":A,"denied":D}`
 //!   connect-udp-flood ADDR N  the same N times as fast as it can
-//! --child-cgroup NAME first creates a child of the probe's own cgroup and
-//! moves the probe into it.
+//!   bpf                       bpf(BPF_PROG_GET_NEXT_ID) (ENOENT counts as ok)
+//!   kill PID SIG | ptrace PID (PTRACE_SEIZE, then detach)
+//!   pidfd-getfd PID FD        copy a descriptor of another process
+//!   mount-tmpfs DIR | umount DIR
+//!   finit-module FILE | init-module   load a (bogus) kernel module
+//!   clone-into-cgroup DIR     clone3(2) with CLONE_INTO_CGROUP; the child exits
+//!   join-cgroup DIR           write this process's pid to DIR/cgroup.procs
+//!
+//! --escape HOW first tries to leave the agent's confinement, ignoring the
+//! outcome, then does OP:
+//!   cgroup:DIR     write its pid to DIR/cgroup.procs
+//!   child-cgroup   create a child of its own cgroup and move into it
+//!   unshare        unshare every namespace it can (mount, cgroup, UTS, IPC, net)
+//!   daemonize      fork, setsid, fork again and let the middle process exit,
+//!                  so that OP runs re-parented to init (the grandchild reports)
 
 use std::{
     ffi::CString,
@@ -63,6 +76,51 @@ fn unspecified_for(a: &SocketAddr) -> &'static str {
     if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
 }
 
+/// Tries to leave the agent's confinement `how` (see the usage).
+fn escape(how: &str) {
+    match how.split_once(':') {
+        Some(("cgroup", dir)) => drop(join_cgroup(dir)),
+        _ if how == "child-cgroup" => drop(enter_child_cgroup("escape")),
+        _ if how == "unshare" => {
+            let flags = libc::CLONE_NEWNS
+                | libc::CLONE_NEWCGROUP
+                | libc::CLONE_NEWUTS
+                | libc::CLONE_NEWIPC
+                | libc::CLONE_NEWNET;
+            // SAFETY: plain flags.
+            unsafe { libc::unshare(flags) };
+        }
+        _ if how == "daemonize" => {
+            // SAFETY: the children only make system calls before going on
+            // with the single-threaded probe.
+            unsafe {
+                let child = libc::fork();
+                if child > 0 {
+                    let mut status = 0;
+                    libc::waitpid(child, &mut status, 0);
+                    // The grandchild reports, on the same stdout.
+                    libc::_exit(0);
+                }
+                libc::setsid();
+                let middle = libc::getpid();
+                if libc::fork() > 0 {
+                    libc::_exit(0);
+                }
+                // Wait until re-parented (to init or the nearest subreaper).
+                while libc::getppid() == middle {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+        }
+        _ => panic!("unknown escape {how}"),
+    }
+}
+
+/// Moves this process into cgroup `dir`.
+fn join_cgroup(dir: &str) -> io::Result<()> {
+    std::fs::write(format!("{dir}/cgroup.procs"), "0")
+}
+
 fn enter_child_cgroup(name: &str) -> io::Result<()> {
     let own = std::fs::read_to_string("/proc/self/cgroup")?;
     let path = own
@@ -83,7 +141,56 @@ fn enter_child_cgroup(name: &str) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
         _ => {}
     }
-    std::fs::write(format!("{child}/cgroup.procs"), "0")
+    join_cgroup(&child)
+}
+
+fn bpf_next_program_id() -> io::Result<()> {
+    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+    let mut attr = [0u32; 4];
+    // SAFETY: the kernel reads and writes at most `size_of_val(&attr)` bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_NEXT_ID,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    match io::Error::last_os_error() {
+        _ if rc == 0 => Ok(()),
+        e if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        e => Err(e),
+    }
+}
+
+fn syscall_result(rc: libc::c_long) -> io::Result<libc::c_long> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// clone3(2) with CLONE_INTO_CGROUP into `dir`; the child exits at once.
+fn clone_into_cgroup(dir: &str) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let cgroup = std::fs::File::open(dir)?;
+    // struct clone_args (CLONE_ARGS_SIZE_VER2).
+    let mut args = [0u64; 11];
+    args[0] = CLONE_INTO_CGROUP;
+    args[4] = libc::SIGCHLD as u64; // exit_signal
+    args[10] = cgroup.as_raw_fd() as u64;
+    // SAFETY: like fork(2): the child only exits.
+    let pid = syscall_result(unsafe {
+        libc::syscall(libc::SYS_clone3, args.as_ptr(), size_of_val(&args))
+    })?;
+    if pid == 0 {
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+    Ok(())
 }
 
 /// Connects one UDP socket to `to` over and over until `stop` exists, and
@@ -123,11 +230,8 @@ fn connect_udp_loop(to: SocketAddr, until: Until) -> io::Result<()> {
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--child-cgroup") {
-        let name = args.get(1).expect("--child-cgroup NAME").clone();
-        if let Err(e) = enter_child_cgroup(&name) {
-            panic!("cannot enter child cgroup {name}: {e}");
-        }
+    if args.first().map(String::as_str) == Some("--escape") {
+        escape(args.get(1).expect("--escape HOW"));
         args.drain(..2);
     }
     let arg = |i: usize| {
@@ -184,6 +288,60 @@ fn main() {
                 .and_then(|s| s.send_to(b"guard-probe", a))
                 .map(drop)
         }
+        "bpf" => bpf_next_program_id(),
+        "kill" => check(unsafe {
+            libc::kill(
+                arg(1).parse().expect("a pid"),
+                arg(2).parse().expect("a signal"),
+            )
+        }),
+        "ptrace" => {
+            let pid: libc::pid_t = arg(1).parse().expect("a pid");
+            syscall_result(unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) }).map(|_| unsafe {
+                libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+            })
+        }
+        "pidfd-getfd" => {
+            let pid: libc::pid_t = arg(1).parse().expect("a pid");
+            let fd: libc::c_int = arg(2).parse().expect("a descriptor");
+            syscall_result(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }).and_then(
+                |pidfd| {
+                    syscall_result(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) })
+                        .map(drop)
+                },
+            )
+        }
+        "mount-tmpfs" => check(unsafe {
+            libc::mount(
+                cstr("none").as_ptr(),
+                cstr(arg(1)).as_ptr(),
+                cstr("tmpfs").as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        }),
+        "umount" => check(unsafe { libc::umount2(cstr(arg(1)).as_ptr(), 0) }),
+        "finit-module" => std::fs::File::open(arg(1)).and_then(|file| {
+            use std::os::fd::AsRawFd;
+            syscall_result(unsafe {
+                libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), c"".as_ptr(), 0)
+            })
+            .map(drop)
+        }),
+        "init-module" => {
+            let image = [0u8; 64];
+            syscall_result(unsafe {
+                libc::syscall(
+                    libc::SYS_init_module,
+                    image.as_ptr(),
+                    image.len(),
+                    c"".as_ptr(),
+                )
+            })
+            .map(drop)
+        }
+        "clone-into-cgroup" => clone_into_cgroup(arg(1)),
+        "join-cgroup" => join_cgroup(arg(1)),
         op => panic!("unknown op {op}"),
     };
     report(result)
