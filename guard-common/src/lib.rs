@@ -274,6 +274,9 @@ pub mod lsm {
     pub const KERNEL_LOAD_DATA: LsmHook = LsmHook::required("kernel_load_data", 2);
     /// `int task_alloc(struct task_struct *task, unsigned long clone_flags)`
     pub const TASK_ALLOC: LsmHook = LsmHook::required("task_alloc", 2);
+    /// `int mmap_file(struct file *file, unsigned long reqprot,
+    /// unsigned long prot, unsigned long flags)`
+    pub const MMAP_FILE: LsmHook = LsmHook::required("mmap_file", 4);
 
     pub const ALL: &[LsmHook] = &[
         BPRM_CHECK_SECURITY,
@@ -299,6 +302,7 @@ pub mod lsm {
         KERNEL_READ_FILE,
         KERNEL_LOAD_DATA,
         TASK_ALLOC,
+        MMAP_FILE,
     ];
 }
 
@@ -353,6 +357,8 @@ pub mod hook {
     pub const KERNEL_LOAD_DATA: u32 = 24;
     /// clone3(2) with CLONE_INTO_CGROUP.
     pub const CLONE_INTO_CGROUP: u32 = 25;
+    /// Mapping a file executable (the dynamic loader running a program).
+    pub const EXEC_MAP: u32 = 26;
 }
 
 /// Outcome of a decision.

@@ -215,6 +215,7 @@ pub fn hook_name(id: u32) -> (&'static str, &'static str) {
         hook::KERNEL_READ_FILE => ("kernel_read_file", "load_kernel_file"),
         hook::KERNEL_LOAD_DATA => ("kernel_load_data", "load_kernel_data"),
         hook::CLONE_INTO_CGROUP => ("task_alloc", "clone_into_cgroup"),
+        hook::EXEC_MAP => ("mmap_file", "exec_map"),
         _ => ("unknown", "unknown"),
     }
 }

@@ -42,7 +42,7 @@ fn class(r: &Record) -> (u32, &'static str, u32, &'static str, u32, &'static str
         );
     }
     match r.action.as_str() {
-        "exec" => (1007, "Process Activity", 1, "System Activity", 1, "Launch"),
+        "exec" | "exec_map" => (1007, "Process Activity", 1, "System Activity", 1, "Launch"),
         "unlink" | "rmdir" => with(FILE, 4, "Delete"),
         "rename" | "rename_into" => with(FILE, 5, "Rename"),
         "truncate" => with(FILE, 3, "Update"),

@@ -383,6 +383,37 @@ fn try_exec(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     }))
 }
 
+const PROT_EXEC: u64 = 0x4;
+
+/// Denies mapping a file executable when an exec rule denies that file by
+/// identity: `ld.so PROGRAM` runs a program by mapping it, not executing
+/// it. Path rules are not applied here (no `bpf_d_path` in this hook), nor
+/// the default: every library a process loads is mapped this way.
+#[lsm(hook = "mmap_file")]
+#[inline(always)]
+fn mmap_file(ctx: LsmContext) -> i32 {
+    decide_hook(&ctx, lsm::MMAP_FILE, |agent| try_mmap_file(&ctx, agent))
+}
+
+fn try_mmap_file(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
+    let file: Kptr = ctx.arg(0);
+    let prot: u64 = ctx.arg(2);
+    if file.is_null() || prot & PROT_EXEC == 0 {
+        return Ok(false);
+    }
+    let identity = kernel::inode_identity(kernel::file_inode(file)?)?;
+    // SAFETY: the value is a plain Copy struct, copied out at once.
+    let rule = match unsafe { EXEC_IDENTITY.get(&identity.key(agent.entry.profile)) } {
+        Some(found) if found.rule.action == action::DENY => found.rule,
+        _ => return Ok(false),
+    };
+    let decision = Decision::new(agent, Some(rule), 0);
+    Ok(decided(agent, hook::EXEC_MAP, &decision, |event| {
+        set_identity(event, Some(identity));
+        set_target_path(event, kernel::file_path(file));
+    }))
+}
+
 // ---------------------------------------------------------------- files ---
 
 /// What a file hook is about to do to its target.

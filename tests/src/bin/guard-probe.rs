@@ -26,6 +26,14 @@
 //!   finit-module FILE | init-module   load a (bogus) kernel module
 //!   clone-into-cgroup DIR     clone3(2) with CLONE_INTO_CGROUP; the child exits
 //!   join-cgroup DIR           write this process's pid to DIR/cgroup.procs
+//!   exec-fd PATH              execveat(open(PATH), "", AT_EMPTY_PATH)
+//!   exec-proc-fd PATH         execv("/proc/self/fd/N") of open(PATH)
+//!   exec-memfd PATH           copy PATH into a memfd, then fexecve it
+//!   rename-exchange A B       renameat2(RENAME_EXCHANGE)
+//!   sendto-fastopen ADDR      TCP sendto(2) with MSG_FASTOPEN
+//!   sendmmsg-udp ADDR         UDP sendmmsg(2) of two datagrams
+//!   connect-nonblock ADDR     TCP connect(2) on a non-blocking socket
+//!   connect-fd FD ADDR        UDP connect(2) of inherited socket FD
 //!
 //! --escape HOW first tries to leave the agent's confinement, ignoring the
 //! outcome, then does OP:
@@ -114,6 +122,153 @@ fn escape(how: &str) {
         }
         _ => panic!("unknown escape {how}"),
     }
+}
+
+enum ExecVia {
+    EmptyPath,
+    ProcFd,
+    Memfd,
+}
+
+/// Executes `path` through a descriptor instead of its name.
+fn exec_variant(path: &str, via: ExecVia) -> io::Result<()> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let file = std::fs::File::open(path)?;
+    let fd = match via {
+        ExecVia::Memfd => {
+            // SAFETY: a plain system call; the descriptor is owned below.
+            let memfd = unsafe { libc::memfd_create(c"guard-probe".as_ptr(), 0) };
+            check(memfd)?;
+            let mut copy = unsafe { std::fs::File::from_raw_fd(memfd) };
+            io::copy(&mut &file, &mut copy)?;
+            copy.into_raw_fd()
+        }
+        _ => file.into_raw_fd(),
+    };
+    let argv = [c"guard-probe".as_ptr(), c"true".as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    match via {
+        ExecVia::ProcFd => {
+            let proc_path = cstr(&format!("/proc/self/fd/{fd}"));
+            unsafe { libc::execv(proc_path.as_ptr(), argv.as_ptr()) };
+        }
+        _ => unsafe {
+            libc::execveat(
+                fd,
+                c"".as_ptr(),
+                argv.as_ptr() as *const *mut libc::c_char,
+                envp.as_ptr() as *const *mut libc::c_char,
+                libc::AT_EMPTY_PATH,
+            );
+        },
+    }
+    Err(io::Error::last_os_error())
+}
+
+/// A TCP Fast Open sendto(2): connect and send in one call.
+fn sendto_fastopen(to: SocketAddr) -> io::Result<()> {
+    let socket = socket_for(&to, libc::SOCK_STREAM)?;
+    let (sockaddr, len) = raw_addr(&to);
+    // SAFETY: a valid socket, buffer and address.
+    let rc = unsafe {
+        libc::sendto(
+            socket,
+            c"guard-probe".as_ptr().cast(),
+            11,
+            libc::MSG_FASTOPEN,
+            (&raw const sockaddr).cast(),
+            len,
+        )
+    };
+    unsafe { libc::close(socket) };
+    check(rc as i32)
+}
+
+/// sendmmsg(2) of two UDP datagrams to `to`; fails if either is refused.
+fn sendmmsg_udp(to: SocketAddr) -> io::Result<()> {
+    let socket = socket_for(&to, libc::SOCK_DGRAM)?;
+    let (mut sockaddr, len) = raw_addr(&to);
+    let mut payload = *b"guard-probe";
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr().cast(),
+        iov_len: payload.len(),
+    };
+    // SAFETY: zeroed msghdrs are valid; the pointers outlive the call.
+    let mut msgs: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
+    for m in &mut msgs {
+        m.msg_hdr.msg_name = (&raw mut sockaddr).cast();
+        m.msg_hdr.msg_namelen = len;
+        m.msg_hdr.msg_iov = &raw mut iov;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    let sent = unsafe { libc::sendmmsg(socket, msgs.as_mut_ptr(), 2, 0) };
+    let result = match sent {
+        2 => Ok(()),
+        n if n < 0 => Err(io::Error::last_os_error()),
+        // The first went out and the second was refused: report why.
+        _ => Err(io::Error::from_raw_os_error(libc::EPERM)),
+    };
+    unsafe { libc::close(socket) };
+    result
+}
+
+/// connect(2) on a non-blocking TCP socket; EINPROGRESS counts as ok.
+fn connect_nonblock(to: SocketAddr) -> io::Result<()> {
+    let socket = socket_for(&to, libc::SOCK_STREAM | libc::SOCK_NONBLOCK)?;
+    let (sockaddr, len) = raw_addr(&to);
+    // SAFETY: a valid socket and address.
+    let rc = unsafe { libc::connect(socket, (&raw const sockaddr).cast(), len) };
+    let result = match check(rc) {
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(()),
+        other => other,
+    };
+    unsafe { libc::close(socket) };
+    result
+}
+
+fn socket_for(to: &SocketAddr, kind: libc::c_int) -> io::Result<libc::c_int> {
+    let family = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: a plain system call.
+    let fd = unsafe { libc::socket(family, kind, 0) };
+    check(fd).map(|()| fd)
+}
+
+/// `to` as a `sockaddr_storage` and its length.
+fn raw_addr(to: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: a zeroed sockaddr_storage is valid and large enough for both.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match to {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
 }
 
 /// Moves this process into cgroup `dir`.
@@ -341,6 +496,28 @@ fn main() {
             .map(drop)
         }
         "clone-into-cgroup" => clone_into_cgroup(arg(1)),
+        "exec-fd" => exec_variant(arg(1), ExecVia::EmptyPath),
+        "exec-proc-fd" => exec_variant(arg(1), ExecVia::ProcFd),
+        "exec-memfd" => exec_variant(arg(1), ExecVia::Memfd),
+        "rename-exchange" => check(unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                cstr(arg(1)).as_ptr(),
+                libc::AT_FDCWD,
+                cstr(arg(2)).as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        }),
+        "sendto-fastopen" => sendto_fastopen(addr(arg(1))),
+        "sendmmsg-udp" => sendmmsg_udp(addr(arg(1))),
+        "connect-nonblock" => connect_nonblock(addr(arg(1))),
+        "connect-fd" => {
+            use std::os::fd::FromRawFd;
+            let fd: i32 = arg(1).parse().expect("a descriptor");
+            // SAFETY: the caller passes an open UDP socket as FD.
+            let socket = unsafe { UdpSocket::from_raw_fd(fd) };
+            socket.connect(addr(arg(2)))
+        }
         "join-cgroup" => join_cgroup(arg(1)),
         op => panic!("unknown op {op}"),
     };
