@@ -90,6 +90,10 @@ pub mod global {
     pub const ROOT_CGROUP_ID: &str = "GUARD_ROOT_CGROUP_ID";
     /// Level (depth below the cgroup2 root) of Guard's root cgroup.
     pub const ROOT_CGROUP_LEVEL: &str = "GUARD_ROOT_CGROUP_LEVEL";
+    /// Fault injection for the kernel tests (guardd sets it only when
+    /// `GUARD_FAULT_HOOK_ERRORS=1`): every file decision about an agent
+    /// fails as an internal error.
+    pub const FAULT_HOOK_ERRORS: &str = "GUARD_FAULT_HOOK_ERRORS";
 }
 
 /// The generation in force: value of the inner map of [`map::GENERATION`].
@@ -403,6 +407,9 @@ pub mod agent_flag {
     /// Deny an action whose record cannot be reserved (the ring buffer is
     /// full) rather than let it happen unrecorded.
     pub const AUDIT_OR_DENY: u32 = 1 << 5;
+    /// Deny an action the hook could not decide (an internal error: kernel
+    /// memory it could not read) rather than allow it.
+    pub const FAIL_CLOSED: u32 = 1 << 6;
 }
 
 /// Bits of [`Event::flags`].
@@ -427,7 +434,8 @@ pub mod protocol {
 pub enum Counter {
     /// A record could not be reserved in the ring buffer and was lost.
     EventsLost = 0,
-    /// A hook could not read kernel memory it needed and failed open.
+    /// A hook could not read kernel memory it needed (an internal error):
+    /// it allowed the action, or denied it for a fail-closed profile.
     HookErrors = 1,
     /// A file walk hit [`MAX_WALK_DEPTH`] before reaching a root.
     WalkTooDeep = 2,
@@ -436,9 +444,12 @@ pub enum Counter {
     /// Actions denied only because their record could not be reserved
     /// (profiles with audit-or-deny).
     UnrecordedDenials = 4,
+    /// Internal errors that denied the action (fail-closed profiles); a
+    /// part of [`Counter::HookErrors`].
+    ErrorDenials = 5,
 }
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 5;
+pub const COUNTER_SLOTS: u32 = 6;
 
 /// Key of [`map::AGENTS`]: a session or agent cgroup, in one generation slot.
 #[repr(C)]

@@ -97,6 +97,9 @@ impl Canary {
             mode: Mode::Enforce,
             record_allowed: false,
             audit_or_deny: false,
+            // A hook that runs but cannot decide still denies the canary;
+            // the error counters report that it could not decide.
+            on_error: Access::Deny,
             defaults: Defaults::all(Access::Allow),
             exec: vec![rule(
                 "exec",

@@ -226,6 +226,7 @@ fn profile_entry(profile: &Profile, index: u32) -> AgentEntry {
         },
         flags: flag(profile.record_allowed, agent_flag::RECORD_ALLOWED)
             | flag(profile.audit_or_deny, agent_flag::AUDIT_OR_DENY)
+            | flag(profile.on_error == Access::Deny, agent_flag::FAIL_CLOSED)
             | flag(
                 profile.defaults.exec == Access::Deny,
                 agent_flag::EXEC_DEFAULT_DENY,
@@ -813,6 +814,17 @@ mod tests {
             "{}",
             c.summary()
         );
+    }
+
+    #[test]
+    fn on_error_deny_fails_closed() {
+        let c = compile_text("profiles:\n  - name: a\n  - name: b\n    on_error: deny\n").unwrap();
+        let fail_closed = |i: usize| c.profiles[i].1.flags & agent_flag::FAIL_CLOSED != 0;
+        assert!(!fail_closed(0), "fail open by default");
+        assert!(fail_closed(1));
+        let e =
+            parse("profiles:\n  - name: a\n    default: allow\n    on_error: maybe\n").unwrap_err();
+        assert_eq!(e.location.line, 4, "{e}");
     }
 
     #[test]

@@ -206,6 +206,13 @@ impl Enforcer {
         }
         loader.override_global(global::ROOT_CGROUP_ID, &root.id, true);
         loader.override_global(global::ROOT_CGROUP_LEVEL, &root.level, true);
+        let fault: u32 = if std::env::var("GUARD_FAULT_HOOK_ERRORS").as_deref() == Ok("1") {
+            tracing::warn!("GUARD_FAULT_HOOK_ERRORS: every file decision about an agent fails");
+            1
+        } else {
+            0
+        };
+        loader.override_global(global::FAULT_HOOK_ERRORS, &fault, true);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(EnforceError::Object)?;
 
         let btf = Btf::from_sys_fs().map_err(EnforceError::Btf)?;

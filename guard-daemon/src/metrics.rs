@@ -65,7 +65,7 @@ impl Default for DaemonMetrics {
         let kernel = Family::<NameLabels, Gauge>::default();
         registry.register(
             "kernel_counter",
-            "The BPF programs' counters (records_made, events_lost, unrecorded_denials, hook_errors, walk_too_deep)",
+            "The BPF programs' counters (records_made, events_lost, unrecorded_denials, hook_errors, error_denials, walk_too_deep)",
             kernel.clone(),
         );
         let enforcing = Gauge::default();

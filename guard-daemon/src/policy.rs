@@ -85,6 +85,9 @@ pub struct Profile {
     /// Deny an action whose record cannot be written (implies
     /// `record_allowed`).
     pub audit_or_deny: bool,
+    /// What an internal error in a hook does: allow (fail open, the
+    /// default) or deny (fail closed).
+    pub on_error: Access,
     pub defaults: Defaults,
     pub exec: Vec<Rule<ExecTarget>>,
     pub files: Vec<Rule<FileTarget>>,
@@ -255,6 +258,8 @@ struct ProfileFile {
     record_allowed: bool,
     #[serde(default)]
     audit_or_deny: bool,
+    #[serde(default = "fail_open")]
+    on_error: Access,
     /// Required: a profile says what happens when no rule matches.
     default: DefaultsFile,
     #[serde(default)]
@@ -263,6 +268,10 @@ struct ProfileFile {
     files: FilesFile,
     #[serde(default)]
     network: NetworkFile,
+}
+
+fn fail_open() -> Access {
+    Access::Allow
 }
 
 /// `default: allow`, or one value per kind of action.
@@ -396,6 +405,7 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
             mode: profile.mode,
             record_allowed: profile.record_allowed || profile.audit_or_deny,
             audit_or_deny: profile.audit_or_deny,
+            on_error: profile.on_error,
             defaults: match profile.default {
                 DefaultsFile::All(access) => Defaults::all(access),
                 DefaultsFile::PerKind(d) => Defaults {

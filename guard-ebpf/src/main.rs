@@ -48,6 +48,10 @@ static GUARD_ROOT_CGROUP_ID: u64 = 0;
 /// Level of Guard's root cgroup below the cgroup2 root (set likewise).
 #[unsafe(no_mangle)]
 static GUARD_ROOT_CGROUP_LEVEL: u32 = 0;
+/// Non-zero only in fault-injection tests: every file decision about an
+/// agent fails as an internal error.
+#[unsafe(no_mangle)]
+static GUARD_FAULT_HOOK_ERRORS: u32 = 0;
 
 /// The calling process's agent: the cgroup whose entry applies, the
 /// generation in force, and the entry.
@@ -128,14 +132,20 @@ fn deny_return() -> i32 {
 /// [-4095, 0], and a value loaded back from memory is zero-extended and fails
 /// that check. An earlier program's denial is kept, as EPERM.
 #[inline(always)]
-fn verdict(result: Result<bool, ReadError>) -> i32 {
+fn verdict(result: Result<bool, ReadError>, agent_flags: u32) -> i32 {
     match result {
         Ok(true) => deny_return(),
         Ok(false) => 0,
         Err(_) => {
-            // Could not read what the decision needs: allow (fail open), counted.
+            // Could not read what the decision needs: the profile says
+            // whether that allows (fail open) or denies (fail closed).
             count(Counter::HookErrors);
-            0
+            if agent_flags & agent_flag::FAIL_CLOSED != 0 {
+                count(Counter::ErrorDenials);
+                deny_return()
+            } else {
+                0
+            }
         }
     }
 }
@@ -308,7 +318,7 @@ fn decide_hook(
         }
     }
     match current_agent() {
-        Some(agent) => verdict(decide(&agent)),
+        Some(agent) => verdict(decide(&agent), agent.entry.flags),
         None => 0,
     }
 }
@@ -461,6 +471,10 @@ fn check_file(
     vfsmount: Kptr,
     dentry: Kptr,
 ) -> Result<bool, ReadError> {
+    // SAFETY: a plain read of a static set at load time.
+    if unsafe { core::ptr::read_volatile(&GUARD_FAULT_HOOK_ERRORS) } != 0 {
+        return Err(-1);
+    }
     let (dentry_arg, vfsmount_arg) = (kernel::as_scalar(dentry)?, kernel::as_scalar(vfsmount)?);
     let decision = if kernel::off_limits(dentry, hook_id == hook::OPEN_WRITE)? {
         Decision::SELF_PROTECTION

@@ -1321,6 +1321,47 @@ fn a_tagged_process_stays_tagged() {
     );
 }
 
+/// A hook that cannot decide (an internal error, injected here for every
+/// file decision) allows by default and denies for `on_error: deny`; both
+/// are counted.
+#[test]
+fn internal_errors_fail_open_or_closed_as_the_profile_says() {
+    let e = env();
+    let dir = e.path("faults");
+    fs::create_dir_all(&dir).unwrap();
+    let policy = policy_of(
+        &format!(
+            "{}  - name: closed\n    default: allow\n    on_error: deny\n",
+            open_profile("open")
+        ),
+        &["open", "closed"],
+    );
+    let guardd = Guardd::start_with_env(
+        &dir,
+        &policy,
+        "guard-fault-test",
+        &[("GUARD_FAULT_HOOK_ERRORS", "1")],
+    );
+    let counters = |name: &str| guardd.status()["counters"][name].as_u64().unwrap();
+    let victim = dir.join("victim");
+    fs::write(&victim, "x").unwrap();
+    let (errors, denials) = (counters("hook_errors"), counters("error_denials"));
+    let open = guardd.probe("open", &dir, &["unlink", &victim.display().to_string()]);
+    assert_eq!(open.errno, None, "fail open");
+    assert!(!victim.exists());
+    assert!(counters("hook_errors") > errors);
+    assert_eq!(
+        counters("error_denials"),
+        denials,
+        "nothing denied failing open"
+    );
+    fs::write(&victim, "x").unwrap();
+    let closed = guardd.probe("closed", &dir, &["unlink", &victim.display().to_string()]);
+    assert_eq!(closed.errno, Some(EPERM), "fail closed");
+    assert!(victim.exists());
+    assert!(counters("error_denials") > denials);
+}
+
 // --------------------------------------------------------- read-only files --
 
 #[test]

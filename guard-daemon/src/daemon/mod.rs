@@ -602,6 +602,7 @@ impl State {
             ("walk_too_deep", Counter::WalkTooDeep),
             ("records_made", Counter::RecordsMade),
             ("unrecorded_denials", Counter::UnrecordedDenials),
+            ("error_denials", Counter::ErrorDenials),
         ]
         .into_iter()
         .map(|(name, c)| (name.to_string(), self.enforcer.counter(c).unwrap_or(0)))
