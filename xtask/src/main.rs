@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, tests in kernel VMs, and the demo.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -48,6 +49,16 @@ enum Cmd {
         /// Run on this host (it must be able to enforce) instead of a VM.
         #[arg(long)]
         host: bool,
+    },
+    /// Fuzz the policy parser and compiler, the record decoder and the
+    /// collector's ingest step (cargo-fuzz, installed on first use), each
+    /// for a bounded time. Crashes are saved in tests/fuzz/artifacts/.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (policy, record_decode, collector_ingest).
+        target: Option<String>,
     },
 }
 
@@ -417,5 +428,6 @@ fn main() -> Result<()> {
         }
         Cmd::Demo => demo(&repo),
         Cmd::Bench { host } => bench::bench(&repo, host),
+        Cmd::Fuzz { seconds, target } => fuzz::fuzz(&repo, seconds, target),
     }
 }

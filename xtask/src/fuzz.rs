@@ -1,0 +1,57 @@
+//! `cargo xtask fuzz`: runs each fuzz target of tests/fuzz (cargo-fuzz,
+//! libFuzzer) for a bounded time. Not part of `cargo xtask test`: a
+//! campaign is open-ended, and CI's time is not. Findings land in
+//! tests/fuzz/artifacts/TARGET/, the growing corpus in tests/fuzz/corpus/.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::{Repo, run, setup};
+
+/// The targets: the policy parser and compiler, the record decoder (ring
+/// buffer records and events-file lines), and the collector's ingest step.
+pub const TARGETS: &[&str] = &["policy", "record_decode", "collector_ingest"];
+
+const CARGO_FUZZ: &str = "0.13.2";
+
+pub fn fuzz(repo: &Repo, seconds: u64, only: Option<String>) -> Result<()> {
+    setup::setup(repo)?;
+    let has_cargo_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_cargo_fuzz {
+        run(Command::new("cargo").args([
+            "install",
+            "--locked",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ,
+        ]))?;
+    }
+    let targets: Vec<&str> = match &only {
+        Some(name) if TARGETS.contains(&name.as_str()) => vec![name.as_str()],
+        Some(name) => bail!("no fuzz target `{name}`; the targets are {TARGETS:?}"),
+        None => TARGETS.to_vec(),
+    };
+    // libFuzzer's instrumentation needs a nightly; the eBPF build pins one.
+    let nightly = format!("+{}", repo.ebpf_toolchain()?);
+    for target in targets {
+        eprintln!("xtask: fuzzing {target} for {seconds} s");
+        run(Command::new("cargo")
+            .current_dir(&repo.root)
+            .args([
+                &nightly,
+                "fuzz",
+                "run",
+                "--fuzz-dir",
+                "tests/fuzz",
+                target,
+                "--",
+            ])
+            .arg(format!("-max_total_time={seconds}")))?;
+    }
+    eprintln!("xtask: no fuzz target found a crash");
+    Ok(())
+}
