@@ -1172,6 +1172,55 @@ fn protected_files_survive_other_routes() {
     assert_intact(&deep, "protected/deep/keep.txt");
 }
 
+/// io_uring requests reach the same kernel functions, and the same hooks,
+/// as the system calls (some run on the process's io-wq worker threads).
+#[test]
+fn io_uring_requests_are_decided_like_system_calls() {
+    let e = env();
+    let path = file("protected/uring.txt");
+    assert_denied(
+        tagged(&["uring-unlink", &e.p("protected/uring.txt")]),
+        "unlink",
+        &e.p("protected/uring.txt"),
+        "files-protected-dir",
+    );
+    assert_denied(
+        tagged(&[
+            "uring-rename",
+            &e.p("protected/uring.txt"),
+            &e.p("open/uring-moved.txt"),
+        ]),
+        "rename",
+        &e.p("protected/uring.txt"),
+        "files-protected-dir",
+    );
+    assert_intact(&path, "protected/uring.txt");
+    let config = file("read-only/uring.conf");
+    assert_denied(
+        tagged(&["uring-open-write", &e.p("read-only/uring.conf")]),
+        "open_write",
+        &e.p("read-only/uring.conf"),
+        "files-read-only",
+    );
+    assert_intact(&config, "read-only/uring.conf");
+    let listener = TcpListener::bind(("127.0.0.1", PORT_V4)).unwrap();
+    let target = format!("127.0.0.1:{PORT_V4}");
+    assert_denied(
+        tagged(&["uring-connect", &target]),
+        "connect",
+        &target,
+        "net-v4",
+    );
+    assert_no_connection(&listener);
+    // Allowed requests go through.
+    file("open/uring-ok.txt");
+    assert_allowed_tagged(
+        tagged(&["uring-unlink", &e.p("open/uring-ok.txt")]),
+        "unlink",
+        &e.p("open/uring-ok.txt"),
+    );
+}
+
 #[test]
 fn connect_denied_through_other_calls() {
     let listener = TcpListener::bind(("127.0.0.1", PORT_V4)).unwrap();

@@ -34,6 +34,8 @@
 //!   sendmmsg-udp ADDR         UDP sendmmsg(2) of two datagrams
 //!   connect-nonblock ADDR     TCP connect(2) on a non-blocking socket
 //!   connect-fd FD ADDR        UDP connect(2) of inherited socket FD
+//!   uring-unlink PATH | uring-rename FROM TO | uring-open-write PATH |
+//!   uring-connect ADDR        the same through io_uring (TCP connect)
 //!
 //! --escape HOW first tries to leave the agent's confinement, ignoring the
 //! outcome, then does OP:
@@ -43,6 +45,7 @@
 //!   daemonize      fork, setsid, fork again and let the middle process exit,
 //!                  so that OP runs re-parented to init (the grandchild reports)
 
+use io_uring::{opcode, types};
 use std::{
     ffi::CString,
     io,
@@ -269,6 +272,22 @@ fn raw_addr(to: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         }
     };
     (storage, len as libc::socklen_t)
+}
+
+/// Submits one io_uring request and waits for it; its result as errno.
+fn uring(entry: io_uring::squeue::Entry) -> io::Result<()> {
+    let mut ring = io_uring::IoUring::new(4)?;
+    // SAFETY: every pointer the entry holds outlives the wait below.
+    unsafe { ring.submission().push(&entry) }.map_err(io::Error::other)?;
+    ring.submit_and_wait(1)?;
+    let completion = ring
+        .completion()
+        .next()
+        .ok_or_else(|| io::Error::other("no completion"))?;
+    match completion.result() {
+        res if res < 0 => Err(io::Error::from_raw_os_error(-res)),
+        _ => Ok(()),
+    }
 }
 
 /// Moves this process into cgroup `dir`.
@@ -499,6 +518,35 @@ fn main() {
         "exec-fd" => exec_variant(arg(1), ExecVia::EmptyPath),
         "exec-proc-fd" => exec_variant(arg(1), ExecVia::ProcFd),
         "exec-memfd" => exec_variant(arg(1), ExecVia::Memfd),
+        "uring-unlink" => {
+            let path = cstr(arg(1));
+            uring(opcode::UnlinkAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr()).build())
+        }
+        "uring-rename" => {
+            let (from, to) = (cstr(arg(1)), cstr(arg(2)));
+            let at = types::Fd(libc::AT_FDCWD);
+            uring(opcode::RenameAt::new(at, from.as_ptr(), at, to.as_ptr()).build())
+        }
+        "uring-open-write" => {
+            let path = cstr(arg(1));
+            uring(
+                opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+                    .flags(libc::O_WRONLY)
+                    .build(),
+            )
+        }
+        "uring-connect" => {
+            let to = addr(arg(1));
+            let (sockaddr, len) = raw_addr(&to);
+            socket_for(&to, libc::SOCK_STREAM).and_then(|socket| {
+                let result = uring(
+                    opcode::Connect::new(types::Fd(socket), (&raw const sockaddr).cast(), len)
+                        .build(),
+                );
+                unsafe { libc::close(socket) };
+                result
+            })
+        }
         "rename-exchange" => check(unsafe {
             libc::renameat2(
                 libc::AT_FDCWD,
