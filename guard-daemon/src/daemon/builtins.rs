@@ -59,9 +59,49 @@ impl Builtins {
                 })
             })
             .collect();
+        // First, so that a rule of the policy on the same target is the
+        // one refused, with its line.
         for profile in &mut policy.profiles {
-            profile.files.extend(own.iter().cloned());
+            profile.files.splice(0..0, own.iter().cloned());
         }
         self.canary.add_to(policy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{compile::compile, policy::parse};
+
+    #[test]
+    fn own_files_are_read_only_and_a_rule_on_one_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join("policy.yaml");
+        std::fs::write(&own, "").unwrap();
+        let builtins = Builtins::new(Canary::prepare().unwrap(), vec![own.clone()]);
+        let text = |rules: &str| {
+            format!("profiles:\n  - name: p\n    default: allow\n{rules}agents: []\n")
+        };
+        let mut policy = parse(&text("")).unwrap();
+        builtins.add_to(&mut policy);
+        let compiled = compile(&policy).unwrap();
+        assert!(
+            compiled
+                .file_identity
+                .iter()
+                .any(|(_, rule)| rule.action == guard_common::action::READ_ONLY)
+        );
+        let mut policy = parse(&text(&format!(
+            "    files:\n      writable:\n        - id: mine\n          path: {}\n",
+            own.display()
+        )))
+        .unwrap();
+        builtins.add_to(&mut policy);
+        let e = compile(&policy).unwrap_err();
+        assert_eq!(e.location.line, 6, "{e}");
+        assert!(
+            e.reason.contains("`mine`") && e.reason.contains("self-protection"),
+            "{e}"
+        );
     }
 }
