@@ -44,7 +44,7 @@ cat "$WORK/policy.yaml"
 
 say "Starting guardd"
 SOCKET="$WORK/control.sock"
-"$BIN/guardd" --policy "$WORK/policy.yaml" --events "$WORK/events.jsonl" --cgroup-root guard-demo --socket "$SOCKET" 2> "$WORK/guardd.log" &
+"$BIN/guardd" --policy "$WORK/policy.yaml" --events "$WORK/events.jsonl" --cgroup-root guard-demo --socket "$SOCKET" --state-file "$WORK/state.json" 2> "$WORK/guardd.log" &
 GUARDD=$!
 enforcing() { grep -q 'INFO.*enforcing:' "$WORK/guardd.log"; }
 for _ in $(seq 1 200); do
@@ -72,10 +72,11 @@ find prod-data -type f | sort
 say "guardctl status"
 "$BIN/guardctl" --socket "$SOCKET" status
 
-say "Stopping guardd (SIGTERM detaches the programs)"
+say "Stopping guardd (its programs stay attached until guardd --detach)"
 kill -TERM $GUARDD
 wait $GUARDD
 tail -n 1 "$WORK/guardd.log"
+"$BIN/guardd" --detach --cgroup-root guard-demo
 
 say "Denial records of demo-agent (guardd's readiness canary, agent .canary, was denied too before it said enforcing)"
 grep '"agent":"demo-agent"' "$WORK/events.jsonl" | grep '"verdict":"deny"'

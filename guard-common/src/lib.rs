@@ -39,6 +39,21 @@ pub mod map {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU u64 counters, indexed by [`super::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// The maps guardd pins with the programs' links, so that a guardd
+    /// started later adopts them (the others are private to the programs).
+    pub const PINNED: [&str; 11] = [
+        GENERATION,
+        GENERATION_SLOTS[0],
+        GENERATION_SLOTS[1],
+        AGENTS,
+        EXEC_IDENTITY,
+        EXEC_PATHS,
+        FILE_IDENTITY,
+        FILE_NAMES,
+        NET_RULES,
+        EVENTS,
+        COUNTERS,
+    ];
 }
 
 /// Generations the policy maps hold at once (the one in force and the next).
@@ -48,6 +63,11 @@ pub const SLOTS: u32 = 2;
 /// with the generation's slot in the top bit.
 pub const fn profile_key(slot: u32, index: u32) -> u32 {
     (slot << 31) | index
+}
+
+/// The slot in a profile id ([`profile_key`]).
+pub const fn profile_slot(key: u32) -> u32 {
+    key >> 31
 }
 
 /// The profile index in a profile id ([`profile_key`]).
@@ -447,9 +467,13 @@ pub enum Counter {
     /// Internal errors that denied the action (fail-closed profiles); a
     /// part of [`Counter::HookErrors`].
     ErrorDenials = 5,
+    /// Written by guardd, never by the programs: how many of
+    /// [`Counter::EventsLost`] loss lines have reported, so that a guardd
+    /// that adopts pinned programs reports only the rest.
+    LossesReported = 6,
 }
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 6;
+pub const COUNTER_SLOTS: u32 = 7;
 
 /// Key of [`map::AGENTS`]: a session or agent cgroup, in one generation slot.
 #[repr(C)]

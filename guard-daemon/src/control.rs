@@ -19,6 +19,9 @@ pub const DEFAULT_SOCKET: &str = "/run/guard/control.sock";
 
 /// Where guardd serves its local gRPC API (policy, sessions).
 pub const DEFAULT_API_SOCKET: &str = "/run/guard/api.sock";
+/// Where guardd keeps the policy in force and the live sessions for the
+/// next guardd.
+pub const DEFAULT_STATE_FILE: &str = "/run/guard/state.json";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,20 +1,29 @@
 //! The one owner of kernel state: checks that this host can enforce, loads
 //! and attaches the programs, and writes a compiled policy into their maps.
 
-use std::{io, path::Path};
+use std::{
+    collections::BTreeMap,
+    io,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader, Pod,
     maps::{
-        Array, ArrayOfMaps, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf,
-        lpm_trie::Key,
+        Array, ArrayOfMaps, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+        RingBuf, lpm_trie::Key,
     },
-    programs::{Lsm, ProgramError},
+    programs::{
+        Lsm, ProgramError,
+        links::{FdLink, PinnedLink},
+        lsm::LsmLinkId,
+    },
 };
 use guard_common::{
     AgentKey, Counter, ExecPathKey, GenerationInfo, IdentityKey, KERNEL_FIELDS, LsmHook, NameKey,
-    NetKey, global, lsm, map, profile_key,
+    NetKey, global, lsm, map, profile_key, profile_slot,
 };
+use sha2::{Digest, Sha256};
 
 use crate::{
     cgroup::{CgroupError, GuardRoot},
@@ -67,6 +76,8 @@ pub enum EnforceError {
     },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error("cannot pin the programs in {path}: {reason}")]
+    Pin { path: PathBuf, reason: String },
 }
 
 impl EnforceError {
@@ -110,16 +121,58 @@ pub struct Attachment {
     pub unavailable: Vec<&'static str>,
 }
 
-/// Loaded and attached programs. Dropping it detaches them.
+/// Where the programs of a build are pinned: see [`pin_root`].
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// The directory guardd pins its programs' links and maps in for Guard's
+/// cgroup `cgroup_root`, so that they stay attached while no guardd runs.
+/// It holds one directory per build of the programs ([`Enforcer::load`]).
+pub fn pin_root(cgroup_root: &str) -> PathBuf {
+    // bpffs refuses names with a dot.
+    let name: String = cgroup_root
+        .trim_matches('/')
+        .chars()
+        .map(|c| if c == '/' || c == '.' { '_' } else { c })
+        .collect();
+    Path::new(BPFFS).join("guard").join(name)
+}
+
+/// Attached programs and their maps. Dropping it detaches them, unless
+/// they are pinned ([`Self::pin`]): pinned, they stay attached until
+/// [`detach_pinned`].
 pub struct Enforcer {
-    ebpf: Ebpf,
+    /// The programs, when this guardd loaded them; `None` when it adopted
+    /// the ones a previous guardd left pinned.
+    ebpf: Option<Ebpf>,
+    /// The maps of [`map::PINNED`] but the generation slots, by name.
+    maps: BTreeMap<&'static str, Map>,
+    /// Links of attached programs not yet pinned.
+    unpinned: Vec<(&'static str, LsmLinkId)>,
+    /// Pinned links; holding them keeps them attached while guardd runs
+    /// even if their pins are removed.
+    links: Vec<(&'static str, FdLink)>,
+    /// This build's pin directory, below [`pin_root`]; `None` when the
+    /// programs are not to be pinned (`guardd --check`).
+    pins: Option<PathBuf>,
     pub attachment: Attachment,
+    /// Set when the programs were adopted from a previous guardd.
+    pub adopted: Option<Adopted>,
     /// The generation in force; `None` until the first [`Self::publish`].
     active: Option<GenerationInfo>,
     /// Keys written into each slot, to clear the slot before it is reused.
     written: [SlotKeys; 2],
-    /// The inner map of [`map::GENERATION`] for each slot.
-    generation_slots: [Array<MapData, GenerationInfo>; 2],
+    /// The inner map of [`map::GENERATION`] for each slot (array maps of
+    /// one [`GenerationInfo`]).
+    generation_slots: [Map; 2],
+}
+
+/// What a guardd found when it adopted pinned programs.
+#[derive(Debug)]
+pub struct Adopted {
+    /// The generation the previous guardd left in force.
+    pub generation: Option<u64>,
+    /// Ring-buffer losses its loss lines had not reported.
+    pub unreported_losses: u64,
 }
 
 /// The keys one generation slot holds.
@@ -171,7 +224,13 @@ big_endian_profile_in_slot!(ExecPathKey, NameKey, NetKey);
 impl Enforcer {
     /// Checks the host, loads the programs with this kernel's layout, and
     /// attaches every hook. Agents stay untouched until [`Self::publish`].
-    pub fn load(root: &GuardRoot) -> Result<Self, EnforceError> {
+    ///
+    /// With `pin_root` ([`pin_root`]), programs of this very build (same
+    /// object, kernel layout, Guard cgroup and hooks) that a previous guardd
+    /// left pinned there are adopted instead: their links and maps are
+    /// taken over, with the generation in force, so that agents are never
+    /// without them. Anything else there is replaced by [`Self::pin`].
+    pub fn load(root: &GuardRoot, pin_root: Option<&Path>) -> Result<Self, EnforceError> {
         check_bpf_lsm_active()?;
         let layout = KernelLayout::from_sys()?;
         let mut hooks = Vec::new();
@@ -195,30 +254,50 @@ impl Enforcer {
                 Err(e) => return Err(e.into()),
             }
         }
-        let offsets = KERNEL_FIELDS
+        let mut globals = KERNEL_FIELDS
             .iter()
-            .map(|field| Ok((field.global, layout.offset(field)?)))
+            .map(|field| Ok((field.global, u64::from(layout.offset(field)?))))
             .collect::<Result<Vec<_>, LayoutError>>()?;
+        let fault = std::env::var("GUARD_FAULT_HOOK_ERRORS").as_deref() == Ok("1");
+        if fault {
+            tracing::warn!("GUARD_FAULT_HOOK_ERRORS: every file decision about an agent fails");
+        }
+        globals.extend([
+            (global::ROOT_CGROUP_ID, root.id),
+            (global::ROOT_CGROUP_LEVEL, u64::from(root.level)),
+            (global::FAULT_HOOK_ERRORS, u64::from(fault)),
+        ]);
 
+        let pins = pin_root.map(|dir| dir.join(build_id(&globals, &hooks)));
+        if let Some(dir) = &pins
+            && dir.exists()
+        {
+            match Self::adopt(dir, &hooks, attachment.unavailable.clone()) {
+                Ok(enforcer) => return Ok(enforcer),
+                Err(e) => tracing::warn!(
+                    "{e}: cannot adopt the pinned programs of the previous guardd; loading afresh and replacing them"
+                ),
+            }
+        }
+
+        // The cgroup id is the only 64-bit global.
+        let narrow: Vec<(&str, u32)> = globals
+            .iter()
+            .filter(|(name, _)| *name != global::ROOT_CGROUP_ID)
+            .map(|(name, value)| (*name, *value as u32))
+            .collect();
         let mut loader = EbpfLoader::new();
-        for (name, offset) in &offsets {
-            loader.override_global(name, offset, true);
+        for (name, value) in &narrow {
+            loader.override_global(name, value, true);
         }
         loader.override_global(global::ROOT_CGROUP_ID, &root.id, true);
-        loader.override_global(global::ROOT_CGROUP_LEVEL, &root.level, true);
-        let fault: u32 = if std::env::var("GUARD_FAULT_HOOK_ERRORS").as_deref() == Ok("1") {
-            tracing::warn!("GUARD_FAULT_HOOK_ERRORS: every file decision about an agent fails");
-            1
-        } else {
-            0
-        };
-        loader.override_global(global::FAULT_HOOK_ERRORS, &fault, true);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(EnforceError::Object)?;
 
         let btf = Btf::from_sys_fs().map_err(EnforceError::Btf)?;
+        let mut unpinned = Vec::new();
         for hook in hooks {
             let started = std::time::Instant::now();
-            attach(&mut ebpf, &btf, &hook)?;
+            unpinned.push((hook.name, attach(&mut ebpf, &btf, &hook)?));
             tracing::debug!(
                 program = hook.name,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -226,26 +305,236 @@ impl Enforcer {
             );
             attachment.attached.push(hook.name);
         }
-        let mut slot = |name: &'static str| {
-            let data = ebpf.take_map(name).ok_or_else(|| missing_map(name))?;
-            Array::try_from(data).map_err(map_err(name))
+        let mut maps = BTreeMap::new();
+        for name in map::PINNED {
+            maps.insert(name, ebpf.take_map(name).ok_or_else(|| missing_map(name))?);
+        }
+        Self::with_maps(
+            Some(ebpf),
+            maps,
+            unpinned,
+            Vec::new(),
+            pins,
+            attachment,
+            None,
+        )
+    }
+
+    /// Takes over the links and maps pinned in `dir`.
+    fn adopt(
+        dir: &Path,
+        hooks: &[LsmHook],
+        unavailable: Vec<&'static str>,
+    ) -> Result<Self, EnforceError> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| EnforceError::Pin {
+            path: dir.to_path_buf(),
+            reason: format!("{what}: {e}"),
         };
+        let mut links = Vec::new();
+        for hook in hooks {
+            let link =
+                PinnedLink::from_pin(dir.join(hook.name)).map_err(|e| failed(hook.name, &e))?;
+            links.push((hook.name, FdLink::from(link)));
+        }
+        let mut maps = BTreeMap::new();
+        for name in map::PINNED {
+            let map = MapData::from_pin(dir.join(name))
+                .and_then(Map::from_map_data)
+                .map_err(|e| failed(name, &e))?;
+            maps.insert(name, map);
+        }
+        let attachment = Attachment {
+            attached: hooks.iter().map(|h| h.name).collect(),
+            unavailable,
+        };
+        let mut enforcer = Self::with_maps(
+            None,
+            maps,
+            Vec::new(),
+            links,
+            Some(dir.to_path_buf()),
+            attachment,
+            None,
+        )?;
+        enforcer.active = enforcer.generation_in_force()?;
+        // The slots' keys are read back, so that each slot can be cleared
+        // before it is reused, as if this guardd had written them.
+        enforcer.written = enforcer.keys_in_slots()?;
+        let reported = enforcer.counter(Counter::LossesReported)?;
+        let lost = enforcer.counter(Counter::EventsLost)?;
+        enforcer.adopted = Some(Adopted {
+            generation: enforcer.active.map(|a| a.generation),
+            unreported_losses: lost.saturating_sub(reported),
+        });
+        Ok(enforcer)
+    }
+
+    fn with_maps(
+        ebpf: Option<Ebpf>,
+        mut maps: BTreeMap<&'static str, Map>,
+        unpinned: Vec<(&'static str, LsmLinkId)>,
+        links: Vec<(&'static str, FdLink)>,
+        pins: Option<PathBuf>,
+        attachment: Attachment,
+        adopted: Option<Adopted>,
+    ) -> Result<Self, EnforceError> {
+        let mut slot = |name: &'static str| maps.remove(name).ok_or_else(|| missing_map(name));
         let generation_slots = [
             slot(map::GENERATION_SLOTS[0])?,
             slot(map::GENERATION_SLOTS[1])?,
         ];
         Ok(Self {
             ebpf,
+            maps,
+            unpinned,
+            links,
+            pins,
             attachment,
+            adopted,
             active: None,
             written: Default::default(),
             generation_slots,
         })
     }
 
+    /// The generation the programs see, read back from their maps.
+    fn generation_in_force(&self) -> Result<Option<GenerationInfo>, EnforceError> {
+        let data = self
+            .maps
+            .get(map::GENERATION)
+            .ok_or_else(|| missing_map(map::GENERATION))?;
+        let outer: ArrayOfMaps<_, MapData> =
+            ArrayOfMaps::try_from(data).map_err(map_err(map::GENERATION))?;
+        let inner = match outer.get(&0, 0) {
+            Ok(inner) => Map::Array(inner),
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(map_err(map::GENERATION)(e)),
+        };
+        let inner: Array<_, GenerationInfo> =
+            Array::try_from(&inner).map_err(map_err(map::GENERATION))?;
+        inner.get(&0, 0).map(Some).map_err(map_err(map::GENERATION))
+    }
+
+    /// Every key in the policy maps, by the slot it belongs to.
+    fn keys_in_slots(&self) -> Result<[SlotKeys; 2], EnforceError> {
+        let mut slots: [SlotKeys; 2] = Default::default();
+        let agents: HashMap<_, AgentKey, guard_common::AgentEntry> = self.map_ref(map::AGENTS)?;
+        for key in agents.keys() {
+            let key = key.map_err(map_err(map::AGENTS))?;
+            slots[key.slot as usize & 1].agents.push(key);
+        }
+        let exec_identity: HashMap<_, IdentityKey, guard_common::ExecIdentityRule> =
+            self.map_ref(map::EXEC_IDENTITY)?;
+        for key in exec_identity.keys() {
+            let key = key.map_err(map_err(map::EXEC_IDENTITY))?;
+            slots[profile_slot(key.profile) as usize]
+                .exec_identity
+                .push(key);
+        }
+        let file_identity: HashMap<_, IdentityKey, guard_common::RuleRef> =
+            self.map_ref(map::FILE_IDENTITY)?;
+        for key in file_identity.keys() {
+            let key = key.map_err(map_err(map::FILE_IDENTITY))?;
+            slots[profile_slot(key.profile) as usize]
+                .file_identity
+                .push(key);
+        }
+        let exec_paths: LpmTrie<_, ExecPathKey, guard_common::RuleRef> =
+            self.map_ref(map::EXEC_PATHS)?;
+        for key in exec_paths.keys() {
+            let key = key.map_err(map_err(map::EXEC_PATHS))?;
+            let slot = profile_slot(u32::from_be_bytes(key.data().profile)) as usize;
+            slots[slot].exec_paths.push((key.prefix_len(), key.data()));
+        }
+        let file_names: LpmTrie<_, NameKey, guard_common::RuleRef> =
+            self.map_ref(map::FILE_NAMES)?;
+        for key in file_names.keys() {
+            let key = key.map_err(map_err(map::FILE_NAMES))?;
+            let slot = profile_slot(u32::from_be_bytes(key.data().profile)) as usize;
+            slots[slot].file_names.push((key.prefix_len(), key.data()));
+        }
+        let net_rules: LpmTrie<_, NetKey, guard_common::NetRuleSet> =
+            self.map_ref(map::NET_RULES)?;
+        for key in net_rules.keys() {
+            let key = key.map_err(map_err(map::NET_RULES))?;
+            let slot = profile_slot(u32::from_be_bytes(key.data().profile)) as usize;
+            slots[slot].net_rules.push((key.prefix_len(), key.data()));
+        }
+        Ok(slots)
+    }
+
+    /// Pins the links and maps, so that the programs stay attached when
+    /// this guardd ends, and removes the pins of any other build (which
+    /// detaches those programs: these are attached already, so agents are
+    /// never without programs). Returns the records the replaced programs
+    /// made that no guardd read, and their unreported losses.
+    pub fn pin(&mut self) -> Result<u64, EnforceError> {
+        let Some(dir) = self.pins.clone() else {
+            return Ok(0);
+        };
+        let failed = |path: &Path, what: &str, e: &dyn std::fmt::Display| EnforceError::Pin {
+            path: path.to_path_buf(),
+            reason: format!("{what}: {e}"),
+        };
+        let root = dir.parent().expect("a build directory has a parent");
+        ensure_bpffs();
+        if let Some(ebpf) = &mut self.ebpf {
+            // Pinned in a staging directory, moved into place when whole.
+            let mut staging = dir.as_os_str().to_owned();
+            staging.push("_staging");
+            let staging = PathBuf::from(staging);
+            let _ = std::fs::remove_dir_all(&staging);
+            std::fs::create_dir_all(&staging).map_err(|e| failed(&staging, "create", &e))?;
+            let slots = map::GENERATION_SLOTS.iter().zip(&self.generation_slots);
+            for (name, map) in self.maps.iter().chain(slots) {
+                map.pin(staging.join(name))
+                    .map_err(|e| failed(&staging, name, &e))?;
+            }
+            for (name, id) in std::mem::take(&mut self.unpinned) {
+                let program: &mut Lsm = ebpf
+                    .program_mut(name)
+                    .ok_or(EnforceError::NoProgram(name))?
+                    .try_into()
+                    .map_err(|source| EnforceError::Attach {
+                        program: name,
+                        source,
+                    })?;
+                let link = program
+                    .take_link(id)
+                    .map_err(|source| EnforceError::Attach {
+                        program: name,
+                        source,
+                    })?;
+                let pinned = FdLink::from(link)
+                    .pin(staging.join(name))
+                    .map_err(|e| failed(&staging, name, &e))?;
+                self.links.push((name, FdLink::from(pinned)));
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&staging, &dir).map_err(|e| failed(&dir, "rename", &e))?;
+        }
+        let mut left = 0;
+        for other in crate::cgroup::subdirs(root).filter(|d| *d != dir) {
+            left += unread_records(&other);
+            std::fs::remove_dir_all(&other).map_err(|e| failed(&other, "remove", &e))?;
+        }
+        Ok(left)
+    }
+
+    /// Whether the programs stay attached when this guardd ends.
+    pub fn pinned(&self) -> bool {
+        self.pins.is_some() && self.unpinned.is_empty() && !self.links.is_empty()
+    }
+
     /// Detaches one hook's program (fault injection for the readiness test).
     pub fn detach(&mut self, hook: &str) {
-        if let Some(program) = self.ebpf.program_mut(hook)
+        if let Some(at) = self.links.iter().position(|(name, _)| *name == hook) {
+            self.links.remove(at);
+            if let Some(dir) = &self.pins {
+                let _ = std::fs::remove_file(dir.join(hook));
+            }
+        }
+        if let Some(program) = self.ebpf.as_mut().and_then(|e| e.program_mut(hook))
             && let Ok(program) = <&mut Lsm>::try_from(program)
         {
             let _ = program.unload();
@@ -360,17 +649,20 @@ impl Enforcer {
     /// updates of map-in-map maps, `maybe_wait_bpf_programs`).
     fn switch_to(&mut self, info: GenerationInfo) -> Result<(), EnforceError> {
         let name = map::GENERATION_SLOTS[info.slot as usize];
-        let inner = &mut self.generation_slots[info.slot as usize];
+        let slot = &mut self.generation_slots[info.slot as usize];
+        let mut inner: Array<_, GenerationInfo> =
+            Array::try_from(&mut *slot).map_err(map_err(name))?;
         inner.set(0, info, 0).map_err(map_err(name))?;
+        let Map::Array(inner) = &*slot else {
+            return Err(missing_map(name));
+        };
         let data = self
-            .ebpf
-            .map_mut(map::GENERATION)
+            .maps
+            .get_mut(map::GENERATION)
             .ok_or_else(|| missing_map(map::GENERATION))?;
-        let mut outer: ArrayOfMaps<_, Array<MapData, GenerationInfo>> =
+        let mut outer: ArrayOfMaps<_, MapData> =
             ArrayOfMaps::try_from(data).map_err(map_err(map::GENERATION))?;
-        outer
-            .set(0, &self.generation_slots[info.slot as usize], 0)
-            .map_err(map_err(map::GENERATION))
+        outer.set(0, inner, 0).map_err(map_err(map::GENERATION))
     }
 
     /// Removes every entry of `slot`. On failure the keys stay noted, for
@@ -459,20 +751,15 @@ impl Enforcer {
     /// Takes the ring buffer of decision records (once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, EnforceError> {
         let data = self
-            .ebpf
-            .take_map(map::EVENTS)
+            .maps
+            .remove(map::EVENTS)
             .ok_or_else(|| missing_map(map::EVENTS))?;
         RingBuf::try_from(data).map_err(map_err(map::EVENTS))
     }
 
     /// A kernel counter, summed over CPUs.
     pub fn counter(&self, counter: Counter) -> Result<u64, EnforceError> {
-        let data = self
-            .ebpf
-            .map(map::COUNTERS)
-            .ok_or_else(|| missing_map(map::COUNTERS))?;
-        let array: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(data).map_err(map_err(map::COUNTERS))?;
+        let array: PerCpuArray<_, u64> = self.map_ref(map::COUNTERS)?;
         let values = array
             .get(&(counter as u32), 0)
             .map_err(map_err(map::COUNTERS))?;
@@ -483,9 +770,107 @@ impl Enforcer {
     where
         M: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
     {
-        let data = self.ebpf.map_mut(name).ok_or_else(|| missing_map(name))?;
+        let data = self.maps.get_mut(name).ok_or_else(|| missing_map(name))?;
         M::try_from(data).map_err(map_err(name))
     }
+
+    fn map_ref<'a, M>(&'a self, name: &'static str) -> Result<M, EnforceError>
+    where
+        M: TryFrom<&'a aya::maps::Map, Error = MapError>,
+    {
+        let data = self.maps.get(name).ok_or_else(|| missing_map(name))?;
+        M::try_from(data).map_err(map_err(name))
+    }
+
+    /// Notes in the kernel's counters how many ring-buffer losses loss
+    /// lines have reported, for a guardd that adopts these programs.
+    pub fn set_losses_reported(&mut self, reported: u64) -> Result<(), EnforceError> {
+        let io = |e: io::Error| EnforceError::Map {
+            name: map::COUNTERS,
+            source: MapError::IoError(e),
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| io(e))?;
+        // Summed over CPUs when read.
+        let mut values = vec![0u64; cpus];
+        values[0] = reported;
+        let values = PerCpuValues::try_from(values).map_err(io)?;
+        let mut array: PerCpuArray<_, u64> = self.map(map::COUNTERS)?;
+        array
+            .set(Counter::LossesReported as u32, values, 0)
+            .map_err(map_err(map::COUNTERS))
+    }
+}
+
+/// Removes every pin guardd left for `cgroup_root`, which detaches the
+/// programs unless a running guardd still holds them. Returns whether there
+/// was anything to remove.
+pub fn detach_pinned(cgroup_root: &str) -> io::Result<bool> {
+    let dir = pin_root(cgroup_root);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Records left unread in the ring buffer pinned in `dir`, plus the losses
+/// its loss lines did not report (0 if it cannot be read).
+fn unread_records(dir: &Path) -> u64 {
+    let pinned = |name: &str| MapData::from_pin(dir.join(name)).and_then(Map::from_map_data);
+    let mut unread = 0;
+    if let Ok(events) = pinned(map::EVENTS)
+        && let Ok(mut ring) = RingBuf::try_from(events)
+    {
+        while ring.next().is_some() {
+            unread += 1;
+        }
+    }
+    if let Ok(counters) = pinned(map::COUNTERS)
+        && let Ok(counters) = PerCpuArray::<_, u64>::try_from(&counters)
+    {
+        let sum = |c: Counter| {
+            counters
+                .get(&(c as u32), 0)
+                .map(|v| v.iter().sum::<u64>())
+                .unwrap_or(0)
+        };
+        unread += sum(Counter::EventsLost).saturating_sub(sum(Counter::LossesReported));
+    }
+    unread
+}
+
+/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
+fn ensure_bpffs() {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let mounted =
+        nix::sys::statfs::statfs(BPFFS).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+    if !mounted {
+        // A failure shows up as the pin error that follows.
+        let _ = nix::mount::mount(
+            Some("bpf"),
+            BPFFS,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+    }
+}
+
+/// Names one build of the programs as loaded on this host: the object, the
+/// values of its globals (kernel layout, Guard's cgroup) and the hooks
+/// attached. A guardd adopts pinned programs only of its own build.
+fn build_id(globals: &[(&str, u64)], hooks: &[LsmHook]) -> String {
+    let mut hash = Sha256::new();
+    hash.update(EBPF_OBJECT);
+    for (name, value) in globals {
+        hash.update(name.as_bytes());
+        hash.update(value.to_le_bytes());
+    }
+    for hook in hooks {
+        hash.update(hook.name.as_bytes());
+    }
+    let digest = hash.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The error for a map the object lacks (an inconsistent build).
@@ -500,7 +885,7 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> EnforceError {
     move |source| EnforceError::Map { name, source }
 }
 
-fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &LsmHook) -> Result<(), EnforceError> {
+fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &LsmHook) -> Result<LsmLinkId, EnforceError> {
     let program: &mut Lsm = ebpf
         .program_mut(hook.name)
         .ok_or(EnforceError::NoProgram(hook.name))?
@@ -522,8 +907,7 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &LsmHook) -> Result<(), EnforceError
     program.attach().map_err(|source| EnforceError::Attach {
         program: hook.name,
         source,
-    })?;
-    Ok(())
+    })
 }
 
 fn is_eperm(error: &ProgramError) -> bool {

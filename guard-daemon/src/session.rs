@@ -201,6 +201,27 @@ impl Sessions {
     }
 }
 
+/// A live session and its cgroup, as guardd keeps it for the next guardd.
+#[derive(Serialize, Deserialize)]
+pub struct KeptSession {
+    pub session: Session,
+    pub path: PathBuf,
+}
+
+impl Sessions {
+    /// The live sessions, to keep for the next guardd.
+    pub fn kept(&self) -> Vec<KeptSession> {
+        self.entries
+            .values()
+            .filter(|e| e.ended_at.is_none())
+            .map(|e| KeptSession {
+                session: e.session.clone(),
+                path: e.path.clone(),
+            })
+            .collect()
+    }
+}
+
 /// Whether a cgroup with id `id` lies in the tree at `dir`.
 fn contains_cgroup(dir: &Path, id: u64) -> bool {
     use std::os::unix::fs::MetadataExt;

@@ -33,6 +33,23 @@ pub struct Guardd {
     pub socket: PathBuf,
     /// Its local gRPC API socket.
     pub api_socket: PathBuf,
+    pub cgroup_root: String,
+    /// Detach its pinned programs when dropped (see [`detach`]).
+    detach_on_drop: bool,
+}
+
+/// `guardd --detach`: removes the programs a guardd left pinned (and
+/// attached) for `cgroup_root`. Panics if it fails.
+pub fn detach(cgroup_root: &str) {
+    let output = Command::new(bin("guardd"))
+        .args(["--detach", "--cgroup-root", cgroup_root])
+        .output()
+        .expect("run guardd --detach");
+    assert!(
+        output.status.success(),
+        "guardd --detach: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 impl Guardd {
@@ -78,6 +95,8 @@ impl Guardd {
             .arg(&socket)
             .arg("--api-socket")
             .arg(&api_socket)
+            .arg("--state-file")
+            .arg(dir.join("state.json"))
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -91,6 +110,8 @@ impl Guardd {
             log,
             socket,
             api_socket,
+            cgroup_root: cgroup_root.into(),
+            detach_on_drop: true,
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -239,12 +260,28 @@ impl Guardd {
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
-    /// Sends SIGTERM and waits; returns the exit code and the log.
+    /// Sends SIGTERM and waits; returns the exit code and the log. The
+    /// programs guardd leaves attached are then detached ([`detach`]).
     pub fn stop(mut self) -> (Option<i32>, String) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().expect("wait for guardd");
         (status.code(), self.log_text())
+    }
+
+    /// [`Self::stop`], leaving the programs attached (pinned) until
+    /// [`detach`] or the drop of a guardd started after it.
+    pub fn stop_keeping_programs(mut self) -> (Option<i32>, String) {
+        self.detach_on_drop = false;
+        self.stop()
+    }
+
+    /// SIGKILL: the programs stay attached (pinned) until [`detach`] or the
+    /// drop of a guardd started after it.
+    pub fn kill(mut self) {
+        self.detach_on_drop = false;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -252,6 +289,9 @@ impl Drop for Guardd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.detach_on_drop {
+            detach(&self.cgroup_root);
+        }
     }
 }
 

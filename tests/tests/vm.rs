@@ -9,6 +9,7 @@ use std::{
     os::unix::fs::{PermissionsExt, symlink},
     path::{Path, PathBuf},
     sync::OnceLock,
+    time::{Duration, Instant},
 };
 
 use guard_tests::{EPERM, Guardd, Outcome, bin, claims_enforcing, probe_untagged};
@@ -854,7 +855,7 @@ fn guardctl_run_passes_exit_status_streams_and_signals() {
 // ------------------------------------------------------------- lifecycle --
 
 #[test]
-fn sigterm_detaches() {
+fn sigterm_keeps_agents_confined_until_detach() {
     let e = env();
     let dir = e.path("detach");
     fs::create_dir_all(dir.join("keep")).unwrap();
@@ -869,11 +870,8 @@ fn sigterm_detaches() {
     );
     let root = "guard-detach-test";
     let guardd = Guardd::start(&dir, &policy, root);
-    let denied = guardd.probe(
-        "short-lived",
-        &dir,
-        &["truncate", &victim.display().to_string()],
-    );
+    let truncate = ["truncate", &victim.display().to_string()];
+    let denied = guardd.probe("short-lived", &dir, &truncate);
     assert_eq!(denied.errno, Some(EPERM));
     // A process still running in a session when guardd stops.
     let mut sleeper = guardd
@@ -882,13 +880,9 @@ fn sigterm_detaches() {
         .expect("start an agent");
     let sessions = format!("/sys/fs/cgroup/{root}/short-lived");
     wait_populated(&sessions);
-    let (code, log) = guardd.stop();
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
+    let (code, log) = guardd.stop_keeping_programs();
     assert_eq!(code, Some(0), "guardd exits 0 on SIGTERM:\n{log}");
-    assert!(log.contains("detached"), "{log}");
-    assert!(log.contains("1 session(s) still have processes"), "{log}");
-    // The cgroups are still there, but nothing enforces any more.
+    assert!(log.contains("the programs stay attached"), "{log}");
     let procs = fs::read_dir(&sessions)
         .unwrap()
         .flatten()
@@ -896,13 +890,125 @@ fn sigterm_detaches() {
         .expect("a session cgroup")
         .path()
         .join("cgroup.procs");
-    let mut cmd = std::process::Command::new(bin("guard-probe"));
-    cmd.args(["truncate", &victim.display().to_string()]);
-    join_cgroup_on_exec(&mut cmd, &procs);
-    let after = guard_tests::parse_outcome(cmd.output().unwrap(), "probe after detach");
+    let in_session = || {
+        let mut cmd = std::process::Command::new(bin("guard-probe"));
+        cmd.args(truncate);
+        join_cgroup_on_exec(&mut cmd, &procs);
+        guard_tests::parse_outcome(cmd.output().unwrap(), "probe in the session")
+    };
+    // No guardd runs, and the session is still confined.
     assert_eq!(
-        after.errno, None,
-        "after detaching, the operation is no longer denied"
+        in_session().errno,
+        Some(EPERM),
+        "confined while guardd is down"
+    );
+    guard_tests::detach(root);
+    assert_eq!(
+        in_session().errno,
+        None,
+        "after guardd --detach, the operation is no longer denied"
+    );
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+/// guardd is SIGKILLed while an agent retries a denied connect once a
+/// millisecond, and started again: the connect never succeeds, the second
+/// guardd adopts the programs the first left attached (with the session),
+/// and every denial is written once or counted lost.
+#[test]
+fn a_restart_leaves_no_gap_in_enforcement_or_records() {
+    let e = env();
+    let dir = e.path("restart");
+    fs::create_dir_all(&dir).unwrap();
+    let port = 40020;
+    let policy = policy_of(
+        &format!(
+            "  - name: looper\n    default: allow\n    network:\n      deny:\n        - id: no-udp\n          cidr: 127.0.0.1\n          ports: {port}\n          protocol: udp\n"
+        ),
+        &["looper"],
+    );
+    let root = "guard-restart-test";
+    let first = Guardd::start(&dir, &policy, root);
+    let stop = dir.join("stop");
+    let _ = fs::remove_file(&stop);
+    let target = format!("127.0.0.1:{port}");
+    let looper = first
+        .probe_command(
+            &["--agent", "looper"],
+            &["connect-udp-loop", &target, &stop.display().to_string()],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the loop");
+    std::thread::sleep(Duration::from_secs(1));
+    first.kill();
+    // No guardd for a while; the loop goes on.
+    std::thread::sleep(Duration::from_secs(2));
+    let second = Guardd::start(&dir, &policy, root);
+    std::thread::sleep(Duration::from_secs(1));
+    fs::write(&stop, "").unwrap();
+    let output = looper.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("the loop: {e}: {}", String::from_utf8_lossy(&output.stdout)));
+    let (allowed, denied) = (
+        report["allowed"].as_u64().unwrap(),
+        report["denied"].as_u64().unwrap(),
+    );
+    assert_eq!(allowed, 0, "a denied connect succeeded across the restart");
+    assert!(denied > 1000, "the loop ran: {denied} denials");
+    let log = second.log_text();
+    assert!(log.contains("adopted the programs"), "{log}");
+    assert!(
+        log.contains("session kept from the previous guardd"),
+        "{log}"
+    );
+
+    // Every denial is in the events file once (both guardds append to it),
+    // or counted lost; the second guardd may still be writing them.
+    let account = || {
+        let lines: Vec<Value> = fs::read_to_string(&second.events)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let denials: Vec<Value> = lines
+            .iter()
+            .filter(|r| r["pid"] == report["pid"] && r["verdict"] == "deny")
+            .cloned()
+            .collect();
+        let distinct: std::collections::BTreeSet<String> =
+            denials.iter().map(|r| r["time"].to_string()).collect();
+        let lost: u64 = lines
+            .iter()
+            .filter_map(|l| l["loss"]["records"].as_u64())
+            .sum();
+        (denials, distinct.len() as u64, lost)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (denials, recorded, lost) = loop {
+        let (denials, recorded, lost) = account();
+        if recorded + lost >= denied || Instant::now() > deadline {
+            break (denials, recorded, lost);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("across the restart: {denied} denials, {recorded} recorded, {lost} counted lost");
+    assert_eq!(
+        recorded + lost,
+        denied,
+        "{denied} denials: {recorded} recorded, {lost} counted lost"
+    );
+    assert_eq!(denials.len() as u64, recorded, "a denial written twice");
+    // The records the programs made while no guardd ran name the session.
+    assert!(
+        denials
+            .iter()
+            .all(|r| r["agent"] == "looper" && r["session"].is_string() && r["rule"] == "no-udp"),
+        "{:?}",
+        denials
+            .iter()
+            .find(|r| r["agent"] != "looper" || r["rule"] != "no-udp")
     );
 }
 

@@ -28,7 +28,7 @@ use guard_daemon::{
 #[command(version, max_term_width = 100)]
 struct Args {
     /// Policy file (YAML). See docs/policy.md.
-    #[arg(long, env = "GUARD_POLICY", required_unless_present_any = ["check", "canary"])]
+    #[arg(long, env = "GUARD_POLICY", required_unless_present_any = ["check", "canary", "detach"])]
     policy: Option<PathBuf>,
 
     /// Append decision records (JSON lines) to this file instead of stdout.
@@ -95,6 +95,19 @@ struct Args {
     #[arg(long)]
     check: bool,
 
+    /// Where guardd keeps the policy in force and the live sessions for the
+    /// guardd started after it, which adopts the programs it left attached.
+    #[arg(long, env = "GUARD_STATE_FILE", default_value = control::DEFAULT_STATE_FILE)]
+    state_file: PathBuf,
+
+    /// Detach the programs guardd left attached for --cgroup-root, then
+    /// exit. guardd keeps its programs attached (pinned in
+    /// /sys/fs/bpf/guard) when it stops or dies, so that agents stay
+    /// confined until it runs again; this is the clean shutdown, after
+    /// which agents are no longer confined.
+    #[arg(long, conflicts_with_all = ["check", "policy"])]
+    detach: bool,
+
     /// Internal: run the readiness canary's actions (guardd starts itself
     /// this way inside the canary cgroup).
     #[arg(long, hide = true, value_name = "DIR")]
@@ -114,6 +127,8 @@ fn main() {
 
     let result = if args.check {
         daemon::check_host()
+    } else if args.detach {
+        daemon::detach(&args.cgroup_root)
     } else {
         let redactor = match guard_daemon::redact::Redactor::new(&args.redact) {
             Ok(redactor) => redactor,
@@ -134,6 +149,7 @@ fn main() {
             ocsf: args.ocsf,
             metrics_listen: args.metrics_listen,
             protect: args.protect,
+            state_file: args.state_file,
             host_name: args.host_name.unwrap_or_else(|| {
                 nix::unistd::gethostname()
                     .map(|h| h.to_string_lossy().into_owned())

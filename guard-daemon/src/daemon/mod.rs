@@ -14,6 +14,7 @@ use std::{
 };
 
 mod builtins;
+mod kept;
 mod services;
 
 pub use builtins::Builtins;
@@ -83,6 +84,17 @@ pub struct Config {
     /// More files and directories no agent may change (configuration, the
     /// collector's database).
     pub protect: Vec<PathBuf>,
+    /// Where the generation in force and the live sessions are kept for
+    /// the next guardd ([`kept`]).
+    pub state_file: PathBuf,
+}
+
+/// Where what outlives one guardd is, for the next to adopt.
+pub struct Persistence {
+    /// Below which the programs are pinned ([`crate::enforcer::pin_root`]).
+    pub pins: PathBuf,
+    /// See [`kept`].
+    pub state_file: PathBuf,
 }
 
 /// An error with the process exit code it maps to.
@@ -191,12 +203,28 @@ pub fn check_host() -> Result<(), Fatal> {
             sha256: String::new(),
             text: String::new(),
         },
+        None,
     )?;
     info!(
         hooks = ?state.enforcer.attachment.attached,
         unavailable = ?state.enforcer.attachment.unavailable,
         "BPF LSM usable: all programs loaded and attached, and the readiness canary was denied"
     );
+    Ok(())
+}
+
+/// Removes the programs guardd left pinned (and attached) for
+/// `cgroup_root`: agents below it are no longer confined.
+pub fn detach(cgroup_root: &str) -> Result<(), Fatal> {
+    let pins = crate::enforcer::pin_root(cgroup_root);
+    let removed = crate::enforcer::detach_pinned(cgroup_root)
+        .with_context(|| format!("cannot remove {}", pins.display()))
+        .map_err(failure)?;
+    if removed {
+        info!(pins = %pins.display(), "detached: agents below `{cgroup_root}` are no longer confined");
+    } else {
+        info!(pins = %pins.display(), "nothing pinned: no programs of a stopped guardd were attached");
+    }
     Ok(())
 }
 
@@ -225,18 +253,24 @@ pub struct State {
     /// `Err` with the reason when the canary failed on the generation in force.
     readiness: Result<(), String>,
     last_rejected: Option<String>,
+    /// Where the generation in force and the live sessions are kept for
+    /// the next guardd, on every change.
+    state_file: Option<PathBuf>,
 }
 
 impl State {
-    /// Creates Guard's cgroups, loads and attaches the programs, publishes
-    /// the first generation and runs the canary. On failure the cgroups
-    /// created here are removed again and the programs detach.
+    /// Creates Guard's cgroups, loads and attaches the programs (or adopts
+    /// those a previous guardd left pinned, with what it kept, when
+    /// `persistence` says where), publishes the first generation and runs the canary. On
+    /// failure the cgroups created here are removed again and programs
+    /// loaded here detach; adopted ones stay as they were.
     fn start(
         mount: &Path,
         cgroup_root: &str,
         policy_path: PathBuf,
         builtins: Builtins,
         policy: LoadedPolicy,
+        persistence: Option<&Persistence>,
     ) -> Result<Self, Fatal> {
         let root = GuardRoot::create(mount, cgroup_root).map_err(failure)?;
         let agent_names: Vec<String> = policy
@@ -245,7 +279,7 @@ impl State {
             .iter()
             .map(|(name, _)| name.clone())
             .collect();
-        let enforcer = match Enforcer::load(&root) {
+        let enforcer = match Enforcer::load(&root, persistence.map(|p| p.pins.as_path())) {
             Ok(enforcer) => enforcer,
             Err(e) => {
                 root.remove_unused(&[]);
@@ -262,7 +296,15 @@ impl State {
             agent_cgroups: BTreeMap::new(),
             readiness: Err("no policy published yet".into()),
             last_rejected: None,
+            // Set once started: a guardd that fails to start keeps nothing.
+            state_file: None,
         };
+        if let Some(adopted) = &state.enforcer.adopted
+            && let Some(persistence) = persistence
+        {
+            let generation = adopted.generation;
+            state.take_over(kept::Kept::read(&persistence.state_file), generation);
+        }
         let published = state.publish(policy);
         let names: Vec<&str> = agent_names.iter().map(String::as_str).collect();
         if let Err(e) = published.and_then(|()| {
@@ -337,6 +379,7 @@ impl State {
             loaded: session::now_rfc3339(),
         }));
         self.generations.truncate(GENERATIONS_KEPT + 1);
+        self.keep();
         if let Ok(hooks) = std::env::var("GUARD_FAULT_DETACH_ON_RELOAD")
             && info.generation > 1
         {
@@ -492,6 +535,7 @@ impl State {
             "session started"
         );
         self.sessions.insert(session.clone(), path.clone());
+        self.keep();
         Ok((session, path.join("cgroup.procs")))
     }
 
@@ -519,9 +563,59 @@ impl State {
 
     /// Marks ended sessions and removes their entries.
     fn reap_sessions(&mut self) {
-        for cgroup in self.sessions.reap() {
+        let ended = self.sessions.reap();
+        for &cgroup in &ended {
             if let Err(e) = self.enforcer.remove_cgroup(cgroup) {
                 warn!("cannot remove an ended session's entry: {e}");
+            }
+        }
+        if !ended.is_empty() {
+            self.keep();
+        }
+    }
+
+    /// Writes the generation in force and the live sessions for the next
+    /// guardd.
+    fn keep(&self) {
+        let Some(file) = &self.state_file else {
+            return;
+        };
+        let current = self.current();
+        let kept = kept::Kept {
+            generation: current.number,
+            policy: current.text.clone(),
+            sessions: self.sessions.kept(),
+        };
+        if let Err(e) = kept.write(file) {
+            warn!(file = %file.display(), "cannot keep the state for the next guardd: {e}");
+        }
+    }
+
+    /// Takes what the guardd whose programs were adopted kept: its
+    /// generation in force (`adopted`), so that the records of the time no
+    /// guardd ran name their rules, and the sessions whose cgroups are
+    /// still there.
+    fn take_over(&mut self, kept: kept::Kept, adopted: Option<u64>) {
+        if adopted == Some(kept.generation) {
+            match compile_policy(
+                kept.policy,
+                "kept by the previous guardd",
+                Some(&self.builtins),
+            ) {
+                Ok(policy) => self.generations.push_back(Arc::new(Generation {
+                    number: kept.generation,
+                    policy_sha256: policy.sha256,
+                    text: policy.text,
+                    compiled: policy.compiled,
+                    loaded: session::now_rfc3339(),
+                })),
+                Err(e) => warn!("{e}: records of the previous generation name rules by number"),
+            }
+        }
+        for k in kept.sessions {
+            if cgroup::cgroup_id(&k.path).is_ok_and(|id| id == k.session.cgroup) {
+                info!(session = %k.session.id, agent = %k.session.agent, "session kept from the previous guardd");
+                self.sessions.insert(k.session, k.path);
             }
         }
     }
@@ -647,7 +741,17 @@ impl State {
 fn own_files(config: &Config) -> Vec<PathBuf> {
     let mut own = Builtins::binaries();
     own.push(config.policy.clone());
-    for file in [&config.events, &config.ocsf].into_iter().flatten() {
+    for file in [
+        &config.events,
+        &config.ocsf,
+        &Some(config.state_file.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Some(dir) = file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
         if let Err(e) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -657,6 +761,7 @@ fn own_files(config: &Config) -> Vec<PathBuf> {
         }
         own.push(file.clone());
     }
+    own.push(config.state_file.clone());
     own.extend(config.protect.iter().cloned());
     own
 }
@@ -669,13 +774,38 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         warn!("{note}");
     }
     let mount = cgroup::ensure_cgroup2().map_err(failure)?;
+    let persistence = Persistence {
+        pins: crate::enforcer::pin_root(&config.cgroup_root),
+        state_file: config.state_file.clone(),
+    };
     let mut state = State::start(
         &mount,
         &config.cgroup_root,
         config.policy.clone(),
         builtins,
         policy,
+        Some(&persistence),
     )?;
+    if let Some(adopted) = &state.enforcer.adopted {
+        info!(
+            pins = %persistence.pins.display(),
+            previous_generation = ?adopted.generation,
+            unreported_losses = adopted.unreported_losses,
+            "adopted the programs the previous guardd left attached: agents stayed confined while no guardd ran"
+        );
+    }
+    state.state_file = Some(persistence.state_file.clone());
+    state.keep();
+
+    let replaced = match state.enforcer.pin() {
+        Ok(replaced) => replaced,
+        Err(e) => {
+            warn!(
+                "{e}: the programs detach when guardd ends, leaving agents unconfined until it runs again"
+            );
+            0
+        }
+    };
     let events = state.enforcer.take_events()?;
     let listener = bind_control(&config.socket).map_err(failure)?;
     if !state.enforcer.attachment.unavailable.is_empty() {
@@ -750,6 +880,19 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     let mut writer = RecordWriter::new(chain, out, config.host_name.clone(), config.redactor);
     writer.ocsf = ocsf;
     writer.metrics = metrics.clone();
+    // Losses of adopted programs that the previous guardd reported are not
+    // reported again.
+    writer.lost_reported = lock(&state)
+        .enforcer
+        .counter(Counter::LossesReported)
+        .unwrap_or(0);
+    // Records that programs of another build made and no guardd read.
+    if writer
+        .write_loss("replaced_programs", replaced)
+        .map_err(failure)?
+    {
+        writer.flush().map_err(failure)?;
+    }
     if let Some(addr) = config.grpc_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -800,12 +943,21 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     let state = lock(&state);
     let counters = state.counters();
     let live = state.sessions.populated();
+    let pinned = state.enforcer.pinned();
     drop(state);
-    info!(?counters, "detached: no longer enforcing");
-    if live > 0 {
-        warn!(
-            "{live} session(s) still have processes; they are NOT confined until guardd runs again"
+    if pinned {
+        info!(
+            ?counters,
+            pins = %persistence.pins.display(),
+            "stopped; the programs stay attached and agents stay confined by the policy in force until guardd runs again (`guardd --detach` removes them)"
         );
+    } else {
+        info!(?counters, "detached: no longer enforcing");
+        if live > 0 {
+            warn!(
+                "{live} session(s) still have processes; they are NOT confined until guardd runs again"
+            );
+        }
     }
     Ok(())
 }
@@ -1225,41 +1377,57 @@ impl RecordWriter {
             .enforcer
             .counter(Counter::EventsLost)
             .unwrap_or(self.lost_reported);
-        for (stage, records) in [
-            ("ring_buffer", lost.saturating_sub(self.lost_reported)),
-            ("decode", std::mem::take(&mut self.undecodable)),
-        ] {
-            if records > 0 {
-                warn!(stage, records, "records lost");
-                self.metrics
-                    .lost
-                    .get_or_create(&StageLabels {
-                        stage: stage.into(),
-                    })
-                    .inc_by(records);
-                self.write(Line::Loss(events::LossRecord {
-                    seq: self.chain.next_seq(),
-                    time: api::rfc3339(api::now_nanos()),
-                    loss: events::Loss {
-                        stage: stage.into(),
-                        records,
-                    },
-                }))?;
-                wrote = true;
+        let undecodable = std::mem::take(&mut self.undecodable);
+        wrote |= self.write_loss("decode", undecodable)?;
+        if lost > self.lost_reported {
+            wrote |= self.write_loss("ring_buffer", lost - self.lost_reported)?;
+            self.lost_reported = lost;
+            // Kept with the programs, for a guardd that adopts them.
+            if let Err(e) = lock(state).enforcer.set_losses_reported(lost) {
+                warn!("{e}");
             }
         }
-        self.lost_reported = self.lost_reported.max(lost);
         if wrote {
-            self.out.flush()?;
-            if let Some(ocsf) = &mut self.ocsf {
-                ocsf.flush()?;
-            }
-            self.written.send_replace(self.chain.next_seq() - 1);
-            self.metrics
-                .written_seq
-                .set((self.chain.next_seq() - 1) as i64);
+            self.flush()?;
         }
         Ok(taken == DRAIN_BATCH)
+    }
+
+    /// Writes a loss line for `records` lost at `stage`, if any; true if it
+    /// wrote one.
+    fn write_loss(&mut self, stage: &str, records: u64) -> anyhow::Result<bool> {
+        if records == 0 {
+            return Ok(false);
+        }
+        warn!(stage, records, "records lost");
+        self.metrics
+            .lost
+            .get_or_create(&StageLabels {
+                stage: stage.into(),
+            })
+            .inc_by(records);
+        self.write(Line::Loss(events::LossRecord {
+            seq: self.chain.next_seq(),
+            time: api::rfc3339(api::now_nanos()),
+            loss: events::Loss {
+                stage: stage.into(),
+                records,
+            },
+        }))?;
+        Ok(true)
+    }
+
+    /// Makes what was written visible: flushed, and the shipper told.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.out.flush()?;
+        if let Some(ocsf) = &mut self.ocsf {
+            ocsf.flush()?;
+        }
+        self.written.send_replace(self.chain.next_seq() - 1);
+        self.metrics
+            .written_seq
+            .set((self.chain.next_seq() - 1) as i64);
+        Ok(())
     }
 
     /// Seals and writes one line (one write, so that a reader following

@@ -1,0 +1,46 @@
+//! What a guardd keeps for the guardd after it, which adopts the programs
+//! it left attached: the generation in force, so that records those
+//! programs made while no guardd ran name their rules, and the live
+//! sessions they confine.
+
+use std::{io::Write, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+use crate::session::KeptSession;
+
+#[derive(Default, Serialize, Deserialize)]
+pub struct Kept {
+    /// The generation in force and the policy text it was compiled from.
+    pub generation: u64,
+    pub policy: String,
+    pub sessions: Vec<KeptSession>,
+}
+
+impl Kept {
+    /// Writes `file` in place, not by renaming a new file over it: the
+    /// self-protection rule names the file by identity.
+    pub fn write(&self, file: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(file)?;
+        out.write_all(&text)?;
+        out.sync_data()
+    }
+
+    /// What `file` keeps; nothing if it is missing, empty or unreadable
+    /// (the sessions' processes then have every action denied, and records
+    /// of the previous generation name rules by number).
+    pub fn read(file: &Path) -> Kept {
+        match std::fs::read(file) {
+            Ok(text) if !text.is_empty() => serde_json::from_slice(&text).unwrap_or_else(|e| {
+                tracing::warn!(file = %file.display(), "cannot read what the previous guardd kept: {e}");
+                Kept::default()
+            }),
+            _ => Kept::default(),
+        }
+    }
+}
