@@ -515,8 +515,14 @@ impl Enforcer {
         }
         let mut left = 0;
         for other in crate::cgroup::subdirs(root).filter(|d| *d != dir) {
-            left += unread_records(&other);
+            let unread = unread_records(&other);
             std::fs::remove_dir_all(&other).map_err(|e| failed(&other, "remove", &e))?;
+            tracing::info!(
+                pins = %other.display(),
+                unread,
+                "replaced the programs of another build that a previous guardd left attached"
+            );
+            left += unread;
         }
         Ok(left)
     }
@@ -801,15 +807,44 @@ impl Enforcer {
     }
 }
 
-/// Removes every pin guardd left for `cgroup_root`, which detaches the
-/// programs unless a running guardd still holds them. Returns whether there
-/// was anything to remove.
+/// Removes every pin guardd left for `cgroup_root`, and waits until the
+/// kernel has released the programs (it does so some time after the last
+/// reference goes), so that they are detached on return unless a running
+/// guardd still holds them. Returns whether there was anything to remove.
 pub fn detach_pinned(cgroup_root: &str) -> io::Result<bool> {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
     let dir = pin_root(cgroup_root);
-    match std::fs::remove_dir_all(&dir) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
+    if !dir.exists() {
+        return Ok(false);
+    }
+    let programs: Vec<u32> = crate::cgroup::subdirs(&dir)
+        .flat_map(|build| std::fs::read_dir(build).into_iter().flatten().flatten())
+        // Links are pinned under their hook's name, maps under theirs.
+        .filter(|pin| lsm::ALL.iter().any(|hook| pin.file_name() == hook.name))
+        .filter_map(|pin| PinnedLink::from_pin(pin.path()).ok())
+        .filter_map(|link| FdLink::from(link).info().ok())
+        .map(|info| info.program_id())
+        .collect();
+    std::fs::remove_dir_all(&dir)?;
+    let started = std::time::Instant::now();
+    loop {
+        let held: Vec<String> = aya::programs::loaded_programs()
+            .flatten()
+            .filter(|program| programs.contains(&program.id()))
+            .map(|program| program.name_as_str().unwrap_or("?").to_string())
+            .collect();
+        if held.is_empty() {
+            return Ok(true);
+        }
+        if started.elapsed() > PATIENCE {
+            return Err(io::Error::other(format!(
+                "the pins are removed, but {} of the {} programs are still loaded after {} s (does a guardd still run?): {held:?}",
+                held.len(),
+                programs.len(),
+                PATIENCE.as_secs()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

@@ -912,6 +912,55 @@ fn sigterm_keeps_agents_confined_until_detach() {
     let _ = sleeper.wait();
 }
 
+/// A guardd of another build (here: another fault setting, which changes
+/// the programs' globals) does not adopt what an earlier guardd left
+/// attached: it attaches its own, then removes the old ones.
+#[test]
+fn a_guardd_of_another_build_replaces_the_pinned_programs() {
+    let e = env();
+    let dir = e.path("replace");
+    fs::create_dir_all(&dir).unwrap();
+    // File decisions fail under the fault; network ones do not.
+    let port = 40021;
+    let policy = policy_of(
+        &format!(
+            "  - name: replaced\n    default: allow\n    network:\n      deny:\n        - id: no-udp\n          cidr: 127.0.0.1\n          ports: {port}\n          protocol: udp\n"
+        ),
+        &["replaced"],
+    );
+    let root = "guard-replace-test";
+    let pins = Path::new("/sys/fs/bpf/guard").join(root);
+    let builds = || {
+        fs::read_dir(&pins)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect::<Vec<_>>()
+    };
+    let (_, log) = Guardd::start(&dir, &policy, root).stop_keeping_programs();
+    let first = builds();
+    assert_eq!(first.len(), 1, "one build pinned: {first:?}\n{log}");
+    let second = Guardd::start_with_env(&dir, &policy, root, &[("GUARD_FAULT_HOOK_ERRORS", "1")]);
+    let log = second.log_text();
+    assert!(!log.contains("adopted the programs"), "{log}");
+    assert!(
+        log.contains("replaced the programs of another build"),
+        "{log}"
+    );
+    let now = builds();
+    assert!(
+        now.len() == 1 && now != first,
+        "{first:?} replaced by {now:?}"
+    );
+    // The second guardd's programs enforce.
+    let target = format!("127.0.0.1:{port}");
+    let outcome = second.probe("replaced", &dir, &["connect-udp", &target]);
+    assert_eq!(outcome.errno, Some(EPERM));
+    second.record(outcome.pid, |r| r["rule"] == "no-udp");
+    drop(second);
+    assert!(!pins.exists(), "dropping the harness detaches");
+}
+
 /// guardd is SIGKILLed while an agent retries a denied connect once a
 /// millisecond, and started again: the connect never succeeds, the second
 /// guardd adopts the programs the first left attached (with the session),

@@ -217,11 +217,16 @@ pub fn check_host() -> Result<(), Fatal> {
 /// `cgroup_root`: agents below it are no longer confined.
 pub fn detach(cgroup_root: &str) -> Result<(), Fatal> {
     let pins = crate::enforcer::pin_root(cgroup_root);
+    let started = std::time::Instant::now();
     let removed = crate::enforcer::detach_pinned(cgroup_root)
         .with_context(|| format!("cannot remove {}", pins.display()))
         .map_err(failure)?;
     if removed {
-        info!(pins = %pins.display(), "detached: agents below `{cgroup_root}` are no longer confined");
+        info!(
+            pins = %pins.display(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "detached: agents below `{cgroup_root}` are no longer confined"
+        );
     } else {
         info!(pins = %pins.display(), "nothing pinned: no programs of a stopped guardd were attached");
     }
