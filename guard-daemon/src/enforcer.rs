@@ -621,7 +621,8 @@ impl Enforcer {
         };
         let mut agents: HashMap<_, AgentKey, guard_common::AgentEntry> = self.map(map::AGENTS)?;
         match agents.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(map_err(map::AGENTS)(e)),
         }
         self.written[active.slot as usize]
@@ -732,7 +733,8 @@ impl Enforcer {
         let mut m: HashMap<_, K, V> = self.map(name)?;
         for k in keys {
             match m.remove(k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(map_err(name)(e)),
             }
         }
@@ -747,7 +749,8 @@ impl Enforcer {
         let mut m: LpmTrie<_, K, V> = self.map(name)?;
         for (bits, k) in keys {
             match m.remove(&Key::new(*bits, *k)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(map_err(name)(e)),
             }
         }
@@ -943,6 +946,16 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &LsmHook) -> Result<LsmLinkId, Enfor
         program: hook.name,
         source,
     })
+}
+
+/// Whether removing a key failed only because it is not there (the kernel
+/// says ENOENT): harmless when clearing a slot.
+fn is_not_found(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
 }
 
 fn is_eperm(error: &ProgramError) -> bool {

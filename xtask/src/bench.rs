@@ -99,7 +99,15 @@ pub fn bench(repo: &Repo, on_host: bool) -> Result<()> {
     eprintln!(
         "xtask: bench/results.md, bench/results.json and bench/overhead.png written ({elapsed}s)"
     );
-    Ok(())
+    let results = json["results"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    match of_kind(results, "load").next() {
+        Some(load) if load["passed"] == true => Ok(()),
+        Some(load) => bail!("the load test failed: {load}"),
+        None => bail!("guard-bench reported no load test"),
+    }
 }
 
 /// bench/overhead.png, drawn by bench/plot.py with matplotlib.
@@ -409,6 +417,55 @@ fn markdown(json: &Value) -> String {
                 "yes"
             } else {
                 "**no**"
+            }
+        );
+    }
+    if let Some(load) = of_kind(results, "load").next() {
+        let mib = |key: &str| load[key].as_f64().unwrap_or(0.0) / 1024.0;
+        let _ = writeln!(
+            md,
+            "\n## Load: a tagged agent flooding for {} s\n\nThe same pipeline, with the agent sending UDP datagrams as fast as it can, each decision recorded. It passes if guardd and the collector still run and every record the kernel made was received by the subscriber or counted lost.\n",
+            load["seconds"]
+        );
+        let _ = writeln!(
+            md,
+            "| achieved /s | made | received | lost: ring buffer | lost: subscriber queue | lost: decode | exact | delivered s | stored s |\n|---|---|---|---|---|---|---|---|---|\n| {:.0} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
+            load["achieved_rate"].as_f64().unwrap_or(0.0),
+            load["made"],
+            load["received"],
+            load["lost_ring_buffer"],
+            load["lost_subscriber_queue"],
+            load["lost_decode"],
+            if load["exact"] == true {
+                "yes"
+            } else {
+                "**no**"
+            },
+            load["delivered_s"].as_f64().unwrap_or(0.0),
+            load["stored_s"].as_f64().unwrap_or(0.0),
+        );
+        let _ = writeln!(
+            md,
+            "\n| daemon | resident before, MiB | resident after, MiB | peak resident (whole run), MiB |\n|---|---|---|---|\n| guardd | {:.1} | {:.1} | {:.1} |\n| guard-collector | {:.1} | {:.1} | {:.1} |",
+            mib("guardd_rss_kib_before"),
+            mib("guardd_rss_kib_after"),
+            mib("guardd_peak_rss_kib"),
+            mib("collector_rss_kib_before"),
+            mib("collector_rss_kib_after"),
+            mib("collector_peak_rss_kib"),
+        );
+        let _ = writeln!(
+            md,
+            "\nBoth daemons still running: {}. Load test: **{}**.",
+            if load["daemons_alive"] == true {
+                "yes"
+            } else {
+                "no"
+            },
+            if load["passed"] == true {
+                "passed"
+            } else {
+                "failed"
             }
         );
     }

@@ -766,7 +766,6 @@ fn own_files(config: &Config) -> Vec<PathBuf> {
         }
         own.push(file.clone());
     }
-    own.push(config.state_file.clone());
     own.extend(config.protect.iter().cloned());
     own
 }

@@ -59,6 +59,8 @@ const PACE_RATES: &[u64] = &[
     1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
 ];
 const PACE_SECONDS: u64 = 3;
+/// How long the load step floods: a tagged agent sending as fast as it can.
+const LOAD_SECONDS: u64 = 60;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -149,13 +151,25 @@ fn loops(op: &str, n: usize, arg: &str) -> Value {
 }
 
 /// Sends UDP datagrams to `to` at `rate` per second for `seconds` (or as
-/// fast as it can, if slower); reports how many it sent and the rate.
+/// fast as it can, if slower, or if `rate` is 0); reports how many it sent
+/// and the rate.
 fn pace(rate: u64, seconds: u64, to: &str) -> Value {
     pin_to_last_cpu();
     let to: SocketAddr = to.parse().expect("an address");
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let (mut sent, mut errors) = (0u64, 0u64);
     let start = Instant::now();
+    if rate == 0 {
+        let end = start + Duration::from_secs(seconds);
+        while Instant::now() < end {
+            for _ in 0..1000 {
+                if socket.send_to(b"guard-bench", to).is_err() {
+                    errors += 1;
+                }
+                sent += 1;
+            }
+        }
+    }
     let total = rate * seconds;
     while sent < total {
         let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
@@ -410,42 +424,12 @@ fn pipeline(targets: &Targets) {
     let subscriber = Subscriber::follow(&feed);
     // The follower subscribes some time after it starts.
     while subscriber.counts().records == 0 {
-        paced_via(&guardd, 100);
+        paced_via(&guardd, 100, PACE_SECONDS);
     }
     for &rate in PACE_RATES {
-        let seen_before = subscriber.settled();
-        let made_before = records_made(&guardd);
-        let step_start = Instant::now();
-        let paced = paced_via(&guardd, rate);
-        // Everything made must now be received or counted lost.
-        let made = records_made(&guardd) - made_before;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let seen = loop {
-            let seen = subscriber.counts().since(&seen_before);
-            if seen.records + seen.lost() >= made || Instant::now() > deadline {
-                break seen;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let delivered = Instant::now();
-        collector.wait_for_seq("bench", last_seq(&guardd.events), Duration::from_secs(300));
-        report(
-            "pipeline",
-            json!({
-                "requested_rate": rate,
-                "achieved_rate": paced["rate"],
-                "sent": paced["sent"],
-                "made": made,
-                "received": seen.records,
-                "lost_ring_buffer": seen.ring_buffer,
-                "lost_subscriber_queue": seen.subscriber_queue,
-                "lost_decode": seen.decode,
-                "exact": seen.records + seen.lost() == made,
-                "delivered_s": (delivered - step_start).as_secs_f64(),
-                "stored_s": step_start.elapsed().as_secs_f64(),
-            }),
-        );
-        let achieved = paced["rate"].as_f64().unwrap_or(0.0);
+        let step = pipeline_step(&guardd, &subscriber, &collector, rate, PACE_SECONDS);
+        let achieved = step["achieved_rate"].as_f64().unwrap_or(0.0);
+        report("pipeline", step);
         if achieved < rate as f64 * 0.9 {
             break; // the generator is the limit now
         }
@@ -460,12 +444,69 @@ fn pipeline(targets: &Targets) {
                    "rss_kib": memory_kib(pid, "VmRSS"), "peak_rss_kib": memory_kib(pid, "VmHWM")}),
         );
     }
+    // The load test: a flood for a minute. Memory must stay bounded (the
+    // peaks are reported), nothing may crash, and losses must add up.
+    let memory = |pid| (memory_kib(pid, "VmRSS"), memory_kib(pid, "VmHWM"));
+    let before = [memory(guardd.pid()), memory(collector.pid())];
+    let mut step = pipeline_step(&guardd, &subscriber, &collector, 0, LOAD_SECONDS);
+    let after = [memory(guardd.pid()), memory(collector.pid())];
+    let alive = running(guardd.pid()) && running(collector.pid());
+    step["seconds"] = json!(LOAD_SECONDS);
+    step["daemons_alive"] = json!(alive);
+    for (i, daemon) in ["guardd", "collector"].iter().enumerate() {
+        step[format!("{daemon}_rss_kib_before")] = json!(before[i].0);
+        step[format!("{daemon}_rss_kib_after")] = json!(after[i].0);
+        step[format!("{daemon}_peak_rss_kib")] = json!(after[i].1);
+    }
+    step["passed"] = json!(alive && step["exact"] == true);
+    report("load", step);
 }
 
-/// `guard-bench pace RATE` as a tagged agent.
-fn paced_via(guardd: &Guardd, rate: u64) -> Value {
+/// Runs `guard-bench pace RATE SECONDS` as a tagged agent (0: as fast as
+/// it can) and waits until the subscriber has every record the kernel made
+/// or its loss, and the collector has stored what guardd wrote.
+fn pipeline_step(
+    guardd: &Guardd,
+    subscriber: &Subscriber,
+    collector: &Collector,
+    rate: u64,
+    seconds: u64,
+) -> Value {
+    let seen_before = subscriber.settled();
+    let made_before = records_made(guardd);
+    let step_start = Instant::now();
+    let paced = paced_via(guardd, rate, seconds);
+    // Everything made must now be received or counted lost.
+    let made = records_made(guardd) - made_before;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let seen = loop {
+        let seen = subscriber.counts().since(&seen_before);
+        if seen.records + seen.lost() >= made || Instant::now() > deadline {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let delivered = Instant::now();
+    collector.wait_for_seq("bench", last_seq(&guardd.events), Duration::from_secs(600));
+    json!({
+        "requested_rate": rate,
+        "achieved_rate": paced["rate"],
+        "sent": paced["sent"],
+        "made": made,
+        "received": seen.records,
+        "lost_ring_buffer": seen.ring_buffer,
+        "lost_subscriber_queue": seen.subscriber_queue,
+        "lost_decode": seen.decode,
+        "exact": seen.records + seen.lost() == made,
+        "delivered_s": (delivered - step_start).as_secs_f64(),
+        "stored_s": step_start.elapsed().as_secs_f64(),
+    })
+}
+
+/// `guard-bench pace RATE SECONDS` as a tagged agent.
+fn paced_via(guardd: &Guardd, rate: u64, seconds: u64) -> Value {
     let me = bin("guard-bench");
-    let (rate, seconds) = (rate.to_string(), PACE_SECONDS.to_string());
+    let (rate, seconds) = (rate.to_string(), seconds.to_string());
     let output = guardd.guardctl(&[
         "run",
         "--agent",
@@ -483,6 +524,14 @@ fn paced_via(guardd: &Guardd, rate: u64) -> Value {
             String::from_utf8_lossy(&output.stderr)
         )
     })
+}
+
+/// Whether process `pid` still runs (exists and is not a zombie).
+fn running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat[stat.rfind(')')? + 2..].starts_with(|c| c != 'Z')))
+        .unwrap_or(false)
 }
 
 fn records_made(guardd: &Guardd) -> u64 {
