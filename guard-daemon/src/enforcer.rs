@@ -197,15 +197,29 @@ fn lpm_keys_of<K: InSlot, V>(entries: &[(u32, K, V)], slot: u32) -> Vec<(u32, K)
         .collect()
 }
 
-/// A rule key moved into a generation slot: its profile id gets the slot.
+/// A key of a generation slot: a rule key's profile id carries the slot.
 trait InSlot: Copy {
     fn in_slot(self, slot: u32) -> Self;
+    fn slot(&self) -> u32;
+}
+
+impl InSlot for AgentKey {
+    fn in_slot(mut self, slot: u32) -> Self {
+        self.slot = slot;
+        self
+    }
+    fn slot(&self) -> u32 {
+        self.slot & 1
+    }
 }
 
 impl InSlot for IdentityKey {
     fn in_slot(mut self, slot: u32) -> Self {
         self.profile = profile_key(slot, self.profile);
         self
+    }
+    fn slot(&self) -> u32 {
+        profile_slot(self.profile)
     }
 }
 
@@ -215,6 +229,9 @@ macro_rules! big_endian_profile_in_slot {
             fn in_slot(mut self, slot: u32) -> Self {
                 self.profile = profile_key(slot, u32::from_be_bytes(self.profile)).to_be_bytes();
                 self
+            }
+            fn slot(&self) -> u32 {
+                profile_slot(u32::from_be_bytes(self.profile))
             }
         }
     )*};
@@ -309,15 +326,7 @@ impl Enforcer {
         for name in map::PINNED {
             maps.insert(name, ebpf.take_map(name).ok_or_else(|| missing_map(name))?);
         }
-        Self::with_maps(
-            Some(ebpf),
-            maps,
-            unpinned,
-            Vec::new(),
-            pins,
-            attachment,
-            None,
-        )
+        Self::with_maps(Some(ebpf), maps, unpinned, Vec::new(), pins, attachment)
     }
 
     /// Takes over the links and maps pinned in `dir`.
@@ -354,7 +363,6 @@ impl Enforcer {
             links,
             Some(dir.to_path_buf()),
             attachment,
-            None,
         )?;
         enforcer.active = enforcer.generation_in_force()?;
         // The slots' keys are read back, so that each slot can be cleared
@@ -376,7 +384,6 @@ impl Enforcer {
         links: Vec<(&'static str, FdLink)>,
         pins: Option<PathBuf>,
         attachment: Attachment,
-        adopted: Option<Adopted>,
     ) -> Result<Self, EnforceError> {
         let mut slot = |name: &'static str| maps.remove(name).ok_or_else(|| missing_map(name));
         let generation_slots = [
@@ -390,7 +397,7 @@ impl Enforcer {
             links,
             pins,
             attachment,
-            adopted,
+            adopted: None,
             active: None,
             written: Default::default(),
             generation_slots,
@@ -417,54 +424,66 @@ impl Enforcer {
 
     /// Every key in the policy maps, by the slot it belongs to.
     fn keys_in_slots(&self) -> Result<[SlotKeys; 2], EnforceError> {
-        let mut slots: [SlotKeys; 2] = Default::default();
-        let agents: HashMap<_, AgentKey, guard_common::AgentEntry> = self.map_ref(map::AGENTS)?;
-        for key in agents.keys() {
-            let key = key.map_err(map_err(map::AGENTS))?;
-            slots[key.slot as usize & 1].agents.push(key);
-        }
-        let exec_identity: HashMap<_, IdentityKey, guard_common::ExecIdentityRule> =
-            self.map_ref(map::EXEC_IDENTITY)?;
-        for key in exec_identity.keys() {
-            let key = key.map_err(map_err(map::EXEC_IDENTITY))?;
-            slots[profile_slot(key.profile) as usize]
-                .exec_identity
-                .push(key);
-        }
-        let file_identity: HashMap<_, IdentityKey, guard_common::RuleRef> =
-            self.map_ref(map::FILE_IDENTITY)?;
-        for key in file_identity.keys() {
-            let key = key.map_err(map_err(map::FILE_IDENTITY))?;
-            slots[profile_slot(key.profile) as usize]
-                .file_identity
-                .push(key);
-        }
-        let exec_paths: LpmTrie<_, ExecPathKey, guard_common::RuleRef> =
-            self.map_ref(map::EXEC_PATHS)?;
-        for key in exec_paths.keys() {
-            let key = key.map_err(map_err(map::EXEC_PATHS))?;
-            let slot = profile_slot(u32::from_be_bytes(key.data().profile)) as usize;
-            slots[slot].exec_paths.push((key.prefix_len(), key.data()));
-        }
-        let file_names: LpmTrie<_, NameKey, guard_common::RuleRef> =
-            self.map_ref(map::FILE_NAMES)?;
-        for key in file_names.keys() {
-            let key = key.map_err(map_err(map::FILE_NAMES))?;
-            let slot = profile_slot(u32::from_be_bytes(key.data().profile)) as usize;
-            slots[slot].file_names.push((key.prefix_len(), key.data()));
-        }
-        let net_rules: LpmTrie<_, NetKey, guard_common::NetRuleSet> =
-            self.map_ref(map::NET_RULES)?;
-        for key in net_rules.keys() {
-            let key = key.map_err(map_err(map::NET_RULES))?;
-            let slot = profile_slot(u32::from_be_bytes(key.data().profile)) as usize;
-            slots[slot].net_rules.push((key.prefix_len(), key.data()));
+        use guard_common::{AgentEntry, ExecIdentityRule, NetRuleSet, RuleRef};
+        let [agents_0, agents_1] = self.hash_keys_by_slot::<AgentKey, AgentEntry>(map::AGENTS)?;
+        let [exec_identity_0, exec_identity_1] =
+            self.hash_keys_by_slot::<IdentityKey, ExecIdentityRule>(map::EXEC_IDENTITY)?;
+        let [file_identity_0, file_identity_1] =
+            self.hash_keys_by_slot::<IdentityKey, RuleRef>(map::FILE_IDENTITY)?;
+        let [exec_paths_0, exec_paths_1] =
+            self.lpm_keys_by_slot::<ExecPathKey, RuleRef>(map::EXEC_PATHS)?;
+        let [file_names_0, file_names_1] =
+            self.lpm_keys_by_slot::<NameKey, RuleRef>(map::FILE_NAMES)?;
+        let [net_rules_0, net_rules_1] =
+            self.lpm_keys_by_slot::<NetKey, NetRuleSet>(map::NET_RULES)?;
+        Ok([
+            SlotKeys {
+                agents: agents_0,
+                exec_identity: exec_identity_0,
+                exec_paths: exec_paths_0,
+                file_identity: file_identity_0,
+                file_names: file_names_0,
+                net_rules: net_rules_0,
+            },
+            SlotKeys {
+                agents: agents_1,
+                exec_identity: exec_identity_1,
+                exec_paths: exec_paths_1,
+                file_identity: file_identity_1,
+                file_names: file_names_1,
+                net_rules: net_rules_1,
+            },
+        ])
+    }
+
+    fn hash_keys_by_slot<K: Pod + InSlot, V: Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<[Vec<K>; 2], EnforceError> {
+        let m: HashMap<_, K, V> = self.map_ref(name)?;
+        let mut slots = [Vec::new(), Vec::new()];
+        for key in m.keys() {
+            let key = key.map_err(map_err(name))?;
+            slots[key.slot() as usize].push(key);
         }
         Ok(slots)
     }
 
-    /// Pins the links and maps, so that the programs stay attached when
-    /// this guardd ends, and removes the pins of any other build (which
+    fn lpm_keys_by_slot<K: Pod + InSlot, V: Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<[Vec<(u32, K)>; 2], EnforceError> {
+        let m: LpmTrie<_, K, V> = self.map_ref(name)?;
+        let mut slots = [Vec::new(), Vec::new()];
+        for key in m.keys() {
+            let key = key.map_err(map_err(name))?;
+            slots[key.data().slot() as usize].push((key.prefix_len(), key.data()));
+        }
+        Ok(slots)
+    }
+
+    /// Pins the links and maps (before [`Self::take_events`] takes the ring
+    /// buffer), so that the programs stay attached when this guardd ends, and removes the pins of any other build (which
     /// detaches those programs: these are attached already, so agents are
     /// never without programs). Returns the records the replaced programs
     /// made that no guardd read, and their unreported losses.
@@ -513,18 +532,19 @@ impl Enforcer {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::rename(&staging, &dir).map_err(|e| failed(&dir, "rename", &e))?;
         }
-        let mut left = 0;
-        for other in crate::cgroup::subdirs(root).filter(|d| *d != dir) {
-            let unread = unread_records(&other);
-            std::fs::remove_dir_all(&other).map_err(|e| failed(&other, "remove", &e))?;
+        // Detached before any session starts: their policy does not know
+        // the sessions this guardd starts, so they would lock them.
+        let others: Vec<PathBuf> = crate::cgroup::subdirs(root).filter(|d| *d != dir).collect();
+        let unread = others.iter().map(|other| unread_records(other)).sum();
+        detach_builds(&others).map_err(|e| failed(root, "replace", &e))?;
+        if !others.is_empty() {
             tracing::info!(
-                pins = %other.display(),
+                ?others,
                 unread,
                 "replaced the programs of another build that a previous guardd left attached"
             );
-            left += unread;
         }
-        Ok(left)
+        Ok(unread)
     }
 
     /// Whether the programs stay attached when this guardd ends.
@@ -810,17 +830,27 @@ impl Enforcer {
     }
 }
 
-/// Removes every pin guardd left for `cgroup_root`, and waits until the
-/// kernel has released the programs (it does so some time after the last
-/// reference goes), so that they are detached on return unless a running
-/// guardd still holds them. Returns whether there was anything to remove.
+/// Removes every pin guardd left for `cgroup_root` and waits until the
+/// programs are detached (unless a running guardd still holds them).
+/// Returns whether there was anything to remove.
 pub fn detach_pinned(cgroup_root: &str) -> io::Result<bool> {
-    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
     let dir = pin_root(cgroup_root);
     if !dir.exists() {
         return Ok(false);
     }
-    let programs: Vec<u32> = crate::cgroup::subdirs(&dir)
+    let builds: Vec<PathBuf> = crate::cgroup::subdirs(&dir).collect();
+    detach_builds(&builds)?;
+    std::fs::remove_dir(&dir)?;
+    Ok(true)
+}
+
+/// Removes the pins of `builds` (build directories below [`pin_root`]) and
+/// waits until the kernel has released their programs, which it does some
+/// time after the last reference goes.
+fn detach_builds(builds: &[PathBuf]) -> io::Result<()> {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+    let programs: Vec<u32> = builds
+        .iter()
         .flat_map(|build| std::fs::read_dir(build).into_iter().flatten().flatten())
         // Links are pinned under their hook's name, maps under theirs.
         .filter(|pin| lsm::ALL.iter().any(|hook| pin.file_name() == hook.name))
@@ -828,21 +858,21 @@ pub fn detach_pinned(cgroup_root: &str) -> io::Result<bool> {
         .filter_map(|link| FdLink::from(link).info().ok())
         .map(|info| info.program_id())
         .collect();
-    std::fs::remove_dir_all(&dir)?;
+    for build in builds {
+        std::fs::remove_dir_all(build)?;
+    }
     let started = std::time::Instant::now();
     loop {
-        let held: Vec<String> = aya::programs::loaded_programs()
+        let held = aya::programs::loaded_programs()
             .flatten()
             .filter(|program| programs.contains(&program.id()))
-            .map(|program| program.name_as_str().unwrap_or("?").to_string())
-            .collect();
-        if held.is_empty() {
-            return Ok(true);
+            .count();
+        if held == 0 {
+            return Ok(());
         }
         if started.elapsed() > PATIENCE {
             return Err(io::Error::other(format!(
-                "the pins are removed, but {} of the {} programs are still loaded after {} s (does a guardd still run?): {held:?}",
-                held.len(),
+                "the pins are removed, but {held} of the {} programs are still loaded after {} s (does a guardd still run?)",
                 programs.len(),
                 PATIENCE.as_secs()
             )));

@@ -1017,6 +1017,10 @@ async fn reload(state: Arc<Mutex<State>>, reason: Reason) -> Response {
         }
         let policy = load_policy(&path, Some(&builtins));
         let mut state = lock(&state);
+        // Another reload may have published this very file meanwhile.
+        if reason == Reason::FileChanged && !files_changed(&path, state.current()) {
+            return Ok((state.current().clone(), None));
+        }
         state
             .reload(reason, policy)
             .map(|generation| (generation, state.readiness.clone().err()))
