@@ -741,19 +741,13 @@ impl State {
 }
 
 /// The files no agent may change: Guard's binaries, the policy, the
-/// records (created here if new, so that they are protected from the
-/// start) and what `--protect` names.
+/// records and the state file (created here if new, so that they are
+/// protected from the start) and what `--protect` names.
 fn own_files(config: &Config) -> Vec<PathBuf> {
     let mut own = Builtins::binaries();
     own.push(config.policy.clone());
-    for file in [
-        &config.events,
-        &config.ocsf,
-        &Some(config.state_file.clone()),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    let files = [config.events.as_ref(), config.ocsf.as_ref()];
+    for file in files.into_iter().flatten().chain([&config.state_file]) {
         if let Some(dir) = file.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
