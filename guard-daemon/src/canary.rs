@@ -86,6 +86,7 @@ impl Canary {
             Rule {
                 id: format!("guard-canary-{action}"),
                 message: Some("readiness canary".into()),
+                freeze: false,
                 effect: Effect::Deny,
                 target,
                 location: Location::default(),

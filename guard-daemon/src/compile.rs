@@ -33,6 +33,8 @@ pub struct RuleInfo {
     pub id: String,
     pub message: Option<String>,
     pub profile: String,
+    /// A denial under it freezes the session.
+    pub freeze: bool,
 }
 
 /// Entries for the kernel's maps, plus what userspace needs to explain them.
@@ -247,6 +249,7 @@ fn add_rule<T>(out: &mut CompiledPolicy, profile: &Profile, rule: &Rule<T>) -> R
         id: rule.id.clone(),
         message: rule.message.clone(),
         profile: profile.name.clone(),
+        freeze: rule.freeze,
     });
     RuleRef {
         rule_id,
@@ -649,7 +652,8 @@ mod tests {
             RuleInfo {
                 id: "t".into(),
                 message: None,
-                profile: "b".into()
+                profile: "b".into(),
+                freeze: false,
             }
         );
         let (dev, ino) = identity(&tool).unwrap();

@@ -19,6 +19,8 @@ pub const DEFAULT_SOCKET: &str = "/run/guard/control.sock";
 
 /// Where guardd serves its local gRPC API (policy, sessions).
 pub const DEFAULT_API_SOCKET: &str = "/run/guard/api.sock";
+/// Where guardd writes each session's last denials for its agent.
+pub const DEFAULT_WHY_DIR: &str = "/run/guard/why";
 /// Where guardd keeps the policy in force and the live sessions for the
 /// next guardd.
 pub const DEFAULT_STATE_FILE: &str = "/run/guard/state.json";
@@ -35,6 +37,20 @@ pub enum Request {
     /// Read the policy file again and switch to it.
     Reload,
     Status,
+    /// Thaw a frozen session, or kill every process in it.
+    Session {
+        session: String,
+        action: SessionAction,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionAction {
+    /// Let a frozen session run again.
+    Thaw,
+    /// Kill every process of the session (frozen or not).
+    Kill,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,6 +60,9 @@ pub enum Response {
     Session {
         session: Session,
         cgroup_procs: PathBuf,
+        /// The file with the session's last denials (`GUARD_WHY`).
+        #[serde(default)]
+        why_file: Option<PathBuf>,
     },
     /// The new generation is in force; `problem` says why it is not
     /// enforcing when the canary failed on it.
@@ -53,6 +72,10 @@ pub enum Response {
         problem: Option<String>,
     },
     Status(Box<Status>),
+    /// The session action was done.
+    SessionDone {
+        message: String,
+    },
     /// The policy file did not read, parse, validate or compile; the
     /// generation in force stays.
     PolicyRefused {

@@ -48,8 +48,14 @@ pub enum LaunchError {
 }
 
 /// Runs `command` in session `session`, whose cgroup's `cgroup.procs` is
-/// `procs_path`; returns the exit code to exit with.
-pub fn run(procs_path: &Path, session: &str, command: &[OsString]) -> Result<i32, LaunchError> {
+/// `procs_path`, with GUARD_SESSION and GUARD_WHY (its reasons file) set;
+/// returns the exit code to exit with.
+pub fn run(
+    procs_path: &Path,
+    session: &str,
+    why_file: Option<&Path>,
+    command: &[OsString],
+) -> Result<i32, LaunchError> {
     let mut forwarded = SigSet::empty();
     for sig in FORWARDED {
         forwarded.add(sig);
@@ -61,6 +67,9 @@ pub fn run(procs_path: &Path, session: &str, command: &[OsString]) -> Result<i32
 
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]).env("GUARD_SESSION", session);
+    if let Some(why) = why_file {
+        cmd.env("GUARD_WHY", why);
+    }
     join_cgroup_on_exec(&mut cmd, procs_path)?;
     // SAFETY: runs between fork and exec; sigprocmask is async-signal-safe.
     unsafe {

@@ -165,6 +165,8 @@ pub enum Effect {
 pub struct Rule<T> {
     pub id: String,
     pub message: Option<String>,
+    /// A denial under this rule also freezes the agent's whole session.
+    pub freeze: bool,
     pub effect: Effect,
     pub target: T,
     pub location: Location,
@@ -325,6 +327,8 @@ struct NetworkFile {
 struct RuleFile {
     id: String,
     message: Option<String>,
+    #[serde(default)]
+    freeze: bool,
     path: Option<String>,
     sha256: Option<String>,
     subtree: Option<String>,
@@ -628,9 +632,29 @@ fn exec_rule(
         )?),
         _ => unreachable!("one_target checked"),
     };
+    rule_of(rule, effect, target, location)
+}
+
+/// The rule, once its section has checked its target.
+fn rule_of<T>(
+    rule: RuleFile,
+    effect: Effect,
+    target: T,
+    location: Location,
+) -> Result<Rule<T>, PolicyError> {
+    if rule.freeze && effect == Effect::Allow {
+        return Err(PolicyError::new(
+            location,
+            format!(
+                "rule `{}`: `freeze` belongs on rules that deny (a denial under them freezes the session)",
+                rule.id
+            ),
+        ));
+    }
     Ok(Rule {
         id: rule.id,
         message: rule.message,
+        freeze: rule.freeze,
         effect,
         target,
         location,
@@ -680,13 +704,7 @@ fn file_rule(
         (_, _, Some(name)) => FileTarget::Name(name_pattern(&rule.id, name, location)?),
         _ => unreachable!("one_target checked"),
     };
-    Ok(Rule {
-        id: rule.id,
-        message: rule.message,
-        effect,
-        target,
-        location,
-    })
+    rule_of(rule, effect, target, location)
 }
 
 fn name_pattern(
@@ -760,13 +778,7 @@ fn net_rule(
         ports,
         protocol: rule.protocol.unwrap_or_default(),
     };
-    Ok(Rule {
-        id: rule.id,
-        message: rule.message,
-        effect,
-        target,
-        location,
-    })
+    rule_of(rule, effect, target, location)
 }
 
 fn parse_cidr(text: &str) -> Option<IpNet> {

@@ -106,6 +106,8 @@ impl Guardd {
             .arg(&api_socket)
             .arg("--state-file")
             .arg(dir.join("state.json"))
+            .arg("--why-dir")
+            .arg(dir.join("why"))
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())

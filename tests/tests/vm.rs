@@ -852,6 +852,132 @@ fn guardctl_run_passes_exit_status_streams_and_signals() {
     );
 }
 
+/// A denied agent learns why: `guardctl why` inside its session prints the
+/// denial with the rule and its message, from the file GUARD_WHY names,
+/// which only the session's user may read and no agent may change.
+#[test]
+fn a_denied_agent_can_read_why() {
+    let e = env();
+    let victim = e.path("protected/why.txt");
+    fs::write(&victim, "keep").unwrap();
+    let script = format!(
+        r#"{probe} unlink {victim}
+for i in $(seq 100); do {guardctl} why | grep -q files-protected-dir && break; sleep 0.1; done
+echo "MODE=$(stat -c %a "$GUARD_WHY")"
+{guardctl} why
+echo tampered > "$GUARD_WHY" && echo "TAMPERED"
+true"#,
+        probe = bin("guard-probe").display(),
+        victim = victim.display(),
+        guardctl = bin("guardctl").display(),
+    );
+    let output = std::process::Command::new(bin("guardctl"))
+        .arg("--socket")
+        .arg(&e.guardd.socket)
+        .args(["run", "--agent", TAGGED, "--", "sh", "-c", &script])
+        .output()
+        .expect("run the agent");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("unlink") && l.contains("why.txt"))
+        .unwrap_or_else(|| panic!("no reason for the denied unlink:\n{stdout}"));
+    assert!(
+        line.contains("denied by rule `files-protected-dir`") && line.ends_with(": production data"),
+        "{line}"
+    );
+    assert!(!stdout.contains("TAMPERED"), "the agent changed its reasons file:\n{stdout}");
+    assert!(
+        stdout.lines().any(|l| l == "MODE=400"),
+        "the file is the session user's to read only:\n{stdout}"
+    );
+    assert!(victim.exists());
+}
+
+/// A denial under a rule marked `freeze` stops the whole session through
+/// the cgroup freezer; `guardctl session thaw` resumes it and `guardctl
+/// session kill` ends it.
+#[test]
+fn a_freeze_rule_freezes_the_session_until_thawed_or_killed() {
+    let e = env();
+    let dir = e.path("freeze");
+    fs::create_dir_all(dir.join("keep")).unwrap();
+    let victim = dir.join("keep/f");
+    fs::write(&victim, "keep").unwrap();
+    let policy = policy_of(
+        &format!(
+            "  - name: frz\n    default: allow\n    files:\n      protect:\n        - id: keep\n          subtree: {}\n          message: a bulk delete here stops the agent\n          freeze: true\n",
+            dir.join("keep").display()
+        ),
+        &["frz"],
+    );
+    let root = "guard-freeze-test";
+    let guardd = Guardd::start(&dir, &policy, root);
+    let script = format!(
+        "sleep 300 & {} unlink {}; echo thawed; wait",
+        bin("guard-probe").display(),
+        victim.display()
+    );
+    let mut agent = std::process::Command::new(bin("guardctl"))
+        .arg("--socket")
+        .arg(&guardd.socket)
+        .args(["run", "--agent", "frz", "--", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+    let sessions = format!("/sys/fs/cgroup/{root}/frz");
+    wait_populated(&sessions);
+    let session = fs::read_dir(&sessions)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .expect("a session cgroup")
+        .path();
+    let id = session.file_name().unwrap().to_str().unwrap().to_string();
+    let frozen = |want: bool| {
+        let line = format!("frozen {}", u8::from(want));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !fs::read_to_string(session.join("cgroup.events"))
+            .unwrap()
+            .lines()
+            .any(|l| l == line)
+        {
+            assert!(Instant::now() < deadline, "session never `{line}`");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    frozen(true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let denial = loop {
+        let found = guardd
+            .records()
+            .into_iter()
+            .find(|r| r["action"] == "unlink" && r["target"] == victim.display().to_string());
+        match found {
+            Some(record) => break record,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            None => panic!("no record of the denial"),
+        }
+    };
+    assert_eq!(denial["verdict"], "deny");
+    assert_eq!(denial["flags"], serde_json::json!(["session_frozen"]), "{denial}");
+    assert!(victim.exists());
+
+    let ctl = |action: &str| {
+        let out = guardd.guardctl(&["session", action, &id]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    ctl("thaw");
+    frozen(false);
+    ctl("kill");
+    let status = agent.wait().unwrap();
+    assert!(!status.success(), "the killed session's command failed: {status:?}");
+    let mut out = String::new();
+    std::io::Read::read_to_string(agent.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(out.contains("thawed"), "the agent ran on after the thaw: {out}");
+}
+
 // ------------------------------------------------------------- lifecycle --
 
 #[test]

@@ -100,6 +100,12 @@ struct Args {
     #[arg(long, env = "GUARD_STATE_FILE", default_value = control::DEFAULT_STATE_FILE)]
     state_file: PathBuf,
 
+    /// Where guardd writes each session's last denials (rule and message),
+    /// one file per session, readable by the session's user. `guardctl run`
+    /// passes the file to the agent in GUARD_WHY; `guardctl why` prints it.
+    #[arg(long, env = "GUARD_WHY_DIR", default_value = control::DEFAULT_WHY_DIR)]
+    why_dir: PathBuf,
+
     /// Detach the programs guardd left attached for --cgroup-root, then
     /// exit. guardd keeps its programs attached (pinned in
     /// /sys/fs/bpf/guard) when it stops or dies, so that agents stay
@@ -150,6 +156,7 @@ fn main() {
             metrics_listen: args.metrics_listen,
             protect: args.protect,
             state_file: args.state_file,
+            why_dir: args.why_dir,
             host_name: args.host_name.unwrap_or_else(|| {
                 nix::unistd::gethostname()
                     .map(|h| h.to_string_lossy().into_owned())

@@ -53,6 +53,7 @@ impl Builtins {
                 Some(Rule {
                     id: SELF_PROTECTION_RULE.into(),
                     message: Some("one of Guard's own files: no agent may change it".into()),
+                    freeze: false,
                     effect: Effect::ReadOnly,
                     target,
                     location: Location::default(),

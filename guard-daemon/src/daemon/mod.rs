@@ -16,6 +16,7 @@ use std::{
 mod builtins;
 mod kept;
 mod services;
+mod why;
 
 pub use builtins::Builtins;
 
@@ -36,7 +37,7 @@ use crate::{
     cgroup::{self, GuardRoot},
     chain::Chain,
     compile::{self, CompiledPolicy},
-    control::{HookStatus, ProfileStatus, Request, Response, Status},
+    control::{HookStatus, ProfileStatus, Request, Response, SessionAction, Status},
     enforcer::{EnforceError, Enforcer},
     events::{self, Clock, Line},
     exit,
@@ -87,6 +88,8 @@ pub struct Config {
     /// Where the generation in force and the live sessions are kept for
     /// the next guardd ([`kept`]).
     pub state_file: PathBuf,
+    /// Where each session's last denials are written for its agent.
+    pub why_dir: PathBuf,
 }
 
 /// Where what outlives one guardd is, for the next to adopt.
@@ -261,6 +264,8 @@ pub struct State {
     /// Where the generation in force and the live sessions are kept for
     /// the next guardd, on every change.
     state_file: Option<PathBuf>,
+    /// Each session's last denials, for its agent to read.
+    why: why::Why,
 }
 
 impl State {
@@ -303,6 +308,7 @@ impl State {
             last_rejected: None,
             // Set once started: a guardd that fails to start keeps nothing.
             state_file: None,
+            why: why::Why::default(),
         };
         if let Some(adopted) = &state.enforcer.adopted
             && let Some(persistence) = persistence
@@ -460,7 +466,7 @@ impl State {
         profile: Option<String>,
         labels: BTreeMap<String, String>,
         caller: &Caller,
-    ) -> Result<(Session, PathBuf), String> {
+    ) -> Result<(Session, PathBuf, Option<PathBuf>), String> {
         session::check_labels(&labels)?;
         let generation = self.current().clone();
         let compiled = &generation.compiled;
@@ -541,7 +547,8 @@ impl State {
         );
         self.sessions.insert(session.clone(), path.clone());
         self.keep();
-        Ok((session, path.join("cgroup.procs")))
+        let why_file = self.why.open(&session);
+        Ok((session, path.join("cgroup.procs"), why_file))
     }
 
     /// The (innermost) session a process runs in, if it is an agent; an
@@ -576,7 +583,49 @@ impl State {
         }
         if !ended.is_empty() {
             self.keep();
+            self.why.keep_only(self.sessions.live().map(|s| s.id.as_str()));
         }
+    }
+
+    /// Freezes the outermost session of `session` (the whole agent, with
+    /// its sub-agents) through cgroup v2's freezer: every process stops
+    /// where it is, for a human to inspect, thaw or kill. True if frozen.
+    fn freeze(&self, session: Session) -> bool {
+        let outermost = self.outermost(session);
+        let Some(path) = self.sessions.path(&outermost.id) else {
+            return false;
+        };
+        match std::fs::write(path.join("cgroup.freeze"), "1") {
+            Ok(()) => {
+                warn!(session = %outermost.id, agent = %outermost.agent, "a rule marked `freeze` denied: session frozen (`guardctl session thaw|kill`)");
+                true
+            }
+            Err(e) => {
+                error!(session = %outermost.id, "cannot freeze the session: {e}");
+                false
+            }
+        }
+    }
+
+    /// Thaws or kills a live session.
+    fn session_action(&self, id: &str, action: SessionAction) -> Result<String, String> {
+        let path = self
+            .sessions
+            .live()
+            .find(|s| s.id == id)
+            .and_then(|s| self.sessions.path(&s.id))
+            .ok_or_else(|| format!("no live session `{id}`"))?;
+        let (file, what) = match action {
+            SessionAction::Thaw => ("cgroup.freeze", "0"),
+            SessionAction::Kill => ("cgroup.kill", "1"),
+        };
+        std::fs::write(path.join(file), what)
+            .map_err(|e| format!("cannot write {}: {e}", path.join(file).display()))?;
+        info!(session = id, ?action, "session action");
+        Ok(match action {
+            SessionAction::Thaw => format!("session {id} thawed"),
+            SessionAction::Kill => format!("every process of session {id} killed"),
+        })
     }
 
     /// Writes the generation in force and the live sessions for the next
@@ -736,7 +785,21 @@ impl State {
                 .find(|(_, id)| **id == event.agent_cgroup)
                 .map(|(name, _)| name.clone()),
         };
-        events::to_record(event, generation.as_deref(), agent, session.as_ref(), clock)
+        let mut record =
+            events::to_record(event, generation.as_deref(), agent, session.as_ref(), clock);
+        if let Some(session) = session
+            && record.verdict == "deny"
+        {
+            let freeze = generation
+                .as_ref()
+                .and_then(|g| g.compiled.rule(event.rule_id))
+                .is_some_and(|rule| rule.freeze);
+            if freeze && self.freeze(session.clone()) {
+                record.flags.push("session_frozen".into());
+            }
+            self.why.note(&session.id, &record);
+        }
+        record
     }
 }
 
@@ -746,6 +809,11 @@ impl State {
 fn own_files(config: &Config) -> Vec<PathBuf> {
     let mut own = Builtins::binaries();
     own.push(config.policy.clone());
+    // Readable by each session's user; changed by guardd only.
+    match std::fs::create_dir_all(&config.why_dir) {
+        Ok(()) => own.push(config.why_dir.clone()),
+        Err(e) => warn!(dir = %config.why_dir.display(), "cannot create: {e}"),
+    }
     let files = [config.events.as_ref(), config.ocsf.as_ref()];
     for file in files.into_iter().flatten().chain([&config.state_file]) {
         if let Some(dir) = file.parent() {
@@ -794,6 +862,11 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     }
     state.state_file = Some(persistence.state_file.clone());
     state.keep();
+    state.why = why::Why::new(config.why_dir.clone());
+    let kept: Vec<Session> = state.sessions.live().cloned().collect();
+    for session in &kept {
+        state.why.open(session);
+    }
 
     let replaced = match state.enforcer.pin() {
         Ok(replaced) => replaced,
@@ -1219,14 +1292,22 @@ async fn handle_control(stream: UnixStream, state: Arc<Mutex<State>>) {
 async fn answer(request: Request, caller: Caller, state: Arc<Mutex<State>>) -> Response {
     match request {
         Request::Status => Response::Status(Box::new(lock(&state).status_for(&caller))),
+        Request::Session { .. } if caller.agent => Response::Error {
+            message: "agents cannot thaw or kill sessions".into(),
+        },
+        Request::Session { session, action } => match lock(&state).session_action(&session, action) {
+            Ok(message) => Response::SessionDone { message },
+            Err(message) => Response::Error { message },
+        },
         Request::StartSession {
             agent,
             profile,
             labels,
         } => match lock(&state).start_session(agent, profile, labels, &caller) {
-            Ok((session, cgroup_procs)) => Response::Session {
+            Ok((session, cgroup_procs, why_file)) => Response::Session {
                 session,
                 cgroup_procs,
+                why_file,
             },
             Err(message) => Response::Error { message },
         },
@@ -1379,6 +1460,7 @@ impl RecordWriter {
             .enforcer
             .counter(Counter::EventsLost)
             .unwrap_or(self.lost_reported);
+        lock(state).why.write();
         let undecodable = std::mem::take(&mut self.undecodable);
         wrote |= self.write_loss("decode", undecodable)?;
         if lost > self.lost_reported {

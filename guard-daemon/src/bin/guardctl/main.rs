@@ -39,7 +39,8 @@ enum Command {
     /// The command and everything it starts are confined by the session's
     /// profile from its first instruction. Standard streams and signals pass through; the exit
     /// status is the command's. The command sees its session id in
-    /// GUARD_SESSION. Run from inside a session, it starts a sub-agent
+    /// GUARD_SESSION, and the file with its last denials in GUARD_WHY (see
+    /// `guardctl why`). Run from inside a session, it starts a sub-agent
     /// session under the same profile.
     Run {
         /// Agent name, as in the policy in force.
@@ -55,6 +56,26 @@ enum Command {
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
+    },
+    /// Print why actions of this session were denied: its last denials,
+    /// each with the action, its target, the rule and the rule's message.
+    ///
+    /// Inside a session (started by `guardctl run`) it reads the file that
+    /// GUARD_WHY names; guardd adds a denial there a moment after it.
+    Why {
+        /// Another session's id (its file in --why-dir), e.g. as root.
+        #[arg(long)]
+        session: Option<String>,
+        /// Where guardd writes the sessions' files (guardd's --why-dir).
+        #[arg(long, env = "GUARD_WHY_DIR", default_value = control::DEFAULT_WHY_DIR)]
+        why_dir: std::path::PathBuf,
+    },
+    /// Thaw a session that a rule marked `freeze` stopped, or kill every
+    /// process in it (root only).
+    Session {
+        action: control::SessionAction,
+        /// The session's id (`guardctl status` lists them).
+        session: String,
     },
     /// Show whether guardd is enforcing (exit 1 when not).
     ///
@@ -206,6 +227,16 @@ fn main() {
             labels,
             command,
         } => run(&args.socket, agent, profile, labels, &command),
+        Command::Why { session, why_dir } => why(session, &why_dir),
+        Command::Session { action, session } => {
+            match control::call(&args.socket, &Request::Session { session, action }) {
+                Ok(Response::SessionDone { message }) => {
+                    println!("{message}");
+                    0
+                }
+                other => fail(other),
+            }
+        }
         Command::Status { json } => match control::call(&args.socket, &Request::Status) {
             Ok(Response::Status(status)) => {
                 if json {
@@ -286,17 +317,51 @@ fn run(
         profile,
         labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
     };
-    let (session, procs) = match control::call(socket, &request) {
+    let (session, procs, why_file) = match control::call(socket, &request) {
         Ok(Response::Session {
             session,
             cgroup_procs,
-        }) => (session, cgroup_procs),
+            why_file,
+        }) => (session, cgroup_procs, why_file),
         other => return fail(other),
     };
-    match launch::run(&procs, &session.id, command) {
+    match launch::run(&procs, &session.id, why_file.as_deref(), command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("guardctl: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+fn why(session: Option<String>, why_dir: &std::path::Path) -> i32 {
+    let file = match (session, std::env::var_os("GUARD_WHY")) {
+        (Some(id), _) if id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+            why_dir.join(id)
+        }
+        (Some(id), _) => {
+            eprintln!("guardctl: `{id}` is not a session id");
+            return exit::USAGE;
+        }
+        (None, Some(file)) => file.into(),
+        (None, None) => {
+            eprintln!(
+                "guardctl: not in a Guard session (GUARD_WHY is not set); name one with --session ID"
+            );
+            return exit::USAGE;
+        }
+    };
+    match std::fs::read_to_string(&file) {
+        Ok(text) if text.is_empty() => {
+            println!("no denials in this session");
+            0
+        }
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("guardctl: cannot read {}: {e}", file.display());
             exit::FAILURE
         }
     }
