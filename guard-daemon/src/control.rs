@@ -58,7 +58,7 @@ pub enum SessionAction {
 pub enum Response {
     /// The new session, and the `cgroup.procs` file its first process joins.
     Session {
-        session: Session,
+        session: Box<Session>,
         cgroup_procs: PathBuf,
         /// The file with the session's last denials (`GUARD_WHY`).
         #[serde(default)]

@@ -927,6 +927,20 @@ agents:
     }
 
     #[test]
+    fn freeze_is_for_rules_that_deny() {
+        let rules = |section: &str| {
+            one_profile(&format!(
+                "  - name: a\n    files:\n      {section}:\n        - id: r\n          subtree: /srv\n          freeze: true\n"
+            ))
+        };
+        let policy = parse(&rules("protect")).unwrap();
+        assert!(policy.profiles[0].files[0].freeze);
+        let e = error(&rules("writable"));
+        assert!(e.reason.contains("`freeze`"), "{e}");
+        assert_eq!(e.location.line, 5, "{e}");
+    }
+
+    #[test]
     fn mode_defaults_to_enforce_and_default_is_required() {
         let policy = parse(&one_profile("  - name: a\n")).unwrap();
         assert_eq!(policy.profiles[0].mode, Mode::Enforce);

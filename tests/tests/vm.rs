@@ -878,16 +878,24 @@ true"#,
         .output()
         .expect("run the agent");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let line = stdout
         .lines()
         .find(|l| l.contains("unlink") && l.contains("why.txt"))
         .unwrap_or_else(|| panic!("no reason for the denied unlink:\n{stdout}"));
     assert!(
-        line.contains("denied by rule `files-protected-dir`") && line.ends_with(": production data"),
+        line.contains("denied by rule `files-protected-dir`")
+            && line.ends_with(": production data"),
         "{line}"
     );
-    assert!(!stdout.contains("TAMPERED"), "the agent changed its reasons file:\n{stdout}");
+    assert!(
+        !stdout.contains("TAMPERED"),
+        "the agent changed its reasons file:\n{stdout}"
+    );
     assert!(
         stdout.lines().any(|l| l == "MODE=400"),
         "the file is the session user's to read only:\n{stdout}"
@@ -961,21 +969,35 @@ fn a_freeze_rule_freezes_the_session_until_thawed_or_killed() {
         }
     };
     assert_eq!(denial["verdict"], "deny");
-    assert_eq!(denial["flags"], serde_json::json!(["session_frozen"]), "{denial}");
+    assert_eq!(
+        denial["flags"],
+        serde_json::json!(["session_frozen"]),
+        "{denial}"
+    );
     assert!(victim.exists());
 
     let ctl = |action: &str| {
         let out = guardd.guardctl(&["session", action, &id]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     ctl("thaw");
     frozen(false);
     ctl("kill");
     let status = agent.wait().unwrap();
-    assert!(!status.success(), "the killed session's command failed: {status:?}");
+    assert!(
+        !status.success(),
+        "the killed session's command failed: {status:?}"
+    );
     let mut out = String::new();
     std::io::Read::read_to_string(agent.stdout.as_mut().unwrap(), &mut out).unwrap();
-    assert!(out.contains("thawed"), "the agent ran on after the thaw: {out}");
+    assert!(
+        out.contains("thawed"),
+        "the agent ran on after the thaw: {out}"
+    );
 }
 
 // ------------------------------------------------------------- lifecycle --

@@ -583,7 +583,8 @@ impl State {
         }
         if !ended.is_empty() {
             self.keep();
-            self.why.keep_only(self.sessions.live().map(|s| s.id.as_str()));
+            self.why
+                .keep_only(self.sessions.live().map(|s| s.id.as_str()));
         }
     }
 
@@ -1295,7 +1296,8 @@ async fn answer(request: Request, caller: Caller, state: Arc<Mutex<State>>) -> R
         Request::Session { .. } if caller.agent => Response::Error {
             message: "agents cannot thaw or kill sessions".into(),
         },
-        Request::Session { session, action } => match lock(&state).session_action(&session, action) {
+        Request::Session { session, action } => match lock(&state).session_action(&session, action)
+        {
             Ok(message) => Response::SessionDone { message },
             Err(message) => Response::Error { message },
         },
@@ -1305,7 +1307,7 @@ async fn answer(request: Request, caller: Caller, state: Arc<Mutex<State>>) -> R
             labels,
         } => match lock(&state).start_session(agent, profile, labels, &caller) {
             Ok((session, cgroup_procs, why_file)) => Response::Session {
-                session,
+                session: Box::new(session),
                 cgroup_procs,
                 why_file,
             },
