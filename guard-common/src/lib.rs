@@ -39,9 +39,19 @@ pub mod map {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU u64 counters, indexed by [`super::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// [`super::BudgetKey`] → [`super::BudgetState`]: what each session has
+    /// spent of its budgets. Not part of a generation: a reload does not
+    /// refill a budget.
+    pub const BUDGET_STATE: &str = "BUDGET_STATE";
+    /// LRU [`super::DestinationKey`] → `u8`: the destinations each session
+    /// has reached, so that only a new one spends its destinations budget.
+    pub const DESTINATIONS_SEEN: &str = "DESTINATIONS_SEEN";
+    /// [`super::ExceptionKey`] → [`super::Exception`]: approved tickets, each
+    /// letting one session do one denied thing to one object.
+    pub const EXCEPTIONS: &str = "EXCEPTIONS";
     /// The maps guardd pins with the programs' links, so that a guardd
     /// started later adopts them (the others are private to the programs).
-    pub const PINNED: [&str; 11] = [
+    pub const PINNED: [&str; 14] = [
         GENERATION,
         GENERATION_SLOTS[0],
         GENERATION_SLOTS[1],
@@ -53,6 +63,9 @@ pub mod map {
         NET_RULES,
         EVENTS,
         COUNTERS,
+        BUDGET_STATE,
+        DESTINATIONS_SEEN,
+        EXCEPTIONS,
     ];
 }
 
@@ -88,6 +101,7 @@ pub const LOCKED: AgentEntry = AgentEntry {
         | agent_flag::NETWORK_DEFAULT_DENY
         | agent_flag::DECIDE_WRITES,
     _pad: 0,
+    budgets: [Budget::NONE; BUDGETS],
 };
 
 /// Capacities of one generation. Userspace checks a compiled policy against
@@ -99,6 +113,11 @@ pub mod capacity {
     pub const FILE_IDENTITY: u32 = 4096;
     pub const FILE_NAMES: u32 = 1024;
     pub const NET_RULES: u32 = 1 << 17;
+    /// Approved tickets in force at once, over all sessions.
+    pub const EXCEPTIONS: u32 = 4096;
+    /// Destinations remembered per host (least recently used go first; a
+    /// forgotten one spends the budget again when reached).
+    pub const DESTINATIONS_SEEN: u32 = 1 << 16;
     /// Bytes; must be a power of two and a multiple of the page size.
     pub const EVENTS_BYTES: u32 = 1 << 22;
 }
@@ -439,6 +458,9 @@ pub mod event_flag {
     /// The path is relative to the file system root the walk reached, which is
     /// not the process's root (e.g. a detached mount).
     pub const PATH_UNROOTED: u32 = 2;
+    /// A rule denied the action and an approved ticket
+    /// ([`super::Event::detail`]) allowed it.
+    pub const APPROVED: u32 = 4;
 }
 
 /// Protocols in [`NetRule::protocol`] and [`Event::protocol`].
@@ -495,6 +517,132 @@ pub struct AgentEntry {
     /// [`agent_flag`] bits.
     pub flags: u32,
     pub _pad: u32,
+    /// The profile's budgets, indexed by [`budget`].
+    pub budgets: [Budget; BUDGETS],
+}
+
+/// The budgets a profile may set, indexes of [`AgentEntry::budgets`].
+pub mod budget {
+    /// Destroying files: unlink, rmdir, rename away or over, truncate.
+    pub const DESTROY: usize = 0;
+    /// Reaching a network destination (address) the session has not
+    /// reached before.
+    pub const DESTINATIONS: usize = 1;
+}
+/// Number of [`budget`] kinds.
+pub const BUDGETS: usize = 2;
+
+/// A token bucket, as a generic cell rate: one operation per `interval_ns`
+/// on average, at most `window_ns / interval_ns` (the burst) at once. The
+/// kernel keeps a theoretical arrival time per session ([`BudgetState`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub interval_ns: u64,
+    /// `burst * interval_ns`; 0 when the profile sets no such budget.
+    pub window_ns: u64,
+}
+
+impl Budget {
+    pub const NONE: Budget = Budget {
+        interval_ns: 0,
+        window_ns: 0,
+    };
+}
+
+/// Key of [`map::BUDGET_STATE`]: a session (the cgroup whose entry applies)
+/// and a [`budget`] index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BudgetKey {
+    pub cgroup: u64,
+    pub budget: u32,
+    pub _pad: u32,
+}
+
+/// Value of [`map::BUDGET_STATE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BudgetState {
+    /// Boot-clock time at which the bucket is full again plus one interval
+    /// (GCRA's theoretical arrival time).
+    pub tat_ns: u64,
+    /// Operations the budget allowed so far.
+    pub spent: u64,
+}
+
+/// Key of [`map::DESTINATIONS_SEEN`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DestinationKey {
+    pub cgroup: u64,
+    /// IPv6, or IPv4-mapped.
+    pub addr: [u8; 16],
+}
+
+/// What an [`ExceptionKey`] names.
+pub mod object {
+    /// A file, by identity: `object` holds `ino` (8 bytes, native order)
+    /// then `dev` (4 bytes).
+    pub const FILE: u16 = 1;
+    /// A program, by identity, as [`FILE`].
+    pub const PROGRAM: u16 = 2;
+    /// A network destination: `object` holds the address (IPv6 or
+    /// IPv4-mapped), `port` the port.
+    pub const DESTINATION: u16 = 3;
+}
+
+/// Key of [`map::EXCEPTIONS`]: one object, for one session.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExceptionKey {
+    /// The session (the cgroup whose entry applies).
+    pub cgroup: u64,
+    pub object: [u8; 16],
+    pub port: u16,
+    /// [`object`] kind.
+    pub kind: u16,
+    pub _pad: u32,
+}
+
+impl ExceptionKey {
+    /// A file or program ([`object::FILE`], [`object::PROGRAM`]) by identity.
+    pub fn identity(cgroup: u64, kind: u16, dev: u32, ino: u64) -> Self {
+        let mut object = [0u8; 16];
+        object[..8].copy_from_slice(&ino.to_ne_bytes());
+        object[8..12].copy_from_slice(&dev.to_ne_bytes());
+        Self {
+            cgroup,
+            object,
+            port: 0,
+            kind,
+            _pad: 0,
+        }
+    }
+
+    /// A network destination.
+    pub fn destination(cgroup: u64, addr: [u8; 16], port: u16) -> Self {
+        Self {
+            cgroup,
+            object: addr,
+            port,
+            kind: object::DESTINATION,
+            _pad: 0,
+        }
+    }
+}
+
+/// Value of [`map::EXCEPTIONS`]: an approved ticket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exception {
+    /// Boot-clock time after which it no longer applies.
+    pub expires_ns: u64,
+    /// The ticket's number, carried in the records it allows.
+    pub ticket: u32,
+    /// Non-zero: one use; the program that uses it removes it, so that two
+    /// racing attempts cannot both use it.
+    pub once: u32,
 }
 
 /// A file's identity: device (kernel `dev_t` encoding, `MAJOR << 20 | MINOR`)
@@ -625,7 +773,9 @@ pub struct Event {
     pub path_len: u16,
     /// [`event_flag`] bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// With [`event_flag::APPROVED`]: the ticket. With rule
+    /// [`BUDGET_EXCEEDED`]: what the budget had allowed the session.
+    pub detail: u32,
     /// Destination address, IPv6 or IPv4-mapped.
     pub addr: [u8; 16],
     pub comm: [u8; 16],
@@ -639,8 +789,16 @@ pub const NO_RULE: u32 = u32::MAX;
 /// take whatever its profile says (bpf(2), mounts, kernel modules, signals
 /// to processes outside Guard's cgroup, writes to kernel interfaces).
 pub const SELF_PROTECTION: u32 = u32::MAX - 1;
+/// [`Event::rule_id`] of a denial by an exhausted budget: the file hooks'
+/// is [`budget::DESTROY`], the network hooks' [`budget::DESTINATIONS`].
+pub const BUDGET_EXCEEDED: u32 = u32::MAX - 2;
 
-const _: () = assert!(size_of::<AgentEntry>() == 16);
+const _: () = assert!(size_of::<AgentEntry>() == 16 + 16 * BUDGETS);
+const _: () = assert!(size_of::<BudgetKey>() == 16);
+const _: () = assert!(size_of::<BudgetState>() == 16);
+const _: () = assert!(size_of::<DestinationKey>() == 24);
+const _: () = assert!(size_of::<ExceptionKey>() == 32);
+const _: () = assert!(size_of::<Exception>() == 16);
 const _: () = assert!(size_of::<IdentityKey>() == 16);
 const _: () = assert!(size_of::<RuleRef>() == 8);
 const _: () = assert!(size_of::<ExecIdentityRule>() == 24);
@@ -671,4 +829,9 @@ mod pod {
     unsafe impl aya::Pod for NetRule {}
     unsafe impl aya::Pod for NetRuleSet {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for BudgetKey {}
+    unsafe impl aya::Pod for BudgetState {}
+    unsafe impl aya::Pod for DestinationKey {}
+    unsafe impl aya::Pod for ExceptionKey {}
+    unsafe impl aya::Pod for Exception {}
 }

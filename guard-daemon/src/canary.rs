@@ -87,6 +87,7 @@ impl Canary {
                 id: format!("guard-canary-{action}"),
                 message: Some("readiness canary".into()),
                 freeze: false,
+                approvable: false,
                 effect: Effect::Deny,
                 target,
                 location: Location::default(),
@@ -121,6 +122,7 @@ impl Canary {
                     protocol: Protocol::Tcp,
                 },
             )],
+            budgets: Default::default(),
             location: Location::default(),
         });
         policy.agents.push(AgentDef {

@@ -23,8 +23,8 @@ use ipnet::IpNet;
 use sha2::Digest as _;
 
 use crate::policy::{
-    Access, Effect, ExecTarget, FileTarget, Location, Mode, NamePattern, Policy, PolicyError,
-    Profile, Protocol, Rule, Sha256,
+    Access, BudgetSpec, Effect, ExecTarget, FileTarget, Location, Mode, NamePattern, Policy,
+    PolicyError, Profile, Protocol, Rule, Sha256,
 };
 
 /// What a rule id in a record refers to.
@@ -35,6 +35,8 @@ pub struct RuleInfo {
     pub profile: String,
     /// A denial under it freezes the session.
     pub freeze: bool,
+    /// A denial under it opens a ticket.
+    pub approvable: bool,
 }
 
 /// Entries for the kernel's maps, plus what userspace needs to explain them.
@@ -43,6 +45,9 @@ pub struct CompiledPolicy {
     /// Profile names with the entry a cgroup running that profile gets,
     /// indexed by profile index.
     pub profiles: Vec<(String, AgentEntry)>,
+    /// Each profile's budgets, indexed like `profiles`, then by
+    /// `guard_common::budget`.
+    pub budgets: Vec<[Option<BudgetSpec>; guard_common::BUDGETS]>,
     /// Agent names with their profile index.
     pub agents: Vec<(String, u32)>,
     pub exec_identity: Vec<(IdentityKey, ExecIdentityRule)>,
@@ -202,6 +207,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
         let index = index as u32;
         out.profiles
             .push((profile.name.clone(), profile_entry(profile, index)));
+        out.budgets.push(profile.budgets.clone());
         compile_exec(&mut out, &mut seen, profile, index)?;
         compile_files(&mut out, &mut seen, profile, index)?;
         compile_network(&mut out, profile, index)?;
@@ -240,6 +246,13 @@ fn profile_entry(profile: &Profile, index: u32) -> AgentEntry {
             )
             | flag(files_deny || any_read_only, agent_flag::DECIDE_WRITES),
         _pad: 0,
+        budgets: profile.budgets.clone().map(|spec| match spec {
+            Some(spec) => guard_common::Budget {
+                interval_ns: spec.interval.as_nanos() as u64,
+                window_ns: spec.interval.as_nanos() as u64 * u64::from(spec.burst),
+            },
+            None => guard_common::Budget::NONE,
+        }),
     }
 }
 
@@ -250,6 +263,7 @@ fn add_rule<T>(out: &mut CompiledPolicy, profile: &Profile, rule: &Rule<T>) -> R
         message: rule.message.clone(),
         profile: profile.name.clone(),
         freeze: rule.freeze,
+        approvable: rule.approvable,
     });
     RuleRef {
         rule_id,
@@ -654,6 +668,7 @@ mod tests {
                 message: None,
                 profile: "b".into(),
                 freeze: false,
+                approvable: false,
             }
         );
         let (dev, ino) = identity(&tool).unwrap();

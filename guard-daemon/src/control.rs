@@ -37,10 +37,25 @@ pub enum Request {
     /// Read the policy file again and switch to it.
     Reload,
     Status,
-    /// Thaw a frozen session, or kill every process in it.
+    /// Thaw a frozen session, kill every process in it, or refill its
+    /// budgets.
     Session {
         session: String,
         action: SessionAction,
+    },
+    /// The open tickets (with `all`, the recently closed too).
+    Tickets {
+        all: bool,
+    },
+    /// Approve a pending ticket, for one use or for `ttl_seconds`.
+    Approve {
+        ticket: String,
+        once: bool,
+        ttl_seconds: u64,
+    },
+    /// Deny an open ticket (an approved one is withdrawn).
+    Deny {
+        ticket: String,
     },
 }
 
@@ -51,6 +66,8 @@ pub enum SessionAction {
     Thaw,
     /// Kill every process of the session (frozen or not).
     Kill,
+    /// Refill the session's budgets.
+    Reset,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -72,9 +89,12 @@ pub enum Response {
         problem: Option<String>,
     },
     Status(Box<Status>),
-    /// The session action was done.
+    /// The session or ticket action was done.
     SessionDone {
         message: String,
+    },
+    Tickets {
+        tickets: Vec<crate::daemon::approvals::Ticket>,
     },
     /// The policy file did not read, parse, validate or compile; the
     /// generation in force stays.

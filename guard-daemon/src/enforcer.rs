@@ -20,8 +20,9 @@ use aya::{
     },
 };
 use guard_common::{
-    AgentKey, Counter, ExecPathKey, GenerationInfo, IdentityKey, KERNEL_FIELDS, LsmHook, NameKey,
-    NetKey, global, lsm, map, profile_key, profile_slot,
+    AgentKey, BUDGETS, BudgetKey, BudgetState, Counter, Exception, ExceptionKey, ExecPathKey,
+    GenerationInfo, IdentityKey, KERNEL_FIELDS, LsmHook, NameKey, NetKey, global, lsm, map,
+    profile_key, profile_slot,
 };
 use sha2::{Digest, Sha256};
 
@@ -813,6 +814,62 @@ impl Enforcer {
 
     /// Notes in the kernel's counters how many ring-buffer losses loss
     /// lines have reported, for a guardd that adopts these programs.
+    /// Refills a session's budgets: the kernel starts them afresh.
+    pub fn reset_budgets(&mut self, cgroup: u64) -> Result<(), EnforceError> {
+        let mut state: HashMap<_, BudgetKey, BudgetState> = self.map(map::BUDGET_STATE)?;
+        for budget in 0..BUDGETS as u32 {
+            let key = BudgetKey {
+                cgroup,
+                budget,
+                _pad: 0,
+            };
+            match state.remove(&key) {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(map_err(map::BUDGET_STATE)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// What each budget of a session has allowed so far.
+    pub fn budgets_spent(&mut self, cgroup: u64) -> Result<[u64; BUDGETS], EnforceError> {
+        let state: HashMap<_, BudgetKey, BudgetState> = self.map(map::BUDGET_STATE)?;
+        let mut spent = [0; BUDGETS];
+        for (budget, spent) in spent.iter_mut().enumerate() {
+            let key = BudgetKey {
+                cgroup,
+                budget: budget as u32,
+                _pad: 0,
+            };
+            *spent = match state.get(&key, 0) {
+                Ok(value) => value.spent,
+                Err(e) if is_not_found(&e) => 0,
+                Err(e) => return Err(map_err(map::BUDGET_STATE)(e)),
+            };
+        }
+        Ok(spent)
+    }
+
+    /// Lets the kernel honour an approved ticket.
+    pub fn grant(&mut self, key: ExceptionKey, exception: Exception) -> Result<(), EnforceError> {
+        let mut exceptions: HashMap<_, ExceptionKey, Exception> = self.map(map::EXCEPTIONS)?;
+        exceptions
+            .insert(key, exception, 0)
+            .map_err(map_err(map::EXCEPTIONS))
+    }
+
+    /// Withdraws an approved ticket; true if the kernel still had it (a
+    /// one-use ticket is gone once used).
+    pub fn revoke(&mut self, key: &ExceptionKey) -> Result<bool, EnforceError> {
+        let mut exceptions: HashMap<_, ExceptionKey, Exception> = self.map(map::EXCEPTIONS)?;
+        match exceptions.remove(key) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_err(map::EXCEPTIONS)(e)),
+        }
+    }
+
     pub fn set_losses_reported(&mut self, reported: u64) -> Result<(), EnforceError> {
         let io = |e: io::Error| EnforceError::Map {
             name: map::COUNTERS,

@@ -6,7 +6,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use guard_common::{Event, NO_RULE, SELF_PROTECTION, event_flag, hook, protocol, verdict};
+use guard_common::{
+    BUDGET_EXCEEDED, Event, NO_RULE, SELF_PROTECTION, budget, event_flag, hook, protocol, verdict,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -16,7 +18,7 @@ use crate::{
 };
 
 /// A decision, as written to the events stream.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Record {
     /// Position in this host's record stream, from 1; see [`crate::chain`].
     pub seq: u64,
@@ -68,6 +70,48 @@ pub struct Record {
     /// Notes on the record, e.g. `path_truncated`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
+    /// The approval ticket this record opened, used, or changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<TicketNote>,
+    /// The exhausted budget of a denial by rule `budget:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetNote>,
+}
+
+/// A ticket, as a record mentions it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TicketNote {
+    pub id: String,
+    /// `requested` (the denial opened or repeats it), `approved`,
+    /// `used`, `denied` or `expired`.
+    pub state: String,
+    /// Approvals: one use only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub once: bool,
+    /// Approvals: RFC 3339 time it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+/// An exhausted budget, as a denial mentions it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BudgetNote {
+    /// `destroy` or `destinations`.
+    pub name: String,
+    /// Operations the budget allowed the session before it ran out.
+    pub spent: u64,
+    pub burst: u32,
+    pub rate: String,
+}
+
+/// A ticket's id, as people type it: its number in 8 hex digits.
+pub fn ticket_id(number: u32) -> String {
+    format!("{number:08x}")
+}
+
+/// The rule id of a denial by budget `index` (`guard_common::budget`).
+pub fn budget_rule(index: usize) -> String {
+    format!("budget:{}", crate::policy::BUDGET_NAMES[index])
 }
 
 /// Records that were made but never written, as written to the events
@@ -130,7 +174,7 @@ impl Line {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileIdentity {
     /// Kernel `dev_t` encoding: major << 20 | minor.
     pub dev: u32,
@@ -265,12 +309,32 @@ pub fn to_record(
         .then(|| policy.and_then(|p| p.rule(event.rule_id)))
         .flatten();
     let profile_index = guard_common::profile_index(event.profile);
+    let budget_index = if is_network {
+        budget::DESTINATIONS
+    } else {
+        budget::DESTROY
+    };
+    let budget = (event.rule_id == BUDGET_EXCEEDED).then(|| {
+        let spec = policy
+            .and_then(|p| p.budgets.get(profile_index as usize))
+            .and_then(|budgets| budgets[budget_index].as_ref());
+        BudgetNote {
+            name: crate::policy::BUDGET_NAMES[budget_index].into(),
+            spent: event.detail.into(),
+            burst: spec.map_or(0, |s| s.burst),
+            rate: spec.map(|s| s.rate.clone()).unwrap_or_default(),
+        }
+    });
     let mut flags = Vec::new();
     if event.flags & event_flag::PATH_TRUNCATED != 0 {
         flags.push("path_truncated".into());
     }
     if event.flags & event_flag::PATH_UNROOTED != 0 {
         flags.push("path_unrooted".into());
+    }
+    let approved = event.flags & event_flag::APPROVED != 0;
+    if approved {
+        flags.push("approved".into());
     }
     Record {
         seq: 0,
@@ -313,17 +377,28 @@ pub fn to_record(
         rule: match (event.rule_id, rule) {
             (NO_RULE, _) => "default".into(),
             (SELF_PROTECTION, _) => SELF_PROTECTION_RULE.into(),
+            (BUDGET_EXCEEDED, _) => budget_rule(budget_index),
             (_, Some(rule)) => rule.id.clone(),
             (id, None) => format!("#{id}"),
         },
-        message: if event.rule_id == SELF_PROTECTION {
-            Some(SELF_PROTECTION_MESSAGE.into())
-        } else {
-            rule.and_then(|r| r.message.clone())
+        message: match (event.rule_id, &budget) {
+            (SELF_PROTECTION, _) => Some(SELF_PROTECTION_MESSAGE.into()),
+            (_, Some(b)) => Some(format!(
+                "the session's `{}` budget ({} at once, refilled at {}) is spent: {} allowed so far; it refills with time, or `guardctl session reset` refills it",
+                b.name, b.burst, b.rate, b.spent
+            )),
+            _ => rule.and_then(|r| r.message.clone()),
         },
         process: None,
         redacted: Vec::new(),
         flags,
+        ticket: approved.then(|| TicketNote {
+            id: ticket_id(event.detail),
+            state: "used".into(),
+            once: false,
+            expires: None,
+        }),
+        budget,
     }
 }
 

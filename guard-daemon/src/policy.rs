@@ -92,8 +92,29 @@ pub struct Profile {
     pub exec: Vec<Rule<ExecTarget>>,
     pub files: Vec<Rule<FileTarget>>,
     pub network: Vec<Rule<NetTarget>>,
+    /// Indexed by `guard_common::budget`.
+    pub budgets: [Option<BudgetSpec>; guard_common::BUDGETS],
     pub location: Location,
 }
+
+/// The budgets' names in policies and records, indexed by
+/// `guard_common::budget`.
+pub const BUDGET_NAMES: [&str; guard_common::BUDGETS] = ["destroy", "destinations"];
+
+/// A per-session budget: at most `burst` operations at once, refilled by
+/// one every `interval`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetSpec {
+    pub burst: u32,
+    pub interval: std::time::Duration,
+    /// The rate as written, for messages.
+    pub rate: String,
+    /// Exhausting it also freezes the session.
+    pub freeze: bool,
+}
+
+/// Largest burst a budget may have.
+pub const MAX_BURST: u32 = 1_000_000;
 
 /// What happens to an action no rule matches, per kind of action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,6 +188,8 @@ pub struct Rule<T> {
     pub message: Option<String>,
     /// A denial under this rule also freezes the agent's whole session.
     pub freeze: bool,
+    /// A denial under this rule opens a ticket a human may approve.
+    pub approvable: bool,
     pub effect: Effect,
     pub target: T,
     pub location: Location,
@@ -270,6 +293,25 @@ struct ProfileFile {
     files: FilesFile,
     #[serde(default)]
     network: NetworkFile,
+    #[serde(default)]
+    budgets: BudgetsFile,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetsFile {
+    destroy: Option<Spanned<BudgetFile>>,
+    destinations: Option<Spanned<BudgetFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetFile {
+    /// `N/s`, `N/min` or `N/h`.
+    rate: String,
+    burst: u32,
+    #[serde(default)]
+    freeze: bool,
 }
 
 fn fail_open() -> Access {
@@ -329,6 +371,8 @@ struct RuleFile {
     message: Option<String>,
     #[serde(default)]
     freeze: bool,
+    #[serde(default)]
+    approvable: bool,
     path: Option<String>,
     sha256: Option<String>,
     subtree: Option<String>,
@@ -404,6 +448,9 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         section(profile.files.read_only, Effect::ReadOnly, &mut files)?;
         section(profile.network.allow, Effect::Allow, &mut network)?;
         section(profile.network.deny, Effect::Deny, &mut network)?;
+        let budgets = [profile.budgets.destroy, profile.budgets.destinations];
+        let budgets = budgets.map(|b| b.map(budget_spec).transpose());
+        let [destroy, destinations] = budgets;
         profiles.push(Profile {
             name,
             mode: profile.mode,
@@ -430,6 +477,7 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
                 .into_iter()
                 .map(|(r, e, l)| net_rule(r, e, l))
                 .collect::<Result<_, _>>()?,
+            budgets: [destroy?, destinations?],
             location,
         });
     }
@@ -635,6 +683,38 @@ fn exec_rule(
     rule_of(rule, effect, target, location)
 }
 
+/// A budget, with its rate (`N/s`, `N/min`, `N/h`) read.
+fn budget_spec(budget: Spanned<BudgetFile>) -> Result<BudgetSpec, PolicyError> {
+    let location = Location::from(budget.referenced);
+    let budget = budget.value;
+    let fail = |reason: String| Err(PolicyError::new(location, reason));
+    let period = |unit: &str| match unit {
+        "s" | "sec" | "second" => Some(1),
+        "min" | "minute" => Some(60),
+        "h" | "hour" => Some(3600),
+        _ => None,
+    };
+    let parsed = budget.rate.split_once('/').and_then(|(count, unit)| {
+        let count: u64 = count.trim().parse().ok().filter(|&n| n > 0)?;
+        Some((count, period(unit.trim())?))
+    });
+    let Some((count, seconds)) = parsed else {
+        return fail(format!(
+            "budget rate `{}` is not `N/s`, `N/min` or `N/h` with N at least 1",
+            budget.rate
+        ));
+    };
+    if budget.burst == 0 || budget.burst > MAX_BURST {
+        return fail(format!("budget burst must be 1 to {MAX_BURST}"));
+    }
+    Ok(BudgetSpec {
+        burst: budget.burst,
+        interval: std::time::Duration::from_secs(seconds) / count as u32,
+        rate: budget.rate,
+        freeze: budget.freeze,
+    })
+}
+
 /// The rule, once its section has checked its target.
 fn rule_of<T>(
     rule: RuleFile,
@@ -642,19 +722,33 @@ fn rule_of<T>(
     target: T,
     location: Location,
 ) -> Result<Rule<T>, PolicyError> {
-    if rule.freeze && effect == Effect::Allow {
-        return Err(PolicyError::new(
-            location,
-            format!(
-                "rule `{}`: `freeze` belongs on rules that deny (a denial under them freezes the session)",
-                rule.id
-            ),
-        ));
+    for (set, key, what) in [
+        (
+            rule.freeze,
+            "freeze",
+            "a denial under them freezes the session",
+        ),
+        (
+            rule.approvable,
+            "approvable",
+            "a denial under them opens a ticket",
+        ),
+    ] {
+        if set && effect == Effect::Allow {
+            return Err(PolicyError::new(
+                location,
+                format!(
+                    "rule `{}`: `{key}` belongs on rules that deny ({what})",
+                    rule.id
+                ),
+            ));
+        }
     }
     Ok(Rule {
         id: rule.id,
         message: rule.message,
         freeze: rule.freeze,
+        approvable: rule.approvable,
         effect,
         target,
         location,

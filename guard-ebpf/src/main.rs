@@ -13,6 +13,7 @@
 #![no_std]
 #![no_main]
 
+mod guardrails;
 mod kernel;
 mod maps;
 
@@ -23,9 +24,9 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use guard_common::{
-    AgentEntry, AgentKey, Counter, EVENT_PATH_LEN, EXEC_PATH_KEY_LEN, Event, LOCKED, LsmHook,
-    NO_RULE, NetKey, RuleRef, SELF_PROTECTION, action, agent_flag, exec_flag, hook, lsm, mode,
-    protocol, verdict,
+    AgentEntry, AgentKey, Counter, EVENT_PATH_LEN, EXEC_PATH_KEY_LEN, Event, ExceptionKey, LOCKED,
+    LsmHook, NO_RULE, NetKey, RuleRef, SELF_PROTECTION, action, agent_flag, budget, event_flag,
+    exec_flag, hook, lsm, mode, object, protocol, verdict,
 };
 use kernel::{Identity, Kptr, ReadError};
 use maps::{
@@ -165,6 +166,10 @@ fn scratch() -> Result<&'static mut PathScratch, ReadError> {
 struct Decision {
     verdict: u32,
     rule_id: u32,
+    /// [`event_flag`] bits for the record.
+    flags: u32,
+    /// [`Event::detail`] for the record.
+    detail: u32,
 }
 
 impl Decision {
@@ -182,17 +187,28 @@ impl Decision {
         } else {
             verdict::DENY
         };
-        Decision { verdict, rule_id }
+        Decision {
+            verdict,
+            rule_id,
+            flags: 0,
+            detail: 0,
+        }
     }
 
     /// A self-protection denial: enforced in every mode, always recorded.
     const SELF_PROTECTION: Decision = Decision {
         verdict: verdict::DENY,
         rule_id: SELF_PROTECTION,
+        flags: 0,
+        detail: 0,
     };
 
+    /// Denials, actions an approved ticket allowed, and for profiles that
+    /// record them, the other allowed actions.
     fn recorded(&self, agent: &Agent) -> bool {
-        self.verdict != verdict::ALLOW || agent.entry.flags & agent_flag::RECORD_ALLOWED != 0
+        self.verdict != verdict::ALLOW
+            || self.flags & event_flag::APPROVED != 0
+            || agent.entry.flags & agent_flag::RECORD_ALLOWED != 0
     }
 
     fn denies(&self) -> bool {
@@ -262,8 +278,8 @@ fn record(agent: &Agent, hook_id: u32, decision: &Decision, fill: impl FnOnce(&m
         put(addr_of_mut!((*event).family), 0);
         put(addr_of_mut!((*event).protocol), 0);
         put(addr_of_mut!((*event).path_len), 0);
-        put(addr_of_mut!((*event).flags), 0);
-        put(addr_of_mut!((*event)._pad), 0);
+        put(addr_of_mut!((*event).flags), decision.flags);
+        put(addr_of_mut!((*event).detail), decision.detail);
         let addr = addr_of_mut!((*event).addr).cast::<u64>();
         put(addr, 0);
         put(addr.add(1), 0);
@@ -293,6 +309,11 @@ fn set_path(event: &mut Event, src: *const u8, len: usize, flags: u32) {
         event.path_len = len as u16;
     }
     event.flags |= flags;
+}
+
+/// The key of an approved ticket for executing the program `identity`.
+fn program_key(agent: &Agent, identity: Identity) -> ExceptionKey {
+    ExceptionKey::identity(agent.cgroup, object::PROGRAM, identity.dev, identity.ino)
 }
 
 fn set_identity(event: &mut Event, identity: Option<Identity>) {
@@ -386,7 +407,8 @@ fn try_exec(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
         rule = EXEC_PATHS.get(&*key).copied();
     }
 
-    let decision = Decision::new(agent, rule, agent_flag::EXEC_DEFAULT_DENY);
+    let mut decision = Decision::new(agent, rule, agent_flag::EXEC_DEFAULT_DENY);
+    guardrails::approve(&mut decision, &program_key(agent, identity));
     Ok(decided(agent, hook::EXEC, &decision, |event| {
         set_identity(event, Some(identity));
         set_path(event, scratch.d_path.as_ptr(), path_len, 0);
@@ -417,7 +439,8 @@ fn try_mmap_file(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
         Some(found) if found.rule.action == action::DENY => found.rule,
         _ => return Ok(false),
     };
-    let decision = Decision::new(agent, Some(rule), 0);
+    let mut decision = Decision::new(agent, Some(rule), 0);
+    guardrails::approve(&mut decision, &program_key(agent, identity));
     Ok(decided(agent, hook::EXEC_MAP, &decision, |event| {
         set_identity(event, Some(identity));
         set_target_path(event, kernel::file_path(file));
@@ -476,7 +499,7 @@ fn check_file(
         return Err(-1);
     }
     let (dentry_arg, vfsmount_arg) = (kernel::as_scalar(dentry)?, kernel::as_scalar(vfsmount)?);
-    let decision = if kernel::off_limits(dentry, hook_id == hook::OPEN_WRITE)? {
+    let mut decision = if kernel::off_limits(dentry, hook_id == hook::OPEN_WRITE)? {
         Decision::SELF_PROTECTION
     } else {
         match file_decision(agent, hook_id, dentry_arg, vfsmount_arg)? {
@@ -484,10 +507,17 @@ fn check_file(
             None => return Ok(false),
         }
     };
+    if file_op(hook_id) == FileOp::Destroy {
+        guardrails::spend(agent, &mut decision, budget::DESTROY);
+    }
     if !decision.recorded(agent) {
         return Ok(decision.denies());
     }
     let identity = kernel::dentry_identity(dentry).unwrap_or(None);
+    if let Some(identity) = identity {
+        let key = ExceptionKey::identity(agent.cgroup, object::FILE, identity.dev, identity.ino);
+        guardrails::approve(&mut decision, &key);
+    }
     let built = kernel::guard_build_path(dentry_arg, vfsmount_arg);
     let (start, flags) = (built as u32 as usize, (built >> 32) as u32);
     let scratch = scratch()?;
@@ -787,11 +817,16 @@ fn check_destination(
         return Ok(false);
     };
     let proto = socket_protocol(sock)?;
-    let decision = Decision::new(
+    let mut decision = Decision::new(
         agent,
         find_net_rule(agent.entry.profile, &dest, proto),
         agent_flag::NETWORK_DEFAULT_DENY,
     );
+    guardrails::approve(
+        &mut decision,
+        &ExceptionKey::destination(agent.cgroup, dest.addr, dest.port),
+    );
+    guardrails::spend_on_destination(agent, &mut decision, dest.addr);
     Ok(decided(agent, hook_id, &decision, |event| {
         event.family = dest.family;
         event.port = dest.port;

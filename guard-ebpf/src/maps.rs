@@ -4,11 +4,12 @@
 use aya_ebpf::{
     btf_maps::{Array, ArrayOfMaps},
     macros::{btf_map, map},
-    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use guard_common::{
-    AgentEntry, AgentKey, COUNTER_SLOTS, EVENT_PATH_LEN, ExecIdentityRule, ExecPathKey,
-    GenerationInfo, IdentityKey, NameKey, NetKey, NetRuleSet, RuleRef, SLOTS, capacity,
+    AgentEntry, AgentKey, BUDGETS, BudgetKey, BudgetState, COUNTER_SLOTS, DestinationKey,
+    EVENT_PATH_LEN, Exception, ExceptionKey, ExecIdentityRule, ExecPathKey, GenerationInfo,
+    IdentityKey, NameKey, NetKey, NetRuleSet, RuleRef, SLOTS, capacity,
 };
 
 /// The generation in force: element 0 is an array map holding its
@@ -65,6 +66,23 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 /// Per-CPU counters indexed by `guard_common::Counter`. Read by the daemon.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// (session, budget) → what the session spent. Written by the hooks; the
+/// daemon removes a session's entries to reset its budgets.
+#[map]
+pub static BUDGET_STATE: HashMap<BudgetKey, BudgetState> =
+    HashMap::with_max_entries(capacity::AGENTS * BUDGETS as u32, 0);
+
+/// (session, address) → 1: destinations each session has reached.
+#[map]
+pub static DESTINATIONS_SEEN: LruHashMap<DestinationKey, u8> =
+    LruHashMap::with_max_entries(capacity::DESTINATIONS_SEEN, 0);
+
+/// (session, object) → approved ticket. Written by the daemon; a hook
+/// removes a one-use entry when it uses it.
+#[map]
+pub static EXCEPTIONS: HashMap<ExceptionKey, Exception> =
+    HashMap::with_max_entries(capacity::EXCEPTIONS, 0);
 
 /// Per-CPU scratch space for paths (too large for the 512-byte stack).
 #[map]

@@ -54,6 +54,7 @@ impl Builtins {
                     id: SELF_PROTECTION_RULE.into(),
                     message: Some("one of Guard's own files: no agent may change it".into()),
                     freeze: false,
+                    approvable: false,
                     effect: Effect::ReadOnly,
                     target,
                     location: Location::default(),

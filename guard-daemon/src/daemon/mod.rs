@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+pub mod approvals;
 mod builtins;
 mod kept;
 mod services;
@@ -266,6 +267,9 @@ pub struct State {
     state_file: Option<PathBuf>,
     /// Each session's last denials, for its agent to read.
     why: why::Why,
+    tickets: approvals::Tickets,
+    /// Records guardd makes itself (ticket steps), for the writer.
+    notes: Vec<events::Record>,
 }
 
 impl State {
@@ -309,6 +313,8 @@ impl State {
             // Set once started: a guardd that fails to start keeps nothing.
             state_file: None,
             why: why::Why::default(),
+            tickets: approvals::Tickets::default(),
+            notes: Vec::new(),
         };
         if let Some(adopted) = &state.enforcer.adopted
             && let Some(persistence) = persistence
@@ -573,14 +579,28 @@ impl State {
         session
     }
 
-    /// Marks ended sessions and removes their entries.
+    /// Marks ended sessions and removes their entries, budgets and
+    /// tickets; expires approvals past their time.
     fn reap_sessions(&mut self) {
         let ended = self.sessions.reap();
         for &cgroup in &ended {
-            if let Err(e) = self.enforcer.remove_cgroup(cgroup) {
-                warn!("cannot remove an ended session's entry: {e}");
+            if let Err(e) = self
+                .enforcer
+                .remove_cgroup(cgroup)
+                .and_then(|()| self.enforcer.reset_budgets(cgroup))
+            {
+                warn!("cannot remove an ended session's entries: {e}");
             }
         }
+        let closed = self.tickets.close(&ended);
+        let expired = self.tickets.expire();
+        for key in closed.iter().chain(expired.iter().map(|(key, _)| key)) {
+            if let Err(e) = self.enforcer.revoke(key) {
+                warn!("cannot withdraw an approval: {e}");
+            }
+        }
+        self.notes
+            .extend(expired.into_iter().map(|(_, record)| record));
         if !ended.is_empty() {
             self.keep();
             self.why
@@ -608,25 +628,75 @@ impl State {
         }
     }
 
-    /// Thaws or kills a live session.
-    fn session_action(&self, id: &str, action: SessionAction) -> Result<String, String> {
-        let path = self
+    /// Thaws, kills or refills the budgets of a live session.
+    fn session_action(&mut self, id: &str, action: SessionAction) -> Result<String, String> {
+        let session = self
             .sessions
             .live()
             .find(|s| s.id == id)
-            .and_then(|s| self.sessions.path(&s.id))
+            .cloned()
+            .ok_or_else(|| format!("no live session `{id}`"))?;
+        let path = self
+            .sessions
+            .path(&session.id)
             .ok_or_else(|| format!("no live session `{id}`"))?;
         let (file, what) = match action {
             SessionAction::Thaw => ("cgroup.freeze", "0"),
             SessionAction::Kill => ("cgroup.kill", "1"),
+            SessionAction::Reset => {
+                // Budgets belong to the outermost session, whose entry applies.
+                let cgroup = self.outermost(session).cgroup;
+                self.enforcer
+                    .reset_budgets(cgroup)
+                    .map_err(|e| e.to_string())?;
+                info!(session = id, "budgets refilled");
+                return Ok(format!("the budgets of session {id} are full again"));
+            }
         };
         std::fs::write(path.join(file), what)
             .map_err(|e| format!("cannot write {}: {e}", path.join(file).display()))?;
         info!(session = id, ?action, "session action");
         Ok(match action {
             SessionAction::Thaw => format!("session {id} thawed"),
-            SessionAction::Kill => format!("every process of session {id} killed"),
+            _ => format!("every process of session {id} killed"),
         })
+    }
+
+    /// Approves a pending ticket: the kernel honours it from now on.
+    fn approve(
+        &mut self,
+        id: &str,
+        terms: approvals::Terms,
+        by: &approvals::Approver,
+    ) -> Result<String, String> {
+        let (key, exception, record) = self.tickets.approve(id, terms, by)?;
+        self.enforcer
+            .grant(key, exception)
+            .map_err(|e| format!("cannot grant ticket {id}: {e}"))?;
+        let what = if terms.once {
+            "one use"
+        } else {
+            "any number of uses"
+        };
+        let until = record
+            .ticket
+            .as_ref()
+            .and_then(|t| t.expires.clone())
+            .unwrap_or_default();
+        info!(ticket = id, uid = by.uid, once = terms.once, %until, "ticket approved");
+        self.notes.push(record);
+        Ok(format!("ticket {id} approved: {what}, until {until}"))
+    }
+
+    /// Denies an open ticket, withdrawing its approval from the kernel.
+    fn deny_ticket(&mut self, id: &str, by: &approvals::Approver) -> Result<String, String> {
+        let (key, record) = self.tickets.deny(id, by)?;
+        self.enforcer
+            .revoke(&key)
+            .map_err(|e| format!("cannot withdraw ticket {id}: {e}"))?;
+        info!(ticket = id, uid = by.uid, "ticket denied");
+        self.notes.push(record);
+        Ok(format!("ticket {id} denied"))
     }
 
     /// Writes the generation in force and the live sessions for the next
@@ -788,13 +858,28 @@ impl State {
         };
         let mut record =
             events::to_record(event, generation.as_deref(), agent, session.as_ref(), clock);
+        if event.flags & guard_common::event_flag::APPROVED != 0 {
+            self.tickets.used(event.detail);
+        }
         if let Some(session) = session
             && record.verdict == "deny"
         {
-            let freeze = generation
-                .as_ref()
-                .and_then(|g| g.compiled.rule(event.rule_id))
-                .is_some_and(|rule| rule.freeze);
+            let compiled = generation.as_ref().map(|g| &g.compiled);
+            let rule = compiled.and_then(|c| c.rule(event.rule_id));
+            let budget = record.budget.as_ref().and_then(|note| {
+                let profile = guard_common::profile_index(event.profile) as usize;
+                let index = crate::policy::BUDGET_NAMES
+                    .iter()
+                    .position(|n| *n == note.name)?;
+                compiled?.budgets.get(profile)?[index].clone()
+            });
+            let freeze = rule.is_some_and(|r| r.freeze) || budget.is_some_and(|b| b.freeze);
+            if rule.is_some_and(|r| r.approvable)
+                && let Some(key) = approvals::object_of(&record, event.agent_cgroup, event.hook)
+            {
+                let outermost = self.outermost(session.clone());
+                record.ticket = self.tickets.open(key, &record, &outermost.id);
+            }
             if freeze && self.freeze(session.clone()) {
                 record.flags.push("session_frozen".into());
             }
@@ -1301,6 +1386,56 @@ async fn answer(request: Request, caller: Caller, state: Arc<Mutex<State>>) -> R
             Ok(message) => Response::SessionDone { message },
             Err(message) => Response::Error { message },
         },
+        Request::Tickets { all } => {
+            let mut state = lock(&state);
+            let mut tickets = state.tickets.list(all);
+            if caller.agent {
+                // An agent sees the tickets of its own outermost session.
+                let own = state
+                    .parent_session(caller.pid)
+                    .ok()
+                    .flatten()
+                    .map(|session| state.outermost(session).id);
+                tickets.retain(|t| own.as_deref() == Some(t.session.as_str()));
+            }
+            Response::Tickets { tickets }
+        }
+        Request::Approve { .. } | Request::Deny { .. } if caller.agent => Response::Error {
+            message: "agents cannot approve or deny tickets".into(),
+        },
+        Request::Approve {
+            ticket,
+            once,
+            ttl_seconds,
+        } => {
+            let ttl = Duration::from_secs(ttl_seconds);
+            if ttl.is_zero() || ttl > approvals::MAX_TTL {
+                return Response::Error {
+                    message: format!(
+                        "an approval lasts 1 s to {}",
+                        humantime::format_duration(approvals::MAX_TTL)
+                    ),
+                };
+            }
+            let by = approvals::Approver {
+                pid: caller.pid,
+                uid: caller.uid,
+            };
+            match lock(&state).approve(&ticket, approvals::Terms { once, ttl }, &by) {
+                Ok(message) => Response::SessionDone { message },
+                Err(message) => Response::Error { message },
+            }
+        }
+        Request::Deny { ticket } => {
+            let by = approvals::Approver {
+                pid: caller.pid,
+                uid: caller.uid,
+            };
+            match lock(&state).deny_ticket(&ticket, &by) {
+                Ok(message) => Response::SessionDone { message },
+                Err(message) => Response::Error { message },
+            }
+        }
         Request::StartSession {
             agent,
             profile,
@@ -1457,6 +1592,12 @@ impl RecordWriter {
                     self.undecodable += 1;
                 }
             }
+        }
+        let notes = std::mem::take(&mut lock(state).notes);
+        for mut record in notes {
+            record.seq = self.chain.next_seq();
+            self.write(Line::Decision(Box::new(record)))?;
+            wrote = true;
         }
         let lost = lock(state)
             .enforcer

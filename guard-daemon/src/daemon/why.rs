@@ -64,6 +64,12 @@ impl Why {
             line.push_str(": ");
             line.push_str(message);
         }
+        if let Some(ticket) = &record.ticket {
+            line.push_str(&format!(
+                " [approvable: ticket {}; a human may run `guardctl approve {}`, then retry]",
+                ticket.id, ticket.id
+            ));
+        }
         if recent.len() == KEPT {
             recent.pop_front();
         }

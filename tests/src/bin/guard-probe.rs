@@ -402,6 +402,41 @@ fn connect_udp_loop(to: SocketAddr, until: Until) -> io::Result<()> {
     std::process::exit(0);
 }
 
+/// `each STEP...`: one process doing several actions in order, e.g. to
+/// spend a session's budget. A step is `unlink:PATH`, `truncate:PATH`,
+/// `connect-udp:ADDR`, `@MS` (sleep) or `@wait:PATH` (until PATH exists).
+/// Prints the errno of each action (0 when it succeeded).
+fn each(steps: &[String]) -> ! {
+    let mut errnos = Vec::new();
+    for step in steps {
+        let (op, arg) = step.split_once(':').unwrap_or((step.as_str(), ""));
+        let result = match op {
+            "@wait" => {
+                while !Path::new(arg).exists() {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                continue;
+            }
+            _ if op.starts_with('@') => {
+                let ms: u64 = op[1..].parse().expect("@MS");
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                continue;
+            }
+            "unlink" => check(unsafe { libc::unlink(cstr(arg).as_ptr()) }),
+            "truncate" => check(unsafe { libc::truncate(cstr(arg).as_ptr(), 0) }),
+            "connect-udp" => {
+                let a = addr(arg);
+                UdpSocket::bind(unspecified_for(&a)).and_then(|s| s.connect(a))
+            }
+            other => panic!("unknown step {other}"),
+        };
+        errnos.push(result.err().map_or(0, |e| e.raw_os_error().unwrap_or(-1)));
+    }
+    let pid = std::process::id();
+    println!(r#"{{"pid":{pid},"ok":true,"errnos":{errnos:?}}}"#);
+    std::process::exit(0);
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--escape") {
@@ -567,6 +602,7 @@ fn main() {
             socket.connect(addr(arg(2)))
         }
         "join-cgroup" => join_cgroup(arg(1)),
+        "each" => each(&args[1..]),
         op => panic!("unknown op {op}"),
     };
     report(result)

@@ -70,12 +70,46 @@ enum Command {
         #[arg(long, env = "GUARD_WHY_DIR", default_value = control::DEFAULT_WHY_DIR)]
         why_dir: std::path::PathBuf,
     },
-    /// Thaw a session that a rule marked `freeze` stopped, or kill every
-    /// process in it (root only).
+    /// Thaw a session that a rule or budget marked `freeze` stopped, kill
+    /// every process in it, or refill its budgets (root only).
     Session {
         action: control::SessionAction,
         /// The session's id (`guardctl status` lists them).
         session: String,
+    },
+    /// List approval tickets: denials under rules marked `approvable`,
+    /// waiting for a human (`guardctl approve`).
+    ///
+    /// An agent sees only its own session's tickets.
+    Tickets {
+        /// The recently closed tickets too (used, denied, expired).
+        #[arg(long)]
+        all: bool,
+        /// Keep watching: print each ticket again when it opens or changes.
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per ticket.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a ticket: the kernel lets the session that was denied do
+    /// that action to that object (the same file, program, or address and
+    /// port), so that its retry succeeds. Root only; recorded.
+    Approve {
+        /// The ticket's id (`guardctl tickets`).
+        ticket: String,
+        /// Allow one use only (the first retry), within --ttl.
+        #[arg(long)]
+        once: bool,
+        /// How long the approval lasts, e.g. `10m`, `2h`.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// Deny a ticket: a pending one is closed, an approved one withdrawn.
+    /// Root only; recorded.
+    Deny {
+        /// The ticket's id (`guardctl tickets`).
+        ticket: String,
     },
     /// Show whether guardd is enforcing (exit 1 when not).
     ///
@@ -228,15 +262,20 @@ fn main() {
             command,
         } => run(&args.socket, agent, profile, labels, &command),
         Command::Why { session, why_dir } => why(session, &why_dir),
-        Command::Session { action, session } => {
-            match control::call(&args.socket, &Request::Session { session, action }) {
-                Ok(Response::SessionDone { message }) => {
-                    println!("{message}");
-                    0
-                }
-                other => fail(other),
-            }
-        }
+        Command::Session { action, session } => done(control::call(
+            &args.socket,
+            &Request::Session { session, action },
+        )),
+        Command::Tickets { all, follow, json } => tickets(&args.socket, all, follow, json),
+        Command::Approve { ticket, once, ttl } => done(control::call(
+            &args.socket,
+            &Request::Approve {
+                ticket,
+                once,
+                ttl_seconds: ttl.as_secs(),
+            },
+        )),
+        Command::Deny { ticket } => done(control::call(&args.socket, &Request::Deny { ticket })),
         Command::Status { json } => match control::call(&args.socket, &Request::Status) {
             Ok(Response::Status(status)) => {
                 if json {
@@ -331,6 +370,71 @@ fn run(
             eprintln!("guardctl: {e}");
             exit::FAILURE
         }
+    }
+}
+
+/// Prints the message of a done action.
+fn done(response: Result<Response, control::ClientError>) -> i32 {
+    match response {
+        Ok(Response::SessionDone { message }) => {
+            println!("{message}");
+            0
+        }
+        other => fail(other),
+    }
+}
+
+/// Lists tickets; with `follow`, polls and prints each ticket that opens
+/// or changes.
+fn tickets(socket: &std::path::Path, all: bool, follow: bool, json: bool) -> i32 {
+    let print = |t: &daemon::approvals::Ticket| {
+        if json {
+            println!("{}", serde_json::to_string(t).expect("tickets serialize"));
+        } else {
+            let terms = match (&t.expires, t.once) {
+                (Some(until), true) => format!(" (once, until {until})"),
+                (Some(until), false) => format!(" (until {until})"),
+                _ => String::new(),
+            };
+            println!(
+                "{} {:?}{terms} session={} agent={} {} {} rule={} denials={}{}",
+                t.id,
+                t.state,
+                t.session,
+                t.agent,
+                t.action,
+                t.target,
+                t.rule,
+                t.denials,
+                t.message
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            );
+        }
+    };
+    let mut shown: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let list = match control::call(socket, &Request::Tickets { all: all || follow }) {
+            Ok(Response::Tickets { tickets }) => tickets,
+            other => return fail(other),
+        };
+        if !follow && list.is_empty() && !json {
+            println!("no open tickets");
+        }
+        for ticket in &list {
+            let seen = serde_json::to_string(ticket).expect("tickets serialize");
+            if shown.get(&ticket.id) != Some(&seen) {
+                print(ticket);
+                shown.insert(ticket.id.clone(), seen);
+            }
+        }
+        if !follow {
+            return 0;
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 

@@ -1,0 +1,366 @@
+//! Approval tickets. A denial under a rule marked `approvable` opens a
+//! ticket bound to the session and the exact object denied (a file or
+//! program by identity, a destination by address and port). A human
+//! approves it, for one use or for a time, and the kernel then lets that
+//! session do that to that object (`guard_common::Exception`), until the
+//! ticket is used, expires or is denied. Each step is a record.
+
+use std::collections::BTreeMap;
+
+use guard_common::{ExceptionKey, hook, object};
+use serde::{Deserialize, Serialize};
+
+use crate::events::{Record, TicketNote, ticket_id};
+
+/// Tickets kept open at once; later approvable denials open none (logged).
+const MAX_OPEN: usize = 1024;
+/// Closed tickets kept for `guardctl tickets --all`.
+const KEPT_CLOSED: usize = 256;
+/// Longest approval.
+pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketState {
+    /// Waiting for a human.
+    Pending,
+    /// The kernel honours it.
+    Approved,
+    /// A one-use approval was used.
+    Used,
+    Denied,
+    Expired,
+    /// Its session ended.
+    Closed,
+}
+
+impl TicketState {
+    pub fn is_open(self) -> bool {
+        matches!(self, TicketState::Pending | TicketState::Approved)
+    }
+}
+
+/// A ticket, as `guardctl tickets` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Ticket {
+    pub id: String,
+    pub state: TicketState,
+    pub session: String,
+    pub agent: String,
+    /// What was denied: the action, its target and the rule.
+    pub action: String,
+    pub target: String,
+    pub rule: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// RFC 3339.
+    pub opened: String,
+    /// Denials under it (the first and the agent's retries).
+    pub denials: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<u32>,
+    #[serde(default)]
+    pub once: bool,
+    /// RFC 3339, once approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+/// A ticket with what the kernel and the records need.
+struct Entry {
+    ticket: Ticket,
+    number: u32,
+    key: ExceptionKey,
+    /// The denial that opened it: the model of its later records.
+    denial: Record,
+    /// Boot-clock expiry, once approved.
+    expires_boot_ns: u64,
+}
+
+/// An approval's terms.
+#[derive(Clone, Copy, Debug)]
+pub struct Terms {
+    pub once: bool,
+    pub ttl: std::time::Duration,
+}
+
+#[derive(Default)]
+pub struct Tickets {
+    entries: BTreeMap<u32, Entry>,
+}
+
+/// The object of a denial a ticket binds to, from its record; `None` for
+/// actions on no existing object (a creation) and records without a session.
+pub fn object_of(record: &Record, cgroup: u64, hook_id: u32) -> Option<ExceptionKey> {
+    match hook_id {
+        hook::CONNECT | hook::SENDMSG => {
+            let addr: std::net::SocketAddr = record.target.parse().ok()?;
+            let ip = match addr.ip() {
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                std::net::IpAddr::V6(v6) => v6,
+            };
+            Some(ExceptionKey::destination(cgroup, ip.octets(), addr.port()))
+        }
+        hook::EXEC | hook::EXEC_MAP => {
+            let file = record.file.as_ref()?;
+            Some(ExceptionKey::identity(
+                cgroup,
+                object::PROGRAM,
+                file.dev,
+                file.ino,
+            ))
+        }
+        _ => {
+            let file = record.file.as_ref()?;
+            Some(ExceptionKey::identity(
+                cgroup,
+                object::FILE,
+                file.dev,
+                file.ino,
+            ))
+        }
+    }
+}
+
+impl Tickets {
+    /// The ticket for a denial of `key` under an approvable rule: the open
+    /// one for the same session and object, or a new one.
+    pub fn open(
+        &mut self,
+        key: ExceptionKey,
+        record: &Record,
+        session: &str,
+    ) -> Option<TicketNote> {
+        if let Some(entry) = self
+            .entries
+            .values_mut()
+            .find(|e| e.key == key && e.ticket.state.is_open())
+        {
+            entry.ticket.denials += 1;
+            return Some(note(&entry.ticket, "requested"));
+        }
+        if self
+            .entries
+            .values()
+            .filter(|e| e.ticket.state.is_open())
+            .count()
+            >= MAX_OPEN
+        {
+            tracing::warn!(session, rule = %record.rule, "{MAX_OPEN} tickets are open: this approvable denial opens none");
+            return None;
+        }
+        let number = loop {
+            let number = new_number();
+            if number != 0 && !self.entries.contains_key(&number) {
+                break number;
+            }
+        };
+        let ticket = Ticket {
+            id: ticket_id(number),
+            state: TicketState::Pending,
+            session: session.into(),
+            agent: record.agent.clone(),
+            action: record.action.clone(),
+            target: record.target.clone(),
+            rule: record.rule.clone(),
+            message: record.message.clone(),
+            opened: record.time.clone(),
+            denials: 1,
+            approved_by: None,
+            once: false,
+            expires: None,
+        };
+        tracing::info!(ticket = %ticket.id, session, action = %ticket.action, target = %ticket.target, "ticket opened: `guardctl approve {}`", ticket.id);
+        let note = note(&ticket, "requested");
+        self.entries.insert(
+            number,
+            Entry {
+                ticket,
+                number,
+                key,
+                denial: record.clone(),
+                expires_boot_ns: 0,
+            },
+        );
+        self.trim();
+        Some(note)
+    }
+
+    /// Approves a pending ticket: returns what the kernel needs and the
+    /// record of the approval.
+    pub fn approve(
+        &mut self,
+        id: &str,
+        terms: Terms,
+        by: &Approver,
+    ) -> Result<(ExceptionKey, guard_common::Exception, Record), String> {
+        let entry = self.find(id)?;
+        if entry.ticket.state != TicketState::Pending {
+            return Err(format!(
+                "ticket {id} is {:?}, not pending",
+                entry.ticket.state
+            ));
+        }
+        let expires = std::time::SystemTime::now() + terms.ttl;
+        entry.expires_boot_ns = boot_ns().saturating_add(terms.ttl.as_nanos() as u64);
+        entry.ticket.state = TicketState::Approved;
+        entry.ticket.approved_by = Some(by.uid);
+        entry.ticket.once = terms.once;
+        entry.ticket.expires = Some(humantime::format_rfc3339_seconds(expires).to_string());
+        let exception = guard_common::Exception {
+            expires_ns: entry.expires_boot_ns,
+            ticket: entry.number,
+            once: u32::from(terms.once),
+        };
+        let record = step(entry, "approve", "allow", Some(by));
+        Ok((entry.key, exception, record))
+    }
+
+    /// Denies a pending or approved ticket: returns the key to withdraw
+    /// from the kernel and the record.
+    pub fn deny(&mut self, id: &str, by: &Approver) -> Result<(ExceptionKey, Record), String> {
+        let entry = self.find(id)?;
+        if !entry.ticket.state.is_open() {
+            return Err(format!("ticket {id} is {:?}, not open", entry.ticket.state));
+        }
+        entry.ticket.state = TicketState::Denied;
+        Ok((entry.key, step(entry, "deny", "deny", Some(by))))
+    }
+
+    /// Notes the use of an approved ticket (a record with flag `approved`);
+    /// a one-use ticket is closed by it.
+    pub fn used(&mut self, number: u32) {
+        if let Some(entry) = self.entries.get_mut(&number)
+            && entry.ticket.once
+            && entry.ticket.state == TicketState::Approved
+        {
+            entry.ticket.state = TicketState::Used;
+        }
+    }
+
+    /// Approved tickets past their time: expired, with their keys (the
+    /// kernel already refuses them) and records.
+    pub fn expire(&mut self) -> Vec<(ExceptionKey, Record)> {
+        let now = boot_ns();
+        self.entries
+            .values_mut()
+            .filter(|e| e.ticket.state == TicketState::Approved && e.expires_boot_ns <= now)
+            .map(|entry| {
+                entry.ticket.state = TicketState::Expired;
+                (entry.key, step(entry, "expire", "deny", None))
+            })
+            .collect()
+    }
+
+    /// Closes the open tickets of sessions that ended (cgroups in
+    /// `ended`), returning their keys.
+    pub fn close(&mut self, ended: &[u64]) -> Vec<ExceptionKey> {
+        self.entries
+            .values_mut()
+            .filter(|e| e.ticket.state.is_open() && ended.contains(&e.key.cgroup))
+            .map(|entry| {
+                entry.ticket.state = TicketState::Closed;
+                entry.key
+            })
+            .collect()
+    }
+
+    /// Open tickets, or with `all` the recently closed too, oldest first.
+    pub fn list(&self, all: bool) -> Vec<Ticket> {
+        let mut tickets: Vec<Ticket> = self
+            .entries
+            .values()
+            .filter(|e| all || e.ticket.state.is_open())
+            .map(|e| e.ticket.clone())
+            .collect();
+        tickets.sort_by(|a, b| a.opened.cmp(&b.opened));
+        tickets
+    }
+
+    /// The session of a ticket, for checking who may see it.
+    pub fn session_of(&self, id: &str) -> Option<&str> {
+        self.entries
+            .values()
+            .find(|e| e.ticket.id == id)
+            .map(|e| e.ticket.session.as_str())
+    }
+
+    fn find(&mut self, id: &str) -> Result<&mut Entry, String> {
+        self.entries
+            .values_mut()
+            .find(|e| e.ticket.id == id)
+            .ok_or_else(|| format!("no ticket `{id}` (`guardctl tickets --all` lists them)"))
+    }
+
+    /// Forgets the oldest closed tickets beyond [`KEPT_CLOSED`].
+    fn trim(&mut self) {
+        let mut closed: Vec<(String, u32)> = self
+            .entries
+            .values()
+            .filter(|e| !e.ticket.state.is_open())
+            .map(|e| (e.ticket.opened.clone(), e.number))
+            .collect();
+        if closed.len() > KEPT_CLOSED {
+            closed.sort();
+            for (_, number) in &closed[..closed.len() - KEPT_CLOSED] {
+                self.entries.remove(number);
+            }
+        }
+    }
+}
+
+/// Who approved or denied a ticket, from the control socket's peer.
+pub struct Approver {
+    pub pid: i32,
+    pub uid: u32,
+}
+
+fn note(ticket: &Ticket, state: &str) -> TicketNote {
+    TicketNote {
+        id: ticket.id.clone(),
+        state: state.into(),
+        once: ticket.once,
+        expires: ticket.expires.clone(),
+    }
+}
+
+/// A record of a step of a ticket: the denial it was opened by, now
+/// `action` (approve, deny, expire) by `by` (guardd itself when `None`).
+fn step(entry: &Entry, action: &str, verdict: &str, by: Option<&Approver>) -> Record {
+    let mut record = entry.denial.clone();
+    record.seq = 0;
+    record.time = crate::api::rfc3339(crate::api::now_nanos());
+    record.hook = if by.is_some() { "guardctl" } else { "guardd" }.into();
+    record.action = format!("ticket_{action}");
+    record.verdict = verdict.into();
+    (record.pid, record.tid, record.uid, record.comm) = match by {
+        Some(by) => (by.pid as u32, by.pid as u32, by.uid, "guardctl".into()),
+        None => (std::process::id(), std::process::id(), 0, "guardd".into()),
+    };
+    record.process = None;
+    record.redacted.clear();
+    record.flags.clear();
+    record.budget = None;
+    record.ticket = Some(note(
+        &entry.ticket,
+        match action {
+            "approve" => "approved",
+            "deny" => "denied",
+            _ => "expired",
+        },
+    ));
+    record
+}
+
+/// A random ticket number.
+fn new_number() -> u32 {
+    let uuid = crate::session::new_id().unwrap_or_default();
+    u32::from_str_radix(uuid.get(..8).unwrap_or("0"), 16).unwrap_or(0)
+}
+
+/// The kernel's boot clock (`bpf_ktime_get_boot_ns`), in ns.
+fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
