@@ -31,7 +31,7 @@ const DETECTION_FINDING: u32 = 2004;
 fn class(r: &Record) -> (u32, &'static str, u32, &'static str, u32, &'static str) {
     const FILE: (u32, &str, u32, &str) = (1001, "File System Activity", 1, "System Activity");
     let with = |c: (u32, &'static str, u32, &'static str), id, name| (c.0, c.1, c.2, c.3, id, name);
-    if r.rule == SELF_PROTECTION_RULE {
+    if finding(r).is_some() {
         return (
             DETECTION_FINDING,
             "Detection Finding",
@@ -59,6 +59,24 @@ fn class(r: &Record) -> (u32, &'static str, u32, &'static str, u32, &'static str
         ),
         _ => with(FILE, 99, "Other"),
     }
+}
+
+/// The finding a record is, if any: its type and title. A self-protection
+/// denial is a tamper attempt; a denial by an exhausted budget, a
+/// blast-radius finding.
+fn finding(r: &Record) -> Option<(&'static str, String)> {
+    if r.rule == SELF_PROTECTION_RULE {
+        let title = format!("tamper attempt: {} {}", r.action, r.target);
+        return Some(("tamper", title.trim_end().to_string()));
+    }
+    let budget = r.budget.as_ref()?;
+    Some((
+        "blast_radius",
+        format!(
+            "{} budget spent after {}: {} {}",
+            budget.name, budget.spent, r.action, r.target
+        ),
+    ))
 }
 
 fn metadata(host: &str, seq: u64, hook: &str) -> Value {
@@ -149,11 +167,12 @@ fn decision(host: &str, r: &Record, sealed: &str) -> Value {
     }
     match class_uid {
         DETECTION_FINDING => {
+            let (kind, title) = finding(r).expect("findings have a kind");
             event["finding_info"] = json!({
                 "uid": format!("{host}/{}", r.seq),
-                "title": format!("tamper attempt: {} {}", r.action, r.target).trim_end().to_string(),
-                "types": ["tamper"],
-                "analytic": {"name": SELF_PROTECTION_RULE, "type_id": 1, "type": "Rule"},
+                "title": title,
+                "types": [kind],
+                "analytic": {"name": r.rule, "type_id": 1, "type": "Rule"},
             });
             event["severity_id"] = json!(4);
             event["severity"] = json!("High");
@@ -276,6 +295,22 @@ mod tests {
         assert_eq!(e["device"]["hostname"], "web-1");
         assert_eq!(e["metadata"]["uid"], "web-1/7");
         assert_eq!(e["raw_data"], json.as_str());
+    }
+
+    #[test]
+    fn a_budget_denial_is_a_blast_radius_finding() {
+        let line = Line::parse(&format!(
+            r#"{{{BASE},"hook":"path_unlink","action":"unlink","verdict":"deny","target":"/w/t9","rule":"budget:destroy","budget":{{"name":"destroy","spent":50,"burst":50,"rate":"30/min"}}}}"#
+        ))
+        .unwrap();
+        let e = event("h", &line, "raw");
+        assert_eq!(e["class_uid"], 2004);
+        assert_eq!(e["finding_info"]["types"][0], "blast_radius");
+        assert_eq!(e["finding_info"]["analytic"]["name"], "budget:destroy");
+        assert_eq!(
+            e["finding_info"]["title"],
+            "destroy budget spent after 50: unlink /w/t9"
+        );
     }
 
     #[test]

@@ -1021,6 +1021,47 @@ agents:
     }
 
     #[test]
+    fn approvable_is_for_rules_that_deny() {
+        let rules = |section: &str| {
+            one_profile(&format!(
+                "  - name: a\n    network:\n      {section}:\n        - id: r\n          cidr: 10.0.0.1\n          approvable: true\n"
+            ))
+        };
+        assert!(parse(&rules("deny")).unwrap().profiles[0].network[0].approvable);
+        let e = error(&rules("allow"));
+        assert!(e.reason.contains("`approvable`"), "{e}");
+    }
+
+    #[test]
+    fn budgets_read_rate_and_burst_and_refuse_nonsense() {
+        let budgets = |destroy: &str| {
+            one_profile(&format!(
+                "  - name: a\n    budgets:\n      destroy: {destroy}\n      destinations: {{rate: 10/h, burst: 2, freeze: true}}\n"
+            ))
+        };
+        let policy = parse(&budgets("{rate: 30/min, burst: 50}")).unwrap();
+        let [destroy, destinations] = &policy.profiles[0].budgets;
+        let destroy = destroy.as_ref().unwrap();
+        assert_eq!(
+            (destroy.burst, destroy.interval),
+            (50, std::time::Duration::from_secs(2))
+        );
+        let destinations = destinations.as_ref().unwrap();
+        assert_eq!(destinations.interval, std::time::Duration::from_secs(360));
+        assert!(destinations.freeze);
+        for (bad, why) in [
+            ("{rate: 0/min, burst: 5}", "budget rate"),
+            ("{rate: 5/week, burst: 5}", "budget rate"),
+            ("{rate: fast, burst: 5}", "budget rate"),
+            ("{rate: 5/s, burst: 0}", "burst must be"),
+        ] {
+            let e = error(&budgets(bad));
+            assert!(e.reason.contains(why), "{bad}: {e}");
+            assert_eq!(e.location.line, 4, "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn freeze_is_for_rules_that_deny() {
         let rules = |section: &str| {
             one_profile(&format!(
