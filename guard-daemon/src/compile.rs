@@ -23,8 +23,8 @@ use ipnet::IpNet;
 use sha2::Digest as _;
 
 use crate::policy::{
-    Access, BudgetSpec, Effect, ExecTarget, FileTarget, Location, Mode, NamePattern, Policy,
-    PolicyError, Profile, Protocol, Rule, Sha256,
+    Access, BudgetSpec, Effect, ExecTarget, FileTarget, Location, Mode, NamePattern, NetTarget,
+    Policy, PolicyError, PortRange, Profile, Protocol, Rule, Sha256,
 };
 
 /// What a rule id in a record refers to.
@@ -510,7 +510,7 @@ fn compile_network(
     // location and id of each for errors.
     type Prefixes = BTreeMap<([u8; 16], u32), Vec<(NetRule, Location, String)>>;
     let mut prefixes = Prefixes::new();
-    for rule in &profile.network {
+    for rule in profile.network.iter().chain(default_denies().iter()) {
         let r = add_rule(out, profile, rule);
         let target = &rule.target;
         let net_rule = NetRule {
@@ -538,9 +538,15 @@ fn compile_network(
             .rev()
             .filter_map(|shorter| prefixes.get_key_value(&(network(addr, shorter), shorter)))
             .collect();
-        // On one prefix, deny rules are tried before allow rules.
+        // On one prefix, deny rules are tried before allow rules, and the
+        // policy's rules before the default denies.
         let mut own: Vec<_> = own.iter().collect();
-        own.sort_by_key(|(rule, _, _)| rule.action != action::DENY as u16);
+        own.sort_by_key(|(rule, _, id)| {
+            (
+                id.starts_with(DEFAULT_DENY),
+                rule.action != action::DENY as u16,
+            )
+        });
         let all: Vec<_> = own
             .into_iter()
             .chain(containing.into_iter().flat_map(|(_, rules)| rules))
@@ -570,6 +576,76 @@ fn compile_network(
         ));
     }
     Ok(())
+}
+
+/// Rule ids of the destinations every profile denies unless a rule of the
+/// policy allows them start with this (policies may not use it).
+pub const DEFAULT_DENY: &str = "default-deny:";
+
+/// The destinations every profile denies unless a rule of the policy on
+/// the same or a narrower prefix allows them: cloud metadata services,
+/// link-local and private ranges.
+fn default_denies() -> &'static [Rule<NetTarget>] {
+    static RULES: std::sync::OnceLock<Vec<Rule<NetTarget>>> = std::sync::OnceLock::new();
+    RULES.get_or_init(|| {
+        [
+            (
+                "metadata",
+                "169.254.169.254/32",
+                "the cloud metadata service holds the host's credentials",
+            ),
+            (
+                "metadata",
+                "fd00:ec2::254/128",
+                "the cloud metadata service holds the host's credentials",
+            ),
+            (
+                "link-local",
+                "169.254.0.0/16",
+                "link-local addresses are the host's, not the agent's",
+            ),
+            (
+                "link-local",
+                "fe80::/10",
+                "link-local addresses are the host's, not the agent's",
+            ),
+            (
+                "private",
+                "10.0.0.0/8",
+                "private networks are reached only where a rule allows",
+            ),
+            (
+                "private",
+                "172.16.0.0/12",
+                "private networks are reached only where a rule allows",
+            ),
+            (
+                "private",
+                "192.168.0.0/16",
+                "private networks are reached only where a rule allows",
+            ),
+            (
+                "private",
+                "fc00::/7",
+                "private networks are reached only where a rule allows",
+            ),
+        ]
+        .into_iter()
+        .map(|(kind, cidr, message)| Rule {
+            id: format!("{DEFAULT_DENY}{kind}"),
+            message: Some(message.into()),
+            freeze: false,
+            approvable: false,
+            effect: Effect::Deny,
+            target: NetTarget {
+                cidr: cidr.parse().expect("valid CIDR"),
+                ports: PortRange::ALL,
+                protocol: Protocol::Any,
+            },
+            location: Location::default(),
+        })
+        .collect()
+    })
 }
 
 /// The network of `addr` with a prefix of `len` bits (both 128-bit).
@@ -662,7 +738,7 @@ mod tests {
         );
         let c = compile_text(&text).unwrap();
         assert_eq!(
-            c.rules[0],
+            *c.rules.iter().find(|r| r.id == "t").unwrap(),
             RuleInfo {
                 id: "t".into(),
                 message: None,
@@ -671,6 +747,8 @@ mod tests {
                 approvable: false,
             }
         );
+        let id_of = |id: &str| c.rules.iter().position(|r| r.id == id).unwrap() as u32;
+        let (t, s) = (id_of("t"), id_of("s"));
         let (dev, ino) = identity(&tool).unwrap();
         assert_eq!(
             c.exec_identity,
@@ -682,7 +760,7 @@ mod tests {
                 },
                 ExecIdentityRule {
                     rule: RuleRef {
-                        rule_id: 0,
+                        rule_id: t,
                         action: action::DENY
                     },
                     ..Default::default()
@@ -700,9 +778,9 @@ mod tests {
             32 + (exact.len() as u32 + 1) * 8,
             "exact rules include the NUL"
         );
-        assert_eq!(rule.rule_id, 0);
+        assert_eq!(rule.rule_id, t);
 
-        let subtree = c.exec_paths.iter().find(|e| e.2.rule_id == 1).unwrap();
+        let subtree = c.exec_paths.iter().find(|e| e.2.rule_id == s).unwrap();
         let dir_bytes = dir.path().as_os_str().as_encoded_bytes();
         assert_eq!(subtree.0, 32 + (dir_bytes.len() as u32 + 1) * 8);
         assert_eq!(subtree.1.path[dir_bytes.len()], b'/');
@@ -785,14 +863,22 @@ mod tests {
     fn ipv4_is_mapped_and_wider_prefixes_are_inherited() {
         let text = "profiles:\n  - name: a\n    network:\n      deny:\n        - id: wide\n          cidr: 10.0.0.0/8\n          ports: 22\n        - id: narrow\n          cidr: 10.1.0.0/16\n          ports: 443\n          protocol: tcp\n        - id: v6\n          cidr: \"fd00::/8\"\n";
         let c = compile_text(text).unwrap();
-        assert_eq!(c.net_rules.len(), 3);
-        let find = |bits: u32| c.net_rules.iter().find(|e| e.0 == bits).unwrap();
+        // The three prefixes, and the default denies' eight, one shared.
+        assert_eq!(c.net_rules.len(), 3 + 8 - 1);
+        let default_private = c.rules.iter().position(|r| r.id == "default-deny:private");
+        let find = |bits: u32| {
+            c.net_rules
+                .iter()
+                .find(|e| e.0 == bits && e.1.addr[12] == 10 || e.0 == bits && bits == 32 + 8)
+                .unwrap()
+        };
         let (_, key, wide) = find(32 + 96 + 8);
         assert_eq!(&key.addr[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
         assert_eq!(key.addr[12], 10);
-        assert_eq!(wide.len, 1);
+        assert_eq!(wide.len, 2, "the policy's rule, then the default deny");
+        assert_eq!(Some(wide.rules[1].rule_id as usize), default_private);
         let (_, _, narrow) = find(32 + 96 + 16);
-        assert_eq!(narrow.len, 2, "the /16 inherits the /8's rule");
+        assert_eq!(narrow.len, 3, "the /16 inherits the /8's rules");
         assert_eq!(
             (
                 narrow.rules[0].port_lo,
@@ -806,8 +892,30 @@ mod tests {
         assert_eq!(key.addr[0], 0xfd);
         assert_eq!(
             (v6.len, v6.rules[0].port_lo, v6.rules[0].port_hi),
-            (1, 0, u16::MAX)
+            (2, 0, u16::MAX),
+            "and inherits fc00::/7's default deny"
         );
+    }
+
+    #[test]
+    fn a_rule_allows_what_a_default_deny_covers_and_cannot_take_its_id() {
+        let text = "profiles:\n  - name: a\n    network:\n      allow:\n        - id: lan\n          cidr: 10.0.0.0/8\n";
+        let c = compile_text(text).unwrap();
+        let (_, _, set) = c
+            .net_rules
+            .iter()
+            .find(|e| e.0 == 32 + 96 + 8 && e.1.addr[12] == 10)
+            .unwrap();
+        assert_eq!(
+            c.rules[set.rules[0].rule_id as usize].id, "lan",
+            "the policy's allow comes first"
+        );
+        assert_eq!(set.rules[0].action, action::ALLOW as u16);
+        let e = parse(&with_defaults(
+            &text.replace("id: lan", "id: default-deny:mine"),
+        ))
+        .unwrap_err();
+        assert!(e.reason.contains("default denies"), "{e}");
     }
 
     #[test]

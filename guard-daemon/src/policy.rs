@@ -548,7 +548,12 @@ fn check_rule_id(id: &str) -> Result<(), String> {
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'));
-    if valid {
+    if id.starts_with(crate::compile::DEFAULT_DENY) {
+        Err(format!(
+            "rule id `{id}`: ids starting with `{}` name Guard's default denies",
+            crate::compile::DEFAULT_DENY
+        ))
+    } else if valid {
         Ok(())
     } else {
         Err(format!(

@@ -1055,6 +1055,47 @@ fn wait_record(guardd: &Guardd, what: &str, matches: impl Fn(&Value) -> bool) ->
 }
 
 #[test]
+fn metadata_link_local_and_private_ranges_are_denied_by_default() {
+    let e = env();
+    let dir = e.path("egress-defaults");
+    let policy = policy_of(
+        "  - name: open\n    default: allow\n  - name: lan\n    default: allow\n    network:\n      allow:\n        - id: lan\n          cidr: 10.0.0.0/8\n",
+        &["open", "lan"],
+    );
+    let guardd = Guardd::start(&dir, &policy, "guard-egress-defaults-test");
+    for (to, rule) in [
+        ("169.254.169.254:80", "default-deny:metadata"),
+        ("[fd00:ec2::254]:80", "default-deny:metadata"),
+        ("169.254.1.1:80", "default-deny:link-local"),
+        ("[fe80::1]:80", "default-deny:link-local"),
+        ("10.1.2.3:80", "default-deny:private"),
+        ("192.168.1.1:53", "default-deny:private"),
+    ] {
+        let outcome = guardd.probe("open", &dir, &["connect-udp", to]);
+        assert_eq!(outcome.errno, Some(EPERM), "{to}");
+        let record = guardd.record(outcome.pid, |r| r["verdict"] == "deny");
+        assert_eq!(
+            (&record["target"], &record["rule"]),
+            (&to.into(), &rule.into()),
+            "{record}"
+        );
+    }
+    assert_eq!(
+        guardd
+            .probe("open", &dir, &["connect-udp", "127.0.0.1:9"])
+            .errno,
+        None
+    );
+    assert_eq!(
+        guardd
+            .probe("lan", &dir, &["connect-udp", "10.1.2.3:80"])
+            .errno,
+        None,
+        "a rule allows a private range"
+    );
+}
+
+#[test]
 fn budgets_deny_when_spent_and_refill_with_time_or_reset() {
     let e = env();
     let dir = e.path("budget");
