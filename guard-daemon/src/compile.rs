@@ -869,7 +869,7 @@ mod tests {
         let find = |bits: u32| {
             c.net_rules
                 .iter()
-                .find(|e| e.0 == bits && e.1.addr[12] == 10 || e.0 == bits && bits == 32 + 8)
+                .find(|e| e.0 == bits && (e.1.addr[12] == 10 || bits == 32 + 8))
                 .unwrap()
         };
         let (_, key, wide) = find(32 + 96 + 8);

@@ -1058,6 +1058,7 @@ fn wait_record(guardd: &Guardd, what: &str, matches: impl Fn(&Value) -> bool) ->
 fn metadata_link_local_and_private_ranges_are_denied_by_default() {
     let e = env();
     let dir = e.path("egress-defaults");
+    fs::create_dir_all(&dir).unwrap();
     let policy = policy_of(
         "  - name: open\n    default: allow\n  - name: lan\n    default: allow\n    network:\n      allow:\n        - id: lan\n          cidr: 10.0.0.0/8\n",
         &["open", "lan"],
@@ -1086,12 +1087,12 @@ fn metadata_link_local_and_private_ranges_are_denied_by_default() {
             .errno,
         None
     );
-    assert_eq!(
+    assert_ne!(
         guardd
             .probe("lan", &dir, &["connect-udp", "10.1.2.3:80"])
             .errno,
-        None,
-        "a rule allows a private range"
+        Some(EPERM),
+        "a rule allows a private range (no route in the VM, but not EPERM)"
     );
 }
 
@@ -2815,7 +2816,7 @@ fn example_profiles_load_and_enforce() {
     let examples = std::env::var("GUARD_EXAMPLES")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../examples").into());
     let policy = fs::read_to_string(Path::new(&examples).join("policy.yaml")).unwrap();
-    for dir in ["workspace/.git/hooks", "data", "scratch"] {
+    for dir in ["workspace/.git/hooks", "data", "scratch", "postgres"] {
         fs::create_dir_all(Path::new("/srv/agents").join(dir)).unwrap();
     }
     let e = env();
@@ -2865,6 +2866,21 @@ fn example_profiles_load_and_enforce() {
         analyst(&["connect-tcp", "10.30.0.5:443"]).errno,
         Some(EPERM)
     );
+
+    // db-maintenance: the data directory stays; its lock file is
+    // approvable.
+    fs::write("/srv/agents/postgres/PG_VERSION", "16").unwrap();
+    fs::write("/srv/agents/postgres/postmaster.pid", "1").unwrap();
+    let dba = |args: &[&str]| guardd.probe("dba", &dir, args);
+    assert_eq!(
+        dba(&["unlink", "/srv/agents/postgres/PG_VERSION"]).errno,
+        Some(EPERM)
+    );
+    let lock = dba(&["unlink", "/srv/agents/postgres/postmaster.pid"]);
+    assert_eq!(lock.errno, Some(EPERM));
+    let denial = guardd.record(lock.pid, |r| r["verdict"] == "deny");
+    assert_eq!(denial["rule"], "postgres-lock", "{denial}");
+    assert_eq!(denial["ticket"]["state"], "requested", "{denial}");
 
     // locked-down: only programs in /usr/bin and /usr/local/bin run.
     fs::create_dir_all("/usr/local/bin").unwrap();

@@ -16,6 +16,8 @@ use crate::events::{Record, TicketNote, ticket_id};
 const MAX_OPEN: usize = 1024;
 /// Closed tickets kept for `guardctl tickets --all`.
 const KEPT_CLOSED: usize = 256;
+/// An approval's time unless one is given.
+pub const DEFAULT_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 /// Longest approval.
 pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
@@ -75,6 +77,23 @@ struct Entry {
     denial: Record,
     /// Boot-clock expiry, once approved.
     expires_boot_ns: u64,
+}
+
+/// Why a ticket cannot be approved or denied.
+#[derive(Debug, thiserror::Error)]
+pub enum TicketError {
+    #[error("no ticket `{0}` (`guardctl tickets --all` lists them)")]
+    Unknown(String),
+    #[error("ticket {id} is {state:?}, not {wanted}")]
+    Closed {
+        id: String,
+        state: TicketState,
+        wanted: &'static str,
+    },
+    #[error("ticket {id}: the kernel refused the change: {reason}")]
+    Kernel { id: String, reason: String },
+    #[error("an approval lasts 1 s to 7 days")]
+    BadTtl,
 }
 
 /// An approval's terms.
@@ -193,13 +212,17 @@ impl Tickets {
         id: &str,
         terms: Terms,
         by: &Approver,
-    ) -> Result<(ExceptionKey, guard_common::Exception, Record), String> {
+    ) -> Result<(ExceptionKey, guard_common::Exception, Record), TicketError> {
+        if terms.ttl.is_zero() || terms.ttl > MAX_TTL {
+            return Err(TicketError::BadTtl);
+        }
         let entry = self.find(id)?;
         if entry.ticket.state != TicketState::Pending {
-            return Err(format!(
-                "ticket {id} is {:?}, not pending",
-                entry.ticket.state
-            ));
+            return Err(TicketError::Closed {
+                id: id.into(),
+                state: entry.ticket.state,
+                wanted: "pending",
+            });
         }
         let expires = std::time::SystemTime::now() + terms.ttl;
         entry.expires_boot_ns = boot_ns().saturating_add(terms.ttl.as_nanos() as u64);
@@ -218,10 +241,14 @@ impl Tickets {
 
     /// Denies a pending or approved ticket: returns the key to withdraw
     /// from the kernel and the record.
-    pub fn deny(&mut self, id: &str, by: &Approver) -> Result<(ExceptionKey, Record), String> {
+    pub fn deny(&mut self, id: &str, by: &Approver) -> Result<(ExceptionKey, Record), TicketError> {
         let entry = self.find(id)?;
         if !entry.ticket.state.is_open() {
-            return Err(format!("ticket {id} is {:?}, not open", entry.ticket.state));
+            return Err(TicketError::Closed {
+                id: id.into(),
+                state: entry.ticket.state,
+                wanted: "open",
+            });
         }
         entry.ticket.state = TicketState::Denied;
         Ok((entry.key, step(entry, "deny", "deny", Some(by))))
@@ -277,19 +304,19 @@ impl Tickets {
         tickets
     }
 
-    /// The session of a ticket, for checking who may see it.
-    pub fn session_of(&self, id: &str) -> Option<&str> {
+    /// A ticket by id.
+    pub fn get(&self, id: &str) -> Option<Ticket> {
         self.entries
             .values()
             .find(|e| e.ticket.id == id)
-            .map(|e| e.ticket.session.as_str())
+            .map(|e| e.ticket.clone())
     }
 
-    fn find(&mut self, id: &str) -> Result<&mut Entry, String> {
+    fn find(&mut self, id: &str) -> Result<&mut Entry, TicketError> {
         self.entries
             .values_mut()
             .find(|e| e.ticket.id == id)
-            .ok_or_else(|| format!("no ticket `{id}` (`guardctl tickets --all` lists them)"))
+            .ok_or_else(|| TicketError::Unknown(id.into()))
     }
 
     /// Forgets the oldest closed tickets beyond [`KEPT_CLOSED`].

@@ -662,41 +662,69 @@ impl State {
         })
     }
 
+    /// The tickets `caller` may see: an agent, its own outermost
+    /// session's.
+    fn tickets_for(&mut self, caller: &Caller, all: bool) -> Vec<approvals::Ticket> {
+        let mut tickets = self.tickets.list(all);
+        if caller.agent {
+            let own = self
+                .parent_session(caller.pid)
+                .ok()
+                .flatten()
+                .map(|session| self.outermost(session).id);
+            tickets.retain(|t| own.as_deref() == Some(t.session.as_str()));
+        }
+        tickets
+    }
+
     /// Approves a pending ticket: the kernel honours it from now on.
     fn approve(
         &mut self,
         id: &str,
         terms: approvals::Terms,
-        by: &approvals::Approver,
-    ) -> Result<String, String> {
-        let (key, exception, record) = self.tickets.approve(id, terms, by)?;
+        caller: &Caller,
+    ) -> Result<approvals::Ticket, approvals::TicketError> {
+        let by = approvals::Approver {
+            pid: caller.pid,
+            uid: caller.uid,
+        };
+        let (key, exception, record) = self.tickets.approve(id, terms, &by)?;
         self.enforcer
             .grant(key, exception)
-            .map_err(|e| format!("cannot grant ticket {id}: {e}"))?;
-        let what = if terms.once {
-            "one use"
-        } else {
-            "any number of uses"
-        };
-        let until = record
-            .ticket
-            .as_ref()
-            .and_then(|t| t.expires.clone())
-            .unwrap_or_default();
-        info!(ticket = id, uid = by.uid, once = terms.once, %until, "ticket approved");
+            .map_err(|e| approvals::TicketError::Kernel {
+                id: id.into(),
+                reason: e.to_string(),
+            })?;
+        info!(
+            ticket = id,
+            uid = by.uid,
+            once = terms.once,
+            "ticket approved"
+        );
         self.notes.push(record);
-        Ok(format!("ticket {id} approved: {what}, until {until}"))
+        Ok(self.tickets.get(id).expect("just approved"))
     }
 
     /// Denies an open ticket, withdrawing its approval from the kernel.
-    fn deny_ticket(&mut self, id: &str, by: &approvals::Approver) -> Result<String, String> {
-        let (key, record) = self.tickets.deny(id, by)?;
+    fn deny_ticket(
+        &mut self,
+        id: &str,
+        caller: &Caller,
+    ) -> Result<approvals::Ticket, approvals::TicketError> {
+        let by = approvals::Approver {
+            pid: caller.pid,
+            uid: caller.uid,
+        };
+        let (key, record) = self.tickets.deny(id, &by)?;
         self.enforcer
             .revoke(&key)
-            .map_err(|e| format!("cannot withdraw ticket {id}: {e}"))?;
+            .map_err(|e| approvals::TicketError::Kernel {
+                id: id.into(),
+                reason: e.to_string(),
+            })?;
         info!(ticket = id, uid = by.uid, "ticket denied");
         self.notes.push(record);
-        Ok(format!("ticket {id} denied"))
+        Ok(self.tickets.get(id).expect("just denied"))
     }
 
     /// Writes the generation in force and the live sessions for the next
@@ -1386,20 +1414,9 @@ async fn answer(request: Request, caller: Caller, state: Arc<Mutex<State>>) -> R
             Ok(message) => Response::SessionDone { message },
             Err(message) => Response::Error { message },
         },
-        Request::Tickets { all } => {
-            let mut state = lock(&state);
-            let mut tickets = state.tickets.list(all);
-            if caller.agent {
-                // An agent sees the tickets of its own outermost session.
-                let own = state
-                    .parent_session(caller.pid)
-                    .ok()
-                    .flatten()
-                    .map(|session| state.outermost(session).id);
-                tickets.retain(|t| own.as_deref() == Some(t.session.as_str()));
-            }
-            Response::Tickets { tickets }
-        }
+        Request::Tickets { all } => Response::Tickets {
+            tickets: lock(&state).tickets_for(&caller, all),
+        },
         Request::Approve { .. } | Request::Deny { .. } if caller.agent => Response::Error {
             message: "agents cannot approve or deny tickets".into(),
         },
@@ -1408,34 +1425,27 @@ async fn answer(request: Request, caller: Caller, state: Arc<Mutex<State>>) -> R
             once,
             ttl_seconds,
         } => {
-            let ttl = Duration::from_secs(ttl_seconds);
-            if ttl.is_zero() || ttl > approvals::MAX_TTL {
-                return Response::Error {
-                    message: format!(
-                        "an approval lasts 1 s to {}",
-                        humantime::format_duration(approvals::MAX_TTL)
-                    ),
-                };
-            }
-            let by = approvals::Approver {
-                pid: caller.pid,
-                uid: caller.uid,
+            let terms = approvals::Terms {
+                once,
+                ttl: Duration::from_secs(ttl_seconds),
             };
-            match lock(&state).approve(&ticket, approvals::Terms { once, ttl }, &by) {
-                Ok(message) => Response::SessionDone { message },
-                Err(message) => Response::Error { message },
+            match lock(&state).approve(&ticket, terms, &caller) {
+                Ok(ticket) => Response::SessionDone {
+                    message: approval_message(&ticket),
+                },
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
             }
         }
-        Request::Deny { ticket } => {
-            let by = approvals::Approver {
-                pid: caller.pid,
-                uid: caller.uid,
-            };
-            match lock(&state).deny_ticket(&ticket, &by) {
-                Ok(message) => Response::SessionDone { message },
-                Err(message) => Response::Error { message },
-            }
-        }
+        Request::Deny { ticket } => match lock(&state).deny_ticket(&ticket, &caller) {
+            Ok(_) => Response::SessionDone {
+                message: format!("ticket {ticket} denied"),
+            },
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
+        },
         Request::StartSession {
             agent,
             profile,
@@ -1453,6 +1463,17 @@ async fn answer(request: Request, caller: Caller, state: Arc<Mutex<State>>) -> R
         },
         Request::Reload => reload(state, Reason::Request).await,
     }
+}
+
+/// What `guardctl approve` prints.
+fn approval_message(ticket: &approvals::Ticket) -> String {
+    let what = if ticket.once {
+        "one use"
+    } else {
+        "any number of uses"
+    };
+    let until = ticket.expires.as_deref().unwrap_or_default();
+    format!("ticket {} approved: {what}, until {until}", ticket.id)
 }
 
 /// Writes every record until a termination signal, then drains what is left.

@@ -1,14 +1,19 @@
-//! guardd's local gRPC API: `PolicyService` and `SessionService`, on a
-//! unix socket only root can open (`--api-socket`). Callers are identified
-//! by the socket's peer credentials, as on the control socket: a caller
-//! inside Guard's root (an agent) may validate policies and list its own
-//! session tree, but not read or apply the policy.
+//! guardd's local gRPC API: `PolicyService`, `SessionService` and
+//! `ApprovalService`, on a unix socket only root can open (`--api-socket`).
+//! Callers are identified by the socket's peer credentials, as on the
+//! control socket: a caller inside Guard's root (an agent) may validate
+//! policies and list its own session tree and tickets, but not read or
+//! apply the policy, nor approve or deny tickets.
 
 use std::sync::{Arc, Mutex};
 
 use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
 
-use super::{Caller, Reason, State, compile_policy, lock, reload};
+use super::{
+    Caller, Reason, State,
+    approvals::{self, TicketError},
+    compile_policy, lock, reload,
+};
 use crate::{
     api::{self, pb},
     control,
@@ -33,6 +38,17 @@ impl LocalApi {
             uid: cred.uid(),
             agent: lock(&self.state).root.is_agent(pid),
         })
+    }
+
+    /// The caller, unless it is an agent (which may not approve or deny).
+    fn not_for_agents_ticket<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let caller = self.caller(request)?;
+        if caller.agent {
+            return Err(Status::permission_denied(
+                "agents cannot approve or deny tickets",
+            ));
+        }
+        Ok(caller)
     }
 
     fn not_for_agents<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
@@ -184,13 +200,93 @@ impl pb::session_service_server::SessionService for LocalApi {
     }
 }
 
+fn ticket(t: &approvals::Ticket) -> pb::Ticket {
+    let state = serde_json::to_value(t.state).expect("states serialize");
+    pb::Ticket {
+        id: t.id.clone(),
+        state: state.as_str().unwrap_or_default().into(),
+        session: t.session.clone(),
+        agent: t.agent.clone(),
+        action: t.action.clone(),
+        target: t.target.clone(),
+        rule: t.rule.clone(),
+        message: t.message.clone().unwrap_or_default(),
+        opened: Some(api::timestamp(api::rfc3339_nanos(&t.opened))),
+        denials: t.denials,
+        once: t.once,
+        expires: t
+            .expires
+            .as_deref()
+            .map(|e| api::timestamp(api::rfc3339_nanos(e))),
+        approved_by: t.approved_by,
+    }
+}
+
+fn ticket_status(e: TicketError) -> Status {
+    match e {
+        TicketError::Unknown(_) => Status::not_found(e.to_string()),
+        TicketError::Closed { .. } => Status::failed_precondition(e.to_string()),
+        TicketError::BadTtl => Status::invalid_argument(e.to_string()),
+        TicketError::Kernel { .. } => Status::internal(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::approval_service_server::ApprovalService for LocalApi {
+    async fn list_tickets(
+        &self,
+        request: Request<pb::ListTicketsRequest>,
+    ) -> Result<Response<pb::ListTicketsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let all = request.into_inner().all;
+        let tickets = lock(&self.state).tickets_for(&caller, all);
+        Ok(Response::new(pb::ListTicketsResponse {
+            tickets: tickets.iter().map(ticket).collect(),
+        }))
+    }
+
+    async fn approve(
+        &self,
+        request: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::Ticket>, Status> {
+        let caller = self.not_for_agents_ticket(&request)?;
+        let request = request.into_inner();
+        let ttl = match request.ttl_seconds {
+            0 => approvals::DEFAULT_TTL,
+            seconds => std::time::Duration::from_secs(seconds),
+        };
+        let terms = approvals::Terms {
+            once: request.once,
+            ttl,
+        };
+        lock(&self.state)
+            .approve(&request.id, terms, &caller)
+            .map(|t| Response::new(ticket(&t)))
+            .map_err(ticket_status)
+    }
+
+    async fn deny(
+        &self,
+        request: Request<pb::DenyRequest>,
+    ) -> Result<Response<pb::Ticket>, Status> {
+        let caller = self.not_for_agents_ticket(&request)?;
+        lock(&self.state)
+            .deny_ticket(&request.into_inner().id, &caller)
+            .map(|t| Response::new(ticket(&t)))
+            .map_err(ticket_status)
+    }
+}
+
 /// Serves the local API on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::UnixListener, api: LocalApi) {
     let result = tonic::transport::Server::builder()
         .add_service(pb::policy_service_server::PolicyServiceServer::new(
             api.clone(),
         ))
-        .add_service(pb::session_service_server::SessionServiceServer::new(api))
+        .add_service(pb::session_service_server::SessionServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(pb::approval_service_server::ApprovalServiceServer::new(api))
         .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
         .await;
     if let Err(e) = result {
