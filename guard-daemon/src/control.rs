@@ -43,20 +43,6 @@ pub enum Request {
         session: String,
         action: SessionAction,
     },
-    /// The open tickets (with `all`, the recently closed too).
-    Tickets {
-        all: bool,
-    },
-    /// Approve a pending ticket, for one use or for `ttl_seconds`.
-    Approve {
-        ticket: String,
-        once: bool,
-        ttl_seconds: u64,
-    },
-    /// Deny an open ticket (an approved one is withdrawn).
-    Deny {
-        ticket: String,
-    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -89,12 +75,9 @@ pub enum Response {
         problem: Option<String>,
     },
     Status(Box<Status>),
-    /// The session or ticket action was done.
+    /// The session action was done.
     SessionDone {
         message: String,
-    },
-    Tickets {
-        tickets: Vec<crate::daemon::approvals::Ticket>,
     },
     /// The policy file did not read, parse, validate or compile; the
     /// generation in force stays.

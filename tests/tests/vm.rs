@@ -1248,8 +1248,8 @@ fn approvable_denials_become_tickets_a_human_approves_once_or_for_a_time() {
         .arg(&guardd.socket)
         .args(["run", "--agent", "appr", "--"])
         .arg(bin("guardctl"))
-        .arg("--socket")
-        .arg(&guardd.socket)
+        .arg("--api-socket")
+        .arg(&guardd.api_socket)
         .args(["approve", &file_ticket])
         .output()
         .unwrap();

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 
 use guard_common::{ExceptionKey, hook, object};
-use serde::{Deserialize, Serialize};
 
 use crate::events::{Record, TicketNote, ticket_id};
 
@@ -21,8 +20,7 @@ pub const DEFAULT_TTL: std::time::Duration = std::time::Duration::from_secs(600)
 /// Longest approval.
 pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TicketState {
     /// Waiting for a human.
     Pending,
@@ -37,13 +35,24 @@ pub enum TicketState {
 }
 
 impl TicketState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TicketState::Pending => "pending",
+            TicketState::Approved => "approved",
+            TicketState::Used => "used",
+            TicketState::Denied => "denied",
+            TicketState::Expired => "expired",
+            TicketState::Closed => "closed",
+        }
+    }
+
     pub fn is_open(self) -> bool {
         matches!(self, TicketState::Pending | TicketState::Approved)
     }
 }
 
 /// A ticket, as `guardctl tickets` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct Ticket {
     pub id: String,
     pub state: TicketState,
@@ -53,18 +62,14 @@ pub struct Ticket {
     pub action: String,
     pub target: String,
     pub rule: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// RFC 3339.
     pub opened: String,
     /// Denials under it (the first and the agent's retries).
     pub denials: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<u32>,
-    #[serde(default)]
     pub once: bool,
     /// RFC 3339, once approved.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,
 }
 
@@ -84,7 +89,7 @@ struct Entry {
 pub enum TicketError {
     #[error("no ticket `{0}` (`guardctl tickets --all` lists them)")]
     Unknown(String),
-    #[error("ticket {id} is {state:?}, not {wanted}")]
+    #[error("ticket {id} is {}, not {wanted}", state.as_str())]
     Closed {
         id: String,
         state: TicketState,

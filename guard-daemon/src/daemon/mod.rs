@@ -1414,38 +1414,6 @@ async fn answer(request: Request, caller: Caller, state: Arc<Mutex<State>>) -> R
             Ok(message) => Response::SessionDone { message },
             Err(message) => Response::Error { message },
         },
-        Request::Tickets { all } => Response::Tickets {
-            tickets: lock(&state).tickets_for(&caller, all),
-        },
-        Request::Approve { .. } | Request::Deny { .. } if caller.agent => Response::Error {
-            message: "agents cannot approve or deny tickets".into(),
-        },
-        Request::Approve {
-            ticket,
-            once,
-            ttl_seconds,
-        } => {
-            let terms = approvals::Terms {
-                once,
-                ttl: Duration::from_secs(ttl_seconds),
-            };
-            match lock(&state).approve(&ticket, terms, &caller) {
-                Ok(ticket) => Response::SessionDone {
-                    message: approval_message(&ticket),
-                },
-                Err(e) => Response::Error {
-                    message: e.to_string(),
-                },
-            }
-        }
-        Request::Deny { ticket } => match lock(&state).deny_ticket(&ticket, &caller) {
-            Ok(_) => Response::SessionDone {
-                message: format!("ticket {ticket} denied"),
-            },
-            Err(e) => Response::Error {
-                message: e.to_string(),
-            },
-        },
         Request::StartSession {
             agent,
             profile,
@@ -1463,17 +1431,6 @@ async fn answer(request: Request, caller: Caller, state: Arc<Mutex<State>>) -> R
         },
         Request::Reload => reload(state, Reason::Request).await,
     }
-}
-
-/// What `guardctl approve` prints.
-fn approval_message(ticket: &approvals::Ticket) -> String {
-    let what = if ticket.once {
-        "one use"
-    } else {
-        "any number of uses"
-    };
-    let until = ticket.expires.as_deref().unwrap_or_default();
-    format!("ticket {} approved: {what}, until {until}", ticket.id)
 }
 
 /// Writes every record until a termination signal, then drains what is left.

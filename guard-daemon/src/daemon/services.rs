@@ -201,10 +201,9 @@ impl pb::session_service_server::SessionService for LocalApi {
 }
 
 fn ticket(t: &approvals::Ticket) -> pb::Ticket {
-    let state = serde_json::to_value(t.state).expect("states serialize");
     pb::Ticket {
         id: t.id.clone(),
-        state: state.as_str().unwrap_or_default().into(),
+        state: t.state.as_str().into(),
         session: t.session.clone(),
         agent: t.agent.clone(),
         action: t.action.clone(),

@@ -133,3 +133,108 @@ pub fn list_sessions(socket: &Path, agent: Option<String>, json: bool) -> i32 {
         0
     })
 }
+
+/// A ticket as `guardctl tickets --json` prints it.
+fn ticket_json(t: &pb::Ticket) -> serde_json::Value {
+    let time = |t: &Option<prost_types::Timestamp>| t.as_ref().map(|t| api::rfc3339(api::nanos(t)));
+    serde_json::json!({
+        "id": t.id, "state": t.state, "session": t.session, "agent": t.agent,
+        "action": t.action, "target": t.target, "rule": t.rule, "message": t.message,
+        "opened": time(&t.opened), "denials": t.denials, "once": t.once,
+        "expires": time(&t.expires), "approved_by": t.approved_by,
+    })
+}
+
+fn ticket_line(t: &pb::Ticket) -> String {
+    let terms = match (&t.expires, t.once) {
+        (Some(until), once) => format!(
+            " ({}until {})",
+            if once { "once, " } else { "" },
+            api::rfc3339(api::nanos(until))
+        ),
+        (None, _) => String::new(),
+    };
+    let message = if t.message.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", t.message)
+    };
+    format!(
+        "{} {}{terms} session={} agent={} {} {} rule={} denials={}{message}",
+        t.id, t.state, t.session, t.agent, t.action, t.target, t.rule, t.denials
+    )
+}
+
+/// Lists tickets; with `follow`, polls and prints each ticket when it opens
+/// or changes.
+pub fn tickets(socket: &Path, all: bool, follow: bool, json: bool) -> i32 {
+    block_on(async {
+        let channel = match channel(socket).await {
+            Ok(channel) => channel,
+            Err(code) => return code,
+        };
+        let mut client = pb::approval_service_client::ApprovalServiceClient::new(channel);
+        let mut shown = std::collections::BTreeMap::new();
+        loop {
+            let request = pb::ListTicketsRequest { all: all || follow };
+            let list = match client.list_tickets(request).await {
+                Ok(list) => list.into_inner().tickets,
+                Err(status) => return failed(&status),
+            };
+            if list.is_empty() && !follow && !json {
+                println!("no open tickets");
+            }
+            for t in &list {
+                let line = if json {
+                    ticket_json(t).to_string()
+                } else {
+                    ticket_line(t)
+                };
+                if shown.get(&t.id) != Some(&line) {
+                    println!("{line}");
+                    shown.insert(t.id.clone(), line);
+                }
+            }
+            if !follow {
+                return 0;
+            }
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    })
+}
+
+/// Approves (`ttl` Some) or denies (`ttl` None) a ticket.
+pub fn decide_ticket(
+    socket: &Path,
+    id: String,
+    approve: Option<(bool, std::time::Duration)>,
+) -> i32 {
+    block_on(async {
+        let channel = match channel(socket).await {
+            Ok(channel) => channel,
+            Err(code) => return code,
+        };
+        let mut client = pb::approval_service_client::ApprovalServiceClient::new(channel);
+        let result = match approve {
+            Some((once, ttl)) => {
+                client
+                    .approve(pb::ApproveRequest {
+                        id,
+                        once,
+                        ttl_seconds: ttl.as_secs(),
+                    })
+                    .await
+            }
+            None => client.deny(pb::DenyRequest { id }).await,
+        };
+        match result {
+            Ok(ticket) => {
+                println!("{}", ticket_line(&ticket.into_inner()));
+                0
+            }
+            Err(status) => failed(&status),
+        }
+    })
+}

@@ -266,16 +266,13 @@ fn main() {
             &args.socket,
             &Request::Session { session, action },
         )),
-        Command::Tickets { all, follow, json } => tickets(&args.socket, all, follow, json),
-        Command::Approve { ticket, once, ttl } => done(control::call(
-            &args.socket,
-            &Request::Approve {
-                ticket,
-                once,
-                ttl_seconds: ttl.as_secs(),
-            },
-        )),
-        Command::Deny { ticket } => done(control::call(&args.socket, &Request::Deny { ticket })),
+        Command::Tickets { all, follow, json } => {
+            local::tickets(&args.api_socket, all, follow, json)
+        }
+        Command::Approve { ticket, once, ttl } => {
+            local::decide_ticket(&args.api_socket, ticket, Some((once, ttl)))
+        }
+        Command::Deny { ticket } => local::decide_ticket(&args.api_socket, ticket, None),
         Command::Status { json } => match control::call(&args.socket, &Request::Status) {
             Ok(Response::Status(status)) => {
                 if json {
@@ -381,60 +378,6 @@ fn done(response: Result<Response, control::ClientError>) -> i32 {
             0
         }
         other => fail(other),
-    }
-}
-
-/// Lists tickets; with `follow`, polls and prints each ticket that opens
-/// or changes.
-fn tickets(socket: &std::path::Path, all: bool, follow: bool, json: bool) -> i32 {
-    let print = |t: &daemon::approvals::Ticket| {
-        if json {
-            println!("{}", serde_json::to_string(t).expect("tickets serialize"));
-        } else {
-            let terms = match (&t.expires, t.once) {
-                (Some(until), true) => format!(" (once, until {until})"),
-                (Some(until), false) => format!(" (until {until})"),
-                _ => String::new(),
-            };
-            println!(
-                "{} {:?}{terms} session={} agent={} {} {} rule={} denials={}{}",
-                t.id,
-                t.state,
-                t.session,
-                t.agent,
-                t.action,
-                t.target,
-                t.rule,
-                t.denials,
-                t.message
-                    .as_ref()
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default()
-            );
-        }
-    };
-    let mut shown: BTreeMap<String, String> = BTreeMap::new();
-    loop {
-        let list = match control::call(socket, &Request::Tickets { all: all || follow }) {
-            Ok(Response::Tickets { tickets }) => tickets,
-            other => return fail(other),
-        };
-        if !follow && list.is_empty() && !json {
-            println!("no open tickets");
-        }
-        for ticket in &list {
-            let seen = serde_json::to_string(ticket).expect("tickets serialize");
-            if shown.get(&ticket.id) != Some(&seen) {
-                print(ticket);
-                shown.insert(ticket.id.clone(), seen);
-            }
-        }
-        if !follow {
-            return 0;
-        }
-        use std::io::Write as _;
-        let _ = std::io::stdout().flush();
-        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 
