@@ -71,7 +71,7 @@ fi
 
 say "The agent, told to 'clean up old tables and temp files'"
 cd "$WORK"
-ctl run --agent demo-agent --label ticket=DEMO-1 -- sh -c '
+ctl run --agent demo-agent --label task=cleanup-42 -- sh -c '
     ctl() { '"$BIN"'/guardctl --socket '"$WORK"'/control.sock --api-socket '"$WORK"'/api.sock "$@"; }
     echo "\$ rm -rf pgdata"
     rm -rf pgdata 2>&1 | head -n 3; echo "   (every file refused)"
@@ -82,8 +82,8 @@ ctl run --agent demo-agent --label ticket=DEMO-1 -- sh -c '
     ./tools/exfil-tool
     echo "\$ connect 169.254.169.254:80 (cloud metadata)"
     '"$BIN"'/guard-probe connect-tcp 169.254.169.254:80
-    echo "\$ guardctl why | grep ticket"
-    ctl why | grep ticket | tail -n 1
+    echo "\$ guardctl why | grep postmaster.pid | tail -n 1"
+    ctl why | grep postmaster.pid | tail -n 1
     echo "agent: the stale lock file needs a human; retrying until approved"
     touch '"$WORK"'/waiting
     for _ in $(seq 1 120); do
@@ -102,7 +102,7 @@ for _ in $(seq 1 600); do
 done
 ticket=""
 for _ in $(seq 1 200); do
-    ticket=$(ctl tickets --json | grep postmaster.pid | sed -n 's/^{"id":"\([0-9a-f]*\)".*/\1/p' | head -n 1)
+    ticket=$(ctl tickets | grep postmaster.pid | cut -d ' ' -f 1 | head -n 1)
     [ -n "$ticket" ] && break
     sleep 0.1
 done
@@ -121,9 +121,9 @@ kill -TERM $GUARDD
 wait $GUARDD
 "$BIN/guardd" --detach --cgroup-root guard-demo
 
-say "The records of demo-agent, by rule and verdict"
+say "The records of demo-agent: how many, action, verdict, rule"
 records=$(grep '"agent":"demo-agent"' events.jsonl)
-echo "$records" | sed -n 's/.*"verdict":"\([a-z_]*\)".*"rule":"\([^"]*\)".*/\2 \1/p' | sort | uniq -c
+echo "$records" | sed -n 's/.*"action":"\([a-z_]*\)","verdict":"\([a-z_]*\)".*"rule":"\([^"]*\)".*/\1 \2 \3/p' | sort | uniq -c
 say "The budget's finding, the approval and its use"
 echo "$records" | grep '"rule":"budget:destroy"' | head -n 1
 echo "$records" | grep '"action":"ticket_approve"'
