@@ -82,8 +82,10 @@ ctl run --agent demo-agent --label task=cleanup-42 -- sh -c '
     ./tools/exfil-tool
     echo "\$ connect 169.254.169.254:80 (cloud metadata)"
     '"$BIN"'/guard-probe connect-tcp 169.254.169.254:80
-    echo "\$ guardctl why | grep postmaster.pid | tail -n 1"
-    ctl why | grep postmaster.pid | tail -n 1
+    echo "\$ guardctl why | tail -n 1"
+    ctl why | tail -n 1
+    echo "\$ guardctl tickets   # this session'"'"'s tickets"
+    ctl tickets
     echo "agent: the stale lock file needs a human; retrying until approved"
     touch '"$WORK"'/waiting
     for _ in $(seq 1 120); do
