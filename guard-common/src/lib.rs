@@ -35,6 +35,9 @@ pub mod map {
     pub const FILE_NAMES: &str = "FILE_NAMES";
     /// LPM trie [`super::NetKey`] → [`super::NetRuleSet`]: network rules.
     pub const NET_RULES: &str = "NET_RULES";
+    /// [`super::NetKey`] (a whole address) → [`super::NetRuleSet`]: the rules
+    /// of hostnames, on each address guardd resolved the name to.
+    pub const HOST_ADDRS: &str = "HOST_ADDRS";
     /// Ring buffer of [`super::Event`] records.
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU u64 counters, indexed by [`super::Counter`].
@@ -51,7 +54,7 @@ pub mod map {
     pub const EXCEPTIONS: &str = "EXCEPTIONS";
     /// The maps guardd pins with the programs' links, so that a guardd
     /// started later adopts them (the others are private to the programs).
-    pub const PINNED: [&str; 14] = [
+    pub const PINNED: [&str; 15] = [
         GENERATION,
         GENERATION_SLOTS[0],
         GENERATION_SLOTS[1],
@@ -61,6 +64,7 @@ pub mod map {
         FILE_IDENTITY,
         FILE_NAMES,
         NET_RULES,
+        HOST_ADDRS,
         EVENTS,
         COUNTERS,
         BUDGET_STATE,
@@ -113,6 +117,8 @@ pub mod capacity {
     pub const FILE_IDENTITY: u32 = 4096;
     pub const FILE_NAMES: u32 = 1024;
     pub const NET_RULES: u32 = 1 << 17;
+    /// Addresses of hostname rules (each address of each name, per profile).
+    pub const HOST_ADDRS: u32 = 4096;
     /// Approved tickets in force at once, over all sessions.
     pub const EXCEPTIONS: u32 = 4096;
     /// Destinations remembered per host (least recently used go first; a
@@ -449,6 +455,9 @@ pub mod agent_flag {
     /// Deny an action the hook could not decide (an internal error: kernel
     /// memory it could not read) rather than allow it.
     pub const FAIL_CLOSED: u32 = 1 << 6;
+    /// The profile has hostname rules: look the destination up in
+    /// [`super::map::HOST_ADDRS`] first.
+    pub const HOST_RULES: u32 = 1 << 7;
 }
 
 /// Bits of [`Event::flags`].

@@ -20,8 +20,8 @@ use crate::{
     cgroup::GuardRoot,
     launch,
     policy::{
-        Access, AgentDef, Defaults, Effect, ExecTarget, FileTarget, Location, Mode, NetTarget,
-        Policy, PortRange, Profile, Protocol, Rule,
+        Access, AgentDef, Defaults, Destination, Effect, ExecTarget, FileTarget, Location, Mode,
+        NetTarget, Policy, PortRange, Profile, Protocol, Rule,
     },
 };
 
@@ -117,7 +117,7 @@ impl Canary {
             network: vec![rule(
                 "connect",
                 NetTarget {
-                    cidr: loopback,
+                    to: Destination::Cidr(loopback),
                     ports: PortRange { lo: PORT, hi: PORT },
                     protocol: Protocol::Tcp,
                 },

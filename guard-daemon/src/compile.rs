@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use sha2::Digest as _;
 
 use crate::policy::{
-    Access, BudgetSpec, Effect, ExecTarget, FileTarget, Location, Mode, NamePattern, NetTarget,
+    Access, BudgetSpec, Destination, Effect, ExecTarget, FileTarget, Location, Mode, NamePattern, NetTarget,
     Policy, PolicyError, PortRange, Profile, Protocol, Rule, Sha256,
 };
 
@@ -37,6 +37,15 @@ pub struct RuleInfo {
     pub freeze: bool,
     /// A denial under it opens a ticket.
     pub approvable: bool,
+}
+
+/// A hostname rule of a profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRule {
+    /// Profile index.
+    pub profile: u32,
+    pub host: String,
+    pub rule: NetRule,
 }
 
 /// Entries for the kernel's maps, plus what userspace needs to explain them.
@@ -56,6 +65,8 @@ pub struct CompiledPolicy {
     pub file_identity: Vec<(IdentityKey, RuleRef)>,
     pub file_names: Vec<(u32, NameKey, RuleRef)>,
     pub net_rules: Vec<(u32, NetKey, NetRuleSet)>,
+    /// Hostname rules, for guardd to put on the addresses it resolves.
+    pub host_rules: Vec<HostRule>,
     /// Indexed by rule id.
     pub rules: Vec<RuleInfo>,
     /// Files exec rules pin by digest, with what they were when compiled
@@ -244,7 +255,14 @@ fn profile_entry(profile: &Profile, index: u32) -> AgentEntry {
                 profile.defaults.network == Access::Deny,
                 agent_flag::NETWORK_DEFAULT_DENY,
             )
-            | flag(files_deny || any_read_only, agent_flag::DECIDE_WRITES),
+            | flag(files_deny || any_read_only, agent_flag::DECIDE_WRITES)
+            | flag(
+                profile
+                    .network
+                    .iter()
+                    .any(|r| matches!(r.target.to, Destination::Host(_))),
+                agent_flag::HOST_RULES,
+            ),
         _pad: 0,
         budgets: profile.budgets.clone().map(|spec| match spec {
             Some(spec) => guard_common::Budget {
@@ -487,7 +505,7 @@ fn name_entry(profile: u32, pattern: &NamePattern, rule: RuleRef) -> (u32, NameK
 }
 
 /// The key address for a network: IPv6, or IPv4 mapped into IPv6.
-fn mapped(addr: IpAddr) -> [u8; 16] {
+pub fn mapped(addr: IpAddr) -> [u8; 16] {
     match addr {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),
@@ -524,8 +542,19 @@ fn compile_network(
             action: r.action as u16,
             rule_id: r.rule_id,
         };
+        let cidr = match &target.to {
+            Destination::Cidr(cidr) => cidr,
+            Destination::Host(host) => {
+                out.host_rules.push(HostRule {
+                    profile: index,
+                    host: host.clone(),
+                    rule: net_rule,
+                });
+                continue;
+            }
+        };
         prefixes
-            .entry((mapped(target.cidr.network()), mapped_prefix(&target.cidr)))
+            .entry((mapped(cidr.network()), mapped_prefix(cidr)))
             .or_default()
             .push((net_rule, rule.location, rule.id.clone()));
     }
@@ -638,7 +667,7 @@ fn default_denies() -> &'static [Rule<NetTarget>] {
             approvable: false,
             effect: Effect::Deny,
             target: NetTarget {
-                cidr: cidr.parse().expect("valid CIDR"),
+                to: Destination::Cidr(cidr.parse().expect("valid CIDR")),
                 ports: PortRange::ALL,
                 protocol: Protocol::Any,
             },
@@ -646,6 +675,18 @@ fn default_denies() -> &'static [Rule<NetTarget>] {
         })
         .collect()
     })
+}
+
+/// The id of the default deny that covers `addr`, if one does.
+pub fn default_deny_of(addr: IpAddr) -> Option<&'static str> {
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    };
+    default_denies()
+        .iter()
+        .find(|rule| matches!(&rule.target.to, Destination::Cidr(cidr) if cidr.contains(&addr)))
+        .map(|rule| rule.id.as_str())
 }
 
 /// The network of `addr` with a prefix of `len` bits (both 128-bit).

@@ -185,6 +185,7 @@ struct SlotKeys {
     file_identity: Vec<IdentityKey>,
     file_names: Vec<(u32, NameKey)>,
     net_rules: Vec<(u32, NetKey)>,
+    host_addrs: Vec<NetKey>,
 }
 
 fn hash_keys_of<K: InSlot, V>(entries: &[(K, V)], slot: u32) -> Vec<K> {
@@ -437,6 +438,8 @@ impl Enforcer {
             self.lpm_keys_by_slot::<NameKey, RuleRef>(map::FILE_NAMES)?;
         let [net_rules_0, net_rules_1] =
             self.lpm_keys_by_slot::<NetKey, NetRuleSet>(map::NET_RULES)?;
+        let [host_addrs_0, host_addrs_1] =
+            self.hash_keys_by_slot::<NetKey, NetRuleSet>(map::HOST_ADDRS)?;
         Ok([
             SlotKeys {
                 agents: agents_0,
@@ -445,6 +448,7 @@ impl Enforcer {
                 file_identity: file_identity_0,
                 file_names: file_names_0,
                 net_rules: net_rules_0,
+                host_addrs: host_addrs_0,
             },
             SlotKeys {
                 agents: agents_1,
@@ -453,6 +457,7 @@ impl Enforcer {
                 file_identity: file_identity_1,
                 file_names: file_names_1,
                 net_rules: net_rules_1,
+                host_addrs: host_addrs_1,
             },
         ])
     }
@@ -573,9 +578,12 @@ impl Enforcer {
     /// generation is written into the idle slot, then switched to in one
     /// update. If anything fails before the switch, the generation in force
     /// stays in force, untouched.
+    /// `hosts` are the entries of `policy`'s hostname rules on the
+    /// addresses resolved so far (profile indexes, as in `policy`).
     pub fn publish(
         &mut self,
         policy: &CompiledPolicy,
+        hosts: &[(NetKey, NetRuleSet)],
         cgroups: &[(u64, u32)],
     ) -> Result<GenerationInfo, EnforceError> {
         let next = match self.active {
@@ -604,12 +612,14 @@ impl Enforcer {
             file_identity: hash_keys_of(&policy.file_identity, slot),
             file_names: lpm_keys_of(&policy.file_names, slot),
             net_rules: lpm_keys_of(&policy.net_rules, slot),
+            host_addrs: hash_keys_of(hosts, slot),
         };
         self.write_hash(map::EXEC_IDENTITY, slot, &policy.exec_identity)?;
         self.write_lpm(map::EXEC_PATHS, slot, &policy.exec_paths)?;
         self.write_hash(map::FILE_IDENTITY, slot, &policy.file_identity)?;
         self.write_lpm(map::FILE_NAMES, slot, &policy.file_names)?;
         self.write_lpm(map::NET_RULES, slot, &policy.net_rules)?;
+        self.write_hash(map::HOST_ADDRS, slot, hosts)?;
         for &(cgroup, profile) in cgroups {
             self.add_cgroup_in(slot, policy, cgroup, profile)?;
         }
@@ -716,7 +726,32 @@ impl Enforcer {
             &keys.file_identity,
         )?;
         self.remove_lpm::<NameKey, guard_common::RuleRef>(map::FILE_NAMES, &keys.file_names)?;
-        self.remove_lpm::<NetKey, guard_common::NetRuleSet>(map::NET_RULES, &keys.net_rules)
+        self.remove_lpm::<NetKey, guard_common::NetRuleSet>(map::NET_RULES, &keys.net_rules)?;
+        self.remove_hash::<NetKey, guard_common::NetRuleSet>(map::HOST_ADDRS, &keys.host_addrs)
+    }
+
+    /// Replaces the hostname entries of the generation in force, after
+    /// guardd resolved a name again. Each entry changes atomically; a
+    /// decision meanwhile sees an address's old rules or its new ones.
+    pub fn set_host_addrs(&mut self, hosts: &[(NetKey, NetRuleSet)]) -> Result<(), EnforceError> {
+        let Some(active) = self.active else {
+            return Ok(());
+        };
+        let slot = active.slot;
+        let new = hash_keys_of(hosts, slot);
+        let gone: Vec<NetKey> = self.written[slot as usize]
+            .host_addrs
+            .iter()
+            .filter(|key| !new.contains(key))
+            .copied()
+            .collect();
+        // Noted first, as in `publish`, so a failure part way leaves no
+        // key behind that the next clear misses.
+        self.written[slot as usize].host_addrs.extend(new.iter().copied());
+        self.write_hash(map::HOST_ADDRS, slot, hosts)?;
+        self.remove_hash::<NetKey, guard_common::NetRuleSet>(map::HOST_ADDRS, &gone)?;
+        self.written[slot as usize].host_addrs = new;
+        Ok(())
     }
 
     fn write_hash<K: Pod + InSlot, V: Pod>(

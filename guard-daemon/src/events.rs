@@ -55,6 +55,9 @@ pub struct Record {
     pub file: Option<FileIdentity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// Network actions decided by a hostname rule: the hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// Id of the rule that decided; `default` when no rule matched and the
     /// profile's default decided.
     pub rule: String,
@@ -374,6 +377,7 @@ pub fn to_record(
             }
             .into()
         }),
+        host: None,
         rule: match (event.rule_id, rule) {
             (NO_RULE, _) => "default".into(),
             (SELF_PROTECTION, _) => SELF_PROTECTION_RULE.into(),

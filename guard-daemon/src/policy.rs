@@ -230,9 +230,19 @@ pub enum NamePattern {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetTarget {
-    pub cidr: IpNet,
+    pub to: Destination,
     pub ports: PortRange,
     pub protocol: Protocol,
+}
+
+/// Where a network rule applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// Every address in this network (host bits cleared).
+    Cidr(IpNet),
+    /// The addresses guardd resolves this name to (lower case, no trailing
+    /// dot).
+    Host(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -378,6 +388,7 @@ struct RuleFile {
     subtree: Option<String>,
     name: Option<String>,
     cidr: Option<String>,
+    host: Option<String>,
     ports: Option<PortsFile>,
     protocol: Option<Protocol>,
 }
@@ -575,6 +586,7 @@ fn only_keys(
         ("subtree", rule.subtree.is_some()),
         ("name", rule.name.is_some()),
         ("cidr", rule.cidr.is_some()),
+        ("host", rule.host.is_some()),
         ("ports", rule.ports.is_some()),
         ("protocol", rule.protocol.is_some()),
     ];
@@ -599,6 +611,8 @@ fn one_target(rule: &RuleFile, location: Location, keys: &[&str]) -> Result<(), 
         ("path", rule.path.is_some()),
         ("subtree", rule.subtree.is_some()),
         ("name", rule.name.is_some()),
+        ("cidr", rule.cidr.is_some()),
+        ("host", rule.host.is_some()),
     ]
     .iter()
     .filter(|(k, present)| *present && keys.contains(k))
@@ -847,18 +861,25 @@ fn net_rule(
     effect: Effect,
     location: Location,
 ) -> Result<Rule<NetTarget>, PolicyError> {
-    only_keys(&rule, location, "network", &["cidr", "ports", "protocol"])?;
+    only_keys(&rule, location, "network", &["cidr", "host", "ports", "protocol"])?;
+    one_target(&rule, location, &["cidr", "host"])?;
     let id = &rule.id;
-    let cidr_text = rule
-        .cidr
-        .as_deref()
-        .ok_or_else(|| PolicyError::new(location, format!("rule `{id}`: `cidr` is required")))?;
-    let cidr = parse_cidr(cidr_text).ok_or_else(|| {
-        PolicyError::new(
-            location,
-            format!("rule `{id}`: `{cidr_text}` is not an IP address or CIDR"),
-        )
-    })?;
+    let to = match (&rule.cidr, &rule.host) {
+        (Some(text), _) => Destination::Cidr(
+            parse_cidr(text)
+                .ok_or_else(|| {
+                    PolicyError::new(
+                        location,
+                        format!("rule `{id}`: `{text}` is not an IP address or CIDR"),
+                    )
+                })?
+                .trunc(),
+        ),
+        (_, Some(name)) => Destination::Host(
+            host_name(name).map_err(|why| PolicyError::new(location, format!("rule `{id}`: {why}")))?,
+        ),
+        _ => unreachable!("one_target checked"),
+    };
     let ports = match &rule.ports {
         None => PortRange::ALL,
         Some(PortsFile::One(port)) => PortRange {
@@ -873,11 +894,38 @@ fn net_rule(
         })?,
     };
     let target = NetTarget {
-        cidr: cidr.trunc(),
+        to,
         ports,
         protocol: rule.protocol.unwrap_or_default(),
     };
     rule_of(rule, effect, target, location)
+}
+
+/// A hostname as a rule may name it: letters, digits and `-` in labels of
+/// 1 to 63 bytes, at most 253 bytes, compared in lower case.
+fn host_name(name: &str) -> Result<String, String> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name.starts_with("*.") {
+        return Err(format!(
+            "host `{name}`: wildcards are not supported; name each host (guardd resolves each name itself)"
+        ));
+    }
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!("host `{name}` is an address: use `cidr`"));
+    }
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if valid {
+        Ok(name)
+    } else {
+        Err(format!("`{name}` is not a hostname"))
+    }
 }
 
 fn parse_cidr(text: &str) -> Option<IpNet> {
@@ -1007,8 +1055,8 @@ agents:
         let net = &profile.network;
         assert_eq!(net[0].effect, Allow);
         assert_eq!(
-            net[1].target.cidr,
-            "169.254.169.254/32".parse::<IpNet>().unwrap()
+            net[1].target.to,
+            Destination::Cidr("169.254.169.254/32".parse::<IpNet>().unwrap())
         );
         assert_eq!(net[1].target.ports, PortRange::ALL);
         assert_eq!(net[2].target.ports, PortRange { lo: 5432, hi: 5432 });
@@ -1236,6 +1284,22 @@ agents:
             "  - name: a\n    network:\n      deny:\n        - id: r\n          cidr: 10.0.0.0/8\n          protocol: icmp\n",
         );
         assert_eq!(error(proto).location.line, 7);
+        let host = |name: &str| {
+            one_profile(&format!(
+                "  - name: a\n    network:\n      allow:\n        - id: r\n          host: \"{name}\"\n"
+            ))
+        };
+        assert_eq!(
+            parse(&host("PyPI.org.")).unwrap().profiles[0].network[0].target.to,
+            Destination::Host("pypi.org".into())
+        );
+        assert!(error(&host("*.github.com")).reason.contains("wildcards"));
+        assert!(error(&host("10.0.0.1")).reason.contains("use `cidr`"));
+        assert!(error(&host("a..b")).reason.contains("not a hostname"));
+        let both = one_profile(
+            "  - name: a\n    network:\n      allow:\n        - id: r\n          host: pypi.org\n          cidr: 10.0.0.1\n",
+        );
+        assert!(error(&both).reason.contains("exactly one"), "{}", error(&both));
     }
 
     #[test]

@@ -25,12 +25,13 @@ use aya_ebpf::{
 };
 use guard_common::{
     AgentEntry, AgentKey, Counter, EVENT_PATH_LEN, EXEC_PATH_KEY_LEN, Event, ExceptionKey, LOCKED,
-    LsmHook, NO_RULE, NetKey, RuleRef, SELF_PROTECTION, action, agent_flag, budget, event_flag,
+    LsmHook, NO_RULE, NetKey, NetRuleSet, RuleRef, SELF_PROTECTION, action, agent_flag, budget, event_flag,
     exec_flag, hook, lsm, mode, object, protocol, verdict,
 };
 use kernel::{Identity, Kptr, ReadError};
 use maps::{
-    AGENTS, COUNTERS, EVENTS, EXEC_IDENTITY, EXEC_PATHS, GENERATION, NET_RULES, PathScratch,
+    AGENTS, COUNTERS, EVENTS, EXEC_IDENTITY, EXEC_PATHS, GENERATION, HOST_ADDRS, NET_RULES,
+    PathScratch,
 };
 
 const EPERM: i32 = 1;
@@ -780,17 +781,27 @@ fn socket_protocol(sock: Kptr) -> Result<u16, ReadError> {
     })
 }
 
-/// First rule of the longest matching prefix (with the rules it inherits from
-/// shorter prefixes) whose port range and protocol match.
-fn find_net_rule(profile: u32, dest: &Destination, proto: u16) -> Option<RuleRef> {
-    let key = aya_ebpf::maps::lpm_trie::Key::new(
-        32 + 128,
-        NetKey {
-            profile: profile.to_be_bytes(),
-            addr: dest.addr,
-        },
-    );
-    let set = NET_RULES.get(&key)?;
+/// The rule that decides on a destination: a hostname rule on the exact
+/// address (the most specific there is), else the first rule of the longest
+/// matching prefix (with the rules it inherits from shorter prefixes) whose
+/// port range and protocol match.
+fn find_net_rule(agent: &Agent, dest: &Destination, proto: u16) -> Option<RuleRef> {
+    let key = NetKey {
+        profile: agent.entry.profile.to_be_bytes(),
+        addr: dest.addr,
+    };
+    if agent.entry.flags & agent_flag::HOST_RULES != 0 {
+        // SAFETY: the value is a plain Copy struct, read at once.
+        if let Some(rule) = unsafe { HOST_ADDRS.get(&key) }.and_then(|set| first_match(set, dest, proto)) {
+            return Some(rule);
+        }
+    }
+    let key = aya_ebpf::maps::lpm_trie::Key::new(32 + 128, key);
+    first_match(NET_RULES.get(&key)?, dest, proto)
+}
+
+/// The first rule of `set` whose port range and protocol match.
+fn first_match(set: &NetRuleSet, dest: &Destination, proto: u16) -> Option<RuleRef> {
     for rule in set.rules.iter().take(set.len as usize) {
         if dest.port >= rule.port_lo
             && dest.port <= rule.port_hi
@@ -819,7 +830,7 @@ fn check_destination(
     let proto = socket_protocol(sock)?;
     let mut decision = Decision::new(
         agent,
-        find_net_rule(agent.entry.profile, &dest, proto),
+        find_net_rule(agent, &dest, proto),
         agent_flag::NETWORK_DEFAULT_DENY,
     );
     guardrails::approve(

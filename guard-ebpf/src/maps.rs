@@ -59,6 +59,11 @@ pub static FILE_NAMES: LpmTrie<NameKey, RuleRef> =
 pub static NET_RULES: LpmTrie<NetKey, NetRuleSet> =
     LpmTrie::with_max_entries(capacity::NET_RULES * SLOTS, 0);
 
+/// (profile, address) → the rules of the hostnames that resolved to it.
+#[map]
+pub static HOST_ADDRS: HashMap<NetKey, NetRuleSet> =
+    HashMap::with_max_entries(capacity::HOST_ADDRS * SLOTS, 0);
+
 /// Decision records for the daemon.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);

@@ -1096,6 +1096,96 @@ fn metadata_link_local_and_private_ranges_are_denied_by_default() {
     );
 }
 
+/// A DNS server on `at` (port 53) that answers A queries for `api.test`
+/// with the address `answer` holds, with a TTL of 1 s, and every other
+/// query with no records.
+fn serve_dns(at: &str, answer: std::sync::Arc<std::sync::Mutex<std::net::Ipv4Addr>>) {
+    use hickory_proto::{
+        op::Message,
+        rr::{RData, Record, RecordType, rdata::A},
+    };
+    let socket = std::net::UdpSocket::bind(at).expect("bind the test's DNS server");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
+            reply.metadata.recursion_available = true;
+            for q in &query.queries {
+                if q.name().to_ascii().eq_ignore_ascii_case("api.test.")
+                    && q.query_type() == RecordType::A
+                {
+                    let ip = *answer.lock().unwrap();
+                    reply
+                        .answers
+                        .push(Record::from_rdata(q.name().clone(), 1, RData::A(A(ip))));
+                }
+            }
+            reply.queries = query.queries;
+            if let Ok(bytes) = reply.to_vec() {
+                let _ = socket.send_to(&bytes, from);
+            }
+        }
+    });
+}
+
+#[test]
+fn hostname_rules_follow_dns_answers_and_records_name_the_host() {
+    let e = env();
+    let dir = e.path("hosts");
+    fs::create_dir_all(&dir).unwrap();
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(std::net::Ipv4Addr::new(
+        127, 0, 0, 8,
+    )));
+    serve_dns("127.0.0.2:53", answer.clone());
+    let policy = policy_of(
+        "  - name: egress\n    record_allowed: true\n    default: {exec: allow, files: allow, network: deny}\n    network:\n      allow:\n        - id: api\n          host: api.test\n          ports: 9\n          protocol: udp\n",
+        &["egress"],
+    );
+    let guardd = Guardd::start_with(
+        &dir,
+        &policy,
+        "guard-hosts-test",
+        &["--dns-server", "127.0.0.2"],
+        &[],
+    );
+    let resolved_to = |addr: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !guardd
+            .log_text()
+            .lines()
+            .any(|l| l.contains("hostname resolved") && l.contains(addr))
+        {
+            assert!(Instant::now() < deadline, "api.test never resolved to {addr}: {}", guardd.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let connect = |to: &str| guardd.probe("egress", &dir, &["connect-udp", to]);
+    resolved_to("127.0.0.8");
+    let allowed = connect("127.0.0.8:9");
+    assert_eq!(allowed.errno, None);
+    let record = guardd.record(allowed.pid, |r| r["action"] == "connect");
+    assert_eq!(
+        (&record["verdict"], &record["rule"], &record["host"]),
+        (&"allow".into(), &"api".into(), &"api.test".into()),
+        "{record}"
+    );
+    assert_eq!(connect("127.0.0.8:10").errno, Some(EPERM), "another port");
+    let other = connect("127.0.0.9:9");
+    assert_eq!(other.errno, Some(EPERM), "an address the name did not resolve to");
+    let record = guardd.record(other.pid, |r| r["action"] == "connect");
+    assert_eq!(record["rule"], "default", "{record}");
+
+    // The answer changes: within its TTL guardd asks again, and the rule
+    // moves to the new address.
+    *answer.lock().unwrap() = std::net::Ipv4Addr::new(127, 0, 0, 9);
+    resolved_to("127.0.0.9");
+    assert_eq!(connect("127.0.0.9:9").errno, None);
+    assert_eq!(connect("127.0.0.8:9").errno, Some(EPERM));
+}
+
 #[test]
 fn budgets_deny_when_spent_and_refill_with_time_or_reset() {
     let e = env();

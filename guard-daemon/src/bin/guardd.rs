@@ -106,6 +106,11 @@ struct Args {
     #[arg(long, env = "GUARD_WHY_DIR", default_value = control::DEFAULT_WHY_DIR)]
     why_dir: PathBuf,
 
+    /// The DNS server guardd asks for the addresses of hostname rules
+    /// (`host:` in a network rule), instead of those in /etc/resolv.conf.
+    #[arg(long, env = "GUARD_DNS_SERVER", value_name = "IP")]
+    dns_server: Option<std::net::IpAddr>,
+
     /// Detach the programs guardd left attached for --cgroup-root, then
     /// exit. guardd keeps its programs attached (pinned in
     /// /sys/fs/bpf/guard) when it stops or dies, so that agents stay
@@ -157,6 +162,7 @@ fn main() {
             protect: args.protect,
             state_file: args.state_file,
             why_dir: args.why_dir,
+            dns_server: args.dns_server,
             host_name: args.host_name.unwrap_or_else(|| {
                 nix::unistd::gethostname()
                     .map(|h| h.to_string_lossy().into_owned())

@@ -15,6 +15,7 @@ use std::{
 
 pub mod approvals;
 mod builtins;
+mod hosts;
 mod kept;
 mod services;
 mod why;
@@ -91,6 +92,8 @@ pub struct Config {
     pub state_file: PathBuf,
     /// Where each session's last denials are written for its agent.
     pub why_dir: PathBuf,
+    /// The DNS server for hostname rules; the system's when `None`.
+    pub dns_server: Option<std::net::IpAddr>,
 }
 
 /// Where what outlives one guardd is, for the next to adopt.
@@ -270,6 +273,8 @@ pub struct State {
     tickets: approvals::Tickets,
     /// Records guardd makes itself (ticket steps), for the writer.
     notes: Vec<events::Record>,
+    /// The addresses of hostname rules.
+    hosts: hosts::Hosts,
 }
 
 impl State {
@@ -315,6 +320,7 @@ impl State {
             why: why::Why::default(),
             tickets: approvals::Tickets::default(),
             notes: Vec::new(),
+            hosts: hosts::Hosts::default(),
         };
         if let Some(adopted) = &state.enforcer.adopted
             && let Some(persistence) = persistence
@@ -386,7 +392,9 @@ impl State {
             agent_cgroups.insert(name.clone(), id);
             cgroups.push((id, *profile));
         }
-        let info = self.enforcer.publish(&compiled, &cgroups)?;
+        let info = self
+            .enforcer
+            .publish(&compiled, &self.hosts.entries(&compiled), &cgroups)?;
         self.agent_cgroups = agent_cgroups;
         self.generations.push_front(Arc::new(Generation {
             number: info.generation,
@@ -662,6 +670,21 @@ impl State {
         })
     }
 
+    /// Takes new answers for hostname rules and, when an address changed,
+    /// rewrites the generation in force's hostname entries.
+    fn resolved(&mut self, answers: Vec<(String, Vec<std::net::IpAddr>, Duration)>) {
+        let mut changed = false;
+        for (name, addrs, ttl) in answers {
+            changed |= self.hosts.update(&name, addrs, ttl);
+        }
+        if changed {
+            let entries = self.hosts.entries(&self.current().compiled);
+            if let Err(e) = self.enforcer.set_host_addrs(&entries) {
+                error!("cannot update the addresses of hostname rules: {e}");
+            }
+        }
+    }
+
     /// The tickets `caller` may see: an agent, its own outermost
     /// session's.
     fn tickets_for(&mut self, caller: &Caller, all: bool) -> Vec<approvals::Ticket> {
@@ -886,6 +909,12 @@ impl State {
         };
         let mut record =
             events::to_record(event, generation.as_deref(), agent, session.as_ref(), clock);
+        if let Some(generation) = &generation
+            && record.protocol.is_some()
+        {
+            record.host =
+                hosts::Hosts::host_of(&generation.compiled, event.rule_id).map(str::to_string);
+        }
         if event.flags & guard_common::event_flag::APPROVED != 0 {
             self.tickets.used(event.detail);
         }
@@ -1034,6 +1063,12 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         },
     ));
     tokio::spawn(reload_on_change(state.clone(), changes_rx, watcher));
+    match hosts::resolver(config.dns_server) {
+        Ok(resolver) => {
+            tokio::spawn(resolve_hosts(state.clone(), resolver));
+        }
+        Err(e) => warn!("no DNS resolver ({e:#}): hostname rules apply to no address"),
+    }
 
     let chain = match &config.events {
         Some(path) => Chain::resume(path)
@@ -1430,6 +1465,27 @@ async fn answer(request: Request, caller: Caller, state: Arc<Mutex<State>>) -> R
             message: "agents cannot change the policy".into(),
         },
         Request::Reload => reload(state, Reason::Request).await,
+    }
+}
+
+/// Resolves the names of hostname rules when they are new or their
+/// answers expire, and keeps the kernel's addresses current.
+async fn resolve_hosts(state: Arc<Mutex<State>>, resolver: hickory_resolver::TokioResolver) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let due = {
+            let state = lock(&state);
+            state.hosts.due(&state.current().compiled)
+        };
+        let mut answers = Vec::new();
+        for name in due {
+            let (addrs, ttl) = hosts::resolve(&resolver, &name).await;
+            answers.push((name, addrs, ttl));
+        }
+        if !answers.is_empty() {
+            lock(&state).resolved(answers);
+        }
     }
 }
 

@@ -1,0 +1,152 @@
+//! Egress by hostname. A network rule may name a host instead of a CIDR;
+//! guardd resolves each such name itself, keeps its addresses for as long
+//! as the DNS records' TTLs say, and puts the rule on each address in the
+//! kernel (`HOST_ADDRS`), where it is the most specific rule for that
+//! address. Addresses in the default-deny ranges (metadata, link-local,
+//! private) are never taken from DNS: a name that resolves there is a
+//! rebinding attempt or needs a `cidr` rule.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use guard_common::{NET_RULES_PER_PREFIX, NetKey, NetRuleSet, capacity};
+use hickory_resolver::{
+    TokioResolver,
+    config::{NameServerConfig, ResolverConfig},
+    net::runtime::TokioRuntimeProvider,
+};
+use tracing::{info, warn};
+
+use crate::compile::{CompiledPolicy, default_deny_of, mapped};
+
+/// Shortest and longest time an answer is kept before it is asked again.
+const MIN_KEEP: Duration = Duration::from_secs(1);
+const MAX_KEEP: Duration = Duration::from_secs(300);
+
+/// What each name resolved to, and until when.
+#[derive(Default)]
+pub struct Hosts {
+    resolved: BTreeMap<String, Resolved>,
+}
+
+struct Resolved {
+    addrs: Vec<IpAddr>,
+    until: Instant,
+}
+
+impl Hosts {
+    /// The names of `policy`'s hostname rules that are new or due again.
+    pub fn due(&self, policy: &CompiledPolicy) -> BTreeSet<String> {
+        let now = Instant::now();
+        policy
+            .host_rules
+            .iter()
+            .map(|r| &r.host)
+            .filter(|name| self.resolved.get(*name).is_none_or(|r| r.until <= now))
+            .cloned()
+            .collect()
+    }
+
+    /// Takes an answer for `name` (an empty one when it did not resolve);
+    /// true when its addresses changed.
+    pub fn update(&mut self, name: &str, mut addrs: Vec<IpAddr>, ttl: Duration) -> bool {
+        addrs.retain(|addr| match default_deny_of(*addr) {
+            Some(rule) => {
+                warn!(host = name, %addr, "not allowing a resolved address that `{rule}` denies; a `cidr` rule may allow it");
+                false
+            }
+            None => true,
+        });
+        addrs.sort();
+        addrs.dedup();
+        let until = Instant::now() + ttl.clamp(MIN_KEEP, MAX_KEEP);
+        let changed = self.resolved.get(name).is_none_or(|r| r.addrs != addrs);
+        if changed {
+            info!(host = name, addrs = ?addrs, ttl_s = ttl.as_secs(), "hostname resolved");
+        }
+        self.resolved
+            .insert(name.to_string(), Resolved { addrs, until });
+        changed
+    }
+
+    /// The kernel entries of `policy`'s hostname rules on the addresses
+    /// resolved so far (profile indexes as in `policy`). An address whose
+    /// names carry more than the kernel holds keeps the first rules.
+    pub fn entries(&self, policy: &CompiledPolicy) -> Vec<(NetKey, NetRuleSet)> {
+        let mut sets: BTreeMap<(u32, [u8; 16]), NetRuleSet> = BTreeMap::new();
+        for rule in &policy.host_rules {
+            let Some(resolved) = self.resolved.get(&rule.host) else {
+                continue;
+            };
+            for addr in &resolved.addrs {
+                let set = sets.entry((rule.profile, mapped(*addr))).or_default();
+                if (set.len as usize) < NET_RULES_PER_PREFIX {
+                    set.rules[set.len as usize] = rule.rule;
+                    set.len += 1;
+                } else {
+                    warn!(host = %rule.host, %addr, "more than {NET_RULES_PER_PREFIX} hostname rules on one address; the rest do not apply");
+                }
+            }
+        }
+        let mut entries: Vec<(NetKey, NetRuleSet)> = sets
+            .into_iter()
+            .map(|((profile, addr), set)| {
+                let key = NetKey {
+                    profile: profile.to_be_bytes(),
+                    addr,
+                };
+                (key, set)
+            })
+            .collect();
+        if entries.len() > capacity::HOST_ADDRS as usize {
+            warn!(
+                "hostname rules resolved to {} addresses; the kernel holds {}, the rest do not apply",
+                entries.len(),
+                capacity::HOST_ADDRS
+            );
+            entries.truncate(capacity::HOST_ADDRS as usize);
+        }
+        entries
+    }
+
+    /// The hostname a record's rule and address belong to, if a hostname
+    /// rule decided.
+    pub fn host_of(policy: &CompiledPolicy, rule_id: u32) -> Option<&str> {
+        policy
+            .host_rules
+            .iter()
+            .find(|r| r.rule.rule_id == rule_id)
+            .map(|r| r.host.as_str())
+    }
+}
+
+/// The resolver for hostname rules: `server` when given (guardd's
+/// `--dns-server`), otherwise the system's (`/etc/resolv.conf`).
+pub fn resolver(server: Option<IpAddr>) -> anyhow::Result<TokioResolver> {
+    let builder = match server {
+        Some(ip) => TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(vec![NameServerConfig::udp_and_tcp(ip)]),
+            TokioRuntimeProvider::default(),
+        ),
+        None => TokioResolver::builder_tokio()?,
+    };
+    Ok(builder.build()?)
+}
+
+/// Resolves `name`: its addresses and how long they hold. A name that
+/// does not resolve has none (its rules then apply to no address).
+pub async fn resolve(resolver: &TokioResolver, name: &str) -> (Vec<IpAddr>, Duration) {
+    match resolver.lookup_ip(format!("{name}.")).await {
+        Ok(lookup) => {
+            let ttl = lookup.valid_until().saturating_duration_since(Instant::now());
+            (lookup.iter().collect(), ttl)
+        }
+        Err(e) => {
+            warn!(host = name, "cannot resolve: {e}");
+            (Vec::new(), MIN_KEEP * 5)
+        }
+    }
+}
