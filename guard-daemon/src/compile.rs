@@ -23,8 +23,8 @@ use ipnet::IpNet;
 use sha2::Digest as _;
 
 use crate::policy::{
-    Access, BudgetSpec, Destination, Effect, ExecTarget, FileTarget, Location, Mode, NamePattern, NetTarget,
-    Policy, PolicyError, PortRange, Profile, Protocol, Rule, Sha256,
+    Access, BudgetSpec, Destination, Effect, ExecTarget, FileTarget, Location, Mode, NamePattern,
+    NetTarget, Policy, PolicyError, PortRange, Profile, Protocol, Rule, Sha256,
 };
 
 /// What a rule id in a record refers to.

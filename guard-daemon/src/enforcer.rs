@@ -21,8 +21,8 @@ use aya::{
 };
 use guard_common::{
     AgentKey, BUDGETS, BudgetKey, BudgetState, Counter, Exception, ExceptionKey, ExecPathKey,
-    GenerationInfo, IdentityKey, KERNEL_FIELDS, LsmHook, NameKey, NetKey, global, lsm, map,
-    profile_key, profile_slot,
+    GenerationInfo, IdentityKey, KERNEL_FIELDS, LsmHook, NameKey, NetKey, NetRuleSet, global, lsm,
+    map, profile_key, profile_slot,
 };
 use sha2::{Digest, Sha256};
 
@@ -747,7 +747,9 @@ impl Enforcer {
             .collect();
         // Noted first, as in `publish`, so a failure part way leaves no
         // key behind that the next clear misses.
-        self.written[slot as usize].host_addrs.extend(new.iter().copied());
+        self.written[slot as usize]
+            .host_addrs
+            .extend(new.iter().copied());
         self.write_hash(map::HOST_ADDRS, slot, hosts)?;
         self.remove_hash::<NetKey, guard_common::NetRuleSet>(map::HOST_ADDRS, &gone)?;
         self.written[slot as usize].host_addrs = new;

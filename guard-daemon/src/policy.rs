@@ -861,7 +861,12 @@ fn net_rule(
     effect: Effect,
     location: Location,
 ) -> Result<Rule<NetTarget>, PolicyError> {
-    only_keys(&rule, location, "network", &["cidr", "host", "ports", "protocol"])?;
+    only_keys(
+        &rule,
+        location,
+        "network",
+        &["cidr", "host", "ports", "protocol"],
+    )?;
     one_target(&rule, location, &["cidr", "host"])?;
     let id = &rule.id;
     let to = match (&rule.cidr, &rule.host) {
@@ -876,7 +881,8 @@ fn net_rule(
                 .trunc(),
         ),
         (_, Some(name)) => Destination::Host(
-            host_name(name).map_err(|why| PolicyError::new(location, format!("rule `{id}`: {why}")))?,
+            host_name(name)
+                .map_err(|why| PolicyError::new(location, format!("rule `{id}`: {why}")))?,
         ),
         _ => unreachable!("one_target checked"),
     };
@@ -919,7 +925,9 @@ fn host_name(name: &str) -> Result<String, String> {
             (1..=63).contains(&label.len())
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         });
     if valid {
         Ok(name)
@@ -1290,7 +1298,9 @@ agents:
             ))
         };
         assert_eq!(
-            parse(&host("PyPI.org.")).unwrap().profiles[0].network[0].target.to,
+            parse(&host("PyPI.org.")).unwrap().profiles[0].network[0]
+                .target
+                .to,
             Destination::Host("pypi.org".into())
         );
         assert!(error(&host("*.github.com")).reason.contains("wildcards"));
@@ -1299,7 +1309,11 @@ agents:
         let both = one_profile(
             "  - name: a\n    network:\n      allow:\n        - id: r\n          host: pypi.org\n          cidr: 10.0.0.1\n",
         );
-        assert!(error(&both).reason.contains("exactly one"), "{}", error(&both));
+        assert!(
+            error(&both).reason.contains("exactly one"),
+            "{}",
+            error(&both)
+        );
     }
 
     #[test]

@@ -25,8 +25,8 @@ use aya_ebpf::{
 };
 use guard_common::{
     AgentEntry, AgentKey, Counter, EVENT_PATH_LEN, EXEC_PATH_KEY_LEN, Event, ExceptionKey, LOCKED,
-    LsmHook, NO_RULE, NetKey, NetRuleSet, RuleRef, SELF_PROTECTION, action, agent_flag, budget, event_flag,
-    exec_flag, hook, lsm, mode, object, protocol, verdict,
+    LsmHook, NO_RULE, NetKey, NetRuleSet, RuleRef, SELF_PROTECTION, action, agent_flag, budget,
+    event_flag, exec_flag, hook, lsm, mode, object, protocol, verdict,
 };
 use kernel::{Identity, Kptr, ReadError};
 use maps::{
@@ -792,7 +792,9 @@ fn find_net_rule(agent: &Agent, dest: &Destination, proto: u16) -> Option<RuleRe
     };
     if agent.entry.flags & agent_flag::HOST_RULES != 0 {
         // SAFETY: the value is a plain Copy struct, read at once.
-        if let Some(rule) = unsafe { HOST_ADDRS.get(&key) }.and_then(|set| first_match(set, dest, proto)) {
+        if let Some(rule) =
+            unsafe { HOST_ADDRS.get(&key) }.and_then(|set| first_match(set, dest, proto))
+        {
             return Some(rule);
         }
     }

@@ -1136,9 +1136,7 @@ fn hostname_rules_follow_dns_answers_and_records_name_the_host() {
     let e = env();
     let dir = e.path("hosts");
     fs::create_dir_all(&dir).unwrap();
-    let answer = std::sync::Arc::new(std::sync::Mutex::new(std::net::Ipv4Addr::new(
-        127, 0, 0, 8,
-    )));
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(std::net::Ipv4Addr::new(127, 0, 0, 8)));
     serve_dns("127.0.0.2:53", answer.clone());
     let policy = policy_of(
         "  - name: egress\n    record_allowed: true\n    default: {exec: allow, files: allow, network: deny}\n    network:\n      allow:\n        - id: api\n          host: api.test\n          ports: 9\n          protocol: udp\n",
@@ -1158,7 +1156,11 @@ fn hostname_rules_follow_dns_answers_and_records_name_the_host() {
             .lines()
             .any(|l| l.contains("hostname resolved") && l.contains(addr))
         {
-            assert!(Instant::now() < deadline, "api.test never resolved to {addr}: {}", guardd.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "api.test never resolved to {addr}: {}",
+                guardd.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     };
@@ -1174,7 +1176,11 @@ fn hostname_rules_follow_dns_answers_and_records_name_the_host() {
     );
     assert_eq!(connect("127.0.0.8:10").errno, Some(EPERM), "another port");
     let other = connect("127.0.0.9:9");
-    assert_eq!(other.errno, Some(EPERM), "an address the name did not resolve to");
+    assert_eq!(
+        other.errno,
+        Some(EPERM),
+        "an address the name did not resolve to"
+    );
     let record = guardd.record(other.pid, |r| r["action"] == "connect");
     assert_eq!(record["rule"], "default", "{record}");
 

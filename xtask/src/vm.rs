@@ -286,9 +286,15 @@ pub fn boot(
 ) -> Result<Outcome> {
     let append = format!("console=ttyS0 panic=-1 quiet loglevel=4 lsm={lsm} guard.mode={mode}");
     let mut child = Command::new("qemu-system-x86_64")
+        // One host thread runs both vCPUs: with a thread per vCPU, a vCPU
+        // may run code another vCPU is patching (the kernel's int3-based
+        // text_poke, as when BPF trampolines attach) from a stale
+        // translation, and the kernel oopses on a breakpoint it already
+        // removed. Seen on 6.12 while one guardd attached its programs and
+        // another called bpf(2).
         .args([
             "-accel",
-            "tcg,thread=multi",
+            "tcg,thread=single",
             "-cpu",
             "max",
             "-m",

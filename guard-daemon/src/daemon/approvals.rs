@@ -384,10 +384,19 @@ fn step(entry: &Entry, action: &str, verdict: &str, by: Option<&Approver>) -> Re
     record
 }
 
-/// A random ticket number.
+/// A random ticket number, so that ids cannot be guessed ahead (the
+/// clock, should the kernel's random source fail).
 fn new_number() -> u32 {
-    let uuid = crate::session::new_id().unwrap_or_default();
-    u32::from_str_radix(uuid.get(..8).unwrap_or("0"), 16).unwrap_or(0)
+    let mut bytes = [0u8; 4];
+    // SAFETY: writes at most 4 bytes into `bytes`.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got == 4 {
+        u32::from_ne_bytes(bytes)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.subsec_nanos())
+    }
 }
 
 /// The kernel's boot clock (`bpf_ktime_get_boot_ns`), in ns.

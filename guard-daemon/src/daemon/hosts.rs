@@ -141,7 +141,9 @@ pub fn resolver(server: Option<IpAddr>) -> anyhow::Result<TokioResolver> {
 pub async fn resolve(resolver: &TokioResolver, name: &str) -> (Vec<IpAddr>, Duration) {
     match resolver.lookup_ip(format!("{name}.")).await {
         Ok(lookup) => {
-            let ttl = lookup.valid_until().saturating_duration_since(Instant::now());
+            let ttl = lookup
+                .valid_until()
+                .saturating_duration_since(Instant::now());
             (lookup.iter().collect(), ttl)
         }
         Err(e) => {
