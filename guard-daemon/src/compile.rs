@@ -100,6 +100,14 @@ impl CompiledPolicy {
         self.rules.get(rule_id as usize)
     }
 
+    /// The hostname of a hostname rule.
+    pub fn host_of(&self, rule_id: u32) -> Option<&str> {
+        self.host_rules
+            .iter()
+            .find(|r| r.rule.rule_id == rule_id)
+            .map(|r| r.host.as_str())
+    }
+
     pub fn profile_index(&self, name: &str) -> Option<u32> {
         self.profiles
             .iter()

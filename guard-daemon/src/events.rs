@@ -377,7 +377,10 @@ pub fn to_record(
             }
             .into()
         }),
-        host: None,
+        host: policy
+            .filter(|_| is_network)
+            .and_then(|p| p.host_of(event.rule_id))
+            .map(str::to_string),
         rule: match (event.rule_id, rule) {
             (NO_RULE, _) => "default".into(),
             (SELF_PROTECTION, _) => SELF_PROTECTION_RULE.into(),

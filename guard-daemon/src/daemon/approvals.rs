@@ -101,6 +101,15 @@ pub enum TicketError {
     BadTtl,
 }
 
+impl TicketError {
+    pub fn kernel(id: &str, error: impl std::fmt::Display) -> Self {
+        TicketError::Kernel {
+            id: id.into(),
+            reason: error.to_string(),
+        }
+    }
+}
+
 /// An approval's terms.
 #[derive(Clone, Copy, Debug)]
 pub struct Terms {

@@ -111,16 +111,6 @@ impl Hosts {
         }
         entries
     }
-
-    /// The hostname a record's rule and address belong to, if a hostname
-    /// rule decided.
-    pub fn host_of(policy: &CompiledPolicy, rule_id: u32) -> Option<&str> {
-        policy
-            .host_rules
-            .iter()
-            .find(|r| r.rule.rule_id == rule_id)
-            .map(|r| r.host.as_str())
-    }
 }
 
 /// The resolver for hostname rules: `server` when given (guardd's
@@ -150,5 +140,42 @@ pub async fn resolve(resolver: &TokioResolver, name: &str) -> (Vec<IpAddr>, Dura
             warn!(host = name, "cannot resolve: {e}");
             (Vec::new(), MIN_KEEP * 5)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{compile::compile, policy::parse};
+
+    #[test]
+    fn resolved_addresses_carry_the_rule_and_rebinding_into_denied_ranges_is_dropped() {
+        let policy = compile(
+            &parse("profiles:\n  - name: a\n    default: allow\n    network:\n      allow:\n        - id: api\n          host: api.test\n          ports: 443\nagents: []\n")
+                .unwrap(),
+        )
+        .unwrap();
+        let mut hosts = Hosts::default();
+        assert_eq!(hosts.due(&policy), BTreeSet::from(["api.test".to_string()]));
+        let answer: Vec<IpAddr> = ["127.0.0.8", "169.254.169.254", "10.1.2.3"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert!(hosts.update("api.test", answer.clone(), Duration::from_secs(60)));
+        assert!(
+            !hosts.update("api.test", answer, Duration::from_secs(60)),
+            "unchanged"
+        );
+        assert!(hosts.due(&policy).is_empty(), "kept for its TTL");
+        let entries = hosts.entries(&policy);
+        assert_eq!(
+            entries.len(),
+            1,
+            "metadata and private addresses are not taken from DNS"
+        );
+        let (key, set) = entries[0];
+        assert_eq!(key.addr, mapped("127.0.0.8".parse().unwrap()));
+        assert_eq!((set.len, set.rules[0].port_lo), (1, 443));
+        assert_eq!(policy.host_of(set.rules[0].rule_id), Some("api.test"));
     }
 }

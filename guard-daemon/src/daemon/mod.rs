@@ -707,17 +707,11 @@ impl State {
         terms: approvals::Terms,
         caller: &Caller,
     ) -> Result<approvals::Ticket, approvals::TicketError> {
-        let by = approvals::Approver {
-            pid: caller.pid,
-            uid: caller.uid,
-        };
+        let by = caller.approver();
         let (key, exception, record) = self.tickets.approve(id, terms, &by)?;
         self.enforcer
             .grant(key, exception)
-            .map_err(|e| approvals::TicketError::Kernel {
-                id: id.into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| approvals::TicketError::kernel(id, e))?;
         info!(
             ticket = id,
             uid = by.uid,
@@ -734,17 +728,11 @@ impl State {
         id: &str,
         caller: &Caller,
     ) -> Result<approvals::Ticket, approvals::TicketError> {
-        let by = approvals::Approver {
-            pid: caller.pid,
-            uid: caller.uid,
-        };
+        let by = caller.approver();
         let (key, record) = self.tickets.deny(id, &by)?;
         self.enforcer
             .revoke(&key)
-            .map_err(|e| approvals::TicketError::Kernel {
-                id: id.into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| approvals::TicketError::kernel(id, e))?;
         info!(ticket = id, uid = by.uid, "ticket denied");
         self.notes.push(record);
         Ok(self.tickets.get(id).expect("just denied"))
@@ -909,12 +897,6 @@ impl State {
         };
         let mut record =
             events::to_record(event, generation.as_deref(), agent, session.as_ref(), clock);
-        if let Some(generation) = &generation
-            && record.protocol.is_some()
-        {
-            record.host =
-                hosts::Hosts::host_of(&generation.compiled, event.rule_id).map(str::to_string);
-        }
         if event.flags & guard_common::event_flag::APPROVED != 0 {
             self.tickets.used(event.detail);
         }
@@ -1398,6 +1380,16 @@ struct Caller {
     /// Inside Guard's root (or not identifiable): may only start sub-agent
     /// sessions and read the status.
     agent: bool,
+}
+
+impl Caller {
+    /// The caller as the approver of a ticket.
+    fn approver(&self) -> approvals::Approver {
+        approvals::Approver {
+            pid: self.pid,
+            uid: self.uid,
+        }
+    }
 }
 
 async fn handle_control(stream: UnixStream, state: Arc<Mutex<State>>) {
