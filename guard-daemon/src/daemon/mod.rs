@@ -690,11 +690,7 @@ impl State {
     fn tickets_for(&mut self, caller: &Caller, all: bool) -> Vec<approvals::Ticket> {
         let mut tickets = self.tickets.list(all);
         if caller.agent {
-            let own = self
-                .parent_session(caller.pid)
-                .ok()
-                .flatten()
-                .map(|session| self.outermost(session).id);
+            let own = self.own_session(caller);
             tickets.retain(|t| own.as_deref() == Some(t.session.as_str()));
         }
         tickets
@@ -784,16 +780,20 @@ impl State {
         }
     }
 
+    /// The id of the outermost session an agent caller runs in.
+    fn own_session(&mut self, caller: &Caller) -> Option<String> {
+        self.parent_session(caller.pid)
+            .ok()
+            .flatten()
+            .map(|session| self.outermost(session).id)
+    }
+
     /// The status, as `caller` may see it: an agent sees only the sessions
     /// of its own outermost session (itself and its sub-agents).
     fn status_for(&mut self, caller: &Caller) -> Status {
         let mut status = self.status();
         if caller.agent {
-            let own = self
-                .parent_session(caller.pid)
-                .ok()
-                .flatten()
-                .map(|session| self.outermost(session).id);
+            let own = self.own_session(caller);
             status.sessions.retain(|session| {
                 own.as_ref()
                     .is_some_and(|own| self.outermost(session.clone()).id == *own)
