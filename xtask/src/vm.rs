@@ -285,23 +285,21 @@ pub fn boot(
     timeout: Duration,
 ) -> Result<Outcome> {
     let append = format!("console=ttyS0 panic=-1 quiet loglevel=4 lsm={lsm} guard.mode={mode}");
+    // Tests and the demo run both vCPUs on one host thread: with a thread
+    // per vCPU, a vCPU may run code another vCPU is patching (the kernel's
+    // int3-based text_poke, as when BPF trampolines attach) from a stale
+    // translation, and the kernel oopses on a breakpoint it already
+    // removed. Seen on 6.12 while one guardd attached its programs and
+    // another called bpf(2). The bench needs a host thread per vCPU (its
+    // timed loops must not share one with the daemons) and starts one
+    // guardd at a time, with no timed loop running while it attaches.
+    let accel = if mode == "bench" {
+        "tcg,thread=multi"
+    } else {
+        "tcg,thread=single"
+    };
     let mut child = Command::new("qemu-system-x86_64")
-        // One host thread runs both vCPUs: with a thread per vCPU, a vCPU
-        // may run code another vCPU is patching (the kernel's int3-based
-        // text_poke, as when BPF trampolines attach) from a stale
-        // translation, and the kernel oopses on a breakpoint it already
-        // removed. Seen on 6.12 while one guardd attached its programs and
-        // another called bpf(2).
-        .args([
-            "-accel",
-            "tcg,thread=single",
-            "-cpu",
-            "max",
-            "-m",
-            "2048",
-            "-smp",
-            "2",
-        ])
+        .args(["-accel", accel, "-cpu", "max", "-m", "2048", "-smp", "2"])
         .args([
             "-nographic",
             "-no-reboot",
