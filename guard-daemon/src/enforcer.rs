@@ -849,8 +849,6 @@ impl Enforcer {
         M::try_from(data).map_err(map_err(name))
     }
 
-    /// Notes in the kernel's counters how many ring-buffer losses loss
-    /// lines have reported, for a guardd that adopts these programs.
     /// Refills a session's budgets: the kernel starts them afresh.
     pub fn reset_budgets(&mut self, cgroup: u64) -> Result<(), EnforceError> {
         let mut state: HashMap<_, BudgetKey, BudgetState> = self.map(map::BUDGET_STATE)?;
@@ -867,25 +865,6 @@ impl Enforcer {
             }
         }
         Ok(())
-    }
-
-    /// What each budget of a session has allowed so far.
-    pub fn budgets_spent(&mut self, cgroup: u64) -> Result<[u64; BUDGETS], EnforceError> {
-        let state: HashMap<_, BudgetKey, BudgetState> = self.map(map::BUDGET_STATE)?;
-        let mut spent = [0; BUDGETS];
-        for (budget, spent) in spent.iter_mut().enumerate() {
-            let key = BudgetKey {
-                cgroup,
-                budget: budget as u32,
-                _pad: 0,
-            };
-            *spent = match state.get(&key, 0) {
-                Ok(value) => value.spent,
-                Err(e) if is_not_found(&e) => 0,
-                Err(e) => return Err(map_err(map::BUDGET_STATE)(e)),
-            };
-        }
-        Ok(spent)
     }
 
     /// Lets the kernel honour an approved ticket.
@@ -907,6 +886,8 @@ impl Enforcer {
         }
     }
 
+    /// Notes in the kernel's counters how many ring-buffer losses loss
+    /// lines have reported, for a guardd that adopts these programs.
     pub fn set_losses_reported(&mut self, reported: u64) -> Result<(), EnforceError> {
         let io = |e: io::Error| EnforceError::Map {
             name: map::COUNTERS,

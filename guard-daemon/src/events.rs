@@ -112,6 +112,15 @@ pub fn ticket_id(number: u32) -> String {
     format!("{number:08x}")
 }
 
+/// The budget a hook spends (`guard_common::budget`): the network hooks'
+/// is the destinations budget, the file hooks' the destroy budget.
+pub fn budget_of(hook_id: u32) -> usize {
+    match hook_id {
+        hook::CONNECT | hook::SENDMSG => budget::DESTINATIONS,
+        _ => budget::DESTROY,
+    }
+}
+
 /// The rule id of a denial by budget `index` (`guard_common::budget`).
 pub fn budget_rule(index: usize) -> String {
     format!("budget:{}", crate::policy::BUDGET_NAMES[index])
@@ -312,11 +321,7 @@ pub fn to_record(
         .then(|| policy.and_then(|p| p.rule(event.rule_id)))
         .flatten();
     let profile_index = guard_common::profile_index(event.profile);
-    let budget_index = if is_network {
-        budget::DESTINATIONS
-    } else {
-        budget::DESTROY
-    };
+    let budget_index = budget_of(event.hook);
     let budget = (event.rule_id == BUDGET_EXCEEDED).then(|| {
         let spec = policy
             .and_then(|p| p.budgets.get(profile_index as usize))

@@ -907,8 +907,8 @@ fn net_rule(
     rule_of(rule, effect, target, location)
 }
 
-/// A hostname as a rule may name it: letters, digits and `-` in labels of
-/// 1 to 63 bytes, at most 253 bytes, compared in lower case.
+/// A hostname as a rule may name it: letters, digits, `-` and `_` in
+/// labels of 1 to 63 bytes, at most 253 bytes, compared in lower case.
 fn host_name(name: &str) -> Result<String, String> {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     if name.starts_with("*.") {

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use guard_common::{ExceptionKey, hook, object};
+use guard_common::{Event, ExceptionKey, hook, object};
 
 use crate::events::{Record, TicketNote, ticket_id};
 
@@ -122,36 +122,28 @@ pub struct Tickets {
     entries: BTreeMap<u32, Entry>,
 }
 
-/// The object of a denial a ticket binds to, from its record; `None` for
-/// actions on no existing object (a creation) and records without a session.
-pub fn object_of(record: &Record, cgroup: u64, hook_id: u32) -> Option<ExceptionKey> {
-    match hook_id {
+/// The key of the object a denial is about, as the hooks build it for the
+/// session whose entry applied; `None` for actions on no existing object
+/// (a creation).
+pub fn object_of(event: &Event) -> Option<ExceptionKey> {
+    let cgroup = event.agent_cgroup;
+    match event.hook {
         hook::CONNECT | hook::SENDMSG => {
-            let addr: std::net::SocketAddr = record.target.parse().ok()?;
-            let ip = match addr.ip() {
-                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-                std::net::IpAddr::V6(v6) => v6,
-            };
-            Some(ExceptionKey::destination(cgroup, ip.octets(), addr.port()))
+            Some(ExceptionKey::destination(cgroup, event.addr, event.port))
         }
-        hook::EXEC | hook::EXEC_MAP => {
-            let file = record.file.as_ref()?;
-            Some(ExceptionKey::identity(
-                cgroup,
-                object::PROGRAM,
-                file.dev,
-                file.ino,
-            ))
-        }
-        _ => {
-            let file = record.file.as_ref()?;
-            Some(ExceptionKey::identity(
-                cgroup,
-                object::FILE,
-                file.dev,
-                file.ino,
-            ))
-        }
+        _ if event.ino == 0 => None,
+        hook::EXEC | hook::EXEC_MAP => Some(ExceptionKey::identity(
+            cgroup,
+            object::PROGRAM,
+            event.dev,
+            event.ino,
+        )),
+        _ => Some(ExceptionKey::identity(
+            cgroup,
+            object::FILE,
+            event.dev,
+            event.ino,
+        )),
     }
 }
 

@@ -905,16 +905,15 @@ impl State {
         {
             let compiled = generation.as_ref().map(|g| &g.compiled);
             let rule = compiled.and_then(|c| c.rule(event.rule_id));
-            let budget = record.budget.as_ref().and_then(|note| {
-                let profile = guard_common::profile_index(event.profile) as usize;
-                let index = crate::policy::BUDGET_NAMES
-                    .iter()
-                    .position(|n| *n == note.name)?;
-                compiled?.budgets.get(profile)?[index].clone()
-            });
+            let budget = (event.rule_id == guard_common::BUDGET_EXCEEDED)
+                .then(|| {
+                    let profile = guard_common::profile_index(event.profile) as usize;
+                    compiled?.budgets.get(profile)?[events::budget_of(event.hook)].as_ref()
+                })
+                .flatten();
             let freeze = rule.is_some_and(|r| r.freeze) || budget.is_some_and(|b| b.freeze);
             if rule.is_some_and(|r| r.approvable)
-                && let Some(key) = approvals::object_of(&record, event.agent_cgroup, event.hook)
+                && let Some(key) = approvals::object_of(event)
             {
                 let outermost = self.outermost(session.clone());
                 record.ticket = self.tickets.open(key, &record, &outermost.id);

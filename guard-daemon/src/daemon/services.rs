@@ -40,24 +40,14 @@ impl LocalApi {
         })
     }
 
-    /// The caller, unless it is an agent (which may not approve or deny).
-    fn not_for_agents_ticket<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+    /// The caller, unless it is an agent: then PERMISSION_DENIED saying
+    /// `agents cannot {what}`.
+    fn not_for_agents<T>(&self, request: &Request<T>, what: &str) -> Result<Caller, Status> {
         let caller = self.caller(request)?;
         if caller.agent {
-            return Err(Status::permission_denied(
-                "agents cannot approve or deny tickets",
-            ));
+            return Err(Status::permission_denied(format!("agents cannot {what}")));
         }
         Ok(caller)
-    }
-
-    fn not_for_agents<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
-        if self.caller(request)?.agent {
-            return Err(Status::permission_denied(format!(
-                "agents cannot {what} the policy"
-            )));
-        }
-        Ok(())
     }
 }
 
@@ -67,7 +57,7 @@ impl pb::policy_service_server::PolicyService for LocalApi {
         &self,
         request: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::Policy>, Status> {
-        self.not_for_agents(&request, "read")?;
+        self.not_for_agents(&request, "read the policy")?;
         let state = lock(&self.state);
         let current = state.current();
         Ok(Response::new(pb::Policy {
@@ -108,7 +98,7 @@ impl pb::policy_service_server::PolicyService for LocalApi {
         &self,
         request: Request<pb::ApplyPolicyRequest>,
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
-        self.not_for_agents(&request, "change")?;
+        self.not_for_agents(&request, "change the policy")?;
         let request = request.into_inner();
         let (path, builtins, sha256) = {
             let state = lock(&self.state);
@@ -248,7 +238,7 @@ impl pb::approval_service_server::ApprovalService for LocalApi {
         &self,
         request: Request<pb::ApproveRequest>,
     ) -> Result<Response<pb::Ticket>, Status> {
-        let caller = self.not_for_agents_ticket(&request)?;
+        let caller = self.not_for_agents(&request, "approve or deny tickets")?;
         let request = request.into_inner();
         let ttl = match request.ttl_seconds {
             0 => approvals::DEFAULT_TTL,
@@ -268,7 +258,7 @@ impl pb::approval_service_server::ApprovalService for LocalApi {
         &self,
         request: Request<pb::DenyRequest>,
     ) -> Result<Response<pb::Ticket>, Status> {
-        let caller = self.not_for_agents_ticket(&request)?;
+        let caller = self.not_for_agents(&request, "approve or deny tickets")?;
         lock(&self.state)
             .deny_ticket(&request.into_inner().id, &caller)
             .map(|t| Response::new(ticket(&t)))
