@@ -38,8 +38,21 @@ pub mod map {
     /// [`super::NetKey`] (a whole address) → [`super::NetRuleSet`]: the rules
     /// of hostnames, on each address guardd resolved the name to.
     pub const HOST_ADDRS: &str = "HOST_ADDRS";
-    /// Ring buffer of [`super::Event`] records.
+    /// Ring buffer of [`super::Event`] records of allowed actions.
     pub const EVENTS: &str = "EVENTS";
+    /// Ring buffer of the [`super::Event`] records that matter most:
+    /// denials, would-denials and approved actions. Their own lane, so that
+    /// a flood of allowed records never takes a denial's place.
+    pub const DENIALS: &str = "DENIALS";
+    /// [`super::OwnNameKey`] → `u8`: every directory entry on the way to
+    /// one of Guard's own files (each ancestor directory's name in its
+    /// parent, and the file's own name). No agent may remove, rename or
+    /// create an entry of these names, so the way to Guard's files cannot
+    /// be swapped. Not part of a generation.
+    pub const OWN_NAMES: &str = "OWN_NAMES";
+    /// Array of one `u32` of [`super::spool_flag`] bits: the state of
+    /// guardd's records, which the programs act on.
+    pub const SPOOL_STATE: &str = "SPOOL_STATE";
     /// Per-CPU u64 counters, indexed by [`super::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// [`super::BudgetKey`] → [`super::BudgetState`]: what each session has
@@ -54,7 +67,7 @@ pub mod map {
     pub const EXCEPTIONS: &str = "EXCEPTIONS";
     /// The maps guardd pins with the programs' links, so that a guardd
     /// started later adopts them (the others are private to the programs).
-    pub const PINNED: [&str; 15] = [
+    pub const PINNED: [&str; 18] = [
         GENERATION,
         GENERATION_SLOTS[0],
         GENERATION_SLOTS[1],
@@ -66,6 +79,9 @@ pub mod map {
         NET_RULES,
         HOST_ADDRS,
         EVENTS,
+        DENIALS,
+        OWN_NAMES,
+        SPOOL_STATE,
         COUNTERS,
         BUDGET_STATE,
         DESTINATIONS_SEEN,
@@ -126,6 +142,17 @@ pub mod capacity {
     pub const DESTINATIONS_SEEN: u32 = 1 << 16;
     /// Bytes; must be a power of two and a multiple of the page size.
     pub const EVENTS_BYTES: u32 = 1 << 22;
+    /// Bytes of the denials' ring buffer; as [`EVENTS_BYTES`].
+    pub const DENIALS_BYTES: u32 = 1 << 21;
+    /// Directory entries on the way to Guard's own files.
+    pub const OWN_NAMES: u32 = 1024;
+}
+
+/// Bits of the [`map::SPOOL_STATE`] value.
+pub mod spool_flag {
+    /// guardd cannot write records (its disk is full): profiles with
+    /// audit-or-deny deny what they would record.
+    pub const BLOCKED: u32 = 1;
 }
 
 /// Load-time globals (`#[no_mangle]` statics in the eBPF object) that the
@@ -408,6 +435,9 @@ pub mod hook {
     pub const CLONE_INTO_CGROUP: u32 = 25;
     /// Mapping a file executable (the dynamic loader running a program).
     pub const EXEC_MAP: u32 = 26;
+    /// A hard link to a protected file, made where the rule that protects
+    /// it does not reach (its content would be writable through it).
+    pub const LINK_AWAY: u32 = 27;
 }
 
 /// Outcome of a decision.
@@ -502,9 +532,14 @@ pub enum Counter {
     /// [`Counter::EventsLost`] loss lines have reported, so that a guardd
     /// that adopts pinned programs reports only the rest.
     LossesReported = 6,
+    /// A denial's record (see [`map::DENIALS`]) could not be reserved.
+    DenialsLost = 7,
+    /// Written by guardd: as [`Counter::LossesReported`], for
+    /// [`Counter::DenialsLost`].
+    DenialLossesReported = 8,
 }
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 7;
+pub const COUNTER_SLOTS: u32 = 9;
 
 /// Key of [`map::AGENTS`]: a session or agent cgroup, in one generation slot.
 #[repr(C)]
@@ -792,6 +827,23 @@ pub struct Event {
     pub path: [u8; EVENT_PATH_LEN],
 }
 
+/// Key of [`map::OWN_NAMES`]: the entry `name` in the directory
+/// (`dir_dev`, `dir_ino`). Names longer than [`OWN_NAME_LEN`] are matched
+/// on their first bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OwnNameKey {
+    pub dir_ino: u64,
+    pub dir_dev: u32,
+    /// Bytes of `name` in use.
+    pub len: u32,
+    /// The name, zero-padded.
+    pub name: [u8; OWN_NAME_LEN],
+}
+
+/// Bytes of a name in an [`OwnNameKey`].
+pub const OWN_NAME_LEN: usize = 64;
+
 /// [`Event::rule_id`] when no rule matched: the profile's default decided.
 pub const NO_RULE: u32 = u32::MAX;
 /// [`Event::rule_id`] of a self-protection denial: an action no agent may
@@ -819,6 +871,7 @@ const _: () = assert!(size_of::<NetRule>() == 12);
 const _: () = assert!(size_of::<NetRuleSet>() == 8 + 12 * NET_RULES_PER_PREFIX);
 const _: () = assert!(size_of::<Event>() == 120 + EVENT_PATH_LEN);
 const _: () = assert!(size_of::<AgentKey>() == 16);
+const _: () = assert!(size_of::<OwnNameKey>() == 16 + OWN_NAME_LEN);
 const _: () = assert!(size_of::<GenerationInfo>() == 16);
 
 #[cfg(feature = "user")]
@@ -843,4 +896,5 @@ mod pod {
     unsafe impl aya::Pod for DestinationKey {}
     unsafe impl aya::Pod for ExceptionKey {}
     unsafe impl aya::Pod for Exception {}
+    unsafe impl aya::Pod for OwnNameKey {}
 }

@@ -154,6 +154,28 @@ pub enum ClientError {
     Refused(String),
 }
 
+/// Checks that the other end of a connection to one of guardd's sockets is
+/// a root process: a socket planted at guardd's path by anyone else is not
+/// guardd, and would see (or answer) what guardctl sends.
+pub fn check_served_by_root(
+    stream: &impl std::os::fd::AsFd,
+    socket: &Path,
+) -> std::io::Result<()> {
+    let peer = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
+    if peer.uid() != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is served by uid {} (pid {}), not by root: that is not guardd; refusing to talk to it",
+                socket.display(),
+                peer.uid(),
+                peer.pid()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Sends one request and returns the response; an `Error` response becomes
 /// [`ClientError::Refused`].
 pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
@@ -165,6 +187,7 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
         path: socket.into(),
         source,
     })?;
+    check_served_by_root(&stream, socket).map_err(io)?;
     let mut line = serde_json::to_vec(request).expect("requests serialize");
     line.push(b'\n');
     stream.write_all(&line).map_err(io)?;

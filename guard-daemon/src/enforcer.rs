@@ -21,8 +21,8 @@ use aya::{
 };
 use guard_common::{
     AgentKey, BUDGETS, BudgetKey, BudgetState, Counter, Exception, ExceptionKey, ExecPathKey,
-    GenerationInfo, IdentityKey, KERNEL_FIELDS, LsmHook, NameKey, NetKey, NetRuleSet, global, lsm,
-    map, profile_key, profile_slot,
+    GenerationInfo, IdentityKey, KERNEL_FIELDS, LsmHook, NameKey, NetKey, NetRuleSet, OwnNameKey,
+    global, lsm, map, profile_key, profile_slot, spool_flag,
 };
 use sha2::{Digest, Sha256};
 
@@ -174,6 +174,53 @@ pub struct Adopted {
     pub generation: Option<u64>,
     /// Ring-buffer losses its loss lines had not reported.
     pub unreported_losses: u64,
+}
+
+/// The ring buffers the programs write records to, each with its own loss
+/// accounting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// Denials, would-denials and approved actions.
+    Denials,
+    /// Allowed actions of profiles that record them.
+    Allowed,
+}
+
+impl Lane {
+    /// Read in this order, so that a denial is written before the flood.
+    pub const ALL: [Lane; 2] = [Lane::Denials, Lane::Allowed];
+
+    pub fn map(self) -> &'static str {
+        match self {
+            Lane::Denials => map::DENIALS,
+            Lane::Allowed => map::EVENTS,
+        }
+    }
+
+    /// The kernel's count of records this lane had no room for.
+    pub fn lost(self) -> Counter {
+        match self {
+            Lane::Denials => Counter::DenialsLost,
+            Lane::Allowed => Counter::EventsLost,
+        }
+    }
+
+    /// How many of [`Lane::lost`] loss lines have reported (kept with the
+    /// programs for a guardd that adopts them).
+    pub fn reported(self) -> Counter {
+        match self {
+            Lane::Denials => Counter::DenialLossesReported,
+            Lane::Allowed => Counter::LossesReported,
+        }
+    }
+
+    /// The loss stage of its loss lines.
+    pub fn stage(self) -> &'static str {
+        match self {
+            Lane::Denials => "denials_ring_buffer",
+            Lane::Allowed => "ring_buffer",
+        }
+    }
 }
 
 /// The keys one generation slot holds.
@@ -370,11 +417,15 @@ impl Enforcer {
         // The slots' keys are read back, so that each slot can be cleared
         // before it is reused, as if this guardd had written them.
         enforcer.written = enforcer.keys_in_slots()?;
-        let reported = enforcer.counter(Counter::LossesReported)?;
-        let lost = enforcer.counter(Counter::EventsLost)?;
+        let mut unreported_losses = 0;
+        for lane in Lane::ALL {
+            unreported_losses += enforcer
+                .counter(lane.lost())?
+                .saturating_sub(enforcer.counter(lane.reported())?);
+        }
         enforcer.adopted = Some(Adopted {
             generation: enforcer.active.map(|a| a.generation),
-            unreported_losses: lost.saturating_sub(reported),
+            unreported_losses,
         });
         Ok(enforcer)
     }
@@ -815,13 +866,46 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Takes the ring buffer of decision records (once).
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, EnforceError> {
-        let data = self
-            .maps
-            .remove(map::EVENTS)
-            .ok_or_else(|| missing_map(map::EVENTS))?;
-        RingBuf::try_from(data).map_err(map_err(map::EVENTS))
+    /// Takes the ring buffers of decision records (once), in [`Lane::ALL`] order.
+    pub fn take_events(&mut self) -> Result<Vec<(Lane, RingBuf<MapData>)>, EnforceError> {
+        Lane::ALL
+            .into_iter()
+            .map(|lane| {
+                let name = lane.map();
+                let data = self.maps.remove(name).ok_or_else(|| missing_map(name))?;
+                Ok((lane, RingBuf::try_from(data).map_err(map_err(name))?))
+            })
+            .collect()
+    }
+
+    /// Makes `names` the directory entries no agent may add, remove or
+    /// rename (see [`map::OWN_NAMES`]).
+    pub fn set_own_names(&mut self, names: &[OwnNameKey]) -> Result<(), EnforceError> {
+        let mut own: HashMap<_, OwnNameKey, u8> = self.map(map::OWN_NAMES)?;
+        let stale: Vec<OwnNameKey> = own
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !names.contains(key))
+            .collect();
+        for key in names {
+            own.insert(key, 1, 0).map_err(map_err(map::OWN_NAMES))?;
+        }
+        for key in &stale {
+            match own.remove(key) {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(map_err(map::OWN_NAMES)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the programs whether guardd can write records; while it
+    /// cannot, profiles with audit-or-deny deny what they would record.
+    pub fn set_spool_blocked(&mut self, blocked: bool) -> Result<(), EnforceError> {
+        let mut state: Array<_, u32> = self.map(map::SPOOL_STATE)?;
+        let flags = if blocked { spool_flag::BLOCKED } else { 0 };
+        state.set(0, flags, 0).map_err(map_err(map::SPOOL_STATE))
     }
 
     /// A kernel counter, summed over CPUs.
@@ -886,9 +970,9 @@ impl Enforcer {
         }
     }
 
-    /// Notes in the kernel's counters how many ring-buffer losses loss
+    /// Notes in the kernel's counters how many of `lane`'s losses loss
     /// lines have reported, for a guardd that adopts these programs.
-    pub fn set_losses_reported(&mut self, reported: u64) -> Result<(), EnforceError> {
+    pub fn set_losses_reported(&mut self, lane: Lane, reported: u64) -> Result<(), EnforceError> {
         let io = |e: io::Error| EnforceError::Map {
             name: map::COUNTERS,
             source: MapError::IoError(e),
@@ -900,7 +984,7 @@ impl Enforcer {
         let values = PerCpuValues::try_from(values).map_err(io)?;
         let mut array: PerCpuArray<_, u64> = self.map(map::COUNTERS)?;
         array
-            .set(Counter::LossesReported as u32, values, 0)
+            .set(lane.reported() as u32, values, 0)
             .map_err(map_err(map::COUNTERS))
     }
 }
@@ -961,11 +1045,13 @@ fn detach_builds(builds: &[PathBuf]) -> io::Result<()> {
 fn unread_records(dir: &Path) -> u64 {
     let pinned = |name: &str| MapData::from_pin(dir.join(name)).and_then(Map::from_map_data);
     let mut unread = 0;
-    if let Ok(events) = pinned(map::EVENTS)
-        && let Ok(mut ring) = RingBuf::try_from(events)
-    {
-        while ring.next().is_some() {
-            unread += 1;
+    for lane in Lane::ALL {
+        if let Ok(events) = pinned(lane.map())
+            && let Ok(mut ring) = RingBuf::try_from(events)
+        {
+            while ring.next().is_some() {
+                unread += 1;
+            }
         }
     }
     if let Ok(counters) = pinned(map::COUNTERS)
@@ -977,7 +1063,9 @@ fn unread_records(dir: &Path) -> u64 {
                 .map(|v| v.iter().sum::<u64>())
                 .unwrap_or(0)
         };
-        unread += sum(Counter::EventsLost).saturating_sub(sum(Counter::LossesReported));
+        for lane in Lane::ALL {
+            unread += sum(lane.lost()).saturating_sub(sum(lane.reported()));
+        }
     }
     unread
 }

@@ -272,6 +272,7 @@ pub fn hook_name(id: u32) -> (&'static str, &'static str) {
         hook::KERNEL_LOAD_DATA => ("kernel_load_data", "load_kernel_data"),
         hook::CLONE_INTO_CGROUP => ("task_alloc", "clone_into_cgroup"),
         hook::EXEC_MAP => ("mmap_file", "exec_map"),
+        hook::LINK_AWAY => ("path_link", "link_away"),
         _ => ("unknown", "unknown"),
     }
 }
@@ -416,6 +417,23 @@ pub fn to_record(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_hook_and_action_of_a_record_is_documented() {
+        let doc = include_str!("../../docs/policy.md");
+        let row = |field: &str| {
+            doc.lines()
+                .find(|l| l.starts_with(&format!("| `{field}` |")))
+                .unwrap_or_else(|| panic!("policy.md has no row for `{field}`"))
+                .to_string()
+        };
+        let (hooks, actions) = (row("hook"), row("action"));
+        for id in 1..=guard_common::hook::LINK_AWAY {
+            let (hook, action) = super::hook_name(id);
+            assert_ne!(hook, "unknown", "hook id {id} has no name");
+            assert!(hooks.contains(&format!("`{hook}`")), "`{hook}` is not documented");
+            assert!(actions.contains(&format!("`{action}`")), "`{action}` is not documented");
+        }
+    }
     use super::*;
     use crate::{compile::compile, policy::parse};
 

@@ -28,12 +28,23 @@ pub async fn connect_unix(path: &std::path::Path) -> anyhow::Result<tonic::trans
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let socket = socket.clone();
             async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
+                let stream = tokio::net::UnixStream::connect(&socket).await?;
+                crate::control::check_served_by_root(&stream, &socket)?;
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
             }
         }))
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach guardd's API at {}: {e}", path.display()))?;
+        .map_err(|e| {
+            // The connector's own error (e.g. a socket not served by root)
+            // sits below tonic's "transport error".
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                message = format!("{message}: {cause}");
+                source = cause.source();
+            }
+            anyhow::anyhow!("cannot reach guardd's API at {}: {message}", path.display())
+        })?;
     Ok(channel)
 }
 

@@ -32,6 +32,8 @@ pub mod policy;
 pub mod redact;
 pub mod session;
 pub mod ship;
+pub mod spool;
+pub mod trust;
 
 /// Logging setup shared by the daemons.
 pub mod logs {

@@ -59,13 +59,13 @@ impl Default for DaemonMetrics {
         let lost = Family::<StageLabels, Counter>::default();
         registry.register(
             "records_lost",
-            "Records lost, by stage: ring_buffer, decode, subscriber_queue",
+            "Records lost, by stage: ring_buffer, denials_ring_buffer, decode, events_file, torn_line, replaced_programs, subscriber_queue, ocsf_file (the OCSF copy only)",
             lost.clone(),
         );
         let kernel = Family::<NameLabels, Gauge>::default();
         registry.register(
             "kernel_counter",
-            "The BPF programs' counters (records_made, events_lost, unrecorded_denials, hook_errors, error_denials, walk_too_deep)",
+            "The BPF programs' counters (records_made, events_lost, denials_lost, unrecorded_denials, hook_errors, error_denials, walk_too_deep)",
             kernel.clone(),
         );
         let enforcing = Gauge::default();

@@ -330,7 +330,10 @@ fn fail_open() -> Access {
 
 /// `default: allow`, or one value per kind of action.
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "`default` must be `allow`, `deny`, or a map with `exec`, `files` and `network`, each `allow` or `deny`"
+)]
 enum DefaultsFile {
     All(Access),
     PerKind(PerKindDefaults),
@@ -394,7 +397,10 @@ struct RuleFile {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "`ports` must be a port (`443`) or a range of ports (`8000-8999`)"
+)]
 enum PortsFile {
     One(u16),
     Range(String),
@@ -530,10 +536,26 @@ fn parse_reason(message: &str) -> String {
         Some((location, rest)) if location.starts_with("line ") => rest,
         _ => line,
     };
-    if line.contains("DefaultsFile") {
-        return "`default` must be `allow`, `deny`, or a map with `exec`, `files` and `network`, each `allow` or `deny`".into();
+    if let Some(breach) = line.strip_prefix("budget breached: ") {
+        return limit_reason(breach);
     }
     line.to_string()
+}
+
+/// The parser's limit a policy exceeded (`RecordedAnchorEvents { .. }`), in
+/// words.
+fn limit_reason(breach: &str) -> String {
+    let kind = breach.split([' ', '{']).next().unwrap_or(breach);
+    let mut words = String::new();
+    for c in kind.chars() {
+        if c.is_uppercase() && !words.is_empty() {
+            words.push(' ');
+        }
+        words.push(c.to_ascii_lowercase());
+    }
+    format!(
+        "the policy exceeds the YAML parser's limit on {words}: it is too large, or expands anchors (`*alias`) too often"
+    )
 }
 
 /// Agent and profile names: agent names become cgroup directory names.
@@ -1209,6 +1231,21 @@ agents:
             "the location is not repeated: {e}"
         );
         assert!(e.reason.contains("moed"), "{e}");
+    }
+
+    #[test]
+    fn errors_say_what_was_expected_without_type_names() {
+        let e = error(&one_profile(
+            "  - name: a\n    network:\n      deny:\n        - id: p\n          cidr: 10.0.0.0/8\n          ports: [1]\n",
+        ));
+        assert!(e.reason.contains("a port (`443`) or a range of ports"), "{e}");
+        let e = error(&one_profile("  - name: a\n    default: maybe\n"));
+        assert!(e.reason.contains("`allow`, `deny`, or a map"), "{e}");
+        // The parser's budget, as its error names it.
+        assert_eq!(
+            parse_reason("budget breached: RecordedAnchorEvents { recorded_anchor_events: 9 }"),
+            "the policy exceeds the YAML parser's limit on recorded anchor events: it is too large, or expands anchors (`*alias`) too often"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tokio::{
-    io::{AsyncBufReadExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncSeekExt as _, BufReader},
     sync::{mpsc, watch},
 };
 use tokio_stream::wrappers::ReceiverStream;
@@ -88,7 +88,8 @@ impl Shipper {
         else {
             bail!("the collector did not say where to resume");
         };
-        let spool = Spool::open(&self.events, &self.host, &resume).await?;
+        let following = self.written.is_some();
+        let spool = Spool::open(&self.events, &self.host, &resume, following).await?;
         info!(collector = %self.collector, next_seq = resume.next_seq, "shipping records");
         let send = spool.send(lines, self.written.clone());
         let acked = &self.acked;
@@ -123,17 +124,28 @@ impl Shipper {
 /// The events file, read from where the collector's copy ends.
 struct Spool {
     reader: BufReader<tokio::fs::File>,
+    /// Where the next line starts in the file.
+    offset: u64,
+    /// Whether guardd still appends to the file.
+    following: bool,
     /// The first line to send, found while positioning.
     first: Option<(u64, String)>,
 }
 
 impl Spool {
-    async fn open(path: &std::path::Path, host: &str, resume: &pb::Resume) -> anyhow::Result<Self> {
+    async fn open(
+        path: &std::path::Path,
+        host: &str,
+        resume: &pb::Resume,
+        following: bool,
+    ) -> anyhow::Result<Self> {
         let file = tokio::fs::File::open(path)
             .await
             .with_context(|| format!("cannot open {}", path.display()))?;
         let mut spool = Spool {
             reader: BufReader::new(file),
+            offset: 0,
+            following,
             first: None,
         };
         let mut last_seen = 0;
@@ -165,13 +177,16 @@ impl Spool {
         Ok(spool)
     }
 
-    /// The next complete line, or `None` at the end of the file (a partial
-    /// last line stays buffered until its newline arrives).
+    /// The next complete line, or `None` at the end of the file. A partial
+    /// last line is read again from its start until its newline arrives:
+    /// guardd cuts a line it could not finish (a full disk), and the next
+    /// line then starts where it started.
     async fn read_line(&mut self) -> anyhow::Result<Option<String>> {
         let mut line = String::new();
         loop {
             let n = self.reader.read_line(&mut line).await?;
             if line.ends_with('\n') {
+                self.offset += line.len() as u64;
                 line.pop();
                 if line.is_empty() {
                     continue;
@@ -179,12 +194,14 @@ impl Spool {
                 return Ok(Some(line));
             }
             if n == 0 {
-                if !line.is_empty() {
-                    // Half a line: wait for the writer to finish it.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
+                if line.is_empty() || !self.following {
+                    return Ok(None);
                 }
-                return Ok(None);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                self.reader
+                    .seek(std::io::SeekFrom::Start(self.offset))
+                    .await?;
+                line.clear();
             }
         }
     }

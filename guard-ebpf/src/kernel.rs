@@ -8,9 +8,9 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
-use guard_common::{IdentityKey, MAX_WALK_DEPTH, NAME_KEY_LEN, RuleRef, event_flag};
+use guard_common::{IdentityKey, MAX_WALK_DEPTH, NAME_KEY_LEN, OWN_NAME_LEN, RuleRef, event_flag};
 
-use crate::maps::{FILE_IDENTITY, FILE_NAMES, PathScratch, WALK_LEN};
+use crate::maps::{FILE_IDENTITY, FILE_NAMES, OWN_NAMES, PathScratch, WALK_LEN};
 
 /// A kernel pointer; only ever dereferenced through `bpf_probe_read_kernel`
 /// (or, where a helper needs the kernel's typed pointer, a direct load).
@@ -367,6 +367,34 @@ pub fn find_protected_name(
     Ok(FILE_NAMES.get(&*key).copied())
 }
 
+/// Whether `dentry`'s entry (its name in its parent directory) is one of
+/// the entries on the way to Guard's own files (`OWN_NAMES`).
+pub fn is_own_name(dentry: Kptr, scratch: &mut PathScratch) -> Result<bool, ReadError> {
+    let parent: Kptr = read(dentry, off(&OFF_DENTRY_PARENT))?;
+    if parent == dentry {
+        return Ok(false);
+    }
+    let Some(dir) = dentry_identity(parent)? else {
+        return Ok(false);
+    };
+    let len: u32 = read(dentry, off(&OFF_DENTRY_NAME_LEN))?;
+    let name: Kptr = read(dentry, off(&OFF_DENTRY_NAME))?;
+    let len = len.min(OWN_NAME_LEN as u32);
+    let key = &mut scratch.own_key;
+    key.dir_ino = dir.ino;
+    key.dir_dev = dir.dev;
+    key.len = len;
+    // Word stores at constant offsets (see `record` in main.rs on memset).
+    let words = key.name.as_mut_ptr().cast::<u64>();
+    for i in 0..OWN_NAME_LEN / 8 {
+        // SAFETY: `words` covers the 64-byte, 8-aligned name of a map value.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    copy(key.name.as_mut_ptr(), len, name)?;
+    // SAFETY: only presence is read.
+    Ok(unsafe { OWN_NAMES.get(&*key) }.is_some())
+}
+
 /// A path built into `PathScratch::walk`.
 pub struct BuiltPath {
     /// Start of the path in `walk`; it ends at `WALK_LEN`.
@@ -505,6 +533,20 @@ pub extern "C" fn guard_name_rule(profile: u32, dentry: u64) -> u64 {
     };
     match find_protected_name(profile, dentry as Kptr, scratch) {
         Ok(rule) => pack(rule),
+        Err(_) => FAILED,
+    }
+}
+
+/// [`is_own_name`] as a global function: 1 when the entry is one of Guard's
+/// own, else 0 (or [`FAILED`]).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn guard_own_name(dentry: u64) -> u64 {
+    let Some(scratch) = crate::maps::path_scratch() else {
+        return FAILED;
+    };
+    match is_own_name(dentry as Kptr, scratch) {
+        Ok(own) => own as u64,
         Err(_) => FAILED,
     }
 }

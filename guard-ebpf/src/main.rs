@@ -26,12 +26,12 @@ use aya_ebpf::{
 use guard_common::{
     AgentEntry, AgentKey, Counter, EVENT_PATH_LEN, EXEC_PATH_KEY_LEN, Event, ExceptionKey, LOCKED,
     LsmHook, NO_RULE, NetKey, NetRuleSet, RuleRef, SELF_PROTECTION, action, agent_flag, budget,
-    event_flag, exec_flag, hook, lsm, mode, object, protocol, verdict,
+    event_flag, exec_flag, hook, lsm, mode, object, protocol, spool_flag, verdict,
 };
 use kernel::{Identity, Kptr, ReadError};
 use maps::{
-    AGENTS, COUNTERS, EVENTS, EXEC_IDENTITY, EXEC_PATHS, GENERATION, HOST_ADDRS, NET_RULES,
-    PathScratch,
+    AGENTS, COUNTERS, DENIALS, EVENTS, EXEC_IDENTITY, EXEC_PATHS, GENERATION, HOST_ADDRS,
+    NET_RULES, PathScratch, SPOOL_STATE,
 };
 
 const EPERM: i32 = 1;
@@ -215,11 +215,26 @@ impl Decision {
     fn denies(&self) -> bool {
         self.verdict == verdict::DENY
     }
+
+    /// Denials, would-denials and approved actions: the records that go to
+    /// the denials' own ring buffer.
+    fn notable(&self) -> bool {
+        self.verdict != verdict::ALLOW || self.flags & event_flag::APPROVED != 0
+    }
+}
+
+/// Whether guardd cannot write records (its disk is full).
+fn spool_blocked() -> bool {
+    let first: u32 = 0;
+    SPOOL_STATE
+        .get(first)
+        .is_some_and(|flags| flags & spool_flag::BLOCKED != 0)
 }
 
 /// Records `decision` if the profile records it, and returns whether the
 /// action is denied: by the decision, or, for a profile with audit-or-deny,
-/// because its record could not be written.
+/// because its record could not be written (no room in the ring buffer, or
+/// guardd cannot write records).
 #[inline(always)]
 fn decided(
     agent: &Agent,
@@ -227,24 +242,37 @@ fn decided(
     decision: &Decision,
     fill: impl FnOnce(&mut Event),
 ) -> bool {
-    if decision.recorded(agent)
-        && !record(agent, hook_id, decision, fill)
-        && agent.entry.flags & agent_flag::AUDIT_OR_DENY != 0
-    {
-        count(Counter::UnrecordedDenials);
-        return true;
+    if decision.recorded(agent) {
+        let audit_or_deny = agent.entry.flags & agent_flag::AUDIT_OR_DENY != 0;
+        if (audit_or_deny && spool_blocked()) || !record(agent, hook_id, decision, fill) {
+            if audit_or_deny {
+                count(Counter::UnrecordedDenials);
+                return true;
+            }
+        }
     }
     decision.denies()
 }
 
-/// Writes a record of `decision`; `fill` adds the target fields. Allowed
-/// decisions are written without waking the reader (it drains on a timer);
-/// denials wake it. False when the ring buffer had no room (counted).
+/// Writes a record of `decision`; `fill` adds the target fields. Denials
+/// go to a ring buffer of their own and wake the reader; allowed decisions
+/// are written without waking it (it drains on a timer). False when the
+/// ring buffer had no room (counted).
 #[inline(always)]
 fn record(agent: &Agent, hook_id: u32, decision: &Decision, fill: impl FnOnce(&mut Event)) -> bool {
     count(Counter::RecordsMade);
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(Counter::EventsLost);
+    let notable = decision.notable();
+    let reserved = if notable {
+        DENIALS.reserve::<Event>(0)
+    } else {
+        EVENTS.reserve::<Event>(0)
+    };
+    let Some(mut entry) = reserved else {
+        count(if notable {
+            Counter::DenialsLost
+        } else {
+            Counter::EventsLost
+        });
         return false;
     };
     let event = entry.as_mut_ptr();
@@ -287,10 +315,10 @@ fn record(agent: &Agent, hook_id: u32, decision: &Decision, fill: impl FnOnce(&m
         generated::bpf_get_current_comm(addr_of_mut!((*event).comm).cast(), 16);
         fill(&mut *event);
     }
-    let flags = if decision.verdict == verdict::ALLOW {
-        BPF_RB_NO_WAKEUP as u64
-    } else {
+    let flags = if notable {
         0
+    } else {
+        BPF_RB_NO_WAKEUP as u64
     };
     entry.submit(flags);
     true
@@ -487,8 +515,9 @@ fn file_rule_denies(rule_action: u32, op: FileOp) -> bool {
 /// decides first; then the rule of the nearest of the file and its ancestor
 /// directories that has one; then the profile's default.
 ///
-/// Files of kernel interfaces and block devices are off limits to every
-/// agent (self-protection), before any rule.
+/// Files of kernel interfaces and block devices, and the entries on the way
+/// to Guard's own files, are off limits to every agent (self-protection),
+/// before any rule.
 fn check_file(
     agent: &Agent,
     hook_id: u32,
@@ -500,7 +529,19 @@ fn check_file(
         return Err(-1);
     }
     let (dentry_arg, vfsmount_arg) = (kernel::as_scalar(dentry)?, kernel::as_scalar(vfsmount)?);
-    let mut decision = if kernel::off_limits(dentry, hook_id == hook::OPEN_WRITE)? {
+    let own_name = changes_entry(hook_id) && {
+        let found = kernel::guard_own_name(dentry_arg);
+        if found & kernel::FAILED != 0 {
+            return Err(-1);
+        }
+        found != 0
+    };
+    // A creation's dentry is new: not a kernel interface's file (opening
+    // one with O_CREAT passes here too; the open for write that follows is
+    // the decision) nor a block device.
+    let off_limits = own_name
+        || (hook_id != hook::CREATE && kernel::off_limits(dentry, hook_id == hook::OPEN_WRITE)?);
+    let mut decision = if off_limits {
         Decision::SELF_PROTECTION
     } else {
         match file_decision(agent, hook_id, dentry_arg, vfsmount_arg)? {
@@ -511,6 +552,35 @@ fn check_file(
     if file_op(hook_id) == FileOp::Destroy {
         guardrails::spend(agent, &mut decision, budget::DESTROY);
     }
+    file_decided(agent, hook_id, decision, dentry, dentry_arg, vfsmount_arg)
+}
+
+/// Whether a file hook id adds, removes or renames a directory entry.
+fn changes_entry(hook_id: u32) -> bool {
+    matches!(
+        hook_id,
+        hook::UNLINK
+            | hook::RMDIR
+            | hook::RENAME
+            | hook::RENAME_INTO
+            | hook::CREATE
+            | hook::MKDIR
+            | hook::SYMLINK
+            | hook::LINK
+    )
+}
+
+/// Applies an approved ticket for the file at `dentry` to `decision`, then
+/// records it (with the file's path) and returns whether the action is denied.
+#[inline(always)]
+fn file_decided(
+    agent: &Agent,
+    hook_id: u32,
+    mut decision: Decision,
+    dentry: Kptr,
+    dentry_arg: u64,
+    vfsmount_arg: u64,
+) -> Result<bool, ReadError> {
     if !decision.recorded(agent) {
         return Ok(decision.denies());
     }
@@ -716,15 +786,58 @@ fn path_symlink(ctx: LsmContext) -> i32 {
     })
 }
 
-/// Denies creating a hard link in a read-only directory.
+/// Denies creating a hard link in a read-only directory, and a hard link to
+/// a protected file where the rule that protects it does not reach (the
+/// file's content would be open to truncation through the new name).
 #[lsm(hook = "path_link")]
 // Inlined into the wrapper the macro generates: as a separate global
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn path_link(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::PATH_LINK, |agent| {
-        check_in_dir(agent, hook::LINK, ctx.arg(1), ctx.arg(2))
-    })
+    decide_hook(&ctx, lsm::PATH_LINK, |agent| try_link(&ctx, agent))
+}
+
+fn try_link(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
+    let old: Kptr = ctx.arg(0);
+    let new_dir: Kptr = ctx.arg(1);
+    let new: Kptr = ctx.arg(2);
+    if check_in_dir(agent, hook::LINK, new_dir, new)? {
+        return Ok(true);
+    }
+    // A hard link stays within one mount: both names are in `new_dir`'s.
+    let (vfsmount, _) = kernel::path_parts(new_dir)?;
+    let (old_arg, new_arg, vfsmount_arg) = (
+        kernel::as_scalar(old)?,
+        kernel::as_scalar(new)?,
+        kernel::as_scalar(vfsmount)?,
+    );
+    let Some(rule) = protecting_rule(agent.entry.profile, old_arg, vfsmount_arg)? else {
+        return Ok(false);
+    };
+    if protecting_rule(agent.entry.profile, new_arg, vfsmount_arg)?
+        .is_some_and(|reaches| reaches.rule_id == rule.rule_id)
+    {
+        return Ok(false);
+    }
+    let decision = Decision::new(
+        agent,
+        Some(RuleRef {
+            rule_id: rule.rule_id,
+            action: action::DENY,
+        }),
+        0,
+    );
+    file_decided(agent, hook::LINK_AWAY, decision, old, old_arg, vfsmount_arg)
+}
+
+/// The rule that keeps the file at `dentry` from being destroyed, if any:
+/// a name rule, or the nearest rule by place.
+fn protecting_rule(profile: u32, dentry: u64, vfsmount: u64) -> Result<Option<RuleRef>, ReadError> {
+    let destroys = |rule: &RuleRef| file_rule_denies(rule.action, FileOp::Destroy);
+    if let Some(rule) = kernel::unpack(kernel::guard_name_rule(profile, dentry))?.filter(destroys) {
+        return Ok(Some(rule));
+    }
+    Ok(kernel::unpack(kernel::guard_file_rule(profile, dentry, vfsmount))?.filter(destroys))
 }
 
 // -------------------------------------------------------------- network ---

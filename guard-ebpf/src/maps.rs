@@ -4,12 +4,12 @@
 use aya_ebpf::{
     btf_maps::{Array, ArrayOfMaps},
     macros::{btf_map, map},
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array as PlainArray, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use guard_common::{
     AgentEntry, AgentKey, BUDGETS, BudgetKey, BudgetState, COUNTER_SLOTS, DestinationKey,
     EVENT_PATH_LEN, Exception, ExceptionKey, ExecIdentityRule, ExecPathKey, GenerationInfo,
-    IdentityKey, NameKey, NetKey, NetRuleSet, RuleRef, SLOTS, capacity,
+    IdentityKey, NameKey, NetKey, NetRuleSet, OwnNameKey, RuleRef, SLOTS, capacity,
 };
 
 /// The generation in force: element 0 is an array map holding its
@@ -64,9 +64,23 @@ pub static NET_RULES: LpmTrie<NetKey, NetRuleSet> =
 pub static HOST_ADDRS: HashMap<NetKey, NetRuleSet> =
     HashMap::with_max_entries(capacity::HOST_ADDRS * SLOTS, 0);
 
-/// Decision records for the daemon.
+/// Records of allowed actions for the daemon.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+
+/// Records of denials, would-denials and approved actions: a lane of their
+/// own, which allowed records cannot fill.
+#[map]
+pub static DENIALS: RingBuf = RingBuf::with_byte_size(capacity::DENIALS_BYTES, 0);
+
+/// (directory, name) → 1: the entries on the way to Guard's own files.
+/// Written by the daemon.
+#[map]
+pub static OWN_NAMES: HashMap<OwnNameKey, u8> = HashMap::with_max_entries(capacity::OWN_NAMES, 0);
+
+/// `guard_common::spool_flag` bits, written by the daemon.
+#[map]
+pub static SPOOL_STATE: PlainArray<u32> = PlainArray::with_max_entries(1, 0);
 
 /// Per-CPU counters indexed by `guard_common::Counter`. Read by the daemon.
 #[map]
@@ -119,6 +133,7 @@ pub struct PathScratch {
     /// Lookup keys, here because the LPM keys are large.
     pub exec_key: Key<ExecPathKey>,
     pub name_key: Key<NameKey>,
+    pub own_key: OwnNameKey,
     /// Keeps `EVENT_PATH_LEN`-byte copies from `walk` in bounds.
     pub _tail: [u8; EVENT_PATH_LEN],
 }

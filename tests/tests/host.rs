@@ -18,9 +18,10 @@ fn run(cmd: &mut Command) -> (Option<i32>, String, String) {
 #[test]
 #[ignore = "needs root; run by `cargo xtask test`"]
 fn guardd_check_tells_the_truth_about_this_host() {
+    let (code, _, stderr) = run(Command::new(bin("guardd")).arg("--check"));
+    // Read after the check: guardd mounts securityfs if nothing has.
     let lsm = fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
     let bpf_active = lsm.split(',').any(|l| l.trim() == "bpf");
-    let (code, _, stderr) = run(Command::new(bin("guardd")).arg("--check"));
     match code {
         Some(0) => {
             assert!(
@@ -126,4 +127,15 @@ fn guardctl_says_when_guardd_is_not_running() {
 fn claims_enforcing(log: &str) -> bool {
     log.lines()
         .any(|l| l.contains("INFO") && l.contains("enforcing:"))
+}
+
+/// `guardd --help` tells what stopping guardd does: the programs stay
+/// attached until `guardd --detach`.
+#[test]
+#[ignore = "needs root; run by `cargo xtask test`"]
+fn guardd_help_says_the_programs_stay_attached() {
+    let (code, stdout, _) = run(Command::new(bin("guardd")).arg("--help"));
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("stay attached"), "{stdout}");
+    assert!(!stdout.contains("detaches the programs and exits"), "{stdout}");
 }

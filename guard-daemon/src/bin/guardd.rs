@@ -20,7 +20,9 @@ use guard_daemon::{
 /// The policy is reloaded on SIGHUP, when the policy file changes, and on
 /// `guardctl reload`; a policy that does not parse, validate or compile is
 /// refused with its line and reason, and the generation in force stays.
-/// SIGTERM or SIGINT detaches the programs and exits.
+/// SIGTERM or SIGINT stops guardd; its programs stay attached (pinned) and
+/// agents stay confined by the policy in force until guardd runs again.
+/// `guardd --detach` removes them.
 ///
 /// Exit codes: 0 clean shutdown, 1 failure, 2 usage, 3 this host cannot
 /// enforce (the message says why and what to do), 4 invalid policy.

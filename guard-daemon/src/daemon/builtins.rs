@@ -2,7 +2,13 @@
 //! and profile, and read-only rules that keep every agent away from Guard's
 //! own files (its binaries, policy, records and whatever `--protect` names).
 
-use std::path::{Path, PathBuf};
+use std::{
+    ffi::OsStr,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use guard_common::{OWN_NAME_LEN, OwnNameKey};
 
 use crate::{
     canary::Canary,
@@ -39,6 +45,35 @@ impl Builtins {
         binaries
     }
 
+    /// The directory entries on the way to Guard's own files and to
+    /// `more` (paths that need not exist yet, such as sockets): each
+    /// path's name and the name of every directory above it, in its parent
+    /// directory. Symbolic links on the way count too, with what they
+    /// point to. An agent may not add, remove or rename any of them.
+    pub fn own_names(&self, more: &[PathBuf]) -> Vec<OwnNameKey> {
+        let mut names = Vec::new();
+        for path in self.own_files.iter().chain(more) {
+            let Ok(path) = std::path::absolute(path) else {
+                continue;
+            };
+            let real = path
+                .parent()
+                .and_then(|dir| dir.canonicalize().ok())
+                .zip(path.file_name())
+                .map(|(dir, name)| dir.join(name));
+            for path in [Some(path), real].into_iter().flatten() {
+                for at in path.ancestors() {
+                    if let Some(key) = at.parent().zip(at.file_name()).and_then(|(dir, name)| entry_key(dir, name)) {
+                        if !names.contains(&key) {
+                            names.push(key);
+                        }
+                    }
+                }
+            }
+        }
+        names
+    }
+
     pub fn add_to(&self, policy: &mut Policy) {
         let own: Vec<Rule<FileTarget>> = self
             .own_files
@@ -70,10 +105,42 @@ impl Builtins {
     }
 }
 
+/// The key of the entry `name` in the directory `dir`, if `dir` exists.
+fn entry_key(dir: &Path, name: &OsStr) -> Option<OwnNameKey> {
+    let (dir_dev, dir_ino) = crate::compile::identity(dir).ok()?;
+    let bytes = name.as_bytes();
+    let len = bytes.len().min(OWN_NAME_LEN);
+    let mut key = OwnNameKey {
+        dir_ino,
+        dir_dev,
+        len: len as u32,
+        name: [0; OWN_NAME_LEN],
+    };
+    key.name[..len].copy_from_slice(&bytes[..len]);
+    Some(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{compile::compile, policy::parse};
+
+    #[test]
+    fn own_names_are_every_entry_on_the_way_including_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        let builtins = Builtins::new(Canary::prepare().unwrap(), vec![]);
+        let names = builtins.own_names(&[dir.path().join("link/control.sock")]);
+        let has = |dir: &Path, name: &str| names.contains(&entry_key(dir, OsStr::new(name)).unwrap());
+        assert!(has(&real, "control.sock"));
+        assert!(has(dir.path(), "link"));
+        assert!(has(dir.path(), "real"));
+        assert!(has(dir.path().parent().unwrap(), dir.path().file_name().unwrap().to_str().unwrap()));
+        assert!(has(Path::new("/"), "tmp"));
+        assert!(!has(dir.path(), "other"));
+    }
 
     #[test]
     fn own_files_are_read_only_and_a_rule_on_one_is_refused_with_its_line() {

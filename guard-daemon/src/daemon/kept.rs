@@ -19,15 +19,26 @@ pub struct Kept {
 
 impl Kept {
     /// Writes `file` in place, not by renaming a new file over it: the
-    /// self-protection rule names the file by identity.
+    /// self-protection rule names the file by identity. The space is
+    /// reserved first, so that a full disk leaves the old content whole.
     pub fn write(&self, file: &Path) -> std::io::Result<()> {
         let text = serde_json::to_vec(self).map_err(std::io::Error::other)?;
         let mut out = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(file)?;
+        match nix::fcntl::fallocate(
+            &out,
+            nix::fcntl::FallocateFlags::empty(),
+            0,
+            text.len() as libc::off_t,
+        ) {
+            Ok(()) | Err(nix::errno::Errno::EOPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
+        }
         out.write_all(&text)?;
+        out.set_len(text.len() as u64)?;
         out.sync_data()
     }
 

@@ -7,7 +7,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
-    io::Write,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -19,43 +18,38 @@ mod hosts;
 mod kept;
 mod services;
 mod why;
+mod writer;
 
 pub use builtins::Builtins;
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
 use guard_common::{Counter, lsm};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, unix::AsyncFd},
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     signal::unix::SignalKind,
     sync::{mpsc, watch},
 };
 use tracing::{error, info, warn};
 
+use writer::{Out, RecordWriter};
+
 use crate::{
-    api::{self, AuditService, Feed, pb},
+    api::{AuditService},
     canary::{self, Canary},
     cgroup::{self, GuardRoot},
     chain::Chain,
     compile::{self, CompiledPolicy},
     control::{HookStatus, ProfileStatus, Request, Response, SessionAction, Status},
     enforcer::{EnforceError, Enforcer},
-    events::{self, Clock, Line},
+    events::{self, Clock},
     exit,
-    metrics::{DaemonMetrics, DecisionLabels, NameLabels, StageLabels},
+    metrics::{DaemonMetrics, NameLabels, StageLabels},
     policy,
     session::{self, Session, Sessions},
+    spool::LineFile,
 };
 
-/// How often records of allowed decisions (written without a wake-up) are
-/// drained.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
-/// Records written between two chances for the control socket and reloads
-/// to run (guardd is single-threaded).
-const DRAIN_BATCH: usize = 1024;
-/// How often ended sessions are looked for.
-const REAP_INTERVAL: Duration = Duration::from_secs(1);
 /// Generations kept after they are replaced, so that records still queued
 /// from them name their rules.
 const GENERATIONS_KEPT: usize = 16;
@@ -158,6 +152,17 @@ pub fn load_policy(path: &Path, builtins: Option<&Builtins>) -> Result<LoadedPol
         ))
     })?;
     compile_policy(text, &path.display().to_string(), builtins)
+}
+
+/// [`load_policy`] for guardd: the file and every directory above it must
+/// be root's alone ([`trust::check_owned`]), or whoever could write them
+/// would choose the policy.
+pub fn load_own_policy(path: &Path, builtins: &Builtins) -> Result<LoadedPolicy, Fatal> {
+    crate::trust::check_owned(path).map_err(|e| Fatal {
+        code: exit::INVALID_POLICY,
+        error: anyhow::anyhow!("refusing the policy: {e}"),
+    })?;
+    load_policy(path, Some(builtins))
 }
 
 /// Validates and compiles a policy's text; errors name `origin` (a file)
@@ -856,6 +861,7 @@ impl State {
     fn counters(&self) -> BTreeMap<String, u64> {
         [
             ("events_lost", Counter::EventsLost),
+            ("denials_lost", Counter::DenialsLost),
             ("hook_errors", Counter::HookErrors),
             ("walk_too_deep", Counter::WalkTooDeep),
             ("records_made", Counter::RecordsMade),
@@ -959,7 +965,16 @@ fn own_files(config: &Config) -> Vec<PathBuf> {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), Fatal> {
     let builtins = Builtins::new(Canary::prepare().map_err(failure)?, own_files(&config));
-    let policy = load_policy(&config.policy, Some(&builtins))?;
+    let sockets = [config.socket.clone(), config.api_socket.clone()];
+    for dir in sockets.iter().filter_map(|socket| socket.parent()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let own_names = builtins.own_names(&sockets);
+    if let Some(events) = &config.events {
+        crate::trust::check_owned(events)
+            .map_err(|e| failure(anyhow::anyhow!("refusing to continue the events file: {e}")))?;
+    }
+    let policy = load_own_policy(&config.policy, &builtins)?;
     for note in &policy.compiled.notes {
         warn!("{note}");
     }
@@ -984,6 +999,10 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
             "adopted the programs the previous guardd left attached: agents stayed confined while no guardd ran"
         );
     }
+    state
+        .enforcer
+        .set_own_names(&own_names)
+        .map_err(failure)?;
     state.state_file = Some(persistence.state_file.clone());
     state.keep();
     state.why = why::Why::new(config.why_dir.clone());
@@ -1020,17 +1039,8 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         );
     }
 
-    let out: Box<dyn Write + Send> = match &config.events {
-        Some(path) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open events file {}", path.display()))
-                .map_err(failure)?,
-        ),
-        None => Box::new(std::io::stdout()),
-    };
+    // Before the chain is resumed: a torn last line is cut first.
+    let (out, torn) = Out::open(config.events.as_deref()).map_err(failure)?;
     let watched = watched_files(&config.policy, &state.current().compiled);
     let state = Arc::new(Mutex::new(state));
     let (changes_tx, changes_rx) = mpsc::channel(16);
@@ -1044,12 +1054,10 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         },
     ));
     tokio::spawn(reload_on_change(state.clone(), changes_rx, watcher));
-    match hosts::resolver(config.dns_server) {
-        Ok(resolver) => {
-            tokio::spawn(resolve_hosts(state.clone(), resolver));
-        }
-        Err(e) => warn!("no DNS resolver ({e:#}): hostname rules apply to no address"),
-    }
+    tokio::spawn(resolve_hosts(
+        state.clone(),
+        hosts::resolver(config.dns_server).map_err(|e| format!("{e:#}")),
+    ));
 
     let chain = match &config.events {
         Some(path) => Chain::resume(path)
@@ -1057,15 +1065,13 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
             .map_err(failure)?,
         None => Chain::default(),
     };
-    let ocsf: Option<Box<dyn Write + Send>> = match &config.ocsf {
-        Some(path) => Some(Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
+    let ocsf = match &config.ocsf {
+        Some(path) => Some(
+            LineFile::open(path)
                 .with_context(|| format!("cannot open OCSF file {}", path.display()))
-                .map_err(failure)?,
-        )),
+                .map_err(failure)?
+                .0,
+        ),
         None => None,
     };
     let metrics = Arc::new(DaemonMetrics::default());
@@ -1078,22 +1084,26 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
     }
     lock(&state).update_metrics(&metrics);
-    let mut writer = RecordWriter::new(chain, out, config.host_name.clone(), config.redactor);
+    let mut writer = RecordWriter::new(
+        chain,
+        out,
+        config.host_name.clone(),
+        config.redactor,
+        &state,
+    );
     writer.ocsf = ocsf;
     writer.metrics = metrics.clone();
-    // Losses of adopted programs that the previous guardd reported are not
-    // reported again.
-    writer.lost_reported = lock(&state)
-        .enforcer
-        .counter(Counter::LossesReported)
-        .unwrap_or(0);
-    // Records that programs of another build made and no guardd read.
-    if writer
-        .write_loss("replaced_programs", replaced)
-        .map_err(failure)?
-    {
-        writer.flush().map_err(failure)?;
+    if torn > 0 {
+        warn!(
+            bytes = torn,
+            "the events file ended in a torn line (a guardd ended mid-write): cut, and reported as a loss"
+        );
+        writer.lose("torn_line", 1);
     }
+    // Records that programs of another build made and no guardd read.
+    writer.lose("replaced_programs", replaced);
+    writer.write_losses();
+    writer.flush();
     if let Some(addr) = config.grpc_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -1136,7 +1146,7 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         });
         tokio::spawn(shipper.run());
     }
-    let result = stream_events(events, &state, writer).await;
+    let result = writer::stream_events(events, &state, writer).await;
     let _ = std::fs::remove_file(&config.socket);
     let _ = std::fs::remove_file(&config.api_socket);
     result.map_err(failure)?;
@@ -1212,7 +1222,7 @@ async fn reload(state: Arc<Mutex<State>>, reason: Reason) -> Response {
         if reason == Reason::FileChanged && !files_changed(&path, &current) {
             return Ok((current, None));
         }
-        let policy = load_policy(&path, Some(&builtins));
+        let policy = load_own_policy(&path, &builtins);
         let mut state = lock(&state);
         // Another reload may have published this very file meanwhile.
         if reason == Reason::FileChanged && !files_changed(&path, state.current()) {
@@ -1460,248 +1470,37 @@ async fn answer(request: Request, caller: Caller, state: Arc<Mutex<State>>) -> R
 }
 
 /// Resolves the names of hostname rules when they are new or their
-/// answers expire, and keeps the kernel's addresses current.
-async fn resolve_hosts(state: Arc<Mutex<State>>, resolver: hickory_resolver::TokioResolver) {
+/// answers expire, and keeps the kernel's addresses current. Without a
+/// resolver, says so once a policy names hosts.
+async fn resolve_hosts(
+    state: Arc<Mutex<State>>,
+    resolver: Result<hickory_resolver::TokioResolver, String>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut warned = false;
     loop {
         tick.tick().await;
         let due = {
             let state = lock(&state);
             state.hosts.due(&state.current().compiled)
         };
+        let resolver = match &resolver {
+            Ok(resolver) => resolver,
+            Err(e) => {
+                if !due.is_empty() && !warned {
+                    warn!(hosts = ?due, "no DNS resolver ({e}): hostname rules apply to no address");
+                }
+                warned = !due.is_empty();
+                continue;
+            }
+        };
         let mut answers = Vec::new();
         for name in due {
-            let (addrs, ttl) = hosts::resolve(&resolver, &name).await;
+            let (addrs, ttl) = hosts::resolve(resolver, &name).await;
             answers.push((name, addrs, ttl));
         }
         if !answers.is_empty() {
             lock(&state).resolved(answers);
         }
-    }
-}
-
-/// Writes every record until a termination signal, then drains what is left.
-async fn stream_events(
-    events: RingBuf<MapData>,
-    state: &Mutex<State>,
-    mut writer: RecordWriter,
-) -> anyhow::Result<()> {
-    // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd,
-    // so the fd stays open for as long as it is registered.
-    let mut events =
-        unsafe { AsyncFd::register(events) }.context("cannot poll the events ring buffer")?;
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
-    let mut reap = tokio::time::interval(REAP_INTERVAL);
-    let clock = Clock::new();
-    loop {
-        tokio::select! {
-            ready = events.readable_mut() => {
-                let mut guard = ready?;
-                writer.drain_all(guard.get_inner_mut(), state, &clock).await?;
-                guard.clear_ready();
-            }
-            _ = tick.tick() => writer.drain_all(events.get_mut(), state, &clock).await?,
-            _ = reap.tick() => {
-                writer.drain_all(events.get_mut(), state, &clock).await?;
-                let mut state = lock(state);
-                state.reap_sessions();
-                state.update_metrics(&writer.metrics);
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
-    writer.drain_all(events.get_mut(), state, &clock).await
-}
-
-/// Turns kernel records into sealed lines of the events stream, publishes
-/// them to the live feed, and accounts for every record it could not
-/// write with a loss line in its place.
-struct RecordWriter {
-    chain: Chain,
-    out: Box<dyn Write + Send>,
-    host: String,
-    redactor: crate::redact::Redactor,
-    processes: crate::enrich::ProcessCache,
-    /// An OCSF copy of the stream, for log shippers.
-    ocsf: Option<Box<dyn Write + Send>>,
-    metrics: Arc<DaemonMetrics>,
-    feed: Feed,
-    /// The last sequence number written (the shipper follows it).
-    written: watch::Sender<u64>,
-    /// Ring-buffer losses (the kernel's counter) already written as loss
-    /// lines.
-    lost_reported: u64,
-    /// Records that did not decode, not yet written as a loss line.
-    undecodable: u64,
-}
-
-impl RecordWriter {
-    fn new(
-        chain: Chain,
-        out: Box<dyn Write + Send>,
-        host: String,
-        redactor: crate::redact::Redactor,
-    ) -> Self {
-        let written = watch::Sender::new(chain.next_seq() - 1);
-        Self {
-            chain,
-            out,
-            host,
-            redactor,
-            processes: Default::default(),
-            ocsf: None,
-            metrics: Arc::default(),
-            feed: Feed::default(),
-            written,
-            lost_reported: 0,
-            undecodable: 0,
-        }
-    }
-
-    /// Writes everything in the ring buffer, a batch at a time, letting
-    /// the control socket and reloads run between batches.
-    async fn drain_all(
-        &mut self,
-        events: &mut RingBuf<MapData>,
-        state: &Mutex<State>,
-        clock: &Clock,
-    ) -> anyhow::Result<()> {
-        while self.drain(events, state, clock)? {
-            tokio::task::yield_now().await;
-        }
-        Ok(())
-    }
-
-    /// Writes up to [`DRAIN_BATCH`] records; true if more are waiting.
-    fn drain(
-        &mut self,
-        events: &mut RingBuf<MapData>,
-        state: &Mutex<State>,
-        clock: &Clock,
-    ) -> anyhow::Result<bool> {
-        let mut wrote = false;
-        let mut taken = 0;
-        while taken < DRAIN_BATCH
-            && let Some(item) = events.next()
-        {
-            taken += 1;
-            match events::decode(&item) {
-                Ok(event) => {
-                    let mut record = lock(state).record(&event, clock);
-                    record.seq = self.chain.next_seq();
-                    let fresh = record.action == "exec";
-                    if let Some((process, masked)) =
-                        self.processes.get(record.pid, fresh, &self.redactor)
-                    {
-                        record.process = Some(process);
-                        if masked {
-                            record.redacted.push("process.cmdline".into());
-                        }
-                    }
-                    self.metrics
-                        .decisions
-                        .get_or_create(&DecisionLabels {
-                            hook: record.hook.clone(),
-                            verdict: record.verdict.clone(),
-                            agent: record.agent.clone(),
-                        })
-                        .inc();
-                    self.write(Line::Decision(Box::new(record)))?;
-                    wrote = true;
-                }
-                Err(e) => {
-                    warn!("{e}");
-                    self.undecodable += 1;
-                }
-            }
-        }
-        let notes = std::mem::take(&mut lock(state).notes);
-        for mut record in notes {
-            record.seq = self.chain.next_seq();
-            self.write(Line::Decision(Box::new(record)))?;
-            wrote = true;
-        }
-        let lost = lock(state)
-            .enforcer
-            .counter(Counter::EventsLost)
-            .unwrap_or(self.lost_reported);
-        lock(state).why.write();
-        let undecodable = std::mem::take(&mut self.undecodable);
-        wrote |= self.write_loss("decode", undecodable)?;
-        if lost > self.lost_reported {
-            wrote |= self.write_loss("ring_buffer", lost - self.lost_reported)?;
-            self.lost_reported = lost;
-            // Kept with the programs, for a guardd that adopts them.
-            if let Err(e) = lock(state).enforcer.set_losses_reported(lost) {
-                warn!("{e}");
-            }
-        }
-        if wrote {
-            self.flush()?;
-        }
-        Ok(taken == DRAIN_BATCH)
-    }
-
-    /// Writes a loss line for `records` lost at `stage`, if any; true if it
-    /// wrote one.
-    fn write_loss(&mut self, stage: &str, records: u64) -> anyhow::Result<bool> {
-        if records == 0 {
-            return Ok(false);
-        }
-        warn!(stage, records, "records lost");
-        self.metrics
-            .lost
-            .get_or_create(&StageLabels {
-                stage: stage.into(),
-            })
-            .inc_by(records);
-        self.write(Line::Loss(events::LossRecord {
-            seq: self.chain.next_seq(),
-            time: api::rfc3339(api::now_nanos()),
-            loss: events::Loss {
-                stage: stage.into(),
-                records,
-            },
-        }))?;
-        Ok(true)
-    }
-
-    /// Makes what was written visible: flushed, and the shipper told.
-    fn flush(&mut self) -> anyhow::Result<()> {
-        self.out.flush()?;
-        if let Some(ocsf) = &mut self.ocsf {
-            ocsf.flush()?;
-        }
-        self.written.send_replace(self.chain.next_seq() - 1);
-        self.metrics
-            .written_seq
-            .set((self.chain.next_seq() - 1) as i64);
-        Ok(())
-    }
-
-    /// Seals and writes one line (one write, so that a reader following
-    /// the file never sees a line split across writes), and publishes it.
-    fn write(&mut self, line: Line) -> anyhow::Result<()> {
-        let mut sealed = self.chain.seal(line.to_json()?);
-        let text = std::str::from_utf8(&sealed)?;
-        if let Some(ocsf) = &mut self.ocsf {
-            let mut event = serde_json::to_vec(&crate::ocsf::event(&self.host, &line, text))?;
-            event.push(b'\n');
-            ocsf.write_all(&event)?;
-        }
-        if self.feed.has_subscribers() {
-            self.feed.publish(api::entry(
-                &self.host,
-                text,
-                &line,
-                pb::Integrity::Unspecified,
-            ));
-        }
-        sealed.push(b'\n');
-        self.out.write_all(&sealed)?;
-        Ok(())
     }
 }

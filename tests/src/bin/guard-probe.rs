@@ -404,7 +404,7 @@ fn connect_udp_loop(to: SocketAddr, until: Until) -> io::Result<()> {
 
 /// `each STEP...`: one process doing several actions in order, e.g. to
 /// spend a session's budget. A step is `unlink:PATH`, `truncate:PATH`,
-/// `connect-udp:ADDR`, `@MS` (sleep) or `@wait:PATH` (until PATH exists).
+/// `create:PATH`, `connect-udp:ADDR`, `@MS` (sleep) or `@wait:PATH` (until PATH exists).
 /// Prints the errno of each action (0 when it succeeded).
 fn each(steps: &[String]) -> ! {
     let mut errnos = Vec::new();
@@ -424,6 +424,13 @@ fn each(steps: &[String]) -> ! {
             }
             "unlink" => check(unsafe { libc::unlink(cstr(arg).as_ptr()) }),
             "truncate" => check(unsafe { libc::truncate(cstr(arg).as_ptr(), 0) }),
+            "create" => check(unsafe {
+                libc::open(
+                    cstr(arg).as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                    0o644,
+                )
+            }),
             "connect-udp" => {
                 let a = addr(arg);
                 UdpSocket::bind(unspecified_for(&a)).and_then(|s| s.connect(a))
@@ -435,6 +442,33 @@ fn each(steps: &[String]) -> ! {
     let pid = std::process::id();
     println!(r#"{{"pid":{pid},"ok":true,"errnos":{errnos:?}}}"#);
     std::process::exit(0);
+}
+
+/// Writes zeros to a new file at PATH until the filesystem is full; ok when
+/// the write that fails fails with ENOSPC.
+fn fill(path: &str) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    let block = vec![0u8; 64 * 1024];
+    loop {
+        match file.write(&block) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Becomes UID and serves a unix socket at PATH (accepting and closing
+/// connections) until killed: a socket that is not guardd's.
+fn serve_unix_as(uid: u32, path: &str) -> io::Result<()> {
+    check(unsafe { libc::setgid(uid) })?;
+    check(unsafe { libc::setuid(uid) })?;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    for stream in listener.incoming() {
+        drop(stream?);
+    }
+    Ok(())
 }
 
 fn main() {
@@ -476,6 +510,13 @@ fn main() {
             libc::open(
                 cstr(arg(1)).as_ptr(),
                 libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                0o644,
+            )
+        }),
+        "open-create-write" => check(unsafe {
+            libc::open(
+                cstr(arg(1)).as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
                 0o644,
             )
         }),
@@ -603,6 +644,8 @@ fn main() {
         }
         "join-cgroup" => join_cgroup(arg(1)),
         "each" => each(&args[1..]),
+        "fill" => fill(arg(1)),
+        "serve-unix-as" => serve_unix_as(arg(1).parse().expect("a uid"), arg(2)),
         op => panic!("unknown op {op}"),
     };
     report(result)

@@ -253,6 +253,10 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 }
 
 fn main() {
+    // A closed pipe (`guardctl status | head -5`) ends the output quietly,
+    // as it does for other commands, rather than as a write error or panic.
+    // SAFETY: set before any other thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = Args::parse();
     let code = match args.command {
         Command::Run {

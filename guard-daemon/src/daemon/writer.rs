@@ -1,0 +1,416 @@
+//! The record stream: drains the programs' ring buffers (denials first),
+//! turns kernel records into sealed lines of the events file, publishes them
+//! to the live feed, and accounts for every record it could not write with a
+//! loss line in its place.
+//!
+//! A full disk does not stop guardd: records it cannot write are counted
+//! (stage `events_file`), the programs are told (profiles with audit-or-deny
+//! then deny what they would record), and once a write succeeds again a loss
+//! line says how many records the gap holds.
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
+use tracing::{info, warn};
+
+use super::{State, lock};
+use crate::{
+    api::{self, Feed, pb},
+    chain::Chain,
+    enforcer::Lane,
+    events::{self, Clock, Line},
+    metrics::{DaemonMetrics, DecisionLabels, StageLabels},
+    spool::LineFile,
+};
+
+/// How often records of allowed decisions (written without a wake-up) are
+/// drained.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Records written between two chances for the control socket and reloads
+/// to run (guardd is single-threaded).
+const DRAIN_BATCH: usize = 1024;
+/// How often ended sessions are looked for.
+const REAP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a blocked events file is tried again.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where sealed lines go.
+pub enum Out {
+    File(LineFile),
+    Stdout,
+}
+
+impl Out {
+    /// The events file at `path` (a torn last line cut, and returned as the
+    /// bytes cut), or stdout when there is none.
+    pub fn open(path: Option<&Path>) -> anyhow::Result<(Self, u64)> {
+        match path {
+            Some(path) => {
+                let (file, cut) = LineFile::open(path)
+                    .with_context(|| format!("cannot open events file {}", path.display()))?;
+                Ok((Out::File(file), cut))
+            }
+            None => Ok((Out::Stdout, 0)),
+        }
+    }
+
+    fn append(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        match self {
+            Out::File(file) => file.append(lines),
+            Out::Stdout => {
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(lines)?;
+                stdout.flush()
+            }
+        }
+    }
+}
+
+/// Writes every record until a termination signal, then drains what is left.
+pub async fn stream_events(
+    rings: Vec<(Lane, RingBuf<MapData>)>,
+    state: &Mutex<State>,
+    mut writer: RecordWriter,
+) -> anyhow::Result<()> {
+    let mut lanes = Vec::new();
+    for (lane, ring) in rings {
+        // SAFETY: the ring buffer owns its map fd and lives inside the
+        // AsyncFd, so the fd stays open for as long as it is registered.
+        let ring = unsafe { AsyncFd::register(ring) }
+            .with_context(|| format!("cannot poll the {} ring buffer", lane.map()))?;
+        lanes.push((lane, ring));
+    }
+    let [(denials_lane, denials), (allowed_lane, allowed)] = &mut lanes[..] else {
+        anyhow::bail!("the programs have {} ring buffers, not 2", lanes.len());
+    };
+    let (denials_lane, allowed_lane) = (*denials_lane, *allowed_lane);
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+    let mut reap = tokio::time::interval(REAP_INTERVAL);
+    let clock = Clock::new();
+    macro_rules! drain_both {
+        () => {{
+            writer
+                .drain_all(denials_lane, denials.get_mut(), state, &clock)
+                .await?;
+            writer
+                .drain_all(allowed_lane, allowed.get_mut(), state, &clock)
+                .await?;
+        }};
+    }
+    loop {
+        tokio::select! {
+            ready = denials.readable_mut() => {
+                let mut guard = ready?;
+                writer.drain_all(denials_lane, guard.get_inner_mut(), state, &clock).await?;
+                guard.clear_ready();
+            }
+            ready = allowed.readable_mut() => {
+                let mut guard = ready?;
+                writer.drain_all(allowed_lane, guard.get_inner_mut(), state, &clock).await?;
+                guard.clear_ready();
+            }
+            _ = tick.tick() => drain_both!(),
+            _ = reap.tick() => {
+                drain_both!();
+                let mut state = lock(state);
+                state.reap_sessions();
+                state.update_metrics(&writer.metrics);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    drain_both!();
+    Ok(())
+}
+
+pub struct RecordWriter {
+    chain: Chain,
+    out: Out,
+    host: String,
+    redactor: crate::redact::Redactor,
+    processes: crate::enrich::ProcessCache,
+    /// An OCSF copy of the stream, for log shippers.
+    pub ocsf: Option<LineFile>,
+    pub metrics: Arc<DaemonMetrics>,
+    pub feed: Feed,
+    /// The last sequence number written (the shipper follows it).
+    pub written: watch::Sender<u64>,
+    /// Per lane, the kernel's losses already written as loss lines.
+    lost_reported: BTreeMap<&'static str, u64>,
+    /// Records lost at a stage and not yet in a loss line (waiting for
+    /// the events file to take writes again).
+    pending: BTreeMap<&'static str, u64>,
+    /// Since when the events file refuses writes, and when it was last
+    /// tried; `None` while writes succeed.
+    blocked: Option<Blocked>,
+}
+
+struct Blocked {
+    since: Instant,
+    tried: Instant,
+}
+
+impl RecordWriter {
+    pub fn new(
+        chain: Chain,
+        out: Out,
+        host: String,
+        redactor: crate::redact::Redactor,
+        state: &Mutex<State>,
+    ) -> Self {
+        let written = watch::Sender::new(chain.next_seq() - 1);
+        // Losses of adopted programs that the previous guardd reported are
+        // not reported again.
+        let lost_reported = Lane::ALL
+            .into_iter()
+            .map(|lane| {
+                let reported = lock(state).enforcer.counter(lane.reported()).unwrap_or(0);
+                (lane.stage(), reported)
+            })
+            .collect();
+        Self {
+            chain,
+            out,
+            host,
+            redactor,
+            processes: Default::default(),
+            ocsf: None,
+            metrics: Arc::default(),
+            feed: Feed::default(),
+            written,
+            lost_reported,
+            pending: BTreeMap::new(),
+            blocked: None,
+        }
+    }
+
+    /// Writes everything in a ring buffer, a batch at a time, letting the
+    /// control socket and reloads run between batches.
+    async fn drain_all(
+        &mut self,
+        lane: Lane,
+        ring: &mut RingBuf<MapData>,
+        state: &Mutex<State>,
+        clock: &Clock,
+    ) -> anyhow::Result<()> {
+        while self.drain(lane, ring, state, clock) {
+            tokio::task::yield_now().await;
+        }
+        Ok(())
+    }
+
+    /// Writes up to [`DRAIN_BATCH`] records of `lane`; true if more are
+    /// waiting.
+    fn drain(
+        &mut self,
+        lane: Lane,
+        ring: &mut RingBuf<MapData>,
+        state: &Mutex<State>,
+        clock: &Clock,
+    ) -> bool {
+        let was_blocked = self.blocked.is_some();
+        self.retry_if_blocked();
+        let mut taken = 0;
+        while taken < DRAIN_BATCH
+            && let Some(item) = ring.next()
+        {
+            taken += 1;
+            match events::decode(&item) {
+                Ok(event) => {
+                    let mut record = lock(state).record(&event, clock);
+                    record.seq = self.chain.next_seq();
+                    let fresh = record.action == "exec";
+                    if let Some((process, masked)) =
+                        self.processes.get(record.pid, fresh, &self.redactor)
+                    {
+                        record.process = Some(process);
+                        if masked {
+                            record.redacted.push("process.cmdline".into());
+                        }
+                    }
+                    self.metrics
+                        .decisions
+                        .get_or_create(&DecisionLabels {
+                            hook: record.hook.clone(),
+                            verdict: record.verdict.clone(),
+                            agent: record.agent.clone(),
+                        })
+                        .inc();
+                    self.write(Line::Decision(Box::new(record)));
+                }
+                Err(e) => {
+                    warn!("{e}");
+                    self.lose("decode", 1);
+                }
+            }
+        }
+        let mut state = lock(state);
+        for mut record in std::mem::take(&mut state.notes) {
+            record.seq = self.chain.next_seq();
+            self.write(Line::Decision(Box::new(record)));
+        }
+        state.why.write();
+        let reported = self.lost_reported.get(lane.stage()).copied().unwrap_or(0);
+        let lost = state.enforcer.counter(lane.lost()).unwrap_or(reported);
+        if lost > reported {
+            self.lose(lane.stage(), lost - reported);
+            self.lost_reported.insert(lane.stage(), lost);
+            // Kept with the programs, for a guardd that adopts them.
+            if let Err(e) = state.enforcer.set_losses_reported(lane, lost) {
+                warn!("{e}");
+            }
+        }
+        self.write_losses();
+        if was_blocked != self.blocked.is_some() {
+            let blocked = self.blocked.is_some();
+            if let Err(e) = state.enforcer.set_spool_blocked(blocked) {
+                warn!("{e}");
+            }
+        }
+        drop(state);
+        self.flush();
+        taken == DRAIN_BATCH
+    }
+
+    /// Counts `records` lost at `stage`; the next loss line reports them.
+    pub fn lose(&mut self, stage: &'static str, records: u64) {
+        if records == 0 {
+            return;
+        }
+        self.metrics
+            .lost
+            .get_or_create(&StageLabels {
+                stage: stage.into(),
+            })
+            .inc_by(records);
+        *self.pending.entry(stage).or_default() += records;
+    }
+
+    /// Writes a loss line for each stage with losses not yet reported,
+    /// unless the events file refuses writes.
+    pub fn write_losses(&mut self) {
+        while self.blocked.is_none()
+            && let Some((stage, records)) = self.pending.pop_first()
+        {
+            let line = Line::Loss(events::LossRecord {
+                seq: self.chain.next_seq(),
+                time: api::rfc3339(api::now_nanos()),
+                loss: events::Loss {
+                    stage: stage.into(),
+                    records,
+                },
+            });
+            if self.write_line(&line) {
+                warn!(stage, records, "records lost");
+            } else {
+                *self.pending.entry(stage).or_default() += records;
+            }
+        }
+    }
+
+    /// Makes what was written visible: the shipper and metrics told.
+    pub fn flush(&mut self) {
+        self.written.send_replace(self.chain.next_seq() - 1);
+        self.metrics
+            .written_seq
+            .set((self.chain.next_seq() - 1) as i64);
+    }
+
+    /// While the events file refuses writes, tries it again every
+    /// [`RETRY_INTERVAL`] with the loss line that reports the gap.
+    fn retry_if_blocked(&mut self) {
+        let Some(blocked) = self.blocked.take() else {
+            return;
+        };
+        if blocked.tried.elapsed() < RETRY_INTERVAL {
+            self.blocked = Some(blocked);
+            return;
+        }
+        self.write_losses();
+        match &mut self.blocked {
+            None => info!(
+                blocked_ms = blocked.since.elapsed().as_millis() as u64,
+                "the events file takes records again"
+            ),
+            Some(again) => again.since = blocked.since,
+        }
+    }
+
+    /// Writes one decision, or counts it lost while the events file
+    /// refuses writes.
+    fn write(&mut self, line: Line) {
+        if self.blocked.is_some() || !self.write_line(&line) {
+            self.lose("events_file", 1);
+        }
+    }
+
+    /// Seals and appends one line (one write, so that a reader following
+    /// the file never sees a line split across writes), then copies it to
+    /// the OCSF file and publishes it. False if the events file refused it:
+    /// the chain is left as it was and the writer is blocked.
+    fn write_line(&mut self, line: &Line) -> bool {
+        let json = match line.to_json() {
+            Ok(json) => json,
+            Err(e) => {
+                warn!("cannot serialize a record: {e}");
+                return false;
+            }
+        };
+        let before = self.chain.clone();
+        let mut sealed = self.chain.seal(json);
+        sealed.push(b'\n');
+        if let Err(e) = self.out.append(&sealed) {
+            self.chain = before;
+            if self.blocked.is_none() {
+                warn!(
+                    "cannot write to the events file ({e}): records are counted as lost until it takes writes again; profiles with audit_or_deny deny what they would record"
+                );
+                let now = Instant::now();
+                self.blocked = Some(Blocked {
+                    since: now,
+                    tried: now,
+                });
+            }
+            return false;
+        }
+        sealed.pop();
+        let text = String::from_utf8_lossy(&sealed);
+        if let Some(ocsf) = &mut self.ocsf {
+            let written = serde_json::to_vec(&crate::ocsf::event(&self.host, line, &text))
+                .map_err(std::io::Error::other)
+                .and_then(|mut event| {
+                    event.push(b'\n');
+                    ocsf.append(&event)
+                });
+            if written.is_err() {
+                // The chained events file has the record; the copy does not.
+                self.metrics
+                    .lost
+                    .get_or_create(&StageLabels {
+                        stage: "ocsf_file".into(),
+                    })
+                    .inc();
+            }
+        }
+        if self.feed.has_subscribers() {
+            self.feed.publish(api::entry(
+                &self.host,
+                &text,
+                line,
+                pb::Integrity::Unspecified,
+            ));
+        }
+        true
+    }
+}
