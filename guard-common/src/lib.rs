@@ -29,6 +29,9 @@ pub mod map {
     pub const EXEC_IDENTITY: &str = "EXEC_IDENTITY";
     /// LPM trie [`super::ExecPathKey`] → [`super::RuleRef`]: exec path rules.
     pub const EXEC_PATHS: &str = "EXEC_PATHS";
+    /// [`super::DigestKey`] → [`super::RuleRef`]: exec deny rules by
+    /// content (a SHA-256 of the file).
+    pub const EXEC_DIGESTS: &str = "EXEC_DIGESTS";
     /// [`super::IdentityKey`] → [`super::RuleRef`]: file rules on files and directories.
     pub const FILE_IDENTITY: &str = "FILE_IDENTITY";
     /// LPM trie [`super::NameKey`] → [`super::RuleRef`]: file rules on names.
@@ -67,13 +70,14 @@ pub mod map {
     pub const EXCEPTIONS: &str = "EXCEPTIONS";
     /// The maps guardd pins with the programs' links, so that a guardd
     /// started later adopts them (the others are private to the programs).
-    pub const PINNED: [&str; 18] = [
+    pub const PINNED: [&str; 19] = [
         GENERATION,
         GENERATION_SLOTS[0],
         GENERATION_SLOTS[1],
         AGENTS,
         EXEC_IDENTITY,
         EXEC_PATHS,
+        EXEC_DIGESTS,
         FILE_IDENTITY,
         FILE_NAMES,
         NET_RULES,
@@ -130,6 +134,7 @@ pub mod capacity {
     pub const AGENTS: u32 = 1024;
     pub const EXEC_IDENTITY: u32 = 4096;
     pub const EXEC_PATHS: u32 = 4096;
+    pub const EXEC_DIGESTS: u32 = 1024;
     pub const FILE_IDENTITY: u32 = 4096;
     pub const FILE_NAMES: u32 = 1024;
     pub const NET_RULES: u32 = 1 << 17;
@@ -244,14 +249,17 @@ kernel_fields! {
     OFF_MSGHDR_NAMELEN = "msghdr" . "msg_namelen";
 }
 
-/// A BPF LSM hook Guard attaches to. The program in the eBPF object has the
-/// hook's name. `args` is the hook's argument count, from
+/// A BPF LSM hook Guard attaches a program to. `args` is the hook's argument count, from
 /// `include/linux/lsm_hook_defs.h`; the previous program's return value
 /// follows the arguments in the context, at index `args`. The loader checks
 /// `args` against the running kernel's BTF before attaching.
 #[derive(Clone, Copy, Debug)]
 pub struct LsmHook {
+    /// The kernel's hook.
     pub name: &'static str,
+    /// The program in the eBPF object: the hook's name, unless the hook has
+    /// a second program.
+    pub program: &'static str,
     pub args: usize,
     /// A kernel without this hook cannot enforce Guard's promises. Optional
     /// hooks close a route that older kernels send through a required hook.
@@ -266,6 +274,7 @@ impl LsmHook {
     const fn required(name: &'static str, args: usize) -> Self {
         Self {
             name,
+            program: name,
             args,
             required: true,
             leading_args: false,
@@ -274,6 +283,7 @@ impl LsmHook {
     const fn optional(name: &'static str, args: usize) -> Self {
         Self {
             name,
+            program: name,
             args,
             required: false,
             leading_args: false,
@@ -282,6 +292,7 @@ impl LsmHook {
     const fn leading(name: &'static str, args: usize) -> Self {
         Self {
             name,
+            program: name,
             args,
             required: true,
             leading_args: true,
@@ -294,6 +305,14 @@ pub mod lsm {
     use super::LsmHook;
     /// `int bprm_check_security(struct linux_binprm *bprm)`
     pub const BPRM_CHECK_SECURITY: LsmHook = LsmHook::required("bprm_check_security", 1);
+    /// `bprm_check_security` again, in a sleepable program: exec deny rules
+    /// by content, which needs the kernel's IMA to hash the file. Optional:
+    /// a kernel without IMA cannot load it, and guardd then refuses policies
+    /// with such rules.
+    pub const EXEC_CONTENT: LsmHook = LsmHook {
+        program: "exec_content",
+        ..LsmHook::optional("bprm_check_security", 1)
+    };
     /// `int path_unlink(const struct path *dir, struct dentry *dentry)`
     pub const PATH_UNLINK: LsmHook = LsmHook::required("path_unlink", 2);
     /// `int path_rmdir(const struct path *dir, struct dentry *dentry)`
@@ -356,6 +375,7 @@ pub mod lsm {
 
     pub const ALL: &[LsmHook] = &[
         BPRM_CHECK_SECURITY,
+        EXEC_CONTENT,
         PATH_UNLINK,
         PATH_RMDIR,
         PATH_RENAME,
@@ -488,7 +508,14 @@ pub mod agent_flag {
     /// The profile has hostname rules: look the destination up in
     /// [`super::map::HOST_ADDRS`] first.
     pub const HOST_RULES: u32 = 1 << 7;
+    /// The profile has exec rules by content: hash each executed file and
+    /// look it up in [`super::map::EXEC_DIGESTS`].
+    pub const EXEC_DIGESTS: u32 = 1 << 8;
 }
+
+/// `enum hash_algo` id of SHA-256 (include/uapi/linux/hash_info.h), as
+/// `bpf_ima_file_hash` returns it.
+pub const HASH_ALGO_SHA256: i64 = 4;
 
 /// Bits of [`Event::flags`].
 pub mod event_flag {
@@ -841,6 +868,16 @@ pub struct OwnNameKey {
     pub name: [u8; OWN_NAME_LEN],
 }
 
+/// Key of [`map::EXEC_DIGESTS`]: a file's SHA-256, in one profile (the
+/// profile id carries the generation slot, see [`profile_key`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DigestKey {
+    pub sha256: [u8; 32],
+    pub profile: u32,
+    pub _pad: u32,
+}
+
 /// Bytes of a name in an [`OwnNameKey`].
 pub const OWN_NAME_LEN: usize = 64;
 
@@ -872,6 +909,7 @@ const _: () = assert!(size_of::<NetRuleSet>() == 8 + 12 * NET_RULES_PER_PREFIX);
 const _: () = assert!(size_of::<Event>() == 120 + EVENT_PATH_LEN);
 const _: () = assert!(size_of::<AgentKey>() == 16);
 const _: () = assert!(size_of::<OwnNameKey>() == 16 + OWN_NAME_LEN);
+const _: () = assert!(size_of::<DigestKey>() == 40);
 const _: () = assert!(size_of::<GenerationInfo>() == 16);
 
 #[cfg(feature = "user")]
@@ -897,4 +935,5 @@ mod pod {
     unsafe impl aya::Pod for ExceptionKey {}
     unsafe impl aya::Pod for Exception {}
     unsafe impl aya::Pod for OwnNameKey {}
+    unsafe impl aya::Pod for DigestKey {}
 }

@@ -15,9 +15,9 @@ use std::{
 };
 
 use guard_common::{
-    AgentEntry, EXEC_PATH_KEY_LEN, ExecIdentityRule, ExecPathKey, IdentityKey, NAME_KEY_LEN,
-    NET_RULES_PER_PREFIX, NameKey, NetKey, NetRule, NetRuleSet, RuleRef, action, agent_flag,
-    capacity, exec_flag, mode, protocol,
+    AgentEntry, DigestKey, EXEC_PATH_KEY_LEN, ExecIdentityRule, ExecPathKey, IdentityKey,
+    NAME_KEY_LEN, NET_RULES_PER_PREFIX, NameKey, NetKey, NetRule, NetRuleSet, RuleRef, action,
+    agent_flag, capacity, exec_flag, mode, protocol,
 };
 use ipnet::IpNet;
 use sha2::Digest as _;
@@ -62,6 +62,8 @@ pub struct CompiledPolicy {
     pub exec_identity: Vec<(IdentityKey, ExecIdentityRule)>,
     /// `(prefix length in bits, key data, rule)`.
     pub exec_paths: Vec<(u32, ExecPathKey, RuleRef)>,
+    /// Exec deny rules by content.
+    pub exec_digests: Vec<(DigestKey, RuleRef)>,
     pub file_identity: Vec<(IdentityKey, RuleRef)>,
     pub file_names: Vec<(u32, NameKey, RuleRef)>,
     pub net_rules: Vec<(u32, NetKey, NetRuleSet)>,
@@ -270,6 +272,13 @@ fn profile_entry(profile: &Profile, index: u32) -> AgentEntry {
                     .iter()
                     .any(|r| matches!(r.target.to, Destination::Host(_))),
                 agent_flag::HOST_RULES,
+            )
+            | flag(
+                profile
+                    .exec
+                    .iter()
+                    .any(|r| matches!(r.target, ExecTarget::Content(_))),
+                agent_flag::EXEC_DIGESTS,
             ),
         _pad: 0,
         budgets: profile.budgets.clone().map(|spec| match spec {
@@ -389,6 +398,16 @@ fn compile_exec(
                         path.display()
                     )),
                 }
+                continue;
+            }
+            ExecTarget::Content(sha256) => {
+                let key = DigestKey {
+                    sha256: *sha256,
+                    profile: index,
+                    _pad: 0,
+                };
+                seen.claim("content", &bytes_of(&key), rule)?;
+                out.exec_digests.push((key, r));
                 continue;
             }
             ExecTarget::Path { path, sha256: None } => (path, b'\0'),
@@ -720,6 +739,11 @@ fn check_capacity(out: &CompiledPolicy, policy: &Policy) -> Result<(), PolicyErr
             "exec path entries",
             out.exec_paths.len(),
             capacity::EXEC_PATHS,
+        ),
+        (
+            "exec content rules",
+            out.exec_digests.len(),
+            capacity::EXEC_DIGESTS,
         ),
         (
             "file and directory rules",

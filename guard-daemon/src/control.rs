@@ -157,10 +157,7 @@ pub enum ClientError {
 /// Checks that the other end of a connection to one of guardd's sockets is
 /// a root process: a socket planted at guardd's path by anyone else is not
 /// guardd, and would see (or answer) what guardctl sends.
-pub fn check_served_by_root(
-    stream: &impl std::os::fd::AsFd,
-    socket: &Path,
-) -> std::io::Result<()> {
+pub fn check_served_by_root(stream: &impl std::os::fd::AsFd, socket: &Path) -> std::io::Result<()> {
     let peer = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
     if peer.uid() != 0 {
         return Err(std::io::Error::new(

@@ -20,9 +20,9 @@ use aya::{
     },
 };
 use guard_common::{
-    AgentKey, BUDGETS, BudgetKey, BudgetState, Counter, Exception, ExceptionKey, ExecPathKey,
-    GenerationInfo, IdentityKey, KERNEL_FIELDS, LsmHook, NameKey, NetKey, NetRuleSet, OwnNameKey,
-    global, lsm, map, profile_key, profile_slot, spool_flag,
+    AgentKey, BUDGETS, BudgetKey, BudgetState, Counter, DigestKey, Exception, ExceptionKey,
+    ExecPathKey, GenerationInfo, IdentityKey, KERNEL_FIELDS, LsmHook, NameKey, NetKey, NetRuleSet,
+    OwnNameKey, global, lsm, map, profile_key, profile_slot, spool_flag,
 };
 use sha2::{Digest, Sha256};
 
@@ -54,6 +54,10 @@ pub enum EnforceError {
     Btf(#[source] aya::BtfError),
     #[error("cannot load the eBPF object: {0}")]
     Object(#[source] EbpfError),
+    #[error(
+        "the policy has exec rules by content (`sha256` in a deny rule), but this kernel cannot run the program that hashes files (`exec_content` needs IMA, CONFIG_IMA=y); the policy is refused"
+    )]
+    NoContentRules,
     #[error("the eBPF object has no program `{0}`; the build is inconsistent")]
     NoProgram(&'static str),
     #[error(
@@ -229,6 +233,7 @@ struct SlotKeys {
     agents: Vec<AgentKey>,
     exec_identity: Vec<IdentityKey>,
     exec_paths: Vec<(u32, ExecPathKey)>,
+    exec_digests: Vec<DigestKey>,
     file_identity: Vec<IdentityKey>,
     file_names: Vec<(u32, NameKey)>,
     net_rules: Vec<(u32, NetKey)>,
@@ -262,15 +267,20 @@ impl InSlot for AgentKey {
     }
 }
 
-impl InSlot for IdentityKey {
-    fn in_slot(mut self, slot: u32) -> Self {
-        self.profile = profile_key(slot, self.profile);
-        self
-    }
-    fn slot(&self) -> u32 {
-        profile_slot(self.profile)
-    }
+macro_rules! profile_in_slot {
+    ($($key:ty),*) => {$(
+        impl InSlot for $key {
+            fn in_slot(mut self, slot: u32) -> Self {
+                self.profile = profile_key(slot, self.profile);
+                self
+            }
+            fn slot(&self) -> u32 {
+                profile_slot(self.profile)
+            }
+        }
+    )*};
 }
+profile_in_slot!(IdentityKey, DigestKey);
 
 macro_rules! big_endian_profile_in_slot {
     ($($key:ty),*) => {$(
@@ -305,9 +315,9 @@ impl Enforcer {
         // that the canary notices.
         let skipped = std::env::var("GUARD_FAULT_SKIP_HOOK").unwrap_or_default();
         for hook in lsm::ALL {
-            if skipped.split(',').any(|h| h == hook.name) {
+            if skipped.split(',').any(|h| h == hook.program) {
                 tracing::warn!(
-                    hook = hook.name,
+                    hook = hook.program,
                     "GUARD_FAULT_SKIP_HOOK: not attaching this hook"
                 );
                 continue;
@@ -315,7 +325,7 @@ impl Enforcer {
             match layout.check_hook(hook) {
                 Ok(()) => hooks.push(*hook),
                 Err(LayoutError::NoHook { .. }) if !hook.required => {
-                    attachment.unavailable.push(hook.name)
+                    attachment.unavailable.push(hook.program)
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -363,13 +373,24 @@ impl Enforcer {
         let mut unpinned = Vec::new();
         for hook in hooks {
             let started = std::time::Instant::now();
-            unpinned.push((hook.name, attach(&mut ebpf, &btf, &hook)?));
+            let link = match attach(&mut ebpf, &btf, &hook) {
+                Ok(link) => link,
+                // An optional program this kernel cannot run (exec_content
+                // without IMA); what needs it is refused instead.
+                Err(e) if !hook.required && !matches!(e, EnforceError::LoadRefused { .. }) => {
+                    tracing::warn!("{e}");
+                    attachment.unavailable.push(hook.program);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            unpinned.push((hook.program, link));
             tracing::debug!(
-                program = hook.name,
+                program = hook.program,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "loaded and attached"
             );
-            attachment.attached.push(hook.name);
+            attachment.attached.push(hook.program);
         }
         let mut maps = BTreeMap::new();
         for name in map::PINNED {
@@ -390,9 +411,9 @@ impl Enforcer {
         };
         let mut links = Vec::new();
         for hook in hooks {
-            let link =
-                PinnedLink::from_pin(dir.join(hook.name)).map_err(|e| failed(hook.name, &e))?;
-            links.push((hook.name, FdLink::from(link)));
+            let link = PinnedLink::from_pin(dir.join(hook.program))
+                .map_err(|e| failed(hook.program, &e))?;
+            links.push((hook.program, FdLink::from(link)));
         }
         let mut maps = BTreeMap::new();
         for name in map::PINNED {
@@ -402,7 +423,7 @@ impl Enforcer {
             maps.insert(name, map);
         }
         let attachment = Attachment {
-            attached: hooks.iter().map(|h| h.name).collect(),
+            attached: hooks.iter().map(|h| h.program).collect(),
             unavailable,
         };
         let mut enforcer = Self::with_maps(
@@ -485,6 +506,8 @@ impl Enforcer {
             self.hash_keys_by_slot::<IdentityKey, RuleRef>(map::FILE_IDENTITY)?;
         let [exec_paths_0, exec_paths_1] =
             self.lpm_keys_by_slot::<ExecPathKey, RuleRef>(map::EXEC_PATHS)?;
+        let [exec_digests_0, exec_digests_1] =
+            self.hash_keys_by_slot::<DigestKey, RuleRef>(map::EXEC_DIGESTS)?;
         let [file_names_0, file_names_1] =
             self.lpm_keys_by_slot::<NameKey, RuleRef>(map::FILE_NAMES)?;
         let [net_rules_0, net_rules_1] =
@@ -496,6 +519,7 @@ impl Enforcer {
                 agents: agents_0,
                 exec_identity: exec_identity_0,
                 exec_paths: exec_paths_0,
+                exec_digests: exec_digests_0,
                 file_identity: file_identity_0,
                 file_names: file_names_0,
                 net_rules: net_rules_0,
@@ -505,6 +529,7 @@ impl Enforcer {
                 agents: agents_1,
                 exec_identity: exec_identity_1,
                 exec_paths: exec_paths_1,
+                exec_digests: exec_digests_1,
                 file_identity: file_identity_1,
                 file_names: file_names_1,
                 net_rules: net_rules_1,
@@ -637,6 +662,14 @@ impl Enforcer {
         hosts: &[(NetKey, NetRuleSet)],
         cgroups: &[(u64, u32)],
     ) -> Result<GenerationInfo, EnforceError> {
+        if !policy.exec_digests.is_empty()
+            && !self
+                .attachment
+                .attached
+                .contains(&lsm::EXEC_CONTENT.program)
+        {
+            return Err(EnforceError::NoContentRules);
+        }
         let next = match self.active {
             Some(active) => GenerationInfo {
                 generation: active.generation + 1,
@@ -660,6 +693,7 @@ impl Enforcer {
             agents: Vec::new(),
             exec_identity: hash_keys_of(&policy.exec_identity, slot),
             exec_paths: lpm_keys_of(&policy.exec_paths, slot),
+            exec_digests: hash_keys_of(&policy.exec_digests, slot),
             file_identity: hash_keys_of(&policy.file_identity, slot),
             file_names: lpm_keys_of(&policy.file_names, slot),
             net_rules: lpm_keys_of(&policy.net_rules, slot),
@@ -667,6 +701,7 @@ impl Enforcer {
         };
         self.write_hash(map::EXEC_IDENTITY, slot, &policy.exec_identity)?;
         self.write_lpm(map::EXEC_PATHS, slot, &policy.exec_paths)?;
+        self.write_hash(map::EXEC_DIGESTS, slot, &policy.exec_digests)?;
         self.write_hash(map::FILE_IDENTITY, slot, &policy.file_identity)?;
         self.write_lpm(map::FILE_NAMES, slot, &policy.file_names)?;
         self.write_lpm(map::NET_RULES, slot, &policy.net_rules)?;
@@ -772,6 +807,10 @@ impl Enforcer {
             &keys.exec_identity,
         )?;
         self.remove_lpm::<ExecPathKey, guard_common::RuleRef>(map::EXEC_PATHS, &keys.exec_paths)?;
+        self.remove_hash::<DigestKey, guard_common::RuleRef>(
+            map::EXEC_DIGESTS,
+            &keys.exec_digests,
+        )?;
         self.remove_hash::<IdentityKey, guard_common::RuleRef>(
             map::FILE_IDENTITY,
             &keys.file_identity,
@@ -1012,7 +1051,7 @@ fn detach_builds(builds: &[PathBuf]) -> io::Result<()> {
         .iter()
         .flat_map(|build| std::fs::read_dir(build).into_iter().flatten().flatten())
         // Links are pinned under their hook's name, maps under theirs.
-        .filter(|pin| lsm::ALL.iter().any(|hook| pin.file_name() == hook.name))
+        .filter(|pin| lsm::ALL.iter().any(|hook| pin.file_name() == hook.program))
         .filter_map(|pin| PinnedLink::from_pin(pin.path()).ok())
         .filter_map(|link| FdLink::from(link).info().ok())
         .map(|info| info.program_id())
@@ -1098,7 +1137,7 @@ fn build_id(globals: &[(&str, u64)], hooks: &[LsmHook]) -> String {
         hash.update(value.to_le_bytes());
     }
     for hook in hooks {
-        hash.update(hook.name.as_bytes());
+        hash.update(hook.program.as_bytes());
     }
     let digest = hash.finalize();
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
@@ -1118,25 +1157,27 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> EnforceError {
 
 fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &LsmHook) -> Result<LsmLinkId, EnforceError> {
     let program: &mut Lsm = ebpf
-        .program_mut(hook.name)
-        .ok_or(EnforceError::NoProgram(hook.name))?
+        .program_mut(hook.program)
+        .ok_or(EnforceError::NoProgram(hook.program))?
         .try_into()
         .map_err(|source| EnforceError::Load {
-            program: hook.name,
+            program: hook.program,
             source,
         })?;
     program.load(hook.name, btf).map_err(|source| {
         if is_eperm(&source) {
-            EnforceError::LoadRefused { program: hook.name }
+            EnforceError::LoadRefused {
+                program: hook.program,
+            }
         } else {
             EnforceError::Load {
-                program: hook.name,
+                program: hook.program,
                 source,
             }
         }
     })?;
     program.attach().map_err(|source| EnforceError::Attach {
-        program: hook.name,
+        program: hook.program,
         source,
     })
 }

@@ -430,8 +430,14 @@ mod tests {
         for id in 1..=guard_common::hook::LINK_AWAY {
             let (hook, action) = super::hook_name(id);
             assert_ne!(hook, "unknown", "hook id {id} has no name");
-            assert!(hooks.contains(&format!("`{hook}`")), "`{hook}` is not documented");
-            assert!(actions.contains(&format!("`{action}`")), "`{action}` is not documented");
+            assert!(
+                hooks.contains(&format!("`{hook}`")),
+                "`{hook}` is not documented"
+            );
+            assert!(
+                actions.contains(&format!("`{action}`")),
+                "`{action}` is not documented"
+            );
         }
     }
     use super::*;

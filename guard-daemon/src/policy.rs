@@ -209,6 +209,9 @@ pub enum ExecTarget {
     },
     /// Every file below this directory, by resolved path.
     Subtree(PathBuf),
+    /// Every file with this content (deny rules only): hashed by the
+    /// kernel's IMA at each exec.
+    Content(Sha256),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -688,20 +691,35 @@ fn exec_rule(
     effect: Effect,
     location: Location,
 ) -> Result<Rule<ExecTarget>, PolicyError> {
-    let keys: &[&str] = match effect {
-        Effect::Allow => &["path", "subtree", "sha256"],
-        _ => &["path", "subtree"],
+    only_keys(&rule, location, "exec", &["path", "subtree", "sha256"])?;
+    let sha256 = || {
+        rule.sha256
+            .as_deref()
+            .map(|hex| parse_sha256(&rule.id, hex, location))
+            .transpose()
     };
-    only_keys(&rule, location, "exec", keys)?;
+    if effect == Effect::Deny {
+        // A deny rule names files (`path`, `subtree`) or a content
+        // (`sha256`): every copy of it.
+        if rule.sha256.is_some() {
+            if rule.path.is_some() || rule.subtree.is_some() {
+                return Err(PolicyError::new(
+                    location,
+                    format!(
+                        "rule `{}`: a deny rule names files by `path` or `subtree`, or every copy of a content by `sha256` alone, not both",
+                        rule.id
+                    ),
+                ));
+            }
+            let target = ExecTarget::Content(sha256()?.expect("present"));
+            return rule_of(rule, effect, target, location);
+        }
+    }
     one_target(&rule, location, &["path", "subtree"])?;
     let target = match (&rule.path, &rule.subtree) {
         (Some(path), _) => ExecTarget::Path {
             path: absolute_path(&rule.id, path, location, MAX_EXEC_RULE_PATH)?,
-            sha256: rule
-                .sha256
-                .as_deref()
-                .map(|hex| parse_sha256(&rule.id, hex, location))
-                .transpose()?,
+            sha256: sha256()?,
         },
         (_, Some(_)) if rule.sha256.is_some() => {
             return Err(PolicyError::new(
@@ -1184,10 +1202,20 @@ agents:
         let deny = one_profile(
             "  - name: a\n    exec:\n      deny:\n        - id: r\n          path: /bin/sh\n          sha256: abc\n",
         );
+        // A deny rule's `sha256` stands alone: every copy of a content.
         assert!(
-            error(&deny).reason.contains("`sha256` is not a key"),
+            error(&deny).reason.contains("by `sha256` alone, not both"),
             "{}",
             error(&deny)
+        );
+        let content = one_profile(&format!(
+            "  - name: a\n    exec:\n      deny:\n        - id: r\n          sha256: {}\n",
+            "ab".repeat(32)
+        ));
+        let policy = parse(&content).unwrap();
+        assert_eq!(
+            policy.profiles[0].exec[0].target,
+            ExecTarget::Content([0xab; 32])
         );
         let short = one_profile(
             "  - name: a\n    exec:\n      allow:\n        - id: r\n          path: /bin/sh\n          sha256: abc\n",
@@ -1238,7 +1266,10 @@ agents:
         let e = error(&one_profile(
             "  - name: a\n    network:\n      deny:\n        - id: p\n          cidr: 10.0.0.0/8\n          ports: [1]\n",
         ));
-        assert!(e.reason.contains("a port (`443`) or a range of ports"), "{e}");
+        assert!(
+            e.reason.contains("a port (`443`) or a range of ports"),
+            "{e}"
+        );
         let e = error(&one_profile("  - name: a\n    default: maybe\n"));
         assert!(e.reason.contains("`allow`, `deny`, or a map"), "{e}");
         // The parser's budget, as its error names it.

@@ -60,7 +60,9 @@ fn whole_lines_end(file: &mut File, end: u64) -> io::Result<u64> {
         let start = stop.saturating_sub(CHUNK);
         file.seek(SeekFrom::Start(start))?;
         buf.clear();
-        Read::by_ref(file).take(stop - start).read_to_end(&mut buf)?;
+        Read::by_ref(file)
+            .take(stop - start)
+            .read_to_end(&mut buf)?;
         if let Some(at) = buf.iter().rposition(|&b| b == b'\n') {
             return Ok(start + at as u64 + 1);
         }

@@ -17,8 +17,8 @@ const STICKY: u32 = 0o1000;
 /// can rename or remove it.
 pub fn check_owned(path: &Path) -> Result<(), String> {
     let owner = nix::unistd::geteuid().as_raw();
-    let path = std::path::absolute(path)
-        .map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
+    let path =
+        std::path::absolute(path).map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
     let mut at: PathBuf = PathBuf::new();
     let mut checked = Vec::new();
     for component in path.components() {
@@ -35,17 +35,28 @@ pub fn check_owned(path: &Path) -> Result<(), String> {
             && !(meta.is_dir() && meta.mode() & STICKY != 0 && !is_target)
             && !meta.file_type().is_symlink()
         {
-            Some(format!("is writable by others (mode {:o})", meta.mode() & 0o7777))
+            Some(format!(
+                "is writable by others (mode {:o})",
+                meta.mode() & 0o7777
+            ))
         } else {
             None
         };
         if let Some(whose) = whose {
-            let what = if is_target { "" } else { "a directory above it, " };
+            let what = if is_target {
+                ""
+            } else {
+                "a directory above it, "
+            };
             return Err(format!(
                 "{} is not trusted: {what}{} {whose}, so someone other than {} could replace it. Make it owned by root and writable by root only",
                 path.display(),
                 at.display(),
-                if owner == 0 { "root".to_string() } else { format!("uid {owner}") },
+                if owner == 0 {
+                    "root".to_string()
+                } else {
+                    format!("uid {owner}")
+                },
             ));
         }
     }

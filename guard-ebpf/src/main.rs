@@ -24,14 +24,15 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use guard_common::{
-    AgentEntry, AgentKey, Counter, EVENT_PATH_LEN, EXEC_PATH_KEY_LEN, Event, ExceptionKey, LOCKED,
-    LsmHook, NO_RULE, NetKey, NetRuleSet, RuleRef, SELF_PROTECTION, action, agent_flag, budget,
-    event_flag, exec_flag, hook, lsm, mode, object, protocol, spool_flag, verdict,
+    AgentEntry, AgentKey, Counter, DigestKey, EVENT_PATH_LEN, EXEC_PATH_KEY_LEN, Event,
+    ExceptionKey, HASH_ALGO_SHA256, LOCKED, LsmHook, NO_RULE, NetKey, NetRuleSet, RuleRef,
+    SELF_PROTECTION, action, agent_flag, budget, event_flag, exec_flag, hook, lsm, mode, object,
+    protocol, spool_flag, verdict,
 };
 use kernel::{Identity, Kptr, ReadError};
 use maps::{
-    AGENTS, COUNTERS, DENIALS, EVENTS, EXEC_IDENTITY, EXEC_PATHS, GENERATION, HOST_ADDRS,
-    NET_RULES, PathScratch, SPOOL_STATE,
+    AGENTS, COUNTERS, DENIALS, EVENTS, EXEC_DIGESTS, EXEC_IDENTITY, EXEC_PATHS, GENERATION,
+    HOST_ADDRS, NET_RULES, PathScratch, SPOOL_STATE,
 };
 
 const EPERM: i32 = 1;
@@ -315,11 +316,7 @@ fn record(agent: &Agent, hook_id: u32, decision: &Decision, fill: impl FnOnce(&m
         generated::bpf_get_current_comm(addr_of_mut!((*event).comm).cast(), 16);
         fill(&mut *event);
     }
-    let flags = if notable {
-        0
-    } else {
-        BPF_RB_NO_WAKEUP as u64
-    };
+    let flags = if notable { 0 } else { BPF_RB_NO_WAKEUP as u64 };
     entry.submit(flags);
     true
 }
@@ -409,20 +406,7 @@ fn try_exec(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
             .then_some(pinned.rule),
         found => found.map(|r| r.rule),
     };
-    // SAFETY: the path pointer is the file's typed f_path; the buffer is a map value of D_PATH_LEN bytes.
-    let path_len = unsafe {
-        generated::bpf_d_path(
-            kernel::file_path(file) as *mut _,
-            scratch.d_path.as_mut_ptr() as *mut _,
-            maps::D_PATH_LEN as u32,
-        )
-    };
-    // bpf_d_path returns the length including the NUL.
-    let path_len = if path_len > 0 {
-        path_len as usize - 1
-    } else {
-        0
-    };
+    let path_len = d_path(file, scratch);
     if rule.is_none() && path_len > 0 {
         let key = &mut scratch.exec_key;
         key.data.profile = agent.entry.profile.to_be_bytes();
@@ -439,6 +423,77 @@ fn try_exec(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     let mut decision = Decision::new(agent, rule, agent_flag::EXEC_DEFAULT_DENY);
     guardrails::approve(&mut decision, &program_key(agent, identity));
     Ok(decided(agent, hook::EXEC, &decision, |event| {
+        set_identity(event, Some(identity));
+        set_path(event, scratch.d_path.as_ptr(), path_len, 0);
+    }))
+}
+
+/// The resolved path of `file` (a BTF-typed pointer) into
+/// `scratch.d_path`; its length without the NUL, 0 if it has none.
+#[inline(always)]
+fn d_path(file: Kptr, scratch: &mut PathScratch) -> usize {
+    // SAFETY: the path pointer is the file's typed f_path; the buffer is a
+    // map value of D_PATH_LEN bytes.
+    let len = unsafe {
+        generated::bpf_d_path(
+            kernel::file_path(file) as *mut _,
+            scratch.d_path.as_mut_ptr() as *mut _,
+            maps::D_PATH_LEN as u32,
+        )
+    };
+    // bpf_d_path returns the length including the NUL.
+    if len > 0 { len as usize - 1 } else { 0 }
+}
+
+/// Denies executing a file whose content an exec deny rule names by
+/// SHA-256: every copy, whatever its name, a memfd included. Sleepable: the
+/// kernel's IMA hashes the file (once; it keeps the hash until the file
+/// changes).
+#[lsm(hook = "bprm_check_security", sleepable)]
+#[inline(always)]
+fn exec_content(ctx: LsmContext) -> i32 {
+    decide_hook(&ctx, lsm::EXEC_CONTENT, |agent| {
+        if agent.entry.flags & agent_flag::EXEC_DIGESTS == 0 {
+            return Ok(false);
+        }
+        try_exec_content(&ctx)
+    })
+}
+
+fn try_exec_content(ctx: &LsmContext) -> Result<bool, ReadError> {
+    let bprm: Kptr = ctx.arg(0);
+    // SAFETY: the verifier checks this load against the kernel's BTF; the
+    // IMA helper needs the typed pointer.
+    let file: Kptr =
+        unsafe { core::ptr::read_volatile(bprm.add(kernel::bprm_file_offset()) as *const Kptr) };
+    let mut key = DigestKey::default();
+    // SAFETY: `file` is the typed `struct file *`; the buffer is 32 bytes.
+    let algo = unsafe {
+        generated::bpf_ima_file_hash(
+            file as *mut _,
+            key.sha256.as_mut_ptr() as *mut core::ffi::c_void,
+            32,
+        )
+    };
+    if algo != HASH_ALGO_SHA256 {
+        // No hash, or IMA hashes with another algorithm: undecidable.
+        return Err(-1);
+    }
+    // Hashing may sleep: decide with the generation in force now.
+    let Some(agent) = current_agent() else {
+        return Ok(false);
+    };
+    key.profile = agent.entry.profile;
+    // SAFETY: the value is a plain Copy struct, copied out at once.
+    let Some(rule) = (unsafe { EXEC_DIGESTS.get(&key) }).copied() else {
+        return Ok(false);
+    };
+    let identity = kernel::inode_identity(kernel::file_inode(file)?)?;
+    let mut decision = Decision::new(&agent, Some(rule), 0);
+    guardrails::approve(&mut decision, &program_key(&agent, identity));
+    let scratch = scratch()?;
+    let path_len = d_path(file, scratch);
+    Ok(decided(&agent, hook::EXEC, &decision, |event| {
         set_identity(event, Some(identity));
         set_path(event, scratch.d_path.as_ptr(), path_len, 0);
     }))

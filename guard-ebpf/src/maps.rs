@@ -4,12 +4,14 @@
 use aya_ebpf::{
     btf_maps::{Array, ArrayOfMaps},
     macros::{btf_map, map},
-    maps::{Array as PlainArray, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{
+        Array as PlainArray, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key,
+    },
 };
 use guard_common::{
     AgentEntry, AgentKey, BUDGETS, BudgetKey, BudgetState, COUNTER_SLOTS, DestinationKey,
-    EVENT_PATH_LEN, Exception, ExceptionKey, ExecIdentityRule, ExecPathKey, GenerationInfo,
-    IdentityKey, NameKey, NetKey, NetRuleSet, OwnNameKey, RuleRef, SLOTS, capacity,
+    DigestKey, EVENT_PATH_LEN, Exception, ExceptionKey, ExecIdentityRule, ExecPathKey,
+    GenerationInfo, IdentityKey, NameKey, NetKey, NetRuleSet, OwnNameKey, RuleRef, SLOTS, capacity,
 };
 
 /// The generation in force: element 0 is an array map holding its
@@ -43,6 +45,11 @@ pub static EXEC_IDENTITY: HashMap<IdentityKey, ExecIdentityRule> =
 #[map]
 pub static EXEC_PATHS: LpmTrie<ExecPathKey, RuleRef> =
     LpmTrie::with_max_entries(capacity::EXEC_PATHS * SLOTS, 0);
+
+/// (profile, SHA-256) → rule: exec deny rules by content.
+#[map]
+pub static EXEC_DIGESTS: HashMap<DigestKey, RuleRef> =
+    HashMap::with_max_entries(capacity::EXEC_DIGESTS * SLOTS, 0);
 
 /// (profile, dev, ino) → rule: protected files and directory subtrees.
 #[map]

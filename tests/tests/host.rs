@@ -137,5 +137,8 @@ fn guardd_help_says_the_programs_stay_attached() {
     let (code, stdout, _) = run(Command::new(bin("guardd")).arg("--help"));
     assert_eq!(code, Some(0));
     assert!(stdout.contains("stay attached"), "{stdout}");
-    assert!(!stdout.contains("detaches the programs and exits"), "{stdout}");
+    assert!(
+        !stdout.contains("detaches the programs and exits"),
+        "{stdout}"
+    );
 }

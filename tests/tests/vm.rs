@@ -3719,7 +3719,9 @@ fn the_way_to_guards_files_cannot_be_swapped() {
     fs::create_dir_all(&dir).unwrap();
     let tool = e.p("tools/denied-tool");
     let policy = policy_of(
-        &format!("  - name: s\n    default: allow\n    exec:\n      deny:\n        - id: no-tool\n          path: {tool}\n"),
+        &format!(
+            "  - name: s\n    default: allow\n    exec:\n      deny:\n        - id: no-tool\n          path: {tool}\n"
+        ),
         &["s"],
     );
     let root = "guard-swap-test";
@@ -3736,11 +3738,19 @@ fn the_way_to_guards_files_cannot_be_swapped() {
     let moved = e.p("swap.moved");
     // The directory of the policy, records and sockets, and the one above.
     tamper(&guardd, &["rename", &s(&dir), &moved], "rename");
-    tamper(&guardd, &["rename", &s(&e.dir), "/tmp/guard-vm.moved"], "rename");
+    tamper(
+        &guardd,
+        &["rename", &s(&e.dir), "/tmp/guard-vm.moved"],
+        "rename",
+    );
     // A permissive policy renamed over the one in force.
     let permissive = e.path("permissive.yaml");
     fs::write(&permissive, policy_of(&open_profile("s"), &["s"])).unwrap();
-    tamper(&guardd, &["rename", &s(&permissive), &s(&guardd.policy)], "rename");
+    tamper(
+        &guardd,
+        &["rename", &s(&permissive), &s(&guardd.policy)],
+        "rename",
+    );
     tamper(&guardd, &["rename", &s(&guardd.events), &moved], "rename");
     for socket in [&guardd.socket, &guardd.api_socket] {
         tamper(&guardd, &["unlink", &s(socket)], "unlink");
@@ -3750,7 +3760,10 @@ fn the_way_to_guards_files_cannot_be_swapped() {
     // An agent that outlives guardd tries to plant its own socket there.
     let control = s(&guardd.socket);
     let planter = guardd
-        .probe_command(&["--agent", "s"], &["each", "@3000", &format!("create:{control}")])
+        .probe_command(
+            &["--agent", "s"],
+            &["each", "@3000", &format!("create:{control}")],
+        )
         .current_dir(&e.dir)
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -3765,7 +3778,11 @@ fn the_way_to_guards_files_cannot_be_swapped() {
     let guardd = Guardd::start(&dir, &policy, root);
     assert_eq!(guardd.status()["policy_sha256"], sha);
     let denied = guardd.probe("s", &e.dir, &["exec", &tool]);
-    assert_eq!(denied.errno, Some(EPERM), "the policy in force still denies");
+    assert_eq!(
+        denied.errno,
+        Some(EPERM),
+        "the policy in force still denies"
+    );
 }
 
 /// guardd loads only a policy that root alone can change, and starts only
@@ -3785,8 +3802,15 @@ fn guardd_trusts_only_roots_files_and_guardctl_only_roots_sockets() {
     fs::set_permissions(&guardd.policy, fs::Permissions::from_mode(0o600)).unwrap();
     let stderr = String::from_utf8_lossy(&reload.stderr);
     assert_eq!(reload.status.code(), Some(4), "{stderr}");
-    assert!(stderr.contains("is writable by others (mode 666)"), "{stderr}");
-    assert_eq!(guardd.status()["generation"], generation, "the policy in force stays");
+    assert!(
+        stderr.contains("is writable by others (mode 666)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        guardd.status()["generation"],
+        generation,
+        "the policy in force stays"
+    );
 
     // A policy in a directory anyone may write to: guardd does not start.
     let open = dir.join("open");
@@ -3827,7 +3851,10 @@ fn guardd_trusts_only_roots_files_and_guardctl_only_roots_sockets() {
         assert!(Instant::now() < deadline, "the fake socket did not appear");
         std::thread::sleep(Duration::from_millis(20));
     }
-    for (flag, args) in [("--socket", &["status"][..]), ("--api-socket", &["sessions"])] {
+    for (flag, args) in [
+        ("--socket", &["status"][..]),
+        ("--api-socket", &["sessions"]),
+    ] {
         let output = std::process::Command::new(bin("guardctl"))
             .arg(flag)
             .arg(&fake)
@@ -3906,10 +3933,16 @@ fn a_full_disk_is_survived_and_nothing_is_left_half_written() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let loss = loop {
         let text = fs::read_to_string(&guardd.events).unwrap();
-        if let Some(line) = text.lines().find(|l| l.contains(r#""stage":"events_file""#)) {
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains(r#""stage":"events_file""#))
+        {
             break serde_json::from_str::<Value>(line).unwrap();
         }
-        assert!(Instant::now() < deadline, "no loss line once space returned");
+        assert!(
+            Instant::now() < deadline,
+            "no loss line once space returned"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(loss["loss"]["records"].as_u64().unwrap() >= 2, "{loss}");
@@ -3942,9 +3975,16 @@ fn a_full_disk_is_survived_and_nothing_is_left_half_written() {
     };
     assert!(!text.contains("99999"), "the torn line is cut");
     let verify = guardd.guardctl(&["audit", "verify", &events.display().to_string()]);
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
     drop(guardd);
-    std::process::Command::new("umount").arg(&dir).status().unwrap();
+    std::process::Command::new("umount")
+        .arg(&dir)
+        .status()
+        .unwrap();
 }
 
 /// A denial in the middle of a flood of allowed, recorded actions keeps its
@@ -3960,7 +4000,10 @@ fn a_denial_is_recorded_among_a_flood_of_allowed_records() {
     );
     let guardd = Guardd::start(&dir, &policy, "guard-lane-test");
     let flood = guardd
-        .probe_command(&["--agent", "f"], &["connect-udp-flood", "127.0.0.1:40050", "200000"])
+        .probe_command(
+            &["--agent", "f"],
+            &["connect-udp-flood", "127.0.0.1:40050", "200000"],
+        )
         .current_dir(&dir)
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -3971,7 +4014,10 @@ fn a_denial_is_recorded_among_a_flood_of_allowed_records() {
     assert!(flood.wait_with_output().unwrap().status.success());
     let (made, written, lost) = settled(&guardd);
     eprintln!("flood: {made} records made, {written} written, {lost} lost");
-    assert!(lost > 0, "the flood did not outrun guardd, so nothing was tested");
+    assert!(
+        lost > 0,
+        "the flood did not outrun guardd, so nothing was tested"
+    );
     let r = guardd.record(denied.pid, |r| r["verdict"] == "deny");
     assert_eq!(r["rule"], "the-one-denial", "{r}");
     assert_eq!(guardd.status()["counters"]["denials_lost"], 0);
@@ -4002,7 +4048,9 @@ fn a_hard_link_cannot_take_a_protected_file_out_of_reach() {
         "files-sqlite",
     );
     // Monitor mode: would have been denied.
-    let watched = e.guardd.probe(WATCHER, &e.dir, &["link", &s(&protected), &s(&away)]);
+    let watched = e
+        .guardd
+        .probe(WATCHER, &e.dir, &["link", &s(&protected), &s(&away)]);
     assert_eq!(watched.errno, None);
     let r = e.guardd.record(watched.pid, |r| r["action"] == "link_away");
     assert_eq!(r["verdict"], "would_deny", "{r}");
@@ -4079,4 +4127,53 @@ fn listing_commands_end_quietly_on_a_closed_pipe() {
             output.status
         );
     }
+}
+
+/// An exec deny rule by content (`sha256` alone) refuses every copy of the
+/// program: under another name, and its bytes in a memfd. Other programs
+/// run.
+#[test]
+fn a_deny_rule_by_content_denies_every_copy() {
+    let e = env();
+    let dir = e.path("content");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    // A program of its own content: guard-probe with bytes after its end.
+    let forbidden = dir.join("forbidden");
+    let mut bytes = fs::read(bin("guard-probe")).unwrap();
+    bytes.extend_from_slice(b"forbidden content");
+    fs::write(&forbidden, &bytes).unwrap();
+    fs::set_permissions(&forbidden, fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join("an-innocent-name");
+    copy_executable(&forbidden, &copy);
+    let policy = policy_of(
+        &format!(
+            "  - name: c\n    default: allow\n    exec:\n      deny:\n        - id: no-such-content\n          sha256: {}\n          message: a program we never run, whatever its name\n",
+            sha256_of(&forbidden)
+        ),
+        &["c"],
+    );
+    let guardd = Guardd::start(&dir, &policy, "guard-content-test");
+    let s = |p: &Path| p.display().to_string();
+    for (op, target) in [
+        ("exec", &forbidden),
+        ("exec", &copy),
+        ("exec-memfd", &forbidden),
+    ] {
+        let outcome = guardd.probe("c", &e.dir, &[op, &s(target), "true"]);
+        assert_eq!(outcome.errno, Some(EPERM), "{op} {}", target.display());
+        let r = guardd.record(outcome.pid, |r| r["verdict"] == "deny");
+        assert_eq!(r["action"], "exec", "{r}");
+        assert_eq!(r["rule"], "no-such-content", "{r}");
+    }
+    let allowed = guardd.probe("c", &e.dir, &["exec", &e.p("tools/allowed-tool"), "true"]);
+    assert_eq!(allowed.errno, None);
+    let status = guardd.status();
+    let hook = status["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "exec_content")
+        .cloned();
+    assert_eq!(hook.map(|h| h["attached"].clone()), Some(Value::Bool(true)));
 }

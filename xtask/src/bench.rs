@@ -23,6 +23,11 @@ const CONFIGS: &[(&str, &str, Option<f64>)] = &[
         Some(0.05),
     ),
     ("tagged_denied", "tagged, denied", None),
+    (
+        "tagged_content",
+        "tagged, allowed, the profile has an exec rule by content (IMA hash)",
+        None,
+    ),
     ("baseline_again", "no programs loaded, measured again", None),
     ("auditd", "auditd recording the same calls (peer)", None),
 ];

@@ -63,10 +63,13 @@ impl Builtins {
                 .map(|(dir, name)| dir.join(name));
             for path in [Some(path), real].into_iter().flatten() {
                 for at in path.ancestors() {
-                    if let Some(key) = at.parent().zip(at.file_name()).and_then(|(dir, name)| entry_key(dir, name)) {
-                        if !names.contains(&key) {
-                            names.push(key);
-                        }
+                    if let Some(key) = at
+                        .parent()
+                        .zip(at.file_name())
+                        .and_then(|(dir, name)| entry_key(dir, name))
+                        && !names.contains(&key)
+                    {
+                        names.push(key);
                     }
                 }
             }
@@ -133,11 +136,15 @@ mod tests {
         std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
         let builtins = Builtins::new(Canary::prepare().unwrap(), vec![]);
         let names = builtins.own_names(&[dir.path().join("link/control.sock")]);
-        let has = |dir: &Path, name: &str| names.contains(&entry_key(dir, OsStr::new(name)).unwrap());
+        let has =
+            |dir: &Path, name: &str| names.contains(&entry_key(dir, OsStr::new(name)).unwrap());
         assert!(has(&real, "control.sock"));
         assert!(has(dir.path(), "link"));
         assert!(has(dir.path(), "real"));
-        assert!(has(dir.path().parent().unwrap(), dir.path().file_name().unwrap().to_str().unwrap()));
+        assert!(has(
+            dir.path().parent().unwrap(),
+            dir.path().file_name().unwrap().to_str().unwrap()
+        ));
         assert!(has(Path::new("/"), "tmp"));
         assert!(!has(dir.path(), "other"));
     }

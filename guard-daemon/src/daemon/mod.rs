@@ -35,7 +35,7 @@ use tracing::{error, info, warn};
 use writer::{Out, RecordWriter};
 
 use crate::{
-    api::{AuditService},
+    api::AuditService,
     canary::{self, Canary},
     cgroup::{self, GuardRoot},
     chain::Chain,
@@ -814,16 +814,21 @@ impl State {
         let hooks = lsm::ALL
             .iter()
             .map(|hook| {
-                let attached = attachment.attached.contains(&hook.name);
+                let attached = attachment.attached.contains(&hook.program);
+                let missing = if hook.program == lsm::EXEC_CONTENT.program {
+                    "cannot run on this kernel (it needs IMA); exec rules by content are refused"
+                } else {
+                    "not in this kernel; older hooks cover its routes"
+                };
                 HookStatus {
-                    name: hook.name.into(),
+                    name: hook.program.into(),
                     attached,
                     enforcing: attached
-                        && (self.readiness.is_ok() || !canaried.contains(hook.name)),
+                        && (self.readiness.is_ok() || !canaried.contains(hook.program)),
                     note: attachment
                         .unavailable
-                        .contains(&hook.name)
-                        .then(|| "not in this kernel; older hooks cover its routes".into()),
+                        .contains(&hook.program)
+                        .then(|| missing.into()),
                 }
             })
             .collect();
@@ -999,10 +1004,7 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
             "adopted the programs the previous guardd left attached: agents stayed confined while no guardd ran"
         );
     }
-    state
-        .enforcer
-        .set_own_names(&own_names)
-        .map_err(failure)?;
+    state.enforcer.set_own_names(&own_names).map_err(failure)?;
     state.state_file = Some(persistence.state_file.clone());
     state.keep();
     state.why = why::Why::new(config.why_dir.clone());

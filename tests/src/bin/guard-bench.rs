@@ -344,11 +344,15 @@ fn per_hook_round(targets: &Targets, round: u32) {
     // 5. Tagged and denied.
     guardd.reload(&targets.policy(false, 0)).expect("reload");
     run("tagged_denied", Some(&guardd), &targets.denied);
+    // 6. Tagged, allowed, with an exec rule by content: each exec hashed
+    // (IMA keeps a file's hash until it changes).
+    guardd.reload(&targets.content_policy()).expect("reload");
+    run("tagged_content", Some(&guardd), &targets.allowed[..1]);
     drop(guardd);
     // The baseline again: how far two measurements of the same thing
     // differ in this run (the noise floor).
     run("baseline_again", None, &targets.allowed);
-    // 6. The peer: Linux auditd recording the same system calls, no Guard.
+    // 7. The peer: Linux auditd recording the same system calls, no Guard.
     match Auditd::start(&targets.dir) {
         Ok(auditd) => {
             run("auditd", None, &targets.allowed);
@@ -791,6 +795,19 @@ impl Targets {
             text += &format!("        - id: extra-{i}\n          cidr: 10.{a}.{b}.{c}/32\n");
         }
         text + "agents:\n  - name: bench\n    profile: bench\n"
+    }
+
+    /// [`Self::policy`] with an exec deny rule by content that matches no
+    /// program here: every exec is hashed and looked up.
+    fn content_policy(&self) -> String {
+        self.policy(false, 0).replacen(
+            "    files:\n",
+            &format!(
+                "        - id: no-content\n          sha256: \"{}\"\n    files:\n",
+                "0".repeat(64)
+            ),
+            1,
+        )
     }
 }
 
