@@ -3812,6 +3812,35 @@ fn guardd_trusts_only_roots_files_and_guardctl_only_roots_sockets() {
         "the policy in force stays"
     );
 
+    // An events file put in the place of the one guardd wrote is not
+    // continued.
+    let (events, state) = (guardd.events.clone(), dir.join("state.json"));
+    drop(guardd);
+    let planted = dir.join("planted.jsonl");
+    fs::copy(&events, &planted).unwrap();
+    fs::rename(&planted, &events).unwrap();
+    let refused = std::process::Command::new(bin("guardd"))
+        .arg("--policy")
+        .arg(dir.join("policy.yaml"))
+        .args(["--cgroup-root", "guard-trust-test", "--events"])
+        .arg(&events)
+        .arg("--socket")
+        .arg(dir.join("control.sock"))
+        .arg("--api-socket")
+        .arg(dir.join("api.sock"))
+        .arg("--state-file")
+        .arg(&state)
+        .arg("--why-dir")
+        .arg(dir.join("why"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is not the events file guardd last wrote"),
+        "{stderr}"
+    );
+
     // A policy in a directory anyone may write to: guardd does not start.
     let open = dir.join("open");
     fs::create_dir_all(&open).unwrap();

@@ -15,6 +15,9 @@ pub struct Kept {
     pub generation: u64,
     pub policy: String,
     pub sessions: Vec<KeptSession>,
+    /// The identity (device, inode) of the events file it wrote.
+    #[serde(default)]
+    pub events: Option<(u32, u64)>,
 }
 
 impl Kept {
@@ -40,6 +43,27 @@ impl Kept {
         out.write_all(&text)?;
         out.set_len(text.len() as u64)?;
         out.sync_data()
+    }
+
+    /// Checks that `events` is the events file the previous guardd wrote
+    /// (or a new, empty one): a file put in its place would have guardd
+    /// continue someone else's chain.
+    pub fn check_events(&self, events: &Path) -> Result<(), String> {
+        let (Some(expected), Ok(meta)) = (self.events, std::fs::metadata(events)) else {
+            return Ok(());
+        };
+        let found = crate::compile::identity(events).map_err(|e| e.to_string())?;
+        if meta.len() == 0 || found == expected {
+            return Ok(());
+        }
+        Err(format!(
+            "{} is not the events file guardd last wrote (device {} inode {}, now device {} inode {}): it was replaced. Put the original back, or move this one aside to start a new chain",
+            events.display(),
+            expected.0,
+            expected.1,
+            found.0,
+            found.1
+        ))
     }
 
     /// What `file` keeps; nothing if it is missing, empty or unreadable

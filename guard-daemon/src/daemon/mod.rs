@@ -273,6 +273,8 @@ pub struct State {
     /// Where the generation in force and the live sessions are kept for
     /// the next guardd, on every change.
     state_file: Option<PathBuf>,
+    /// The events file, whose identity is kept with the state.
+    events_file: Option<PathBuf>,
     /// Each session's last denials, for its agent to read.
     why: why::Why,
     tickets: approvals::Tickets,
@@ -322,6 +324,7 @@ impl State {
             last_rejected: None,
             // Set once started: a guardd that fails to start keeps nothing.
             state_file: None,
+            events_file: None,
             why: why::Why::default(),
             tickets: approvals::Tickets::default(),
             notes: Vec::new(),
@@ -750,6 +753,10 @@ impl State {
             generation: current.number,
             policy: current.text.clone(),
             sessions: self.sessions.kept(),
+            events: self
+                .events_file
+                .as_deref()
+                .and_then(|events| compile::identity(events).ok()),
         };
         if let Err(e) = kept.write(file) {
             warn!(file = %file.display(), "cannot keep the state for the next guardd: {e}");
@@ -977,6 +984,7 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     let own_names = builtins.own_names(&sockets);
     if let Some(events) = &config.events {
         crate::trust::check_owned(events)
+            .and_then(|()| kept::Kept::read(&config.state_file).check_events(events))
             .map_err(|e| failure(anyhow::anyhow!("refusing to continue the events file: {e}")))?;
     }
     let policy = load_own_policy(&config.policy, &builtins)?;
@@ -1006,6 +1014,7 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     }
     state.enforcer.set_own_names(&own_names).map_err(failure)?;
     state.state_file = Some(persistence.state_file.clone());
+    state.events_file = config.events.clone();
     state.keep();
     state.why = why::Why::new(config.why_dir.clone());
     let kept: Vec<Session> = state.sessions.live().cloned().collect();
