@@ -319,12 +319,16 @@ impl RecordWriter {
         }
     }
 
-    /// Makes what was written visible: the shipper and metrics told.
+    /// Makes what was written visible: the shipper (woken only when there
+    /// is something new) and the metrics told.
     pub fn flush(&mut self) {
-        self.written.send_replace(self.chain.next_seq() - 1);
-        self.metrics
-            .written_seq
-            .set((self.chain.next_seq() - 1) as i64);
+        let last = self.chain.next_seq() - 1;
+        self.written.send_if_modified(|written| {
+            let new = *written != last;
+            *written = last;
+            new
+        });
+        self.metrics.written_seq.set(last as i64);
     }
 
     /// While the events file refuses writes, tries it again every
