@@ -447,8 +447,7 @@ fn d_path(file: Kptr, scratch: &mut PathScratch) -> usize {
 
 /// Denies executing a file whose content an exec deny rule names by
 /// SHA-256: every copy, whatever its name, a memfd included. Sleepable: the
-/// kernel's IMA hashes the file (once; it keeps the hash until the file
-/// changes).
+/// kernel's IMA hashes the whole file at each exec.
 #[lsm(hook = "bprm_check_security", sleepable)]
 #[inline(always)]
 fn exec_content(ctx: LsmContext) -> i32 {

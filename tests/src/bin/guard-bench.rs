@@ -345,7 +345,7 @@ fn per_hook_round(targets: &Targets, round: u32) {
     guardd.reload(&targets.policy(false, 0)).expect("reload");
     run("tagged_denied", Some(&guardd), &targets.denied);
     // 6. Tagged, allowed, with an exec rule by content: each exec hashed
-    // (IMA keeps a file's hash until it changes).
+    // in full by IMA.
     guardd.reload(&targets.content_policy()).expect("reload");
     run("tagged_content", Some(&guardd), &targets.allowed[..1]);
     drop(guardd);
