@@ -45,12 +45,17 @@ pub mod logs {
     }
 
     /// Logs to stderr in `format`, filtered by `GUARD_LOG` (default `info`).
+    /// A log line that cannot be written (stderr on a full disk) is dropped:
+    /// the default would report it with `eprintln!`, which panics on that
+    /// same failure and would end the task that was logging, such as one
+    /// answering a control request.
     pub fn init(format: LogFormat) {
         let filter = tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG")
             .unwrap_or_else(|_| "info".into());
         let logs = tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr);
+            .with_writer(std::io::stderr)
+            .log_internal_errors(false);
         match format {
             LogFormat::Text => logs.init(),
             LogFormat::Json => logs.json().init(),

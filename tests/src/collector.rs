@@ -67,12 +67,18 @@ impl Collector {
     /// Starts a collector with `store` (sqlite:PATH or a PostgreSQL URL),
     /// logging to `dir/collector.log`, and waits until it serves.
     pub fn start(dir: &Path, store: &str) -> Collector {
+        Collector::start_logging_to(dir.join("collector.log"), store)
+    }
+
+    /// Starts a collector whose stderr is `log` (which may be a device such
+    /// as /dev/full), and waits until it accepts connections.
+    pub fn start_logging_to(log: PathBuf, store: &str) -> Collector {
         let mut collector = Collector {
             child: None,
             addr: format!("127.0.0.1:{}", free_port()),
             metrics: format!("127.0.0.1:{}", free_port()),
             store: store.into(),
-            log: dir.join("collector.log"),
+            log,
         };
         collector.restart();
         collector
@@ -87,7 +93,7 @@ impl Collector {
             .open(&self.log)
             .expect("open collector log");
         use std::io::Write as _;
-        writeln!(log, "--- start").unwrap();
+        let _ = writeln!(log, "--- start");
         let child = Command::new(bin("guard-collector"))
             .args(["--listen", &self.addr, "--store", &self.store])
             .args(["--metrics-listen", &self.metrics])
@@ -97,18 +103,28 @@ impl Collector {
             .expect("start guard-collector");
         self.child = Some(child);
         let start = Instant::now();
-        loop {
-            let text = fs::read_to_string(&self.log).unwrap_or_default();
-            let this_run = text.rsplit("--- start").next().unwrap_or("");
-            if this_run.contains("collecting") {
-                return;
-            }
+        while std::net::TcpStream::connect(&self.addr).is_err() {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().expect("wait for guard-collector"));
             assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "guard-collector did not start:\n{text}"
+                exited.is_none() && start.elapsed() < Duration::from_secs(20),
+                "guard-collector did not start ({exited:?}):\n{}",
+                self.log_of_this_run()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// What the collector logged since it last started, if its log is a
+    /// file.
+    fn log_of_this_run(&self) -> String {
+        if !fs::metadata(&self.log).is_ok_and(|m| m.is_file()) {
+            return String::new();
+        }
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        text.rsplit("--- start").next().unwrap_or("").to_string()
     }
 
     pub fn pid(&self) -> u32 {

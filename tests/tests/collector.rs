@@ -398,3 +398,21 @@ fn a_python_grpcio_client_follows_and_queries() {
         "{followed}"
     );
 }
+
+/// A collector whose log cannot be written (stderr on a full disk) goes on
+/// collecting: a log line is dropped, it does not end the task that logged.
+#[test]
+#[ignore = "needs the release binaries: cargo xtask test"]
+fn a_collector_whose_log_cannot_be_written_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("collector.db");
+    let collector =
+        Collector::start_logging_to("/dev/full".into(), &format!("sqlite:{}", db.display()));
+    let file = dir.path().join("full.jsonl");
+    write_events(&file, &stream(30, "full"));
+    assert_ok(&ship(&collector, &file, "host-full"), "ship");
+    assert_eq!(
+        seqs(&collector.query(&["--host", "host-full"])),
+        (1..=30).collect::<Vec<_>>()
+    );
+}
