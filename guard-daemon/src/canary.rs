@@ -16,14 +16,13 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::{
-    cgroup::GuardRoot,
-    launch,
-    policy::{
-        Access, AgentDef, Defaults, Destination, Effect, ExecTarget, FileTarget, Location, Mode,
-        NetTarget, Policy, PortRange, Profile, Protocol, Rule,
-    },
+use guard_api::launch;
+use guard_policy::policy::{
+    Access, AgentDef, Defaults, Destination, Effect, ExecTarget, FileTarget, Location, Mode,
+    NetTarget, Policy, PortRange, Profile, Protocol, Rule,
 };
+
+use crate::cgroup::GuardRoot;
 
 /// The canary's agent and profile name; user names cannot start with `.`.
 pub const AGENT: &str = ".canary";
@@ -207,7 +206,7 @@ pub fn probe(dir: &Path) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{compile::compile, policy::Policy};
+    use guard_policy::{compile::compile, policy::Policy};
 
     #[test]
     fn the_canary_profile_denies_one_action_per_hook_family() {

@@ -26,9 +26,10 @@ use guard_common::{
 };
 use sha2::{Digest, Sha256};
 
+use guard_policy::compile::CompiledPolicy;
+
 use crate::{
     cgroup::{CgroupError, GuardRoot},
-    compile::CompiledPolicy,
     kernel_layout::{KernelLayout, LayoutError},
 };
 

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
+use guard_api::record::{Ancestor, ProcessInfo};
 
 use crate::redact::Redactor;
 
@@ -53,23 +53,6 @@ impl ProcessCache {
         self.entries.insert(pid, (now, details.clone()));
         details
     }
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ProcessInfo {
-    /// Empty when it changed while guardd read it.
-    pub cmdline: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
-    /// Parent first, up to init.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ancestry: Vec<Ancestor>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Ancestor {
-    pub pid: u32,
-    pub comm: String,
 }
 
 /// The details of process `pid`, and whether a secret was masked in them;

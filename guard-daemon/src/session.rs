@@ -5,9 +5,10 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
+use guard_api::{session::Session, time::now_rfc3339};
 use serde::{Deserialize, Serialize};
 
 /// Most labels a session may carry.
@@ -18,66 +19,6 @@ const EMPTY_GRACE: Duration = Duration::from_secs(10);
 /// How long an ended session stays in the table, so that late records still
 /// name it.
 const ENDED_KEPT: Duration = Duration::from_secs(600);
-
-/// A session, as recorded and as `guardctl status` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Session {
-    pub id: String,
-    pub agent: String,
-    pub profile: String,
-    /// The launching user, from the control socket's peer credentials.
-    pub uid: u32,
-    pub user: Option<String>,
-    /// The launcher's login uid (the human behind `sudo`), when the kernel
-    /// tracks one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub login_uid: Option<u32>,
-    pub labels: BTreeMap<String, String>,
-    /// RFC 3339.
-    pub started: String,
-    /// The session that launched this one (a sub-agent).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub parent: Option<String>,
-    pub cgroup: u64,
-    /// RFC 3339, once the session's last process has exited.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ended: Option<String>,
-}
-
-/// What a session's records carry about it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionRef {
-    pub session: String,
-    pub user: User,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent_session: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct User {
-    pub uid: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub login_uid: Option<u32>,
-}
-
-impl Session {
-    pub fn reference(&self) -> SessionRef {
-        SessionRef {
-            session: self.id.clone(),
-            user: User {
-                uid: self.uid,
-                name: self.user.clone(),
-                login_uid: self.login_uid,
-            },
-            labels: self.labels.clone(),
-            parent_session: self.parent.clone(),
-        }
-    }
-}
 
 /// A live or recently ended session, with what the daemon needs to manage it.
 struct Entry {
@@ -229,10 +170,6 @@ fn contains_cgroup(dir: &Path, id: u64) -> bool {
         return true;
     }
     crate::cgroup::subdirs(dir).any(|sub| contains_cgroup(&sub, id))
-}
-
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
 /// A new session id: a random UUID from the kernel.

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use guard_daemon::chain::Chain;
+use guard_api::chain::Chain;
 use guard_tests::{
     bin,
     collector::{Collector, Postgres},

@@ -3217,7 +3217,7 @@ fn grpc_feed_follows_records_with_a_filter() {
 /// killed mid-stream.
 #[test]
 fn collector_stores_a_hosts_records_across_restarts() {
-    use guard_daemon::api::{now_nanos, rfc3339};
+    use guard_api::time::{now_nanos, rfc3339};
     use guard_tests::collector::Collector;
     use std::io::BufRead as _;
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod fuzz;
+mod layout;
 mod setup;
 mod vm;
 
@@ -32,6 +33,8 @@ enum Cmd {
     /// Everything: set-up, unit tests, host tests, and the kernel tests in
     /// VMs on every supported kernel series.
     Test,
+    /// Check that no modules of a crate import each other in a cycle.
+    Layout,
     /// Only the kernel tests in VMs.
     VmTest {
         /// Kernel series to test on (default: all).
@@ -148,6 +151,10 @@ fn build(repo: &Repo) -> Result<Artifacts> {
         "--release",
         "-p",
         "guard-daemon",
+        "-p",
+        "guardctl",
+        "-p",
+        "guard-collector",
         "-p",
         "guard-tests",
         "--bins",
@@ -428,6 +435,7 @@ fn main() -> Result<()> {
                 },
             )
         }
+        Cmd::Layout => layout::check(&repo),
         Cmd::Demo => demo(&repo),
         Cmd::Bench { host } => bench::bench(&repo, host),
         Cmd::Fuzz { seconds, target } => fuzz::fuzz(&repo, seconds, target),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use guard_common::{Event, ExceptionKey, hook, object};
 
-use crate::events::{Record, TicketNote, ticket_id};
+use guard_api::record::{Record, TicketNote, ticket_id};
 
 /// Tickets kept open at once; later approvable denials open none (logged).
 const MAX_OPEN: usize = 1024;
@@ -362,7 +362,7 @@ fn note(ticket: &Ticket, state: &str) -> TicketNote {
 fn step(entry: &Entry, action: &str, verdict: &str, by: Option<&Approver>) -> Record {
     let mut record = entry.denial.clone();
     record.seq = 0;
-    record.time = crate::api::rfc3339(crate::api::now_nanos());
+    record.time = guard_api::time::rfc3339(guard_api::time::now_nanos());
     record.hook = if by.is_some() { "guardctl" } else { "guardd" }.into();
     record.action = format!("ticket_{action}");
     record.verdict = verdict.into();

@@ -10,11 +10,10 @@ use std::{
 
 use guard_common::{OWN_NAME_LEN, OwnNameKey};
 
-use crate::{
-    canary::Canary,
-    events::SELF_PROTECTION_RULE,
-    policy::{Effect, FileTarget, Location, Policy, Rule},
-};
+use guard_api::record::SELF_PROTECTION_RULE;
+use guard_policy::policy::{Effect, FileTarget, Location, Policy, Rule};
+
+use crate::canary::Canary;
 
 pub struct Builtins {
     pub canary: Canary,
@@ -110,7 +109,7 @@ impl Builtins {
 
 /// The key of the entry `name` in the directory `dir`, if `dir` exists.
 fn entry_key(dir: &Path, name: &OsStr) -> Option<OwnNameKey> {
-    let (dir_dev, dir_ino) = crate::compile::identity(dir).ok()?;
+    let (dir_dev, dir_ino) = guard_policy::compile::identity(dir).ok()?;
     let bytes = name.as_bytes();
     let len = bytes.len().min(OWN_NAME_LEN);
     let mut key = OwnNameKey {
@@ -126,7 +125,7 @@ fn entry_key(dir: &Path, name: &OsStr) -> Option<OwnNameKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{compile::compile, policy::parse};
+    use guard_policy::{compile::compile, policy::parse};
 
     #[test]
     fn own_names_are_every_entry_on_the_way_including_links() {

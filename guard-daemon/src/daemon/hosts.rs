@@ -20,7 +20,7 @@ use hickory_resolver::{
 };
 use tracing::{info, warn};
 
-use crate::compile::{CompiledPolicy, default_deny_of, mapped};
+use guard_policy::compile::{CompiledPolicy, default_deny_of, mapped};
 
 /// Shortest and longest time an answer is kept before it is asked again.
 const MIN_KEEP: Duration = Duration::from_secs(1);
@@ -146,7 +146,7 @@ pub async fn resolve(resolver: &TokioResolver, name: &str) -> (Vec<IpAddr>, Dura
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{compile::compile, policy::parse};
+    use guard_policy::{compile::compile, policy::parse};
 
     #[test]
     fn resolved_addresses_carry_the_rule_and_rebinding_into_denied_ranges_is_dropped() {

@@ -52,7 +52,7 @@ impl Kept {
         let (Some(expected), Ok(meta)) = (self.events, std::fs::metadata(events)) else {
             return Ok(());
         };
-        let found = crate::compile::identity(events).map_err(|e| e.to_string())?;
+        let found = guard_policy::compile::identity(events).map_err(|e| e.to_string())?;
         if meta.len() == 0 || found == expected {
             return Ok(());
         }

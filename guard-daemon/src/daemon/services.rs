@@ -10,15 +10,13 @@ use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
 
 use super::{
-    Caller, Reason, State,
     approvals::{self, TicketError},
-    compile_policy, lock, reload,
+    caller::Caller,
+    config::compile_policy,
+    reload::reload,
+    state::{Reason, State, lock},
 };
-use crate::{
-    api::{self, pb},
-    control,
-    session::Session,
-};
+use guard_api::{control, pb, session::Session};
 
 #[derive(Clone)]
 pub struct LocalApi {
@@ -76,7 +74,7 @@ impl pb::policy_service_server::PolicyService for LocalApi {
         let text = request.into_inner().text;
         let builtins = lock(&self.state).builtins.clone();
         let checked =
-            tokio::task::spawn_blocking(move || compile_policy(text, "(request)", Some(&builtins)))
+            tokio::task::spawn_blocking(move || compile_policy(text, "(request)", &builtins))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(match checked {
@@ -113,7 +111,7 @@ impl pb::policy_service_server::PolicyService for LocalApi {
         }
         let text = request.text;
         let written = tokio::task::spawn_blocking(move || {
-            compile_policy(text.clone(), "(request)", Some(&builtins))
+            compile_policy(text.clone(), "(request)", &builtins)
                 .map_err(|fatal| Status::invalid_argument(fatal.to_string()))?;
             // Replace the file in one rename, so that a reload never reads
             // half of it.
@@ -148,10 +146,12 @@ impl pb::policy_service_server::PolicyService for LocalApi {
 
 fn session_info(s: &Session) -> pb::SessionInfo {
     pb::SessionInfo {
-        session: Some(api::session(&s.reference())),
+        session: Some(guard_api::audit::session(&s.reference())),
         agent: s.agent.clone(),
         profile: s.profile.clone(),
-        started: Some(api::timestamp(api::rfc3339_nanos(&s.started))),
+        started: Some(guard_api::time::timestamp(guard_api::time::rfc3339_nanos(
+            &s.started,
+        ))),
         cgroup: s.cgroup,
     }
 }
@@ -200,13 +200,15 @@ fn ticket(t: &approvals::Ticket) -> pb::Ticket {
         target: t.target.clone(),
         rule: t.rule.clone(),
         message: t.message.clone().unwrap_or_default(),
-        opened: Some(api::timestamp(api::rfc3339_nanos(&t.opened))),
+        opened: Some(guard_api::time::timestamp(guard_api::time::rfc3339_nanos(
+            &t.opened,
+        ))),
         denials: t.denials,
         once: t.once,
         expires: t
             .expires
             .as_deref()
-            .map(|e| api::timestamp(api::rfc3339_nanos(e))),
+            .map(|e| guard_api::time::timestamp(guard_api::time::rfc3339_nanos(e))),
         approved_by: t.approved_by,
     }
 }

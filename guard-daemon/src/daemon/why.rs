@@ -12,7 +12,7 @@ use std::{
 
 use tracing::warn;
 
-use crate::{events::Record, session::Session};
+use guard_api::{record::Record, session::Session};
 
 /// Denials kept per session.
 const KEPT: usize = 20;

@@ -21,13 +21,13 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
 use tracing::{info, warn};
 
-use super::{State, lock};
+use super::state::{State, lock};
+use guard_api::{audit::Feed, chain::Chain, metrics::StageLabels, pb, record::Line};
+
 use crate::{
-    api::{self, Feed, pb},
-    chain::Chain,
     enforcer::Lane,
-    events::{self, Clock, Line},
-    metrics::{DaemonMetrics, DecisionLabels, StageLabels},
+    events::{self, Clock},
+    metrics::{DaemonMetrics, DecisionLabels},
     spool::LineFile,
 };
 
@@ -303,10 +303,10 @@ impl RecordWriter {
         while self.blocked.is_none()
             && let Some((stage, records)) = self.pending.pop_first()
         {
-            let line = Line::Loss(events::LossRecord {
+            let line = Line::Loss(guard_api::record::LossRecord {
                 seq: self.chain.next_seq(),
-                time: api::rfc3339(api::now_nanos()),
-                loss: events::Loss {
+                time: guard_api::time::rfc3339(guard_api::time::now_nanos()),
+                loss: guard_api::record::Loss {
                     stage: stage.into(),
                     records,
                 },
@@ -391,7 +391,7 @@ impl RecordWriter {
         sealed.pop();
         let text = String::from_utf8_lossy(&sealed);
         if let Some(ocsf) = &mut self.ocsf {
-            let written = serde_json::to_vec(&crate::ocsf::event(&self.host, line, &text))
+            let written = serde_json::to_vec(&guard_api::ocsf::event(&self.host, line, &text))
                 .map_err(std::io::Error::other)
                 .and_then(|mut event| {
                     event.push(b'\n');
@@ -408,7 +408,7 @@ impl RecordWriter {
             }
         }
         if self.feed.has_subscribers() {
-            self.feed.publish(api::entry(
+            self.feed.publish(guard_api::audit::entry(
                 &self.host,
                 &text,
                 line,

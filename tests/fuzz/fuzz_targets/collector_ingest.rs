@@ -3,7 +3,7 @@
 //! the first bad line, and the stream only moves forward.
 #![no_main]
 
-use guard_daemon::collector::{ingest, store::StreamState};
+use guard_collector::{ingest, store::StreamState};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

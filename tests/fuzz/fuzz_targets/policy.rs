@@ -5,9 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
-    match guard_daemon::policy::parse(text) {
+    match guard_policy::policy::parse(text) {
         Ok(policy) => {
-            let _ = guard_daemon::compile::compile(&policy);
+            let _ = guard_policy::compile::compile(&policy);
         }
         Err(e) => assert!(!e.reason.is_empty(), "an error without a reason"),
     }

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use clap::Parser;
-use guard_daemon::{
-    collector, exit,
+use guard_api::{
+    exit,
     logs::{self, LogFormat},
 };
+use guard_collector as collector;
 
 /// Collect the records of many guardd hosts in one store.
 ///

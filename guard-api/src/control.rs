@@ -14,17 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::session::Session;
 
-/// Where guardd listens unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/guard/control.sock";
-
-/// Where guardd serves its local gRPC API (policy, sessions).
-pub const DEFAULT_API_SOCKET: &str = "/run/guard/api.sock";
-/// Where guardd writes each session's last denials for its agent.
-pub const DEFAULT_WHY_DIR: &str = "/run/guard/why";
-/// Where guardd keeps the policy in force and the live sessions for the
-/// next guardd.
-pub const DEFAULT_STATE_FILE: &str = "/run/guard/state.json";
-
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {

@@ -15,8 +15,6 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use crate::compile::hex;
-
 /// The member every sealed line ends with: `,"chain":"` + 64 hex digits + `"}`.
 const MEMBER: &str = ",\"chain\":\"";
 const SUFFIX_LEN: usize = MEMBER.len() + 64 + 2;
@@ -71,7 +69,7 @@ impl Chain {
 
     /// The hash of the last sealed record, in hex.
     pub fn last_hex(&self) -> String {
-        hex(&self.last)
+        hex::encode(self.last)
     }
 
     /// The sequence number the next record gets.
@@ -86,7 +84,7 @@ impl Chain {
         json.pop();
         let hash = link(&self.last, &json);
         json.extend_from_slice(MEMBER.as_bytes());
-        json.extend_from_slice(hex(&hash).as_bytes());
+        json.extend_from_slice(hex::encode(hash).as_bytes());
         json.extend_from_slice(b"\"}");
         self.last = hash;
         self.next_seq += 1;
@@ -124,14 +122,9 @@ pub fn hash_of(line: &str) -> Option<[u8; 32]> {
 }
 
 /// A chain hash from its 64 hex digits.
-pub fn parse_hex(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
-        return None;
-    }
+pub fn parse_hex(digits: &str) -> Option<[u8; 32]> {
     let mut hash = [0u8; 32];
-    for (byte, pair) in hash.iter_mut().zip(hex.as_bytes().chunks(2)) {
-        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
+    hex::decode_to_slice(digits, &mut hash).ok()?;
     Some(hash)
 }
 
@@ -273,7 +266,7 @@ mod tests {
         let previous = hash_of(&lines[0]).unwrap();
         lines[1] = format!(
             "{body}{MEMBER}{}\"}}",
-            hex(&link(&previous, body.as_bytes()))
+            hex::encode(link(&previous, body.as_bytes()))
         );
         assert_eq!(check(&lines).unwrap_err().line, 3);
     }

@@ -9,12 +9,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
-use guard_daemon::{
-    api::{self, pb},
-    chain,
-    events::Line,
-    exit, ocsf, ship,
-};
+use guard_api::{audit, chain, exit, ocsf, pb, record::Line, ship, time};
 
 /// Which entries: every non-empty list must contain the entry's value.
 #[derive(Args, Clone, Debug)]
@@ -52,18 +47,18 @@ impl FilterArgs {
             verdicts: self
                 .verdict
                 .iter()
-                .map(|v| api::verdict(v) as i32)
+                .map(|v| audit::verdict(v) as i32)
                 .collect(),
             hosts: self.host.clone(),
-            since: self.since.map(api::timestamp),
-            until: self.until.map(api::timestamp),
+            since: self.since.map(time::timestamp),
+            until: self.until.map(time::timestamp),
         }
     }
 }
 
 fn parse_time(text: &str) -> Result<i64, String> {
     if let Ok(ago) = humantime::parse_duration(text) {
-        return Ok(api::now_nanos() - ago.as_nanos() as i64);
+        return Ok(time::now_nanos() - ago.as_nanos() as i64);
     }
     humantime::parse_rfc3339_weak(text)
         .map(|t| {
@@ -143,7 +138,7 @@ fn for_each_stored(
             let page = client
                 .query(pb::QueryRequest {
                     filter: Some(filter.clone()),
-                    page_size: api::MAX_PAGE,
+                    page_size: audit::MAX_PAGE,
                     page_token,
                 })
                 .await?
@@ -218,7 +213,7 @@ fn format(entry: &pb::Entry, output: Output) -> String {
             &g.host,
             g.first_seq,
             g.last_seq,
-            g.time.as_ref().map_or(0, api::nanos),
+            g.time.as_ref().map_or(0, time::nanos),
         )
         .to_string(),
         (Some(pb::entry::Entry::Loss(l)), Output::Ocsf) => {
@@ -229,13 +224,13 @@ fn format(entry: &pb::Entry, output: Output) -> String {
         }
         (Some(pb::entry::Entry::Record(r)), Output::Json) => r.json.clone(),
         (Some(pb::entry::Entry::Record(r)), Output::Table) => {
-            let time = r.time.as_ref().map(|t| api::rfc3339(api::nanos(t)));
+            let time = r.time.as_ref().map(|t| time::rfc3339(time::nanos(t)));
             let session = r.session.as_ref().map_or("-", |s| s.id.as_str());
             format!(
                 "{:<30} {:<12} {:<10} {:<12} {:<8.8} {:<12} {:<32} {}{}",
                 time.unwrap_or_default(),
                 if r.host.is_empty() { "-" } else { &r.host },
-                api::verdict_name(r.verdict),
+                audit::verdict_name(r.verdict),
                 r.agent,
                 session,
                 r.action,
@@ -264,7 +259,7 @@ fn format(entry: &pb::Entry, output: Output) -> String {
         ),
         (Some(pb::entry::Entry::Gap(g)), Output::Json) => serde_json::json!({"gap": {
             "host": g.host, "first_seq": g.first_seq, "last_seq": g.last_seq,
-            "time": g.time.as_ref().map(|t| api::rfc3339(api::nanos(t))),
+            "time": g.time.as_ref().map(|t| time::rfc3339(time::nanos(t))),
         }})
         .to_string(),
         (Some(pb::entry::Entry::Gap(g)), Output::Table) => format!(

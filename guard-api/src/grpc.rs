@@ -1,24 +1,18 @@
-//! The gRPC server guardd and guard-collector share: the audit API, the
-//! collector's ingest, standard health checking and server reflection.
+//! The gRPC server guardd and guard-collector share (the audit API,
+//! standard health checking and server reflection), and the client side of
+//! guardd's local API socket.
 
 use std::future::Future;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::server::HealthReporter;
 
-use crate::{
-    api::{AuditService, pb},
-    collector::IngestService,
-};
+use crate::{audit::AuditService, pb};
 
 /// The protos' descriptors, for reflection.
 const DESCRIPTORS: &[u8] = tonic::include_file_descriptor_set!("guard_descriptors");
-
-pub struct Services {
-    pub audit: AuditService,
-    /// The collector only.
-    pub ingest: Option<IngestService>,
-}
 
 /// A channel to a gRPC server on a unix socket (guardd's local API).
 pub async fn connect_unix(path: &std::path::Path) -> anyhow::Result<tonic::transport::Channel> {
@@ -48,12 +42,10 @@ pub async fn connect_unix(path: &std::path::Path) -> anyhow::Result<tonic::trans
     Ok(channel)
 }
 
-/// Serves until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    services: Services,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+/// The services every Guard gRPC server offers: health checking, server
+/// reflection and the audit API. A server with more (the collector's
+/// ingest) adds them to the routes and marks them serving on the reporter.
+pub async fn routes(audit: AuditService) -> anyhow::Result<(Routes, HealthReporter)> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<pb::audit_service_server::AuditServiceServer<AuditService>>()
@@ -61,22 +53,21 @@ pub async fn serve(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(DESCRIPTORS)
         .build_v1()?;
-    let ingest = match services.ingest {
-        Some(ingest) => {
-            health
-                .set_serving::<pb::ingest_service_server::IngestServiceServer<IngestService>>()
-                .await;
-            Some(pb::ingest_service_server::IngestServiceServer::new(ingest))
-        }
-        None => None,
-    };
-    tonic::transport::Server::builder()
-        .add_service(health_service)
+    let routes = Routes::new(health_service)
         .add_service(reflection)
-        .add_service(pb::audit_service_server::AuditServiceServer::new(
-            services.audit,
-        ))
-        .add_optional_service(ingest)
+        .add_service(pb::audit_service_server::AuditServiceServer::new(audit));
+    Ok((routes, health))
+}
+
+/// Serves `routes` on `listener` until `shutdown` completes, then lets the
+/// calls in progress finish.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tonic::transport::Server::builder()
+        .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

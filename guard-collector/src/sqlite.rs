@@ -4,11 +4,11 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension as _, params_from_iter, types};
 
-use super::store::{
+use crate::store::{
     self, NewEntry, Row, Store, StoreError, StoredEntry, StreamState, Totals, Value, schema,
     stored_entry, totals_row,
 };
-use crate::{api::Filter, chain};
+use guard_api::{audit::Filter, chain};
 
 pub struct Sqlite {
     db: Connection,

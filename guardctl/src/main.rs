@@ -8,9 +8,9 @@ use std::{collections::BTreeMap, ffi::OsString, path::PathBuf};
 
 use audit::{FilterArgs, Output};
 use clap::{Parser, Subcommand};
-use guard_daemon::{
+use guard_api::{
     control::{self, Request, Response, Status},
-    daemon, exit, launch,
+    exit, launch, paths,
 };
 
 /// Where guardd serves the audit API by default (guardd --grpc-listen).
@@ -23,10 +23,10 @@ const COLLECTOR_API: &str = "127.0.0.1:50052";
 #[command(version, max_term_width = 100)]
 struct Args {
     /// guardd's control socket.
-    #[arg(long, global = true, env = "GUARD_CONTROL_SOCKET", default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, global = true, env = "GUARD_CONTROL_SOCKET", default_value = paths::DEFAULT_SOCKET)]
     socket: PathBuf,
     /// guardd's local gRPC API socket.
-    #[arg(long, global = true, env = "GUARD_API_SOCKET", default_value = control::DEFAULT_API_SOCKET)]
+    #[arg(long, global = true, env = "GUARD_API_SOCKET", default_value = paths::DEFAULT_API_SOCKET)]
     api_socket: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -67,7 +67,7 @@ enum Command {
         #[arg(long)]
         session: Option<String>,
         /// Where guardd writes the sessions' files (guardd's --why-dir).
-        #[arg(long, env = "GUARD_WHY_DIR", default_value = control::DEFAULT_WHY_DIR)]
+        #[arg(long, env = "GUARD_WHY_DIR", default_value = paths::DEFAULT_WHY_DIR)]
         why_dir: std::path::PathBuf,
     },
     /// Thaw a session that a rule or budget marked `freeze` stopped, kill
@@ -321,7 +321,7 @@ fn main() {
         } => or_fail(audit::follow(&server, &filter, output)),
         Command::Policy {
             command: PolicyCommand::Check { file },
-        } => match daemon::load_policy(&file, None) {
+        } => match guard_policy::load(&file, |_| {}) {
             Ok(policy) => {
                 for note in &policy.compiled.notes {
                     eprintln!("note: {note}");
@@ -329,9 +329,9 @@ fn main() {
                 println!("{}: valid: {}", file.display(), policy.compiled.summary());
                 0
             }
-            Err(fatal) => {
-                eprintln!("guardctl: {fatal}");
-                fatal.code
+            Err(invalid) => {
+                eprintln!("guardctl: {invalid}");
+                exit::INVALID_POLICY
             }
         },
         Command::Policy {

@@ -578,16 +578,20 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     }
 }
 
+/// Rule ids of the destinations every profile denies unless a rule of the
+/// policy allows them start with this (policies may not use it).
+pub const DEFAULT_DENY: &str = "default-deny:";
+
 fn check_rule_id(id: &str) -> Result<(), String> {
     let valid = !id.is_empty()
         && id.len() <= 64
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'));
-    if id.starts_with(crate::compile::DEFAULT_DENY) {
+    if id.starts_with(DEFAULT_DENY) {
         Err(format!(
             "rule id `{id}`: ids starting with `{}` name Guard's default denies",
-            crate::compile::DEFAULT_DENY
+            DEFAULT_DENY
         ))
     } else if valid {
         Ok(())

@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use guard_daemon::{
-    cgroup, control, daemon, exit,
+use guard_api::{
+    exit,
     logs::{self, LogFormat},
+    paths,
 };
+use guard_daemon::{cgroup, daemon};
 
 /// Enforce a Guard policy on agent cgroups with BPF LSM.
 ///
@@ -42,11 +44,11 @@ struct Args {
     cgroup_root: String,
 
     /// Control socket for guardctl (sessions, status, reload); mode 0600.
-    #[arg(long, env = "GUARD_CONTROL_SOCKET", default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, env = "GUARD_CONTROL_SOCKET", default_value = paths::DEFAULT_SOCKET)]
     socket: PathBuf,
 
     /// Local gRPC API (policy get/validate/apply, sessions); mode 0600.
-    #[arg(long, env = "GUARD_API_SOCKET", default_value = control::DEFAULT_API_SOCKET)]
+    #[arg(long, env = "GUARD_API_SOCKET", default_value = paths::DEFAULT_API_SOCKET)]
     api_socket: PathBuf,
 
     /// Serve the gRPC audit API (live feed of records) on this address, e.g.
@@ -99,13 +101,13 @@ struct Args {
 
     /// Where guardd keeps the policy in force and the live sessions for the
     /// guardd started after it, which adopts the programs it left attached.
-    #[arg(long, env = "GUARD_STATE_FILE", default_value = control::DEFAULT_STATE_FILE)]
+    #[arg(long, env = "GUARD_STATE_FILE", default_value = paths::DEFAULT_STATE_FILE)]
     state_file: PathBuf,
 
     /// Where guardd writes each session's last denials (rule and message),
     /// one file per session, readable by the session's user. `guardctl run`
     /// passes the file to the agent in GUARD_WHY; `guardctl why` prints it.
-    #[arg(long, env = "GUARD_WHY_DIR", default_value = control::DEFAULT_WHY_DIR)]
+    #[arg(long, env = "GUARD_WHY_DIR", default_value = paths::DEFAULT_WHY_DIR)]
     why_dir: PathBuf,
 
     /// The DNS server guardd asks for the addresses of hostname rules

@@ -2,10 +2,7 @@
 
 use std::path::Path;
 
-use guard_daemon::{
-    api::{self, pb},
-    exit, grpc,
-};
+use guard_api::{exit, grpc, pb, time};
 
 fn block_on<T>(future: impl Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
@@ -106,7 +103,7 @@ pub fn list_sessions(socket: &Path, agent: Option<String>, json: bool) -> i32 {
         };
         for info in sessions {
             let s = info.session.unwrap_or_default();
-            let started = info.started.as_ref().map(|t| api::rfc3339(api::nanos(t)));
+            let started = info.started.as_ref().map(|t| time::rfc3339(time::nanos(t)));
             if json {
                 let line = serde_json::json!({
                     "id": s.id, "agent": info.agent, "profile": info.profile, "uid": s.uid,
@@ -136,7 +133,8 @@ pub fn list_sessions(socket: &Path, agent: Option<String>, json: bool) -> i32 {
 
 /// A ticket as `guardctl tickets --json` prints it.
 fn ticket_json(t: &pb::Ticket) -> serde_json::Value {
-    let time = |t: &Option<prost_types::Timestamp>| t.as_ref().map(|t| api::rfc3339(api::nanos(t)));
+    let time =
+        |t: &Option<prost_types::Timestamp>| t.as_ref().map(|t| time::rfc3339(time::nanos(t)));
     serde_json::json!({
         "id": t.id, "state": t.state, "session": t.session, "agent": t.agent,
         "action": t.action, "target": t.target, "rule": t.rule, "message": t.message,
@@ -150,7 +148,7 @@ fn ticket_line(t: &pb::Ticket) -> String {
         (Some(until), once) => format!(
             " ({}until {})",
             if once { "once, " } else { "" },
-            api::rfc3339(api::nanos(until))
+            time::rfc3339(time::nanos(until))
         ),
         (None, _) => String::new(),
     };

@@ -23,8 +23,8 @@ use ipnet::IpNet;
 use sha2::Digest as _;
 
 use crate::policy::{
-    Access, BudgetSpec, Destination, Effect, ExecTarget, FileTarget, Location, Mode, NamePattern,
-    NetTarget, Policy, PolicyError, PortRange, Profile, Protocol, Rule, Sha256,
+    Access, BudgetSpec, DEFAULT_DENY, Destination, Effect, ExecTarget, FileTarget, Location, Mode,
+    NamePattern, NetTarget, Policy, PolicyError, PortRange, Profile, Protocol, Rule, Sha256,
 };
 
 /// What a rule id in a record refers to.
@@ -216,10 +216,6 @@ pub fn sha256_file(path: &Path) -> std::io::Result<Sha256> {
     Ok(hasher.finalize().into())
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Compiles `policy`.
 pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
     let mut out = CompiledPolicy::default();
@@ -390,7 +386,7 @@ fn compile_exec(
                         "rule `{}`: {} has sha256 {}, not the one the rule names; it is not allowed",
                         rule.id,
                         path.display(),
-                        hex(&version.sha256)
+                        hex::encode(version.sha256)
                     )),
                     Err(e) => out.notes.push(format!(
                         "rule `{}`: cannot read {} ({e}); it is not allowed",
@@ -633,10 +629,6 @@ fn compile_network(
     }
     Ok(())
 }
-
-/// Rule ids of the destinations every profile denies unless a rule of the
-/// policy allows them start with this (policies may not use it).
-pub const DEFAULT_DENY: &str = "default-deny:";
 
 /// The destinations every profile denies unless a rule of the policy on
 /// the same or a narrower prefix allows them: cloud metadata services,
@@ -1089,7 +1081,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tool = dir.path().join("tool");
         std::fs::write(&tool, "#!/bin/sh\necho hi\n").unwrap();
-        let digest = hex(&sha256_file(&tool).unwrap());
+        let digest = hex::encode(sha256_file(&tool).unwrap());
         let rule = |sha: &str| {
             format!(
                 "profiles:\n  - name: a\n    exec:\n      allow:\n        - id: pinned\n          path: {}\n          sha256: {sha}\n",

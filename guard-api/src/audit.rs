@@ -5,11 +5,7 @@
 //! Every subscriber has its own bounded queue; one that falls behind is told
 //! how many entries it missed and never slows the writer.
 
-use std::{
-    pin::Pin,
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{pin::Pin, sync::Arc};
 
 use tokio::sync::broadcast;
 use tokio_stream::{
@@ -19,17 +15,11 @@ use tokio_stream::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    chain,
-    compile::hex,
-    events::{Line, Record},
+    chain, pb,
+    record::{Line, Record},
     session::SessionRef,
+    time::{nanos, rfc3339_nanos, timestamp},
 };
-
-/// Generated from the protos.
-#[allow(clippy::large_enum_variant)] // oneofs of a record or a small message
-pub mod pb {
-    tonic::include_proto!("guard.v1");
-}
 
 /// Entries each subscriber may fall behind by before it loses some.
 pub const SUBSCRIBER_QUEUE: usize = 4096;
@@ -269,41 +259,9 @@ pub fn verdict_name(verdict: i32) -> &'static str {
     }
 }
 
-/// Nanoseconds since the epoch.
-pub fn nanos(t: &prost_types::Timestamp) -> i64 {
-    t.seconds.saturating_mul(1_000_000_000) + i64::from(t.nanos)
-}
-
-pub fn timestamp(nanos: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: nanos.div_euclid(1_000_000_000),
-        nanos: nanos.rem_euclid(1_000_000_000) as i32,
-    }
-}
-
-/// Wall-clock time now, in nanoseconds since the epoch.
-pub fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
-}
-
-/// An RFC 3339 time as nanoseconds since the epoch (0 if it is not one).
-pub fn rfc3339_nanos(time: &str) -> i64 {
-    humantime::parse_rfc3339(time)
-        .ok()
-        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i64)
-}
-
-pub fn rfc3339(nanos: i64) -> String {
-    let at = SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64);
-    humantime::format_rfc3339_nanos(at).to_string()
-}
-
 /// The entry for one sealed line of a host's events stream.
 pub fn entry(host: &str, sealed: &str, line: &Line, integrity: pb::Integrity) -> pb::Entry {
-    let chain = chain::hash_of(sealed).map(|h| hex(&h)).unwrap_or_default();
+    let chain = chain::hash_of(sealed).map(hex::encode).unwrap_or_default();
     let entry = match line {
         Line::Decision(record) => {
             let mut record = to_proto(record, chain, sealed);

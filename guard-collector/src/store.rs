@@ -2,10 +2,7 @@
 //! two stores differ only in how they connect, bind values and size
 //! themselves.
 
-use crate::{
-    api::{Filter, pb},
-    compile::hex,
-};
+use guard_api::{audit::Filter, pb};
 
 /// One stored row: a record or loss line of a host's stream, or a gap.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -213,7 +210,8 @@ pub fn move_stream(
     to: &StreamState,
     placeholder: &dyn Fn(usize) -> String,
 ) -> Statement {
-    let hex_of = |c: &Option<[u8; 32]>| Value::Text(c.as_ref().map(|h| hex(h)).unwrap_or_default());
+    let hex_of =
+        |c: &Option<[u8; 32]>| Value::Text(c.as_ref().map(hex::encode).unwrap_or_default());
     let p = placeholder;
     if *from == StreamState::default() {
         (

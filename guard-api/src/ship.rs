@@ -15,9 +15,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
 use crate::{
-    api::pb::{self, ingest_service_client::IngestServiceClient},
     chain,
-    compile::hex,
+    pb::{self, ingest_service_client::IngestServiceClient},
 };
 
 pub struct Shipper {
@@ -157,7 +156,7 @@ impl Spool {
                 );
             };
             last_seen = seq;
-            if seq + 1 == resume.next_seq && hex(&hash) != resume.last_chain {
+            if seq + 1 == resume.next_seq && hex::encode(hash) != resume.last_chain {
                 bail!(
                     "the collector holds another stream for host `{host}` (its record {seq} has a different chain hash): the events file was replaced, or two hosts share the name; set another --host-name"
                 );

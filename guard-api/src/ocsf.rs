@@ -10,8 +10,8 @@
 use serde_json::{Value, json};
 
 use crate::{
-    api,
-    events::{Line, LossRecord, Record, SELF_PROTECTION_RULE},
+    record::{Line, LossRecord, Record, SELF_PROTECTION_RULE},
+    time,
 };
 
 pub const VERSION: &str = "1.3.0";
@@ -121,7 +121,7 @@ fn decision(host: &str, r: &Record, sealed: &str) -> Value {
         "activity_name": activity_name,
         "type_uid": class_uid * 100 + activity_id,
         "type_name": format!("{class_name}: {activity_name}"),
-        "time": api::rfc3339_nanos(&r.time) / 1_000_000,
+        "time": time::rfc3339_nanos(&r.time) / 1_000_000,
         "severity_id": severity_id,
         "severity": severity,
         "action_id": action_id,
@@ -203,7 +203,7 @@ fn lost(host: &str, loss: &LossRecord, sealed: &str) -> Value {
         host,
         loss.seq,
         "loss",
-        api::rfc3339_nanos(&loss.time),
+        time::rfc3339_nanos(&loss.time),
         format!(
             "{} record(s) lost at {}",
             loss.loss.records, loss.loss.stage

@@ -5,6 +5,7 @@
 //! [`ingest`] is the checking (pure), [`store`] the schema both stores share,
 //! [`sqlite`] and [`postgres`] the stores.
 
+pub mod metrics;
 pub mod postgres;
 pub mod sqlite;
 pub mod store;
@@ -23,13 +24,19 @@ use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::{
-    api::{self, AuditService, Feed, Filter, History, pb},
+use guard_api::{
+    audit::{self, AuditService, Feed, Filter, History},
     chain,
-    events::Line,
-    metrics::{CollectorMetrics, KindLabels, StageLabels},
+    metrics::StageLabels,
+    pb,
+    record::Line,
+    time,
 };
-use store::{Kind, NewEntry, Store, StoreError, StreamState};
+
+use crate::{
+    metrics::{CollectorMetrics, KindLabels},
+    store::{Kind, NewEntry, Store, StoreError, StreamState},
+};
 
 /// Lines the collector stores in one transaction at most.
 const BATCH: usize = 512;
@@ -180,7 +187,7 @@ pub fn ingest(state: &mut StreamState, lines: &[String], now: i64) -> (Ingested,
             kind: Kind::Record,
             seq,
             count: 1,
-            time: api::rfc3339_nanos(parsed.time()),
+            time: time::rfc3339_nanos(parsed.time()),
             agent: String::new(),
             session: String::new(),
             hook: String::new(),
@@ -221,19 +228,19 @@ pub fn to_entry(host: &str, entry: &NewEntry) -> pb::Entry {
                 host: host.into(),
                 first_seq: entry.seq,
                 last_seq: entry.seq + entry.count - 1,
-                time: Some(api::timestamp(entry.time)),
+                time: Some(time::timestamp(entry.time)),
             })),
         };
     }
     match Line::parse(&entry.json) {
-        Ok(line) => api::entry(host, &entry.json, &line, entry.integrity),
+        Ok(line) => audit::entry(host, &entry.json, &line, entry.integrity),
         // Stored lines were parsed on the way in; one that no longer
         // parses was changed in the store.
         Err(_) => pb::Entry {
             entry: Some(pb::entry::Entry::Record(pb::Record {
                 seq: entry.seq,
                 host: host.into(),
-                time: Some(api::timestamp(entry.time)),
+                time: Some(time::timestamp(entry.time)),
                 integrity: pb::Integrity::Broken as i32,
                 json: entry.json.clone(),
                 ..Default::default()
@@ -339,10 +346,7 @@ impl pb::ingest_service_server::IngestService for IngestService {
         let (tx, rx) = mpsc::channel(64);
         let resume = pb::Resume {
             next_seq: state.next_seq,
-            last_chain: state
-                .last_chain
-                .map(|h| crate::compile::hex(&h))
-                .unwrap_or_default(),
+            last_chain: state.last_chain.map(hex::encode).unwrap_or_default(),
         };
         let _ = tx
             .send(Ok(pb::IngestResponse {
@@ -388,7 +392,7 @@ impl IngestService {
                 }
             }
             let from = state.clone();
-            let (ingested, bad) = ingest(&mut state, &lines, api::now_nanos());
+            let (ingested, bad) = ingest(&mut state, &lines, time::now_nanos());
             self.metrics.duplicates.inc_by(ingested.duplicates);
             if let Some(bad) = &bad {
                 warn!(%host, "refusing the rest of the stream: {bad}");
@@ -477,7 +481,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
         info!(%addr, "metrics on /metrics");
-        tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+        tokio::spawn(guard_api::metrics::serve(listener, metrics.clone()));
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -500,19 +504,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    crate::grpc::serve(
-        listener,
-        crate::grpc::Services {
-            audit,
-            ingest: Some(ingest),
-        },
-        async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        },
-    )
+    let (routes, health) = guard_api::grpc::routes(audit).await?;
+    health
+        .set_serving::<pb::ingest_service_server::IngestServiceServer<IngestService>>()
+        .await;
+    let routes = routes.add_service(pb::ingest_service_server::IngestServiceServer::new(ingest));
+    guard_api::grpc::serve(listener, routes, async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    })
     .await?;
     info!("stopped");
     Ok(())
@@ -526,7 +528,7 @@ async fn prune(store: StoreHandle, retain_for: Option<Duration>, retain_bytes: O
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        let before = retain_for.map(|age| api::now_nanos() - age.as_nanos() as i64);
+        let before = retain_for.map(|age| time::now_nanos() - age.as_nanos() as i64);
         match store.call(move |s| s.prune(before, retain_bytes)).await {
             Ok(0) => {}
             Ok(n) => info!(deleted = n, "retention: deleted the oldest entries"),
@@ -538,7 +540,7 @@ async fn prune(store: StoreHandle, retain_for: Option<Duration>, retain_bytes: O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::Chain;
+    use guard_api::chain::Chain;
 
     /// A host stream of `n` sealed lines: decisions, with a loss as line 3.
     pub fn stream(n: u64) -> Vec<String> {
@@ -677,7 +679,7 @@ mod tests {
         );
         assert_eq!(count(Kind::Loss, ""), 7);
         assert_eq!(store.hosts().unwrap(), [("web-1".to_string(), 7)]);
-        let cutoff = api::rfc3339_nanos("2026-11-22T10:00:03Z");
+        let cutoff = time::rfc3339_nanos("2026-11-22T10:00:03Z");
         assert_eq!(store.prune(Some(cutoff), None).unwrap(), 2);
         assert_eq!(
             store.query(&Filter::default(), 0, 10).unwrap()[0].entry.seq,

@@ -1,0 +1,69 @@
+//! What Guard's programs share: the gRPC API ([`pb`], generated from
+//! `proto/`), the decision [`record`] and its hash [`chain`], the audit
+//! service ([`audit`]) that guardd and guard-collector both serve
+//! ([`grpc`]), the OCSF form of records ([`ocsf`]), shipping events files to
+//! a collector ([`ship`]), guardd's control protocol ([`control`]) and
+//! default [`paths`], starting a command inside a cgroup ([`launch`]),
+//! [`metrics`] serving, [`time`] formats, logging and exit codes.
+//!
+//! It knows nothing of the kernel, the policy or the stores: guardd,
+//! guardctl and guard-collector depend on it, never the other way round.
+
+pub mod audit;
+pub mod chain;
+pub mod control;
+pub mod grpc;
+pub mod launch;
+pub mod metrics;
+pub mod ocsf;
+pub mod paths;
+pub mod record;
+pub mod session;
+pub mod ship;
+pub mod time;
+
+/// Generated from the protos.
+#[allow(clippy::large_enum_variant)] // oneofs of a record or a small message
+pub mod pb {
+    tonic::include_proto!("guard.v1");
+}
+
+/// Logging setup shared by the daemons.
+pub mod logs {
+    /// Log format on stderr.
+    #[derive(Clone, Copy, clap::ValueEnum)]
+    pub enum LogFormat {
+        Text,
+        Json,
+    }
+
+    /// Logs to stderr in `format`, filtered by `GUARD_LOG` (default `info`).
+    /// A log line that cannot be written (stderr on a full disk) is dropped:
+    /// the default would report it with `eprintln!`, which panics on that
+    /// same failure and would end the task that was logging, such as one
+    /// answering a control request.
+    pub fn init(format: LogFormat) {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG")
+            .unwrap_or_else(|_| "info".into());
+        let logs = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .log_internal_errors(false);
+        match format {
+            LogFormat::Text => logs.init(),
+            LogFormat::Json => logs.json().init(),
+        }
+    }
+}
+
+/// Exit codes shared by the binaries; documented in README.md.
+pub mod exit {
+    /// Something failed (I/O, a fault while setting up).
+    pub const FAILURE: i32 = 1;
+    /// Command-line usage error (clap's own code).
+    pub const USAGE: i32 = 2;
+    /// This host cannot enforce: BPF LSM inactive, or programs refused.
+    pub const UNSUPPORTED_HOST: i32 = 3;
+    /// The policy is invalid.
+    pub const INVALID_POLICY: i32 = 4;
+}

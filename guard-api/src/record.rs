@@ -1,0 +1,189 @@
+//! A decision record and a loss record: one JSON object per line of the
+//! events stream, as guardd writes it, the chain seals it and the collector
+//! stores it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::session::SessionRef;
+
+/// A decision, as written to the events stream.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    /// Position in this host's record stream, from 1; see [`crate::chain`].
+    pub seq: u64,
+    /// Wall-clock time of the decision, RFC 3339.
+    pub time: String,
+    /// LSM hook that decided.
+    pub hook: String,
+    /// What the process tried: exec, unlink, rmdir, rename, truncate, connect, sendmsg.
+    pub action: String,
+    /// allow, deny, or would_deny (monitor mode).
+    pub verdict: String,
+    pub agent: String,
+    /// The profile that decided.
+    pub profile: String,
+    /// The session, its launching user and labels; absent for a process
+    /// that runs in an agent cgroup outside any session.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionRef>,
+    /// Policy generation that decided, and the SHA-256 of its policy file.
+    pub generation: u64,
+    pub policy_sha256: String,
+    /// The cgroup whose entry applied (session or agent), and the process's.
+    pub agent_cgroup: u64,
+    pub cgroup: u64,
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// Thread id (the kernel's pid).
+    pub tid: u32,
+    pub uid: u32,
+    pub comm: String,
+    /// The file path, or `address:port` for network actions.
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileIdentity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Network actions decided by a hostname rule: the hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Id of the rule that decided; `default` when no rule matched and the
+    /// profile's default decided.
+    pub rule: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The acting process's command line and parents, from procfs; absent
+    /// when it had already exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessInfo>,
+    /// Fields in which secrets were masked, e.g. `process.cmdline`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redacted: Vec<String>,
+    /// Notes on the record, e.g. `path_truncated`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+    /// The approval ticket this record opened, used, or changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<TicketNote>,
+    /// The exhausted budget of a denial by rule `budget:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetNote>,
+}
+
+/// A ticket, as a record mentions it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TicketNote {
+    pub id: String,
+    /// `requested` (the denial opened or repeats it), `approved`,
+    /// `used`, `denied` or `expired`.
+    pub state: String,
+    /// Approvals: one use only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub once: bool,
+    /// Approvals: RFC 3339 time it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+/// An exhausted budget, as a denial mentions it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BudgetNote {
+    /// `destroy` or `destinations`.
+    pub name: String,
+    /// Operations the budget allowed the session before it ran out.
+    pub spent: u64,
+    pub burst: u32,
+    pub rate: String,
+}
+
+/// The rule of a self-protection denial (`guard_common::SELF_PROTECTION`).
+pub const SELF_PROTECTION_RULE: &str = "self-protection";
+
+/// A ticket's id, as people type it: its number in 8 hex digits.
+pub fn ticket_id(number: u32) -> String {
+    format!("{number:08x}")
+}
+
+/// Records that were made but never written, as written to the events
+/// stream in their place.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LossRecord {
+    pub seq: u64,
+    pub time: String,
+    pub loss: Loss,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Loss {
+    /// Where they were lost: `ring_buffer` or `decode`.
+    pub stage: String,
+    pub records: u64,
+}
+
+/// One line of the events stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    Decision(Box<Record>),
+    Loss(LossRecord),
+}
+
+impl Line {
+    /// Parses a line of an events file (a sealed record or loss).
+    pub fn parse(line: &str) -> serde_json::Result<Self> {
+        #[derive(Deserialize)]
+        struct Probe {
+            loss: Option<serde::de::IgnoredAny>,
+        }
+        if serde_json::from_str::<Probe>(line)?.loss.is_some() {
+            serde_json::from_str(line).map(Line::Loss)
+        } else {
+            serde_json::from_str(line).map(|r| Line::Decision(Box::new(r)))
+        }
+    }
+
+    /// The line's JSON object, before sealing.
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        match self {
+            Line::Decision(r) => serde_json::to_vec(r),
+            Line::Loss(l) => serde_json::to_vec(l),
+        }
+    }
+
+    pub fn seq(&self) -> u64 {
+        match self {
+            Line::Decision(r) => r.seq,
+            Line::Loss(l) => l.seq,
+        }
+    }
+
+    pub fn time(&self) -> &str {
+        match self {
+            Line::Decision(r) => &r.time,
+            Line::Loss(l) => &l.time,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileIdentity {
+    /// Kernel `dev_t` encoding: major << 20 | minor.
+    pub dev: u32,
+    pub ino: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Empty when it changed while guardd read it.
+    pub cmdline: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// Parent first, up to init.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestry: Vec<Ancestor>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub comm: String,
+}

@@ -1,0 +1,115 @@
+//! guardd's configuration, its fatal errors with their exit codes, and
+//! loading its own policy.
+
+use std::path::{Path, PathBuf};
+
+use guard_api::exit;
+use guard_policy::LoadedPolicy;
+
+use crate::enforcer::EnforceError;
+
+use super::builtins::Builtins;
+
+pub struct Config {
+    pub policy: PathBuf,
+    /// Where records go; stdout when `None`.
+    pub events: Option<PathBuf>,
+    /// Guard's cgroup, relative to the cgroup2 mount.
+    pub cgroup_root: String,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// The local gRPC API socket (policy and sessions).
+    pub api_socket: PathBuf,
+    /// Where the gRPC audit API listens; off when `None`.
+    pub grpc_listen: Option<std::net::SocketAddr>,
+    /// The collector to ship the events file to; needs `events`.
+    pub collector: Option<String>,
+    /// This host's name in records and in the collector.
+    pub host_name: String,
+    /// Masks secrets in recorded command lines.
+    pub redactor: crate::redact::Redactor,
+    /// Also write every record as an OCSF event to this file.
+    pub ocsf: Option<PathBuf>,
+    /// Where Prometheus metrics are served; off when `None`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// More files and directories no agent may change (configuration, the
+    /// collector's database).
+    pub protect: Vec<PathBuf>,
+    /// Where the generation in force and the live sessions are kept for
+    /// the next guardd ([`kept`]).
+    pub state_file: PathBuf,
+    /// Where each session's last denials are written for its agent.
+    pub why_dir: PathBuf,
+    /// The DNS server for hostname rules; the system's when `None`.
+    pub dns_server: Option<std::net::IpAddr>,
+}
+
+/// Where what outlives one guardd is, for the next to adopt.
+pub struct Persistence {
+    /// Below which the programs are pinned ([`crate::enforcer::pin_root`]).
+    pub pins: PathBuf,
+    /// See [`kept`].
+    pub state_file: PathBuf,
+}
+
+/// An error with the process exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+#[error("{error:#}")]
+pub struct Fatal {
+    pub code: i32,
+    pub error: anyhow::Error,
+}
+
+impl From<EnforceError> for Fatal {
+    fn from(e: EnforceError) -> Self {
+        let code = if e.is_unsupported_host() {
+            exit::UNSUPPORTED_HOST
+        } else {
+            exit::FAILURE
+        };
+        Fatal {
+            code,
+            error: e.into(),
+        }
+    }
+}
+
+pub(super) fn failure(error: impl Into<anyhow::Error>) -> Fatal {
+    Fatal {
+        code: exit::FAILURE,
+        error: error.into(),
+    }
+}
+
+impl From<guard_policy::InvalidPolicy> for Fatal {
+    fn from(e: guard_policy::InvalidPolicy) -> Self {
+        Fatal {
+            code: exit::INVALID_POLICY,
+            error: e.into(),
+        }
+    }
+}
+
+/// Reads, validates and compiles guardd's policy file, with guardd's
+/// built-in agent, profile and rules added. The file and every directory
+/// above it must be root's alone ([`trust::check_owned`]), or whoever could
+/// write them would choose the policy.
+pub fn load_own_policy(path: &Path, builtins: &Builtins) -> Result<LoadedPolicy, Fatal> {
+    crate::trust::check_owned(path).map_err(|e| Fatal {
+        code: exit::INVALID_POLICY,
+        error: anyhow::anyhow!("refusing the policy: {e}"),
+    })?;
+    Ok(guard_policy::load(path, |p| builtins.add_to(p))?)
+}
+
+/// Validates and compiles a policy's text with guardd's built-ins; errors
+/// name `origin` with the line, column and reason.
+pub fn compile_policy(
+    text: String,
+    origin: &str,
+    builtins: &Builtins,
+) -> Result<LoadedPolicy, Fatal> {
+    Ok(guard_policy::compile_text(text, origin, |p| {
+        builtins.add_to(p)
+    })?)
+}

@@ -1,0 +1,325 @@
+//! `run`: start guardd, spawn its tasks and stream records until SIGTERM;
+//! `check_host` and `detach`.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use guard_api::{audit::AuditService, chain::Chain, metrics::StageLabels, session::Session};
+use guard_policy::{
+    LoadedPolicy,
+    compile::{self},
+    policy,
+};
+
+use crate::{
+    canary::Canary,
+    cgroup::{self},
+    metrics::DaemonMetrics,
+    spool::LineFile,
+};
+
+use super::{
+    builtins::Builtins,
+    config::*,
+    control, dns, hosts, kept,
+    reload::{self},
+    services,
+    state::{State, lock},
+    why,
+    writer::{self, Out, RecordWriter},
+};
+
+/// Checks whether this host can enforce, without enforcing anything: loads
+/// and attaches the programs and runs the readiness canary, then detaches.
+pub fn check_host() -> Result<(), Fatal> {
+    let builtins = Builtins::new(Canary::prepare().map_err(failure)?, Vec::new());
+    let mut only_canary = policy::Policy {
+        profiles: vec![],
+        agents: vec![],
+    };
+    builtins.add_to(&mut only_canary);
+    let compiled = compile::compile(&only_canary)
+        .map_err(|e| failure(anyhow::anyhow!("canary profile: {e}")))?;
+    let mount = cgroup::ensure_cgroup2().map_err(failure)?;
+    let state = State::start(
+        &mount,
+        cgroup::DEFAULT_ROOT,
+        PathBuf::new(),
+        builtins,
+        LoadedPolicy {
+            compiled,
+            sha256: String::new(),
+            text: String::new(),
+        },
+        None,
+    )?;
+    info!(
+        hooks = ?state.enforcer.attachment.attached,
+        unavailable = ?state.enforcer.attachment.unavailable,
+        "BPF LSM usable: all programs loaded and attached, and the readiness canary was denied"
+    );
+    Ok(())
+}
+
+/// Removes the programs guardd left pinned (and attached) for
+/// `cgroup_root`: agents below it are no longer confined.
+pub fn detach(cgroup_root: &str) -> Result<(), Fatal> {
+    let pins = crate::enforcer::pin_root(cgroup_root);
+    let started = std::time::Instant::now();
+    let removed = crate::enforcer::detach_pinned(cgroup_root)
+        .with_context(|| format!("cannot remove {}", pins.display()))
+        .map_err(failure)?;
+    if removed {
+        info!(
+            pins = %pins.display(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "detached: agents below `{cgroup_root}` are no longer confined"
+        );
+    } else {
+        info!(pins = %pins.display(), "nothing pinned: no programs of a stopped guardd were attached");
+    }
+    Ok(())
+}
+
+/// The files no agent may change: Guard's binaries, the policy, the
+/// records and the state file (created here if new, so that they are
+/// protected from the start) and what `--protect` names.
+pub(super) fn own_files(config: &Config) -> Vec<PathBuf> {
+    let mut own = Builtins::binaries();
+    own.push(config.policy.clone());
+    // Readable by each session's user; changed by guardd only.
+    match std::fs::create_dir_all(&config.why_dir) {
+        Ok(()) => own.push(config.why_dir.clone()),
+        Err(e) => warn!(dir = %config.why_dir.display(), "cannot create: {e}"),
+    }
+    let files = [config.events.as_ref(), config.ocsf.as_ref()];
+    for file in files.into_iter().flatten().chain([&config.state_file]) {
+        if let Some(dir) = file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+        {
+            warn!(file = %file.display(), "cannot create: {e}");
+        }
+        own.push(file.clone());
+    }
+    own.extend(config.protect.iter().cloned());
+    own
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), Fatal> {
+    let builtins = Builtins::new(Canary::prepare().map_err(failure)?, own_files(&config));
+    let sockets = [config.socket.clone(), config.api_socket.clone()];
+    for dir in sockets.iter().filter_map(|socket| socket.parent()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let own_names = builtins.own_names(&sockets);
+    if let Some(events) = &config.events {
+        crate::trust::check_owned(events)
+            .and_then(|()| kept::Kept::read(&config.state_file).check_events(events))
+            .map_err(|e| failure(anyhow::anyhow!("refusing to continue the events file: {e}")))?;
+    }
+    let policy = load_own_policy(&config.policy, &builtins)?;
+    for note in &policy.compiled.notes {
+        warn!("{note}");
+    }
+    let mount = cgroup::ensure_cgroup2().map_err(failure)?;
+    let persistence = Persistence {
+        pins: crate::enforcer::pin_root(&config.cgroup_root),
+        state_file: config.state_file.clone(),
+    };
+    let mut state = State::start(
+        &mount,
+        &config.cgroup_root,
+        config.policy.clone(),
+        builtins,
+        policy,
+        Some(&persistence),
+    )?;
+    if let Some(adopted) = &state.enforcer.adopted {
+        info!(
+            pins = %persistence.pins.display(),
+            previous_generation = ?adopted.generation,
+            unreported_losses = adopted.unreported_losses,
+            "adopted the programs the previous guardd left attached: agents stayed confined while no guardd ran"
+        );
+    }
+    state.enforcer.set_own_names(&own_names).map_err(failure)?;
+    state.state_file = Some(persistence.state_file.clone());
+    state.events_file = config.events.clone();
+    state.keep();
+    state.why = why::Why::new(config.why_dir.clone());
+    let kept: Vec<Session> = state.sessions.live().cloned().collect();
+    for session in &kept {
+        state.why.open(session);
+    }
+
+    let replaced = match state.enforcer.pin() {
+        Ok(replaced) => replaced,
+        Err(e) => {
+            warn!(
+                "{e}: the programs detach when guardd ends, leaving agents unconfined until it runs again"
+            );
+            0
+        }
+    };
+    let events = state.enforcer.take_events()?;
+    let listener = control::bind_control(&config.socket).map_err(failure)?;
+    if !state.enforcer.attachment.unavailable.is_empty() {
+        info!(hooks = ?state.enforcer.attachment.unavailable, "optional hooks not in this kernel; older hooks cover their routes");
+    }
+    {
+        let current = state.current();
+        info!(
+            policy = %config.policy.display(),
+            cgroup_root = %config.cgroup_root,
+            control_socket = %config.socket.display(),
+            hooks = ?state.enforcer.attachment.attached,
+            generation = current.number,
+            policy_sha256 = %current.policy_sha256,
+            "enforcing: {}",
+            current.compiled.summary()
+        );
+    }
+
+    // Before the chain is resumed: a torn last line is cut first.
+    let (out, torn) = Out::open(config.events.as_deref()).map_err(failure)?;
+    let watched = reload::watched_files(&config.policy, &state.current().compiled);
+    let state = Arc::new(Mutex::new(state));
+    let (changes_tx, changes_rx) = mpsc::channel(16);
+    let watcher = reload::FileWatcher::new(changes_tx, watched).map_err(failure)?;
+    tokio::spawn(control::serve_control(listener, state.clone()));
+    let api_listener = control::bind_control(&config.api_socket).map_err(failure)?;
+    tokio::spawn(services::serve(
+        api_listener,
+        services::LocalApi {
+            state: state.clone(),
+        },
+    ));
+    tokio::spawn(reload::reload_on_change(state.clone(), changes_rx, watcher));
+    tokio::spawn(dns::resolve_hosts(
+        state.clone(),
+        hosts::resolver(config.dns_server).map_err(|e| format!("{e:#}")),
+    ));
+
+    let chain = match &config.events {
+        Some(path) => Chain::resume(path)
+            .with_context(|| format!("cannot continue the record chain of {}", path.display()))
+            .map_err(failure)?,
+        None => Chain::default(),
+    };
+    let ocsf = match &config.ocsf {
+        Some(path) => Some(
+            LineFile::open(path)
+                .with_context(|| format!("cannot open OCSF file {}", path.display()))
+                .map_err(failure)?
+                .0,
+        ),
+        None => None,
+    };
+    let metrics = Arc::new(DaemonMetrics::default());
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))
+            .map_err(failure)?;
+        info!(%addr, "metrics on /metrics");
+        tokio::spawn(guard_api::metrics::serve(listener, metrics.clone()));
+    }
+    lock(&state).update_metrics(&metrics);
+    let mut writer = RecordWriter::new(
+        chain,
+        out,
+        config.host_name.clone(),
+        config.redactor,
+        &state,
+    );
+    writer.ocsf = ocsf;
+    writer.metrics = metrics.clone();
+    if torn > 0 {
+        warn!(
+            bytes = torn,
+            "the events file ended in a torn line (a guardd ended mid-write): cut, and reported as a loss"
+        );
+        writer.lose("torn_line", 1);
+    }
+    // Records that programs of another build made and no guardd read.
+    writer.lose("replaced_programs", replaced);
+    writer.write_losses();
+    writer.flush();
+    if let Some(addr) = config.grpc_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for gRPC on {addr}"))
+            .map_err(failure)?;
+        info!(%addr, "gRPC audit API listening");
+        let audit = AuditService {
+            feed: writer.feed.clone(),
+            history: None,
+            subscriber_losses: metrics
+                .lost
+                .get_or_create(&StageLabels {
+                    stage: "subscriber_queue".into(),
+                })
+                .clone(),
+        };
+        let (routes, _health) = guard_api::grpc::routes(audit).await.map_err(failure)?;
+        tokio::spawn(async move {
+            if let Err(e) = guard_api::grpc::serve(listener, routes, std::future::pending()).await {
+                error!("gRPC audit API stopped: {e:#}");
+            }
+        });
+    }
+    if let (Some(collector), Some(events)) = (&config.collector, &config.events) {
+        let shipper = guard_api::ship::Shipper {
+            events: events.clone(),
+            collector: collector.clone(),
+            host: config.host_name.clone(),
+            written: Some(writer.written.subscribe()),
+            acked: watch::Sender::new(0),
+        };
+        let mut acked = shipper.acked.subscribe();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            while acked.changed().await.is_ok() {
+                metrics.acked_seq.set(*acked.borrow() as i64);
+            }
+        });
+        tokio::spawn(shipper.run());
+    }
+    let result = writer::stream_events(events, &state, writer).await;
+    let _ = std::fs::remove_file(&config.socket);
+    let _ = std::fs::remove_file(&config.api_socket);
+    result.map_err(failure)?;
+
+    let state = lock(&state);
+    let counters = state.counters();
+    let live = state.sessions.populated();
+    let pinned = state.enforcer.pinned();
+    drop(state);
+    if pinned {
+        info!(
+            ?counters,
+            pins = %persistence.pins.display(),
+            "stopped; the programs stay attached and agents stay confined by the policy in force until guardd runs again (`guardd --detach` removes them)"
+        );
+    } else {
+        info!(?counters, "detached: no longer enforcing");
+        if live > 0 {
+            warn!(
+                "{live} session(s) still have processes; they are NOT confined until guardd runs again"
+            );
+        }
+    }
+    Ok(())
+}
