@@ -8,7 +8,11 @@ use std::{fmt::Write as _, process::Command, time::Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{Repo, boot, build, initramfs, setup, vm};
+use crate::{
+    guest::{boot, build, initramfs},
+    repo::Repo,
+    setup, vm,
+};
 
 /// Configurations, in the order the suite runs them, with the overhead
 /// target each must meet (as a fraction of the baseline; none for denials,
@@ -122,7 +126,7 @@ fn plot(repo: &Repo) -> Result<()> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_matplotlib {
-        crate::run(Command::new("python3").args([
+        crate::repo::run(Command::new("python3").args([
             "-m",
             "pip",
             "install",
@@ -132,7 +136,7 @@ fn plot(repo: &Repo) -> Result<()> {
         ]))?;
     }
     let dir = repo.root.join("bench");
-    crate::run(
+    crate::repo::run(
         Command::new("python3")
             .arg(dir.join("plot.py"))
             .arg(dir.join("results.json"))

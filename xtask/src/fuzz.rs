@@ -7,7 +7,10 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{Repo, run, setup};
+use crate::{
+    repo::{Repo, run},
+    setup,
+};
 
 /// The targets: the policy parser and compiler, the record decoder (ring
 /// buffer records and events-file lines), and the collector's ingest step.

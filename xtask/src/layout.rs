@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use syn::visit::Visit;
 
-use crate::Repo;
+use crate::repo::Repo;
 
 /// A module: its path from the crate root (empty for the root) and the
 /// paths it names, each with the file and line that names it.
@@ -44,9 +44,17 @@ pub fn check(repo: &Repo) -> Result<()> {
             cycles.join("\n\n")
         );
     }
-    eprintln!("xtask: no import cycles in {roots} crate targets");
+    eprintln!(
+        "xtask: no import cycles in {roots} crate targets (not checked yet: {})",
+        NOT_CHECKED.join(", ")
+    );
     Ok(())
 }
+
+/// Crates not checked yet: the eBPF programs keep every hook and the
+/// helpers they share in one crate root, until they are split by hook
+/// family.
+const NOT_CHECKED: &[&str] = &["guard-ebpf"];
 
 /// The root file of every target of every workspace crate.
 fn crate_roots(repo: &Repo) -> Result<Vec<PathBuf>> {
@@ -64,6 +72,9 @@ fn crate_roots(repo: &Repo) -> Result<Vec<PathBuf>> {
     let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)?;
     let mut roots = BTreeSet::new();
     for package in metadata["packages"].as_array().into_iter().flatten() {
+        if NOT_CHECKED.iter().any(|name| package["name"] == *name) {
+            continue;
+        }
         for target in package["targets"].as_array().into_iter().flatten() {
             // Build scripts are one file each.
             if target["kind"]
@@ -324,4 +335,43 @@ fn describe(repo: &Repo, tree: &Tree, cycle: &[Vec<String>]) -> String {
         }
     }
     format!("a cycle of {} modules:\n{}", cycle.len(), lines.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cycles_in(files: &[(&str, &str)]) -> Vec<Vec<Vec<String>>> {
+        let dir = std::env::temp_dir().join(format!("layout-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (name, text) in files {
+            let path = dir.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let mut tree = Tree::new();
+        read_module(&mut tree, Vec::new(), &dir.join("lib.rs")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        find_cycles(&tree)
+    }
+
+    #[test]
+    fn a_cycle_through_a_parent_is_found_and_one_way_imports_are_not() {
+        let found = cycles_in(&[
+            ("lib.rs", "mod a;\nmod b;\n"),
+            (
+                "a/mod.rs",
+                "mod child;\npub struct A;\nfn f() { child::g(); }\n",
+            ),
+            ("a/child.rs", "use super::A;\npub fn g() {}\n"),
+            ("b.rs", "use crate::a::A;\npub(super) fn h(_: A) {}\n"),
+        ]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let mut cycle = found[0].clone();
+        cycle.sort();
+        assert_eq!(
+            cycle,
+            vec![vec!["a".to_string()], vec!["a".into(), "child".into()]]
+        );
+    }
 }

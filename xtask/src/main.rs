@@ -2,19 +2,19 @@
 
 mod bench;
 mod fuzz;
+mod guest;
 mod layout;
+mod repo;
 mod setup;
 mod vm;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use guest::{boot, build, initramfs};
+use repo::{Repo, cargo, run};
 use vm::Series;
 
 /// Guard's project automation.
@@ -65,238 +65,6 @@ enum Cmd {
     },
 }
 
-/// Paths of the repository.
-pub struct Repo {
-    root: PathBuf,
-    /// Downloads and generated files (kernels, initramfs, logs).
-    cache: PathBuf,
-}
-
-impl Repo {
-    fn new() -> Result<Self> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .context("xtask has a parent")?
-            .to_path_buf();
-        let cache = std::env::var_os("GUARD_CACHE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join(".cache"));
-        std::fs::create_dir_all(&cache)?;
-        Ok(Self { root, cache })
-    }
-
-    /// The eBPF toolchain, from guard-ebpf/rust-toolchain.toml.
-    fn ebpf_toolchain(&self) -> Result<String> {
-        let file = self.root.join("guard-ebpf/rust-toolchain.toml");
-        std::fs::read_to_string(&file)?
-            .lines()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("channel = ")
-                    .map(|v| v.trim_matches('"').to_string())
-            })
-            .with_context(|| format!("no channel in {}", file.display()))
-    }
-
-    fn release_dir(&self) -> PathBuf {
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| self.root.join("target"))
-            .join("release")
-    }
-}
-
-/// Runs a command, failing on a non-zero exit.
-pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
-}
-
-/// Runs a command and returns its stdout.
-pub fn capture(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn cargo(repo: &Repo) -> Command {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(&repo.root);
-    cmd
-}
-
-/// What the VMs and host tests run.
-struct Artifacts {
-    bin_dir: PathBuf,
-    vm_tests: PathBuf,
-}
-
-fn build(repo: &Repo) -> Result<Artifacts> {
-    run(cargo(repo).args([
-        "build",
-        "--locked",
-        "--release",
-        "-p",
-        "guard-daemon",
-        "-p",
-        "guardctl",
-        "-p",
-        "guard-collector",
-        "-p",
-        "guard-tests",
-        "--bins",
-    ]))?;
-    let json = capture(cargo(repo).args([
-        "test",
-        "--locked",
-        "--release",
-        "-p",
-        "guard-tests",
-        "--test",
-        "vm",
-        "--no-run",
-        "--message-format=json",
-    ]))?;
-    let vm_tests = json
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["target"]["name"] == "vm" && m["profile"]["test"] == true)
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo did not report the vm test executable")?;
-    Ok(Artifacts {
-        bin_dir: repo.release_dir(),
-        vm_tests,
-    })
-}
-
-const BINARIES: [&str; 5] = [
-    "guardd",
-    "guardctl",
-    "guard-collector",
-    "guard-probe",
-    "guard-bench",
-];
-
-fn initramfs(repo: &Repo, artifacts: &Artifacts) -> Result<PathBuf> {
-    let mut files: Vec<_> = BINARIES
-        .iter()
-        .map(|b| (artifacts.bin_dir.join(b), format!("/guard/bin/{b}")))
-        .collect();
-    files.push((artifacts.vm_tests.clone(), "/guard/tests/vm".into()));
-    files.push((repo.root.join("examples/demo.sh"), "/guard/demo.sh".into()));
-    // The kernel tests load the example policy.
-    files.push((
-        repo.root.join("examples/policy.yaml"),
-        "/guard/examples/policy.yaml".into(),
-    ));
-    // The benchmark's peer, auditd, when installed (`cargo xtask bench`
-    // installs it); its libraries come along like the binaries'.
-    for tool in ["auditd", "auditctl"] {
-        let path = Path::new("/sbin").join(tool);
-        if path.exists() {
-            files.push((path, format!("/guard/audit/{tool}")));
-        }
-    }
-    // GUARD_TEST_ARGS passes extra libtest arguments (a filter, --nocapture)
-    // to the kernel tests; the no-lsm boot always runs its one test.
-    let extra = std::env::var("GUARD_TEST_ARGS").unwrap_or_default();
-    let tests =
-        "GUARD_BIN_DIR=/guard/bin GUARD_EXAMPLES=/guard/examples /guard/tests/vm --test-threads=1";
-    vm::initramfs(
-        repo,
-        &vm::Payload { files },
-        &[
-            ("test", format!("{tests} --skip without_bpf_lsm {extra}\n")),
-            ("no-lsm", format!("{tests} without_bpf_lsm\n")),
-            (
-                "demo",
-                "GUARD_BIN_DIR=/guard/bin sh /guard/demo.sh\n".into(),
-            ),
-            (
-                "bench",
-                "GUARD_BIN_DIR=/guard/bin GUARD_AUDITD_DIR=/guard/audit /guard/bin/guard-bench suite\n"
-                    .into(),
-            ),
-        ],
-    )
-}
-
-/// The kernel's default LSM list with `bpf` in it (or removed from it).
-fn lsm_list(kernel: &vm::Kernel, with_bpf: bool) -> String {
-    let mut lsms: Vec<&str> = kernel
-        .default_lsm
-        .split(',')
-        .filter(|l| *l != "bpf")
-        .collect();
-    if with_bpf {
-        lsms.push("bpf");
-    }
-    lsms.join(",")
-}
-
-/// Boots one VM and fails unless the guest's script exited 0.
-fn boot(
-    repo: &Repo,
-    kernel: &vm::Kernel,
-    initramfs: &Path,
-    mode: &str,
-    with_bpf: bool,
-) -> Result<vm::Outcome> {
-    let log = repo.cache.join(format!("vm-{}-{mode}.log", kernel.package));
-    let lsm = lsm_list(kernel, with_bpf);
-    let boot_once = || {
-        vm::boot(
-            kernel,
-            initramfs,
-            mode,
-            &lsm,
-            &log,
-            // The benchmark runs longest: about 13 minutes, then the 60 s
-            // load test and the time the collector needs to store it all.
-            Duration::from_secs(if mode == "bench" { 40 * 60 } else { 20 * 60 }),
-        )
-    };
-    let mut outcome = boot_once()?;
-    // A guest that crashed before reaching userspace ran none of our code:
-    // an emulator or firmware flake, so boot it again (at most twice).
-    for _ in 0..2 {
-        if outcome.booted {
-            break;
-        }
-        eprintln!(
-            "xtask: {} crashed before reaching userspace; booting it again",
-            kernel.package
-        );
-        outcome = boot_once()?;
-    }
-    match outcome.exit {
-        Some(0) => Ok(outcome),
-        Some(code) => bail!(
-            "{mode} in {} failed with exit status {code}; console log: {}",
-            kernel.package,
-            log.display()
-        ),
-        None => bail!(
-            "{mode} in {} did not finish (no exit status on the console); console log: {}",
-            kernel.package,
-            log.display()
-        ),
-    }
-}
-
 fn vm_tests(repo: &Repo, series: &[Series]) -> Result<()> {
     let artifacts = build(repo)?;
     let image = initramfs(repo, &artifacts)?;
@@ -335,6 +103,7 @@ fn test(repo: &Repo) -> Result<()> {
     setup::setup(repo)?;
     // Formatting and lints first: cheap, and they fail fast.
     run(cargo(repo).args(["fmt", "--all", "--check"]))?;
+    layout::check(repo)?;
     run(cargo(repo).args([
         "clippy",
         "--locked",

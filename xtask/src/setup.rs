@@ -6,7 +6,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{Repo, capture, run};
+use crate::repo::{Repo, capture, run};
 
 /// Debian packages: QEMU for the kernel VMs, a static busybox and cpio for
 /// their initramfs, PostgreSQL for the collector's shared-store tests.

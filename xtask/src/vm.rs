@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{Repo, capture, run};
+use crate::repo::{Repo, capture, run};
 
 /// A kernel series the tests run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -1,0 +1,173 @@
+//! What a kernel VM runs: the release binaries and the kernel tests built,
+//! packed into an initramfs, and booted with QEMU.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    repo::{Repo, capture, cargo, run},
+    vm,
+};
+
+/// What the VMs and host tests run.
+pub struct Artifacts {
+    pub bin_dir: PathBuf,
+    pub vm_tests: PathBuf,
+}
+
+pub fn build(repo: &Repo) -> Result<Artifacts> {
+    run(cargo(repo).args([
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        "guard-daemon",
+        "-p",
+        "guardctl",
+        "-p",
+        "guard-collector",
+        "-p",
+        "guard-tests",
+        "--bins",
+    ]))?;
+    let json = capture(cargo(repo).args([
+        "test",
+        "--locked",
+        "--release",
+        "-p",
+        "guard-tests",
+        "--test",
+        "vm",
+        "--no-run",
+        "--message-format=json",
+    ]))?;
+    let vm_tests = json
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["target"]["name"] == "vm" && m["profile"]["test"] == true)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo did not report the vm test executable")?;
+    Ok(Artifacts {
+        bin_dir: repo.release_dir(),
+        vm_tests,
+    })
+}
+
+pub const BINARIES: [&str; 5] = [
+    "guardd",
+    "guardctl",
+    "guard-collector",
+    "guard-probe",
+    "guard-bench",
+];
+
+pub fn initramfs(repo: &Repo, artifacts: &Artifacts) -> Result<PathBuf> {
+    let mut files: Vec<_> = BINARIES
+        .iter()
+        .map(|b| (artifacts.bin_dir.join(b), format!("/guard/bin/{b}")))
+        .collect();
+    files.push((artifacts.vm_tests.clone(), "/guard/tests/vm".into()));
+    files.push((repo.root.join("examples/demo.sh"), "/guard/demo.sh".into()));
+    // The kernel tests load the example policy.
+    files.push((
+        repo.root.join("examples/policy.yaml"),
+        "/guard/examples/policy.yaml".into(),
+    ));
+    // The benchmark's peer, auditd, when installed (`cargo xtask bench`
+    // installs it); its libraries come along like the binaries'.
+    for tool in ["auditd", "auditctl"] {
+        let path = Path::new("/sbin").join(tool);
+        if path.exists() {
+            files.push((path, format!("/guard/audit/{tool}")));
+        }
+    }
+    // GUARD_TEST_ARGS passes extra libtest arguments (a filter, --nocapture)
+    // to the kernel tests; the no-lsm boot always runs its one test.
+    let extra = std::env::var("GUARD_TEST_ARGS").unwrap_or_default();
+    let tests =
+        "GUARD_BIN_DIR=/guard/bin GUARD_EXAMPLES=/guard/examples /guard/tests/vm --test-threads=1";
+    vm::initramfs(
+        repo,
+        &vm::Payload { files },
+        &[
+            ("test", format!("{tests} --skip without_bpf_lsm {extra}\n")),
+            ("no-lsm", format!("{tests} without_bpf_lsm\n")),
+            (
+                "demo",
+                "GUARD_BIN_DIR=/guard/bin sh /guard/demo.sh\n".into(),
+            ),
+            (
+                "bench",
+                "GUARD_BIN_DIR=/guard/bin GUARD_AUDITD_DIR=/guard/audit /guard/bin/guard-bench suite\n"
+                    .into(),
+            ),
+        ],
+    )
+}
+
+/// The kernel's default LSM list with `bpf` in it (or removed from it).
+pub fn lsm_list(kernel: &vm::Kernel, with_bpf: bool) -> String {
+    let mut lsms: Vec<&str> = kernel
+        .default_lsm
+        .split(',')
+        .filter(|l| *l != "bpf")
+        .collect();
+    if with_bpf {
+        lsms.push("bpf");
+    }
+    lsms.join(",")
+}
+
+/// Boots one VM and fails unless the guest's script exited 0.
+pub fn boot(
+    repo: &Repo,
+    kernel: &vm::Kernel,
+    initramfs: &Path,
+    mode: &str,
+    with_bpf: bool,
+) -> Result<vm::Outcome> {
+    let log = repo.cache.join(format!("vm-{}-{mode}.log", kernel.package));
+    let lsm = lsm_list(kernel, with_bpf);
+    let boot_once = || {
+        vm::boot(
+            kernel,
+            initramfs,
+            mode,
+            &lsm,
+            &log,
+            // The benchmark runs longest: about 13 minutes, then the 60 s
+            // load test and the time the collector needs to store it all.
+            Duration::from_secs(if mode == "bench" { 40 * 60 } else { 20 * 60 }),
+        )
+    };
+    let mut outcome = boot_once()?;
+    // A guest that crashed before reaching userspace ran none of our code:
+    // an emulator or firmware flake, so boot it again (at most twice).
+    for _ in 0..2 {
+        if outcome.booted {
+            break;
+        }
+        eprintln!(
+            "xtask: {} crashed before reaching userspace; booting it again",
+            kernel.package
+        );
+        outcome = boot_once()?;
+    }
+    match outcome.exit {
+        Some(0) => Ok(outcome),
+        Some(code) => bail!(
+            "{mode} in {} failed with exit status {code}; console log: {}",
+            kernel.package,
+            log.display()
+        ),
+        None => bail!(
+            "{mode} in {} did not finish (no exit status on the console); console log: {}",
+            kernel.package,
+            log.display()
+        ),
+    }
+}
