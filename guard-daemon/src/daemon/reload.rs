@@ -17,7 +17,7 @@ use guard_policy::compile::CompiledPolicy;
 use crate::generation::Generation;
 
 use super::{
-    config::*,
+    config::load_own_policy,
     state::{Reason, State, lock},
 };
 

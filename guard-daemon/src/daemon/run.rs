@@ -11,25 +11,14 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use guard_api::{audit::AuditService, chain::Chain, metrics::StageLabels, session::Session};
-use guard_policy::{
-    LoadedPolicy,
-    compile::{self},
-    policy,
-};
+use guard_policy::{LoadedPolicy, compile, policy};
 
-use crate::{
-    canary::Canary,
-    cgroup::{self},
-    metrics::DaemonMetrics,
-    spool::LineFile,
-};
+use crate::{canary::Canary, cgroup, metrics::DaemonMetrics, spool::LineFile};
 
 use super::{
     builtins::Builtins,
-    config::*,
-    control, dns, hosts, kept,
-    reload::{self},
-    services,
+    config::{Config, Fatal, Persistence, failure, load_own_policy},
+    control, dns, hosts, kept, reload, services,
     state::{State, lock},
     why,
     writer::{self, Out, RecordWriter},

@@ -17,13 +17,10 @@ use guard_api::{
     exit,
     session::Session,
 };
-use guard_policy::{
-    LoadedPolicy,
-    compile::{self},
-};
+use guard_policy::{LoadedPolicy, compile};
 
 use crate::{
-    canary::{self},
+    canary,
     cgroup::{self, GuardRoot},
     enforcer::Enforcer,
     events::{self, Clock},
@@ -32,7 +29,13 @@ use crate::{
     session::{self, Sessions},
 };
 
-use super::{approvals, builtins::Builtins, caller::Caller, config::*, hosts, kept, why};
+use super::{
+    approvals,
+    builtins::Builtins,
+    caller::Caller,
+    config::{Fatal, Persistence, compile_policy, failure},
+    hosts, kept, why,
+};
 
 /// What asked for a reload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
