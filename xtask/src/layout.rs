@@ -28,14 +28,14 @@ struct Module {
 type Tree = BTreeMap<Vec<String>, Module>;
 
 pub fn check(repo: &Repo) -> Result<()> {
+    let roots = crate_roots(repo)?;
     let mut cycles = Vec::new();
-    let mut roots = 0;
-    for root in crate_roots(repo)? {
+    for root in &roots {
         let mut tree = Tree::new();
-        read_module(&mut tree, Vec::new(), &root)?;
-        roots += 1;
-        for cycle in find_cycles(&tree) {
-            cycles.push(describe(repo, &tree, &cycle));
+        read_module(&mut tree, Vec::new(), root)?;
+        let edges = edges(&tree);
+        for cycle in find_cycles(&tree, &edges) {
+            cycles.push(describe(repo, &tree, &edges, &cycle));
         }
     }
     if !cycles.is_empty() {
@@ -45,7 +45,8 @@ pub fn check(repo: &Repo) -> Result<()> {
         );
     }
     eprintln!(
-        "xtask: no import cycles in {roots} crate targets (not checked yet: {})",
+        "xtask: no import cycles in {} crate targets (not checked yet: {})",
+        roots.len(),
         NOT_CHECKED.join(", ")
     );
     Ok(())
@@ -238,7 +239,9 @@ fn target(tree: &Tree, from: &[String], path: &[String]) -> Option<Vec<String>> 
 }
 
 /// Edges `from -> to` with the line of the first place that makes each.
-fn edges(tree: &Tree) -> BTreeMap<Vec<String>, BTreeMap<Vec<String>, usize>> {
+type Edges = BTreeMap<Vec<String>, BTreeMap<Vec<String>, usize>>;
+
+fn edges(tree: &Tree) -> Edges {
     let mut edges: BTreeMap<_, BTreeMap<_, _>> = BTreeMap::new();
     for (from, module) in tree {
         for (path, line) in &module.named {
@@ -255,9 +258,9 @@ fn edges(tree: &Tree) -> BTreeMap<Vec<String>, BTreeMap<Vec<String>, usize>> {
 }
 
 /// The strongly connected components with more than one module (Tarjan).
-fn find_cycles(tree: &Tree) -> Vec<Vec<Vec<String>>> {
+fn find_cycles(tree: &Tree, edges: &Edges) -> Vec<Vec<Vec<String>>> {
     struct Walk<'a> {
-        edges: &'a BTreeMap<Vec<String>, BTreeMap<Vec<String>, usize>>,
+        edges: &'a Edges,
         index: BTreeMap<&'a [String], (usize, usize)>,
         stack: Vec<&'a [String]>,
         next: usize,
@@ -292,9 +295,8 @@ fn find_cycles(tree: &Tree) -> Vec<Vec<Vec<String>>> {
             }
         }
     }
-    let edges = edges(tree);
     let mut walk = Walk {
-        edges: &edges,
+        edges,
         index: BTreeMap::new(),
         stack: Vec::new(),
         next: 0,
@@ -310,8 +312,7 @@ fn find_cycles(tree: &Tree) -> Vec<Vec<Vec<String>>> {
 
 /// One cycle, as the edges between its modules with the line that makes
 /// each.
-fn describe(repo: &Repo, tree: &Tree, cycle: &[Vec<String>]) -> String {
-    let edges = edges(tree);
+fn describe(repo: &Repo, tree: &Tree, edges: &Edges, cycle: &[Vec<String>]) -> String {
     let name = |m: &[String]| {
         if m.is_empty() {
             "crate".to_string()
@@ -352,7 +353,7 @@ mod tests {
         let mut tree = Tree::new();
         read_module(&mut tree, Vec::new(), &dir.join("lib.rs")).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
-        find_cycles(&tree)
+        find_cycles(&tree, &edges(&tree))
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use guard_api::exit;
-use guard_policy::LoadedPolicy;
+use guard_policy::{InvalidPolicy, LoadedPolicy};
 
 use crate::enforcer::EnforceError;
 
@@ -81,8 +81,8 @@ pub(super) fn failure(error: impl Into<anyhow::Error>) -> Fatal {
     }
 }
 
-impl From<guard_policy::InvalidPolicy> for Fatal {
-    fn from(e: guard_policy::InvalidPolicy) -> Self {
+impl From<InvalidPolicy> for Fatal {
+    fn from(e: InvalidPolicy) -> Self {
         Fatal {
             code: exit::INVALID_POLICY,
             error: e.into(),
@@ -95,10 +95,8 @@ impl From<guard_policy::InvalidPolicy> for Fatal {
 /// above it must be root's alone ([`trust::check_owned`]), or whoever could
 /// write them would choose the policy.
 pub fn load_own_policy(path: &Path, builtins: &Builtins) -> Result<LoadedPolicy, Fatal> {
-    crate::trust::check_owned(path).map_err(|e| Fatal {
-        code: exit::INVALID_POLICY,
-        error: anyhow::anyhow!("refusing the policy: {e}"),
-    })?;
+    crate::trust::check_owned(path)
+        .map_err(|e| InvalidPolicy(format!("refusing the policy: {e}")))?;
     Ok(guard_policy::load(path, |p| builtins.add_to(p))?)
 }
 
