@@ -9,7 +9,8 @@ use guard_common::{
 };
 
 use crate::{
-    Agent, Decision,
+    agent::Agent,
+    decision::Decision,
     maps::{BUDGET_STATE, DESTINATIONS_SEEN, EXCEPTIONS},
 };
 
