@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     chain, pb,
-    record::{Line, Record},
+    record::{Line, Record, Verdict},
     session::SessionRef,
     time::{nanos, rfc3339_nanos, timestamp},
 };
@@ -162,8 +162,7 @@ pub struct Filter {
     pub agents: Vec<String>,
     pub sessions: Vec<String>,
     pub hooks: Vec<String>,
-    /// Verdict names as records spell them: allow, deny, would_deny.
-    pub verdicts: Vec<&'static str>,
+    pub verdicts: Vec<Verdict>,
     pub hosts: Vec<String>,
     /// Nanoseconds since the epoch.
     pub since: Option<i64>,
@@ -175,13 +174,12 @@ impl Filter {
         let verdicts = filter
             .verdicts
             .iter()
-            .map(|v| match pb::Verdict::try_from(*v) {
-                Ok(pb::Verdict::Allow) => Ok("allow"),
-                Ok(pb::Verdict::Deny) => Ok("deny"),
-                Ok(pb::Verdict::WouldDeny) => Ok("would_deny"),
-                _ => Err(Status::invalid_argument(format!(
-                    "filter.verdicts: {v} is not a verdict (1 allow, 2 deny, 3 would_deny)"
-                ))),
+            .map(|v| {
+                verdict_of(*v).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "filter.verdicts: {v} is not a verdict (1 allow, 2 deny, 3 would_deny)"
+                    ))
+                })
             })
             .collect::<Result<_, _>>()?;
         let since = filter.since.as_ref().map(nanos);
@@ -237,26 +235,27 @@ impl Filter {
         any(&self.agents, &r.agent)
             && any(&self.sessions, session)
             && any(&self.hooks, &r.hook)
-            && (self.verdicts.is_empty() || self.verdicts.contains(&verdict_name(r.verdict)))
+            && (self.verdicts.is_empty()
+                || verdict_of(r.verdict).is_some_and(|v| self.verdicts.contains(&v)))
     }
 }
 
-pub fn verdict(name: &str) -> pb::Verdict {
-    match name {
-        "allow" => pb::Verdict::Allow,
-        "deny" => pb::Verdict::Deny,
-        "would_deny" => pb::Verdict::WouldDeny,
-        _ => pb::Verdict::Unspecified,
+/// A verdict's form in the API.
+impl From<Verdict> for pb::Verdict {
+    fn from(verdict: Verdict) -> Self {
+        match verdict {
+            Verdict::Allow => pb::Verdict::Allow,
+            Verdict::Deny => pb::Verdict::Deny,
+            Verdict::WouldDeny => pb::Verdict::WouldDeny,
+        }
     }
 }
 
-pub fn verdict_name(verdict: i32) -> &'static str {
-    match pb::Verdict::try_from(verdict) {
-        Ok(pb::Verdict::Allow) => "allow",
-        Ok(pb::Verdict::Deny) => "deny",
-        Ok(pb::Verdict::WouldDeny) => "would_deny",
-        _ => "unknown",
-    }
+/// The verdict an API message's `verdict` field holds, if it holds one.
+pub fn verdict_of(value: i32) -> Option<Verdict> {
+    Verdict::ALL
+        .into_iter()
+        .find(|v| pb::Verdict::from(*v) as i32 == value)
 }
 
 /// The entry for one sealed line of a host's events stream.
@@ -298,8 +297,8 @@ fn to_proto(r: &Record, chain: String, json: &str) -> pb::Record {
         seq: r.seq,
         time: Some(timestamp(rfc3339_nanos(&r.time))),
         hook: r.hook.clone(),
-        action: r.action.clone(),
-        verdict: verdict(&r.verdict) as i32,
+        action: r.action.name().into(),
+        verdict: pb::Verdict::from(r.verdict) as i32,
         agent: r.agent.clone(),
         profile: r.profile.clone(),
         session: r.session.as_ref().map(session),

@@ -10,7 +10,7 @@
 use serde_json::{Value, json};
 
 use crate::{
-    record::{Line, LossRecord, Record, SELF_PROTECTION_RULE},
+    record::{Action, Line, LossRecord, Record, SELF_PROTECTION_RULE, Verdict},
     time,
 };
 
@@ -41,15 +41,17 @@ fn class(r: &Record) -> (u32, &'static str, u32, &'static str, u32, &'static str
             "Create",
         );
     }
-    match r.action.as_str() {
-        "exec" | "exec_map" => (1007, "Process Activity", 1, "System Activity", 1, "Launch"),
-        "unlink" | "rmdir" => with(FILE, 4, "Delete"),
-        "rename" | "rename_into" => with(FILE, 5, "Rename"),
-        "truncate" => with(FILE, 3, "Update"),
-        "open_write" => with(FILE, 14, "Open"),
-        "create" | "mkdir" | "symlink" | "link" => with(FILE, 1, "Create"),
-        "connect" => (4001, "Network Activity", 4, "Network Activity", 1, "Open"),
-        "sendmsg" => (
+    match r.action {
+        Action::Exec | Action::ExecMap => {
+            (1007, "Process Activity", 1, "System Activity", 1, "Launch")
+        }
+        Action::Unlink | Action::Rmdir => with(FILE, 4, "Delete"),
+        Action::Rename | Action::RenameInto => with(FILE, 5, "Rename"),
+        Action::Truncate => with(FILE, 3, "Update"),
+        Action::OpenWrite => with(FILE, 14, "Open"),
+        Action::Create | Action::Mkdir | Action::Symlink | Action::Link => with(FILE, 1, "Create"),
+        Action::Connect => (4001, "Network Activity", 4, "Network Activity", 1, "Open"),
+        Action::Sendmsg => (
             4001,
             "Network Activity",
             4,
@@ -91,10 +93,10 @@ fn metadata(host: &str, seq: u64, hook: &str) -> Value {
 fn decision(host: &str, r: &Record, sealed: &str) -> Value {
     let (class_uid, class_name, category_uid, category_name, activity_id, activity_name) = class(r);
     let (action_id, action, disposition_id, disposition, status_id, status, severity_id, severity) =
-        match r.verdict.as_str() {
-            "deny" => (2, "Denied", 2, "Blocked", 2, "Failure", 3, "Medium"),
-            "would_deny" => (1, "Allowed", 15, "Detected", 1, "Success", 2, "Low"),
-            _ => (1, "Allowed", 1, "Allowed", 1, "Success", 1, "Informational"),
+        match r.verdict {
+            Verdict::Deny => (2, "Denied", 2, "Blocked", 2, "Failure", 3, "Medium"),
+            Verdict::WouldDeny => (1, "Allowed", 15, "Detected", 1, "Success", 2, "Low"),
+            Verdict::Allow => (1, "Allowed", 1, "Allowed", 1, "Success", 1, "Informational"),
         };
     let process = r.process.as_ref();
     let mut actor_process = json!({

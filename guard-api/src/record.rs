@@ -15,10 +15,9 @@ pub struct Record {
     pub time: String,
     /// LSM hook that decided.
     pub hook: String,
-    /// What the process tried: exec, unlink, rmdir, rename, truncate, connect, sendmsg.
-    pub action: String,
-    /// allow, deny, or would_deny (monitor mode).
-    pub verdict: String,
+    /// What the process tried.
+    pub action: Action,
+    pub verdict: Verdict,
     pub agent: String,
     /// The profile that decided.
     pub profile: String,
@@ -68,6 +67,189 @@ pub struct Record {
     /// The exhausted budget of a denial by rule `budget:NAME`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetNote>,
+}
+
+/// What a decision decided. Its name is how records, the API's filters,
+/// the collector's tables and `guardctl` spell it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    Allow,
+    Deny,
+    /// Monitor mode: a rule would have denied; the action was allowed.
+    WouldDeny,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 3] = [Verdict::Allow, Verdict::Deny, Verdict::WouldDeny];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::WouldDeny => "would_deny",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.name() == name)
+    }
+}
+
+/// What a process tried, or what happened to a ticket. Its name is how
+/// records spell it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Exec,
+    /// Mapping a program executable (`ld.so PROGRAM`).
+    ExecMap,
+    Unlink,
+    Rmdir,
+    /// Renaming a file away, or over another.
+    Rename,
+    /// Renaming a file to a new name in a directory.
+    RenameInto,
+    Truncate,
+    OpenWrite,
+    Create,
+    Mkdir,
+    Symlink,
+    Link,
+    /// A hard link that would take a protected file out of its rule's reach.
+    LinkAway,
+    Connect,
+    Sendmsg,
+    Bpf,
+    Signal,
+    Ptrace,
+    Mount,
+    Umount,
+    Remount,
+    LoadKernelFile,
+    LoadKernelData,
+    CloneIntoCgroup,
+    TicketApprove,
+    TicketDeny,
+    TicketExpire,
+    /// A kernel record of a hook this guardd does not know, or a record
+    /// from a newer guardd with an action this build does not know.
+    Unknown,
+}
+
+impl Action {
+    pub const ALL: [Action; 28] = [
+        Action::Exec,
+        Action::ExecMap,
+        Action::Unlink,
+        Action::Rmdir,
+        Action::Rename,
+        Action::RenameInto,
+        Action::Truncate,
+        Action::OpenWrite,
+        Action::Create,
+        Action::Mkdir,
+        Action::Symlink,
+        Action::Link,
+        Action::LinkAway,
+        Action::Connect,
+        Action::Sendmsg,
+        Action::Bpf,
+        Action::Signal,
+        Action::Ptrace,
+        Action::Mount,
+        Action::Umount,
+        Action::Remount,
+        Action::LoadKernelFile,
+        Action::LoadKernelData,
+        Action::CloneIntoCgroup,
+        Action::TicketApprove,
+        Action::TicketDeny,
+        Action::TicketExpire,
+        Action::Unknown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Exec => "exec",
+            Action::ExecMap => "exec_map",
+            Action::Unlink => "unlink",
+            Action::Rmdir => "rmdir",
+            Action::Rename => "rename",
+            Action::RenameInto => "rename_into",
+            Action::Truncate => "truncate",
+            Action::OpenWrite => "open_write",
+            Action::Create => "create",
+            Action::Mkdir => "mkdir",
+            Action::Symlink => "symlink",
+            Action::Link => "link",
+            Action::LinkAway => "link_away",
+            Action::Connect => "connect",
+            Action::Sendmsg => "sendmsg",
+            Action::Bpf => "bpf",
+            Action::Signal => "signal",
+            Action::Ptrace => "ptrace",
+            Action::Mount => "mount",
+            Action::Umount => "umount",
+            Action::Remount => "remount",
+            Action::LoadKernelFile => "load_kernel_file",
+            Action::LoadKernelData => "load_kernel_data",
+            Action::CloneIntoCgroup => "clone_into_cgroup",
+            Action::TicketApprove => "ticket_approve",
+            Action::TicketDeny => "ticket_deny",
+            Action::TicketExpire => "ticket_expire",
+            Action::Unknown => "unknown",
+        }
+    }
+
+    /// The action named `name`; [`Action::Unknown`] for a name this build
+    /// does not know, so that a newer guardd's records are still read.
+    pub fn from_name(name: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name() == name)
+            .unwrap_or(Action::Unknown)
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Verdict {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Verdict {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        Verdict::from_name(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "verdict `{name}` is none of allow, deny, would_deny"
+            ))
+        })
+    }
+}
+
+impl Serialize for Action {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        Ok(Action::from_name(&name))
+    }
 }
 
 /// A ticket, as a record mentions it.
@@ -186,4 +368,34 @@ pub struct ProcessInfo {
 pub struct Ancestor {
     pub pid: u32,
     pub comm: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_verdict_and_action_reads_back_by_its_name() {
+        for verdict in Verdict::ALL {
+            let json = serde_json::to_string(&verdict).unwrap();
+            assert_eq!(json, format!("\"{}\"", verdict.name()));
+            assert_eq!(serde_json::from_str::<Verdict>(&json).unwrap(), verdict);
+        }
+        let mut names = std::collections::HashSet::new();
+        for action in Action::ALL {
+            assert!(names.insert(action.name()), "{action} named twice");
+            let json = serde_json::to_string(&action).unwrap();
+            assert_eq!(serde_json::from_str::<Action>(&json).unwrap(), action);
+        }
+    }
+
+    #[test]
+    fn an_unknown_action_is_read_and_an_unknown_verdict_refused() {
+        assert_eq!(
+            serde_json::from_str::<Action>("\"drop_table\"").unwrap(),
+            Action::Unknown
+        );
+        let error = serde_json::from_str::<Verdict>("\"maybe\"").unwrap_err();
+        assert!(error.to_string().contains("`maybe` is none of"), "{error}");
+    }
 }

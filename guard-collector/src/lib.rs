@@ -29,7 +29,7 @@ use guard_api::{
     chain,
     metrics::StageLabels,
     pb,
-    record::Line,
+    record::{Line, Verdict},
     time,
 };
 
@@ -204,7 +204,7 @@ pub fn ingest(state: &mut StreamState, lines: &[String], now: i64) -> (Ingested,
                     .map(|s| s.session.clone())
                     .unwrap_or_default();
                 entry.hook = r.hook.clone();
-                entry.verdict = r.verdict.clone();
+                entry.verdict = r.verdict.name().into();
             }
             Line::Loss(loss) => {
                 entry.kind = Kind::Loss;
@@ -277,10 +277,10 @@ impl History for StoreHandle {
             .map_err(status)?;
         let mut stats = pb::StatsResponse::default();
         for (kind, verdict, integrity, count) in totals.rows {
-            match (kind, verdict.as_str()) {
-                (Kind::Record, "allow") => stats.allowed += count,
-                (Kind::Record, "deny") => stats.denied += count,
-                (Kind::Record, "would_deny") => stats.would_deny += count,
+            match (kind, Verdict::from_name(&verdict)) {
+                (Kind::Record, Some(Verdict::Allow)) => stats.allowed += count,
+                (Kind::Record, Some(Verdict::Deny)) => stats.denied += count,
+                (Kind::Record, Some(Verdict::WouldDeny)) => stats.would_deny += count,
                 (Kind::Loss, _) => stats.lost += count,
                 (Kind::Gap, _) => stats.missing += count,
                 _ => {}
@@ -656,7 +656,7 @@ mod tests {
             Err(StoreError::Conflict(_))
         ));
         let denials = Filter {
-            verdicts: vec!["deny"],
+            verdicts: vec![Verdict::Deny],
             ..Default::default()
         };
         let page = store.query(&denials, 0, 2).unwrap();

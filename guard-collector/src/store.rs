@@ -329,7 +329,7 @@ pub fn filter_clause(
             format!("{column} IN ({})", marks.join(", "))
         })
     };
-    let verdicts: Vec<String> = filter.verdicts.iter().map(|v| v.to_string()).collect();
+    let verdicts: Vec<String> = filter.verdicts.iter().map(|v| v.name().into()).collect();
     let selects: Vec<String> = [
         any_of("agent", &filter.agents),
         any_of("session", &filter.sessions),
@@ -382,12 +382,13 @@ pub fn parse_integrity(name: &str) -> pb::Integrity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use guard_api::record::Verdict;
 
     #[test]
     fn filters_become_a_clause_with_bound_values() {
         let filter = Filter {
             agents: vec!["coder".into(), "analyst".into()],
-            verdicts: vec!["deny"],
+            verdicts: vec![Verdict::Deny],
             hosts: vec!["web-1".into()],
             since: Some(10),
             ..Default::default()

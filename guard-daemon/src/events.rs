@@ -11,7 +11,10 @@ use guard_common::{
 };
 
 use guard_api::{
-    record::{BudgetNote, FileIdentity, Record, SELF_PROTECTION_RULE, TicketNote, ticket_id},
+    record::{
+        Action, BudgetNote, FileIdentity, Record, SELF_PROTECTION_RULE, TicketNote, Verdict,
+        ticket_id,
+    },
     session::Session,
 };
 use guard_policy::policy::BUDGET_NAMES;
@@ -81,45 +84,47 @@ impl Default for Clock {
 
 const SELF_PROTECTION_MESSAGE: &str = "no agent may do this, whatever its profile: it would switch Guard off, leave the agent's cgroup or change the kernel";
 
-pub fn hook_name(id: u32) -> (&'static str, &'static str) {
+/// The LSM hook and the action of a kernel record's hook id.
+pub fn hook_name(id: u32) -> (&'static str, Action) {
     match id {
-        hook::EXEC => ("bprm_check_security", "exec"),
-        hook::UNLINK => ("path_unlink", "unlink"),
-        hook::RMDIR => ("path_rmdir", "rmdir"),
-        hook::RENAME => ("path_rename", "rename"),
-        hook::TRUNCATE => ("path_truncate", "truncate"),
-        hook::OPEN_TRUNC => ("file_open", "truncate"),
-        hook::FILE_TRUNCATE => ("file_truncate", "truncate"),
-        hook::CONNECT => ("socket_connect", "connect"),
-        hook::SENDMSG => ("socket_sendmsg", "sendmsg"),
-        hook::CREATE => ("path_mknod", "create"),
-        hook::MKDIR => ("path_mkdir", "mkdir"),
-        hook::SYMLINK => ("path_symlink", "symlink"),
-        hook::LINK => ("path_link", "link"),
-        hook::OPEN_WRITE => ("file_open", "open_write"),
-        hook::RENAME_INTO => ("path_rename", "rename_into"),
-        hook::BPF => ("bpf", "bpf"),
-        hook::SIGNAL => ("task_kill", "signal"),
-        hook::PTRACE => ("ptrace_access_check", "ptrace"),
-        hook::MOUNT => ("sb_mount", "mount"),
-        hook::UMOUNT => ("sb_umount", "umount"),
-        hook::REMOUNT => ("sb_remount", "remount"),
-        hook::MOVE_MOUNT => ("move_mount", "mount"),
-        hook::KERNEL_READ_FILE => ("kernel_read_file", "load_kernel_file"),
-        hook::KERNEL_LOAD_DATA => ("kernel_load_data", "load_kernel_data"),
-        hook::CLONE_INTO_CGROUP => ("task_alloc", "clone_into_cgroup"),
-        hook::EXEC_MAP => ("mmap_file", "exec_map"),
-        hook::LINK_AWAY => ("path_link", "link_away"),
-        _ => ("unknown", "unknown"),
+        hook::EXEC => ("bprm_check_security", Action::Exec),
+        hook::UNLINK => ("path_unlink", Action::Unlink),
+        hook::RMDIR => ("path_rmdir", Action::Rmdir),
+        hook::RENAME => ("path_rename", Action::Rename),
+        hook::TRUNCATE => ("path_truncate", Action::Truncate),
+        hook::OPEN_TRUNC => ("file_open", Action::Truncate),
+        hook::FILE_TRUNCATE => ("file_truncate", Action::Truncate),
+        hook::CONNECT => ("socket_connect", Action::Connect),
+        hook::SENDMSG => ("socket_sendmsg", Action::Sendmsg),
+        hook::CREATE => ("path_mknod", Action::Create),
+        hook::MKDIR => ("path_mkdir", Action::Mkdir),
+        hook::SYMLINK => ("path_symlink", Action::Symlink),
+        hook::LINK => ("path_link", Action::Link),
+        hook::OPEN_WRITE => ("file_open", Action::OpenWrite),
+        hook::RENAME_INTO => ("path_rename", Action::RenameInto),
+        hook::BPF => ("bpf", Action::Bpf),
+        hook::SIGNAL => ("task_kill", Action::Signal),
+        hook::PTRACE => ("ptrace_access_check", Action::Ptrace),
+        hook::MOUNT => ("sb_mount", Action::Mount),
+        hook::UMOUNT => ("sb_umount", Action::Umount),
+        hook::REMOUNT => ("sb_remount", Action::Remount),
+        hook::MOVE_MOUNT => ("move_mount", Action::Mount),
+        hook::KERNEL_READ_FILE => ("kernel_read_file", Action::LoadKernelFile),
+        hook::KERNEL_LOAD_DATA => ("kernel_load_data", Action::LoadKernelData),
+        hook::CLONE_INTO_CGROUP => ("task_alloc", Action::CloneIntoCgroup),
+        hook::EXEC_MAP => ("mmap_file", Action::ExecMap),
+        hook::LINK_AWAY => ("path_link", Action::LinkAway),
+        _ => ("unknown", Action::Unknown),
     }
 }
 
-fn verdict_name(id: u32) -> &'static str {
+/// The verdict of a kernel record; a value the programs never write is
+/// taken as a denial, never as allowed.
+fn verdict_of(id: u32) -> Verdict {
     match id {
-        verdict::ALLOW => "allow",
-        verdict::DENY => "deny",
-        verdict::WOULD_DENY => "would_deny",
-        _ => "unknown",
+        verdict::ALLOW => Verdict::Allow,
+        verdict::WOULD_DENY => Verdict::WouldDeny,
+        _ => Verdict::Deny,
     }
 }
 
@@ -186,8 +191,8 @@ pub fn to_record(
         seq: 0,
         time: humantime::format_rfc3339_nanos(clock.wall(event.boot_ns)).to_string(),
         hook: hook.into(),
-        action: action.into(),
-        verdict: verdict_name(event.verdict).into(),
+        action,
+        verdict: verdict_of(event.verdict),
         agent: agent.unwrap_or_else(|| format!("cgroup-{}", event.agent_cgroup)),
         profile: match profile_index {
             guard_common::LOCKED_PROFILE => "locked".into(),
@@ -344,7 +349,7 @@ mod tests {
             &Clock::new(),
         );
         assert_eq!(
-            (r.hook.as_str(), r.action.as_str(), r.verdict.as_str()),
+            (r.hook.as_str(), r.action.name(), r.verdict.name()),
             ("socket_connect", "connect", "deny")
         );
         assert_eq!(r.target, "10.1.2.3:5432");
@@ -392,7 +397,7 @@ mod tests {
         e.rule_id = NO_RULE;
         let r = to_record(&e, None, Some("coder".into()), None, &Clock::new());
         assert_eq!(
-            (r.action.as_str(), r.verdict.as_str(), r.target.as_str()),
+            (r.action.name(), r.verdict.name(), r.target.as_str()),
             ("unlink", "would_deny", "/a/b/c")
         );
         assert_eq!(r.file, Some(FileIdentity { dev: 3, ino: 42 }));

@@ -9,7 +9,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
-use guard_api::{audit, chain, exit, ocsf, pb, record::Line, ship, time};
+use guard_api::{
+    audit, chain, exit, ocsf, pb,
+    record::{Line, Verdict},
+    ship, time,
+};
 
 /// Which entries: every non-empty list must contain the entry's value.
 #[derive(Args, Clone, Debug)]
@@ -24,8 +28,8 @@ pub struct FilterArgs {
     #[arg(long)]
     hook: Vec<String>,
     /// Only these verdicts (repeatable).
-    #[arg(long, value_parser = ["allow", "deny", "would_deny"])]
-    verdict: Vec<String>,
+    #[arg(long, value_parser = verdict_parser())]
+    verdict: Vec<Verdict>,
     /// Only these hosts (repeatable; collector only).
     #[arg(long)]
     host: Vec<String>,
@@ -47,13 +51,20 @@ impl FilterArgs {
             verdicts: self
                 .verdict
                 .iter()
-                .map(|v| audit::verdict(v) as i32)
+                .map(|v| pb::Verdict::from(*v) as i32)
                 .collect(),
             hosts: self.host.clone(),
             since: self.since.map(time::timestamp),
             until: self.until.map(time::timestamp),
         }
     }
+}
+
+/// Verdicts by name, with their names listed in `--help`.
+fn verdict_parser() -> impl clap::builder::TypedValueParser<Value = Verdict> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Verdict::ALL.map(Verdict::name))
+        .map(|name| Verdict::from_name(&name).expect("one of the possible values"))
 }
 
 fn parse_time(text: &str) -> Result<i64, String> {
@@ -230,7 +241,7 @@ fn format(entry: &pb::Entry, output: Output) -> String {
                 "{:<30} {:<12} {:<10} {:<12} {:<8.8} {:<12} {:<32} {}{}",
                 time.unwrap_or_default(),
                 if r.host.is_empty() { "-" } else { &r.host },
-                audit::verdict_name(r.verdict),
+                audit::verdict_of(r.verdict).map_or("unknown", Verdict::name),
                 r.agent,
                 session,
                 r.action,

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use guard_common::{Event, ExceptionKey, hook, object};
 
-use guard_api::record::{Record, TicketNote, ticket_id};
+use guard_api::record::{Action, Record, TicketNote, Verdict, ticket_id};
 
 /// Tickets kept open at once; later approvable denials open none (logged).
 const MAX_OPEN: usize = 1024;
@@ -59,7 +59,7 @@ pub struct Ticket {
     pub session: String,
     pub agent: String,
     /// What was denied: the action, its target and the rule.
-    pub action: String,
+    pub action: Action,
     pub target: String,
     pub rule: String,
     pub message: Option<String>,
@@ -185,7 +185,7 @@ impl Tickets {
             state: TicketState::Pending,
             session: session.into(),
             agent: record.agent.clone(),
-            action: record.action.clone(),
+            action: record.action,
             target: record.target.clone(),
             rule: record.rule.clone(),
             message: record.message.clone(),
@@ -241,7 +241,7 @@ impl Tickets {
             ticket: entry.number,
             once: u32::from(terms.once),
         };
-        let record = step(entry, "approve", "allow", Some(by));
+        let record = step(entry, Action::TicketApprove, Some(by));
         Ok((entry.key, exception, record))
     }
 
@@ -257,7 +257,7 @@ impl Tickets {
             });
         }
         entry.ticket.state = TicketState::Denied;
-        Ok((entry.key, step(entry, "deny", "deny", Some(by))))
+        Ok((entry.key, step(entry, Action::TicketDeny, Some(by))))
     }
 
     /// Notes the use of an approved ticket (a record with flag `approved`);
@@ -280,7 +280,7 @@ impl Tickets {
             .filter(|e| e.ticket.state == TicketState::Approved && e.expires_boot_ns <= now)
             .map(|entry| {
                 entry.ticket.state = TicketState::Expired;
-                (entry.key, step(entry, "expire", "deny", None))
+                (entry.key, step(entry, Action::TicketExpire, None))
             })
             .collect()
     }
@@ -359,13 +359,18 @@ fn note(ticket: &Ticket, state: &str) -> TicketNote {
 
 /// A record of a step of a ticket: the denial it was opened by, now
 /// `action` (approve, deny, expire) by `by` (guardd itself when `None`).
-fn step(entry: &Entry, action: &str, verdict: &str, by: Option<&Approver>) -> Record {
+fn step(entry: &Entry, action: Action, by: Option<&Approver>) -> Record {
+    let (verdict, state) = match action {
+        Action::TicketApprove => (Verdict::Allow, "approved"),
+        Action::TicketDeny => (Verdict::Deny, "denied"),
+        _ => (Verdict::Deny, "expired"),
+    };
     let mut record = entry.denial.clone();
     record.seq = 0;
     record.time = guard_api::time::rfc3339(guard_api::time::now_nanos());
     record.hook = if by.is_some() { "guardctl" } else { "guardd" }.into();
-    record.action = format!("ticket_{action}");
-    record.verdict = verdict.into();
+    record.action = action;
+    record.verdict = verdict;
     (record.pid, record.tid, record.uid, record.comm) = match by {
         Some(by) => (by.pid as u32, by.pid as u32, by.uid, "guardctl".into()),
         None => (std::process::id(), std::process::id(), 0, "guardd".into()),
@@ -374,14 +379,7 @@ fn step(entry: &Entry, action: &str, verdict: &str, by: Option<&Approver>) -> Re
     record.redacted.clear();
     record.flags.clear();
     record.budget = None;
-    record.ticket = Some(note(
-        &entry.ticket,
-        match action {
-            "approve" => "approved",
-            "deny" => "denied",
-            _ => "expired",
-        },
-    ));
+    record.ticket = Some(note(&entry.ticket, state));
     record
 }
 

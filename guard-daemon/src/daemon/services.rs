@@ -196,7 +196,7 @@ fn ticket(t: &approvals::Ticket) -> pb::Ticket {
         state: t.state.as_str().into(),
         session: t.session.clone(),
         agent: t.agent.clone(),
-        action: t.action.clone(),
+        action: t.action.name().into(),
         target: t.target.clone(),
         rule: t.rule.clone(),
         message: t.message.clone().unwrap_or_default(),

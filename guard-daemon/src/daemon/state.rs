@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 use guard_api::{
     control::{HookStatus, ProfileStatus, SessionAction, Status},
     exit,
+    record::Verdict,
     session::Session,
 };
 use guard_policy::{LoadedPolicy, compile};
@@ -726,7 +727,7 @@ impl State {
             self.tickets.used(event.detail);
         }
         if let Some(session) = session
-            && record.verdict == "deny"
+            && record.verdict == Verdict::Deny
         {
             let compiled = generation.as_ref().map(|g| &g.compiled);
             let rule = compiled.and_then(|c| c.rule(event.rule_id));

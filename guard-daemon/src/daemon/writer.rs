@@ -22,7 +22,13 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
 use tracing::{info, warn};
 
 use super::state::{State, lock};
-use guard_api::{audit::Feed, chain::Chain, metrics::StageLabels, pb, record::Line};
+use guard_api::{
+    audit::Feed,
+    chain::Chain,
+    metrics::StageLabels,
+    pb,
+    record::{Action, Line},
+};
 
 use crate::{
     enforcer::Lane,
@@ -230,7 +236,7 @@ impl RecordWriter {
                 Ok(event) => {
                     let mut record = lock(state).record(&event, clock);
                     record.seq = self.chain.next_seq();
-                    let fresh = record.action == "exec";
+                    let fresh = record.action == Action::Exec;
                     if let Some((process, masked)) =
                         self.processes.get(record.pid, fresh, &self.redactor)
                     {
@@ -243,7 +249,7 @@ impl RecordWriter {
                         .decisions
                         .get_or_create(&DecisionLabels {
                             hook: record.hook.clone(),
-                            verdict: record.verdict.clone(),
+                            verdict: record.verdict.name().into(),
                             agent: record.agent.clone(),
                         })
                         .inc();
