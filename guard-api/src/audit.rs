@@ -15,7 +15,7 @@ use tokio_stream::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    chain, pb,
+    pb,
     record::{Line, Record, Verdict},
     session::SessionRef,
     time::{nanos, rfc3339_nanos, timestamp},
@@ -258,9 +258,16 @@ pub fn verdict_of(value: i32) -> Option<Verdict> {
         .find(|v| pb::Verdict::from(*v) as i32 == value)
 }
 
-/// The entry for one sealed line of a host's events stream.
-pub fn entry(host: &str, sealed: &str, line: &Line, integrity: pb::Integrity) -> pb::Entry {
-    let chain = chain::hash_of(sealed).map(hex::encode).unwrap_or_default();
+/// The entry for one sealed line of a host's events stream: its text,
+/// the hash that seals it, and what it says.
+pub fn entry(
+    host: &str,
+    sealed: &str,
+    hash: &[u8; 32],
+    line: &Line,
+    integrity: pb::Integrity,
+) -> pb::Entry {
+    let chain = hex::encode(hash);
     let entry = match line {
         Line::Decision(record) => {
             let mut record = to_proto(record, chain, sealed);
@@ -438,10 +445,12 @@ mod tests {
         let json = format!(
             r#"{{"seq":{seq},"time":"2026-11-22T21:45:01.5Z","hook":"path_unlink","action":"unlink","verdict":"deny","agent":"coder","profile":"coding","generation":1,"policy_sha256":"","agent_cgroup":1,"cgroup":1,"pid":1,"tid":1,"uid":0,"comm":"rm","target":"/srv/data/x","rule":"keep"}}"#
         );
-        let sealed = String::from_utf8(chain.seal(json.into_bytes())).unwrap();
+        let (sealed, hash) = chain.seal(json.into_bytes());
+        let sealed = String::from_utf8(sealed).unwrap();
         entry(
             "web-1",
             &sealed,
+            &hash,
             &Line::parse(&sealed).unwrap(),
             pb::Integrity::Unspecified,
         )

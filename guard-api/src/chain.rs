@@ -78,8 +78,9 @@ impl Chain {
     }
 
     /// Seals a record serialized as a JSON object (whose `seq` member is
-    /// [`Self::next_seq`]): appends the chain member.
-    pub fn seal(&mut self, mut json: Vec<u8>) -> Vec<u8> {
+    /// [`Self::next_seq`]): appends the chain member. Returns the sealed
+    /// line and its hash.
+    pub fn seal(&mut self, mut json: Vec<u8>) -> (Vec<u8>, [u8; 32]) {
         debug_assert_eq!(json.last(), Some(&b'}'));
         json.pop();
         let hash = link(&self.last, &json);
@@ -88,7 +89,7 @@ impl Chain {
         json.extend_from_slice(b"\"}");
         self.last = hash;
         self.next_seq += 1;
-        json
+        (json, hash)
     }
 }
 
@@ -206,7 +207,7 @@ mod tests {
 
     fn sealed(chain: &mut Chain, what: &str) -> String {
         let json = format!("{{\"seq\":{},\"what\":\"{what}\"}}", chain.next_seq());
-        String::from_utf8(chain.seal(json.into_bytes())).unwrap()
+        String::from_utf8(chain.seal(json.into_bytes()).0).unwrap()
     }
 
     fn stream(n: usize) -> Vec<String> {

@@ -310,7 +310,9 @@ pub enum Line {
 }
 
 impl Line {
-    /// Parses a line of an events file (a sealed record or loss).
+    /// Parses a line of an events file (a sealed record or loss). A quick
+    /// look for a `loss` member says which, then the line is read strictly
+    /// as that (a repeated member is refused).
     pub fn parse(line: &str) -> serde_json::Result<Self> {
         #[derive(Deserialize)]
         struct Probe {

@@ -171,6 +171,7 @@ pub fn ingest(state: &mut StreamState, lines: &[String], now: i64) -> (Ingested,
                 verdict: String::new(),
                 integrity: pb::Integrity::Unspecified,
                 json: String::new(),
+                parsed: None,
             });
             None
         } else if seq == 1 {
@@ -194,6 +195,7 @@ pub fn ingest(state: &mut StreamState, lines: &[String], now: i64) -> (Ingested,
             verdict: String::new(),
             integrity,
             json: line.clone(),
+            parsed: None,
         };
         match &parsed {
             Line::Decision(r) => {
@@ -211,6 +213,7 @@ pub fn ingest(state: &mut StreamState, lines: &[String], now: i64) -> (Ingested,
                 entry.count = loss.loss.records;
             }
         }
+        entry.parsed = Some(Arc::new((parsed, hash)));
         out.entries.push(entry);
         *state = StreamState {
             next_seq: seq + 1,
@@ -232,11 +235,15 @@ pub fn to_entry(host: &str, entry: &NewEntry) -> pb::Entry {
             })),
         };
     }
-    match Line::parse(&entry.json) {
-        Ok(line) => audit::entry(host, &entry.json, &line, entry.integrity),
-        // Stored lines were parsed on the way in; one that no longer
+    if let Some(parsed) = &entry.parsed {
+        let (line, hash) = &**parsed;
+        return audit::entry(host, &entry.json, hash, line, entry.integrity);
+    }
+    match (chain::hash_of(&entry.json), Line::parse(&entry.json)) {
+        (Some(hash), Ok(line)) => audit::entry(host, &entry.json, &hash, &line, entry.integrity),
+        // Stored lines were checked on the way in; one that no longer
         // parses was changed in the store.
-        Err(_) => pb::Entry {
+        _ => pb::Entry {
             entry: Some(pb::entry::Entry::Record(pb::Record {
                 seq: entry.seq,
                 host: host.into(),
@@ -557,7 +564,7 @@ mod tests {
                         if seq % 2 == 0 { "deny" } else { "allow" }
                     )
                 };
-                String::from_utf8(chain.seal(json.into_bytes())).unwrap()
+                String::from_utf8(chain.seal(json.into_bytes()).0).unwrap()
             })
             .collect()
     }

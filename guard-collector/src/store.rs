@@ -2,7 +2,9 @@
 //! two stores differ only in how they connect, bind values and size
 //! themselves.
 
-use guard_api::{audit::Filter, pb};
+use std::sync::Arc;
+
+use guard_api::{audit::Filter, pb, record::Line};
 
 /// One stored row: a record or loss line of a host's stream, or a gap.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +26,9 @@ pub struct NewEntry {
     pub integrity: pb::Integrity,
     /// The sealed line; empty for a gap.
     pub json: String,
+    /// The line as the collector parsed it on the way in, and its hash, for
+    /// the live feed; `None` for a gap and for a row read from the store.
+    pub parsed: Option<Arc<(Line, [u8; 32])>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,6 +189,7 @@ pub fn stored_entry(row: &impl Row) -> StoredEntry {
             verdict: row.text(9),
             integrity: parse_integrity(&row.text(10)),
             json: row.text(11),
+            parsed: None,
         },
     }
 }

@@ -42,7 +42,7 @@ fn stream(n: u64, salt: &str) -> Vec<String> {
                     r#"{{"seq":{seq},"time":"2026-11-22T10:00:{second:02}Z","hook":"path_unlink","action":"unlink","verdict":"{verdict}","agent":"{agent}","profile":"coding","session":"s-{agent}","user":{{"uid":1000,"name":"dev"}},"labels":{{"ticket":"OPS-1"}},"generation":1,"policy_sha256":"{salt}","agent_cgroup":1,"cgroup":2,"pid":{seq},"tid":{seq},"uid":1000,"comm":"rm","target":"/srv/data/f{seq}","file":{{"dev":3,"ino":{seq}}},"rule":"keep-data","message":"data is kept"}}"#
                 )
             };
-            String::from_utf8(chain.seal(json.into_bytes())).unwrap()
+            String::from_utf8(chain.seal(json.into_bytes()).0).unwrap()
         })
         .collect()
 }

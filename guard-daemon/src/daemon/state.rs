@@ -702,6 +702,10 @@ impl State {
         metrics.generation.set(self.current().number as i64);
     }
 
+    /// The record of one kernel decision, and what the decision sets off.
+    /// Making the record is pure (`events::to_record`, from the generation
+    /// that decided and the session table); every side effect is in
+    /// [`Self::apply`].
     pub(super) fn record(
         &mut self,
         event: &guard_common::Event,
@@ -723,13 +727,28 @@ impl State {
         };
         let mut record =
             events::to_record(event, generation.as_deref(), agent, session.as_ref(), clock);
+        self.apply(event, generation.as_deref(), session, &mut record);
+        record
+    }
+
+    /// What a decision sets off, noted in its record: an approved action
+    /// uses its ticket; a denial in a session opens a ticket (approvable
+    /// rules), freezes the session (freezing rules and budgets), and goes to
+    /// the session's reasons file.
+    fn apply(
+        &mut self,
+        event: &guard_common::Event,
+        generation: Option<&Generation>,
+        session: Option<Session>,
+        record: &mut guard_api::record::Record,
+    ) {
         if event.flags & guard_common::event_flag::APPROVED != 0 {
             self.tickets.used(event.detail);
         }
         if let Some(session) = session
             && record.verdict == Verdict::Deny
         {
-            let compiled = generation.as_ref().map(|g| &g.compiled);
+            let compiled = generation.map(|g| &g.compiled);
             let rule = compiled.and_then(|c| c.rule(event.rule_id));
             let budget = (event.rule_id == guard_common::BUDGET_EXCEEDED)
                 .then(|| {
@@ -742,14 +761,13 @@ impl State {
                 && let Some(key) = approvals::object_of(event)
             {
                 let outermost = self.outermost(session.clone());
-                record.ticket = self.tickets.open(key, &record, &outermost.id);
+                record.ticket = self.tickets.open(key, record, &outermost.id);
             }
             if freeze && self.freeze(session.clone()) {
                 record.flags.push("session_frozen".into());
             }
-            self.why.note(&session.id, &record);
+            self.why.note(&session.id, record);
         }
-        record
     }
 }
 

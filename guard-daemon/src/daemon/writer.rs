@@ -27,7 +27,7 @@ use guard_api::{
     chain::Chain,
     metrics::StageLabels,
     pb,
-    record::{Action, Line},
+    record::{Action, Line, Record},
 };
 
 use crate::{
@@ -227,46 +227,72 @@ impl RecordWriter {
     ) -> bool {
         let was_blocked = self.blocked.is_some();
         self.retry_if_blocked();
+        // 1. Read a batch of kernel records.
         let mut taken = 0;
+        let mut batch = Vec::new();
         while taken < DRAIN_BATCH
             && let Some(item) = ring.next()
         {
             taken += 1;
             match events::decode(&item) {
-                Ok(event) => {
-                    let mut record = lock(state).record(&event, clock);
-                    record.seq = self.chain.next_seq();
-                    let fresh = record.action == Action::Exec;
-                    if let Some((process, masked)) =
-                        self.processes.get(record.pid, fresh, &self.redactor)
-                    {
-                        record.process = Some(process);
-                        if masked {
-                            record.redacted.push("process.cmdline".into());
-                        }
-                    }
-                    self.metrics
-                        .decisions
-                        .get_or_create(&DecisionLabels {
-                            hook: record.hook.clone(),
-                            verdict: record.verdict.name().into(),
-                            agent: record.agent.clone(),
-                        })
-                        .inc();
-                    self.write(Line::Decision(Box::new(record)));
-                }
+                Ok(event) => batch.push(event),
                 Err(e) => {
                     warn!("{e}");
                     self.lose("decode", 1);
                 }
             }
         }
-        let mut state = lock(state);
-        for mut record in std::mem::take(&mut state.notes) {
-            record.seq = self.chain.next_seq();
+        // 2. Under the state lock, once: make the records and apply what
+        // each decision sets off; take the ticket records made meanwhile,
+        // and the kernel's count of records it could not make.
+        let (records, notes) = {
+            let mut state = lock(state);
+            let records: Vec<Record> = batch
+                .iter()
+                .map(|event| state.record(event, clock))
+                .collect();
+            state.why.write();
+            self.count_kernel_losses(lane, &mut state);
+            (records, std::mem::take(&mut state.notes))
+        };
+        // 3. Without it: add the process, count, seal, write, fan out.
+        for mut record in records {
+            let fresh = record.action == Action::Exec;
+            if let Some((process, masked)) = self.processes.get(record.pid, fresh, &self.redactor) {
+                record.process = Some(process);
+                if masked {
+                    record.redacted.push("process.cmdline".into());
+                }
+            }
+            self.metrics
+                .decisions
+                .get_or_create(&DecisionLabels {
+                    hook: record.hook.clone(),
+                    verdict: record.verdict.name().into(),
+                    agent: record.agent.clone(),
+                })
+                .inc();
             self.write(Line::Decision(Box::new(record)));
         }
-        state.why.write();
+        for record in notes {
+            self.write(Line::Decision(Box::new(record)));
+        }
+        self.write_losses();
+        // The programs learn when records stop (or start again) being
+        // written: audit-or-deny profiles deny meanwhile.
+        if was_blocked != self.blocked.is_some() {
+            let blocked = self.blocked.is_some();
+            if let Err(e) = lock(state).enforcer.set_spool_blocked(blocked) {
+                warn!("{e}");
+            }
+        }
+        self.flush();
+        taken == DRAIN_BATCH
+    }
+
+    /// Counts the records the programs of `lane` could not make (a full
+    /// ring buffer) since they were last reported.
+    fn count_kernel_losses(&mut self, lane: Lane, state: &mut State) {
         let reported = self.lost_reported.get(lane.stage()).copied().unwrap_or(0);
         let lost = state.enforcer.counter(lane.lost()).unwrap_or(reported);
         if lost > reported {
@@ -277,16 +303,6 @@ impl RecordWriter {
                 warn!("{e}");
             }
         }
-        self.write_losses();
-        if was_blocked != self.blocked.is_some() {
-            let blocked = self.blocked.is_some();
-            if let Err(e) = state.enforcer.set_spool_blocked(blocked) {
-                warn!("{e}");
-            }
-        }
-        drop(state);
-        self.flush();
-        taken == DRAIN_BATCH
     }
 
     /// Counts `records` lost at `stage`; the next loss line reports them.
@@ -357,9 +373,12 @@ impl RecordWriter {
         }
     }
 
-    /// Writes one decision, or counts it lost while the events file
-    /// refuses writes.
-    fn write(&mut self, line: Line) {
+    /// Writes one decision as the next in the chain, or counts it lost
+    /// while the events file refuses writes.
+    fn write(&mut self, mut line: Line) {
+        if let Line::Decision(record) = &mut line {
+            record.seq = self.chain.next_seq();
+        }
         if self.blocked.is_some() || !self.write_line(&line) {
             self.lose("events_file", 1);
         }
@@ -378,7 +397,7 @@ impl RecordWriter {
             }
         };
         let before = self.chain.clone();
-        let mut sealed = self.chain.seal(json);
+        let (mut sealed, hash) = self.chain.seal(json);
         sealed.push(b'\n');
         if let Err(e) = self.out.append(&sealed) {
             self.chain = before;
@@ -417,6 +436,7 @@ impl RecordWriter {
             self.feed.publish(guard_api::audit::entry(
                 &self.host,
                 &text,
+                &hash,
                 line,
                 pb::Integrity::Unspecified,
             ));
