@@ -9,7 +9,7 @@ set -u
 BIN=${GUARD_BIN_DIR:?set GUARD_BIN_DIR to the directory with guardd, guardctl and guard-probe}
 WORK=$(mktemp -d /tmp/guard-demo.XXXXXX)
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-ctl() { "$BIN/guardctl" --socket "$WORK/control.sock" --api-socket "$WORK/api.sock" "$@"; }
+ctl() { "$BIN/guardctl" --socket "$WORK/guard.sock" "$@"; }
 
 mkdir -p "$WORK/pgdata/base/16384" "$WORK/pgdata/global" "$WORK/workspace/tmp" "$WORK/tools"
 echo 16 > "$WORK/pgdata/PG_VERSION"
@@ -54,7 +54,7 @@ cat "$WORK/policy.yaml"
 
 say "Starting guardd"
 "$BIN/guardd" --policy "$WORK/policy.yaml" --events "$WORK/events.jsonl" --cgroup-root guard-demo \
-    --socket "$WORK/control.sock" --api-socket "$WORK/api.sock" --state-file "$WORK/state.json" --why-dir "$WORK/why" 2> "$WORK/guardd.log" &
+    --socket "$WORK/guard.sock" --state-file "$WORK/state.json" --why-dir "$WORK/why" 2> "$WORK/guardd.log" &
 GUARDD=$!
 enforcing() { grep -q 'INFO.*enforcing:' "$WORK/guardd.log"; }
 for _ in $(seq 1 200); do
@@ -72,7 +72,7 @@ fi
 say "The agent, told to 'clean up old tables and temp files'"
 cd "$WORK"
 ctl run --agent demo-agent --label task=cleanup-42 -- sh -c '
-    ctl() { '"$BIN"'/guardctl --socket '"$WORK"'/control.sock --api-socket '"$WORK"'/api.sock "$@"; }
+    ctl() { '"$BIN"'/guardctl --socket '"$WORK"'/guard.sock "$@"; }
     echo "\$ rm -rf pgdata"
     rm -rf pgdata 2>&1 | head -n 3; echo "   (every file refused)"
     echo "\$ rm -f workspace/tmp/* workspace/app.sqlite"

@@ -20,6 +20,9 @@ fn main() -> anyhow::Result<()> {
         out_dir.join("guard_descriptors.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Maps in name order, so that what guardctl prints is stable.
+    tonic_prost_build::configure()
+        .btree_map(".")
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -287,18 +287,6 @@ pub fn entry(
     pb::Entry { entry: Some(entry) }
 }
 
-/// The API form of what a record carries about its session.
-pub fn session(s: &SessionRef) -> pb::Session {
-    pb::Session {
-        id: s.session.clone(),
-        uid: s.user.uid,
-        user: s.user.name.clone().unwrap_or_default(),
-        login_uid: s.user.login_uid,
-        labels: s.labels.clone().into_iter().collect(),
-        parent: s.parent_session.clone().unwrap_or_default(),
-    }
-}
-
 fn to_proto(r: &Record, chain: String, json: &str) -> pb::Record {
     pb::Record {
         seq: r.seq,
@@ -308,7 +296,7 @@ fn to_proto(r: &Record, chain: String, json: &str) -> pb::Record {
         verdict: pb::Verdict::from(r.verdict) as i32,
         agent: r.agent.clone(),
         profile: r.profile.clone(),
-        session: r.session.as_ref().map(session),
+        session: r.session.as_ref().map(SessionRef::to_proto),
         generation: r.generation,
         policy_sha256: r.policy_sha256.clone(),
         agent_cgroup: r.agent_cgroup,

@@ -2,7 +2,7 @@
 //! standard health checking and server reflection), and the client side of
 //! guardd's local API socket.
 
-use std::future::Future;
+use std::{future::Future, path::Path};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -14,8 +14,27 @@ use crate::{audit::AuditService, pb};
 /// The protos' descriptors, for reflection.
 const DESCRIPTORS: &[u8] = tonic::include_file_descriptor_set!("guard_descriptors");
 
+/// Checks that the other end of a connection to one of guardd's sockets is
+/// a root process: a socket planted at guardd's path by anyone else is not
+/// guardd, and would see (or answer) what guardctl sends.
+pub fn check_served_by_root(stream: &impl std::os::fd::AsFd, socket: &Path) -> std::io::Result<()> {
+    let peer = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
+    if peer.uid() != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is served by uid {} (pid {}), not by root: that is not guardd; refusing to talk to it",
+                socket.display(),
+                peer.uid(),
+                peer.pid()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A channel to a gRPC server on a unix socket (guardd's local API).
-pub async fn connect_unix(path: &std::path::Path) -> anyhow::Result<tonic::transport::Channel> {
+pub async fn connect_unix(path: &Path) -> anyhow::Result<tonic::transport::Channel> {
     let socket = path.to_owned();
     // The URI is required but unused: the connector dials the socket.
     let channel = tonic::transport::Endpoint::try_from("http://localhost")?
@@ -23,7 +42,7 @@ pub async fn connect_unix(path: &std::path::Path) -> anyhow::Result<tonic::trans
             let socket = socket.clone();
             async move {
                 let stream = tokio::net::UnixStream::connect(&socket).await?;
-                crate::control::check_served_by_root(&stream, &socket)?;
+                check_served_by_root(&stream, &socket)?;
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
             }
         }))
@@ -37,7 +56,10 @@ pub async fn connect_unix(path: &std::path::Path) -> anyhow::Result<tonic::trans
                 message = format!("{message}: {cause}");
                 source = cause.source();
             }
-            anyhow::anyhow!("cannot reach guardd's API at {}: {message}", path.display())
+            anyhow::anyhow!(
+                "cannot reach guardd at {}: {message} (is guardd running? `--socket` or GUARD_SOCKET name another socket)",
+                path.display()
+            )
         })?;
     Ok(channel)
 }

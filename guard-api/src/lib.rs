@@ -1,9 +1,10 @@
 //! What Guard's programs share: the gRPC API ([`pb`], generated from
 //! `proto/`), the decision [`record`] and its hash [`chain`], the audit
 //! service ([`audit`]) that guardd and guard-collector both serve
-//! ([`grpc`]), the OCSF form of records ([`ocsf`]), shipping events files to
-//! a collector ([`ship`]), guardd's control protocol ([`control`]) and
-//! default [`paths`], starting a command inside a cgroup ([`launch`]),
+//! ([`grpc`], which also dials guardd's local API socket), the OCSF form of
+//! records ([`ocsf`]), shipping events files to a collector ([`ship`]),
+//! sessions ([`session`]) and default [`paths`], starting a command inside a
+//! cgroup ([`launch`]),
 //! [`metrics`] serving, [`time`] formats, logging and exit codes.
 //!
 //! It knows nothing of the kernel, the policy or the stores: guardd,
@@ -11,7 +12,6 @@
 
 pub mod audit;
 pub mod chain;
-pub mod control;
 pub mod grpc;
 pub mod launch;
 pub mod metrics;
@@ -41,7 +41,7 @@ pub mod logs {
     /// A log line that cannot be written (stderr on a full disk) is dropped:
     /// the default would report it with `eprintln!`, which panics on that
     /// same failure and would end the task that was logging, such as one
-    /// answering a control request.
+    /// answering an API request.
     pub fn init(format: LogFormat) {
         let filter = tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG")
             .unwrap_or_else(|_| "info".into());

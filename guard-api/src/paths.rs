@@ -1,11 +1,9 @@
 //! Where guardd's files and sockets are unless told otherwise; guardd and
 //! guardctl share these defaults.
 
-/// Where guardd listens unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/guard/control.sock";
-
-/// Where guardd serves its local gRPC API (policy, sessions).
-pub const DEFAULT_API_SOCKET: &str = "/run/guard/api.sock";
+/// Where guardd serves its local gRPC API (status, policy, sessions,
+/// tickets) unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/guard/guard.sock";
 /// Where guardd writes each session's last denials for its agent.
 pub const DEFAULT_WHY_DIR: &str = "/run/guard/why";
 /// Where guardd keeps the policy in force and the live sessions for the

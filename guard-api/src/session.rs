@@ -1,10 +1,12 @@
-//! A session as records, the admin API and `guardctl status` show it.
+//! A session as records and guardd's local API show it.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// A session, as recorded and as `guardctl status` shows it.
+use crate::{pb, time};
+
+/// A session, as guardd keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     pub id: String,
@@ -49,7 +51,32 @@ pub struct User {
     pub login_uid: Option<u32>,
 }
 
+impl SessionRef {
+    /// The API form of what a record carries about its session.
+    pub fn to_proto(&self) -> pb::Session {
+        pb::Session {
+            id: self.session.clone(),
+            uid: self.user.uid,
+            user: self.user.name.clone().unwrap_or_default(),
+            login_uid: self.user.login_uid,
+            labels: self.labels.clone().into_iter().collect(),
+            parent: self.parent_session.clone().unwrap_or_default(),
+        }
+    }
+}
+
 impl Session {
+    /// The API form of a session, as guardd's local API lists it.
+    pub fn to_proto(&self) -> pb::SessionInfo {
+        pb::SessionInfo {
+            session: Some(self.reference().to_proto()),
+            agent: self.agent.clone(),
+            profile: self.profile.clone(),
+            started: Some(time::timestamp(time::rfc3339_nanos(&self.started))),
+            cgroup: self.cgroup,
+        }
+    }
+
     pub fn reference(&self) -> SessionRef {
         SessionRef {
             session: self.id.clone(),

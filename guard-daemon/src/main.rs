@@ -17,7 +17,7 @@ use guard_daemon::{cgroup, daemon};
 /// agent below the cgroup2 mount, publishes the policy to the kernel as
 /// generation 1, proves enforcement with a canary agent whose actions must be
 /// denied, logs "enforcing", and writes every decision as one JSON object per
-/// line. `guardctl run` starts sessions through the control socket.
+/// line. `guardctl run` starts sessions through its local API socket.
 ///
 /// The policy is reloaded on SIGHUP, when the policy file changes, and on
 /// `guardctl reload`; a policy that does not parse, validate or compile is
@@ -43,13 +43,10 @@ struct Args {
     #[arg(long, env = "GUARD_CGROUP_ROOT", default_value = cgroup::DEFAULT_ROOT)]
     cgroup_root: String,
 
-    /// Control socket for guardctl (sessions, status, reload); mode 0600.
-    #[arg(long, env = "GUARD_CONTROL_SOCKET", default_value = paths::DEFAULT_SOCKET)]
+    /// The local gRPC API socket, for guardctl: status, policy, reload,
+    /// sessions, tickets; mode 0600.
+    #[arg(long, alias = "api-socket", env = "GUARD_SOCKET", default_value = paths::DEFAULT_SOCKET)]
     socket: PathBuf,
-
-    /// Local gRPC API (policy get/validate/apply, sessions); mode 0600.
-    #[arg(long, env = "GUARD_API_SOCKET", default_value = paths::DEFAULT_API_SOCKET)]
-    api_socket: PathBuf,
 
     /// Serve the gRPC audit API (live feed of records) on this address, e.g.
     /// 127.0.0.1:50051. Off by default: the API has no authentication yet,
@@ -157,7 +154,6 @@ fn main() {
             events: args.events,
             cgroup_root: args.cgroup_root,
             socket: args.socket,
-            api_socket: args.api_socket,
             grpc_listen: args.grpc_listen,
             collector: args.collector,
             redactor,

@@ -1,8 +1,9 @@
-//! guardctl's calls to guardd's local gRPC API (policy and sessions).
+//! guardctl's calls to guardd's local gRPC API: status, policy, sessions
+//! and tickets.
 
-use std::path::Path;
+use std::{ffi::OsString, path::Path};
 
-use guard_api::{exit, grpc, pb, time};
+use guard_api::{exit, grpc, launch, pb, time};
 
 fn block_on<T>(future: impl Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
@@ -20,11 +21,32 @@ async fn channel(socket: &Path) -> Result<tonic::transport::Channel, i32> {
     })
 }
 
+/// Says why guardd refused; returns the exit code.
 fn failed(status: &tonic::Status) -> i32 {
     eprintln!("guardctl: {}", status.message());
-    match status.code() {
-        tonic::Code::InvalidArgument => exit::INVALID_POLICY,
-        _ => exit::FAILURE,
+    exit::FAILURE
+}
+
+/// [`failed`] for commands that load a policy: one that does not validate
+/// exits [`exit::INVALID_POLICY`].
+fn policy_failed(status: &tonic::Status) -> i32 {
+    let code = failed(status);
+    if status.code() == tonic::Code::InvalidArgument {
+        exit::INVALID_POLICY
+    } else {
+        code
+    }
+}
+
+/// Prints `line` after an apply or reload; exit 1 when guardd is not
+/// enforcing on the policy in force.
+fn in_force(applied: pb::ApplyPolicyResponse, line: String) -> i32 {
+    println!("{line}");
+    if applied.problem.is_empty() {
+        0
+    } else {
+        eprintln!("guardctl: NOT enforcing: {}", applied.problem);
+        exit::FAILURE
     }
 }
 
@@ -71,20 +93,119 @@ pub fn apply_policy(socket: &Path, file: &Path, expect: Option<String>) -> i32 {
         match client.apply_policy(request).await {
             Ok(applied) => {
                 let applied = applied.into_inner();
-                println!(
+                let line = format!(
                     "in force: generation {} (policy sha256 {})",
                     applied.generation, applied.sha256
                 );
-                if applied.problem.is_empty() {
-                    0
-                } else {
-                    eprintln!("guardctl: NOT enforcing: {}", applied.problem);
-                    exit::FAILURE
-                }
+                in_force(applied, line)
+            }
+            Err(status) => policy_failed(&status),
+        }
+    })
+}
+
+pub fn reload(socket: &Path) -> i32 {
+    block_on(async {
+        let channel = match channel(socket).await {
+            Ok(channel) => channel,
+            Err(code) => return code,
+        };
+        let mut client = pb::policy_service_client::PolicyServiceClient::new(channel);
+        match client.reload_policy(pb::ReloadPolicyRequest {}).await {
+            Ok(reloaded) => {
+                let reloaded = reloaded.into_inner();
+                let line = format!(
+                    "generation {} in force (policy sha256 {})",
+                    reloaded.generation, reloaded.sha256
+                );
+                in_force(reloaded, line)
+            }
+            Err(status) => policy_failed(&status),
+        }
+    })
+}
+
+/// Starts a session of `agent` and runs `command` in it; the command's
+/// exit status.
+pub fn run(
+    socket: &Path,
+    agent: String,
+    profile: Option<String>,
+    labels: Vec<(String, String)>,
+    command: &[OsString],
+) -> i32 {
+    let started = block_on(async {
+        let mut client =
+            pb::session_service_client::SessionServiceClient::new(channel(socket).await?);
+        let request = pb::StartSessionRequest {
+            agent,
+            profile: profile.unwrap_or_default(),
+            labels: labels.into_iter().collect(),
+        };
+        client
+            .start_session(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| failed(&status))
+    });
+    let started = match started {
+        Ok(started) => started,
+        Err(code) => return code,
+    };
+    let id = started
+        .session
+        .and_then(|s| s.session)
+        .unwrap_or_default()
+        .id;
+    let why_file = Some(Path::new(&started.why_file)).filter(|f| !f.as_os_str().is_empty());
+    match launch::run(Path::new(&started.cgroup_procs), &id, why_file, command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("guardctl: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// Thaws, kills or refills the budgets of a session.
+pub fn control_session(socket: &Path, action: pb::SessionAction, id: String) -> i32 {
+    block_on(async {
+        let channel = match channel(socket).await {
+            Ok(channel) => channel,
+            Err(code) => return code,
+        };
+        let mut client = pb::session_service_client::SessionServiceClient::new(channel);
+        let request = pb::ControlSessionRequest {
+            id,
+            action: action as i32,
+        };
+        match client.control_session(request).await {
+            Ok(done) => {
+                println!("{}", done.into_inner().message);
+                0
             }
             Err(status) => failed(&status),
         }
     })
+}
+
+/// A session as `guardctl sessions --json` and `guardctl status --json`
+/// print it.
+fn session_json(info: &pb::SessionInfo) -> serde_json::Value {
+    let s = info.session.clone().unwrap_or_default();
+    let mut json = serde_json::json!({
+        "id": s.id, "agent": info.agent, "profile": info.profile, "uid": s.uid,
+        "user": Some(&s.user).filter(|u| !u.is_empty()), "labels": s.labels,
+        "started": info.started.as_ref().map(|t| time::rfc3339(time::nanos(t))),
+        "cgroup": info.cgroup,
+    });
+    if let Some(login_uid) = s.login_uid {
+        json["login_uid"] = login_uid.into();
+    }
+    if !s.parent.is_empty() {
+        json["parent"] = s.parent.into();
+    }
+    json
 }
 
 pub fn list_sessions(socket: &Path, agent: Option<String>, json: bool) -> i32 {
@@ -101,34 +222,148 @@ pub fn list_sessions(socket: &Path, agent: Option<String>, json: bool) -> i32 {
             Ok(list) => list.into_inner().sessions,
             Err(status) => return failed(&status),
         };
-        for info in sessions {
-            let s = info.session.unwrap_or_default();
-            let started = info.started.as_ref().map(|t| time::rfc3339(time::nanos(t)));
+        for info in &sessions {
             if json {
-                let line = serde_json::json!({
-                    "id": s.id, "agent": info.agent, "profile": info.profile, "uid": s.uid,
-                    "user": s.user, "login_uid": s.login_uid, "labels": s.labels,
-                    "parent": s.parent, "started": started, "cgroup": info.cgroup,
-                });
-                println!("{line}");
+                println!("{}", session_json(info));
             } else {
-                println!(
-                    "{} agent={} profile={} uid={} started={}{}",
-                    s.id,
-                    info.agent,
-                    info.profile,
-                    s.uid,
-                    started.unwrap_or_default(),
-                    if s.parent.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" parent={}", s.parent)
-                    }
-                );
+                println!("{}", session_line(info));
             }
         }
         0
     })
+}
+
+fn session_line(info: &pb::SessionInfo) -> String {
+    let s = info.session.clone().unwrap_or_default();
+    let started = info.started.as_ref().map(|t| time::rfc3339(time::nanos(t)));
+    format!(
+        "{} agent={} profile={} uid={} started={}{}",
+        s.id,
+        info.agent,
+        info.profile,
+        s.uid,
+        started.unwrap_or_default(),
+        if s.parent.is_empty() {
+            String::new()
+        } else {
+            format!(" parent={}", s.parent)
+        }
+    )
+}
+
+/// Shows whether guardd is enforcing; exit 1 when not.
+pub fn status(socket: &Path, json: bool) -> i32 {
+    block_on(async {
+        let channel = match channel(socket).await {
+            Ok(channel) => channel,
+            Err(code) => return code,
+        };
+        let mut client = pb::daemon_service_client::DaemonServiceClient::new(channel);
+        let status = match client.get_status(pb::GetStatusRequest {}).await {
+            Ok(status) => status.into_inner(),
+            Err(status) => return failed(&status),
+        };
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&status_json(&status)).expect("JSON prints")
+            );
+        } else {
+            print_status(&status);
+        }
+        if status.enforcing { 0 } else { exit::FAILURE }
+    })
+}
+
+/// The status as `guardctl status --json` prints it.
+fn status_json(status: &pb::Status) -> serde_json::Value {
+    let text = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
+    let mut json = serde_json::json!({
+        "enforcing": status.enforcing,
+        "generation": status.generation,
+        "policy_file": status.policy_file,
+        "policy_sha256": status.policy_sha256,
+        "policy_loaded": status.policy_loaded.as_ref().map(|t| time::rfc3339(time::nanos(t))),
+        "hooks": status.hooks.iter().map(|h| {
+            let mut hook = serde_json::json!({"name": h.name, "attached": h.attached, "enforcing": h.enforcing});
+            if let Some(note) = text(&h.note) {
+                hook["note"] = note.into();
+            }
+            hook
+        }).collect::<Vec<_>>(),
+        "profiles": status.profiles.iter().map(|p| serde_json::json!({
+            "name": p.name, "mode": p.mode, "defaults": p.defaults, "rules": p.rules,
+        })).collect::<Vec<_>>(),
+        "sessions": status.sessions.iter().map(session_json).collect::<Vec<_>>(),
+        "counters": status.counters,
+    });
+    if let Some(problem) = text(&status.problem) {
+        json["problem"] = problem.into();
+    }
+    if let Some(rejected) = text(&status.last_rejected) {
+        json["last_rejected"] = rejected.into();
+    }
+    json
+}
+
+fn print_status(status: &pb::Status) {
+    if status.problem.is_empty() {
+        println!("enforcing: yes");
+    } else {
+        println!("enforcing: NO ({})", status.problem);
+    }
+    println!(
+        "generation: {} (policy {}, sha256 {}, loaded {})",
+        status.generation,
+        status.policy_file,
+        status.policy_sha256,
+        status
+            .policy_loaded
+            .as_ref()
+            .map(|t| time::rfc3339(time::nanos(t)))
+            .unwrap_or_default()
+    );
+    if !status.last_rejected.is_empty() {
+        println!("last reload refused: {}", status.last_rejected);
+    }
+    println!("hooks:");
+    for hook in &status.hooks {
+        let state = match (hook.attached, hook.enforcing) {
+            (true, true) => "attached, enforcing",
+            (true, false) => "attached, NOT enforcing",
+            (false, _) => "not attached",
+        };
+        if hook.note.is_empty() {
+            println!("  {:<22} {state}", hook.name);
+        } else {
+            println!("  {:<22} {state} ({})", hook.name, hook.note);
+        }
+    }
+    println!("profiles:");
+    for profile in &status.profiles {
+        let defaults: Vec<String> = profile
+            .defaults
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "  {:<22} {} (defaults {}; {} rules)",
+            profile.name,
+            profile.mode.to_uppercase(),
+            defaults.join(" "),
+            profile.rules
+        );
+    }
+    println!("sessions: {}", status.sessions.len());
+    for info in &status.sessions {
+        println!("  {}", session_line(info));
+    }
+    let counters: Vec<String> = status
+        .counters
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!("counters: {}", counters.join(" "));
 }
 
 /// A ticket as `guardctl tickets --json` prints it.

@@ -4,14 +4,11 @@
 mod audit;
 mod local;
 
-use std::{collections::BTreeMap, ffi::OsString, path::PathBuf};
+use std::{ffi::OsString, path::PathBuf};
 
 use audit::{FilterArgs, Output};
-use clap::{Parser, Subcommand};
-use guard_api::{
-    control::{self, Request, Response, Status},
-    exit, launch, paths,
-};
+use clap::{Parser, Subcommand, ValueEnum};
+use guard_api::{exit, paths, pb};
 
 /// Where guardd serves the audit API by default (guardd --grpc-listen).
 const GUARDD_API: &str = "127.0.0.1:50051";
@@ -22,12 +19,9 @@ const COLLECTOR_API: &str = "127.0.0.1:50052";
 #[derive(Parser)]
 #[command(version, max_term_width = 100)]
 struct Args {
-    /// guardd's control socket.
-    #[arg(long, global = true, env = "GUARD_CONTROL_SOCKET", default_value = paths::DEFAULT_SOCKET)]
+    /// guardd's local API socket (guardd --socket).
+    #[arg(long, alias = "api-socket", global = true, env = "GUARD_SOCKET", default_value = paths::DEFAULT_SOCKET)]
     socket: PathBuf,
-    /// guardd's local gRPC API socket.
-    #[arg(long, global = true, env = "GUARD_API_SOCKET", default_value = paths::DEFAULT_API_SOCKET)]
-    api_socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,7 +67,7 @@ enum Command {
     /// Thaw a session that a rule or budget marked `freeze` stopped, kill
     /// every process in it, or refill its budgets (root only).
     Session {
-        action: control::SessionAction,
+        action: SessionAction,
         /// The session's id (`guardctl status` lists them).
         session: String,
     },
@@ -246,6 +240,26 @@ enum PolicyCommand {
     },
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum SessionAction {
+    /// Let a frozen session run again.
+    Thaw,
+    /// Kill every process of the session (frozen or not).
+    Kill,
+    /// Refill the session's budgets.
+    Reset,
+}
+
+impl From<SessionAction> for pb::SessionAction {
+    fn from(action: SessionAction) -> Self {
+        match action {
+            SessionAction::Thaw => pb::SessionAction::Thaw,
+            SessionAction::Kill => pb::SessionAction::Kill,
+            SessionAction::Reset => pb::SessionAction::Reset,
+        }
+    }
+}
+
 fn parse_label(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -258,60 +272,25 @@ fn main() {
     // SAFETY: set before any other thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = Args::parse();
+    let socket = &args.socket;
     let code = match args.command {
         Command::Run {
             agent,
             profile,
             labels,
             command,
-        } => run(&args.socket, agent, profile, labels, &command),
+        } => local::run(socket, agent, profile, labels, &command),
         Command::Why { session, why_dir } => why(session, &why_dir),
-        Command::Session { action, session } => done(control::call(
-            &args.socket,
-            &Request::Session { session, action },
-        )),
-        Command::Tickets { all, follow, json } => {
-            local::tickets(&args.api_socket, all, follow, json)
+        Command::Session { action, session } => {
+            local::control_session(socket, action.into(), session)
         }
+        Command::Tickets { all, follow, json } => local::tickets(socket, all, follow, json),
         Command::Approve { ticket, once, ttl } => {
-            local::decide_ticket(&args.api_socket, ticket, Some((once, ttl)))
+            local::decide_ticket(socket, ticket, Some((once, ttl)))
         }
-        Command::Deny { ticket } => local::decide_ticket(&args.api_socket, ticket, None),
-        Command::Status { json } => match control::call(&args.socket, &Request::Status) {
-            Ok(Response::Status(status)) => {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&status).expect("status serializes")
-                    );
-                } else {
-                    print_status(&status);
-                }
-                if status.enforcing { 0 } else { exit::FAILURE }
-            }
-            other => fail(other),
-        },
-        Command::Reload => match control::call(&args.socket, &Request::Reload) {
-            Ok(Response::Reloaded {
-                generation,
-                policy_sha256,
-                problem,
-            }) => {
-                println!("generation {generation} in force (policy sha256 {policy_sha256})");
-                match problem {
-                    None => 0,
-                    Some(problem) => {
-                        eprintln!("guardctl: NOT enforcing: {problem}");
-                        exit::FAILURE
-                    }
-                }
-            }
-            Ok(Response::PolicyRefused { message }) => {
-                eprintln!("guardctl: {message}");
-                exit::INVALID_POLICY
-            }
-            other => fail(other),
-        },
+        Command::Deny { ticket } => local::decide_ticket(socket, ticket, None),
+        Command::Status { json } => local::status(socket, json),
+        Command::Reload => local::reload(socket),
         Command::Audit { command } => audit(command),
         Command::Events {
             follow: _,
@@ -336,53 +315,13 @@ fn main() {
         },
         Command::Policy {
             command: PolicyCommand::Show,
-        } => local::show_policy(&args.api_socket),
+        } => local::show_policy(socket),
         Command::Policy {
             command: PolicyCommand::Apply { file, expect },
-        } => local::apply_policy(&args.api_socket, &file, expect),
-        Command::Sessions { agent, json } => local::list_sessions(&args.api_socket, agent, json),
+        } => local::apply_policy(socket, &file, expect),
+        Command::Sessions { agent, json } => local::list_sessions(socket, agent, json),
     };
     std::process::exit(code);
-}
-
-fn run(
-    socket: &std::path::Path,
-    agent: String,
-    profile: Option<String>,
-    labels: Vec<(String, String)>,
-    command: &[OsString],
-) -> i32 {
-    let request = Request::StartSession {
-        agent,
-        profile,
-        labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
-    };
-    let (session, procs, why_file) = match control::call(socket, &request) {
-        Ok(Response::Session {
-            session,
-            cgroup_procs,
-            why_file,
-        }) => (session, cgroup_procs, why_file),
-        other => return fail(other),
-    };
-    match launch::run(&procs, &session.id, why_file.as_deref(), command) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("guardctl: {e}");
-            exit::FAILURE
-        }
-    }
-}
-
-/// Prints the message of a done action.
-fn done(response: Result<Response, control::ClientError>) -> i32 {
-    match response {
-        Ok(Response::SessionDone { message }) => {
-            println!("{message}");
-            0
-        }
-        other => fail(other),
-    }
 }
 
 fn why(session: Option<String>, why_dir: &std::path::Path) -> i32 {
@@ -460,70 +399,4 @@ fn or_fail(result: anyhow::Result<()>) -> i32 {
             exit::FAILURE
         }
     }
-}
-
-/// Reports an error or unexpected response; returns the exit code.
-fn fail(response: Result<Response, control::ClientError>) -> i32 {
-    match response {
-        Err(e) => eprintln!("guardctl: {e}"),
-        Ok(other) => eprintln!("guardctl: unexpected response from guardd: {other:?}"),
-    }
-    exit::FAILURE
-}
-
-fn print_status(status: &Status) {
-    match &status.problem {
-        None => println!("enforcing: yes"),
-        Some(problem) => println!("enforcing: NO ({problem})"),
-    }
-    println!(
-        "generation: {} (policy {}, sha256 {}, loaded {})",
-        status.generation,
-        status.policy_file.display(),
-        status.policy_sha256,
-        status.policy_loaded
-    );
-    if let Some(rejected) = &status.last_rejected {
-        println!("last reload refused: {rejected}");
-    }
-    println!("hooks:");
-    for hook in &status.hooks {
-        let state = match (hook.attached, hook.enforcing) {
-            (true, true) => "attached, enforcing",
-            (true, false) => "attached, NOT enforcing",
-            (false, _) => "not attached",
-        };
-        match &hook.note {
-            Some(note) => println!("  {:<22} {state} ({note})", hook.name),
-            None => println!("  {:<22} {state}", hook.name),
-        }
-    }
-    println!("profiles:");
-    for profile in &status.profiles {
-        let defaults: Vec<String> = profile
-            .defaults
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        println!(
-            "  {:<22} {} (defaults {}; {} rules)",
-            profile.name,
-            profile.mode.to_uppercase(),
-            defaults.join(" "),
-            profile.rules
-        );
-    }
-    println!("sessions: {}", status.sessions.len());
-    for s in &status.sessions {
-        println!(
-            "  {} agent={} profile={} uid={} started={}",
-            s.id, s.agent, s.profile, s.uid, s.started
-        );
-    }
-    let counters: Vec<String> = status
-        .counters
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    println!("counters: {}", counters.join(" "));
 }

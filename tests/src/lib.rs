@@ -29,10 +29,8 @@ pub struct Guardd {
     pub policy: PathBuf,
     pub events: PathBuf,
     pub log: PathBuf,
-    /// Its control socket.
+    /// Its local API socket.
     pub socket: PathBuf,
-    /// Its local gRPC API socket.
-    pub api_socket: PathBuf,
     pub cgroup_root: String,
     /// Detach its pinned programs when dropped (see [`detach`]).
     detach_on_drop: bool,
@@ -63,7 +61,7 @@ fn try_detach(cgroup_root: &str) -> Result<(), String> {
 
 impl Guardd {
     /// Writes `policy` into `dir`, starts guardd on it with Guard's cgroup at
-    /// `cgroup_root` and its control socket in `dir`, and waits until it logs
+    /// `cgroup_root` and its local API socket in `dir`, and waits until it logs
     /// "enforcing".
     pub fn start(dir: &Path, policy: &str, cgroup_root: &str) -> Guardd {
         Self::start_with_env(dir, policy, cgroup_root, &[])
@@ -91,8 +89,7 @@ impl Guardd {
         fs::write(&policy_path, policy).expect("write policy");
         let events = dir.join("events.jsonl");
         let log = dir.join("guardd.log");
-        let socket = dir.join("control.sock");
-        let api_socket = dir.join("api.sock");
+        let socket = dir.join("guard.sock");
         let child = Command::new(bin("guardd"))
             .arg("--policy")
             .arg(&policy_path)
@@ -102,8 +99,6 @@ impl Guardd {
             .arg(cgroup_root)
             .arg("--socket")
             .arg(&socket)
-            .arg("--api-socket")
-            .arg(&api_socket)
             .arg("--state-file")
             .arg(dir.join("state.json"))
             .arg("--why-dir")
@@ -120,7 +115,6 @@ impl Guardd {
             events,
             log,
             socket,
-            api_socket,
             cgroup_root: cgroup_root.into(),
             detach_on_drop: true,
         };
@@ -150,8 +144,6 @@ impl Guardd {
         Command::new(bin("guardctl"))
             .arg("--socket")
             .arg(&self.socket)
-            .arg("--api-socket")
-            .arg(&self.api_socket)
             .args(args)
             .output()
             .expect("run guardctl")

@@ -109,7 +109,7 @@ fn invalid_policy_is_refused_with_line_and_exit_4() {
 #[ignore = "needs root; run by `cargo xtask test`"]
 fn guardctl_says_when_guardd_is_not_running() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("control.sock");
+    let socket = dir.path().join("guard.sock");
     for args in [&["run", "--agent", "a", "--", "true"][..], &["status"]] {
         let (code, _, stderr) = run(Command::new(bin("guardctl"))
             .arg("--socket")
@@ -117,7 +117,7 @@ fn guardctl_says_when_guardd_is_not_running() {
             .args(args));
         assert_eq!(code, Some(1), "{stderr}");
         assert!(
-            stderr.contains("cannot reach guardd") && stderr.contains("control.sock"),
+            stderr.contains("cannot reach guardd") && stderr.contains("guard.sock"),
             "{stderr}"
         );
     }

@@ -1344,8 +1344,8 @@ fn approvable_denials_become_tickets_a_human_approves_once_or_for_a_time() {
         .arg(&guardd.socket)
         .args(["run", "--agent", "appr", "--"])
         .arg(bin("guardctl"))
-        .arg("--api-socket")
-        .arg(&guardd.api_socket)
+        .arg("--socket")
+        .arg(&guardd.socket)
         .args(["approve", &file_ticket])
         .output()
         .unwrap();
@@ -3659,7 +3659,7 @@ fn the_local_api_applies_policies_and_lists_sessions() {
 
     // An agent runs guardctl itself.
     let guardctl = bin("guardctl");
-    let api = guardd.api_socket.display().to_string();
+    let api = guardd.socket.display().to_string();
     let (code, _, stderr) = run(&[
         "run",
         "--agent",
@@ -3668,7 +3668,7 @@ fn the_local_api_applies_policies_and_lists_sessions() {
         "who=agent",
         "--",
         guardctl.to_str().unwrap(),
-        "--api-socket",
+        "--socket",
         &api,
         "policy",
         "apply",
@@ -3687,7 +3687,7 @@ fn the_local_api_applies_policies_and_lists_sessions() {
         "who=agent",
         "--",
         guardctl.to_str().unwrap(),
-        "--api-socket",
+        "--socket",
         &api,
         "sessions",
         "--json",
@@ -3752,10 +3752,8 @@ fn the_way_to_guards_files_cannot_be_swapped() {
         "rename",
     );
     tamper(&guardd, &["rename", &s(&guardd.events), &moved], "rename");
-    for socket in [&guardd.socket, &guardd.api_socket] {
-        tamper(&guardd, &["unlink", &s(socket)], "unlink");
-    }
-    assert!(dir.exists() && guardd.socket.exists() && guardd.api_socket.exists());
+    tamper(&guardd, &["unlink", &s(&guardd.socket)], "unlink");
+    assert!(dir.exists() && guardd.socket.exists());
 
     // An agent that outlives guardd tries to plant its own socket there.
     let control = s(&guardd.socket);
@@ -3825,9 +3823,7 @@ fn guardd_trusts_only_roots_files_and_guardctl_only_roots_sockets() {
         .args(["--cgroup-root", "guard-trust-test", "--events"])
         .arg(&events)
         .arg("--socket")
-        .arg(dir.join("control.sock"))
-        .arg("--api-socket")
-        .arg(dir.join("api.sock"))
+        .arg(dir.join("guard.sock"))
         .arg("--state-file")
         .arg(&state)
         .arg("--why-dir")
@@ -3853,8 +3849,6 @@ fn guardd_trusts_only_roots_files_and_guardctl_only_roots_sockets() {
         .arg(dir.join("e2.jsonl"))
         .arg("--socket")
         .arg(dir.join("c2.sock"))
-        .arg("--api-socket")
-        .arg(dir.join("a2.sock"))
         .arg("--state-file")
         .arg(dir.join("s2.json"))
         .arg("--why-dir")
@@ -4138,8 +4132,6 @@ fn listing_commands_end_quietly_on_a_closed_pipe() {
         let output = std::process::Command::new(bin("guardctl"))
             .arg("--socket")
             .arg(&guardd.socket)
-            .arg("--api-socket")
-            .arg(&guardd.api_socket)
             .args(args)
             .stdout(write)
             .output()

@@ -16,10 +16,8 @@ pub struct Config {
     pub events: Option<PathBuf>,
     /// Guard's cgroup, relative to the cgroup2 mount.
     pub cgroup_root: String,
-    /// The control socket.
+    /// The local gRPC API socket.
     pub socket: PathBuf,
-    /// The local gRPC API socket (policy and sessions).
-    pub api_socket: PathBuf,
     /// Where the gRPC audit API listens; off when `None`.
     pub grpc_listen: Option<std::net::SocketAddr>,
     /// The collector to ship the events file to; needs `events`.

@@ -1,18 +1,19 @@
 //! guardd: load, enforce, stream records, reload, detach.
 //!
 //! One [`state::State`] behind a mutex owns the enforcer, the generations
-//! and the session table. Four things use it: the record stream
-//! ([`writer`]), the control socket ([`control`]), the local API
-//! ([`services`]) and reloads ([`reload`]). [`run`] starts them all.
+//! and the session table. Three things use it: the record stream
+//! ([`writer`]), the local API ([`services`], with its callers in
+//! [`caller`] and its refusals in [`refusal`]) and reloads ([`reload`]).
+//! [`run`] starts them all.
 
 pub mod approvals;
 mod builtins;
 mod caller;
 mod config;
-mod control;
 mod dns;
 mod hosts;
 mod kept;
+mod refusal;
 mod reload;
 mod run;
 mod services;

@@ -11,13 +11,12 @@ use std::{
 use tokio::{signal::unix::SignalKind, sync::mpsc};
 use tracing::{error, warn};
 
-use guard_api::{control::Response, exit};
 use guard_policy::compile::CompiledPolicy;
 
 use crate::generation::Generation;
 
 use super::{
-    config::load_own_policy,
+    config::{Fatal, failure, load_own_policy},
     state::{Reason, State, lock},
 };
 
@@ -32,9 +31,18 @@ pub(super) fn files_changed(policy_path: &Path, generation: &Generation) -> bool
         || generation.compiled.pinned_file_changed()
 }
 
-/// Reloads in a blocking task (the canary runs a process) and reports the
-/// outcome as a control response.
-pub(super) async fn reload(state: Arc<Mutex<State>>, reason: Reason) -> Response {
+/// The generation in force after a reload, and why guardd is not enforcing
+/// on it when the readiness canary failed.
+pub(super) struct Reloaded {
+    pub(super) generation: u64,
+    pub(super) policy_sha256: String,
+    pub(super) problem: Option<String>,
+}
+
+/// Reloads in a blocking task (the canary runs a process). A policy that
+/// does not validate is refused with `exit::INVALID_POLICY` as its code,
+/// and the generation in force stays.
+pub(super) async fn reload(state: Arc<Mutex<State>>, reason: Reason) -> Result<Reloaded, Fatal> {
     let result = tokio::task::spawn_blocking(move || {
         // Read and compile without the lock (records keep flowing), then
         // publish with it.
@@ -60,22 +68,13 @@ pub(super) async fn reload(state: Arc<Mutex<State>>, reason: Reason) -> Response
             .map(|generation| (generation, state.readiness.clone().err()))
     })
     .await;
-    match result {
-        Ok(Ok((generation, problem))) => Response::Reloaded {
-            generation: generation.number,
-            policy_sha256: generation.policy_sha256.clone(),
-            problem,
-        },
-        Ok(Err(fatal)) if fatal.code == exit::INVALID_POLICY => Response::PolicyRefused {
-            message: fatal.to_string(),
-        },
-        Ok(Err(fatal)) => Response::Error {
-            message: fatal.to_string(),
-        },
-        Err(e) => Response::Error {
-            message: format!("reload failed: {e}"),
-        },
-    }
+    let (generation, problem) =
+        result.map_err(|e| failure(anyhow::anyhow!("reload failed: {e}")))??;
+    Ok(Reloaded {
+        generation: generation.number,
+        policy_sha256: generation.policy_sha256.clone(),
+        problem,
+    })
 }
 
 /// The files whose change calls for a reload: the policy and every file a
@@ -163,7 +162,8 @@ pub(super) async fn reload_on_change(
             _ = refresh.tick() => None,
         };
         if let Some(reason) = reason {
-            reload(state.clone(), reason).await;
+            // The outcome is logged where it is decided.
+            let _ = reload(state.clone(), reason).await;
         }
         let files = {
             let state = lock(&state);

@@ -18,7 +18,7 @@ use crate::{canary::Canary, cgroup, metrics::DaemonMetrics, spool::LineFile};
 use super::{
     builtins::Builtins,
     config::{Config, Fatal, Persistence, failure, load_own_policy},
-    control, dns, hosts, kept, reload, services,
+    dns, hosts, kept, reload, services,
     state::{State, lock},
     why,
     writer::{self, Out, RecordWriter},
@@ -108,7 +108,7 @@ pub(super) fn own_files(config: &Config) -> Vec<PathBuf> {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), Fatal> {
     let builtins = Builtins::new(Canary::prepare().map_err(failure)?, own_files(&config));
-    let sockets = [config.socket.clone(), config.api_socket.clone()];
+    let sockets = [config.socket.clone()];
     for dir in sockets.iter().filter_map(|socket| socket.parent()) {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -163,7 +163,7 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         }
     };
     let events = state.enforcer.take_events()?;
-    let listener = control::bind_control(&config.socket).map_err(failure)?;
+    let listener = services::bind(&config.socket).map_err(failure)?;
     if !state.enforcer.attachment.unavailable.is_empty() {
         info!(hooks = ?state.enforcer.attachment.unavailable, "optional hooks not in this kernel; older hooks cover their routes");
     }
@@ -172,7 +172,7 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         info!(
             policy = %config.policy.display(),
             cgroup_root = %config.cgroup_root,
-            control_socket = %config.socket.display(),
+            socket = %config.socket.display(),
             hooks = ?state.enforcer.attachment.attached,
             generation = current.number,
             policy_sha256 = %current.policy_sha256,
@@ -187,14 +187,14 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     let state = Arc::new(Mutex::new(state));
     let (changes_tx, changes_rx) = mpsc::channel(16);
     let watcher = reload::FileWatcher::new(changes_tx, watched).map_err(failure)?;
-    tokio::spawn(control::serve_control(listener, state.clone()));
-    let api_listener = control::bind_control(&config.api_socket).map_err(failure)?;
-    tokio::spawn(services::serve(
-        api_listener,
-        services::LocalApi {
-            state: state.clone(),
-        },
-    ));
+    let api = services::LocalApi {
+        state: state.clone(),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = services::serve(listener, api, std::future::pending()).await {
+            error!("{e:#}");
+        }
+    });
     tokio::spawn(reload::reload_on_change(state.clone(), changes_rx, watcher));
     tokio::spawn(dns::resolve_hosts(
         state.clone(),
@@ -288,7 +288,6 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     }
     let result = writer::stream_events(events, &state, writer).await;
     let _ = std::fs::remove_file(&config.socket);
-    let _ = std::fs::remove_file(&config.api_socket);
     result.map_err(failure)?;
 
     let state = lock(&state);

@@ -1,22 +1,31 @@
-//! guardd's local gRPC API: `PolicyService`, `SessionService` and
-//! `ApprovalService`, on a unix socket only root can open (`--api-socket`).
-//! Callers are identified by the socket's peer credentials, as on the
-//! control socket: a caller inside Guard's root (an agent) may validate
-//! policies and list its own session tree and tickets, but not read or
-//! apply the policy, nor approve or deny tickets.
+//! guardd's local gRPC API on its unix socket (`--socket`, mode 0600):
+//! `DaemonService`, `PolicyService`, `SessionService` and `ApprovalService`.
+//! Callers are identified by the socket's peer credentials
+//! ([`caller`](super::caller)): a caller inside Guard's root (an agent) may
+//! read the status of its own sessions, validate policies, start sub-agent
+//! sessions and list its own tickets, but not read, apply or reload the
+//! policy, act on sessions, nor approve or deny tickets. How each refusal
+//! becomes a gRPC status is decided here ([`status_of`], [`ticket_status`]).
 
-use std::sync::{Arc, Mutex};
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
-use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
+use anyhow::Context as _;
+use tokio::net::UnixListener;
+use tokio_stream::{StreamExt as _, wrappers::UnixListenerStream};
+use tonic::{Request, Response, Status};
 
 use super::{
     approvals::{self, TicketError},
-    caller::Caller,
-    config::compile_policy,
-    reload::reload,
+    caller::{Caller, Connection, Peer},
+    config::{Fatal, compile_policy},
+    refusal::Refusal,
+    reload::{Reloaded, reload},
     state::{Reason, State, lock},
 };
-use guard_api::{control, pb, session::Session};
+use guard_api::{exit, pb, session::Session};
 
 #[derive(Clone)]
 pub struct LocalApi {
@@ -25,16 +34,18 @@ pub struct LocalApi {
 
 impl LocalApi {
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let cred = request
+        let peer = request
             .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
+            .get::<Option<Peer>>()
+            .copied()
+            .flatten()
             .ok_or_else(|| Status::permission_denied("cannot identify the caller"))?;
-        let pid = cred.pid().unwrap_or(0);
         Ok(Caller {
-            pid,
-            uid: cred.uid(),
-            agent: lock(&self.state).root.is_agent(pid),
+            pid: peer.pid,
+            uid: peer.uid,
+            // Looked up again now: a process moved into an agent cgroup
+            // since it connected is an agent too.
+            agent: peer.agent_at_accept || lock(&self.state).root.is_agent(peer.pid),
         })
     }
 
@@ -43,9 +54,60 @@ impl LocalApi {
     fn not_for_agents<T>(&self, request: &Request<T>, what: &str) -> Result<Caller, Status> {
         let caller = self.caller(request)?;
         if caller.agent {
-            return Err(Status::permission_denied(format!("agents cannot {what}")));
+            return Err(status_of(Refusal::NotAllowed(format!(
+                "agents cannot {what}"
+            ))));
         }
         Ok(caller)
+    }
+}
+
+/// The gRPC status of a refused request.
+fn status_of(refusal: Refusal) -> Status {
+    match refusal {
+        Refusal::Invalid(message) => Status::invalid_argument(message),
+        Refusal::NotFound(message) => Status::not_found(message),
+        Refusal::Conflict(message) => Status::failed_precondition(message),
+        Refusal::NotAllowed(message) => Status::permission_denied(message),
+        Refusal::Failed(message) => Status::internal(message),
+    }
+}
+
+/// A failed reload or policy check: a policy that does not validate is the
+/// request's fault, anything else guardd's.
+fn policy_refusal(fatal: Fatal) -> Refusal {
+    if fatal.code == exit::INVALID_POLICY {
+        Refusal::Invalid(fatal.to_string())
+    } else {
+        Refusal::Failed(fatal.to_string())
+    }
+}
+
+fn ticket_status(e: TicketError) -> Status {
+    status_of(match e {
+        TicketError::Unknown(_) => Refusal::NotFound(e.to_string()),
+        TicketError::Closed { .. } => Refusal::Conflict(e.to_string()),
+        TicketError::BadTtl => Refusal::Invalid(e.to_string()),
+        TicketError::Kernel { .. } => Refusal::Failed(e.to_string()),
+    })
+}
+
+fn in_force(reloaded: Reloaded) -> pb::ApplyPolicyResponse {
+    pb::ApplyPolicyResponse {
+        generation: reloaded.generation,
+        sha256: reloaded.policy_sha256,
+        problem: reloaded.problem.unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::daemon_service_server::DaemonService for LocalApi {
+    async fn get_status(
+        &self,
+        request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::Status>, Status> {
+        let caller = self.caller(&request)?;
+        Ok(Response::new(lock(&self.state).status_for(&caller)))
     }
 }
 
@@ -104,55 +166,49 @@ impl pb::policy_service_server::PolicyService for LocalApi {
             (state.policy_path.clone(), state.builtins.clone(), sha256)
         };
         if !request.expected_sha256.is_empty() && request.expected_sha256 != sha256 {
-            return Err(Status::failed_precondition(format!(
+            return Err(status_of(Refusal::Conflict(format!(
                 "the policy in force is {sha256}, not {}",
                 request.expected_sha256
-            )));
+            ))));
         }
         let text = request.text;
         let written = tokio::task::spawn_blocking(move || {
-            compile_policy(text.clone(), "(request)", &builtins)
-                .map_err(|fatal| Status::invalid_argument(fatal.to_string()))?;
+            compile_policy(text.clone(), "(request)", &builtins).map_err(policy_refusal)?;
             // Replace the file in one rename, so that a reload never reads
             // half of it.
-            let dir = path.parent().unwrap_or(std::path::Path::new("."));
+            let failed = |what: String| Refusal::Failed(what);
+            let dir = path.parent().unwrap_or(Path::new("."));
             let mut file = tempfile::NamedTempFile::new_in(dir)
-                .map_err(|e| Status::internal(format!("cannot write {}: {e}", dir.display())))?;
+                .map_err(|e| failed(format!("cannot write {}: {e}", dir.display())))?;
             std::io::Write::write_all(&mut file, text.as_bytes())
                 .and_then(|()| file.as_file().sync_all())
-                .map_err(|e| Status::internal(format!("cannot write the policy: {e}")))?;
+                .map_err(|e| failed(format!("cannot write the policy: {e}")))?;
             file.persist(&path)
-                .map_err(|e| Status::internal(format!("cannot replace {}: {e}", path.display())))?;
-            Ok::<_, Status>(())
+                .map_err(|e| failed(format!("cannot replace {}: {e}", path.display())))?;
+            Ok::<_, Refusal>(())
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
-        written?;
-        match reload(self.state.clone(), Reason::Request).await {
-            control::Response::Reloaded {
-                generation,
-                policy_sha256,
-                problem,
-            } => Ok(Response::new(pb::ApplyPolicyResponse {
-                generation,
-                sha256: policy_sha256,
-                problem: problem.unwrap_or_default(),
-            })),
-            control::Response::PolicyRefused { message } => Err(Status::invalid_argument(message)),
-            other => Err(Status::internal(format!("{other:?}"))),
-        }
+        written.map_err(status_of)?;
+        self.reload().await
+    }
+
+    async fn reload_policy(
+        &self,
+        request: Request<pb::ReloadPolicyRequest>,
+    ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        self.not_for_agents(&request, "change the policy")?;
+        self.reload().await
     }
 }
 
-fn session_info(s: &Session) -> pb::SessionInfo {
-    pb::SessionInfo {
-        session: Some(guard_api::audit::session(&s.reference())),
-        agent: s.agent.clone(),
-        profile: s.profile.clone(),
-        started: Some(guard_api::time::timestamp(guard_api::time::rfc3339_nanos(
-            &s.started,
-        ))),
-        cgroup: s.cgroup,
+impl LocalApi {
+    /// Loads the policy file as the next generation.
+    async fn reload(&self) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        reload(self.state.clone(), Reason::Request)
+            .await
+            .map(|reloaded| Response::new(in_force(reloaded)))
+            .map_err(|fatal| status_of(policy_refusal(fatal)))
     }
 }
 
@@ -165,11 +221,10 @@ impl pb::session_service_server::SessionService for LocalApi {
         let caller = self.caller(&request)?;
         let agent = request.into_inner().agent;
         let sessions = lock(&self.state)
-            .status_for(&caller)
-            .sessions
+            .sessions_for(&caller)
             .iter()
             .filter(|s| agent.is_empty() || s.agent == agent)
-            .map(session_info)
+            .map(Session::to_proto)
             .collect();
         Ok(Response::new(pb::ListSessionsResponse { sessions }))
     }
@@ -181,12 +236,44 @@ impl pb::session_service_server::SessionService for LocalApi {
         let caller = self.caller(&request)?;
         let id = request.into_inner().id;
         lock(&self.state)
-            .status_for(&caller)
-            .sessions
+            .sessions_for(&caller)
             .iter()
             .find(|s| s.id == id)
-            .map(|s| Response::new(session_info(s)))
-            .ok_or_else(|| Status::not_found(format!("no session {id}")))
+            .map(|s| Response::new(s.to_proto()))
+            .ok_or_else(|| status_of(Refusal::NotFound(format!("no session {id}"))))
+    }
+
+    async fn start_session(
+        &self,
+        request: Request<pb::StartSessionRequest>,
+    ) -> Result<Response<pb::StartSessionResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let profile = Some(request.profile).filter(|p| !p.is_empty());
+        let labels = request.labels.into_iter().collect();
+        let (session, cgroup_procs, why_file) = lock(&self.state)
+            .start_session(request.agent, profile, labels, &caller)
+            .map_err(status_of)?;
+        Ok(Response::new(pb::StartSessionResponse {
+            session: Some(session.to_proto()),
+            cgroup_procs: cgroup_procs.display().to_string(),
+            why_file: why_file
+                .map(|f| f.display().to_string())
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn control_session(
+        &self,
+        request: Request<pb::ControlSessionRequest>,
+    ) -> Result<Response<pb::ControlSessionResponse>, Status> {
+        self.not_for_agents(&request, "thaw, kill or reset sessions")?;
+        let request = request.into_inner();
+        let action = pb::SessionAction::try_from(request.action).unwrap_or_default();
+        lock(&self.state)
+            .session_action(&request.id, action)
+            .map(|message| Response::new(pb::ControlSessionResponse { message }))
+            .map_err(status_of)
     }
 }
 
@@ -210,15 +297,6 @@ fn ticket(t: &approvals::Ticket) -> pb::Ticket {
             .as_deref()
             .map(|e| guard_api::time::timestamp(guard_api::time::rfc3339_nanos(e))),
         approved_by: t.approved_by,
-    }
-}
-
-fn ticket_status(e: TicketError) -> Status {
-    match e {
-        TicketError::Unknown(_) => Status::not_found(e.to_string()),
-        TicketError::Closed { .. } => Status::failed_precondition(e.to_string()),
-        TicketError::BadTtl => Status::invalid_argument(e.to_string()),
-        TicketError::Kernel { .. } => Status::internal(e.to_string()),
     }
 }
 
@@ -268,9 +346,36 @@ impl pb::approval_service_server::ApprovalService for LocalApi {
     }
 }
 
-/// Serves the local API on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::UnixListener, api: LocalApi) {
-    let result = tonic::transport::Server::builder()
+/// Listens on a unix socket only root can open.
+pub(super) fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // A socket left by a daemon that did not shut down cleanly.
+    let _ = std::fs::remove_file(path);
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Serves the local API on `listener` until `shutdown` completes, then
+/// lets the calls in progress finish.
+pub(super) async fn serve(
+    listener: UnixListener,
+    api: LocalApi,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let root = lock(&api.state).root.clone();
+    let incoming = UnixListenerStream::new(listener).map(move |stream| {
+        stream.map(|stream| Connection::accept(stream, |pid| root.is_agent(pid)))
+    });
+    tonic::transport::Server::builder()
+        .add_service(pb::daemon_service_server::DaemonServiceServer::new(
+            api.clone(),
+        ))
         .add_service(pb::policy_service_server::PolicyServiceServer::new(
             api.clone(),
         ))
@@ -278,9 +383,7 @@ pub async fn serve(listener: tokio::net::UnixListener, api: LocalApi) {
             api.clone(),
         ))
         .add_service(pb::approval_service_server::ApprovalServiceServer::new(api))
-        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
-        .await;
-    if let Err(e) = result {
-        tracing::error!("local API stopped: {e}");
-    }
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("local API")
 }

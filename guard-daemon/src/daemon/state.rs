@@ -1,6 +1,6 @@
 //! The one [`State`] behind a mutex: the enforcer, the generations, the
 //! session table, tickets, status and metrics. The record stream, the
-//! control socket, the API and reloads all go through it.
+//! local API and reloads all go through it.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -12,12 +12,7 @@ use std::{
 use guard_common::{Counter, lsm};
 use tracing::{error, info, warn};
 
-use guard_api::{
-    control::{HookStatus, ProfileStatus, SessionAction, Status},
-    exit,
-    record::Verdict,
-    session::Session,
-};
+use guard_api::{exit, pb, record::Verdict, session::Session};
 use guard_policy::{LoadedPolicy, compile};
 
 use crate::{
@@ -35,7 +30,9 @@ use super::{
     builtins::Builtins,
     caller::Caller,
     config::{Fatal, Persistence, compile_policy, failure},
-    hosts, kept, why,
+    hosts, kept,
+    refusal::Refusal,
+    why,
 };
 
 /// What asked for a reload.
@@ -51,7 +48,7 @@ impl Reason {
         match self {
             Reason::Signal => "SIGHUP",
             Reason::FileChanged => "file changed",
-            Reason::Request => "control request",
+            Reason::Request => "API request",
         }
     }
 }
@@ -292,16 +289,22 @@ impl State {
         profile: Option<String>,
         labels: BTreeMap<String, String>,
         caller: &Caller,
-    ) -> Result<(Session, PathBuf, Option<PathBuf>), String> {
-        session::check_labels(&labels)?;
+    ) -> Result<(Session, PathBuf, Option<PathBuf>), Refusal> {
+        session::check_labels(&labels).map_err(Refusal::Invalid)?;
         let generation = self.current().clone();
         let compiled = &generation.compiled;
         if agent == canary::AGENT || compiled.agent_profile(&agent).is_none() {
-            return Err(format!("no agent `{agent}` in the policy in force"));
+            return Err(Refusal::Invalid(format!(
+                "no agent `{agent}` in the policy in force"
+            )));
         }
-        let parent = self.parent_session(caller.pid)?;
+        let parent = self
+            .parent_session(caller.pid)
+            .map_err(Refusal::NotAllowed)?;
         if caller.agent && parent.is_none() {
-            return Err("cannot tell which session the caller runs in".into());
+            return Err(Refusal::NotAllowed(
+                "cannot tell which session the caller runs in".into(),
+            ));
         }
         let (profile, dir) = match &parent {
             Some(parent) => {
@@ -309,10 +312,10 @@ impl State {
                 // everything below it.
                 let outermost = self.outermost(parent.clone());
                 if profile.as_ref().is_some_and(|p| *p != outermost.profile) {
-                    return Err(format!(
+                    return Err(Refusal::Invalid(format!(
                         "a sub-agent runs under its parent session's profile `{}`",
                         outermost.profile
-                    ));
+                    )));
                 }
                 let dir = self
                     .sessions
@@ -336,16 +339,20 @@ impl State {
         let index = compiled
             .profile_index(&profile)
             .filter(|_| profile != canary::AGENT)
-            .ok_or_else(|| format!("no profile `{profile}` in the policy in force"))?;
-        let id = session::new_id().map_err(|e| format!("cannot make a session id: {e}"))?;
+            .ok_or_else(|| {
+                Refusal::Invalid(format!("no profile `{profile}` in the policy in force"))
+            })?;
+        let failed = |what: String| Refusal::Failed(what);
+        let id = session::new_id().map_err(|e| failed(format!("cannot make a session id: {e}")))?;
         let path = dir.join(&id);
-        std::fs::create_dir(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        let cgroup = cgroup::cgroup_id(&path).map_err(|e| e.to_string())?;
+        std::fs::create_dir(&path)
+            .map_err(|e| failed(format!("cannot create {}: {e}", path.display())))?;
+        let cgroup = cgroup::cgroup_id(&path).map_err(|e| failed(e.to_string()))?;
         if parent.is_none()
             && let Err(e) = self.enforcer.add_cgroup(compiled, cgroup, index)
         {
             let _ = std::fs::remove_dir(&path);
-            return Err(e.to_string());
+            return Err(failed(e.to_string()));
         }
         let session = Session {
             id,
@@ -452,36 +459,40 @@ impl State {
     pub(super) fn session_action(
         &mut self,
         id: &str,
-        action: SessionAction,
-    ) -> Result<String, String> {
+        action: pb::SessionAction,
+    ) -> Result<String, Refusal> {
+        let unknown = || Refusal::NotFound(format!("no live session `{id}`"));
         let session = self
             .sessions
             .live()
             .find(|s| s.id == id)
             .cloned()
-            .ok_or_else(|| format!("no live session `{id}`"))?;
-        let path = self
-            .sessions
-            .path(&session.id)
-            .ok_or_else(|| format!("no live session `{id}`"))?;
+            .ok_or_else(unknown)?;
+        let path = self.sessions.path(&session.id).ok_or_else(unknown)?;
         let (file, what) = match action {
-            SessionAction::Thaw => ("cgroup.freeze", "0"),
-            SessionAction::Kill => ("cgroup.kill", "1"),
-            SessionAction::Reset => {
+            pb::SessionAction::Thaw => ("cgroup.freeze", "0"),
+            pb::SessionAction::Kill => ("cgroup.kill", "1"),
+            pb::SessionAction::Reset => {
                 // Budgets belong to the outermost session, whose entry applies.
                 let cgroup = self.outermost(session).cgroup;
                 self.enforcer
                     .reset_budgets(cgroup)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| Refusal::Failed(e.to_string()))?;
                 info!(session = id, "budgets refilled");
                 return Ok(format!("the budgets of session {id} are full again"));
             }
+            pb::SessionAction::Unspecified => {
+                return Err(Refusal::Invalid(
+                    "no session action: thaw, kill or reset".into(),
+                ));
+            }
         };
-        std::fs::write(path.join(file), what)
-            .map_err(|e| format!("cannot write {}: {e}", path.join(file).display()))?;
+        std::fs::write(path.join(file), what).map_err(|e| {
+            Refusal::Failed(format!("cannot write {}: {e}", path.join(file).display()))
+        })?;
         info!(session = id, ?action, "session action");
         Ok(match action {
-            SessionAction::Thaw => format!("session {id} thawed"),
+            pb::SessionAction::Thaw => format!("session {id} thawed"),
             _ => format!("every process of session {id} killed"),
         })
     }
@@ -604,21 +615,23 @@ impl State {
             .map(|session| self.outermost(session).id)
     }
 
-    /// The status, as `caller` may see it: an agent sees only the sessions
-    /// of its own outermost session (itself and its sub-agents).
-    pub(super) fn status_for(&mut self, caller: &Caller) -> Status {
-        let mut status = self.status();
+    /// The live sessions `caller` may see: an agent sees only those of its
+    /// own outermost session (itself and its sub-agents).
+    pub(super) fn sessions_for(&mut self, caller: &Caller) -> Vec<Session> {
+        let mut sessions: Vec<Session> = self.sessions.live().cloned().collect();
         if caller.agent {
             let own = self.own_session(caller);
-            status.sessions.retain(|session| {
+            sessions.retain(|session| {
                 own.as_ref()
                     .is_some_and(|own| self.outermost(session.clone()).id == *own)
             });
         }
-        status
+        sessions
     }
 
-    pub(super) fn status(&self) -> Status {
+    /// The status, as `caller` may see it (its sessions: [`Self::sessions_for`]).
+    pub(super) fn status_for(&mut self, caller: &Caller) -> pb::Status {
+        let sessions = self.sessions_for(caller);
         let current = self.current();
         let canaried: BTreeSet<&str> = canary::HOOKS.iter().copied().collect();
         let attachment = &self.enforcer.attachment;
@@ -631,15 +644,16 @@ impl State {
                 } else {
                     "not in this kernel; older hooks cover its routes"
                 };
-                HookStatus {
+                pb::HookStatus {
                     name: hook.program.into(),
                     attached,
                     enforcing: attached
                         && (self.readiness.is_ok() || !canaried.contains(hook.program)),
-                    note: attachment
-                        .unavailable
-                        .contains(&hook.program)
-                        .then(|| missing.into()),
+                    note: if attachment.unavailable.contains(&hook.program) {
+                        missing.into()
+                    } else {
+                        String::new()
+                    },
                 }
             })
             .collect();
@@ -648,27 +662,29 @@ impl State {
             .profiles
             .iter()
             .filter(|(name, _)| name != canary::AGENT)
-            .map(|(name, entry)| ProfileStatus {
+            .map(|(name, entry)| pb::ProfileStatus {
                 name: name.clone(),
                 mode: compile::mode_name(entry).into(),
                 defaults: compile::defaults_of(entry)
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
-                rules: compiled.rules.iter().filter(|r| r.profile == *name).count(),
+                rules: compiled.rules.iter().filter(|r| r.profile == *name).count() as u64,
             })
             .collect();
-        Status {
+        pb::Status {
             enforcing: self.readiness.is_ok(),
-            problem: self.readiness.clone().err(),
+            problem: self.readiness.clone().err().unwrap_or_default(),
             generation: current.number,
-            policy_file: self.policy_path.clone(),
+            policy_file: self.policy_path.display().to_string(),
             policy_sha256: current.policy_sha256.clone(),
-            policy_loaded: current.loaded.clone(),
-            last_rejected: self.last_rejected.clone(),
+            policy_loaded: Some(guard_api::time::timestamp(guard_api::time::rfc3339_nanos(
+                &current.loaded,
+            ))),
+            last_rejected: self.last_rejected.clone().unwrap_or_default(),
             hooks,
             profiles,
-            sessions: self.sessions.live().cloned().collect(),
+            sessions: sessions.iter().map(Session::to_proto).collect(),
             counters: self.counters(),
         }
     }
