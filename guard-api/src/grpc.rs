@@ -2,10 +2,11 @@
 //! standard health checking and server reflection), and the client side of
 //! guardd's local API socket.
 
-use std::{future::Future, path::Path};
+use std::path::Path;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
@@ -81,16 +82,31 @@ pub async fn routes(audit: AuditService) -> anyhow::Result<(Routes, HealthReport
     Ok((routes, health))
 }
 
-/// Serves `routes` on `listener` until `shutdown` completes, then lets the
-/// calls in progress finish.
+/// How long calls in progress have to finish after shutdown. A client
+/// following the feed, or a guardd shipping to a collector, keeps its call
+/// open for as long as it can: such calls are cut after this.
+pub const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Serves `routes` on `listener` until `shutdown`, then lets the calls in
+/// progress finish, for up to [`GRACE`].
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
-    shutdown: impl Future<Output = ()>,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    let cut = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(GRACE).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = cut => tracing::warn!("calls still open {GRACE:?} after shutdown are cut"),
+    }
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! records ([`ocsf`]), shipping events files to a collector ([`ship`]),
 //! sessions ([`session`]) and default [`paths`], starting a command inside a
 //! cgroup ([`launch`]),
-//! [`metrics`] serving, [`time`] formats, logging and exit codes.
+//! [`metrics`] serving, [`time`] formats, [`shutdown`] on signals, logging
+//! and exit codes.
 //!
 //! It knows nothing of the kernel, the policy or the stores: guardd,
 //! guardctl and guard-collector depend on it, never the other way round.
@@ -20,6 +21,7 @@ pub mod paths;
 pub mod record;
 pub mod session;
 pub mod ship;
+pub mod shutdown;
 pub mod time;
 
 /// Generated from the protos.

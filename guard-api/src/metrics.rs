@@ -21,10 +21,18 @@ pub trait Exposition: Send + Sync + 'static {
     fn registry(&self) -> &Registry;
 }
 
-/// Serves `metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<dyn Exposition>) {
+/// Serves `metrics` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<dyn Exposition>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     loop {
-        let stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => return,
+        };
+        let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
                 warn!("metrics: {e}");

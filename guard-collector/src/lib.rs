@@ -21,6 +21,7 @@ use std::{
 use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
@@ -86,6 +87,22 @@ pub struct Config {
     pub retain_bytes: Option<u64>,
     /// Where Prometheus metrics are served; off when `None`.
     pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Refuses settings that contradict each other: each would otherwise be
+    /// silently ignored or fail later.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.retain_bytes.is_some() && matches!(self.store, StoreSpec::Postgres(_)) {
+            anyhow::bail!(
+                "--retain-size applies to a SQLite store only: PostgreSQL manages its own space (use --retain-for)"
+            );
+        }
+        if self.metrics_listen == Some(self.listen) {
+            anyhow::bail!("--listen and --metrics-listen are both {}", self.listen);
+        }
+        Ok(())
+    }
 }
 
 /// The store, used from blocking threads one call at a time.
@@ -473,14 +490,18 @@ impl IngestService {
     }
 }
 
-/// Runs the collector until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the collector until `shutdown` is cancelled, then lets the calls in
+/// progress finish (a host's stream ends when it has sent what it had).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.check()?;
     let spec = config.store.clone();
     let store = StoreHandle::new(
         tokio::task::spawn_blocking(move || spec.open())
             .await?
             .context("cannot open the store")?,
     );
+    // Every task runs until `shutdown`, and is awaited before the collector ends.
+    let mut tasks = tokio::task::JoinSet::new();
     let feed = Feed::default();
     let metrics = Arc::new(CollectorMetrics::default());
     if let Some(addr) = config.metrics_listen {
@@ -488,13 +509,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
         info!(%addr, "metrics on /metrics");
-        tokio::spawn(guard_api::metrics::serve(listener, metrics.clone()));
+        tasks.spawn(guard_api::metrics::serve(
+            listener,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     info!(listen = %config.listen, store = ?config.store, "collecting");
-    tokio::spawn(prune(store.clone(), config.retain_for, config.retain_bytes));
+    let pruning = shutdown.clone();
+    let store_to_prune = store.clone();
+    tokio::spawn(async move {
+        pruning
+            .run_until_cancelled(prune(
+                store_to_prune,
+                config.retain_for,
+                config.retain_bytes,
+            ))
+            .await
+    });
     let audit = AuditService {
         feed: feed.clone(),
         history: Some(Arc::new(store.clone())),
@@ -510,19 +545,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         feed,
         metrics,
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (routes, health) = guard_api::grpc::routes(audit).await?;
     health
         .set_serving::<pb::ingest_service_server::IngestServiceServer<IngestService>>()
         .await;
     let routes = routes.add_service(pb::ingest_service_server::IngestServiceServer::new(ingest));
-    guard_api::grpc::serve(listener, routes, async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    })
-    .await?;
+    let served = guard_api::grpc::serve(listener, routes, shutdown.clone()).await;
+    // The server may also end by an error: everything stops with it.
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    served?;
     info!("stopped");
     Ok(())
 }

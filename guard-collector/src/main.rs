@@ -74,7 +74,9 @@ fn main() {
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(collector::run(config)));
+        .and_then(|rt| {
+            rt.block_on(async { collector::run(config, guard_api::shutdown::on_signals()?).await })
+        });
     if let Err(e) = result {
         tracing::error!("{e:#}");
         std::process::exit(exit::FAILURE);

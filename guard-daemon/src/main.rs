@@ -176,7 +176,16 @@ fn main() {
                 code: exit::FAILURE,
                 error: e.into(),
             })
-            .and_then(|rt| rt.block_on(daemon::run(config)))
+            .and_then(|rt| {
+                rt.block_on(async {
+                    let shutdown =
+                        guard_api::shutdown::on_signals().map_err(|e| daemon::Fatal {
+                            code: exit::FAILURE,
+                            error: e.into(),
+                        })?;
+                    daemon::run(config, shutdown).await
+                })
+            })
     };
     if let Err(fatal) = result {
         tracing::error!("{fatal}");

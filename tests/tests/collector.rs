@@ -416,3 +416,38 @@ fn a_collector_whose_log_cannot_be_written_goes_on() {
         (1..=30).collect::<Vec<_>>()
     );
 }
+
+#[test]
+#[ignore = "needs the release binaries: cargo xtask test"]
+fn the_collector_refuses_settings_that_contradict_each_other() {
+    for (args, says) in [
+        (
+            &[
+                "--store",
+                "postgres://guard@localhost/guard",
+                "--retain-size",
+                "1GiB",
+            ][..],
+            "--retain-size applies to a SQLite store only",
+        ),
+        (
+            &[
+                "--store",
+                "sqlite:/nonexistent/guard.db",
+                "--listen",
+                "127.0.0.1:50998",
+                "--metrics-listen",
+                "127.0.0.1:50998",
+            ],
+            "--listen and --metrics-listen are both 127.0.0.1:50998",
+        ),
+    ] {
+        let output = std::process::Command::new(guard_tests::bin("guard-collector"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}

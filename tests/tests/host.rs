@@ -142,3 +142,43 @@ fn guardd_help_says_the_programs_stay_attached() {
         "{stdout}"
     );
 }
+
+#[test]
+#[ignore = "needs root; run by `cargo xtask test`"]
+fn guardd_refuses_settings_that_contradict_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    fs::write(&policy, "profiles: []\nagents: []\n").unwrap();
+    let events = dir.path().join("events.jsonl");
+    for (args, says) in [
+        (
+            vec!["--collector", "http://127.0.0.1:1"],
+            "the following required arguments were not provided:\n  --events",
+        ),
+        (
+            vec![
+                "--grpc-listen",
+                "127.0.0.1:50999",
+                "--metrics-listen",
+                "127.0.0.1:50999",
+            ],
+            "--grpc-listen and --metrics-listen are both 127.0.0.1:50999",
+        ),
+        (
+            vec![
+                "--events",
+                events.to_str().unwrap(),
+                "--state-file",
+                events.to_str().unwrap(),
+            ],
+            "--events and --state-file name the same path",
+        ),
+    ] {
+        let (code, _, stderr) = run(Command::new(bin("guardd"))
+            .arg("--policy")
+            .arg(&policy)
+            .args(&args));
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}

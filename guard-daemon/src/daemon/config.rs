@@ -42,6 +42,47 @@ pub struct Config {
     pub dns_server: Option<std::net::IpAddr>,
 }
 
+impl Config {
+    /// Refuses settings that contradict each other, with exit
+    /// [`exit::USAGE`]: each would otherwise break guardd later. (Flags that
+    /// need another, such as `--collector` without `--events`, are refused
+    /// by the command line's own rules.)
+    pub fn check(&self) -> Result<(), Fatal> {
+        let usage = |message: String| Fatal {
+            code: exit::USAGE,
+            error: anyhow::anyhow!(message),
+        };
+        if let (Some(grpc), Some(metrics)) = (self.grpc_listen, self.metrics_listen)
+            && grpc == metrics
+        {
+            return Err(usage(format!(
+                "--grpc-listen and --metrics-listen are both {grpc}"
+            )));
+        }
+        let files = [
+            ("--policy", Some(&self.policy)),
+            ("--events", self.events.as_ref()),
+            ("--ocsf-file", self.ocsf.as_ref()),
+            ("--state-file", Some(&self.state_file)),
+            ("--socket", Some(&self.socket)),
+            ("--why-dir", Some(&self.why_dir)),
+        ];
+        for (i, (flag, path)) in files.iter().enumerate() {
+            let Some(path) = path else { continue };
+            if let Some((other, _)) = files[i + 1..]
+                .iter()
+                .find(|(_, other)| other.is_some_and(|o| o == *path))
+            {
+                return Err(usage(format!(
+                    "{flag} and {other} name the same path, {}",
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where what outlives one guardd is, for the next to adopt.
 pub struct Persistence {
     /// Below which the programs are pinned ([`crate::enforcer::pin_root`]).

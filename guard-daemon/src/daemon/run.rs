@@ -1,4 +1,4 @@
-//! `run`: start guardd, spawn its tasks and stream records until SIGTERM;
+//! `run`: start guardd, spawn its tasks and stream records until shutdown;
 //! `check_host` and `detach`.
 
 use std::{
@@ -7,10 +7,16 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use guard_api::{audit::AuditService, chain::Chain, metrics::StageLabels, session::Session};
+use guard_api::{
+    audit::AuditService, chain::Chain, grpc::GRACE, metrics::StageLabels, session::Session,
+};
 use guard_policy::{LoadedPolicy, compile, policy};
 
 use crate::{canary::Canary, cgroup, metrics::DaemonMetrics, spool::LineFile};
@@ -105,8 +111,11 @@ pub(super) fn own_files(config: &Config) -> Vec<PathBuf> {
     own
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), Fatal> {
+/// Runs the daemon until `shutdown` is cancelled: enforces, serves and
+/// streams records, then drains the records left, lets every server finish
+/// its calls (for up to [`GRACE`]) and reports how it leaves the host.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fatal> {
+    config.check()?;
     let builtins = Builtins::new(Canary::prepare().map_err(failure)?, own_files(&config));
     let sockets = [config.socket.clone()];
     for dir in sockets.iter().filter_map(|socket| socket.parent()) {
@@ -187,18 +196,25 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
     let state = Arc::new(Mutex::new(state));
     let (changes_tx, changes_rx) = mpsc::channel(16);
     let watcher = reload::FileWatcher::new(changes_tx, watched).map_err(failure)?;
+    // Every task runs until `shutdown`, and is awaited before guardd ends.
+    let mut tasks = JoinSet::new();
     let api = services::LocalApi {
         state: state.clone(),
     };
-    tokio::spawn(async move {
-        if let Err(e) = services::serve(listener, api, std::future::pending()).await {
-            error!("{e:#}");
-        }
-    });
-    tokio::spawn(reload::reload_on_change(state.clone(), changes_rx, watcher));
-    tokio::spawn(dns::resolve_hosts(
-        state.clone(),
-        hosts::resolver(config.dns_server).map_err(|e| format!("{e:#}")),
+    tasks.spawn(logged(
+        "local API",
+        services::serve(listener, api, shutdown.clone().cancelled_owned()),
+    ));
+    tasks.spawn(until(
+        &shutdown,
+        reload::reload_on_change(state.clone(), changes_rx, watcher),
+    ));
+    tasks.spawn(until(
+        &shutdown,
+        dns::resolve_hosts(
+            state.clone(),
+            hosts::resolver(config.dns_server).map_err(|e| format!("{e:#}")),
+        ),
     ));
 
     let chain = match &config.events {
@@ -223,7 +239,11 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
             .with_context(|| format!("cannot listen for metrics on {addr}"))
             .map_err(failure)?;
         info!(%addr, "metrics on /metrics");
-        tokio::spawn(guard_api::metrics::serve(listener, metrics.clone()));
+        tasks.spawn(guard_api::metrics::serve(
+            listener,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
     }
     lock(&state).update_metrics(&metrics);
     let mut writer = RecordWriter::new(
@@ -263,11 +283,10 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
                 .clone(),
         };
         let (routes, _health) = guard_api::grpc::routes(audit).await.map_err(failure)?;
-        tokio::spawn(async move {
-            if let Err(e) = guard_api::grpc::serve(listener, routes, std::future::pending()).await {
-                error!("gRPC audit API stopped: {e:#}");
-            }
-        });
+        tasks.spawn(logged(
+            "gRPC audit API",
+            guard_api::grpc::serve(listener, routes, shutdown.clone()),
+        ));
     }
     if let (Some(collector), Some(events)) = (&config.collector, &config.events) {
         let shipper = guard_api::ship::Shipper {
@@ -279,14 +298,17 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         };
         let mut acked = shipper.acked.subscribe();
         let metrics = metrics.clone();
-        tokio::spawn(async move {
+        tasks.spawn(until(&shutdown, async move {
             while acked.changed().await.is_ok() {
                 metrics.acked_seq.set(*acked.borrow() as i64);
             }
-        });
-        tokio::spawn(shipper.run());
+        }));
+        tasks.spawn(until(&shutdown, shipper.run()));
     }
-    let result = writer::stream_events(events, &state, writer).await;
+    let result = writer::stream_events(events, &state, writer, &shutdown).await;
+    // The writer may also end by an error: everything stops with it.
+    shutdown.cancel();
+    finish(tasks).await;
     let _ = std::fs::remove_file(&config.socket);
     result.map_err(failure)?;
 
@@ -310,4 +332,43 @@ pub async fn run(config: Config) -> Result<(), Fatal> {
         }
     }
     Ok(())
+}
+
+/// Runs `task` until `shutdown`.
+fn until(
+    shutdown: &CancellationToken,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let shutdown = shutdown.clone();
+    async move {
+        shutdown.run_until_cancelled(task).await;
+    }
+}
+
+/// Runs a server, logging why it stopped if it failed.
+async fn logged(what: &'static str, server: impl Future<Output = anyhow::Result<()>>) {
+    if let Err(e) = server.await {
+        error!("{what} stopped: {e:#}");
+    }
+}
+
+/// Waits for the tasks to end after shutdown; those still running after
+/// [`GRACE`] are stopped.
+async fn finish(mut tasks: JoinSet<()>) {
+    let deadline = tokio::time::Instant::now() + GRACE;
+    loop {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(None) => return,
+            Ok(Some(Err(e))) if e.is_panic() => error!("a task panicked: {e}"),
+            Ok(Some(_)) => {}
+            Err(_) => {
+                warn!(
+                    tasks = tasks.len(),
+                    "tasks still running {GRACE:?} after shutdown are stopped"
+                );
+                tasks.shutdown().await;
+                return;
+            }
+        }
+    }
 }

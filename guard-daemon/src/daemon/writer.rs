@@ -18,7 +18,8 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::watch};
+use tokio::{io::unix::AsyncFd, sync::watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::state::{State, lock};
@@ -80,11 +81,12 @@ impl Out {
     }
 }
 
-/// Writes every record until a termination signal, then drains what is left.
+/// Writes every record until `shutdown`, then drains what is left.
 pub async fn stream_events(
     rings: Vec<(Lane, RingBuf<MapData>)>,
     state: &Mutex<State>,
     mut writer: RecordWriter,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut lanes = Vec::new();
     for (lane, ring) in rings {
@@ -98,8 +100,6 @@ pub async fn stream_events(
         anyhow::bail!("the programs have {} ring buffers, not 2", lanes.len());
     };
     let (denials_lane, allowed_lane) = (*denials_lane, *allowed_lane);
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
     let mut reap = tokio::time::interval(REAP_INTERVAL);
     let clock = Clock::new();
@@ -132,8 +132,7 @@ pub async fn stream_events(
                 state.reap_sessions();
                 state.update_metrics(&writer.metrics);
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            () = shutdown.cancelled() => break,
         }
     }
     drain_both!();
