@@ -1,0 +1,529 @@
+//! The audit trail: hash-chained records and tamper evidence, the gRPC feed,
+//! shipping to the collector, secrets masked, and losses accounted for under
+//! a flood.
+
+use crate::harness::*;
+use std::{fs, net::TcpListener};
+
+/// Records are sealed into a hash chain that survives a restart of guardd;
+/// `guardctl audit verify` finds a changed or removed record.
+#[test]
+fn records_are_chained_and_tampering_is_found() {
+    let e = env();
+    let dir = e.path("chain");
+    fs::create_dir_all(dir.join("keep")).unwrap();
+    let policy = policy_of(
+        &format!(
+            "  - name: c\n    default: allow\n    files:\n      protect:\n        - id: keep\n          subtree: {}\n",
+            dir.join("keep").display()
+        ),
+        &["c"],
+    );
+    let denials = |guardd: &Guardd, n: usize| {
+        for i in 0..n {
+            let path = dir.join(format!("keep/{i}"));
+            fs::write(&path, "x").unwrap();
+            let outcome = guardd.probe("c", &dir, &["unlink", &path.display().to_string()]);
+            assert_eq!(outcome.errno, Some(EPERM));
+            guardd.record(outcome.pid, |r| r["action"] == "unlink");
+        }
+    };
+    let guardd = Guardd::start(&dir, &policy, "guard-chain-test");
+    denials(&guardd, 3);
+    let events = guardd.events.clone();
+    guardd.stop();
+    // A second run appends to the same file and continues the chain.
+    let guardd = Guardd::start(&dir, &policy, "guard-chain-test");
+    denials(&guardd, 2);
+    guardd.stop();
+
+    let verify = |text: &str| {
+        let tampered = dir.join("tampered.jsonl");
+        fs::write(&tampered, text).unwrap();
+        let out = std::process::Command::new(bin("guardctl"))
+            .args(["audit", "verify"])
+            .arg(&tampered)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let text = fs::read_to_string(&events).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 5, "{text}");
+    let (code, out) = verify(&text);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "intact: {} records, sequence 1 to {}",
+            lines.len(),
+            lines.len()
+        )),
+        "{out}"
+    );
+
+    // A changed verdict.
+    let victim = lines
+        .iter()
+        .position(|l| l.contains("\"verdict\":\"deny\""))
+        .unwrap();
+    let mut changed: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    changed[victim] = changed[victim].replace("\"verdict\":\"deny\"", "\"verdict\":\"allow\"");
+    let (code, out) = verify(&(changed.join("\n") + "\n"));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("line {}", victim + 1)) && out.contains("changed"),
+        "{out}"
+    );
+
+    // A removed record.
+    let mut removed: Vec<&str> = lines.clone();
+    removed.remove(2);
+    let (code, out) = verify(&(removed.join("\n") + "\n"));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("line 3") && out.contains("missing"), "{out}");
+}
+
+/// `guardctl events --follow` receives, through guardd's gRPC feed, the
+/// records its server-side filter selects and no others.
+#[test]
+fn grpc_feed_follows_records_with_a_filter() {
+    let e = env();
+    let dir = e.path("grpc");
+    fs::create_dir_all(dir.join("keep")).unwrap();
+    let policy = policy_of(
+        &format!(
+            "  - name: g\n    default: allow\n    record_allowed: true\n    files:\n      protect:\n        - id: keep\n          subtree: {}\n          message: kept\n",
+            dir.join("keep").display()
+        ),
+        &["g"],
+    );
+    let addr = {
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let guardd = Guardd::start_with(
+        &dir,
+        &policy,
+        "guard-grpc-test",
+        &["--grpc-listen", &addr],
+        &[],
+    );
+    let mut follower = std::process::Command::new(bin("guardctl"))
+        .args([
+            "events",
+            "--follow",
+            "--server",
+            &addr,
+            "--agent",
+            "g",
+            "--verdict",
+            "deny",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel::<String>();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The follower subscribes some time after it starts: act until a
+    // denial comes through.
+    let victim = dir.join("keep/file");
+    let target = victim.display().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let record: Value = loop {
+        fs::write(&victim, "x").unwrap();
+        let denied = guardd.probe("g", &dir, &["unlink", &target]);
+        assert_eq!(denied.errno, Some(EPERM));
+        let allowed = guardd.probe("g", &dir, &["true"]);
+        assert_eq!(allowed.errno, None);
+        if let Ok(line) = received.recv_timeout(std::time::Duration::from_secs(2)) {
+            break serde_json::from_str(&line).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing came through the feed"
+        );
+    };
+    assert_eq!(
+        (
+            record["verdict"].as_str(),
+            record["agent"].as_str(),
+            record["target"].as_str()
+        ),
+        (Some("deny"), Some("g"), Some(target.as_str())),
+        "{record}"
+    );
+    assert_eq!(
+        (record["rule"].as_str(), record["message"].as_str()),
+        (Some("keep"), Some("kept"))
+    );
+    assert!(
+        record["session"].as_str().is_some_and(|s| s.len() == 36),
+        "{record}"
+    );
+    assert_eq!(record["chain"].as_str().map(str::len), Some(64), "{record}");
+    assert!(record["seq"].as_u64().is_some_and(|s| s > 0));
+    // Only denials of `g` pass the filter, though allowed records were made.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    while let Ok(line) = received.try_recv() {
+        let r: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(r["verdict"], "deny", "{r}");
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+}
+
+/// guardd ships its records to guard-collector: the denials of a tagged
+/// agent are stored with every field, are found by agent, verdict and time,
+/// reach a live follower of the collector, and the stored stream stays
+/// complete and free of duplicates when the collector and then guardd are
+/// killed mid-stream.
+#[test]
+fn collector_stores_a_hosts_records_across_restarts() {
+    use guard_api::time::{now_nanos, rfc3339};
+    use guard_tests::collector::Collector;
+    use std::io::BufRead as _;
+
+    let e = env();
+    let dir = e.path("collector");
+    fs::create_dir_all(dir.join("keep")).unwrap();
+    let db = dir.join("collector.db");
+    let mut collector = Collector::start(&dir, &format!("sqlite:{}", db.display()));
+    let policy = policy_of(
+        &format!(
+            "  - name: c\n    default: allow\n    record_allowed: true\n    files:\n      protect:\n        - id: keep\n          subtree: {}\n          message: kept\n",
+            dir.join("keep").display()
+        ),
+        &["c"],
+    );
+    let url = format!("http://{}", collector.addr);
+    let metrics = format!("127.0.0.1:{}", guard_tests::collector::free_port());
+    let args = [
+        "--collector",
+        url.as_str(),
+        "--host-name",
+        "vm-1",
+        "--metrics-listen",
+        metrics.as_str(),
+    ];
+    let root = "guard-collector-test";
+    let mut guardd = Guardd::start_with(&dir, &policy, root, &args, &[]);
+    let victim = dir.join("keep/file");
+    fs::write(&victim, "x").unwrap();
+    let target = victim.display().to_string();
+    let deny = |guardd: &Guardd| {
+        let denied = guardd.probe("c", &dir, &["unlink", &target]);
+        assert_eq!(denied.errno, Some(EPERM));
+        denied.pid
+    };
+    let last_seq = |guardd: &Guardd| {
+        guardd
+            .records()
+            .last()
+            .and_then(|r| r["seq"].as_u64())
+            .unwrap()
+    };
+
+    let since = rfc3339(now_nanos());
+    let denied: Vec<u64> = (0..3).map(|_| u64::from(deny(&guardd))).collect();
+    collector.wait_for_seq(
+        "vm-1",
+        last_seq(&guardd),
+        std::time::Duration::from_secs(30),
+    );
+    let until = rfc3339(now_nanos());
+    let stored = collector.query(&[
+        "--host",
+        "vm-1",
+        "--agent",
+        "c",
+        "--verdict",
+        "deny",
+        "--since",
+        &since,
+        "--until",
+        &until,
+    ]);
+    assert_eq!(
+        stored
+            .iter()
+            .filter_map(|r| r["pid"].as_u64())
+            .collect::<Vec<_>>(),
+        denied
+    );
+    let written = guardd.records();
+    for record in &stored {
+        let original = written.iter().find(|w| w["seq"] == record["seq"]).unwrap();
+        assert_eq!(record, original, "stored exactly as guardd wrote it");
+        for field in [
+            "session",
+            "user",
+            "rule",
+            "message",
+            "file",
+            "generation",
+            "chain",
+        ] {
+            assert!(!record[field].is_null(), "{field} in {record}");
+        }
+    }
+    assert!(
+        collector
+            .query(&["--host", "vm-1", "--agent", "c", "--until", &since])
+            .is_empty(),
+        "nothing before the first denial"
+    );
+    let exposition = guard_tests::collector::scrape(&metrics);
+    for line in [
+        r#"guard_decisions_total{hook="path_unlink",verdict="deny",agent="c"} 3"#,
+        "guard_enforcing 1",
+        "guard_policy_generation ",
+        r#"guard_kernel_counter{name="records_made"}"#,
+        "guard_records_acked_seq",
+    ] {
+        assert!(exposition.contains(line), "{line} in:\n{exposition}");
+    }
+
+    // A live follower of the collector.
+    let mut follower = std::process::Command::new(bin("guardctl"))
+        .args(["events", "--follow", "--agent", "c", "--verdict", "deny"])
+        .args(["--server", &collector.addr])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(follower.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("following"), "{line}");
+    let pid = deny(&guardd);
+    line.clear();
+    std::io::BufReader::new(follower.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let followed: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(followed["pid"].as_u64(), Some(u64::from(pid)), "{followed}");
+    let _ = follower.kill();
+    let _ = follower.wait();
+
+    // The collector dies while records are made, and comes back.
+    collector.kill();
+    for _ in 0..3 {
+        deny(&guardd);
+    }
+    collector.restart();
+    // guardd dies (SIGKILL) while records are made, and comes back on the
+    // same events file.
+    deny(&guardd);
+    guardd.signal(libc::SIGKILL);
+    drop(guardd);
+    guardd = Guardd::start_with(&dir, &policy, root, &args, &[]);
+    deny(&guardd);
+    let last = last_seq(&guardd);
+    collector.wait_for_seq("vm-1", last, std::time::Duration::from_secs(60));
+    let seqs: Vec<u64> = collector
+        .query(&["--host", "vm-1"])
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .collect();
+    // Records made after `last` (session ends) may be there too.
+    let stored_last = *seqs.last().unwrap();
+    assert!(stored_last >= last);
+    assert_eq!(
+        seqs,
+        (1..=stored_last).collect::<Vec<_>>(),
+        "complete, no duplicates"
+    );
+    let verify = collector.guardctl(&["audit", "verify", "--host", "vm-1"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+/// A secret on an agent's command line is masked on the host: the record
+/// says so, and neither guardd's events file nor the collector's store
+/// ever holds it.
+#[test]
+fn secrets_in_argv_never_reach_the_collector() {
+    use guard_tests::collector::Collector;
+
+    let e = env();
+    let dir = e.path("redaction");
+    fs::create_dir_all(dir.join("keep")).unwrap();
+    let db = dir.join("collector.db");
+    let collector = Collector::start(&dir, &format!("sqlite:{}", db.display()));
+    let policy = policy_of(
+        &format!(
+            "  - name: r\n    default: allow\n    files:\n      protect:\n        - id: keep\n          subtree: {}\n",
+            dir.join("keep").display()
+        ),
+        &["r"],
+    );
+    let url = format!("http://{}", collector.addr);
+    let guardd = Guardd::start_with(
+        &dir,
+        &policy,
+        "guard-redaction-test",
+        &["--collector", &url, "--host-name", "vm-r"],
+        &[],
+    );
+    let victim = dir.join("keep/data");
+    fs::write(&victim, "x").unwrap();
+    // The shell itself truncates (denied) and stays alive, running the same
+    // program, while guardd reads its command line
+    // (`exit` last: a shell may exec its last command in place.)
+    let script = format!("echo > {} || true; sleep 2; exit 0", victim.display());
+    let run = guardd.guardctl(&[
+        "run",
+        "--agent",
+        "r",
+        "--",
+        "sh",
+        "-c",
+        &script,
+        "agent-task",
+        "--password=hunter2",
+        "postgres://app:s3cret@db.internal/prod",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "x", "not truncated");
+    let record = guardd
+        .records()
+        .into_iter()
+        .find(|r| r["agent"] == "r" && r["verdict"] == "deny")
+        .expect("the denial's record");
+    let cmdline: Vec<&str> = record["process"]["cmdline"]
+        .as_array()
+        .expect("process details")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        cmdline[4..],
+        ["--password=***", "postgres://app:***@db.internal/prod"],
+        "{record}"
+    );
+    assert_eq!(record["redacted"], serde_json::json!(["process.cmdline"]));
+    assert!(
+        record["process"]["ancestry"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty()),
+        "{record}"
+    );
+    let last = record["seq"].as_u64().unwrap();
+    collector.wait_for_seq("vm-r", last, std::time::Duration::from_secs(30));
+    let stored = collector.query(&["--host", "vm-r", "--agent", "r"]);
+    assert_eq!(stored.last().unwrap()["process"], record["process"]);
+    drop(collector);
+    for file in [
+        guardd.events.clone(),
+        db.clone(),
+        dir.join("collector.db-wal"),
+    ] {
+        let bytes = fs::read(&file).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cret"),
+            "a secret in {}",
+            file.display()
+        );
+    }
+}
+
+/// A tagged process makes decisions faster than guardd can write them: every
+/// record the kernel made is written or counted in an in-band loss record.
+/// With audit-or-deny, the actions whose records were lost are denied, so
+/// that every allowed action has its record.
+#[test]
+fn a_flood_is_accounted_for_and_audit_or_deny_leaves_nothing_unrecorded() {
+    let e = env();
+    let dir = e.path("flood");
+    fs::create_dir_all(&dir).unwrap();
+    let policy = |audit_or_deny: bool| {
+        policy_of(
+            &format!(
+                "  - name: f\n    default: allow\n    record_allowed: true\n    audit_or_deny: {audit_or_deny}\n"
+            ),
+            &["f"],
+        )
+    };
+    let guardd = Guardd::start(&dir, &policy(false), "guard-flood-test");
+    let flood = |n: u64| -> (u32, u64, u64) {
+        let output = guardd
+            .probe_command(
+                &["--agent", "f"],
+                &["connect-udp-flood", "127.0.0.1:40020", &n.to_string()],
+            )
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!("{e}: {stdout} {}", String::from_utf8_lossy(&output.stderr))
+        });
+        (
+            report["pid"].as_u64().unwrap() as u32,
+            report["allowed"].as_u64().unwrap(),
+            report["denied"].as_u64().unwrap(),
+        )
+    };
+    let n = 100_000;
+
+    let (_, allowed, denied) = flood(n);
+    assert_eq!((allowed, denied), (n, 0));
+    let (made, written, lost) = settled(&guardd);
+    eprintln!("flood: {n} connects; {made} records made, {written} written, {lost} counted lost");
+    assert!(
+        lost > 0,
+        "the flood did not outrun guardd, so nothing was tested"
+    );
+
+    guardd.reload(&policy(true)).unwrap();
+    let before = guardd.status()["counters"]["unrecorded_denials"]
+        .as_u64()
+        .unwrap();
+    let (pid, allowed, denied) = flood(n);
+    assert_eq!(allowed + denied, n);
+    settled(&guardd);
+    let recorded_allowed = guardd
+        .records_of(pid)
+        .iter()
+        .filter(|r| r["verdict"] == "allow" && r["action"] == "connect")
+        .count() as u64;
+    let unrecorded = guardd.status()["counters"]["unrecorded_denials"]
+        .as_u64()
+        .unwrap()
+        - before;
+    eprintln!(
+        "audit-or-deny: {allowed} allowed, all recorded ({recorded_allowed}); {denied} denied unrecorded"
+    );
+    assert_eq!(
+        recorded_allowed, allowed,
+        "every allowed action has its record"
+    );
+    assert_eq!(
+        unrecorded, denied,
+        "each denial for want of a record is counted"
+    );
+}
