@@ -5,20 +5,29 @@ use std::{ffi::OsString, path::Path};
 
 use guard_api::{exit, grpc, launch, pb, time};
 
-fn block_on<T>(future: impl Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
+use tonic::transport::Channel;
+
+/// Runs `call` with a channel to guardd's local API, on a runtime of its
+/// own; when guardd cannot be reached, says why and returns the exit code.
+fn with_guardd<T>(socket: &Path, call: impl AsyncFnOnce(Channel) -> T) -> Result<T, i32> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("a runtime")
-        .block_on(future)
+        .expect("a runtime");
+    runtime.block_on(async {
+        match grpc::connect_unix(socket).await {
+            Ok(channel) => Ok(call(channel).await),
+            Err(e) => {
+                eprintln!("guardctl: {e:#}");
+                Err(exit::FAILURE)
+            }
+        }
+    })
 }
 
-/// A channel to guardd's local API, or the exit code after saying why not.
-async fn channel(socket: &Path) -> Result<tonic::transport::Channel, i32> {
-    grpc::connect_unix(socket).await.map_err(|e| {
-        eprintln!("guardctl: {e:#}");
-        exit::FAILURE
-    })
+/// [`with_guardd`] for a command whose call gives its exit code.
+fn call_guardd(socket: &Path, call: impl AsyncFnOnce(Channel) -> i32) -> i32 {
+    with_guardd(socket, call).unwrap_or_else(|code| code)
 }
 
 /// Says why guardd refused; returns the exit code.
@@ -51,11 +60,7 @@ fn in_force(applied: pb::ApplyPolicyResponse, line: String) -> i32 {
 }
 
 pub fn show_policy(socket: &Path) -> i32 {
-    block_on(async {
-        let channel = match channel(socket).await {
-            Ok(channel) => channel,
-            Err(code) => return code,
-        };
+    call_guardd(socket, async |channel| {
         let mut client = pb::policy_service_client::PolicyServiceClient::new(channel);
         match client.get_policy(pb::GetPolicyRequest {}).await {
             Ok(policy) => {
@@ -80,11 +85,7 @@ pub fn apply_policy(socket: &Path, file: &Path, expect: Option<String>) -> i32 {
             return exit::FAILURE;
         }
     };
-    block_on(async {
-        let channel = match channel(socket).await {
-            Ok(channel) => channel,
-            Err(code) => return code,
-        };
+    call_guardd(socket, async |channel| {
         let mut client = pb::policy_service_client::PolicyServiceClient::new(channel);
         let request = pb::ApplyPolicyRequest {
             text,
@@ -105,11 +106,7 @@ pub fn apply_policy(socket: &Path, file: &Path, expect: Option<String>) -> i32 {
 }
 
 pub fn reload(socket: &Path) -> i32 {
-    block_on(async {
-        let channel = match channel(socket).await {
-            Ok(channel) => channel,
-            Err(code) => return code,
-        };
+    call_guardd(socket, async |channel| {
         let mut client = pb::policy_service_client::PolicyServiceClient::new(channel);
         match client.reload_policy(pb::ReloadPolicyRequest {}).await {
             Ok(reloaded) => {
@@ -134,9 +131,8 @@ pub fn run(
     labels: Vec<(String, String)>,
     command: &[OsString],
 ) -> i32 {
-    let started = block_on(async {
-        let mut client =
-            pb::session_service_client::SessionServiceClient::new(channel(socket).await?);
+    let started = with_guardd(socket, async |channel| {
+        let mut client = pb::session_service_client::SessionServiceClient::new(channel);
         let request = pb::StartSessionRequest {
             agent,
             profile: profile.unwrap_or_default(),
@@ -148,7 +144,7 @@ pub fn run(
             .map(tonic::Response::into_inner)
             .map_err(|status| failed(&status))
     });
-    let started = match started {
+    let started = match started.flatten() {
         Ok(started) => started,
         Err(code) => return code,
     };
@@ -169,11 +165,7 @@ pub fn run(
 
 /// Thaws, kills or refills the budgets of a session.
 pub fn control_session(socket: &Path, action: pb::SessionAction, id: String) -> i32 {
-    block_on(async {
-        let channel = match channel(socket).await {
-            Ok(channel) => channel,
-            Err(code) => return code,
-        };
+    call_guardd(socket, async |channel| {
         let mut client = pb::session_service_client::SessionServiceClient::new(channel);
         let request = pb::ControlSessionRequest {
             id,
@@ -209,11 +201,7 @@ fn session_json(info: &pb::SessionInfo) -> serde_json::Value {
 }
 
 pub fn list_sessions(socket: &Path, agent: Option<String>, json: bool) -> i32 {
-    block_on(async {
-        let channel = match channel(socket).await {
-            Ok(channel) => channel,
-            Err(code) => return code,
-        };
+    call_guardd(socket, async |channel| {
         let mut client = pb::session_service_client::SessionServiceClient::new(channel);
         let request = pb::ListSessionsRequest {
             agent: agent.unwrap_or_default(),
@@ -253,11 +241,7 @@ fn session_line(info: &pb::SessionInfo) -> String {
 
 /// Shows whether guardd is enforcing; exit 1 when not.
 pub fn status(socket: &Path, json: bool) -> i32 {
-    block_on(async {
-        let channel = match channel(socket).await {
-            Ok(channel) => channel,
-            Err(code) => return code,
-        };
+    call_guardd(socket, async |channel| {
         let mut client = pb::daemon_service_client::DaemonServiceClient::new(channel);
         let status = match client.get_status(pb::GetStatusRequest {}).await {
             Ok(status) => status.into_inner(),
@@ -401,11 +385,7 @@ fn ticket_line(t: &pb::Ticket) -> String {
 /// Lists tickets; with `follow`, polls and prints each ticket when it opens
 /// or changes.
 pub fn tickets(socket: &Path, all: bool, follow: bool, json: bool) -> i32 {
-    block_on(async {
-        let channel = match channel(socket).await {
-            Ok(channel) => channel,
-            Err(code) => return code,
-        };
+    call_guardd(socket, async |channel| {
         let mut client = pb::approval_service_client::ApprovalServiceClient::new(channel);
         let mut shown = std::collections::BTreeMap::new();
         loop {
@@ -444,11 +424,7 @@ pub fn decide_ticket(
     id: String,
     approve: Option<(bool, std::time::Duration)>,
 ) -> i32 {
-    block_on(async {
-        let channel = match channel(socket).await {
-            Ok(channel) => channel,
-            Err(code) => return code,
-        };
+    call_guardd(socket, async |channel| {
         let mut client = pb::approval_service_client::ApprovalServiceClient::new(channel);
         let result = match approve {
             Some((once, ttl)) => {
