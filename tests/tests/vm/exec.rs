@@ -18,27 +18,50 @@ fn exec_denied_directly() {
     assert!(r["file"]["ino"].as_u64().is_some_and(|i| i > 0), "{r}");
 }
 
+/// Each way to reach a denied program, one row each: what the agent runs,
+/// the file the record names (the one actually executed) and the rule.
 #[test]
-fn exec_denied_via_symlink() {
+fn exec_denied_by_every_route_to_the_program() {
     let e = env();
-    // The record names the file actually executed.
-    assert_denied(
-        tagged(&["exec", &e.p("links/denied-symlink"), "true"]),
-        "exec",
-        &e.p("tools/denied-tool"),
-        "exec-denied-tool",
-    );
-}
-
-#[test]
-fn exec_denied_via_hard_link_by_identity() {
-    let e = env();
-    assert_denied(
-        tagged(&["exec", &e.p("links/denied-hardlink"), "true"]),
-        "exec",
-        &e.p("links/denied-hardlink"),
-        "exec-denied-tool",
-    );
+    for (runs, recorded, rule) in [
+        // A symlink: the record names the file it points to.
+        (
+            "links/denied-symlink",
+            "tools/denied-tool",
+            "exec-denied-tool",
+        ),
+        // A hard link: denied by the file's identity, not its name.
+        (
+            "links/denied-hardlink",
+            "links/denied-hardlink",
+            "exec-denied-tool",
+        ),
+        // A script whose interpreter is denied.
+        (
+            "scripts/interp-script.sh",
+            "tools/denied-tool",
+            "exec-denied-tool",
+        ),
+        // A denied script.
+        (
+            "scripts/denied-script.sh",
+            "scripts/denied-script.sh",
+            "exec-denied-script",
+        ),
+        // A program in a denied subtree.
+        (
+            "denied-dir/inner-tool",
+            "denied-dir/inner-tool",
+            "exec-denied-dir",
+        ),
+    ] {
+        assert_denied(
+            tagged(&["exec", &e.p(runs), "true"]),
+            "exec",
+            &e.p(recorded),
+            rule,
+        );
+    }
 }
 
 #[test]
@@ -52,39 +75,6 @@ fn exec_denied_via_relative_path() {
         "exec",
         &e.p("tools/denied-tool"),
         "exec-denied-tool",
-    );
-}
-
-#[test]
-fn exec_denied_as_script_interpreter() {
-    let e = env();
-    assert_denied(
-        tagged(&["exec", &e.p("scripts/interp-script.sh")]),
-        "exec",
-        &e.p("tools/denied-tool"),
-        "exec-denied-tool",
-    );
-}
-
-#[test]
-fn exec_of_denied_script() {
-    let e = env();
-    assert_denied(
-        tagged(&["exec", &e.p("scripts/denied-script.sh")]),
-        "exec",
-        &e.p("scripts/denied-script.sh"),
-        "exec-denied-script",
-    );
-}
-
-#[test]
-fn exec_denied_in_subtree() {
-    let e = env();
-    assert_denied(
-        tagged(&["exec", &e.p("denied-dir/inner-tool"), "true"]),
-        "exec",
-        &e.p("denied-dir/inner-tool"),
-        "exec-denied-dir",
     );
 }
 

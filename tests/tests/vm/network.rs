@@ -9,44 +9,30 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// TCP connects to denied addresses, one row per way of writing one: v4,
+/// v6, and a v4 address written as v4-mapped v6 (decided by the v4 rule).
 #[test]
-fn connect_v4_denied() {
-    let listener = TcpListener::bind(("127.0.0.1", PORT_V4)).unwrap();
-    let target = format!("127.0.0.1:{PORT_V4}");
-    let r = assert_denied(
-        tagged(&["connect-tcp", &target]),
-        "connect",
-        &target,
-        "net-v4",
-    );
-    assert_eq!(r["protocol"], "tcp");
-    assert_no_connection(&listener);
-}
-
-#[test]
-fn connect_v6_denied() {
-    let listener = TcpListener::bind(("::1", PORT_V6)).unwrap();
-    let target = format!("[::1]:{PORT_V6}");
-    assert_denied(
-        tagged(&["connect-tcp", &target]),
-        "connect",
-        &target,
-        "net-v6",
-    );
-    assert_no_connection(&listener);
-}
-
-#[test]
-fn connect_v4_mapped_v6_denied() {
-    let listener = TcpListener::bind(("127.0.0.1", PORT_V4)).unwrap();
-    let target = format!("[::ffff:127.0.0.1]:{PORT_V4}");
-    assert_denied(
-        tagged(&["connect-tcp", &target]),
-        "connect",
-        &target,
-        "net-v4",
-    );
-    assert_no_connection(&listener);
+fn connect_denied_by_v4_v6_and_v4_mapped_addresses() {
+    for (listen, port, target, rule) in [
+        (
+            "127.0.0.1",
+            PORT_V4,
+            format!("127.0.0.1:{PORT_V4}"),
+            "net-v4",
+        ),
+        ("::1", PORT_V6, format!("[::1]:{PORT_V6}"), "net-v6"),
+        (
+            "127.0.0.1",
+            PORT_V4,
+            format!("[::ffff:127.0.0.1]:{PORT_V4}"),
+            "net-v4",
+        ),
+    ] {
+        let listener = TcpListener::bind((listen, port)).unwrap();
+        let r = assert_denied(tagged(&["connect-tcp", &target]), "connect", &target, rule);
+        assert_eq!(r["protocol"], "tcp", "{target}: {r}");
+        assert_no_connection(&listener);
+    }
 }
 
 #[test]
