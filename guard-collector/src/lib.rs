@@ -3,7 +3,8 @@
 //! serves the audit API across all hosts.
 //!
 //! [`ingest`] is the checking (pure), [`store`] the schema both stores share,
-//! [`sqlite`] and [`postgres`] the stores.
+//! [`sqlite`] and [`postgres`] the stores, [`metrics`] the collector's own,
+//! and [`run`] serves it all until shutdown.
 
 pub mod metrics;
 pub mod postgres;

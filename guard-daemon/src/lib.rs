@@ -6,9 +6,10 @@
 //! keeps the session table, [`events`] decodes the kernel's records,
 //! [`enrich`] and [`redact`] add the process's details with secrets masked,
 //! [`spool`] appends whole lines, [`trust`] checks who owns Guard's files,
-//! [`canary`] proves enforcement before guardd says so, [`metrics`] are
-//! guardd's own, and [`daemon`] runs it all. The policy is `guard-policy`'s;
-//! the record, the chain and the API are `guard-api`'s.
+//! [`canary`] proves enforcement before guardd says so, [`generation`] is a
+//! published policy generation, [`metrics`] are guardd's own, and
+//! [`daemon`] runs it all. The policy is `guard-policy`'s; the record, the
+//! chain and the API are `guard-api`'s.
 
 pub mod canary;
 pub mod cgroup;
