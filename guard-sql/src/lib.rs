@@ -103,7 +103,7 @@ pub struct Statement {
     /// keep, so that values do not end up in the audit trail.
     pub normalized: String,
     /// libpg_query's fingerprint: the same for statements that differ only
-    /// in their literals.
+    /// in their literals, different for different tables ([`fingerprint_options`]).
     pub fingerprint: String,
     pub classes: BTreeSet<Class>,
     /// Tables, views and sequences named, as `schema.name` or `name`.
@@ -118,6 +118,15 @@ pub struct Statement {
 #[error("not SQL PostgreSQL accepts: {0}")]
 pub struct Unparsable(String);
 
+/// How statements are fingerprinted: a ticket approves one fingerprint, so
+/// the full table name and its schema count (by default libpg_query 18
+/// ignores schemas in DML, and digits in table names: `DROP TABLE
+/// staging.t` would share a fingerprint with `DROP TABLE prod.t`).
+fn fingerprint_options() -> pg_query::FingerprintOptions {
+    use pg_query::FingerprintOptions as Options;
+    Options::RANGEVAR_PG17_COMPAT | Options::FULL_RELNAME
+}
+
 /// Parses and classifies every statement in `sql`.
 pub fn classify(sql: &str) -> Result<Vec<Statement>, Unparsable> {
     let parsed = pg_query::parse(sql, 0).map_err(|e| Unparsable(e.to_string()))?;
@@ -131,7 +140,7 @@ pub fn classify(sql: &str) -> Result<Vec<Statement>, Unparsable> {
             found.classes.insert(Class::Other);
         }
         let normalized = pg_query::normalize(&text).map_err(|e| Unparsable(e.to_string()))?;
-        let fingerprint = pg_query::fingerprint(&text, 0, 0)
+        let fingerprint = pg_query::fingerprint(&text, 0, fingerprint_options())
             .map_err(|e| Unparsable(e.to_string()))?
             .hex;
         statements.push(Statement {

@@ -199,6 +199,18 @@ fn literals_stay_out_of_the_normalized_text_and_fingerprint() {
     assert_eq!(one.normalized, "SELECT * FROM users WHERE email = $1");
     assert_eq!(one.fingerprint, two.fingerprint);
     assert!(!one.normalized.contains("alice"));
+    // A ticket approves one fingerprint: other tables must not share it.
+    let fingerprint = |sql: &str| classify(sql).unwrap()[0].fingerprint.clone();
+    for (one, other) in [
+        (
+            "DELETE FROM staging.t WHERE id = 1",
+            "DELETE FROM prod.t WHERE id = 1",
+        ),
+        ("DROP TABLE orders_2024_01", "DROP TABLE orders_2024_02"),
+        ("SELECT * FROM t AS a", "SELECT * FROM u AS a"),
+    ] {
+        assert_ne!(fingerprint(one), fingerprint(other), "{one} / {other}");
+    }
 }
 
 #[test]
@@ -207,4 +219,29 @@ fn what_does_not_parse_is_refused_and_unknown_kinds_are_other() {
     assert!(classify("SELECT 1; DROP TABLE customers; SELEC").is_err());
     assert!(classify("SELECT 1\0; DROP TABLE x").is_err());
     assert_eq!(classes("LISTEN channel"), vec![vec!["other"]]);
+}
+
+#[test]
+fn corners_a_partial_walk_would_miss_are_seen() {
+    let cases = [
+        (
+            "DELETE FROM t WHERE id = 1 RETURNING pg_read_file('x')",
+            Class::ServerFile,
+        ),
+        ("SELECT ARRAY[pg_sleep(1)]", Class::Sleep),
+        ("VALUES (lo_export(1, '/tmp/x'))", Class::ServerFile),
+        (
+            "SELECT count(*) FILTER (WHERE pg_sleep(1) IS NULL) FROM t",
+            Class::Sleep,
+        ),
+        ("PREPARE p AS DELETE FROM t", Class::DeleteWithoutWhere),
+        ("EXPLAIN ANALYZE DELETE FROM t", Class::DeleteWithoutWhere),
+        (
+            "CREATE TABLE x AS SELECT pg_read_file('/etc/passwd')",
+            Class::ServerFile,
+        ),
+    ];
+    for (sql, class) in cases {
+        assert!(has(sql, class), "{sql}: {:?}", classes(sql));
+    }
 }
