@@ -13,8 +13,14 @@ use crate::{
 };
 
 /// The targets: the policy parser and compiler, the record decoder (ring
-/// buffer records and events-file lines), and the collector's ingest step.
-pub const TARGETS: &[&str] = &["policy", "record_decode", "collector_ingest"];
+/// buffer records and events-file lines), the collector's ingest step, and
+/// the SQL statement classifier.
+pub const TARGETS: &[&str] = &[
+    "policy",
+    "record_decode",
+    "collector_ingest",
+    "sql_classify",
+];
 
 const CARGO_FUZZ: &str = "0.13.2";
 
@@ -42,6 +48,10 @@ pub fn fuzz(repo: &Repo, seconds: u64, only: Option<String>) -> Result<()> {
     let nightly = format!("+{}", repo.ebpf_toolchain()?);
     for target in targets {
         eprintln!("xtask: fuzzing {target} for {seconds} s");
+        // A target's dictionary (tests/fuzz/TARGET.dict) gives libFuzzer
+        // the tokens its input is made of.
+        let dict = repo.root.join(format!("tests/fuzz/{target}.dict"));
+        let dict = dict.exists().then(|| format!("-dict={}", dict.display()));
         run(Command::new("cargo")
             .current_dir(&repo.root)
             .args([
@@ -53,7 +63,8 @@ pub fn fuzz(repo: &Repo, seconds: u64, only: Option<String>) -> Result<()> {
                 target,
                 "--",
             ])
-            .arg(format!("-max_total_time={seconds}")))?;
+            .arg(format!("-max_total_time={seconds}"))
+            .args(dict))?;
     }
     eprintln!("xtask: no fuzz target found a crash");
     Ok(())

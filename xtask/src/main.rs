@@ -53,14 +53,16 @@ enum Cmd {
         #[arg(long)]
         host: bool,
     },
-    /// Fuzz the policy parser and compiler, the record decoder and the
-    /// collector's ingest step (cargo-fuzz, installed on first use), each
-    /// for a bounded time. Crashes are saved in tests/fuzz/artifacts/.
+    /// Fuzz the policy parser and compiler, the record decoder, the
+    /// collector's ingest step and the SQL classifier (cargo-fuzz, installed
+    /// on first use), each for a bounded time. Crashes are saved in
+    /// tests/fuzz/artifacts/.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// Only this target (policy, record_decode, collector_ingest).
+        /// Only this target (policy, record_decode, collector_ingest,
+        /// sql_classify).
         target: Option<String>,
     },
 }
