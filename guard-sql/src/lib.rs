@@ -182,8 +182,8 @@ fn walk(value: &Value, found: &mut Found) {
                 {
                     node_kind(key, node, found);
                 }
-                if key == "relation" || key == "relations" || key == "objects" {
-                    range_vars(inner, found);
+                if key == "relation" {
+                    range_var(inner, found);
                 }
                 walk(inner, found);
             }
@@ -193,14 +193,20 @@ fn walk(value: &Value, found: &mut Found) {
     }
 }
 
-/// Tables named where a statement takes a `RangeVar` directly (not wrapped
-/// in a node): `DELETE FROM t`, `COPY t`, `LOCK t`.
-fn range_vars(value: &Value, found: &mut Found) {
-    if let Some(relname) = value.get("relname").and_then(Value::as_str) {
-        found
-            .objects
-            .insert(qualified(value["schemaname"].as_str(), relname));
+/// The table a statement names in its `relation` field: a `RangeVar` not
+/// wrapped in a node (`DELETE FROM t`, `COPY t`, `ALTER TABLE t`). Wrapped
+/// ones are found as nodes.
+fn range_var(value: &Value, found: &mut Found) {
+    if let Some(fields) = value.as_object() {
+        found.objects.extend(table_of(fields));
     }
+}
+
+/// A `RangeVar`'s table, as `schema.name` or `name`.
+fn table_of(range_var: &Map<String, Value>) -> Option<String> {
+    let name = range_var.get("relname")?.as_str()?;
+    let schema = range_var.get("schemaname").and_then(Value::as_str);
+    Some(qualified(schema, name))
 }
 
 fn qualified(schema: Option<&str>, name: &str) -> String {
@@ -215,14 +221,7 @@ fn node_kind(kind: &str, node: &Map<String, Value>, found: &mut Found) {
         found.classes.insert(class);
     };
     match kind {
-        "RangeVar" => {
-            if let Some(relname) = node.get("relname").and_then(Value::as_str) {
-                found.objects.insert(qualified(
-                    node.get("schemaname").and_then(Value::as_str),
-                    relname,
-                ));
-            }
-        }
+        "RangeVar" => found.objects.extend(table_of(node)),
         "SelectStmt" => {
             add(Class::Read);
             if node
