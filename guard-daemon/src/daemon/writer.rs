@@ -226,67 +226,69 @@ impl RecordWriter {
     ) -> bool {
         let was_blocked = self.blocked.is_some();
         self.retry_if_blocked();
-        // 1. Read a batch of kernel records.
+        // The state lock is taken once for the batch. guardd's tasks share
+        // one thread, so holding it across the batch keeps nobody waiting
+        // but a reload's blocking step.
+        let mut state = lock(state);
         let mut taken = 0;
-        let mut batch = Vec::new();
         while taken < DRAIN_BATCH
             && let Some(item) = ring.next()
         {
             taken += 1;
             match events::decode(&item) {
-                Ok(event) => batch.push(event),
+                Ok(event) => {
+                    // Make the record (pure) and apply what the decision
+                    // sets off, then add the process, seal and write it.
+                    let record = state.record(&event, clock);
+                    self.emit(record);
+                }
                 Err(e) => {
                     warn!("{e}");
                     self.lose("decode", 1);
                 }
             }
+            // `item` is released from the ring buffer only here, once its
+            // record is written: a guardd killed before this point leaves
+            // the record for the next guardd, never lost unaccounted.
         }
-        // 2. Under the state lock, once: make the records and apply what
-        // each decision sets off; take the ticket records made meanwhile,
-        // and the kernel's count of records it could not make.
-        let (records, notes) = {
-            let mut state = lock(state);
-            let records: Vec<Record> = batch
-                .iter()
-                .map(|event| state.record(event, clock))
-                .collect();
-            state.why.write();
-            self.count_kernel_losses(lane, &mut state);
-            (records, std::mem::take(&mut state.notes))
-        };
-        // 3. Without it: add the process, count, seal, write, fan out.
-        for mut record in records {
-            let fresh = record.action == Action::Exec;
-            if let Some((process, masked)) = self.processes.get(record.pid, fresh, &self.redactor) {
-                record.process = Some(process);
-                if masked {
-                    record.redacted.push("process.cmdline".into());
-                }
-            }
-            self.metrics
-                .decisions
-                .get_or_create(&DecisionLabels {
-                    hook: record.hook.clone(),
-                    verdict: record.verdict.name().into(),
-                    agent: record.agent.clone(),
-                })
-                .inc();
+        for record in std::mem::take(&mut state.notes) {
             self.write(Line::Decision(Box::new(record)));
         }
-        for record in notes {
-            self.write(Line::Decision(Box::new(record)));
-        }
+        state.why.write();
+        self.count_kernel_losses(lane, &mut state);
         self.write_losses();
         // The programs learn when records stop (or start again) being
         // written: audit-or-deny profiles deny meanwhile.
         if was_blocked != self.blocked.is_some() {
             let blocked = self.blocked.is_some();
-            if let Err(e) = lock(state).enforcer.set_spool_blocked(blocked) {
+            if let Err(e) = state.enforcer.set_spool_blocked(blocked) {
                 warn!("{e}");
             }
         }
+        drop(state);
         self.flush();
         taken == DRAIN_BATCH
+    }
+
+    /// Adds the acting process to a decision's record, counts it and writes
+    /// it.
+    fn emit(&mut self, mut record: Record) {
+        let fresh = record.action == Action::Exec;
+        if let Some((process, masked)) = self.processes.get(record.pid, fresh, &self.redactor) {
+            record.process = Some(process);
+            if masked {
+                record.redacted.push("process.cmdline".into());
+            }
+        }
+        self.metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                hook: record.hook.clone(),
+                verdict: record.verdict.name().into(),
+                agent: record.agent.clone(),
+            })
+            .inc();
+        self.write(Line::Decision(Box::new(record)));
     }
 
     /// Counts the records the programs of `lane` could not make (a full
