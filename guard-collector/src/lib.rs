@@ -492,7 +492,7 @@ impl IngestService {
 }
 
 /// Runs the collector until `shutdown` is cancelled, then lets the calls in
-/// progress finish (a host's stream ends when it has sent what it had).
+/// progress finish for up to `grpc::GRACE` and awaits its other tasks.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.check()?;
     let spec = config.store.clone();
@@ -522,14 +522,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     info!(listen = %config.listen, store = ?config.store, "collecting");
     let pruning = shutdown.clone();
     let store_to_prune = store.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         pruning
             .run_until_cancelled(prune(
                 store_to_prune,
                 config.retain_for,
                 config.retain_bytes,
             ))
-            .await
+            .await;
     });
     let audit = AuditService {
         feed: feed.clone(),

@@ -60,6 +60,14 @@ impl LocalApi {
         }
         Ok(caller)
     }
+
+    /// Loads the policy file as the next generation.
+    async fn reload(&self) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        reload(self.state.clone(), Reason::Request)
+            .await
+            .map(|reloaded| Response::new(in_force(reloaded)))
+            .map_err(|fatal| status_of(policy_refusal(fatal)))
+    }
 }
 
 /// The gRPC status of a refused request.
@@ -176,15 +184,14 @@ impl pb::policy_service_server::PolicyService for LocalApi {
             compile_policy(text.clone(), "(request)", &builtins).map_err(policy_refusal)?;
             // Replace the file in one rename, so that a reload never reads
             // half of it.
-            let failed = |what: String| Refusal::Failed(what);
             let dir = path.parent().unwrap_or(Path::new("."));
             let mut file = tempfile::NamedTempFile::new_in(dir)
-                .map_err(|e| failed(format!("cannot write {}: {e}", dir.display())))?;
+                .map_err(|e| Refusal::Failed(format!("cannot write {}: {e}", dir.display())))?;
             std::io::Write::write_all(&mut file, text.as_bytes())
                 .and_then(|()| file.as_file().sync_all())
-                .map_err(|e| failed(format!("cannot write the policy: {e}")))?;
+                .map_err(|e| Refusal::Failed(format!("cannot write the policy: {e}")))?;
             file.persist(&path)
-                .map_err(|e| failed(format!("cannot replace {}: {e}", path.display())))?;
+                .map_err(|e| Refusal::Failed(format!("cannot replace {}: {e}", path.display())))?;
             Ok::<_, Refusal>(())
         })
         .await
@@ -199,16 +206,6 @@ impl pb::policy_service_server::PolicyService for LocalApi {
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
         self.not_for_agents(&request, "change the policy")?;
         self.reload().await
-    }
-}
-
-impl LocalApi {
-    /// Loads the policy file as the next generation.
-    async fn reload(&self) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
-        reload(self.state.clone(), Reason::Request)
-            .await
-            .map(|reloaded| Response::new(in_force(reloaded)))
-            .map_err(|fatal| status_of(policy_refusal(fatal)))
     }
 }
 

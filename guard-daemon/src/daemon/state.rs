@@ -342,17 +342,17 @@ impl State {
             .ok_or_else(|| {
                 Refusal::Invalid(format!("no profile `{profile}` in the policy in force"))
             })?;
-        let failed = |what: String| Refusal::Failed(what);
-        let id = session::new_id().map_err(|e| failed(format!("cannot make a session id: {e}")))?;
+        let id = session::new_id()
+            .map_err(|e| Refusal::Failed(format!("cannot make a session id: {e}")))?;
         let path = dir.join(&id);
         std::fs::create_dir(&path)
-            .map_err(|e| failed(format!("cannot create {}: {e}", path.display())))?;
-        let cgroup = cgroup::cgroup_id(&path).map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| Refusal::Failed(format!("cannot create {}: {e}", path.display())))?;
+        let cgroup = cgroup::cgroup_id(&path).map_err(|e| Refusal::Failed(e.to_string()))?;
         if parent.is_none()
             && let Err(e) = self.enforcer.add_cgroup(compiled, cgroup, index)
         {
             let _ = std::fs::remove_dir(&path);
-            return Err(failed(e.to_string()));
+            return Err(Refusal::Failed(e.to_string()));
         }
         let session = Session {
             id,
