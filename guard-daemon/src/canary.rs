@@ -122,6 +122,7 @@ impl Canary {
                 },
             )],
             budgets: Default::default(),
+            databases: Vec::new(),
             location: Location::default(),
         });
         policy.agents.push(AgentDef {
@@ -214,6 +215,7 @@ mod tests {
         let mut policy = Policy {
             profiles: vec![],
             agents: vec![],
+            databases: vec![],
         };
         canary.add_to(&mut policy);
         let compiled = compile(&policy).unwrap();

@@ -4,6 +4,7 @@
 //! `guardctl policy check` runs the same steps.
 
 pub mod compile;
+pub mod database;
 pub mod policy;
 
 use std::path::Path;

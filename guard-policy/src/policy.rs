@@ -15,6 +15,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::database::{self, Database, DatabaseFile, StatementRules, StatementRulesFile};
+
 /// A location in the policy file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Location {
@@ -65,6 +67,8 @@ pub const MAX_NAME_PATTERN: usize = guard_common::NAME_KEY_LEN - 1;
 pub struct Policy {
     pub profiles: Vec<Profile>,
     pub agents: Vec<AgentDef>,
+    /// The databases the statement guard stands in front of.
+    pub databases: Vec<Database>,
 }
 
 /// An agent: a name developers launch (`guardctl run --agent NAME`) and the
@@ -94,6 +98,8 @@ pub struct Profile {
     pub network: Vec<Rule<NetTarget>>,
     /// Indexed by `guard_common::budget`.
     pub budgets: [Option<BudgetSpec>; guard_common::BUDGETS],
+    /// What its statements may do, per database.
+    pub databases: Vec<StatementRules>,
     pub location: Location,
 }
 
@@ -277,6 +283,8 @@ pub enum Protocol {
 struct PolicyFile {
     profiles: Vec<Spanned<ProfileFile>>,
     agents: Vec<Spanned<AgentFile>>,
+    #[serde(default)]
+    databases: Vec<Spanned<DatabaseFile>>,
 }
 
 #[derive(Deserialize)]
@@ -308,6 +316,8 @@ struct ProfileFile {
     network: NetworkFile,
     #[serde(default)]
     budgets: BudgetsFile,
+    #[serde(default)]
+    databases: Vec<Spanned<StatementRulesFile>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -425,6 +435,7 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
             reason: parse_reason(&e.to_string()),
         }
     })?;
+    let databases = database::databases(file.databases)?;
     let mut rule_ids = std::collections::HashMap::new();
     let mut profiles: Vec<Profile> = Vec::with_capacity(file.profiles.len());
     for profile in file.profiles {
@@ -439,23 +450,23 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
                 format!("profile `{name}` is defined twice"),
             ));
         }
+        let mut unique_id = |id: &str, location: Location| -> Result<(), PolicyError> {
+            check_rule_id(id).map_err(|reason| PolicyError::new(location, reason))?;
+            match rule_ids.insert(id.to_string(), location) {
+                Some(first) => Err(PolicyError::new(
+                    location,
+                    format!("rule id `{id}` is already used at {first}; rule ids must be unique"),
+                )),
+                None => Ok(()),
+            }
+        };
         let mut section = |rules: Vec<Spanned<RuleFile>>,
                            effect: Effect,
                            out: &mut Vec<(RuleFile, Effect, Location)>|
          -> Result<(), PolicyError> {
             for rule in rules {
                 let location = Location::from(rule.referenced);
-                check_rule_id(&rule.value.id)
-                    .map_err(|reason| PolicyError::new(location, reason))?;
-                if let Some(first) = rule_ids.insert(rule.value.id.clone(), location) {
-                    return Err(PolicyError::new(
-                        location,
-                        format!(
-                            "rule id `{}` is already used at {first}; rule ids must be unique",
-                            rule.value.id
-                        ),
-                    ));
-                }
+                unique_id(&rule.value.id, location)?;
                 out.push((rule.value, effect, location));
             }
             Ok(())
@@ -468,6 +479,26 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         section(profile.files.read_only, Effect::ReadOnly, &mut files)?;
         section(profile.network.allow, Effect::Allow, &mut network)?;
         section(profile.network.deny, Effect::Deny, &mut network)?;
+        let mut statements: Vec<StatementRules> = Vec::new();
+        for section in profile.databases {
+            let section = database::statement_rules(section, &mut unique_id)?;
+            let name = &section.database;
+            if !databases.iter().any(|d| &d.name == name) {
+                return Err(PolicyError::new(
+                    section.location,
+                    format!(
+                        "no database is named `{name}` (the top-level `databases` list names them)"
+                    ),
+                ));
+            }
+            if statements.iter().any(|s| &s.database == name) {
+                return Err(PolicyError::new(
+                    section.location,
+                    format!("database `{name}` has two sections in this profile"),
+                ));
+            }
+            statements.push(section);
+        }
         let budgets = [profile.budgets.destroy, profile.budgets.destinations];
         let budgets = budgets.map(|b| b.map(budget_spec).transpose());
         let [destroy, destinations] = budgets;
@@ -498,6 +529,7 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
                 .map(|(r, e, l)| net_rule(r, e, l))
                 .collect::<Result<_, _>>()?,
             budgets: [destroy?, destinations?],
+            databases: statements,
             location,
         });
     }
@@ -526,7 +558,24 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
             location,
         });
     }
-    Ok(Policy { profiles, agents })
+    for database in &databases {
+        if let Some(profile) = &database.default_profile
+            && !profiles.iter().any(|p| &p.name == profile)
+        {
+            return Err(PolicyError::new(
+                database.location,
+                format!(
+                    "database `{}`: no profile is named `{profile}`",
+                    database.name
+                ),
+            ));
+        }
+    }
+    Ok(Policy {
+        profiles,
+        agents,
+        databases,
+    })
 }
 
 /// The reason of a YAML or shape error: its first line, without the
@@ -953,7 +1002,7 @@ fn net_rule(
 
 /// A hostname as a rule may name it: letters, digits, `-` and `_` in
 /// labels of 1 to 63 bytes, at most 253 bytes, compared in lower case.
-fn host_name(name: &str) -> Result<String, String> {
+pub(crate) fn host_name(name: &str) -> Result<String, String> {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     if name.starts_with("*.") {
         return Err(format!(

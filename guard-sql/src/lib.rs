@@ -64,6 +64,38 @@ pub enum Class {
 }
 
 impl Class {
+    pub const ALL: [Class; 24] = [
+        Class::Read,
+        Class::Write,
+        Class::DeleteWithoutWhere,
+        Class::UpdateWithoutWhere,
+        Class::Create,
+        Class::Alter,
+        Class::Drop,
+        Class::Truncate,
+        Class::Rename,
+        Class::Comment,
+        Class::Privilege,
+        Class::CopyProgram,
+        Class::CopyServerFile,
+        Class::ServerFile,
+        Class::LargeObject,
+        Class::ForeignData,
+        Class::Code,
+        Class::Lock,
+        Class::Sleep,
+        Class::Backend,
+        Class::Transaction,
+        Class::Setting,
+        Class::Server,
+        Class::Other,
+    ];
+
+    /// The class a policy or record names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Class::Read => "read",
@@ -110,6 +142,31 @@ pub struct Statement {
     pub objects: BTreeSet<String>,
     /// Functions called, as `schema.name` or `name`, lowercase.
     pub functions: BTreeSet<String>,
+    /// Settings it changes (`SET`, `RESET`, `set_config`), lowercase; `all`
+    /// for `RESET ALL`, [`ANY_SETTING`] when a `set_config` names its
+    /// setting with an expression.
+    pub settings: BTreeSet<String>,
+    /// The name a `PREPARE` gives its statement.
+    pub prepares: Option<String>,
+    /// The prepared statements it runs (`EXECUTE name`).
+    pub executes: BTreeSet<String>,
+}
+
+/// In [`Statement::settings`]: a setting the statement names with an
+/// expression, which could be any.
+pub const ANY_SETTING: &str = "*";
+
+/// How the server reads string literals: its `standard_conforming_strings`.
+/// The guard must read them the same way, or `'a\' ...` could be one
+/// literal to the guard and a literal plus SQL to the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Strings {
+    /// `standard_conforming_strings = on` (the default since 9.1):
+    /// backslashes are ordinary characters.
+    #[default]
+    Standard,
+    /// `off`: backslashes escape in ordinary literals.
+    BackslashEscapes,
 }
 
 /// A string PostgreSQL's grammar does not accept; the server would refuse
@@ -127,9 +184,20 @@ fn fingerprint_options() -> pg_query::FingerprintOptions {
     Options::RANGEVAR_PG17_COMPAT | Options::FULL_RELNAME
 }
 
-/// Parses and classifies every statement in `sql`.
+/// Parses and classifies every statement in `sql`, as a server with
+/// standard conforming strings reads it.
 pub fn classify(sql: &str) -> Result<Vec<Statement>, Unparsable> {
-    let parsed = pg_query::parse(sql, 0).map_err(|e| Unparsable(e.to_string()))?;
+    classify_with(sql, Strings::Standard)
+}
+
+/// Parses and classifies every statement in `sql`, reading string
+/// literals as `strings` says.
+pub fn classify_with(sql: &str, strings: Strings) -> Result<Vec<Statement>, Unparsable> {
+    let options = match strings {
+        Strings::Standard => pg_query::ParserOptions::default(),
+        Strings::BackslashEscapes => pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS,
+    };
+    let parsed = pg_query::parse(sql, options).map_err(|e| Unparsable(e.to_string()))?;
     let tree = serde_json::to_value(&parsed.protobuf).map_err(|e| Unparsable(e.to_string()))?;
     let mut statements = Vec::new();
     for raw in tree["stmts"].as_array().into_iter().flatten() {
@@ -143,6 +211,9 @@ pub fn classify(sql: &str) -> Result<Vec<Statement>, Unparsable> {
         let fingerprint = pg_query::fingerprint(&text, 0, fingerprint_options())
             .map_err(|e| Unparsable(e.to_string()))?
             .hex;
+        let prepares = raw["stmt"]["node"]["PrepareStmt"]["name"]
+            .as_str()
+            .map(str::to_string);
         statements.push(Statement {
             text,
             normalized,
@@ -150,6 +221,9 @@ pub fn classify(sql: &str) -> Result<Vec<Statement>, Unparsable> {
             classes: found.classes,
             objects: found.objects,
             functions: found.functions,
+            settings: found.settings,
+            prepares,
+            executes: found.executes,
         });
     }
     Ok(statements)
@@ -169,6 +243,8 @@ struct Found {
     classes: BTreeSet<Class>,
     objects: BTreeSet<String>,
     functions: BTreeSet<String>,
+    settings: BTreeSet<String>,
+    executes: BTreeSet<String>,
 }
 
 /// Visits every node below `value`: each JSON object whose key names a
@@ -317,6 +393,14 @@ fn node_kind(kind: &str, node: &Map<String, Value>, found: &mut Found) {
             } else {
                 Class::Setting
             });
+            // `RESET ALL` has no name.
+            let name = if name.is_empty() { "all" } else { name };
+            found.settings.insert(name.to_lowercase());
+        }
+        "ExecuteStmt" => {
+            if let Some(name) = node.get("name").and_then(Value::as_str) {
+                found.executes.insert(name.to_string());
+            }
         }
         "DiscardStmt" => add(Class::Setting),
         "TransactionStmt" => add(Class::Transaction),
@@ -388,6 +472,9 @@ fn node_kind(kind: &str, node: &Map<String, Value>, found: &mut Found) {
         "FuncCall" => {
             let name = function_name(node);
             classify_function(&name, &mut add);
+            if name.rsplit('.').next() == Some("set_config") {
+                found.settings.insert(set_config_setting(node));
+            }
             found.functions.insert(name);
         }
         _ => {}
@@ -448,6 +535,18 @@ fn function_name(node: &Map<String, Value>) -> String {
         .collect::<Vec<_>>()
         .join(".")
         .to_lowercase()
+}
+
+/// The setting a `set_config(name, value, is_local)` call changes, if its
+/// name is a string constant; [`ANY_SETTING`] otherwise.
+fn set_config_setting(node: &Map<String, Value>) -> String {
+    node.get("args")
+        .and_then(|args| args.get(0))
+        .and_then(|arg| {
+            let constant = arg.get("node")?.get("AConst")?.get("val")?;
+            constant.get("Sval")?.get("sval")?.as_str()
+        })
+        .map_or_else(|| ANY_SETTING.to_string(), str::to_lowercase)
 }
 
 fn classify_function(name: &str, add: &mut impl FnMut(Class)) {

@@ -245,3 +245,46 @@ fn corners_a_partial_walk_would_miss_are_seen() {
         assert!(has(sql, class), "{sql}: {:?}", classes(sql));
     }
 }
+
+#[test]
+fn class_names_are_unique_and_read_back() {
+    let names: std::collections::BTreeSet<_> = Class::ALL.iter().map(|c| c.name()).collect();
+    assert_eq!(names.len(), Class::ALL.len());
+    for class in Class::ALL {
+        assert_eq!(Class::from_name(class.name()), Some(class));
+    }
+    assert_eq!(Class::from_name("DROP"), None, "names are lower case");
+}
+
+#[test]
+fn settings_prepared_statements_and_string_dialects() {
+    let one = |sql| classify(sql).unwrap().remove(0);
+    assert_eq!(
+        one("SET client_encoding = 'LATIN1'").settings,
+        ["client_encoding".to_string()].into()
+    );
+    assert_eq!(one("RESET ALL").settings, ["all".to_string()].into());
+    assert_eq!(
+        one("SELECT set_config('Standard_Conforming_Strings', 'off', false)").settings,
+        ["standard_conforming_strings".to_string()].into()
+    );
+    assert_eq!(
+        one("SELECT set_config($1, 'off', false)").settings,
+        [ANY_SETTING.to_string()].into()
+    );
+    let prepare = one("PREPARE wipe(int) AS DELETE FROM orders");
+    assert_eq!(prepare.prepares.as_deref(), Some("wipe"));
+    assert!(prepare.classes.contains(&Class::DeleteWithoutWhere));
+    assert_eq!(
+        one("EXPLAIN ANALYZE EXECUTE wipe(1)").executes,
+        ["wipe".to_string()].into()
+    );
+    // With backslash escapes, `\'` does not end the literal: one statement
+    // to the server, two to a reader with standard strings.
+    let sql = r"SELECT 'a\'; DROP TABLE t; --'";
+    assert_eq!(
+        classify_with(sql, Strings::BackslashEscapes).unwrap().len(),
+        1
+    );
+    assert_eq!(classify(sql).unwrap().len(), 2);
+}

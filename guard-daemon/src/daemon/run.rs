@@ -37,6 +37,7 @@ pub fn check_host() -> Result<(), Fatal> {
     let mut only_canary = policy::Policy {
         profiles: vec![],
         agents: vec![],
+        databases: vec![],
     };
     builtins.add_to(&mut only_canary);
     let compiled = compile::compile(&only_canary)

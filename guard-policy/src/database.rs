@@ -1,0 +1,587 @@
+//! The policy's database part: the databases Guard's statement guard stands
+//! in front of, and per profile and database, what statements may do.
+//! `docs/databases.md` is the reference.
+//!
+//! A statement is judged by its classes (what it does, [`Class`]) and the
+//! tables it names: for each class and each table, the rules naming that
+//! table decide if one matches, else the rules naming no table, else the
+//! section's default; the strictest of those decisions is the statement's.
+//! So a rule about one table never loosens what the statement does to
+//! another.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub use guard_sql::Class;
+
+use crate::policy::{Access, Location, PolicyError, check_name};
+
+/// A database the statement guard stands in front of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Database {
+    pub name: String,
+    /// Where the server listens: `host:port`, the host an address or a name.
+    pub server: String,
+    /// The profile of connections from processes in no Guard session
+    /// (people, services); such connections are refused when `None`.
+    pub default_profile: Option<String>,
+    pub location: Location,
+}
+
+/// What one profile's statements may do on one database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatementRules {
+    pub database: String,
+    /// What a statement no rule matches gets.
+    pub default: Access,
+    pub rules: Vec<StatementRule>,
+    pub location: Location,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatementRule {
+    pub id: String,
+    pub message: Option<String>,
+    pub effect: StatementEffect,
+    /// A denial under this rule opens a ticket a human may approve.
+    pub approvable: bool,
+    /// The classes it applies to; every class when empty.
+    pub classes: BTreeSet<Class>,
+    /// The tables it applies to; every table (and statements naming none)
+    /// when empty.
+    pub objects: Vec<ObjectPattern>,
+    pub location: Location,
+}
+
+/// What a matching statement rule does, least strict first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StatementEffect {
+    Allow,
+    /// Allow, and flag the statement in its record.
+    Monitor,
+    Deny,
+}
+
+impl StatementEffect {
+    pub fn name(self) -> &'static str {
+        match self {
+            StatementEffect::Allow => "allow",
+            StatementEffect::Monitor => "monitor",
+            StatementEffect::Deny => "deny",
+        }
+    }
+}
+
+/// A table as a rule names it: `table`, `schema.table` or `schema.*`,
+/// compared in lower case. The guard cannot know the server's search path,
+/// so a table a statement names without its schema may be in any schema:
+/// it matches a `deny` rule's pattern with a schema, never an `allow` or
+/// `monitor` rule's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectPattern {
+    pub schema: Option<String>,
+    /// `None` for `schema.*`.
+    pub table: Option<String>,
+}
+
+impl ObjectPattern {
+    fn parse(text: &str) -> Result<Self, String> {
+        let lower = text.to_ascii_lowercase();
+        let (schema, table) = match lower.split_once('.') {
+            Some((schema, table)) => (Some(schema.to_string()), table.to_string()),
+            None => (None, lower),
+        };
+        let word = |w: &str| {
+            !w.is_empty()
+                && w.len() <= 63
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$'))
+        };
+        let table = (table != "*").then_some(table);
+        let valid = schema.as_deref().is_none_or(word)
+            && table.as_deref().is_none_or(word)
+            && (schema.is_some() || table.is_some());
+        if valid {
+            Ok(ObjectPattern { schema, table })
+        } else {
+            Err(format!(
+                "object `{text}` must be `table`, `schema.table` or `schema.*` (letters, digits, `_`, `$`)"
+            ))
+        }
+    }
+
+    /// Whether `object` (`name` or `schema.name`, as the statement names
+    /// it) matches, for a rule with `effect`.
+    pub fn matches(&self, object: &str, effect: StatementEffect) -> bool {
+        let object = object.to_ascii_lowercase();
+        let (schema, table) = match object.rsplit_once('.') {
+            Some((schema, table)) => (Some(schema), table),
+            None => (None, object.as_str()),
+        };
+        let schema_matches = match (&self.schema, schema) {
+            (Some(want), Some(got)) => want == got,
+            (Some(_), None) => effect == StatementEffect::Deny,
+            (None, _) => true,
+        };
+        let table_matches = self.table.as_ref().is_none_or(|want| want == table);
+        schema_matches && table_matches
+    }
+}
+
+/// How a statement is judged: the effect, and the rule that decided it
+/// (`None`: the default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Judgement<'a> {
+    pub effect: StatementEffect,
+    pub rule: Option<&'a StatementRule>,
+}
+
+impl StatementRules {
+    /// Judges a statement with these `classes` naming these `objects`.
+    pub fn judge<'a>(
+        &'a self,
+        classes: &BTreeSet<Class>,
+        objects: &BTreeSet<String>,
+    ) -> Judgement<'a> {
+        let default = Judgement {
+            effect: match self.default {
+                Access::Allow => StatementEffect::Allow,
+                Access::Deny => StatementEffect::Deny,
+            },
+            rule: None,
+        };
+        let for_class = |class: Class| {
+            self.rules
+                .iter()
+                .filter(move |r| r.classes.is_empty() || r.classes.contains(&class))
+        };
+        let strictest = |rules: &mut dyn Iterator<Item = &'a StatementRule>| {
+            rules
+                .map(|rule| Judgement {
+                    effect: rule.effect,
+                    rule: Some(rule),
+                })
+                .max_by_key(|j| j.effect)
+        };
+        let mut verdict: Option<Judgement<'a>> = None;
+        // At equal effect a rule's judgement is kept over the default's: its
+        // message says more.
+        let mut consider = |j: Judgement<'a>| {
+            let stricter = |v: Judgement<'a>| {
+                j.effect > v.effect || (j.effect == v.effect && v.rule.is_none())
+            };
+            if verdict.is_none_or(stricter) {
+                verdict = Some(j);
+            }
+        };
+        for &class in classes {
+            let general = || for_class(class).filter(|r| r.objects.is_empty());
+            if objects.is_empty() {
+                consider(strictest(&mut general()).unwrap_or(default));
+            }
+            for object in objects {
+                let specific = strictest(
+                    &mut for_class(class)
+                        .filter(|r| r.objects.iter().any(|p| p.matches(object, r.effect))),
+                );
+                consider(
+                    specific
+                        .or_else(|| strictest(&mut general()))
+                        .unwrap_or(default),
+                );
+            }
+        }
+        verdict.unwrap_or(default)
+    }
+}
+
+// ------------------------------------------------------------ file format --
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DatabaseFile {
+    name: Spanned<String>,
+    server: Spanned<String>,
+    default_profile: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StatementRulesFile {
+    database: Spanned<String>,
+    /// Required: a section says what happens when no rule matches.
+    default: Access,
+    #[serde(default)]
+    allow: Vec<Spanned<StatementRuleFile>>,
+    #[serde(default)]
+    monitor: Vec<Spanned<StatementRuleFile>>,
+    #[serde(default)]
+    deny: Vec<Spanned<StatementRuleFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StatementRuleFile {
+    pub(crate) id: String,
+    message: Option<String>,
+    #[serde(default)]
+    approvable: bool,
+    #[serde(default)]
+    classes: Vec<String>,
+    #[serde(default)]
+    objects: Vec<String>,
+}
+
+/// Reads the `databases` list.
+pub(crate) fn databases(file: Vec<Spanned<DatabaseFile>>) -> Result<Vec<Database>, PolicyError> {
+    let mut databases: Vec<Database> = Vec::with_capacity(file.len());
+    for entry in file {
+        let location = Location::from(entry.referenced);
+        let entry = entry.value;
+        let name_location = Location::from(entry.name.referenced);
+        let name = entry.name.value;
+        check_name("database", &name).map_err(|reason| PolicyError::new(name_location, reason))?;
+        if databases.iter().any(|d| d.name == name) {
+            return Err(PolicyError::new(
+                name_location,
+                format!("database `{name}` is defined twice"),
+            ));
+        }
+        let server = entry.server.value;
+        check_server(&server).map_err(|reason| {
+            PolicyError::new(
+                entry.server.referenced,
+                format!("database `{name}`: {reason}"),
+            )
+        })?;
+        databases.push(Database {
+            name,
+            server,
+            default_profile: entry.default_profile.map(|p| p.value),
+            location,
+        });
+    }
+    Ok(databases)
+}
+
+/// `host:port`, `[v6]:port`, the host an address or a host name.
+fn check_server(server: &str) -> Result<(), String> {
+    let bad = || {
+        format!("server `{server}` must be `host:port` (e.g. `db.internal:5432` or `[::1]:5432`)")
+    };
+    if server.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = server.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(bad)?;
+    crate::policy::host_name(host).map(drop).map_err(|_| bad())
+}
+
+/// Reads one profile's section for one database; `rule_ids` holds the
+/// ids used so far in the policy.
+pub(crate) fn statement_rules(
+    section: Spanned<StatementRulesFile>,
+    mut unique_id: impl FnMut(&str, Location) -> Result<(), PolicyError>,
+) -> Result<StatementRules, PolicyError> {
+    let location = Location::from(section.referenced);
+    let section = section.value;
+    let mut rules = Vec::new();
+    for (effect, list) in [
+        (StatementEffect::Allow, section.allow),
+        (StatementEffect::Monitor, section.monitor),
+        (StatementEffect::Deny, section.deny),
+    ] {
+        for rule in list {
+            let location = Location::from(rule.referenced);
+            let rule = rule.value;
+            unique_id(&rule.id, location)?;
+            let fail = |reason: String| {
+                PolicyError::new(location, format!("rule `{}`: {reason}", rule.id))
+            };
+            if rule.approvable && effect != StatementEffect::Deny {
+                return Err(fail(
+                    "`approvable` belongs on `deny` rules (a denial under them opens a ticket)"
+                        .into(),
+                ));
+            }
+            let classes = rule
+                .classes
+                .iter()
+                .map(|name| {
+                    Class::from_name(name).ok_or_else(|| {
+                        let known: Vec<_> = Class::ALL.iter().map(|c| c.name()).collect();
+                        fail(format!(
+                            "unknown class `{name}` (expected one of: {})",
+                            known.join(", ")
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let objects = rule
+                .objects
+                .iter()
+                .map(|o| ObjectPattern::parse(o).map_err(fail))
+                .collect::<Result<_, _>>()?;
+            rules.push(StatementRule {
+                id: rule.id,
+                message: rule.message,
+                effect,
+                approvable: rule.approvable,
+                classes,
+                objects,
+                location,
+            });
+        }
+    }
+    Ok(StatementRules {
+        database: section.database.value,
+        default: section.default,
+        rules,
+        location,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(
+        default: Access,
+        rules: &[(&str, StatementEffect, &[Class], &[&str])],
+    ) -> StatementRules {
+        StatementRules {
+            database: "db".into(),
+            default,
+            rules: rules
+                .iter()
+                .map(|(id, effect, classes, objects)| StatementRule {
+                    id: id.to_string(),
+                    message: None,
+                    effect: *effect,
+                    approvable: false,
+                    classes: classes.iter().copied().collect(),
+                    objects: objects
+                        .iter()
+                        .map(|o| ObjectPattern::parse(o).unwrap())
+                        .collect(),
+                    location: Location::default(),
+                })
+                .collect(),
+            location: Location::default(),
+        }
+    }
+
+    fn judge<'a>(
+        rules: &'a StatementRules,
+        classes: &[Class],
+        objects: &[&str],
+    ) -> (StatementEffect, Option<&'a str>) {
+        let j = rules.judge(
+            &classes.iter().copied().collect(),
+            &objects.iter().map(|o| o.to_string()).collect(),
+        );
+        (j.effect, j.rule.map(|r| r.id.as_str()))
+    }
+
+    use StatementEffect::*;
+
+    #[test]
+    fn a_rule_about_one_table_never_loosens_another() {
+        let r = rules(
+            Access::Deny,
+            &[
+                ("reads", Allow, &[Class::Read], &[]),
+                (
+                    "scratch",
+                    Allow,
+                    &[Class::Write, Class::DeleteWithoutWhere],
+                    &["scratch.*"],
+                ),
+                ("no-bulk-delete", Deny, &[Class::DeleteWithoutWhere], &[]),
+            ],
+        );
+        assert_eq!(
+            judge(&r, &[Class::Read], &["customers"]),
+            (Allow, Some("reads"))
+        );
+        assert_eq!(
+            judge(
+                &r,
+                &[Class::Write, Class::DeleteWithoutWhere],
+                &["scratch.t"]
+            ),
+            (Allow, Some("scratch"))
+        );
+        // The same statement also touching another table: that table's
+        // judgement counts.
+        assert_eq!(
+            judge(
+                &r,
+                &[Class::Write, Class::DeleteWithoutWhere],
+                &["scratch.t", "customers"]
+            ),
+            (Deny, Some("no-bulk-delete"))
+        );
+        // Unqualified, `t` may be in another schema than `scratch`.
+        assert_eq!(
+            judge(&r, &[Class::Write, Class::DeleteWithoutWhere], &["t"]),
+            (Deny, Some("no-bulk-delete"))
+        );
+        // No rule for the class: the default.
+        assert_eq!(judge(&r, &[Class::Drop], &["scratch.t"]), (Deny, None));
+        assert_eq!(judge(&r, &[Class::Sleep], &[]), (Deny, None));
+    }
+
+    #[test]
+    fn the_strictest_matching_rule_decides() {
+        let r = rules(
+            Access::Allow,
+            &[
+                ("watch", Monitor, &[Class::Write], &[]),
+                ("no-customers", Deny, &[], &["public.customers"]),
+            ],
+        );
+        assert_eq!(
+            judge(&r, &[Class::Write], &["orders"]),
+            (Monitor, Some("watch"))
+        );
+        assert_eq!(judge(&r, &[Class::Read], &["orders"]), (Allow, None));
+        // Unqualified: the search path may resolve it to public.customers.
+        assert_eq!(
+            judge(&r, &[Class::Read], &["customers"]),
+            (Deny, Some("no-customers"))
+        );
+        assert_eq!(
+            judge(&r, &[Class::Read], &["other.customers"]),
+            (Allow, None)
+        );
+        assert_eq!(
+            judge(&r, &[Class::Read], &["PUBLIC.Customers"]),
+            (Deny, Some("no-customers"))
+        );
+    }
+
+    #[test]
+    fn object_patterns() {
+        let p = |t| ObjectPattern::parse(t).unwrap();
+        assert!(p("customers").matches("crm.customers", Allow));
+        assert!(p("crm.*").matches("crm.customers", Allow));
+        assert!(!p("crm.*").matches("sales.customers", Deny));
+        assert!(p("crm.*").matches("customers", Deny), "may resolve to crm");
+        assert!(
+            !p("crm.*").matches("customers", Allow),
+            "may resolve elsewhere"
+        );
+        assert!(!p("crm.customers").matches("customers", Monitor));
+        for bad in ["", "a.b.c", "*", "a b", "x.", ".x"] {
+            assert!(ObjectPattern::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    const POLICY: &str = "\
+databases:
+  - name: shop
+    server: db.internal:5432
+    default_profile: people
+profiles:
+  - name: people
+    default: allow
+    databases:
+      - database: shop
+        default: allow
+        deny:
+          - id: no-drop
+            classes: [drop, truncate]
+            approvable: true
+            message: ask a DBA
+        monitor:
+          - id: watch-customers
+            objects: [public.customers]
+agents: []
+";
+
+    fn error(text: &str) -> PolicyError {
+        crate::policy::parse(text).expect_err("must be refused")
+    }
+
+    #[test]
+    fn the_file_format() {
+        let policy = crate::policy::parse(POLICY).unwrap();
+        assert_eq!(policy.databases[0].server, "db.internal:5432");
+        assert_eq!(
+            policy.databases[0].default_profile.as_deref(),
+            Some("people")
+        );
+        let section = &policy.profiles[0].databases[0];
+        assert_eq!(section.database, "shop");
+        assert_eq!(section.rules.len(), 2);
+        let monitor = &section.rules[0];
+        assert_eq!(
+            (monitor.id.as_str(), monitor.effect),
+            ("watch-customers", Monitor)
+        );
+        let deny = &section.rules[1];
+        assert!(deny.approvable);
+        assert_eq!(deny.location.line, 12);
+        assert_eq!(deny.classes, [Class::Drop, Class::Truncate].into());
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_their_line() {
+        for (from, to, line, why) in [
+            (
+                "classes: [drop, truncate]",
+                "classes: [drop, trunc]",
+                12,
+                "unknown class `trunc`",
+            ),
+            (
+                "database: shop",
+                "database: shoe",
+                9,
+                "no database is named `shoe`",
+            ),
+            (
+                "server: db.internal:5432",
+                "server: db.internal",
+                3,
+                "must be `host:port`",
+            ),
+            (
+                "default_profile: people",
+                "default_profile: nobody",
+                2,
+                "no profile is named `nobody`",
+            ),
+            (
+                "objects: [public.customers]",
+                "objects: [a.b.c]",
+                17,
+                "object `a.b.c`",
+            ),
+            ("id: watch-customers", "id: no-drop", 12, "already used"),
+            ("        monitor:", "        allow:", 0, ""),
+        ] {
+            let text = POLICY.replace(from, to);
+            if why.is_empty() {
+                crate::policy::parse(&text).unwrap();
+                continue;
+            }
+            let e = error(&text);
+            assert!(e.reason.contains(why), "{to}: {e}");
+            assert_eq!(e.location.line, line, "{to}: {e}");
+        }
+        let e = error(&POLICY.replace("        deny:", "        allow:"));
+        assert!(
+            e.reason.contains("`approvable` belongs on `deny` rules"),
+            "{e}"
+        );
+        let e = error(&POLICY.replace("        default: allow\n        deny", "        deny"));
+        assert!(e.reason.contains("default"), "{e}");
+    }
+}
