@@ -1,0 +1,685 @@
+//! One connection through the guard: startup and authentication relayed
+//! between client and server, then two halves running at once. `upstream`
+//! reads the client's messages, judges each statement and forwards the
+//! exact bytes (or, for a refused statement, a stand-in that fails in the
+//! server's parser); `downstream` relays the server's messages and puts
+//! the guard's error where the stand-in's error comes back.
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use guard_policy::database::StatementEffect;
+use guard_sql::{ANY_SETTING, Class, Strings};
+use tokio::{
+    io::{AsyncWrite, AsyncWriteExt as _, BufReader, BufWriter},
+    net::{
+        TcpListener, TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+};
+use tracing::{debug, warn};
+
+use crate::{
+    Authority, Client, ConnectionPolicy, StatementRecord,
+    protocol::{self, Frontend, Message, ProtocolError, Startup},
+};
+
+/// SQLSTATE of a statement the policy refuses: insufficient privilege.
+pub const REFUSED: &str = "42501";
+/// SQLSTATE of a statement the guard cannot parse: syntax error.
+const UNPARSABLE: &str = "42601";
+/// SQLSTATE of a protocol violation.
+const PROTOCOL_VIOLATION: &str = "08P01";
+/// SQLSTATE of a feature the guard does not pass through.
+const NOT_SUPPORTED: &str = "0A000";
+
+/// Settings that change how the server reads a statement's text: the
+/// guard reads it the same way only while they keep the value they had
+/// when the connection started.
+const READING_SETTINGS: [&str; 2] = ["client_encoding", "standard_conforming_strings"];
+
+/// Accepts connections on `listener` and guards each, with `server` as
+/// the PostgreSQL server (`host:port`).
+pub async fn serve(
+    listener: TcpListener,
+    server: String,
+    authority: Arc<dyn Authority>,
+) -> std::io::Result<()> {
+    let server: Arc<str> = server.into();
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let (server, authority) = (server.clone(), authority.clone());
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, peer, &server, authority).await {
+                debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl From<std::io::Error> for Ended {
+    fn from(e: std::io::Error) -> Self {
+        Ended::Protocol(e.into())
+    }
+}
+
+/// Sends a `FATAL` error: the last message of a connection.
+async fn fatal(writer: &mut (impl AsyncWrite + Unpin), code: &str, message: &str) -> Ended {
+    let error = protocol::error_response("FATAL", code, message, None);
+    let _ = writer.write_all(&error.bytes).await;
+    let _ = writer.flush().await;
+    Ended::Refused(message.to_string())
+}
+
+async fn connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    server: &str,
+    authority: Arc<dyn Authority>,
+) -> Result<(), Ended> {
+    client.set_nodelay(true)?;
+    let (client_read, client_write) = client.into_split();
+    let (mut client_read, mut client_write) =
+        (BufReader::new(client_read), BufWriter::new(client_write));
+    let (params, startup) = loop {
+        match Startup::read(&mut client_read).await {
+            // No TLS between client and guard yet: the client may go on
+            // in plain text or give up.
+            Ok(Startup::Ssl | Startup::GssEnc) => {
+                client_write.write_all(b"N").await?;
+                client_write.flush().await?;
+            }
+            Ok(Startup::Cancel(packet)) => {
+                // The key is the server's own, relayed at startup.
+                TcpStream::connect(server).await?.write_all(&packet).await?;
+                return Ok(());
+            }
+            Ok(Startup::Start { params, raw }) => break (params, raw),
+            Err(ProtocolError::Closed) => return Ok(()),
+            Err(e) => {
+                return Err(fatal(
+                    &mut client_write,
+                    PROTOCOL_VIOLATION,
+                    &format!("guard: {e}"),
+                )
+                .await);
+            }
+        }
+    };
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if param("replication").is_some_and(|v| !matches!(v, "false" | "off" | "no" | "0")) {
+        let why = "guard: replication connections are not allowed through the statement guard";
+        return Err(fatal(&mut client_write, REFUSED, why).await);
+    }
+    let Some(user) = param("user") else {
+        return Err(fatal(
+            &mut client_write,
+            PROTOCOL_VIOLATION,
+            "guard: the startup packet names no user",
+        )
+        .await);
+    };
+    let client = Client {
+        address: peer.to_string(),
+        user: user.to_string(),
+        database: param("database").unwrap_or(user).to_string(),
+    };
+    let policy = match authority.connection(&client) {
+        Ok(policy) => policy,
+        Err(why) => return Err(fatal(&mut client_write, "28000", &format!("guard: {why}")).await),
+    };
+
+    let server = match TcpStream::connect(server).await {
+        Ok(server) => server,
+        Err(e) => {
+            let why = format!("guard: cannot reach the database server {server}: {e}");
+            return Err(fatal(&mut client_write, "08001", &why).await);
+        }
+    };
+    server.set_nodelay(true)?;
+    let (server_read, server_write) = server.into_split();
+    let (mut server_read, mut server_write) =
+        (BufReader::new(server_read), BufWriter::new(server_write));
+    server_write.write_all(&startup).await?;
+    server_write.flush().await?;
+    let Some(reading) = authenticate(
+        &mut client_read,
+        &mut client_write,
+        &mut server_read,
+        &mut server_write,
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    if reading.get("client_encoding").map(String::as_str) != Some("UTF8") {
+        let why = "guard: the statement guard reads statements as UTF-8; connect with client_encoding UTF8";
+        return Err(fatal(&mut client_write, NOT_SUPPORTED, why).await);
+    }
+    let strings = match reading
+        .get("standard_conforming_strings")
+        .map(String::as_str)
+    {
+        Some("off") => Strings::BackslashEscapes,
+        _ => Strings::Standard,
+    };
+
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| ProtocolError::Io(e.to_string()))?;
+    let judge = Judge {
+        policy,
+        client,
+        authority,
+        strings,
+        prepared: HashMap::new(),
+    };
+    let up = Upstream {
+        judge,
+        shared: shared.clone(),
+        nonce: hex::encode(nonce),
+        stand_ins: 0,
+        units: 0,
+        discarding: false,
+    };
+    let (up, down) = tokio::join!(
+        up.run(client_read, server_write),
+        downstream(server_read, client_write, shared, reading)
+    );
+    up.and(down)
+}
+
+/// Relays authentication until the server is ready for queries; returns
+/// the server's settings the guard must know, or `None` when the server
+/// refused the login (its error relayed).
+async fn authenticate(
+    client_read: &mut BufReader<OwnedReadHalf>,
+    client_write: &mut BufWriter<OwnedWriteHalf>,
+    server_read: &mut BufReader<OwnedReadHalf>,
+    server_write: &mut BufWriter<OwnedWriteHalf>,
+) -> Result<Option<HashMap<String, String>>, Ended> {
+    let mut settings = HashMap::new();
+    loop {
+        let message = Message::read(server_read)
+            .await?
+            .ok_or(ProtocolError::Closed)?;
+        match message.tag() {
+            b'R' => {
+                let code = message
+                    .body()
+                    .get(..4)
+                    .map(|c| i32::from_be_bytes(c.try_into().expect("4 bytes")));
+                // Ok, cleartext, MD5, SASL start, continue and final.
+                let Some(code @ (0 | 3 | 5 | 10 | 11 | 12)) = code else {
+                    let why = format!(
+                        "guard: the server asks for an authentication method the guard does not relay ({code:?}); use scram-sha-256, md5, password or trust"
+                    );
+                    return Err(fatal(client_write, NOT_SUPPORTED, &why).await);
+                };
+                client_write.write_all(&message.bytes).await?;
+                client_write.flush().await?;
+                if matches!(code, 3 | 5 | 10 | 11) {
+                    let reply = Message::read(client_read)
+                        .await?
+                        .ok_or(ProtocolError::Closed)?;
+                    if reply.tag() != b'p' {
+                        let why = "guard: expected a password message during authentication";
+                        return Err(fatal(client_write, PROTOCOL_VIOLATION, why).await);
+                    }
+                    server_write.write_all(&reply.bytes).await?;
+                    server_write.flush().await?;
+                }
+            }
+            b'E' => {
+                client_write.write_all(&message.bytes).await?;
+                client_write.flush().await?;
+                return Ok(None);
+            }
+            b'S' => {
+                if let Some((name, value)) = protocol::parameter_status(message.body()) {
+                    settings.insert(name, value);
+                }
+                client_write.write_all(&message.bytes).await?;
+            }
+            b'K' | b'N' | b'v' => client_write.write_all(&message.bytes).await?,
+            b'Z' => {
+                client_write.write_all(&message.bytes).await?;
+                client_write.flush().await?;
+                return Ok(Some(settings));
+            }
+            other => {
+                let why = format!(
+                    "guard: unexpected message {:?} from the server during startup",
+                    other as char
+                );
+                return Err(fatal(client_write, PROTOCOL_VIOLATION, &why).await);
+            }
+        }
+    }
+}
+
+/// What the two halves share.
+#[derive(Default)]
+struct Shared {
+    /// Stand-ins sent for refused statements, oldest first.
+    stand_ins: VecDeque<StandIn>,
+    /// An error for the client that ends the connection, set by the half
+    /// that ends it and sent by `downstream` last.
+    fatal: Option<Message>,
+}
+
+/// A refused statement's stand-in: the server's error naming `token` is
+/// replaced by `error`.
+struct StandIn {
+    token: String,
+    error: Message,
+    /// The stand-in's unit: the number of `ReadyForQuery` messages the
+    /// server sends before the one that ends it.
+    unit: u64,
+}
+
+/// Why a statement is refused.
+struct Refusal {
+    code: &'static str,
+    message: String,
+    detail: Option<String>,
+}
+
+/// What a statement, or a prepared one, does: its classes and tables.
+#[derive(Clone, Default)]
+struct Judged {
+    classes: BTreeSet<Class>,
+    objects: BTreeSet<String>,
+}
+
+/// Judges statements for one connection and records them.
+struct Judge {
+    policy: ConnectionPolicy,
+    client: Client,
+    authority: Arc<dyn Authority>,
+    strings: Strings,
+    /// Prepared statements by name (protocol-level and `PREPARE` share one
+    /// namespace), for `EXECUTE name`.
+    prepared: HashMap<String, Judged>,
+}
+
+impl Judge {
+    /// Judges every statement of `sql` and records each; `Err` when one is
+    /// refused (then none of them runs).
+    fn judge(&mut self, sql: &str) -> Result<Judged, Refusal> {
+        let statements = match guard_sql::classify_with(sql, self.strings) {
+            Ok(statements) => statements,
+            Err(e) => {
+                let refusal = Refusal {
+                    code: UNPARSABLE,
+                    message: format!("guard: {e}"),
+                    detail: None,
+                };
+                self.record(None, "deny", None, Some(refusal.message.clone()), false);
+                return Err(refusal);
+            }
+        };
+        let mut outcomes = Vec::with_capacity(statements.len());
+        let mut all = Judged::default();
+        for statement in &statements {
+            let mut judged = Judged {
+                classes: statement.classes.clone(),
+                objects: statement.objects.clone(),
+            };
+            for name in &statement.executes {
+                // An unknown name fails in the server.
+                if let Some(prepared) = self.prepared.get(name) {
+                    judged.classes.extend(&prepared.classes);
+                    judged.objects.extend(prepared.objects.iter().cloned());
+                }
+            }
+            let outcome = self.outcome(statement, &judged);
+            if let (Some(name), None) = (&statement.prepares, &outcome.refusal) {
+                self.prepared.insert(name.clone(), judged.clone());
+            }
+            all.classes.extend(&judged.classes);
+            all.objects.extend(judged.objects.iter().cloned());
+            outcomes.push((statement, judged, outcome));
+        }
+        let refused = outcomes.iter().position(|(_, _, o)| o.refusal.is_some());
+        for (statement, judged, outcome) in &outcomes {
+            let (verdict, reason) = match (refused, &outcome.refusal) {
+                (_, Some(refusal)) => ("deny", Some(refusal.message.clone())),
+                (Some(_), None) => (
+                    "deny",
+                    Some("not run: another statement of the same message was refused".into()),
+                ),
+                (None, None) => (outcome.verdict, None),
+            };
+            self.record(
+                Some((statement, judged)),
+                verdict,
+                outcome.rule.clone(),
+                reason,
+                outcome.monitored,
+            );
+        }
+        match refused {
+            Some(i) => Err(outcomes.swap_remove(i).2.refusal.expect("refused")),
+            None => Ok(all),
+        }
+    }
+
+    /// One statement's verdict under the policy.
+    fn outcome(&self, statement: &guard_sql::Statement, judged: &Judged) -> Outcome {
+        if let Some(setting) = statement
+            .settings
+            .iter()
+            .find(|s| READING_SETTINGS.contains(&s.as_str()) || s.as_str() == ANY_SETTING)
+        {
+            return Outcome {
+                verdict: "deny",
+                rule: None,
+                monitored: false,
+                refusal: Some(Refusal {
+                    code: REFUSED,
+                    message: format!(
+                        "guard: changing `{setting}` is not allowed: the guard must read statements as the server does"
+                    ),
+                    detail: None,
+                }),
+            };
+        }
+        let rules = &self.policy.rules;
+        let judgement = rules.judge(&judged.classes, &judged.objects);
+        let rule = judgement.rule.map(|r| r.id.clone());
+        let monitored = judgement.effect == StatementEffect::Monitor;
+        if judgement.effect != StatementEffect::Deny {
+            return Outcome {
+                verdict: "allow",
+                rule,
+                monitored,
+                refusal: None,
+            };
+        }
+        if !self.policy.enforce {
+            return Outcome {
+                verdict: "would_deny",
+                rule,
+                monitored,
+                refusal: None,
+            };
+        }
+        let classes: Vec<_> = judged.classes.iter().map(|c| c.name()).collect();
+        let objects: Vec<_> = judged.objects.iter().map(String::as_str).collect();
+        let message = match judgement.rule.and_then(|r| r.message.as_deref()) {
+            Some(message) => format!("guard: {message}"),
+            None => "guard: the policy does not allow this statement".to_string(),
+        };
+        let by = match &rule {
+            Some(id) => format!("rule `{id}`"),
+            None => "the default".to_string(),
+        };
+        let detail = format!(
+            "Refused by {by} of profile `{}` for database `{}`; the statement's classes: {}; its tables: {}.",
+            self.policy.profile,
+            rules.database,
+            classes.join(", "),
+            if objects.is_empty() {
+                "none".to_string()
+            } else {
+                objects.join(", ")
+            },
+        );
+        Outcome {
+            verdict: "deny",
+            rule,
+            monitored,
+            refusal: Some(Refusal {
+                code: REFUSED,
+                message,
+                detail: Some(detail),
+            }),
+        }
+    }
+
+    fn record(
+        &self,
+        statement: Option<(&guard_sql::Statement, &Judged)>,
+        verdict: &'static str,
+        rule: Option<String>,
+        reason: Option<String>,
+        monitored: bool,
+    ) {
+        let (classes, objects, normalized, fingerprint) = match statement {
+            Some((statement, judged)) => (
+                judged.classes.iter().map(|c| c.name()).collect(),
+                judged.objects.clone(),
+                statement.normalized.clone(),
+                statement.fingerprint.clone(),
+            ),
+            None => Default::default(),
+        };
+        self.authority.record(StatementRecord {
+            client: self.client.clone(),
+            profile: self.policy.profile.clone(),
+            verdict,
+            rule,
+            reason,
+            monitored,
+            classes,
+            objects,
+            normalized,
+            fingerprint,
+        });
+    }
+}
+
+struct Outcome {
+    verdict: &'static str,
+    rule: Option<String>,
+    monitored: bool,
+    refusal: Option<Refusal>,
+}
+
+/// The client-to-server half.
+struct Upstream {
+    judge: Judge,
+    shared: Arc<Mutex<Shared>>,
+    /// Makes stand-in tokens unguessable, so that no client can make the
+    /// server produce an error the guard would take for a stand-in's.
+    nonce: String,
+    stand_ins: u64,
+    /// Messages sent that the server answers with `ReadyForQuery` (`Query`,
+    /// `Sync`, `FunctionCall`).
+    units: u64,
+    /// After a refused `Parse`: the server skips to the next `Sync` once
+    /// the stand-in fails, and so does the guard.
+    discarding: bool,
+}
+
+impl Upstream {
+    async fn run(
+        mut self,
+        mut client: BufReader<OwnedReadHalf>,
+        mut server: BufWriter<OwnedWriteHalf>,
+    ) -> Result<(), Ended> {
+        let result = self.relay(&mut client, &mut server).await;
+        if let Err(e) = &result {
+            let error =
+                protocol::error_response("FATAL", PROTOCOL_VIOLATION, &format!("guard: {e}"), None);
+            self.shared.lock().expect("lock").fatal.get_or_insert(error);
+        }
+        // The server ends the session; `downstream` then sees it close.
+        let _ = server.write_all(&Message::new(b'X', b"").bytes).await;
+        let _ = server.shutdown().await;
+        result
+    }
+
+    async fn relay(
+        &mut self,
+        client: &mut BufReader<OwnedReadHalf>,
+        server: &mut BufWriter<OwnedWriteHalf>,
+    ) -> Result<(), Ended> {
+        while let Some(message) = Message::read(client).await? {
+            let forward = match Frontend::decode(&message)? {
+                Frontend::Query(sql) => {
+                    let unit = self.next_unit();
+                    match self.judge.judge(sql) {
+                        Ok(_) => Some(message),
+                        Err(refusal) => Some(self.stand_in(unit, refusal, false)),
+                    }
+                }
+                Frontend::Parse { .. } if self.discarding => None,
+                Frontend::Parse { name, query } => match self.judge.judge(query) {
+                    Ok(judged) => {
+                        self.judge.prepared.insert(name.to_string(), judged);
+                        Some(message)
+                    }
+                    Err(refusal) => {
+                        self.discarding = true;
+                        Some(self.stand_in(self.units, refusal, true))
+                    }
+                },
+                Frontend::Sync => {
+                    self.discarding = false;
+                    self.next_unit();
+                    Some(message)
+                }
+                Frontend::FunctionCall => {
+                    let unit = self.next_unit();
+                    let refusal = Refusal {
+                        code: NOT_SUPPORTED,
+                        message: "guard: the fast-path function call interface is not allowed through the guard; call functions with SELECT".into(),
+                        detail: None,
+                    };
+                    Some(self.stand_in(unit, refusal, false))
+                }
+                Frontend::Password => {
+                    return Err(Ended::Refused(
+                        "a password message after authentication".into(),
+                    ));
+                }
+                Frontend::Terminate => return Ok(()),
+                // The server ignores everything up to `Sync` but a flush.
+                Frontend::Flush => Some(message),
+                _ if self.discarding => None,
+                _ => Some(message),
+            };
+            if let Some(message) = forward {
+                server.write_all(&message.bytes).await?;
+            }
+            if client.buffer().is_empty() {
+                server.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn next_unit(&mut self) -> u64 {
+        self.units += 1;
+        self.units - 1
+    }
+
+    /// The message sent in place of a refused statement: one the server's
+    /// parser fails on, naming a token only this guard knows.
+    fn stand_in(&mut self, unit: u64, refusal: Refusal, extended: bool) -> Message {
+        let token = format!("guard_refused_{}_{}", self.nonce, self.stand_ins);
+        self.stand_ins += 1;
+        let error = protocol::error_response(
+            "ERROR",
+            refusal.code,
+            &refusal.message,
+            refusal.detail.as_deref(),
+        );
+        self.shared
+            .lock()
+            .expect("lock")
+            .stand_ins
+            .push_back(StandIn {
+                token: token.clone(),
+                error,
+                unit,
+            });
+        if extended {
+            protocol::parse(&token, &token)
+        } else {
+            protocol::query(&token)
+        }
+    }
+}
+
+/// The server-to-client half.
+async fn downstream(
+    mut server: BufReader<OwnedReadHalf>,
+    mut client: BufWriter<OwnedWriteHalf>,
+    shared: Arc<Mutex<Shared>>,
+    reading: HashMap<String, String>,
+) -> Result<(), Ended> {
+    let mut ready = 0u64;
+    let result = async {
+        while let Some(message) = Message::read(&mut server).await? {
+            let mut out = message;
+            match out.tag() {
+                b'E' => {
+                    let fields = protocol::fields(out.body());
+                    let text = fields.iter().find(|(code, _)| *code == b'M').map(|(_, m)| m.as_str()).unwrap_or("");
+                    let mut shared = shared.lock().expect("lock");
+                    if let Some(i) = shared.stand_ins.iter().position(|s| text.contains(&s.token)) {
+                        out = shared.stand_ins.remove(i).expect("present").error;
+                    }
+                }
+                b'Z' => {
+                    ready += 1;
+                    shared.lock().expect("lock").stand_ins.retain(|s| s.unit >= ready);
+                }
+                b'S' => {
+                    if let Some((name, value)) = protocol::parameter_status(out.body())
+                        && READING_SETTINGS.contains(&name.as_str())
+                        && reading.get(&name) != Some(&value)
+                    {
+                        warn!(%name, %value, "a setting the guard reads statements by changed; ending the connection");
+                        return Err(Ended::Refused(format!(
+                            "`{name}` changed to `{value}`: the guard can no longer read statements as the server does"
+                        )));
+                    }
+                }
+                b'W' => return Err(Ended::Refused("the server started a COPY BOTH, which the guard does not relay".into())),
+                _ => {}
+            }
+            client.write_all(&out.bytes).await?;
+            if server.buffer().is_empty() {
+                client.flush().await?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let fatal = match &result {
+        Err(Ended::Refused(why)) => Some(protocol::error_response(
+            "FATAL",
+            REFUSED,
+            &format!("guard: {why}"),
+            None,
+        )),
+        _ => None,
+    };
+    if let Some(error) = fatal.or_else(|| shared.lock().expect("lock").fatal.take()) {
+        let _ = client.write_all(&error.bytes).await;
+    }
+    let _ = client.flush().await;
+    let _ = client.shutdown().await;
+    result
+}

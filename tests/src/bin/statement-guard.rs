@@ -1,0 +1,74 @@
+//! Runs Guard's statement guard (`guard-pg`) for the database tests: every
+//! connection gets one profile's rules for one database of a policy file,
+//! and each statement's record is printed as a JSON line.
+
+use std::sync::Arc;
+
+use guard_pg::{Authority, Client, ConnectionPolicy, StatementRecord};
+use guard_policy::policy::Mode;
+
+struct OneProfile {
+    policy: ConnectionPolicy,
+}
+
+impl Authority for OneProfile {
+    fn connection(&self, _client: &Client) -> Result<ConnectionPolicy, String> {
+        Ok(self.policy.clone())
+    }
+
+    fn record(&self, record: StatementRecord) {
+        println!(
+            "{}",
+            serde_json::to_string(&record).expect("a record serializes")
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, listen, policy, profile, database] = &args[..] else {
+        eprintln!("usage: statement-guard LISTEN POLICY PROFILE DATABASE");
+        std::process::exit(2);
+    };
+    let text = std::fs::read_to_string(policy).expect("read the policy");
+    let parsed = guard_policy::policy::parse(&text).unwrap_or_else(|e| panic!("{policy}: {e}"));
+    let server = parsed
+        .databases
+        .iter()
+        .find(|d| &d.name == database)
+        .expect("the database is in the policy")
+        .server
+        .clone();
+    let profile = parsed
+        .profiles
+        .iter()
+        .find(|p| &p.name == profile)
+        .expect("the profile is in the policy");
+    let rules = profile
+        .databases
+        .iter()
+        .find(|r| &r.database == database)
+        .expect("the profile has rules for the database")
+        .clone();
+    let authority = OneProfile {
+        policy: ConnectionPolicy {
+            profile: profile.name.clone(),
+            enforce: profile.mode == Mode::Enforce,
+            rules,
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
+        eprintln!(
+            "statement guard listening on {}",
+            listener.local_addr().expect("address")
+        );
+        guard_pg::proxy::serve(listener, server, Arc::new(authority))
+            .await
+            .expect("serve");
+    });
+}
