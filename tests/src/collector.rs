@@ -199,6 +199,9 @@ pub struct Postgres {
     child: Child,
     _dir: tempfile::TempDir,
     pub url: String,
+    pub port: u16,
+    /// Where the server's programs are, `psql` and `pgbench` among them.
+    pub bin_dir: PathBuf,
 }
 
 impl Postgres {
@@ -264,6 +267,8 @@ impl Postgres {
             child,
             _dir: dir,
             url: format!("postgres://guard@127.0.0.1:{port}/postgres"),
+            port,
+            bin_dir,
         }
     }
 }

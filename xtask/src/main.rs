@@ -131,7 +131,8 @@ fn test(repo: &Repo) -> Result<()> {
     // Unit tests: no root, no kernel.
     // The default members: everything but the eBPF crate, which only builds for BPF.
     run(cargo(repo).args(["test", "--locked", "--release"]))?;
-    // Host tests: guardd must tell the truth about this host.
+    // Host tests: guardd must tell the truth about this host; the collector
+    // and the statement guard against real servers and clients.
     build(repo)?;
     run(cargo(repo)
         .args([
@@ -144,6 +145,8 @@ fn test(repo: &Repo) -> Result<()> {
             "host",
             "--test",
             "collector",
+            "--test",
+            "databases",
             "--",
             "--ignored",
             // The collector tests each start servers; one at a time keeps

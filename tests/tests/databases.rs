@@ -1,0 +1,500 @@
+//! The statement guard against a real PostgreSQL server on loopback, with
+//! clients Guard did not write: `psql` (the simple protocol), the
+//! `tokio-postgres` driver (the extended protocol, pipelined) and
+//! `pgbench`. After each refusal the server's state is checked: the table
+//! and its rows are still there. Run by `cargo xtask test` (they need the
+//! release binaries and PostgreSQL).
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use guard_tests::{
+    bin,
+    collector::{Postgres, free_port},
+};
+use serde_json::Value;
+
+const POLICY: &str = "\
+databases:
+  - name: shop
+    server: 127.0.0.1:PORT
+profiles:
+  - name: cleanup
+    default: allow
+    databases:
+      - database: shop
+        default: allow
+        deny:
+          - id: no-drop
+            classes: [drop, truncate]
+            message: tables are never dropped by agents
+          - id: no-bulk-change
+            classes: [delete_without_where, update_without_where]
+            message: deletes and updates need a WHERE clause
+          - id: no-server-side
+            classes: [copy_program, copy_server_file, server_file, code, privilege, sleep]
+            message: the server's files, programs and privileges are off limits
+          - id: audit-log-is-append-only
+            classes: [write]
+            objects: [public.audit_log]
+            message: the audit log is append-only for agents
+        monitor:
+          - id: watch-customers
+            objects: [customers]
+agents: []
+";
+
+/// A PostgreSQL server, and the statement guard in front of it.
+struct Guarded {
+    postgres: Postgres,
+    guard: Child,
+    port: u16,
+    records: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Guarded {
+    fn start() -> Guarded {
+        let postgres = Postgres::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(&policy, POLICY.replace("PORT", &postgres.port.to_string()))
+            .expect("policy");
+        let records = dir.path().join("records.jsonl");
+        let port = free_port();
+        let mut guard = Command::new(bin("statement-guard"))
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(&policy)
+            .args(["cleanup", "shop"])
+            .stdout(std::fs::File::create(&records).expect("records"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the statement guard");
+        let mut line = String::new();
+        BufReader::new(guard.stderr.take().expect("stderr"))
+            .read_line(&mut line)
+            .expect("the guard's first line");
+        assert!(line.contains("listening"), "{line}");
+        let guarded = Guarded {
+            postgres,
+            guard,
+            port,
+            records,
+            _dir: dir,
+        };
+        guarded.direct(
+            "CREATE TABLE t (id int, note text); INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 10) g; \
+             CREATE TABLE customers (id int, email text); INSERT INTO customers VALUES (1, 'ann@example.com'); \
+             CREATE TABLE audit_log (id serial, what text);",
+        );
+        guarded
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://guard@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn psql_at(&self, url: &str, sql: &str, stdin: &str) -> Output {
+        let mut child = Command::new(self.postgres.bin_dir.join("psql"))
+            .args([
+                url,
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=0",
+                "-c",
+                sql,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run psql");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        child.wait_with_output().expect("psql output")
+    }
+
+    /// Runs `sql` through the guard; returns psql's stdout and stderr.
+    fn psql(&self, sql: &str) -> (String, String) {
+        let out = self.psql_at(&self.url(), sql, "");
+        (
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    }
+
+    /// Runs `sql` on the server directly; it must succeed.
+    fn direct(&self, sql: &str) -> String {
+        let out = self.psql_at(&self.postgres.url, sql, "");
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Asserts that `sql` is refused with the rule's message, and that the
+    /// server still has table `t` with its ten rows.
+    fn refused(&self, sql: &str, message: &str) {
+        let (out, err) = self.psql(sql);
+        assert!(
+            err.contains(&format!("ERROR:  guard: {message}")),
+            "{sql}: {out} {err}"
+        );
+        self.intact();
+    }
+
+    fn intact(&self) {
+        assert_eq!(
+            self.direct("SELECT count(*) FROM t"),
+            "10",
+            "table t keeps its ten rows"
+        );
+    }
+
+    fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.records)
+            .expect("records")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON record"))
+            .collect()
+    }
+
+    /// The last record of a statement whose normalized text is `normalized`.
+    fn record_of(&self, normalized: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(r) = self
+                .records()
+                .into_iter()
+                .rev()
+                .find(|r| r["normalized"] == normalized)
+            {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no record of {normalized}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.guard.kill();
+        let _ = self.guard.wait();
+    }
+}
+
+const DROP: &str = "tables are never dropped by agents";
+const BULK: &str = "deletes and updates need a WHERE clause";
+const SERVER: &str = "the server's files, programs and privileges are off limits";
+
+#[test]
+#[ignore = "needs PostgreSQL and the release binaries; run by cargo xtask test"]
+fn psql_each_class_refused_and_the_rest_runs() {
+    let db = Guarded::start();
+    db.refused("DROP TABLE t", DROP);
+    db.refused("TRUNCATE t", DROP);
+    db.refused("DELETE FROM t", BULK);
+    db.refused("DELETE FROM t WHERE true", BULK);
+    db.refused("UPDATE t SET note = 'x' WHERE 1 = 1", BULK);
+    db.refused("COPY t TO PROGRAM 'cat > /tmp/guard-copy'", SERVER);
+    db.refused("COPY t FROM '/etc/passwd'", SERVER);
+    db.refused("SELECT pg_read_file('/etc/passwd')", SERVER);
+    db.refused("DO $$ BEGIN EXECUTE 'DROP TABLE t'; END $$", SERVER);
+    db.refused("GRANT ALL ON t TO PUBLIC", SERVER);
+    db.refused("SET ROLE postgres", SERVER);
+    db.refused("SELECT pg_sleep(10)", SERVER);
+    db.refused(
+        "INSERT INTO audit_log (what) VALUES ('forged')",
+        "the audit log is append-only for agents",
+    );
+
+    // What the policy allows runs, and its effect is the server's.
+    let (out, err) = db.psql("DELETE FROM t WHERE id > 8 RETURNING id");
+    assert_eq!((out.as_str(), err.as_str()), ("9\n10", ""));
+    assert_eq!(db.direct("SELECT count(*) FROM t"), "8");
+    db.direct("INSERT INTO t VALUES (9, 'row 9'), (10, 'row 10')");
+
+    // Records: the rule, the classes and tables, literals replaced.
+    let drop = db.record_of("DROP TABLE t");
+    assert_eq!(drop["verdict"], "deny");
+    assert_eq!(drop["rule"], "no-drop");
+    assert_eq!(drop["classes"], serde_json::json!(["drop"]));
+    let delete = db.record_of("DELETE FROM t WHERE id > $1 RETURNING id");
+    assert_eq!(delete["verdict"], "allow");
+    let read = {
+        db.psql("SELECT email FROM customers WHERE id = 1");
+        db.record_of("SELECT email FROM customers WHERE id = $1")
+    };
+    assert_eq!(
+        (read["verdict"].as_str(), read["monitored"].as_bool()),
+        (Some("allow"), Some(true))
+    );
+    assert_eq!(read["rule"], "watch-customers");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and the release binaries; run by cargo xtask test"]
+fn psql_bypasses_are_refused_or_read_as_the_server_reads_them() {
+    let db = Guarded::start();
+    for sql in [
+        "/* cleanup */ DrOp TaBlE \"t\"",
+        "-- a comment\nDROP TABLE public.t",
+        "DROP TABLE U&\"\\0074\"",
+        "SELECT 1; DROP TABLE t",
+        "BEGIN; SELECT 1; COMMIT; DROP TABLE t",
+        "PREPARE wipe AS DELETE FROM t",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ DELETE FROM t RETURNING 1 $$",
+    ] {
+        let (_, err) = db.psql(sql);
+        assert!(err.contains("ERROR:  guard:"), "{sql}: {err}");
+        db.intact();
+    }
+    db.refused(
+        "WITH gone AS (DELETE FROM t RETURNING *) SELECT count(*) FROM gone",
+        BULK,
+    );
+    // Stacked statements: none runs when one is refused.
+    db.refused("INSERT INTO t VALUES (11, 'x'); DROP TABLE t", DROP);
+    let stacked = db.record_of("INSERT INTO t VALUES ($1, $2)");
+    assert_eq!(stacked["verdict"], "deny");
+    assert!(
+        stacked["reason"]
+            .as_str()
+            .unwrap()
+            .contains("another statement"),
+        "{stacked}"
+    );
+    // Dollar quoting: the DROP is a string, and the server agrees.
+    let (out, err) = db.psql("SELECT $x$; DROP TABLE t; $x$");
+    assert_eq!((out.as_str(), err.as_str()), ("; DROP TABLE t;", ""));
+    db.intact();
+    // Settings that would make the guard read statements differently.
+    for sql in [
+        "SET standard_conforming_strings = off",
+        "SET client_encoding = 'SQL_ASCII'",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+    ] {
+        let (_, err) = db.psql(sql);
+        assert!(err.contains("guard: changing"), "{sql}: {err}");
+    }
+    // What PostgreSQL's grammar refuses, the guard refuses too.
+    let (_, err) = db.psql("DROP TABLE t extra words");
+    assert!(
+        err.contains("ERROR:  guard: not SQL PostgreSQL accepts"),
+        "{err}"
+    );
+    // A prepared statement carries its classes to EXECUTE.
+    let (_, err) = db.psql("PREPARE one(int) AS DELETE FROM t WHERE id = $1; EXECUTE one(11)");
+    assert_eq!(err, "");
+    // (libpg_query leaves EXECUTE's arguments as they are.)
+    let execute = db.record_of("EXECUTE one(11)");
+    assert_eq!(execute["classes"], serde_json::json!(["other", "write"]));
+    db.intact();
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and the release binaries; run by cargo xtask test"]
+fn psql_a_refusal_inside_a_transaction_ends_it_like_any_error() {
+    let db = Guarded::start();
+    let (out, err) = db.psql("BEGIN; INSERT INTO t VALUES (11, 'inside'); DROP TABLE t; COMMIT;");
+    assert!(err.contains(DROP), "{out} {err}");
+    // One message: nothing of it ran.
+    db.intact();
+    // Statement by statement, in one session: the server ends the
+    // transaction as for any error, and the connection stays usable.
+    let mut psql = Command::new(db.postgres.bin_dir.join("psql"))
+        .args([db.url().as_str(), "-X", "-q", "-A", "-t"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    psql.stdin
+        .take()
+        .expect("stdin")
+        .write_all(
+            b"BEGIN;\nINSERT INTO t VALUES (11, 'inside');\nDROP TABLE t;\nCOMMIT;\nSELECT 'still usable';\n",
+        )
+        .expect("write");
+    let out = psql.wait_with_output().expect("psql");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stderr.contains(DROP), "{stderr}");
+    assert!(stdout.contains("still usable"), "{stdout} {stderr}");
+    db.intact();
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and the release binaries; run by cargo xtask test"]
+fn psql_copy_in_and_out_pass_through() {
+    let db = Guarded::start();
+    let out = db.psql_at(
+        &db.url(),
+        "\\copy t FROM STDIN",
+        "11\tcopied\n12\tcopied\n\\.\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        db.direct("SELECT count(*) FROM t WHERE note = 'copied'"),
+        "2"
+    );
+    let (out, err) = db.psql("COPY (SELECT id FROM t WHERE note = 'copied' ORDER BY id) TO STDOUT");
+    assert_eq!((out.as_str(), err.as_str()), ("11\n12", ""));
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// The guard's SQLSTATE and message of a refused statement.
+fn refusal(error: &tokio_postgres::Error) -> (String, String) {
+    let db = error
+        .as_db_error()
+        .unwrap_or_else(|| panic!("a server error: {error}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and the release binaries; run by cargo xtask test"]
+fn extended_protocol_prepared_and_pipelined() {
+    let db = Guarded::start();
+    runtime().block_on(async {
+        let client = connect(&db.url()).await;
+        // Parse refused: the statement is never prepared.
+        let e = client.prepare("DROP TABLE t").await.expect_err("refused");
+        assert_eq!(refusal(&e), ("42501".into(), format!("guard: {DROP}")));
+        // A prepared statement re-used with other parameters.
+        let delete = client
+            .prepare("DELETE FROM t WHERE id = $1")
+            .await
+            .expect("prepare");
+        assert_eq!(
+            client.execute(&delete, &[&9i32]).await.expect("delete 9"),
+            1
+        );
+        assert_eq!(
+            client.execute(&delete, &[&10i32]).await.expect("delete 10"),
+            1
+        );
+        client
+            .execute(
+                "INSERT INTO t VALUES ($1, 'row 9'), ($2, 'row 10')",
+                &[&9i32, &10i32],
+            )
+            .await
+            .expect("insert back");
+        // Pipelined: three queries in flight at once, the middle one
+        // refused; the others run and get their own answers.
+        let (count, dropped, note) = tokio::join!(
+            client.query_one("SELECT count(*) FROM t", &[]),
+            client.execute("DELETE FROM t", &[]),
+            client.query_one("SELECT note FROM t WHERE id = $1", &[&3i32]),
+        );
+        assert_eq!(count.expect("count").get::<_, i64>(0), 10);
+        assert_eq!(
+            refusal(&dropped.expect_err("refused")).1,
+            format!("guard: {BULK}")
+        );
+        assert_eq!(note.expect("note").get::<_, String>(0), "row 3");
+        // In a transaction: the refusal aborts it as any error would.
+        let mut client = client;
+        let tx = client.transaction().await.expect("begin");
+        tx.execute("INSERT INTO t VALUES (11, 'inside')", &[])
+            .await
+            .expect("insert");
+        let e = tx.execute("TRUNCATE t", &[]).await.expect_err("refused");
+        assert_eq!(refusal(&e).0, "42501");
+        // COMMIT of an aborted transaction rolls it back (row 11 is gone:
+        // `intact` below counts ten rows).
+        let _ = tx.commit().await;
+        // The connection stays usable.
+        let row = client
+            .query_one("SELECT 'usable'", &[])
+            .await
+            .expect("still usable");
+        assert_eq!(row.get::<_, String>(0), "usable");
+    });
+    db.intact();
+}
+
+/// Runs pgbench with `args` against `url`; returns its output.
+fn pgbench(db: &Guarded, url: &str, args: &[&str]) -> String {
+    let out = Command::new(db.postgres.bin_dir.join("pgbench"))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run pgbench");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pgbench {args:?}: {text}");
+    text
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and the release binaries; run by cargo xtask test"]
+fn pgbench_runs_through_the_guard_in_every_protocol_mode() {
+    let db = Guarded::start();
+    // Initialising drops and truncates tables: the policy refuses that to
+    // agents, so it is done directly.
+    pgbench(&db, &db.postgres.url, &["-i", "-q", "-s", "1"]);
+    for mode in ["simple", "extended", "prepared"] {
+        let out = pgbench(
+            &db,
+            &db.url(),
+            &["-n", "-M", mode, "-c", "4", "-j", "2", "-t", "50"],
+        );
+        assert!(
+            out.contains("number of failed transactions: 0"),
+            "{mode}: {out}"
+        );
+        assert!(
+            out.contains("number of transactions actually processed: 200/200"),
+            "{mode}: {out}"
+        );
+    }
+    // And through the guard, the refused part of an initialisation is refused.
+    let out = Command::new(db.postgres.bin_dir.join("pgbench"))
+        .args(["-i", "-q", "-s", "1"])
+        .arg(db.url())
+        .output()
+        .expect("pgbench");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains(DROP), "{text}");
+    assert_eq!(db.direct("SELECT count(*) FROM pgbench_accounts"), "100000");
+}
