@@ -13,13 +13,14 @@ use crate::{
 };
 
 /// The targets: the policy parser and compiler, the record decoder (ring
-/// buffer records and events-file lines), the collector's ingest step, and
-/// the SQL statement classifier.
+/// buffer records and events-file lines), the collector's ingest step, the
+/// SQL statement classifier and the statement guard's protocol decoder.
 pub const TARGETS: &[&str] = &[
     "policy",
     "record_decode",
     "collector_ingest",
     "sql_classify",
+    "pg_protocol",
 ];
 
 const CARGO_FUZZ: &str = "0.13.2";
