@@ -9,6 +9,7 @@
 //! the guard puts its own error, with the rule's reason, where the
 //! server's would have been. The connection stays usable.
 
+mod cache;
 pub mod protocol;
 pub mod proxy;
 

@@ -324,7 +324,8 @@ impl Judge {
     /// Judges every statement of `sql` and records each; `Err` when one is
     /// refused (then none of them runs).
     fn judge(&mut self, sql: &str) -> Result<Judged, Refusal> {
-        let statements = match guard_sql::classify_with(sql, self.strings) {
+        let classified = crate::cache::classify(sql, self.strings);
+        let statements = match classified.as_ref() {
             Ok(statements) => statements,
             Err(e) => {
                 let refusal = Refusal {
@@ -338,7 +339,7 @@ impl Judge {
         };
         let mut outcomes = Vec::with_capacity(statements.len());
         let mut all = Judged::default();
-        for statement in &statements {
+        for statement in statements {
             let mut judged = Judged {
                 classes: statement.classes.clone(),
                 objects: statement.objects.clone(),

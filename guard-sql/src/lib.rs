@@ -159,7 +159,7 @@ pub const ANY_SETTING: &str = "*";
 /// How the server reads string literals: its `standard_conforming_strings`.
 /// The guard must read them the same way, or `'a\' ...` could be one
 /// literal to the guard and a literal plus SQL to the server.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Strings {
     /// `standard_conforming_strings = on` (the default since 9.1):
     /// backslashes are ordinary characters.

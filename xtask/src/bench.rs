@@ -520,3 +520,24 @@ const MAIN_PROGRAM: &[(&str, &str)] = &[
     ("socket_connect", "connect"),
     ("socket_sendmsg", "sendto"),
 ];
+
+/// `cargo xtask db-bench`: runs `db-bench` on this host and writes its
+/// report to bench/databases.md.
+pub fn databases(repo: &Repo) -> Result<()> {
+    setup::setup(repo)?;
+    let artifacts = build(repo)?;
+    let output = Command::new(artifacts.bin_dir.join("db-bench"))
+        .env("GUARD_BIN_DIR", &artifacts.bin_dir)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run db-bench")?;
+    if !output.status.success() {
+        bail!("db-bench failed");
+    }
+    let report = String::from_utf8(output.stdout).context("db-bench's report is not UTF-8")?;
+    let path = repo.root.join("bench/databases.md");
+    std::fs::write(&path, &report).with_context(|| format!("cannot write {}", path.display()))?;
+    print!("{report}");
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}

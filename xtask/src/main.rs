@@ -53,8 +53,13 @@ enum Cmd {
         #[arg(long)]
         host: bool,
     },
+    /// What the statement guard costs, on this host (no VM): pgbench -S
+    /// directly and through the guard against PostgreSQL on loopback, and
+    /// the cost of classifying a statement. Writes bench/databases.md.
+    DbBench,
     /// Fuzz the policy parser and compiler, the record decoder, the
-    /// collector's ingest step and the SQL classifier (cargo-fuzz, installed
+    /// collector's ingest step, the SQL classifier and the statement guard's
+    /// protocol decoder (cargo-fuzz, installed
     /// on first use), each for a bounded time. Crashes are saved in
     /// tests/fuzz/artifacts/.
     Fuzz {
@@ -62,7 +67,7 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
         /// Only this target (policy, record_decode, collector_ingest,
-        /// sql_classify).
+        /// sql_classify, pg_protocol).
         target: Option<String>,
     },
 }
@@ -212,6 +217,7 @@ fn main() -> Result<()> {
         Cmd::Layout => layout::check(&repo),
         Cmd::Demo => demo(&repo),
         Cmd::Bench { host } => bench::bench(&repo, host),
+        Cmd::DbBench => bench::databases(&repo),
         Cmd::Fuzz { seconds, target } => fuzz::fuzz(&repo, seconds, target),
     }
 }

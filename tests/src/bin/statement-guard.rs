@@ -2,13 +2,16 @@
 //! connection gets one profile's rules for one database of a policy file,
 //! and each statement's record is printed as a JSON line.
 
-use std::sync::Arc;
+use std::{io::Write as _, sync::Arc};
 
 use guard_pg::{Authority, Client, ConnectionPolicy, StatementRecord};
 use guard_policy::policy::Mode;
 
 struct OneProfile {
     policy: ConnectionPolicy,
+    /// To the thread that prints records: a write per record would cost
+    /// the connections a system call each.
+    records: std::sync::mpsc::Sender<StatementRecord>,
 }
 
 impl Authority for OneProfile {
@@ -17,10 +20,7 @@ impl Authority for OneProfile {
     }
 
     fn record(&self, record: StatementRecord) {
-        println!(
-            "{}",
-            serde_json::to_string(&record).expect("a record serializes")
-        );
+        self.records.send(record).expect("the printing thread runs");
     }
 }
 
@@ -50,7 +50,22 @@ fn main() {
         .find(|r| &r.database == database)
         .expect("the profile has rules for the database")
         .clone();
+    let (records, printed) = std::sync::mpsc::channel::<StatementRecord>();
+    std::thread::spawn(move || {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        // Write what has arrived, then flush while waiting for more.
+        while let Ok(first) = printed.recv() {
+            let mut next = Some(first);
+            while let Some(record) = next {
+                serde_json::to_writer(&mut out, &record).expect("write a record");
+                out.write_all(b"\n").expect("write a record");
+                next = printed.try_recv().ok();
+            }
+            out.flush().expect("flush records");
+        }
+    });
     let authority = OneProfile {
+        records,
         policy: ConnectionPolicy {
             profile: profile.name.clone(),
             enforce: profile.mode == Mode::Enforce,
