@@ -16,7 +16,7 @@ use serde_saphyr::Spanned;
 
 pub use guard_sql::Class;
 
-use crate::policy::{Access, Location, PolicyError, check_name};
+use crate::common::{Access, Location, PolicyError, check_name, host_name};
 
 /// A database the statement guard stands in front of.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -279,7 +279,7 @@ fn check_server(server: &str) -> Result<(), String> {
         .ok()
         .filter(|&p| p > 0)
         .ok_or_else(bad)?;
-    crate::policy::host_name(host).map(drop).map_err(|_| bad())
+    host_name(host).map(drop).map_err(|_| bad())
 }
 
 /// Reads one profile's section for one database; `rule_ids` holds the

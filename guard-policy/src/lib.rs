@@ -3,6 +3,7 @@
 //! the kernel's policy maps. guardd enforces what this produces, and
 //! `guardctl policy check` runs the same steps.
 
+mod common;
 pub mod compile;
 pub mod database;
 pub mod policy;
