@@ -13,6 +13,7 @@ use std::{
 use serde_json::Value;
 
 pub mod collector;
+pub mod databases;
 
 pub const EPERM: i32 = libc::EPERM;
 

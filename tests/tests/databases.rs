@@ -6,15 +6,12 @@
 //! release binaries and PostgreSQL).
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    process::{Child, Command, Output, Stdio},
+    io::Write as _,
+    process::{Command, Output, Stdio},
     time::Duration,
 };
 
-use guard_tests::{
-    bin,
-    collector::{Postgres, free_port},
-};
+use guard_tests::{collector::Postgres, databases::StatementGuard};
 use serde_json::Value;
 
 const POLICY: &str = "\
@@ -50,8 +47,7 @@ agents: []
 /// A PostgreSQL server, and the statement guard in front of it.
 struct Guarded {
     postgres: Postgres,
-    guard: Child,
-    port: u16,
+    guard: StatementGuard,
     records: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -64,24 +60,11 @@ impl Guarded {
         std::fs::write(&policy, POLICY.replace("PORT", &postgres.port.to_string()))
             .expect("policy");
         let records = dir.path().join("records.jsonl");
-        let port = free_port();
-        let mut guard = Command::new(bin("statement-guard"))
-            .arg(format!("127.0.0.1:{port}"))
-            .arg(&policy)
-            .args(["cleanup", "shop"])
-            .stdout(std::fs::File::create(&records).expect("records"))
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the statement guard");
-        let mut line = String::new();
-        BufReader::new(guard.stderr.take().expect("stderr"))
-            .read_line(&mut line)
-            .expect("the guard's first line");
-        assert!(line.contains("listening"), "{line}");
+        let file = std::fs::File::create(&records).expect("records");
+        let guard = StatementGuard::start(&policy, "cleanup", "shop", file.into());
         let guarded = Guarded {
             postgres,
             guard,
-            port,
             records,
             _dir: dir,
         };
@@ -94,7 +77,7 @@ impl Guarded {
     }
 
     fn url(&self) -> String {
-        format!("postgres://guard@127.0.0.1:{}/postgres", self.port)
+        self.guard.url()
     }
 
     fn psql_at(&self, url: &str, sql: &str, stdin: &str) -> Output {
@@ -189,13 +172,6 @@ impl Guarded {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        let _ = self.guard.kill();
-        let _ = self.guard.wait();
     }
 }
 

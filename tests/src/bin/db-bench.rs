@@ -11,10 +11,7 @@ use std::{
     time::Instant,
 };
 
-use guard_tests::{
-    bin,
-    collector::{Postgres, free_port},
-};
+use guard_tests::{collector::Postgres, databases::StatementGuard};
 
 const CLIENTS: &str = "8";
 const SECONDS: &str = "15";
@@ -89,19 +86,7 @@ fn main() {
         ),
     )
     .expect("policy");
-    let port = free_port();
-    let mut guard = Command::new(bin("statement-guard"))
-        .arg(format!("127.0.0.1:{port}"))
-        .arg(&policy)
-        .args(["reader", "bench"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the statement guard");
-    let mut line = String::new();
-    BufReader::new(guard.stderr.take().expect("stderr"))
-        .read_line(&mut line)
-        .expect("the guard's first line");
+    let guard = StatementGuard::start(&policy, "reader", "bench", Stdio::null());
     let init = Command::new(postgres.bin_dir.join("pgbench"))
         .args(["-i", "-q", "-s", "10"])
         .arg(&postgres.url)
@@ -112,7 +97,7 @@ fn main() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let guarded_url = format!("postgres://guard@127.0.0.1:{port}/postgres");
+    let guarded_url = guard.url();
     let logs = dir.path().join("logs");
 
     println!("# The statement guard's cost\n");
@@ -153,6 +138,5 @@ fn main() {
     ] {
         println!("| `{sql}` | {:.1} |", classify_cost(sql, 2000));
     }
-    let _ = guard.kill();
-    let _ = guard.wait();
+    drop(guard);
 }
