@@ -177,20 +177,18 @@ impl StatementRules {
             }
         };
         for &class in classes {
-            let general = || for_class(class).filter(|r| r.objects.is_empty());
+            // What the rules naming no table say about this class.
+            let general = strictest(&mut for_class(class).filter(|r| r.objects.is_empty()))
+                .unwrap_or(default);
             if objects.is_empty() {
-                consider(strictest(&mut general()).unwrap_or(default));
+                consider(general);
             }
             for object in objects {
                 let specific = strictest(
                     &mut for_class(class)
                         .filter(|r| r.objects.iter().any(|p| p.matches(object, r.effect))),
                 );
-                consider(
-                    specific
-                        .or_else(|| strictest(&mut general()))
-                        .unwrap_or(default),
-                );
+                consider(specific.unwrap_or(general));
             }
         }
         verdict.unwrap_or(default)
