@@ -15,6 +15,7 @@ pub mod proxy;
 
 use std::collections::BTreeSet;
 
+use guard_api::record::Verdict;
 use guard_policy::database::StatementRules;
 use serde::Serialize;
 
@@ -51,8 +52,7 @@ pub trait Authority: Send + Sync + 'static {
 pub struct StatementRecord {
     pub client: Client,
     pub profile: String,
-    /// `allow`, `deny` or `would_deny`.
-    pub verdict: &'static str,
+    pub verdict: Verdict,
     /// The rule that decided; none when the default did, or when the guard
     /// itself refused (`reason` says why).
     pub rule: Option<String>,

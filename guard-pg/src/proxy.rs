@@ -11,6 +11,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use guard_api::record::Verdict;
 use guard_policy::database::StatementEffect;
 use guard_sql::{ANY_SETTING, Class, Strings};
 use tokio::{
@@ -60,13 +61,40 @@ pub async fn serve(
     }
 }
 
+/// An error the guard tells the client: its message starts with `guard: `,
+/// so that no one takes it for the server's.
+fn guard_error(severity: &str, code: &str, message: &str, detail: Option<&str>) -> Message {
+    protocol::error_response(severity, code, &format!("guard: {message}"), detail)
+}
+
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
 enum Ended {
+    /// A message that breaks the protocol (`08P01`), or the connection lost.
     #[error("{0}")]
     Protocol(#[from] ProtocolError),
-    #[error("refused: {0}")]
-    Refused(String),
+    /// Refused by the guard, with the SQLSTATE the client gets.
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
+}
+
+impl Ended {
+    fn refused(code: &'static str, message: impl Into<String>) -> Self {
+        Ended::Refused {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The `FATAL` error that tells the client why: the connection's last
+    /// message.
+    fn to_client(&self) -> Message {
+        let (code, message) = match self {
+            Ended::Protocol(e) => (PROTOCOL_VIOLATION, e.to_string()),
+            Ended::Refused { code, message } => (*code, message.clone()),
+        };
+        guard_error("FATAL", code, &message, None)
+    }
 }
 
 impl From<std::io::Error> for Ended {
@@ -75,12 +103,11 @@ impl From<std::io::Error> for Ended {
     }
 }
 
-/// Sends a `FATAL` error: the last message of a connection.
-async fn fatal(writer: &mut (impl AsyncWrite + Unpin), code: &str, message: &str) -> Ended {
-    let error = protocol::error_response("FATAL", code, message, None);
-    let _ = writer.write_all(&error.bytes).await;
+/// Tells the client why its connection ends, and returns the reason.
+async fn fatal(writer: &mut (impl AsyncWrite + Unpin), ended: Ended) -> Ended {
+    let _ = writer.write_all(&ended.to_client().bytes).await;
     let _ = writer.flush().await;
-    Ended::Refused(message.to_string())
+    ended
 }
 
 async fn connection(
@@ -108,14 +135,7 @@ async fn connection(
             }
             Ok(Startup::Start { params, raw }) => break (params, raw),
             Err(ProtocolError::Closed) => return Ok(()),
-            Err(e) => {
-                return Err(fatal(
-                    &mut client_write,
-                    PROTOCOL_VIOLATION,
-                    &format!("guard: {e}"),
-                )
-                .await);
-            }
+            Err(e) => return Err(fatal(&mut client_write, e.into()).await),
         }
     };
     let param = |name: &str| {
@@ -125,16 +145,12 @@ async fn connection(
             .map(|(_, v)| v.as_str())
     };
     if param("replication").is_some_and(|v| !matches!(v, "false" | "off" | "no" | "0")) {
-        let why = "guard: replication connections are not allowed through the statement guard";
-        return Err(fatal(&mut client_write, REFUSED, why).await);
+        let why = "replication connections are not allowed through the statement guard";
+        return Err(fatal(&mut client_write, Ended::refused(REFUSED, why)).await);
     }
     let Some(user) = param("user") else {
-        return Err(fatal(
-            &mut client_write,
-            PROTOCOL_VIOLATION,
-            "guard: the startup packet names no user",
-        )
-        .await);
+        let why = "the startup packet names no user";
+        return Err(fatal(&mut client_write, Ended::refused(PROTOCOL_VIOLATION, why)).await);
     };
     let client = Client {
         address: peer.to_string(),
@@ -143,14 +159,14 @@ async fn connection(
     };
     let policy = match authority.connection(&client) {
         Ok(policy) => policy,
-        Err(why) => return Err(fatal(&mut client_write, "28000", &format!("guard: {why}")).await),
+        Err(why) => return Err(fatal(&mut client_write, Ended::refused("28000", why)).await),
     };
 
     let server = match TcpStream::connect(server).await {
         Ok(server) => server,
         Err(e) => {
-            let why = format!("guard: cannot reach the database server {server}: {e}");
-            return Err(fatal(&mut client_write, "08001", &why).await);
+            let why = format!("cannot reach the database server {server}: {e}");
+            return Err(fatal(&mut client_write, Ended::refused("08001", why)).await);
         }
     };
     server.set_nodelay(true)?;
@@ -170,8 +186,9 @@ async fn connection(
         return Ok(());
     };
     if reading.get("client_encoding").map(String::as_str) != Some("UTF8") {
-        let why = "guard: the statement guard reads statements as UTF-8; connect with client_encoding UTF8";
-        return Err(fatal(&mut client_write, NOT_SUPPORTED, why).await);
+        let why =
+            "the statement guard reads statements as UTF-8; connect with client_encoding UTF8";
+        return Err(fatal(&mut client_write, Ended::refused(NOT_SUPPORTED, why)).await);
     }
     let strings = match reading
         .get("standard_conforming_strings")
@@ -229,9 +246,9 @@ async fn authenticate(
                 // Ok, cleartext, MD5, SASL start, continue and final.
                 let Some(code @ (0 | 3 | 5 | 10 | 11 | 12)) = code else {
                     let why = format!(
-                        "guard: the server asks for an authentication method the guard does not relay ({code:?}); use scram-sha-256, md5, password or trust"
+                        "the server asks for an authentication method the guard does not relay ({code:?}); use scram-sha-256, md5, password or trust"
                     );
-                    return Err(fatal(client_write, NOT_SUPPORTED, &why).await);
+                    return Err(fatal(client_write, Ended::refused(NOT_SUPPORTED, why)).await);
                 };
                 client_write.write_all(&message.bytes).await?;
                 client_write.flush().await?;
@@ -240,8 +257,10 @@ async fn authenticate(
                         .await?
                         .ok_or(ProtocolError::Closed)?;
                     if reply.tag() != b'p' {
-                        let why = "guard: expected a password message during authentication";
-                        return Err(fatal(client_write, PROTOCOL_VIOLATION, why).await);
+                        let why = "expected a password message during authentication";
+                        return Err(
+                            fatal(client_write, Ended::refused(PROTOCOL_VIOLATION, why)).await
+                        );
                     }
                     server_write.write_all(&reply.bytes).await?;
                     server_write.flush().await?;
@@ -266,10 +285,10 @@ async fn authenticate(
             }
             other => {
                 let why = format!(
-                    "guard: unexpected message {:?} from the server during startup",
+                    "unexpected message {:?} from the server during startup",
                     other as char
                 );
-                return Err(fatal(client_write, PROTOCOL_VIOLATION, &why).await);
+                return Err(fatal(client_write, Ended::refused(PROTOCOL_VIOLATION, why)).await);
             }
         }
     }
@@ -330,10 +349,16 @@ impl Judge {
             Err(e) => {
                 let refusal = Refusal {
                     code: UNPARSABLE,
-                    message: format!("guard: {e}"),
+                    message: e.to_string(),
                     detail: None,
                 };
-                self.record(None, "deny", None, Some(refusal.message.clone()), false);
+                self.record(
+                    None,
+                    Verdict::Deny,
+                    None,
+                    Some(refusal.message.clone()),
+                    false,
+                );
                 return Err(refusal);
             }
         };
@@ -362,9 +387,9 @@ impl Judge {
         let refused = outcomes.iter().position(|(_, _, o)| o.refusal.is_some());
         for (statement, judged, outcome) in &outcomes {
             let (verdict, reason) = match (refused, &outcome.refusal) {
-                (_, Some(refusal)) => ("deny", Some(refusal.message.clone())),
+                (_, Some(refusal)) => (Verdict::Deny, Some(refusal.message.clone())),
                 (Some(_), None) => (
-                    "deny",
+                    Verdict::Deny,
                     Some("not run: another statement of the same message was refused".into()),
                 ),
                 (None, None) => (outcome.verdict, None),
@@ -391,13 +416,13 @@ impl Judge {
             .find(|s| READING_SETTINGS.contains(&s.as_str()) || s.as_str() == ANY_SETTING)
         {
             return Outcome {
-                verdict: "deny",
+                verdict: Verdict::Deny,
                 rule: None,
                 monitored: false,
                 refusal: Some(Refusal {
                     code: REFUSED,
                     message: format!(
-                        "guard: changing `{setting}` is not allowed: the guard must read statements as the server does"
+                        "changing `{setting}` is not allowed: the guard must read statements as the server does"
                     ),
                     detail: None,
                 }),
@@ -409,7 +434,7 @@ impl Judge {
         let monitored = judgement.effect == StatementEffect::Monitor;
         if judgement.effect != StatementEffect::Deny {
             return Outcome {
-                verdict: "allow",
+                verdict: Verdict::Allow,
                 rule,
                 monitored,
                 refusal: None,
@@ -417,7 +442,7 @@ impl Judge {
         }
         if !self.policy.enforce {
             return Outcome {
-                verdict: "would_deny",
+                verdict: Verdict::WouldDeny,
                 rule,
                 monitored,
                 refusal: None,
@@ -426,8 +451,8 @@ impl Judge {
         let classes: Vec<_> = judged.classes.iter().map(|c| c.name()).collect();
         let objects: Vec<_> = judged.objects.iter().map(String::as_str).collect();
         let message = match judgement.rule.and_then(|r| r.message.as_deref()) {
-            Some(message) => format!("guard: {message}"),
-            None => "guard: the policy does not allow this statement".to_string(),
+            Some(message) => message.to_string(),
+            None => "the policy does not allow this statement".to_string(),
         };
         let by = match &rule {
             Some(id) => format!("rule `{id}`"),
@@ -445,7 +470,7 @@ impl Judge {
             },
         );
         Outcome {
-            verdict: "deny",
+            verdict: Verdict::Deny,
             rule,
             monitored,
             refusal: Some(Refusal {
@@ -459,7 +484,7 @@ impl Judge {
     fn record(
         &self,
         statement: Option<(&guard_sql::Statement, &Judged)>,
-        verdict: &'static str,
+        verdict: Verdict,
         rule: Option<String>,
         reason: Option<String>,
         monitored: bool,
@@ -489,7 +514,7 @@ impl Judge {
 }
 
 struct Outcome {
-    verdict: &'static str,
+    verdict: Verdict,
     rule: Option<String>,
     monitored: bool,
     refusal: Option<Refusal>,
@@ -519,8 +544,7 @@ impl Upstream {
     ) -> Result<(), Ended> {
         let result = self.relay(&mut client, &mut server).await;
         if let Err(e) = &result {
-            let error =
-                protocol::error_response("FATAL", PROTOCOL_VIOLATION, &format!("guard: {e}"), None);
+            let error = e.to_client();
             self.shared.lock().expect("lock").fatal.get_or_insert(error);
         }
         // The server ends the session; `downstream` then sees it close.
@@ -563,15 +587,14 @@ impl Upstream {
                     let unit = self.next_unit();
                     let refusal = Refusal {
                         code: NOT_SUPPORTED,
-                        message: "guard: the fast-path function call interface is not allowed through the guard; call functions with SELECT".into(),
+                        message: "the fast-path function call interface is not allowed through the guard; call functions with SELECT".into(),
                         detail: None,
                     };
                     Some(self.stand_in(unit, refusal, false))
                 }
                 Frontend::Password => {
-                    return Err(Ended::Refused(
-                        "a password message after authentication".into(),
-                    ));
+                    let why = "a password message after authentication";
+                    return Err(Ended::refused(PROTOCOL_VIOLATION, why));
                 }
                 Frontend::Terminate => return Ok(()),
                 // The server ignores everything up to `Sync` but a flush.
@@ -599,7 +622,7 @@ impl Upstream {
     fn stand_in(&mut self, unit: u64, refusal: Refusal, extended: bool) -> Message {
         let token = format!("guard_refused_{}_{}", self.nonce, self.stand_ins);
         self.stand_ins += 1;
-        let error = protocol::error_response(
+        let error = guard_error(
             "ERROR",
             refusal.code,
             &refusal.message,
@@ -652,12 +675,15 @@ async fn downstream(
                         && reading.get(&name) != Some(&value)
                     {
                         warn!(%name, %value, "a setting the guard reads statements by changed; ending the connection");
-                        return Err(Ended::Refused(format!(
+                        return Err(Ended::refused(REFUSED, format!(
                             "`{name}` changed to `{value}`: the guard can no longer read statements as the server does"
                         )));
                     }
                 }
-                b'W' => return Err(Ended::Refused("the server started a COPY BOTH, which the guard does not relay".into())),
+                b'W' => {
+                    let why = "the server started a COPY BOTH, which the guard does not relay";
+                    return Err(Ended::refused(NOT_SUPPORTED, why));
+                }
                 _ => {}
             }
             client.write_all(&out.bytes).await?;
@@ -668,16 +694,8 @@ async fn downstream(
         Ok(())
     }
     .await;
-    let fatal = match &result {
-        Err(Ended::Refused(why)) => Some(protocol::error_response(
-            "FATAL",
-            REFUSED,
-            &format!("guard: {why}"),
-            None,
-        )),
-        _ => None,
-    };
-    if let Some(error) = fatal.or_else(|| shared.lock().expect("lock").fatal.take()) {
+    let ended = result.as_ref().err().map(Ended::to_client);
+    if let Some(error) = ended.or_else(|| shared.lock().expect("lock").fatal.take()) {
         let _ = client.write_all(&error.bytes).await;
     }
     let _ = client.flush().await;
