@@ -331,6 +331,18 @@ fn to_proto(r: &Record, chain: String, json: &str) -> pb::Record {
                 .collect(),
         }),
         redacted: r.redacted.clone(),
+        statement: r.statement.as_ref().map(|s| pb::Statement {
+            database: s.database.clone(),
+            server: s.server.clone(),
+            dbname: s.dbname.clone(),
+            user: s.user.clone(),
+            client: s.client.clone(),
+            classes: s.classes.clone(),
+            objects: s.objects.clone(),
+            normalized: s.normalized.clone(),
+            fingerprint: s.fingerprint.clone(),
+            monitored: s.monitored,
+        }),
     }
 }
 

@@ -3,7 +3,8 @@
 //! service ([`audit`]) that guardd and guard-collector both serve
 //! ([`grpc`], which also dials guardd's local API socket), the OCSF form of
 //! records ([`ocsf`]), shipping events files to a collector ([`ship`]),
-//! sessions ([`session`]) and default [`paths`], starting a command inside a
+//! sessions ([`session`]) and default [`paths`], what guardd and its
+//! statement guard tell each other ([`statement_guard`]), starting a command inside a
 //! cgroup ([`launch`]),
 //! [`metrics`] serving, [`time`] formats, [`shutdown`] on signals, logging
 //! and exit codes.
@@ -22,6 +23,7 @@ pub mod record;
 pub mod session;
 pub mod ship;
 pub mod shutdown;
+pub mod statement_guard;
 pub mod time;
 
 /// Generated from the protos.

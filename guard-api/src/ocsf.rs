@@ -2,7 +2,8 @@
 //! log shippers and SIEMs: Process Activity (1007) for exec, File System
 //! Activity (1001) for file actions, Network Activity (4001) for connect
 //! and send, each with `action_id`/`disposition_id` for allowed, denied and
-//! would-deny and the deciding rule as `policy`. A self-protection denial
+//! would-deny and the deciding rule as `policy`; Datastore Activity (6005)
+//! for database statements. A self-protection denial
 //! (an agent tampering with Guard or the kernel) is a Detection Finding
 //! (2004). Guard's own fields that
 //! OCSF has no place for are under `unmapped`.
@@ -59,7 +60,50 @@ fn class(r: &Record) -> (u32, &'static str, u32, &'static str, u32, &'static str
             6,
             "Traffic",
         ),
+        Action::Statement => {
+            let (id, name) = statement_activity(r);
+            (
+                DATASTORE,
+                "Datastore Activity",
+                6,
+                "Application Activity",
+                id,
+                name,
+            )
+        }
         _ => with(FILE, 99, "Other"),
+    }
+}
+
+const DATASTORE: u32 = 6005;
+
+/// A statement's Datastore Activity, from its classes: the most
+/// destructive wins.
+fn statement_activity(r: &Record) -> (u32, &'static str) {
+    let classes = r
+        .statement
+        .as_ref()
+        .map(|s| &s.classes[..])
+        .unwrap_or_default();
+    let has = |names: &[&str]| classes.iter().any(|c| names.contains(&c.as_str()));
+    if has(&["drop", "truncate", "delete_without_where"]) {
+        (7, "Delete")
+    } else if has(&[
+        "alter",
+        "rename",
+        "comment",
+        "privilege",
+        "update_without_where",
+    ]) {
+        (2, "Update")
+    } else if has(&["create"]) {
+        (6, "Create")
+    } else if has(&["write"]) {
+        (5, "Write")
+    } else if has(&["read"]) {
+        (4, "Query")
+    } else {
+        (99, "Other")
     }
 }
 
@@ -181,6 +225,38 @@ fn decision(host: &str, r: &Record, sealed: &str) -> Value {
             event["unmapped"]["target"] = json!(r.target);
         }
         1007 => event["process"] = json!({"file": {"path": r.target}}),
+        DATASTORE => {
+            let s = r.statement.clone().unwrap_or_default();
+            // The statement guard knows no process, only the connection.
+            if r.pid == 0 {
+                event["actor"]
+                    .as_object_mut()
+                    .expect("an object")
+                    .remove("process");
+            }
+            if r.session.is_none() {
+                event["actor"]["user"] = json!({"name": s.user});
+            }
+            event["type_id"] = json!(1);
+            event["type"] = json!("Database");
+            event["database"] = json!({"name": s.database, "type_id": 1, "type": "Relational"});
+            event["query_info"] = json!({"query_string": s.normalized, "uid": s.fingerprint});
+            if let Ok(client) = s.client.parse::<std::net::SocketAddr>() {
+                event["src_endpoint"] =
+                    json!({"ip": client.ip().to_string(), "port": client.port()});
+            }
+            event["dst_endpoint"] = match s.server.parse::<std::net::SocketAddr>() {
+                Ok(server) => json!({"ip": server.ip().to_string(), "port": server.port()}),
+                Err(_) => json!({"hostname": s.server}),
+            };
+            event["unmapped"]["statement"] = json!({
+                "dbname": s.dbname,
+                "user": s.user,
+                "classes": s.classes,
+                "objects": s.objects,
+                "monitored": s.monitored,
+            });
+        }
         4001 => {
             if let Ok(addr) = r.target.parse::<std::net::SocketAddr>() {
                 event["dst_endpoint"] = json!({"ip": addr.ip().to_string(), "port": addr.port()});

@@ -67,6 +67,9 @@ pub struct Record {
     /// The exhausted budget of a denial by rule `budget:NAME`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetNote>,
+    /// The statement of a `statement` record (the statement guard's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<StatementNote>,
 }
 
 /// What a decision decided. Its name is how records, the API's filters,
@@ -130,13 +133,15 @@ pub enum Action {
     TicketApprove,
     TicketDeny,
     TicketExpire,
+    /// A database statement, judged by the statement guard.
+    Statement,
     /// A kernel record of a hook this guardd does not know, or a record
     /// from a newer guardd with an action this build does not know.
     Unknown,
 }
 
 impl Action {
-    pub const ALL: [Action; 28] = [
+    pub const ALL: [Action; 29] = [
         Action::Exec,
         Action::ExecMap,
         Action::Unlink,
@@ -164,6 +169,7 @@ impl Action {
         Action::TicketApprove,
         Action::TicketDeny,
         Action::TicketExpire,
+        Action::Statement,
         Action::Unknown,
     ];
 
@@ -196,6 +202,7 @@ impl Action {
             Action::TicketApprove => "ticket_approve",
             Action::TicketDeny => "ticket_deny",
             Action::TicketExpire => "ticket_expire",
+            Action::Statement => "statement",
             Action::Unknown => "unknown",
         }
     }
@@ -276,6 +283,31 @@ pub struct BudgetNote {
     pub spent: u64,
     pub burst: u32,
     pub rate: String,
+}
+
+/// A database statement as the statement guard judged it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatementNote {
+    /// The database as the policy names it, and its server (`host:port`).
+    pub database: String,
+    pub server: String,
+    /// The PostgreSQL database and the login name the client asked for.
+    pub dbname: String,
+    pub user: String,
+    /// The client's address (`ip:port`).
+    pub client: String,
+    /// What the statement does (docs/databases.md lists the classes), and
+    /// the tables it names.
+    pub classes: Vec<String>,
+    pub objects: Vec<String>,
+    /// The statement with its literals replaced by `$1`, `$2`, ...; empty
+    /// when it did not parse.
+    pub normalized: String,
+    /// The same for every statement that differs only in its literals.
+    pub fingerprint: String,
+    /// A `monitor` rule matched (`rule` names it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub monitored: bool,
 }
 
 /// The rule of a self-protection denial (`guard_common::SELF_PROTECTION`).

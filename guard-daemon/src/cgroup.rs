@@ -211,6 +211,15 @@ impl GuardRoot {
 }
 
 /// The directories directly below `dir`.
+/// Whether cgroup `id` is `dir` or one below it.
+pub fn contains(dir: &Path, id: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if fs::metadata(dir).is_ok_and(|m| m.ino() == id) {
+        return true;
+    }
+    subdirs(dir).any(|sub| contains(&sub, id))
+}
+
 pub fn subdirs(dir: &Path) -> impl Iterator<Item = PathBuf> {
     fs::read_dir(dir)
         .into_iter()

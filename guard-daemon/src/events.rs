@@ -254,6 +254,7 @@ pub fn to_record(
             expires: None,
         }),
         budget,
+        statement: None,
     }
 }
 

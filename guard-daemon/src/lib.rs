@@ -22,5 +22,6 @@ pub mod kernel_layout;
 pub mod metrics;
 pub mod redact;
 pub mod session;
+pub mod sock_diag;
 pub mod spool;
 pub mod trust;

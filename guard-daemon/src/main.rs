@@ -112,6 +112,16 @@ struct Args {
     #[arg(long, env = "GUARD_DNS_SERVER", value_name = "IP")]
     dns_server: Option<std::net::IpAddr>,
 
+    /// The statement guard's program, started when the policy names
+    /// databases (docs/databases.md); default: `guard-pg` next to guardd.
+    #[arg(long, env = "GUARD_STATEMENT_GUARD", value_name = "PATH")]
+    statement_guard: Option<PathBuf>,
+
+    /// The unprivileged user the statement guard runs as: it parses what
+    /// database clients send, so it gets no root and no BPF.
+    #[arg(long, env = "GUARD_STATEMENT_GUARD_USER", default_value = "nobody")]
+    statement_guard_user: String,
+
     /// Detach the programs guardd left attached for --cgroup-root, then
     /// exit. guardd keeps its programs attached (pinned in
     /// /sys/fs/bpf/guard) when it stops or dies, so that agents stay
@@ -163,6 +173,17 @@ fn main() {
             state_file: args.state_file,
             why_dir: args.why_dir,
             dns_server: args.dns_server,
+            statement_guard: daemon::StatementGuardConfig {
+                program: args.statement_guard.unwrap_or_else(|| {
+                    let me = std::env::current_exe().unwrap_or_default();
+                    me.with_file_name("guard-pg")
+                }),
+                user: args.statement_guard_user,
+                log_format: match args.log_format {
+                    LogFormat::Text => "text",
+                    LogFormat::Json => "json",
+                },
+            },
             host_name: args.host_name.unwrap_or_else(|| {
                 nix::unistd::gethostname()
                     .map(|h| h.to_string_lossy().into_owned())

@@ -94,7 +94,7 @@ impl Sessions {
             let found = self
                 .entries
                 .values()
-                .filter(|e| contains_cgroup(&e.path, cgroup))
+                .filter(|e| crate::cgroup::contains(&e.path, cgroup))
                 .max_by_key(|e| e.path.components().count())
                 .map(|e| e.session.id.clone());
             self.by_cgroup.insert(cgroup, found);
@@ -164,14 +164,6 @@ impl Sessions {
 }
 
 /// Whether a cgroup with id `id` lies in the tree at `dir`.
-fn contains_cgroup(dir: &Path, id: u64) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata(dir).is_ok_and(|m| m.ino() == id) {
-        return true;
-    }
-    crate::cgroup::subdirs(dir).any(|sub| contains_cgroup(&sub, id))
-}
-
 /// A new session id: a random UUID from the kernel.
 pub fn new_id() -> std::io::Result<String> {
     Ok(std::fs::read_to_string("/proc/sys/kernel/random/uuid")?

@@ -13,9 +13,9 @@ mod cache;
 pub mod protocol;
 pub mod proxy;
 
-use std::collections::BTreeSet;
+use std::{future::Future, net::SocketAddr, pin::Pin};
 
-use guard_api::record::Verdict;
+use guard_api::record::{StatementNote, Verdict};
 use guard_policy::database::StatementRules;
 use serde::Serialize;
 
@@ -23,6 +23,8 @@ use serde::Serialize;
 /// database.
 #[derive(Clone, Debug)]
 pub struct ConnectionPolicy {
+    /// The authority's number for the connection, which its records carry.
+    pub connection: u64,
     pub profile: String,
     /// `false` in a profile's monitor mode: statements rules deny are
     /// allowed and recorded as `would_deny`.
@@ -30,38 +32,41 @@ pub struct ConnectionPolicy {
     pub rules: StatementRules,
 }
 
-/// Who opened a connection, as the guard knows it.
-#[derive(Clone, Debug, Serialize)]
+/// A connection to the guard, as its startup packet describes it.
+#[derive(Clone, Debug)]
 pub struct Client {
-    pub address: String,
+    pub peer: SocketAddr,
+    /// The guard's own address of the connection.
+    pub local: SocketAddr,
     /// The login name the client asked for.
     pub user: String,
-    pub database: String,
+    /// The PostgreSQL database the client asked for.
+    pub dbname: String,
 }
+
+/// A connection's policy, or why it is refused.
+pub type Decision = Pin<Box<dyn Future<Output = Result<ConnectionPolicy, String>> + Send>>;
 
 /// Where the guard gets each connection's policy and sends its records.
 pub trait Authority: Send + Sync + 'static {
     /// The policy for a new connection; `Err` refuses it with the reason.
-    fn connection(&self, client: &Client) -> Result<ConnectionPolicy, String>;
+    fn connection(&self, client: &Client) -> Decision;
     /// Takes one statement's record.
     fn record(&self, record: StatementRecord);
+    /// Connection `connection` ended.
+    fn closed(&self, connection: u64);
 }
 
 /// One statement, as judged.
 #[derive(Clone, Debug, Serialize)]
 pub struct StatementRecord {
-    pub client: Client,
+    pub connection: u64,
     pub profile: String,
     pub verdict: Verdict,
-    /// The rule that decided; none when the default did, or when the guard
-    /// itself refused (`reason` says why).
+    /// The rule that decided (`statement-guard` when the guard itself
+    /// refused; `reason` says why); none when the default did.
     pub rule: Option<String>,
     pub reason: Option<String>,
-    /// A `monitor` rule matched.
-    pub monitored: bool,
-    pub classes: BTreeSet<&'static str>,
-    pub objects: BTreeSet<String>,
-    /// The statement with its literals replaced by `$1`, `$2`, ...
-    pub normalized: String,
-    pub fingerprint: String,
+    #[serde(flatten)]
+    pub statement: StatementNote,
 }

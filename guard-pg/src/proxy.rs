@@ -11,7 +11,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use guard_api::record::Verdict;
+use guard_api::{
+    record::{StatementNote, Verdict},
+    statement_guard::GUARD_RULE,
+};
 use guard_policy::database::StatementEffect;
 use guard_sql::{ANY_SETTING, Class, Strings};
 use tokio::{
@@ -113,7 +116,7 @@ async fn fatal(writer: &mut (impl AsyncWrite + Unpin), ended: Ended) -> Ended {
 async fn connection(
     client: TcpStream,
     peer: SocketAddr,
-    server: &str,
+    server_name: &str,
     authority: Arc<dyn Authority>,
 ) -> Result<(), Ended> {
     client.set_nodelay(true)?;
@@ -130,7 +133,10 @@ async fn connection(
             }
             Ok(Startup::Cancel(packet)) => {
                 // The key is the server's own, relayed at startup.
-                TcpStream::connect(server).await?.write_all(&packet).await?;
+                TcpStream::connect(server_name)
+                    .await?
+                    .write_all(&packet)
+                    .await?;
                 return Ok(());
             }
             Ok(Startup::Start { params, raw }) => break (params, raw),
@@ -153,19 +159,24 @@ async fn connection(
         return Err(fatal(&mut client_write, Ended::refused(PROTOCOL_VIOLATION, why)).await);
     };
     let client = Client {
-        address: peer.to_string(),
+        peer,
+        local: client_write.get_ref().local_addr()?,
         user: user.to_string(),
-        database: param("database").unwrap_or(user).to_string(),
+        dbname: param("database").unwrap_or(user).to_string(),
     };
-    let policy = match authority.connection(&client) {
+    let policy = match authority.connection(&client).await {
         Ok(policy) => policy,
         Err(why) => return Err(fatal(&mut client_write, Ended::refused("28000", why)).await),
     };
+    let _closed = Closed {
+        authority: authority.clone(),
+        connection: policy.connection,
+    };
 
-    let server = match TcpStream::connect(server).await {
+    let server = match TcpStream::connect(server_name).await {
         Ok(server) => server,
         Err(e) => {
-            let why = format!("cannot reach the database server {server}: {e}");
+            let why = format!("cannot reach the database server {server_name}: {e}");
             return Err(fatal(&mut client_write, Ended::refused("08001", why)).await);
         }
     };
@@ -185,7 +196,15 @@ async fn connection(
     else {
         return Ok(());
     };
-    if reading.get("client_encoding").map(String::as_str) != Some("UTF8") {
+    // The guard reads statements as UTF-8 (and refuses text that is not).
+    // The server reads them the same way in UTF8, and byte for byte in
+    // SQL_ASCII (what psql asks for in the C locale). Other encodings are
+    // converted first; some have multibyte characters whose second byte is
+    // a quote or a backslash, so the server would read them differently.
+    if !matches!(
+        reading.get("client_encoding").map(String::as_str),
+        Some("UTF8" | "SQL_ASCII")
+    ) {
         let why =
             "the statement guard reads statements as UTF-8; connect with client_encoding UTF8";
         return Err(fatal(&mut client_write, Ended::refused(NOT_SUPPORTED, why)).await);
@@ -204,6 +223,7 @@ async fn connection(
     let judge = Judge {
         policy,
         client,
+        server: server_name.into(),
         authority,
         strings,
         prepared: HashMap::new(),
@@ -221,6 +241,19 @@ async fn connection(
         downstream(server_read, client_write, shared, reading)
     );
     up.and(down)
+}
+
+/// Tells the authority when a connection it decided ends, however it
+/// ends.
+struct Closed {
+    authority: Arc<dyn Authority>,
+    connection: u64,
+}
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        self.authority.closed(self.connection);
+    }
 }
 
 /// Relays authentication until the server is ready for queries; returns
@@ -332,6 +365,8 @@ struct Judged {
 struct Judge {
     policy: ConnectionPolicy,
     client: Client,
+    /// The server's `host:port`.
+    server: String,
     authority: Arc<dyn Authority>,
     strings: Strings,
     /// Prepared statements by name (protocol-level and `PREPARE` share one
@@ -355,7 +390,7 @@ impl Judge {
                 self.record(
                     None,
                     Verdict::Deny,
-                    None,
+                    Some(GUARD_RULE.into()),
                     Some(refusal.message.clone()),
                     false,
                 );
@@ -417,7 +452,7 @@ impl Judge {
         {
             return Outcome {
                 verdict: Verdict::Deny,
-                rule: None,
+                rule: Some(GUARD_RULE.into()),
                 monitored: false,
                 refusal: Some(Refusal {
                     code: REFUSED,
@@ -489,26 +524,29 @@ impl Judge {
         reason: Option<String>,
         monitored: bool,
     ) {
-        let (classes, objects, normalized, fingerprint) = match statement {
-            Some((statement, judged)) => (
-                judged.classes.iter().map(|c| c.name()).collect(),
-                judged.objects.clone(),
-                statement.normalized.clone(),
-                statement.fingerprint.clone(),
-            ),
-            None => Default::default(),
+        let mut note = StatementNote {
+            database: self.policy.rules.database.clone(),
+            server: self.server.clone(),
+            dbname: self.client.dbname.clone(),
+            user: self.client.user.clone(),
+            client: self.client.peer.to_string(),
+            monitored,
+            ..StatementNote::default()
         };
+        if let Some((statement, judged)) = statement {
+            note.classes = judged.classes.iter().map(|c| c.name().into()).collect();
+            note.classes.sort();
+            note.objects = judged.objects.iter().cloned().collect();
+            note.normalized = statement.normalized.clone();
+            note.fingerprint = statement.fingerprint.clone();
+        }
         self.authority.record(StatementRecord {
-            client: self.client.clone(),
+            connection: self.policy.connection,
             profile: self.policy.profile.clone(),
             verdict,
             rule,
             reason,
-            monitored,
-            classes,
-            objects,
-            normalized,
-            fingerprint,
+            statement: note,
         });
     }
 }

@@ -76,6 +76,9 @@ pub struct CompiledPolicy {
     pub pinned_files: Vec<(PathBuf, Option<FileVersion>)>,
     /// Things the operator should know that do not stop the policy.
     pub notes: Vec<String>,
+    /// The databases the statement guard stands in front of (it judges
+    /// their statements itself, from the policy's text).
+    pub databases: Vec<crate::database::Database>,
 }
 
 impl CompiledPolicy {
@@ -235,6 +238,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
             .expect("parse checked that agents name existing profiles");
         out.agents.push((agent.name.clone(), index));
     }
+    out.databases = policy.databases.clone();
     check_capacity(&out, policy)?;
     Ok(out)
 }

@@ -24,6 +24,8 @@ pub struct Database {
     pub name: String,
     /// Where the server listens: `host:port`, the host an address or a name.
     pub server: String,
+    /// Where the statement guard listens for this database's clients.
+    pub listen: std::net::SocketAddr,
     /// The profile of connections from processes in no Guard session
     /// (people, services); such connections are refused when `None`.
     pub default_profile: Option<String>,
@@ -202,6 +204,7 @@ impl StatementRules {
 pub(crate) struct DatabaseFile {
     name: Spanned<String>,
     server: Spanned<String>,
+    listen: Spanned<String>,
     default_profile: Option<Spanned<String>>,
 }
 
@@ -254,9 +257,31 @@ pub(crate) fn databases(file: Vec<Spanned<DatabaseFile>>) -> Result<Vec<Database
                 format!("database `{name}`: {reason}"),
             )
         })?;
+        let listen = check_listen(&entry.listen.value).map_err(|reason| {
+            PolicyError::new(
+                entry.listen.referenced,
+                format!("database `{name}`: {reason}"),
+            )
+        })?;
+        if let Some(other) = databases.iter().find(|d| d.listen == listen) {
+            return Err(PolicyError::new(
+                entry.listen.referenced,
+                format!(
+                    "database `{name}`: the statement guard already listens on {listen} for database `{}`",
+                    other.name
+                ),
+            ));
+        }
+        if server.parse() == Ok(listen) {
+            return Err(PolicyError::new(
+                entry.listen.referenced,
+                format!("database `{name}`: `listen` is the server's own address"),
+            ));
+        }
         databases.push(Database {
             name,
             server,
+            listen,
             default_profile: entry.default_profile.map(|p| p.value),
             location,
         });
@@ -278,6 +303,18 @@ fn check_server(server: &str) -> Result<(), String> {
         .filter(|&p| p > 0)
         .ok_or_else(bad)?;
     host_name(host).map(drop).map_err(|_| bad())
+}
+
+/// An IP address and a port other than 0: clients must know where to
+/// connect.
+fn check_listen(listen: &str) -> Result<std::net::SocketAddr, String> {
+    listen
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .filter(|a| a.port() > 0)
+        .ok_or_else(|| {
+            format!("listen `{listen}` must be an IP address and a port (e.g. `127.0.0.1:6432` or `[::1]:6432`)")
+        })
 }
 
 /// Reads one profile's section for one database; `rule_ids` holds the
@@ -485,6 +522,7 @@ mod tests {
 databases:
   - name: shop
     server: db.internal:5432
+    listen: 127.0.0.1:6432
     default_profile: people
 profiles:
   - name: people
@@ -525,7 +563,7 @@ agents: []
         );
         let deny = &section.rules[1];
         assert!(deny.approvable);
-        assert_eq!(deny.location.line, 12);
+        assert_eq!(deny.location.line, 13);
         assert_eq!(deny.classes, [Class::Drop, Class::Truncate].into());
     }
 
@@ -535,13 +573,13 @@ agents: []
             (
                 "classes: [drop, truncate]",
                 "classes: [drop, trunc]",
-                12,
+                13,
                 "unknown class `trunc`",
             ),
             (
                 "database: shop",
                 "database: shoe",
-                9,
+                10,
                 "no database is named `shoe`",
             ),
             (
@@ -559,10 +597,28 @@ agents: []
             (
                 "objects: [public.customers]",
                 "objects: [a.b.c]",
-                17,
+                18,
                 "object `a.b.c`",
             ),
-            ("id: watch-customers", "id: no-drop", 12, "already used"),
+            ("id: watch-customers", "id: no-drop", 13, "already used"),
+            (
+                "listen: 127.0.0.1:6432",
+                "listen: localhost:6432",
+                4,
+                "must be an IP address and a port",
+            ),
+            (
+                "listen: 127.0.0.1:6432",
+                "listen: 127.0.0.1:0",
+                4,
+                "must be an IP address and a port",
+            ),
+            (
+                "server: db.internal:5432",
+                "server: 127.0.0.1:6432",
+                4,
+                "the server's own address",
+            ),
             ("        monitor:", "        allow:", 0, ""),
         ] {
             let text = POLICY.replace(from, to);

@@ -18,11 +18,20 @@ pub struct StatementGuard {
 }
 
 impl StatementGuard {
-    pub fn start(policy: &Path, profile: &str, database: &str, records: Stdio) -> StatementGuard {
+    /// Writes `policy` to `dir` with `LISTEN` replaced by a free loopback
+    /// port, and starts the guard on that port.
+    pub fn start(
+        dir: &Path,
+        policy: &str,
+        profile: &str,
+        database: &str,
+        records: Stdio,
+    ) -> StatementGuard {
         let port = free_port();
+        let path = dir.join("policy.yaml");
+        std::fs::write(&path, policy.replace("LISTEN", &port.to_string())).expect("policy");
         let mut child = Command::new(bin("statement-guard"))
-            .arg(format!("127.0.0.1:{port}"))
-            .arg(policy)
+            .arg(&path)
             .args([profile, database])
             .stdout(records)
             .stderr(Stdio::piped())

@@ -18,6 +18,7 @@ const POLICY: &str = "\
 databases:
   - name: shop
     server: 127.0.0.1:PORT
+    listen: 127.0.0.1:LISTEN
 profiles:
   - name: cleanup
     default: allow
@@ -56,12 +57,10 @@ impl Guarded {
     fn start() -> Guarded {
         let postgres = Postgres::start();
         let dir = tempfile::tempdir().expect("tempdir");
-        let policy = dir.path().join("policy.yaml");
-        std::fs::write(&policy, POLICY.replace("PORT", &postgres.port.to_string()))
-            .expect("policy");
         let records = dir.path().join("records.jsonl");
         let file = std::fs::File::create(&records).expect("records");
-        let guard = StatementGuard::start(&policy, "cleanup", "shop", file.into());
+        let policy = POLICY.replace("PORT", &postgres.port.to_string());
+        let guard = StatementGuard::start(dir.path(), &policy, "cleanup", "shop", file.into());
         let guarded = Guarded {
             postgres,
             guard,

@@ -64,8 +64,8 @@ pub fn bench(repo: &Repo, on_host: bool) -> Result<()> {
             String::from_utf8_lossy(&output.stdout).into_owned(),
         )
     } else {
-        let image = initramfs(repo, &artifacts)?;
         let kernel = vm::kernel(repo, vm::Series::V6_12)?;
+        let image = initramfs(repo, &artifacts, std::slice::from_ref(&kernel))?;
         boot(repo, &kernel, &image, "bench", true)?;
         let log = repo.cache.join(format!("vm-{}-bench.log", kernel.package));
         (kernel.package.clone(), std::fs::read_to_string(log)?)

@@ -57,15 +57,17 @@ pub fn build(repo: &Repo) -> Result<Artifacts> {
     })
 }
 
-pub const BINARIES: [&str; 5] = [
+pub const BINARIES: [&str; 6] = [
     "guardd",
     "guardctl",
     "guard-collector",
+    "guard-pg",
     "guard-probe",
     "guard-bench",
 ];
 
-pub fn initramfs(repo: &Repo, artifacts: &Artifacts) -> Result<PathBuf> {
+/// The initramfs every VM boots, with the modules of each of `kernels`.
+pub fn initramfs(repo: &Repo, artifacts: &Artifacts, kernels: &[vm::Kernel]) -> Result<PathBuf> {
     let mut files: Vec<_> = BINARIES
         .iter()
         .map(|b| (artifacts.bin_dir.join(b), format!("/guard/bin/{b}")))
@@ -84,6 +86,12 @@ pub fn initramfs(repo: &Repo, artifacts: &Artifacts) -> Result<PathBuf> {
         if path.exists() {
             files.push((path, format!("/guard/audit/{tool}")));
         }
+    }
+    // PostgreSQL, for the statement guard's kernel tests: the server, initdb
+    // and psql, the files initdb needs, and the time zones.
+    files.extend(postgresql()?);
+    for kernel in kernels {
+        files.extend(kernel.modules.iter().cloned());
     }
     // GUARD_TEST_ARGS passes extra libtest arguments (a filter, --nocapture)
     // to the kernel tests; the no-lsm boot always runs its one test.
@@ -107,6 +115,56 @@ pub fn initramfs(repo: &Repo, artifacts: &Artifacts) -> Result<PathBuf> {
             ),
         ],
     )
+}
+
+/// PostgreSQL's programs and data files, at their own paths (`cargo xtask
+/// setup` installs PostgreSQL).
+fn postgresql() -> Result<Vec<(PathBuf, String)>> {
+    let version = std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL is not installed (cargo xtask setup)")?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.join("bin/initdb").exists())
+        .context("no initdb in /usr/lib/postgresql/*/bin (cargo xtask setup)")?;
+    let number = version.file_name().expect("a version directory");
+    let mut files: Vec<(PathBuf, String)> = ["postgres", "initdb", "psql"]
+        .iter()
+        .map(|program| {
+            let path = version.join("bin").join(program);
+            let guest = path.display().to_string();
+            (path, guest)
+        })
+        .collect();
+    // The server's loadable modules (plpgsql, the snowball dictionaries
+    // initdb sets up); not the JIT's bitcode.
+    for entry in std::fs::read_dir(version.join("lib"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "so") {
+            let guest = path.display().to_string();
+            files.push((path, guest));
+        }
+    }
+    for dir in [
+        Path::new("/usr/share/postgresql").join(number),
+        PathBuf::from("/usr/share/zoneinfo"),
+    ] {
+        tree(&dir, &mut files)?;
+    }
+    Ok(files)
+}
+
+/// Every file below `dir`, at its own path.
+fn tree(dir: &Path, files: &mut Vec<(PathBuf, String)>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            tree(&path, files)?;
+        } else if path.is_file() {
+            let guest = path.display().to_string();
+            files.push((path, guest));
+        }
+    }
+    Ok(())
 }
 
 /// The kernel's default LSM list with `bpf` in it (or removed from it).

@@ -74,12 +74,15 @@ enum Cmd {
 
 fn vm_tests(repo: &Repo, series: &[Series]) -> Result<()> {
     let artifacts = build(repo)?;
-    let image = initramfs(repo, &artifacts)?;
+    let kernels = series
+        .iter()
+        .map(|&s| vm::kernel(repo, s))
+        .collect::<Result<Vec<_>>>()?;
+    let image = initramfs(repo, &artifacts, &kernels)?;
     let mut report = Vec::new();
     let mut passed = 0;
-    for &s in series {
-        let kernel = vm::kernel(repo, s)?;
-        let run = boot(repo, &kernel, &image, "test", true)?;
+    for kernel in &kernels {
+        let run = boot(repo, kernel, &image, "test", true)?;
         report.push(format!(
             "{}: {} kernel tests passed ({:.0}s)",
             kernel.package,
@@ -88,7 +91,7 @@ fn vm_tests(repo: &Repo, series: &[Series]) -> Result<()> {
         ));
         passed += run.passed;
         // The same kernel with BPF LSM left out of `lsm=`: guardd must refuse.
-        let run = boot(repo, &kernel, &image, "no-lsm", false)?;
+        let run = boot(repo, kernel, &image, "no-lsm", false)?;
         report.push(format!(
             "{}: without bpf in lsm=, guardd refused ({:.0}s)",
             kernel.package,
@@ -192,8 +195,8 @@ fn demo(repo: &Repo) -> Result<()> {
             .env("GUARD_BIN_DIR", &artifacts.bin_dir));
     }
     eprintln!("xtask: running the demo in a VM with Debian's 6.12 cloud kernel instead\n");
-    let image = initramfs(repo, &artifacts)?;
     let kernel = vm::kernel(repo, Series::V6_12)?;
+    let image = initramfs(repo, &artifacts, std::slice::from_ref(&kernel))?;
     boot(repo, &kernel, &image, "demo", true).map(drop)
 }
 

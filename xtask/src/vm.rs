@@ -52,7 +52,15 @@ pub struct Kernel {
     pub image: PathBuf,
     /// CONFIG_LSM: the LSMs the kernel enables by default.
     pub default_lsm: String,
+    /// The modules the guest loads at boot, in order: (file here, path in
+    /// the guest).
+    pub modules: Vec<(PathBuf, String)>,
 }
+
+/// Modules the guest loads: the kernel's socket diagnostics for TCP
+/// (`sock_diag`), with which guardd finds who opened a connection to the
+/// statement guard. A host loads them on demand; the guest has no modprobe.
+const MODULES: [&str; 2] = ["inet_diag", "tcp_diag"];
 
 /// The newest cloud image of `series` that apt knows, downloaded and unpacked
 /// into the cache once.
@@ -61,7 +69,8 @@ pub fn kernel(repo: &Repo, series: Series) -> Result<Kernel> {
     let dir = repo.cache.join("kernels").join(&package);
     let image = dir.join("vmlinuz");
     let config = dir.join("config");
-    if !image.exists() || !config.exists() {
+    let modules = dir.join("modules");
+    if !image.exists() || !config.exists() || !modules.exists() {
         eprintln!("xtask: fetching kernel {package}");
         let work = dir.with_extension("tmp");
         let _ = fs::remove_dir_all(&work);
@@ -93,6 +102,7 @@ pub fn kernel(repo: &Repo, series: Series) -> Result<Kernel> {
         fs::create_dir_all(&dir)?;
         fs::copy(find("vmlinuz-")?, &image)?;
         fs::copy(find("config-")?, &config)?;
+        unpack_modules(&work.join("root/lib/modules"), &modules)?;
         fs::remove_dir_all(&work)?;
     }
     let default_lsm = fs::read_to_string(&config)?
@@ -102,12 +112,57 @@ pub fn kernel(repo: &Repo, series: Series) -> Result<Kernel> {
                 .map(|v| v.trim_matches('"').to_string())
         })
         .context("kernel config has no CONFIG_LSM")?;
+    let release = fs::read_dir(&modules)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .context("no modules unpacked")?;
+    let modules = MODULES
+        .iter()
+        .map(|m| {
+            let file = format!("{release}/{m}.ko");
+            (modules.join(&file), format!("/lib/modules/{file}"))
+        })
+        .collect();
     Ok(Kernel {
         series,
         package,
         image,
         default_lsm,
+        modules,
     })
+}
+
+/// Copies [`MODULES`] from the package's `lib/modules/RELEASE/` into
+/// `to/RELEASE/`, uncompressed.
+fn unpack_modules(from: &Path, to: &Path) -> Result<()> {
+    let release = fs::read_dir(from)?
+        .filter_map(|e| e.ok())
+        .next()
+        .context("the kernel package has no lib/modules")?
+        .file_name();
+    let source = from.join(&release).join("kernel/net/ipv4");
+    let target = to.join(&release);
+    fs::create_dir_all(&target)?;
+    for module in MODULES {
+        let plain = source.join(format!("{module}.ko"));
+        let packed = source.join(format!("{module}.ko.xz"));
+        let out = target.join(format!("{module}.ko"));
+        if plain.exists() {
+            fs::copy(&plain, &out)?;
+        } else {
+            let unpacked = Command::new("xz")
+                .arg("-dc")
+                .arg(&packed)
+                .output()
+                .context("xz is not installed (cargo xtask setup)")?;
+            if !unpacked.status.success() {
+                bail!("cannot unpack {}", packed.display());
+            }
+            fs::write(&out, unpacked.stdout)?;
+        }
+    }
+    Ok(())
 }
 
 /// Picks the highest version of the series from `apt-cache search`, so a
@@ -177,15 +232,24 @@ pub fn initramfs(repo: &Repo, payload: &Payload, scripts: &[(&str, String)]) -> 
         let target = stage.join(dst.trim_start_matches('/'));
         fs::create_dir_all(target.parent().expect("payload paths have a directory"))?;
         fs::copy(src, &target).with_context(|| format!("copying {}", src.display()))?;
-        libs.extend(shared_libraries(src)?);
+        if loadable(src)? {
+            libs.extend(shared_libraries(src)?);
+        }
     }
     for lib in libs {
         let target = stage.join(lib.trim_start_matches('/'));
         fs::create_dir_all(target.parent().expect("library paths are absolute"))?;
         fs::copy(&lib, &target).with_context(|| format!("copying {lib}"))?;
     }
-    fs::write(stage.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
-    fs::write(stage.join("etc/group"), "root:x:0:\n")?;
+    // PostgreSQL runs as `postgres`, the statement guard as `nobody`.
+    fs::write(
+        stage.join("etc/passwd"),
+        "root:x:0:0:root:/:/bin/sh\npostgres:x:70:70:PostgreSQL:/tmp:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )?;
+    fs::write(
+        stage.join("etc/group"),
+        "root:x:0:\npostgres:x:70:\nnogroup:x:65534:\n",
+    )?;
     write_executable(&stage.join("init"), INIT)?;
     for (mode, script) in scripts {
         write_executable(&stage.join(format!("guard/run-{mode}.sh")), script)?;
@@ -219,6 +283,13 @@ fn write_executable(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// An executable or a shared object (data files need no `ldd`).
+fn loadable(path: &Path) -> Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = fs::metadata(path)?.permissions().mode() & 0o111 != 0;
+    Ok(executable || path.extension().is_some_and(|e| e == "so"))
+}
+
 /// Shared objects an executable loads, from `ldd` (empty for static ones).
 fn shared_libraries(exe: &Path) -> Result<Vec<String>> {
     let out = Command::new("ldd").arg(exe).output()?;
@@ -245,6 +316,7 @@ mount -t securityfs securityfs /sys/kernel/security
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
+for module in /lib/modules/$(uname -r)/*.ko; do [ -e "$module" ] && insmod "$module"; done
 mode=$(sed -n 's/.*guard.mode=\([a-z-]*\).*/\1/p' /proc/cmdline)
 echo "GUARD-VM-BOOTED kernel=$(uname -r) lsm=$(cat /sys/kernel/security/lsm) mode=$mode"
 cd /guard

@@ -35,7 +35,7 @@ impl Builtins {
         };
         let dir = me.parent().unwrap_or(Path::new("/")).to_path_buf();
         let mut binaries = vec![me];
-        for sibling in ["guardd", "guardctl", "guard-collector"] {
+        for sibling in ["guardd", "guardctl", "guard-collector", "guard-pg"] {
             let path = dir.join(sibling);
             if !binaries.contains(&path) {
                 binaries.push(path);

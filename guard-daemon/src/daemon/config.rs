@@ -40,6 +40,18 @@ pub struct Config {
     pub why_dir: PathBuf,
     /// The DNS server for hostname rules; the system's when `None`.
     pub dns_server: Option<std::net::IpAddr>,
+    /// How the statement guard runs, for policies that name databases.
+    pub statement_guard: StatementGuardConfig,
+}
+
+/// How guardd runs its statement guard (`guard-pg`).
+#[derive(Clone, Debug)]
+pub struct StatementGuardConfig {
+    pub program: PathBuf,
+    /// The unprivileged user it runs as.
+    pub user: String,
+    /// `--log-format` for its logs, which go to guardd's stderr.
+    pub log_format: &'static str,
 }
 
 impl Config {

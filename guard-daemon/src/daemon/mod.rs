@@ -3,8 +3,9 @@
 //! One [`state::State`] behind a mutex owns the enforcer, the generations
 //! and the session table. Three things use it: the record stream
 //! ([`writer`]), the local API ([`services`], with its callers in
-//! [`caller`] and its refusals in [`refusal`]) and reloads ([`reload`]).
-//! [`run`] starts them all.
+//! [`caller`] and its refusals in [`refusal`]), reloads ([`reload`]) and
+//! the statement guard's connections ([`statements`]). [`run`] starts them
+//! all.
 
 pub mod approvals;
 mod builtins;
@@ -18,9 +19,12 @@ mod reload;
 mod run;
 mod services;
 mod state;
+mod statements;
 mod why;
 mod writer;
 
 pub use builtins::Builtins;
-pub use config::{Config, Fatal, Persistence, compile_policy, load_own_policy};
+pub use config::{
+    Config, Fatal, Persistence, StatementGuardConfig, compile_policy, load_own_policy,
+};
 pub use run::{check_host, detach, run};

@@ -26,7 +26,7 @@ use super::{
     config::{Config, Fatal, Persistence, failure, load_own_policy},
     dns, hosts, kept, reload, services,
     state::{State, lock},
-    why,
+    statements, why,
     writer::{self, Out, RecordWriter},
 };
 
@@ -209,6 +209,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
     tasks.spawn(until(
         &shutdown,
         reload::reload_on_change(state.clone(), changes_rx, watcher),
+    ));
+    tasks.spawn(statements::run(
+        state.clone(),
+        config.statement_guard.clone(),
+        shutdown.clone(),
     ));
     tasks.spawn(until(
         &shutdown,

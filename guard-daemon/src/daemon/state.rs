@@ -83,6 +83,8 @@ pub struct State {
     pub(super) notes: Vec<guard_api::record::Record>,
     /// The addresses of hostname rules.
     pub(super) hosts: hosts::Hosts,
+    /// The number of each generation as it is published.
+    pub(super) published: tokio::sync::watch::Sender<u64>,
 }
 
 impl State {
@@ -130,6 +132,7 @@ impl State {
             tickets: approvals::Tickets::default(),
             notes: Vec::new(),
             hosts: hosts::Hosts::default(),
+            published: tokio::sync::watch::Sender::new(0),
         };
         if let Some(adopted) = &state.enforcer.adopted
             && let Some(persistence) = persistence
@@ -213,6 +216,7 @@ impl State {
             loaded: guard_api::time::now_rfc3339(),
         }));
         self.generations.truncate(GENERATIONS_KEPT + 1);
+        self.published.send_replace(info.generation);
         self.keep();
         if let Ok(hooks) = std::env::var("GUARD_FAULT_DETACH_ON_RELOAD")
             && info.generation > 1

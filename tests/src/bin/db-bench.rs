@@ -77,16 +77,11 @@ fn classify_cost(sql: &str, rounds: u32) -> f64 {
 fn main() {
     let postgres = Postgres::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "databases:\n  - name: bench\n    server: 127.0.0.1:{}\nprofiles:\n  - name: reader\n    default: allow\n    databases:\n      - database: bench\n        default: deny\n        allow:\n          - id: reads\n            classes: [read, transaction, setting]\nagents: []\n",
-            postgres.port
-        ),
-    )
-    .expect("policy");
-    let guard = StatementGuard::start(&policy, "reader", "bench", Stdio::null());
+    let policy = format!(
+        "databases:\n  - name: bench\n    server: 127.0.0.1:{}\n    listen: 127.0.0.1:LISTEN\nprofiles:\n  - name: reader\n    default: allow\n    databases:\n      - database: bench\n        default: deny\n        allow:\n          - id: reads\n            classes: [read, transaction, setting]\nagents: []\n",
+        postgres.port
+    );
+    let guard = StatementGuard::start(dir.path(), &policy, "reader", "bench", Stdio::null());
     let init = Command::new(postgres.bin_dir.join("pgbench"))
         .args(["-i", "-q", "-s", "10"])
         .arg(&postgres.url)

@@ -1,10 +1,11 @@
-//! Runs Guard's statement guard (`guard-pg`) for the database tests: every
-//! connection gets one profile's rules for one database of a policy file,
-//! and each statement's record is printed as a JSON line.
+//! Runs Guard's statement guard (`guard-pg`) for the database tests without
+//! guardd: every connection gets one profile's rules for one database of a
+//! policy file (on that database's `listen` address), and each statement's
+//! record is printed as a JSON line.
 
 use std::{io::Write as _, sync::Arc};
 
-use guard_pg::{Authority, Client, ConnectionPolicy, StatementRecord};
+use guard_pg::{Authority, Client, ConnectionPolicy, Decision, StatementRecord};
 use guard_policy::policy::Mode;
 
 struct OneProfile {
@@ -15,30 +16,32 @@ struct OneProfile {
 }
 
 impl Authority for OneProfile {
-    fn connection(&self, _client: &Client) -> Result<ConnectionPolicy, String> {
-        Ok(self.policy.clone())
+    fn connection(&self, _client: &Client) -> Decision {
+        let policy = self.policy.clone();
+        Box::pin(async move { Ok(policy) })
     }
 
     fn record(&self, record: StatementRecord) {
         self.records.send(record).expect("the printing thread runs");
     }
+
+    fn closed(&self, _connection: u64) {}
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, listen, policy, profile, database] = &args[..] else {
-        eprintln!("usage: statement-guard LISTEN POLICY PROFILE DATABASE");
+    let [_, policy, profile, database] = &args[..] else {
+        eprintln!("usage: statement-guard POLICY PROFILE DATABASE");
         std::process::exit(2);
     };
     let text = std::fs::read_to_string(policy).expect("read the policy");
     let parsed = guard_policy::policy::parse(&text).unwrap_or_else(|e| panic!("{policy}: {e}"));
-    let server = parsed
+    let entry = parsed
         .databases
         .iter()
         .find(|d| &d.name == database)
-        .expect("the database is in the policy")
-        .server
-        .clone();
+        .expect("the database is in the policy");
+    let (server, listen) = (entry.server.clone(), entry.listen);
     let profile = parsed
         .profiles
         .iter()
@@ -67,6 +70,7 @@ fn main() {
     let authority = OneProfile {
         records,
         policy: ConnectionPolicy {
+            connection: 0,
             profile: profile.name.clone(),
             enforce: profile.mode == Mode::Enforce,
             rules,

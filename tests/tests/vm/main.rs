@@ -8,6 +8,7 @@
 
 mod audit;
 mod bypass;
+mod databases;
 mod default_deny;
 mod examples;
 mod exec;

@@ -1,0 +1,299 @@
+//! `guard-pg`: Guard's statement guard as guardd runs it, an unprivileged
+//! process of its own (it parses hostile input).
+//!
+//! guardd starts it with a control socket on fd 3 (`guard_api::
+//! statement_guard`): guardd sends the policy, and the guard listens on
+//! each database's `listen` address; for each connection it asks guardd
+//! which profile decides (guardd knows the client's session from the
+//! kernel), and it sends guardd every statement's record, which guardd
+//! seals into the host's chain. When guardd goes away, the guard stops:
+//! no connection is served without guardd to decide and record.
+
+use std::{
+    collections::HashMap,
+    os::fd::FromRawFd as _,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use clap::Parser;
+use guard_api::{
+    exit,
+    logs::{self, LogFormat},
+    statement_guard::{CONTROL_FD, FromGuard, ToGuard},
+};
+use guard_pg::{Authority, Client, ConnectionPolicy, Decision, StatementRecord};
+use guard_policy::policy::{Mode, Policy};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, BufWriter},
+    net::{TcpListener, UnixStream},
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tracing::{error, info, warn};
+
+/// Guard's statement guard for PostgreSQL. guardd starts it (as an
+/// unprivileged user) when the policy names databases; it is not meant to
+/// be run by hand.
+///
+/// It listens on each database's `listen` address, judges every statement
+/// with PostgreSQL's own parser and the policy's statement rules before the
+/// server sees it, and sends each statement's record to guardd. See
+/// docs/databases.md.
+#[derive(Parser)]
+#[command(version, max_term_width = 100)]
+struct Args {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn main() {
+    let args = Args::parse();
+    logs::init(args.log_format);
+    let control = match control_socket() {
+        Ok(control) => control,
+        Err(e) => {
+            error!("{e}");
+            std::process::exit(exit::USAGE);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    if let Err(e) = runtime.block_on(run(control)) {
+        error!("{e}");
+        std::process::exit(exit::FAILURE);
+    }
+}
+
+/// The control socket guardd passed on fd 3.
+fn control_socket() -> Result<std::os::unix::net::UnixStream, String> {
+    // SAFETY: fstat writes into `stat` only.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    let is_socket = unsafe { libc::fstat(CONTROL_FD, &mut stat) } == 0
+        && stat.st_mode & libc::S_IFMT == libc::S_IFSOCK;
+    if !is_socket {
+        return Err(format!(
+            "no control socket on fd {CONTROL_FD}: guard-pg is started by guardd, for a policy that names databases (docs/databases.md)"
+        ));
+    }
+    // SAFETY: fd 3 is a socket this process owns from its start.
+    let socket = unsafe { std::os::unix::net::UnixStream::from_raw_fd(CONTROL_FD) };
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| format!("the control socket: {e}"))?;
+    Ok(socket)
+}
+
+/// What the listeners share: the policy in force, the line to guardd, and
+/// the connections waiting for guardd's answer.
+struct Shared {
+    policy: RwLock<Arc<Policy>>,
+    to_guardd: mpsc::UnboundedSender<FromGuard>,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Result<String, String>>>>,
+    next_id: AtomicU64,
+}
+
+/// The authority of one database's listener.
+struct Listener {
+    database: String,
+    shared: Arc<Shared>,
+}
+
+impl Authority for Listener {
+    fn connection(&self, client: &Client) -> Decision {
+        let shared = self.shared.clone();
+        let database = self.database.clone();
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (answer, answered) = oneshot::channel();
+        lock(&shared.waiting).insert(id, answer);
+        let asked = shared.to_guardd.send(FromGuard::Connection {
+            id,
+            database: database.clone(),
+            client: client.peer,
+            local: client.local,
+        });
+        Box::pin(async move {
+            if asked.is_err() {
+                return Err("the statement guard lost guardd".into());
+            }
+            let profile = answered
+                .await
+                .map_err(|_| "the statement guard lost guardd".to_string())??;
+            let policy = shared
+                .policy
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            connection_policy(&policy, id, &profile, &database)
+        })
+    }
+
+    fn record(&self, record: StatementRecord) {
+        let _ = self.shared.to_guardd.send(FromGuard::Statement {
+            id: record.connection,
+            verdict: record.verdict,
+            rule: record.rule,
+            reason: record.reason,
+            note: record.statement,
+        });
+    }
+
+    fn closed(&self, connection: u64) {
+        let _ = self
+            .shared
+            .to_guardd
+            .send(FromGuard::Closed { id: connection });
+    }
+}
+
+/// `profile`'s rules for `database`; a profile without rules for it is
+/// refused the database.
+fn connection_policy(
+    policy: &Policy,
+    connection: u64,
+    profile: &str,
+    database: &str,
+) -> Result<ConnectionPolicy, String> {
+    let found = policy
+        .profiles
+        .iter()
+        .find(|p| p.name == profile)
+        .ok_or_else(|| format!("profile `{profile}` is not in the policy in force"))?;
+    let rules = found
+        .databases
+        .iter()
+        .find(|r| r.database == database)
+        .ok_or_else(|| {
+            format!(
+                "profile `{profile}` has no rules for database `{database}`, so it may not use it"
+            )
+        })?;
+    Ok(ConnectionPolicy {
+        connection,
+        profile: profile.to_string(),
+        enforce: found.mode == Mode::Enforce,
+        rules: rules.clone(),
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
+    let (read, write) = UnixStream::from_std(control)?.into_split();
+    let (to_guardd, mut outgoing) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        policy: RwLock::new(Arc::new(Policy {
+            profiles: vec![],
+            agents: vec![],
+            databases: vec![],
+        })),
+        to_guardd,
+        waiting: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+    });
+    // Records and questions go out in the order they were made.
+    let mut writer = tokio::spawn(async move {
+        let mut write = BufWriter::new(write);
+        while let Some(message) = outgoing.recv().await {
+            let mut line = serde_json::to_vec(&message).expect("messages serialize");
+            line.push(b'\n');
+            write.write_all(&line).await?;
+            if outgoing.is_empty() {
+                write.flush().await?;
+            }
+        }
+        anyhow::Ok(())
+    });
+    let mut listeners = Listeners::default();
+    let mut lines = BufReader::new(read).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Some(line) = line? else {
+                    info!("guardd closed the control socket; stopping");
+                    return Ok(());
+                };
+                match serde_json::from_str(&line)? {
+                    ToGuard::Policy { text } => {
+                        let policy = guard_policy::policy::parse(&text)
+                            .map_err(|e| anyhow::anyhow!("the policy from guardd: {e}"))?;
+                        let policy = Arc::new(policy);
+                        *shared.policy.write().unwrap_or_else(|e| e.into_inner()) = policy.clone();
+                        listeners.update(&policy, &shared).await;
+                    }
+                    ToGuard::Profile { id, answer } => {
+                        if let Some(waiting) = lock(&shared.waiting).remove(&id) {
+                            let _ = waiting.send(answer);
+                        }
+                    }
+                }
+            }
+            written = &mut writer => {
+                written??;
+                anyhow::bail!("the line to guardd closed");
+            }
+        }
+    }
+}
+
+/// The listening sockets, one per database of the policy in force.
+#[derive(Default)]
+struct Listeners {
+    /// Database name → (listen address, server, the task accepting).
+    serving: HashMap<String, (std::net::SocketAddr, String, JoinHandle<()>)>,
+}
+
+impl Listeners {
+    /// Listens for the databases of `policy`: new ones start, changed ones
+    /// restart, removed ones stop accepting (their connections go on).
+    async fn update(&mut self, policy: &Policy, shared: &Arc<Shared>) {
+        self.serving.retain(|name, (listen, server, task)| {
+            let same = policy
+                .databases
+                .iter()
+                .any(|d| &d.name == name && d.listen == *listen && d.server == *server);
+            if !same {
+                task.abort();
+            }
+            same
+        });
+        for database in &policy.databases {
+            if self.serving.contains_key(&database.name) {
+                continue;
+            }
+            let listener = match TcpListener::bind(database.listen).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    warn!(database = %database.name, listen = %database.listen, "cannot listen: {e}");
+                    let _ = shared.to_guardd.send(FromGuard::CannotListen {
+                        database: database.name.clone(),
+                        error: format!("cannot listen on {}: {e}", database.listen),
+                    });
+                    continue;
+                }
+            };
+            info!(database = %database.name, listen = %database.listen, server = %database.server, "guarding");
+            let authority = Arc::new(Listener {
+                database: database.name.clone(),
+                shared: shared.clone(),
+            });
+            let server = database.server.clone();
+            let task = tokio::spawn(async move {
+                if let Err(e) = guard_pg::proxy::serve(listener, server, authority).await {
+                    error!("accepting connections: {e}");
+                }
+            });
+            self.serving.insert(
+                database.name.clone(),
+                (database.listen, database.server.clone(), task),
+            );
+        }
+    }
+}

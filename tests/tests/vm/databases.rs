@@ -1,0 +1,258 @@
+//! The statement guard as guardd runs it: a real PostgreSQL server in the
+//! VM, `psql` run by agents (through `guardctl run`) and by processes in no
+//! session. The profile comes from the client socket's cgroup; the records
+//! are in guardd's chain.
+
+use std::{
+    fs,
+    net::TcpStream,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use guard_tests::collector::{Postgres, free_port};
+use serde_json::Value;
+
+use crate::harness::*;
+
+/// psql's output: (exit success, stdout, stderr).
+fn psql(command: &mut Command, url: &str, sql: &str) -> (bool, String, String) {
+    let out = command
+        .args([url, "-X", "-q", "-A", "-t", "-c", sql])
+        .output()
+        .expect("run psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+fn wait_listening(port: u16, guardd: &Guardd) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the statement guard does not listen on {port}:\n{}",
+            guardd.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The statement records written so far.
+fn statements(guardd: &Guardd) -> Vec<Value> {
+    guardd
+        .records()
+        .into_iter()
+        .filter(|r| r["action"] == "statement")
+        .collect()
+}
+
+/// Waits for the statement record whose normalized text is `normalized`
+/// and whose profile is `profile`.
+fn statement(guardd: &Guardd, profile: &str, normalized: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = statements(guardd);
+        if let Some(r) = all
+            .iter()
+            .find(|r| r["profile"] == profile && r["statement"]["normalized"] == normalized)
+        {
+            return r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no statement record of `{normalized}` by profile {profile}: {all:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// guardd runs the statement guard as `nobody` for a policy with
+/// databases. An agent's connection is judged by its session's profile,
+/// a process in no session by the database's `default_profile`; refused
+/// statements leave the server as it was; every statement is a record in
+/// guardd's chain with the session that made it.
+#[test]
+fn the_statement_guard_judges_each_connection_by_its_session() {
+    let postgres = Postgres::start();
+    let bin_dir = postgres.bin_dir.clone();
+    let direct = |sql: &str| {
+        let (ok, out, err) = psql(&mut Command::new(bin_dir.join("psql")), &postgres.url, sql);
+        assert!(ok, "{sql}: {err}");
+        out
+    };
+    direct("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2), (3)");
+
+    let (guarded, agents_only) = (free_port(), free_port());
+    let policy = format!(
+        "\
+databases:
+  - name: shop
+    server: 127.0.0.1:{server}
+    listen: 127.0.0.1:{guarded}
+    default_profile: people
+  - name: vault
+    server: 127.0.0.1:{server}
+    listen: 127.0.0.1:{agents_only}
+profiles:
+  - name: analyst
+    default: allow
+    databases:
+      - database: shop
+        default: allow
+        deny:
+          - id: no-drop
+            classes: [drop, truncate]
+            message: analysts never drop tables
+      - database: vault
+        default: allow
+  - name: coder
+    default: allow
+  - name: people
+    default: allow
+    databases:
+      - database: shop
+        default: allow
+        deny:
+          - id: people-ask-a-dba
+            classes: [drop]
+            message: ask a DBA to drop tables
+agents:
+  - name: analyst
+    profile: analyst
+  - name: coder
+    profile: coder
+",
+        server = postgres.port,
+    );
+    let e = env();
+    let dir = e.path("databases");
+    fs::create_dir_all(&dir).unwrap();
+    let guardd = Guardd::start(&dir, &policy, "guard-databases-test");
+    wait_listening(guarded, &guardd);
+    let url = |port: u16| format!("postgres://guard@127.0.0.1:{port}/postgres");
+    let as_agent = |agent: &str| {
+        let mut command = Command::new(bin("guardctl"));
+        command
+            .arg("--socket")
+            .arg(&guardd.socket)
+            .args(["run", "--agent", agent, "--"])
+            .arg(bin_dir.join("psql"));
+        command
+    };
+    let untagged = || Command::new(bin_dir.join("psql"));
+
+    // The analyst's DROP is refused with its rule's reason; the table and
+    // its rows are still there. Its reads run.
+    let (ok, _, err) = psql(&mut as_agent("analyst"), &url(guarded), "DROP TABLE t");
+    assert!(
+        !ok && err.contains("guard: analysts never drop tables"),
+        "{err}"
+    );
+    assert_eq!(direct("SELECT count(*) FROM t"), "3");
+    let (ok, out, err) = psql(
+        &mut as_agent("analyst"),
+        &url(guarded),
+        "SELECT count(*) FROM t",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "3");
+
+    // A process in no session gets the database's default profile: its
+    // own rule refuses, with its own reason.
+    let (ok, _, err) = psql(&mut untagged(), &url(guarded), "DROP TABLE t");
+    assert!(
+        !ok && err.contains("guard: ask a DBA to drop tables"),
+        "{err}"
+    );
+    assert_eq!(direct("SELECT count(*) FROM t"), "3");
+
+    // No default profile: only agents whose profile has rules for the
+    // database may use it.
+    let (ok, _, err) = psql(&mut untagged(), &url(agents_only), "SELECT 1");
+    assert!(!ok && err.contains("default_profile"), "{err}");
+    let (ok, _, err) = psql(&mut as_agent("coder"), &url(guarded), "SELECT 1");
+    assert!(
+        !ok && err.contains("profile `coder` has no rules for database `shop`"),
+        "{err}"
+    );
+    let (ok, out, err) = psql(&mut as_agent("analyst"), &url(agents_only), "SELECT 1");
+    assert!(ok && out == "1", "{err}");
+
+    // The records: in guardd's chain, with the session that made them.
+    let drop = statement(&guardd, "analyst", "DROP TABLE t");
+    assert_eq!(drop["verdict"], "deny", "{drop}");
+    assert_eq!(drop["rule"], "no-drop", "{drop}");
+    assert_eq!(drop["agent"], "analyst", "{drop}");
+    assert!(
+        drop["session"].as_str().is_some_and(|s| !s.is_empty()),
+        "{drop}"
+    );
+    assert_eq!(drop["target"], "shop/postgres", "{drop}");
+    assert_eq!(
+        drop["statement"]["classes"],
+        serde_json::json!(["drop"]),
+        "{drop}"
+    );
+    assert_eq!(
+        drop["statement"]["objects"],
+        serde_json::json!(["t"]),
+        "{drop}"
+    );
+    assert!(
+        drop["chain"].as_str().is_some_and(|c| c.len() == 64),
+        "{drop}"
+    );
+    let read = statement(&guardd, "analyst", "SELECT count(*) FROM t");
+    assert_eq!(
+        (&read["verdict"], &read["rule"]),
+        (&"allow".into(), &"default".into())
+    );
+    let human = statement(&guardd, "people", "DROP TABLE t");
+    assert_eq!(human["rule"], "people-ask-a-dba", "{human}");
+    assert_eq!(human["agent"], "", "{human}");
+    assert!(human.get("session").is_none(), "{human}");
+    assert_eq!(human["uid"], 0, "{human}");
+
+    // The guard runs as nobody, with no groups, no capabilities and no way
+    // to gain privileges.
+    let status = guard_status();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    assert_eq!(field("Uid:"), "65534\t65534\t65534\t65534");
+    assert_eq!(field("Gid:"), "65534\t65534\t65534\t65534");
+    assert_eq!(field("Groups:"), "");
+    assert_eq!(field("CapEff:"), "0000000000000000");
+    assert_eq!(field("CapPrm:"), "0000000000000000");
+    assert_eq!(field("NoNewPrivs:"), "1");
+
+    // guardd's record chain holds: `guardctl audit verify`.
+    let verify = Command::new(bin("guardctl"))
+        .args(["audit", "verify"])
+        .arg(&guardd.events)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+/// `/proc/PID/status` of the running `guard-pg`.
+fn guard_status() -> String {
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let path = entry.path();
+        if fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "guard-pg") {
+            return fs::read_to_string(path.join("status")).unwrap();
+        }
+    }
+    panic!("no guard-pg process");
+}
