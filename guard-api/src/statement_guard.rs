@@ -33,6 +33,9 @@ pub enum ToGuard {
         id: u64,
         answer: Result<String, String>,
     },
+    /// The answer to [`FromGuard::Approval`] `query`: the approved ticket
+    /// the statement uses (a one-use ticket is used up by it), if any.
+    Approval { query: u64, ticket: Option<String> },
 }
 
 /// From the guard to guardd.
@@ -56,7 +59,19 @@ pub enum FromGuard {
         /// refused); none when the default did.
         rule: Option<String>,
         reason: Option<String>,
-        note: StatementNote,
+        /// Refused by an `approvable` rule: guardd opens a ticket.
+        approvable: bool,
+        /// Allowed by this approved ticket.
+        ticket: Option<String>,
+        note: Box<StatementNote>,
+    },
+    /// An `approvable` rule refuses a statement with this fingerprint on
+    /// connection `id`: has a human approved it for the connection's
+    /// session?
+    Approval {
+        id: u64,
+        query: u64,
+        fingerprint: String,
     },
     /// Connection `id` ended.
     Closed { id: u64 },

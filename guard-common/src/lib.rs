@@ -661,6 +661,10 @@ pub mod object {
     /// A network destination: `object` holds the address (IPv6 or
     /// IPv4-mapped), `port` the port.
     pub const DESTINATION: u16 = 3;
+    /// A database statement, by its fingerprint (the first 16 bytes of its
+    /// text). The statement guard asks guardd for these; they never enter
+    /// the kernel's map.
+    pub const STATEMENT: u16 = 4;
 }
 
 /// Key of [`map::EXCEPTIONS`]: one object, for one session.
@@ -700,6 +704,26 @@ impl ExceptionKey {
             kind: object::DESTINATION,
             _pad: 0,
         }
+    }
+
+    /// A database statement by its fingerprint.
+    pub fn statement(cgroup: u64, fingerprint: &str) -> Self {
+        let mut object = [0u8; 16];
+        let bytes = fingerprint.as_bytes();
+        let len = bytes.len().min(16);
+        object[..len].copy_from_slice(&bytes[..len]);
+        Self {
+            cgroup,
+            object,
+            port: 0,
+            kind: object::STATEMENT,
+            _pad: 0,
+        }
+    }
+
+    /// Whether the kernel's map holds it (statements are guardd's alone).
+    pub fn in_kernel(&self) -> bool {
+        self.kind != object::STATEMENT
     }
 }
 

@@ -47,10 +47,18 @@ pub struct Client {
 /// A connection's policy, or why it is refused.
 pub type Decision = Pin<Box<dyn Future<Output = Result<ConnectionPolicy, String>> + Send>>;
 
-/// Where the guard gets each connection's policy and sends its records.
+/// The approved ticket a statement may use, if any.
+pub type Approval = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+
+/// Where the guard gets each connection's policy and approvals, and sends
+/// its records.
 pub trait Authority: Send + Sync + 'static {
     /// The policy for a new connection; `Err` refuses it with the reason.
     fn connection(&self, client: &Client) -> Decision;
+    /// A statement with `fingerprint` that an `approvable` rule refuses on
+    /// `connection`: the ticket a human approved for it, which this
+    /// statement uses (a one-use ticket is used up).
+    fn approval(&self, connection: u64, fingerprint: &str) -> Approval;
     /// Takes one statement's record.
     fn record(&self, record: StatementRecord);
     /// Connection `connection` ended.
@@ -67,6 +75,10 @@ pub struct StatementRecord {
     /// refused; `reason` says why); none when the default did.
     pub rule: Option<String>,
     pub reason: Option<String>,
+    /// Refused by an `approvable` rule (a human may approve it).
+    pub approvable: bool,
+    /// Allowed by this approved ticket.
+    pub ticket: Option<String>,
     #[serde(flatten)]
     pub statement: StatementNote,
 }

@@ -24,7 +24,7 @@ use guard_api::{
     logs::{self, LogFormat},
     statement_guard::{CONTROL_FD, FromGuard, ToGuard},
 };
-use guard_pg::{Authority, Client, ConnectionPolicy, Decision, StatementRecord};
+use guard_pg::{Approval, Authority, Client, ConnectionPolicy, Decision, StatementRecord};
 use guard_policy::policy::{Mode, Policy};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, BufWriter},
@@ -90,12 +90,22 @@ fn control_socket() -> Result<std::os::unix::net::UnixStream, String> {
 }
 
 /// What the listeners share: the policy in force, the line to guardd, and
-/// the connections waiting for guardd's answer.
+/// the questions waiting for guardd's answer.
 struct Shared {
     policy: RwLock<Arc<Policy>>,
     to_guardd: mpsc::UnboundedSender<FromGuard>,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<Result<String, String>>>>,
+    /// New connections, by id: their profile.
+    profiles: Mutex<HashMap<u64, oneshot::Sender<Result<String, String>>>>,
+    /// Approval questions, by query: the ticket.
+    approvals: Mutex<HashMap<u64, oneshot::Sender<Option<String>>>>,
+    /// Numbers connections and approval questions.
     next_id: AtomicU64,
+}
+
+impl Shared {
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// The authority of one database's listener.
@@ -108,9 +118,9 @@ impl Authority for Listener {
     fn connection(&self, client: &Client) -> Decision {
         let shared = self.shared.clone();
         let database = self.database.clone();
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = shared.next_id();
         let (answer, answered) = oneshot::channel();
-        lock(&shared.waiting).insert(id, answer);
+        lock(&shared.profiles).insert(id, answer);
         let asked = shared.to_guardd.send(FromGuard::Connection {
             id,
             database: database.clone(),
@@ -133,13 +143,34 @@ impl Authority for Listener {
         })
     }
 
+    fn approval(&self, connection: u64, fingerprint: &str) -> Approval {
+        let shared = self.shared.clone();
+        let query = shared.next_id();
+        let (answer, answered) = oneshot::channel();
+        lock(&shared.approvals).insert(query, answer);
+        let asked = shared.to_guardd.send(FromGuard::Approval {
+            id: connection,
+            query,
+            fingerprint: fingerprint.to_string(),
+        });
+        Box::pin(async move {
+            // Without guardd there is no approval: the refusal stands.
+            if asked.is_err() {
+                return None;
+            }
+            answered.await.ok().flatten()
+        })
+    }
+
     fn record(&self, record: StatementRecord) {
         let _ = self.shared.to_guardd.send(FromGuard::Statement {
             id: record.connection,
             verdict: record.verdict,
             rule: record.rule,
             reason: record.reason,
-            note: record.statement,
+            approvable: record.approvable,
+            ticket: record.ticket,
+            note: Box::new(record.statement),
         });
     }
 
@@ -195,7 +226,8 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
             databases: vec![],
         })),
         to_guardd,
-        waiting: Mutex::new(HashMap::new()),
+        profiles: Mutex::new(HashMap::new()),
+        approvals: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
     });
     // Records and questions go out in the order they were made.
@@ -229,8 +261,13 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                         listeners.update(&policy, &shared).await;
                     }
                     ToGuard::Profile { id, answer } => {
-                        if let Some(waiting) = lock(&shared.waiting).remove(&id) {
+                        if let Some(waiting) = lock(&shared.profiles).remove(&id) {
                             let _ = waiting.send(answer);
+                        }
+                    }
+                    ToGuard::Approval { query, ticket } => {
+                        if let Some(waiting) = lock(&shared.approvals).remove(&query) {
+                            let _ = waiting.send(ticket);
                         }
                     }
                 }

@@ -348,6 +348,7 @@ struct StandIn {
 }
 
 /// Why a statement is refused.
+#[derive(Clone)]
 struct Refusal {
     code: &'static str,
     message: String,
@@ -377,7 +378,7 @@ struct Judge {
 impl Judge {
     /// Judges every statement of `sql` and records each; `Err` when one is
     /// refused (then none of them runs).
-    fn judge(&mut self, sql: &str) -> Result<Judged, Refusal> {
+    async fn judge(&mut self, sql: &str) -> Result<Judged, Refusal> {
         let classified = crate::cache::classify(sql, self.strings);
         let statements = match classified.as_ref() {
             Ok(statements) => statements,
@@ -387,13 +388,8 @@ impl Judge {
                     message: e.to_string(),
                     detail: None,
                 };
-                self.record(
-                    None,
-                    Verdict::Deny,
-                    Some(GUARD_RULE.into()),
-                    Some(refusal.message.clone()),
-                    false,
-                );
+                let outcome = Outcome::refused(Some(GUARD_RULE.into()), refusal.clone());
+                self.record(None, Verdict::Deny, Some(refusal.message.clone()), &outcome);
                 return Err(refusal);
             }
         };
@@ -412,15 +408,33 @@ impl Judge {
                 }
             }
             let outcome = self.outcome(statement, &judged);
-            if let (Some(name), None) = (&statement.prepares, &outcome.refusal) {
-                self.prepared.insert(name.clone(), judged.clone());
-            }
             all.classes.extend(&judged.classes);
             all.objects.extend(judged.objects.iter().cloned());
             outcomes.push((statement, judged, outcome));
         }
+        // A statement refused by an approvable rule runs if a human
+        // approved it, when it is the message's only refused statement (an
+        // approval is not used up by a statement that does not run).
+        let refusals: Vec<usize> = (0..outcomes.len())
+            .filter(|&i| outcomes[i].2.refusal.is_some())
+            .collect();
+        if let [only] = refusals[..]
+            && outcomes[only].2.approvable
+        {
+            let fingerprint = &outcomes[only].0.fingerprint;
+            if let Some(ticket) = self
+                .authority
+                .approval(self.policy.connection, fingerprint)
+                .await
+            {
+                outcomes[only].2.approved(ticket);
+            }
+        }
         let refused = outcomes.iter().position(|(_, _, o)| o.refusal.is_some());
         for (statement, judged, outcome) in &outcomes {
+            if let (Some(name), None) = (&statement.prepares, &outcome.refusal) {
+                self.prepared.insert(name.clone(), judged.clone());
+            }
             let (verdict, reason) = match (refused, &outcome.refusal) {
                 (_, Some(refusal)) => (Verdict::Deny, Some(refusal.message.clone())),
                 (Some(_), None) => (
@@ -429,13 +443,7 @@ impl Judge {
                 ),
                 (None, None) => (outcome.verdict, None),
             };
-            self.record(
-                Some((statement, judged)),
-                verdict,
-                outcome.rule.clone(),
-                reason,
-                outcome.monitored,
-            );
+            self.record(Some((statement, judged)), verdict, reason, outcome);
         }
         match refused {
             Some(i) => Err(outcomes.swap_remove(i).2.refusal.expect("refused")),
@@ -450,39 +458,36 @@ impl Judge {
             .iter()
             .find(|s| READING_SETTINGS.contains(&s.as_str()) || s.as_str() == ANY_SETTING)
         {
-            return Outcome {
-                verdict: Verdict::Deny,
-                rule: Some(GUARD_RULE.into()),
-                monitored: false,
-                refusal: Some(Refusal {
+            return Outcome::refused(
+                Some(GUARD_RULE.into()),
+                Refusal {
                     code: REFUSED,
                     message: format!(
                         "changing `{setting}` is not allowed: the guard must read statements as the server does"
                     ),
                     detail: None,
-                }),
-            };
+                },
+            );
         }
         let rules = &self.policy.rules;
         let judgement = rules.judge(&judged.classes, &judged.objects);
         let rule = judgement.rule.map(|r| r.id.clone());
         let monitored = judgement.effect == StatementEffect::Monitor;
+        let allowed = |verdict| Outcome {
+            verdict,
+            rule: rule.clone(),
+            monitored,
+            refusal: None,
+            approvable: false,
+            ticket: None,
+        };
         if judgement.effect != StatementEffect::Deny {
-            return Outcome {
-                verdict: Verdict::Allow,
-                rule,
-                monitored,
-                refusal: None,
-            };
+            return allowed(Verdict::Allow);
         }
         if !self.policy.enforce {
-            return Outcome {
-                verdict: Verdict::WouldDeny,
-                rule,
-                monitored,
-                refusal: None,
-            };
+            return allowed(Verdict::WouldDeny);
         }
+        let approvable = judgement.rule.is_some_and(|r| r.approvable);
         let classes: Vec<_> = judged.classes.iter().map(|c| c.name()).collect();
         let objects: Vec<_> = judged.objects.iter().map(String::as_str).collect();
         let message = match judgement.rule.and_then(|r| r.message.as_deref()) {
@@ -493,7 +498,7 @@ impl Judge {
             Some(id) => format!("rule `{id}`"),
             None => "the default".to_string(),
         };
-        let detail = format!(
+        let mut detail = format!(
             "Refused by {by} of profile `{}` for database `{}`; the statement's classes: {}; its tables: {}.",
             self.policy.profile,
             rules.database,
@@ -504,15 +509,22 @@ impl Judge {
                 objects.join(", ")
             },
         );
+        if approvable {
+            detail.push_str(
+                " A human may approve this statement for your session: `guardctl tickets` lists the ticket, `guardctl approve ID --once` approves it; then send it again.",
+            );
+        }
         Outcome {
-            verdict: Verdict::Deny,
-            rule,
             monitored,
-            refusal: Some(Refusal {
-                code: REFUSED,
-                message,
-                detail: Some(detail),
-            }),
+            approvable,
+            ..Outcome::refused(
+                rule,
+                Refusal {
+                    code: REFUSED,
+                    message,
+                    detail: Some(detail),
+                },
+            )
         }
     }
 
@@ -520,9 +532,8 @@ impl Judge {
         &self,
         statement: Option<(&guard_sql::Statement, &Judged)>,
         verdict: Verdict,
-        rule: Option<String>,
         reason: Option<String>,
-        monitored: bool,
+        outcome: &Outcome,
     ) {
         let mut note = StatementNote {
             database: self.policy.rules.database.clone(),
@@ -530,7 +541,7 @@ impl Judge {
             dbname: self.client.dbname.clone(),
             user: self.client.user.clone(),
             client: self.client.peer.to_string(),
-            monitored,
+            monitored: outcome.monitored,
             ..StatementNote::default()
         };
         if let Some((statement, judged)) = statement {
@@ -544,8 +555,10 @@ impl Judge {
             connection: self.policy.connection,
             profile: self.policy.profile.clone(),
             verdict,
-            rule,
+            rule: outcome.rule.clone(),
             reason,
+            approvable: outcome.approvable && outcome.refusal.is_some(),
+            ticket: outcome.ticket.clone(),
             statement: note,
         });
     }
@@ -556,6 +569,30 @@ struct Outcome {
     rule: Option<String>,
     monitored: bool,
     refusal: Option<Refusal>,
+    /// Refused by an `approvable` rule.
+    approvable: bool,
+    /// Allowed by this approved ticket.
+    ticket: Option<String>,
+}
+
+impl Outcome {
+    fn refused(rule: Option<String>, refusal: Refusal) -> Outcome {
+        Outcome {
+            verdict: Verdict::Deny,
+            rule,
+            monitored: false,
+            refusal: Some(refusal),
+            approvable: false,
+            ticket: None,
+        }
+    }
+
+    /// A human approved the refused statement: it runs, with `ticket`.
+    fn approved(&mut self, ticket: String) {
+        self.verdict = Verdict::Allow;
+        self.refusal = None;
+        self.ticket = Some(ticket);
+    }
 }
 
 /// The client-to-server half.
@@ -600,13 +637,13 @@ impl Upstream {
             let forward = match Frontend::decode(&message)? {
                 Frontend::Query(sql) => {
                     let unit = self.next_unit();
-                    match self.judge.judge(sql) {
+                    match self.judge.judge(sql).await {
                         Ok(_) => Some(message),
                         Err(refusal) => Some(self.stand_in(unit, refusal, false)),
                     }
                 }
                 Frontend::Parse { .. } if self.discarding => None,
-                Frontend::Parse { name, query } => match self.judge.judge(query) {
+                Frontend::Parse { name, query } => match self.judge.judge(query).await {
                     Ok(judged) => {
                         self.judge.prepared.insert(name.to_string(), judged);
                         Some(message)

@@ -88,7 +88,9 @@ enum Command {
     },
     /// Approve a ticket: the kernel lets the session that was denied do
     /// that action to that object (the same file, program, or address and
-    /// port), so that its retry succeeds. Root only; recorded.
+    /// port), so that its retry succeeds; for a database statement, the
+    /// statement guard lets the session run the same statement (by its
+    /// fingerprint: the same text, any literals). Root only; recorded.
     Approve {
         /// The ticket's id (`guardctl tickets`).
         ticket: String,

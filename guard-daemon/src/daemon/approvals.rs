@@ -4,6 +4,10 @@
 //! approves it, for one use or for a time, and the kernel then lets that
 //! session do that to that object (`guard_common::Exception`), until the
 //! ticket is used, expires or is denied. Each step is a record.
+//!
+//! A database statement's ticket is bound to the session and the
+//! statement's fingerprint; the statement guard asks guardd for it
+//! ([`Tickets::use_statement`]) and the kernel never holds it.
 
 use std::collections::BTreeMap;
 
@@ -186,7 +190,11 @@ impl Tickets {
             session: session.into(),
             agent: record.agent.clone(),
             action: record.action,
-            target: record.target.clone(),
+            // A statement's ticket shows the statement a human approves.
+            target: match &record.statement {
+                Some(s) => format!("{}: {}", record.target, s.normalized),
+                None => record.target.clone(),
+            },
             rule: record.rule.clone(),
             message: record.message.clone(),
             opened: record.time.clone(),
@@ -271,6 +279,19 @@ impl Tickets {
         }
     }
 
+    /// The approved ticket for statement `key`, used by a statement: a
+    /// one-use ticket is used up.
+    pub fn use_statement(&mut self, key: ExceptionKey) -> Option<TicketNote> {
+        let now = boot_ns();
+        let entry = self.entries.values_mut().find(|e| {
+            e.key == key && e.ticket.state == TicketState::Approved && e.expires_boot_ns > now
+        })?;
+        if entry.ticket.once {
+            entry.ticket.state = TicketState::Used;
+        }
+        Some(note(&entry.ticket, "used"))
+    }
+
     /// Approved tickets past their time: expired, with their keys (the
     /// kernel already refuses them) and records.
     pub fn expire(&mut self) -> Vec<(ExceptionKey, Record)> {
@@ -348,7 +369,8 @@ pub struct Approver {
     pub uid: u32,
 }
 
-fn note(ticket: &Ticket, state: &str) -> TicketNote {
+/// What a record says about `ticket`, in `state`.
+pub fn note(ticket: &Ticket, state: &str) -> TicketNote {
     TicketNote {
         id: ticket.id.clone(),
         state: state.into(),

@@ -426,7 +426,9 @@ impl State {
         let closed = self.tickets.close(&ended);
         let expired = self.tickets.expire();
         for key in closed.iter().chain(expired.iter().map(|(key, _)| key)) {
-            if let Err(e) = self.enforcer.revoke(key) {
+            if key.in_kernel()
+                && let Err(e) = self.enforcer.revoke(key)
+            {
                 warn!("cannot withdraw an approval: {e}");
             }
         }
@@ -536,9 +538,11 @@ impl State {
     ) -> Result<approvals::Ticket, approvals::TicketError> {
         let by = caller.approver();
         let (key, exception, record) = self.tickets.approve(id, terms, &by)?;
-        self.enforcer
-            .grant(key, exception)
-            .map_err(|e| approvals::TicketError::kernel(id, e))?;
+        if key.in_kernel() {
+            self.enforcer
+                .grant(key, exception)
+                .map_err(|e| approvals::TicketError::kernel(id, e))?;
+        }
         info!(
             ticket = id,
             uid = by.uid,
@@ -557,9 +561,11 @@ impl State {
     ) -> Result<approvals::Ticket, approvals::TicketError> {
         let by = caller.approver();
         let (key, record) = self.tickets.deny(id, &by)?;
-        self.enforcer
-            .revoke(&key)
-            .map_err(|e| approvals::TicketError::kernel(id, e))?;
+        if key.in_kernel() {
+            self.enforcer
+                .revoke(&key)
+                .map_err(|e| approvals::TicketError::kernel(id, e))?;
+        }
         info!(ticket = id, uid = by.uid, "ticket denied");
         self.notes.push(record);
         Ok(self.tickets.get(id).expect("just denied"))

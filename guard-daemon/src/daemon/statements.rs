@@ -29,9 +29,12 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use guard_common::ExceptionKey;
+
 use crate::{generation::Generation, sock_diag};
 
 use super::{
+    approvals,
     config::StatementGuardConfig,
     state::{State, lock},
 };
@@ -225,19 +228,52 @@ fn handle(
             verdict,
             rule,
             reason,
+            approvable,
+            ticket,
             note,
         } => {
-            match connections.get(&id) {
-                Some(connection) => {
-                    let record = statement_record(connection, verdict, rule, reason, note);
-                    lock(state).notes.push(record);
-                }
-                None => warn!(
+            let Some(connection) = connections.get(&id) else {
+                warn!(
                     id,
                     "a statement record of a connection guardd does not know; dropped"
-                ),
+                );
+                return None;
+            };
+            let mut record = statement_record(connection, verdict, rule, reason, *note);
+            let mut state = lock(state);
+            if let Some(ticket) = ticket.and_then(|id| state.tickets.get(&id)) {
+                record.flags.push("approved".into());
+                record.ticket = Some(approvals::note(&ticket, "used"));
             }
+            if let Some(session) = &connection.session
+                && verdict == Verdict::Deny
+            {
+                if approvable {
+                    let outermost = state.outermost(session.clone());
+                    let fingerprint = &record.statement.as_ref().expect("a statement").fingerprint;
+                    let key = ExceptionKey::statement(outermost.cgroup, fingerprint);
+                    record.ticket = state.tickets.open(key, &record, &outermost.id);
+                }
+                state.why.note(&session.id, &record);
+            }
+            state.notes.push(record);
             None
+        }
+        FromGuard::Approval {
+            id,
+            query,
+            fingerprint,
+        } => {
+            // Only a session's statements can be approved: the ticket is
+            // bound to it.
+            let session = connections.get(&id).and_then(|c| c.session.clone());
+            let ticket = session.and_then(|session| {
+                let mut state = lock(state);
+                let outermost = state.outermost(session);
+                let key = ExceptionKey::statement(outermost.cgroup, &fingerprint);
+                state.tickets.use_statement(key).map(|note| note.id)
+            });
+            Some(ToGuard::Approval { query, ticket })
         }
         FromGuard::Closed { id } => {
             connections.remove(&id);

@@ -56,9 +56,13 @@ impl Why {
         let Some(recent) = self.recent.get_mut(session) else {
             return;
         };
+        let target = match &record.statement {
+            Some(statement) => format!("{} `{}`", record.target, statement.normalized),
+            None => record.target.clone(),
+        };
         let mut line = format!(
-            "{} {} {}: denied by rule `{}` of profile `{}`",
-            record.time, record.action, record.target, record.rule, record.profile
+            "{} {} {target}: denied by rule `{}` of profile `{}`",
+            record.time, record.action, record.rule, record.profile
         );
         if let Some(message) = &record.message {
             line.push_str(": ");

@@ -5,7 +5,7 @@
 
 use std::{io::Write as _, sync::Arc};
 
-use guard_pg::{Authority, Client, ConnectionPolicy, Decision, StatementRecord};
+use guard_pg::{Approval, Authority, Client, ConnectionPolicy, Decision, StatementRecord};
 use guard_policy::policy::Mode;
 
 struct OneProfile {
@@ -19,6 +19,11 @@ impl Authority for OneProfile {
     fn connection(&self, _client: &Client) -> Decision {
         let policy = self.policy.clone();
         Box::pin(async move { Ok(policy) })
+    }
+
+    /// No one approves anything here.
+    fn approval(&self, _connection: u64, _fingerprint: &str) -> Approval {
+        Box::pin(async { None })
     }
 
     fn record(&self, record: StatementRecord) {

@@ -106,6 +106,10 @@ profiles:
           - id: no-drop
             classes: [drop, truncate]
             message: analysts never drop tables
+          - id: migrations-need-a-human
+            classes: [alter]
+            approvable: true
+            message: schema changes need a human
       - database: vault
         default: allow
   - name: coder
@@ -215,6 +219,84 @@ agents:
     assert_eq!(human["agent"], "", "{human}");
     assert!(human.get("session").is_none(), "{human}");
     assert_eq!(human["uid"], 0, "{human}");
+
+    // An approvable refusal opens a ticket bound to the session and the
+    // statement; a human approves it once; the session's retry runs, and
+    // its next one is refused again. One session runs all three.
+    let alter = "ALTER TABLE t ADD COLUMN note text";
+    let work = dir.join("approval");
+    fs::create_dir_all(&work).unwrap();
+    let script = format!(
+        "psql() {{ {psql} '{url}' -X -q -A -t -c '{alter}' 2>$1.err; echo $? > $1.rc; }}
+psql first
+sleep 1; {guardctl} why > why.txt; touch asked
+while [ ! -e approved ]; do sleep 1; done
+psql second
+psql third
+touch done",
+        psql = bin_dir.join("psql").display(),
+        guardctl = bin("guardctl").display(),
+        url = url(guarded),
+    );
+    let mut session = Command::new(bin("guardctl"))
+        .arg("--socket")
+        .arg(&guardd.socket)
+        .args(["run", "--agent", "analyst", "--", "sh", "-c", &script])
+        .current_dir(&work)
+        .spawn()
+        .unwrap();
+    let read = |name: &str| fs::read_to_string(work.join(name)).unwrap_or_default();
+    let wait_for = |name: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !work.join(name).exists() {
+            assert!(Instant::now() < deadline, "no {name}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("asked");
+    let err = read("first.err");
+    assert!(err.contains("guard: schema changes need a human"), "{err}");
+    assert!(err.contains("guardctl approve"), "{err}");
+    let refused = statement(&guardd, "analyst", alter);
+    assert_eq!(refused["ticket"]["state"], "requested", "{refused}");
+    let ticket = refused["ticket"]["id"]
+        .as_str()
+        .expect("a ticket id")
+        .to_string();
+    let why = read("why.txt");
+    assert!(
+        why.contains(alter) && why.contains(&ticket),
+        "guardctl why: {why}"
+    );
+    let listed = guardd.guardctl(&["tickets"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(&ticket) && listed.contains(alter),
+        "{listed}"
+    );
+    let approve = guardd.guardctl(&["approve", &ticket, "--once"]);
+    assert!(
+        approve.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approve.stderr)
+    );
+    fs::write(work.join("approved"), "").unwrap();
+    wait_for("done");
+    assert!(session.wait().unwrap().success());
+    assert_eq!(read("second.rc").trim(), "0", "{}", read("second.err"));
+    assert_eq!(direct("SELECT count(note) FROM t"), "0");
+    let used = statements(&guardd)
+        .into_iter()
+        .find(|r| r["statement"]["normalized"] == alter && r["verdict"] == "allow")
+        .expect("the approved statement's record");
+    assert_eq!(used["ticket"]["id"], ticket.as_str(), "{used}");
+    assert_eq!(used["ticket"]["state"], "used", "{used}");
+    assert_eq!(used["flags"], serde_json::json!(["approved"]), "{used}");
+    let third = read("third.err");
+    assert!(
+        third.contains("guard: schema changes need a human"),
+        "once: {third}"
+    );
 
     // The guard runs as nobody, with no groups, no capabilities and no way
     // to gain privileges.
