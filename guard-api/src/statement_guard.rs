@@ -6,7 +6,7 @@
 //! the client) and seals the statement records into the host's chain; the
 //! guard, an unprivileged process, does the parsing and judging.
 
-use std::net::SocketAddr;
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,8 +26,13 @@ pub const CONTROL_FD: i32 = 3;
 pub enum ToGuard {
     /// The policy in force (its text): sent first and after each reload,
     /// before any answer made under it. The guard listens for the
-    /// databases it names, and judges new connections by it.
-    Policy { text: String },
+    /// databases it names, and judges new connections by it. `files` holds
+    /// the TLS files the databases name, by path, as guardd read them (the
+    /// guard reads no file itself); a file guardd could not read is absent.
+    Policy {
+        text: String,
+        files: BTreeMap<String, String>,
+    },
     /// The profile of connection `id`, or why it is refused.
     Profile {
         id: u64,

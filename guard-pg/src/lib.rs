@@ -12,6 +12,7 @@
 mod cache;
 pub mod protocol;
 pub mod proxy;
+pub mod tls;
 
 use std::{future::Future, net::SocketAddr, pin::Pin};
 

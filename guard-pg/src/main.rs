@@ -10,7 +10,7 @@
 //! no connection is served without guardd to decide and record.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     os::fd::FromRawFd as _,
     sync::{
         Arc, Mutex, RwLock,
@@ -25,7 +25,10 @@ use guard_api::{
     statement_guard::{CONTROL_FD, FromGuard, ToGuard},
 };
 use guard_pg::{Approval, Authority, Client, ConnectionPolicy, Decision, StatementRecord};
-use guard_policy::policy::{Mode, Policy};
+use guard_policy::{
+    database::{ClientTls, Database, ServerTls},
+    policy::{Mode, Policy},
+};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, BufWriter},
     net::{TcpListener, UnixStream},
@@ -253,12 +256,12 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                     return Ok(());
                 };
                 match serde_json::from_str(&line)? {
-                    ToGuard::Policy { text } => {
+                    ToGuard::Policy { text, files } => {
                         let policy = guard_policy::policy::parse(&text)
                             .map_err(|e| anyhow::anyhow!("the policy from guardd: {e}"))?;
                         let policy = Arc::new(policy);
                         *shared.policy.write().unwrap_or_else(|e| e.into_inner()) = policy.clone();
-                        listeners.update(&policy, &shared).await;
+                        listeners.update(&policy, &files, &shared).await;
                     }
                     ToGuard::Profile { id, answer } => {
                         if let Some(waiting) = lock(&shared.profiles).remove(&id) {
@@ -283,54 +286,113 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
 /// The listening sockets, one per database of the policy in force.
 #[derive(Default)]
 struct Listeners {
-    /// Database name → (listen address, server, the task accepting).
-    serving: HashMap<String, (std::net::SocketAddr, String, JoinHandle<()>)>,
+    /// Database name → what it was started with, and the task accepting.
+    serving: HashMap<String, (Served, JoinHandle<()>)>,
+}
+
+/// What a listener serves: its database (without where the policy says
+/// it) and the contents of its TLS files.
+#[derive(PartialEq)]
+struct Served {
+    listen: std::net::SocketAddr,
+    server: String,
+    client_tls: Option<ClientTls>,
+    server_tls: Option<ServerTls>,
+    files: Vec<Option<String>>,
+}
+
+impl Served {
+    fn of(database: &Database, files: &BTreeMap<String, String>) -> Served {
+        Served {
+            listen: database.listen,
+            server: database.server.clone(),
+            client_tls: database.client_tls.clone(),
+            server_tls: database.server_tls.clone(),
+            files: database
+                .files()
+                .iter()
+                .map(|path| files.get(&path.display().to_string()).cloned())
+                .collect(),
+        }
+    }
 }
 
 impl Listeners {
     /// Listens for the databases of `policy`: new ones start, changed ones
     /// restart, removed ones stop accepting (their connections go on).
-    async fn update(&mut self, policy: &Policy, shared: &Arc<Shared>) {
-        self.serving.retain(|name, (listen, server, task)| {
+    async fn update(
+        &mut self,
+        policy: &Policy,
+        files: &BTreeMap<String, String>,
+        shared: &Arc<Shared>,
+    ) {
+        let mut stopped = Vec::new();
+        self.serving.retain(|name, (served, task)| {
             let same = policy
                 .databases
                 .iter()
-                .any(|d| &d.name == name && d.listen == *listen && d.server == *server);
+                .any(|d| &d.name == name && Served::of(d, files) == *served);
             if !same {
                 task.abort();
+                stopped.push(std::mem::replace(task, tokio::spawn(async {})));
             }
             same
         });
+        // Their sockets close before the same addresses are bound again.
+        for task in stopped {
+            let _ = task.await;
+        }
         for database in &policy.databases {
             if self.serving.contains_key(&database.name) {
                 continue;
             }
-            let listener = match TcpListener::bind(database.listen).await {
-                Ok(listener) => listener,
+            let served = Served::of(database, files);
+            let read = |path: &std::path::Path| {
+                files
+                    .get(&path.display().to_string())
+                    .map(|text| text.as_bytes().to_vec())
+                    .ok_or_else(|| format!("guardd could not read {}", path.display()))
+            };
+            let cannot = |error: String| {
+                warn!(database = %database.name, "{error}");
+                let _ = shared.to_guardd.send(FromGuard::CannotListen {
+                    database: database.name.clone(),
+                    error,
+                });
+            };
+            let tls = match guard_pg::tls::for_database(database, read) {
+                Ok(tls) => tls,
                 Err(e) => {
-                    warn!(database = %database.name, listen = %database.listen, "cannot listen: {e}");
-                    let _ = shared.to_guardd.send(FromGuard::CannotListen {
-                        database: database.name.clone(),
-                        error: format!("cannot listen on {}: {e}", database.listen),
-                    });
+                    cannot(format!("cannot serve it: {e}"));
                     continue;
                 }
             };
-            info!(database = %database.name, listen = %database.listen, server = %database.server, "guarding");
+            let listener = match TcpListener::bind(database.listen).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    cannot(format!("cannot listen on {}: {e}", database.listen));
+                    continue;
+                }
+            };
+            info!(
+                database = %database.name,
+                listen = %database.listen,
+                server = %database.server,
+                client_tls = tls.clients.is_some(),
+                server_tls = tls.server.is_some(),
+                "guarding"
+            );
             let authority = Arc::new(Listener {
                 database: database.name.clone(),
                 shared: shared.clone(),
             });
             let server = database.server.clone();
             let task = tokio::spawn(async move {
-                if let Err(e) = guard_pg::proxy::serve(listener, server, authority).await {
+                if let Err(e) = guard_pg::proxy::serve(listener, server, tls, authority).await {
                     error!("accepting connections: {e}");
                 }
             });
-            self.serving.insert(
-                database.name.clone(),
-                (database.listen, database.server.clone(), task),
-            );
+            self.serving.insert(database.name.clone(), (served, task));
         }
     }
 }

@@ -18,18 +18,23 @@ use guard_api::{
 use guard_policy::database::StatementEffect;
 use guard_sql::{ANY_SETTING, Class, Strings};
 use tokio::{
-    io::{AsyncWrite, AsyncWriteExt as _, BufReader, BufWriter},
-    net::{
-        TcpListener, TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader, BufWriter},
+    net::{TcpListener, TcpStream},
 };
 use tracing::{debug, warn};
 
 use crate::{
     Authority, Client, ConnectionPolicy, StatementRecord,
     protocol::{self, Frontend, Message, ProtocolError, Startup},
+    tls::Tls,
 };
+
+/// One direction of a connection, over TCP or TLS.
+type Reader = BufReader<Box<dyn AsyncRead + Send + Unpin>>;
+type Writer = BufWriter<Box<dyn AsyncWrite + Send + Unpin>>;
+
+/// `SSLRequest`: a length of 8 and the code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
 /// SQLSTATE of a statement the policy refuses: insufficient privilege.
 pub const REFUSED: &str = "42501";
@@ -46,18 +51,20 @@ const NOT_SUPPORTED: &str = "0A000";
 const READING_SETTINGS: [&str; 2] = ["client_encoding", "standard_conforming_strings"];
 
 /// Accepts connections on `listener` and guards each, with `server` as
-/// the PostgreSQL server (`host:port`).
+/// the PostgreSQL server (`host:port`), and `tls` on either leg.
 pub async fn serve(
     listener: TcpListener,
     server: String,
+    tls: Tls,
     authority: Arc<dyn Authority>,
 ) -> std::io::Result<()> {
     let server: Arc<str> = server.into();
+    let tls = Arc::new(tls);
     loop {
         let (stream, peer) = listener.accept().await?;
-        let (server, authority) = (server.clone(), authority.clone());
+        let (server, tls, authority) = (server.clone(), tls.clone(), authority.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, peer, &server, authority).await {
+            if let Err(e) = connection(stream, peer, &server, &tls, authority).await {
                 debug!(%peer, "connection ended: {e}");
             }
         });
@@ -113,36 +120,123 @@ async fn fatal(writer: &mut (impl AsyncWrite + Unpin), ended: Ended) -> Ended {
     ended
 }
 
+/// Splits a stream into its two buffered halves.
+fn halves<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(stream: S) -> (Reader, Writer) {
+    let (read, write) = tokio::io::split(stream);
+    (
+        BufReader::new(Box::new(read) as Box<dyn AsyncRead + Send + Unpin>),
+        BufWriter::new(Box::new(write) as Box<dyn AsyncWrite + Send + Unpin>),
+    )
+}
+
+/// A TCP stream's two buffered halves (without `split`'s lock).
+fn tcp_halves(stream: TcpStream) -> (Reader, Writer) {
+    let (read, write) = stream.into_split();
+    (
+        BufReader::new(Box::new(read) as Box<dyn AsyncRead + Send + Unpin>),
+        BufWriter::new(Box::new(write) as Box<dyn AsyncWrite + Send + Unpin>),
+    )
+}
+
+/// The client's startup: its TLS request answered (and TLS begun, when the
+/// listener has a certificate), then its startup packet. `None` when it
+/// only cancelled a query, or left.
+async fn client_startup(
+    mut client: TcpStream,
+    server_name: &str,
+    tls: &Tls,
+) -> Result<Option<(Reader, Writer, Vec<(String, String)>, Vec<u8>)>, Ended> {
+    // Startup packets are read exactly, never ahead: bytes a client sends
+    // after its TLS request belong to the TLS handshake, and are never
+    // taken for plain text.
+    let mut first = Startup::read(&mut client).await;
+    while let Ok(Startup::GssEnc) | Ok(Startup::Ssl) = first {
+        match (&first, &tls.clients) {
+            (Ok(Startup::Ssl), Some(acceptor)) => {
+                client.write_all(b"S").await?;
+                let mut stream = acceptor.accept(client).await?;
+                return match Startup::read(&mut stream).await {
+                    Ok(Startup::Start { params, raw }) => {
+                        let (read, write) = halves(stream);
+                        Ok(Some((read, write, params, raw)))
+                    }
+                    Ok(_) => {
+                        let why = "only a startup packet may follow the TLS handshake";
+                        let ended = Ended::refused(PROTOCOL_VIOLATION, why);
+                        Err(fatal(&mut stream, ended).await)
+                    }
+                    Err(ProtocolError::Closed) => Ok(None),
+                    Err(e) => Err(fatal(&mut stream, e.into()).await),
+                };
+            }
+            // The client may go on in plain text, or give up.
+            _ => client.write_all(b"N").await?,
+        }
+        first = Startup::read(&mut client).await;
+    }
+    match first {
+        Ok(Startup::Cancel(packet)) => {
+            // The key is the server's own, relayed at startup.
+            TcpStream::connect(server_name)
+                .await?
+                .write_all(&packet)
+                .await?;
+            Ok(None)
+        }
+        Ok(Startup::Start { .. }) if tls.clients_required => {
+            let why = "the statement guard requires TLS for this database: connect with sslmode=require (or stronger)";
+            Err(fatal(&mut client, Ended::refused("28000", why)).await)
+        }
+        Ok(Startup::Start { params, raw }) => {
+            client.set_nodelay(true)?;
+            let (read, write) = tcp_halves(client);
+            Ok(Some((read, write, params, raw)))
+        }
+        Ok(Startup::Ssl | Startup::GssEnc) => unreachable!("answered above"),
+        Err(ProtocolError::Closed) => Ok(None),
+        Err(e) => Err(fatal(&mut client, e.into()).await),
+    }
+}
+
+/// A connection to the server, in TLS when the policy says so.
+async fn connect_server(server_name: &str, tls: &Tls) -> Result<(Reader, Writer), String> {
+    let mut server = TcpStream::connect(server_name)
+        .await
+        .map_err(|e| format!("cannot reach the database server {server_name}: {e}"))?;
+    server.set_nodelay(true).map_err(|e| e.to_string())?;
+    let Some((connector, name)) = &tls.server else {
+        return Ok(tcp_halves(server));
+    };
+    let mut answer = [0u8; 1];
+    server
+        .write_all(&SSL_REQUEST)
+        .await
+        .and(server.read_exact(&mut answer).await.map(drop))
+        .map_err(|e| format!("the database server {server_name}: {e}"))?;
+    if answer[0] != b'S' {
+        return Err(format!(
+            "the database server {server_name} does not offer TLS, which the policy requires"
+        ));
+    }
+    let stream = connector
+        .connect(name.clone(), server)
+        .await
+        .map_err(|e| format!("TLS to the database server {server_name}: {e}"))?;
+    Ok(halves(stream))
+}
+
 async fn connection(
     client: TcpStream,
     peer: SocketAddr,
     server_name: &str,
+    tls: &Tls,
     authority: Arc<dyn Authority>,
 ) -> Result<(), Ended> {
-    client.set_nodelay(true)?;
-    let (client_read, client_write) = client.into_split();
-    let (mut client_read, mut client_write) =
-        (BufReader::new(client_read), BufWriter::new(client_write));
-    let (params, startup) = loop {
-        match Startup::read(&mut client_read).await {
-            // No TLS between client and guard yet: the client may go on
-            // in plain text or give up.
-            Ok(Startup::Ssl | Startup::GssEnc) => {
-                client_write.write_all(b"N").await?;
-                client_write.flush().await?;
-            }
-            Ok(Startup::Cancel(packet)) => {
-                // The key is the server's own, relayed at startup.
-                TcpStream::connect(server_name)
-                    .await?
-                    .write_all(&packet)
-                    .await?;
-                return Ok(());
-            }
-            Ok(Startup::Start { params, raw }) => break (params, raw),
-            Err(ProtocolError::Closed) => return Ok(()),
-            Err(e) => return Err(fatal(&mut client_write, e.into()).await),
-        }
+    let local = client.local_addr()?;
+    let Some((mut client_read, mut client_write, params, startup)) =
+        client_startup(client, server_name, tls).await?
+    else {
+        return Ok(());
     };
     let param = |name: &str| {
         params
@@ -160,7 +254,7 @@ async fn connection(
     };
     let client = Client {
         peer,
-        local: client_write.get_ref().local_addr()?,
+        local,
         user: user.to_string(),
         dbname: param("database").unwrap_or(user).to_string(),
     };
@@ -173,17 +267,10 @@ async fn connection(
         connection: policy.connection,
     };
 
-    let server = match TcpStream::connect(server_name).await {
-        Ok(server) => server,
-        Err(e) => {
-            let why = format!("cannot reach the database server {server_name}: {e}");
-            return Err(fatal(&mut client_write, Ended::refused("08001", why)).await);
-        }
+    let (mut server_read, mut server_write) = match connect_server(server_name, tls).await {
+        Ok(halves) => halves,
+        Err(why) => return Err(fatal(&mut client_write, Ended::refused("08001", why)).await),
     };
-    server.set_nodelay(true)?;
-    let (server_read, server_write) = server.into_split();
-    let (mut server_read, mut server_write) =
-        (BufReader::new(server_read), BufWriter::new(server_write));
     server_write.write_all(&startup).await?;
     server_write.flush().await?;
     let Some(reading) = authenticate(
@@ -260,10 +347,10 @@ impl Drop for Closed {
 /// the server's settings the guard must know, or `None` when the server
 /// refused the login (its error relayed).
 async fn authenticate(
-    client_read: &mut BufReader<OwnedReadHalf>,
-    client_write: &mut BufWriter<OwnedWriteHalf>,
-    server_read: &mut BufReader<OwnedReadHalf>,
-    server_write: &mut BufWriter<OwnedWriteHalf>,
+    client_read: &mut Reader,
+    client_write: &mut Writer,
+    server_read: &mut Reader,
+    server_write: &mut Writer,
 ) -> Result<Option<HashMap<String, String>>, Ended> {
     let mut settings = HashMap::new();
     loop {
@@ -282,6 +369,19 @@ async fn authenticate(
                         "the server asks for an authentication method the guard does not relay ({code:?}); use scram-sha-256, md5, password or trust"
                     );
                     return Err(fatal(client_write, Ended::refused(NOT_SUPPORTED, why)).await);
+                };
+                let message = if code == 10 {
+                    match without_channel_binding(&message) {
+                        Some(message) => message,
+                        None => {
+                            let why = "the server offers only SCRAM with channel binding, which cannot pass through the guard (it ends each leg's TLS)";
+                            return Err(
+                                fatal(client_write, Ended::refused(NOT_SUPPORTED, why)).await
+                            );
+                        }
+                    }
+                } else {
+                    message
                 };
                 client_write.write_all(&message.bytes).await?;
                 client_write.flush().await?;
@@ -325,6 +425,27 @@ async fn authenticate(
             }
         }
     }
+}
+
+/// The server's list of SASL mechanisms (`AuthenticationSASL`) without
+/// those with channel binding (`-PLUS`): the binding would be to the
+/// guard's TLS, not the client's, and fail. `None` when none is left.
+fn without_channel_binding(message: &Message) -> Option<Message> {
+    let list = message.body().get(4..)?;
+    let kept: Vec<&[u8]> = list
+        .split(|&b| b == 0)
+        .filter(|m| !m.is_empty() && !m.ends_with(b"-PLUS"))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    let mut body = 10i32.to_be_bytes().to_vec();
+    for mechanism in kept {
+        body.extend_from_slice(mechanism);
+        body.push(0);
+    }
+    body.push(0);
+    Some(Message::new(b'R', &body))
 }
 
 /// What the two halves share.
@@ -408,6 +529,10 @@ impl Judge {
                 }
             }
             let outcome = self.outcome(statement, &judged);
+            // A later statement of the same message may execute it.
+            if let (Some(name), None) = (&statement.prepares, &outcome.refusal) {
+                self.prepared.insert(name.clone(), judged.clone());
+            }
             all.classes.extend(&judged.classes);
             all.objects.extend(judged.objects.iter().cloned());
             outcomes.push((statement, judged, outcome));
@@ -427,14 +552,15 @@ impl Judge {
                 .approval(self.policy.connection, fingerprint)
                 .await
             {
-                outcomes[only].2.approved(ticket);
+                let (statement, judged, outcome) = &mut outcomes[only];
+                outcome.approved(ticket);
+                if let Some(name) = &statement.prepares {
+                    self.prepared.insert(name.clone(), judged.clone());
+                }
             }
         }
         let refused = outcomes.iter().position(|(_, _, o)| o.refusal.is_some());
         for (statement, judged, outcome) in &outcomes {
-            if let (Some(name), None) = (&statement.prepares, &outcome.refusal) {
-                self.prepared.insert(name.clone(), judged.clone());
-            }
             let (verdict, reason) = match (refused, &outcome.refusal) {
                 (_, Some(refusal)) => (Verdict::Deny, Some(refusal.message.clone())),
                 (Some(_), None) => (
@@ -612,11 +738,7 @@ struct Upstream {
 }
 
 impl Upstream {
-    async fn run(
-        mut self,
-        mut client: BufReader<OwnedReadHalf>,
-        mut server: BufWriter<OwnedWriteHalf>,
-    ) -> Result<(), Ended> {
+    async fn run(mut self, mut client: Reader, mut server: Writer) -> Result<(), Ended> {
         let result = self.relay(&mut client, &mut server).await;
         if let Err(e) = &result {
             let error = e.to_client();
@@ -628,11 +750,7 @@ impl Upstream {
         result
     }
 
-    async fn relay(
-        &mut self,
-        client: &mut BufReader<OwnedReadHalf>,
-        server: &mut BufWriter<OwnedWriteHalf>,
-    ) -> Result<(), Ended> {
+    async fn relay(&mut self, client: &mut Reader, server: &mut Writer) -> Result<(), Ended> {
         while let Some(message) = Message::read(client).await? {
             let forward = match Frontend::decode(&message)? {
                 Frontend::Query(sql) => {
@@ -722,8 +840,8 @@ impl Upstream {
 
 /// The server-to-client half.
 async fn downstream(
-    mut server: BufReader<OwnedReadHalf>,
-    mut client: BufWriter<OwnedWriteHalf>,
+    mut server: Reader,
+    mut client: Writer,
     shared: Arc<Mutex<Shared>>,
     reading: HashMap<String, String>,
 ) -> Result<(), Ended> {

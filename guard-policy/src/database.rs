@@ -29,7 +29,46 @@ pub struct Database {
     /// The profile of connections from processes in no Guard session
     /// (people, services); such connections are refused when `None`.
     pub default_profile: Option<String>,
+    /// TLS between clients and the guard.
+    pub client_tls: Option<ClientTls>,
+    /// TLS between the guard and the server.
+    pub server_tls: Option<ServerTls>,
     pub location: Location,
+}
+
+/// The guard's certificate for clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTls {
+    /// PEM files: the certificate chain, and its private key.
+    pub certificate: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// Refuse clients that do not ask for TLS (the default).
+    pub required: bool,
+}
+
+/// How the guard checks the server's certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerTls {
+    /// PEM file of the certificate authorities the server's certificate
+    /// must chain to.
+    pub ca: std::path::PathBuf,
+    /// The name the certificate must carry; the server's host by default.
+    pub name: String,
+}
+
+impl Database {
+    /// The files the guard needs (TLS certificates and keys), which guardd
+    /// reads and hands it.
+    pub fn files(&self) -> Vec<&std::path::Path> {
+        let mut files = Vec::new();
+        if let Some(tls) = &self.client_tls {
+            files.extend([tls.certificate.as_path(), tls.key.as_path()]);
+        }
+        if let Some(tls) = &self.server_tls {
+            files.push(tls.ca.as_path());
+        }
+        files
+    }
 }
 
 /// What one profile's statements may do on one database.
@@ -206,6 +245,28 @@ pub(crate) struct DatabaseFile {
     server: Spanned<String>,
     listen: Spanned<String>,
     default_profile: Option<Spanned<String>>,
+    client_tls: Option<Spanned<ClientTlsFile>>,
+    server_tls: Option<Spanned<ServerTlsFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClientTlsFile {
+    certificate: String,
+    key: String,
+    #[serde(default = "yes")]
+    required: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerTlsFile {
+    ca: String,
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -278,11 +339,42 @@ pub(crate) fn databases(file: Vec<Spanned<DatabaseFile>>) -> Result<Vec<Database
                 format!("database `{name}`: `listen` is the server's own address"),
             ));
         }
+        let in_database = |location: serde_saphyr::Location, reason: String| {
+            PolicyError::new(location, format!("database `{name}`: {reason}"))
+        };
+        let client_tls = match entry.client_tls {
+            Some(tls) => {
+                let at = tls.referenced;
+                let tls = tls.value;
+                Some(ClientTls {
+                    certificate: tls_file(&tls.certificate).map_err(|r| in_database(at, r))?,
+                    key: tls_file(&tls.key).map_err(|r| in_database(at, r))?,
+                    required: tls.required,
+                })
+            }
+            None => None,
+        };
+        let server_tls = match entry.server_tls {
+            Some(tls) => {
+                let at = tls.referenced;
+                let tls = tls.value;
+                let host = server_host(&server);
+                let name = tls.name.unwrap_or_else(|| host.to_string());
+                rustls_name(&name).map_err(|r| in_database(at, r))?;
+                Some(ServerTls {
+                    ca: tls_file(&tls.ca).map_err(|r| in_database(at, r))?,
+                    name,
+                })
+            }
+            None => None,
+        };
         databases.push(Database {
             name,
             server,
             listen,
             default_profile: entry.default_profile.map(|p| p.value),
+            client_tls,
+            server_tls,
             location,
         });
     }
@@ -303,6 +395,35 @@ fn check_server(server: &str) -> Result<(), String> {
         .filter(|&p| p > 0)
         .ok_or_else(bad)?;
     host_name(host).map(drop).map_err(|_| bad())
+}
+
+/// A TLS file: an absolute path.
+fn tls_file(path: &str) -> Result<std::path::PathBuf, String> {
+    let p = std::path::Path::new(path);
+    if !p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!("`{path}` must be an absolute path without `..`"));
+    }
+    Ok(p.to_path_buf())
+}
+
+/// The host part of `host:port` or `[v6]:port`.
+fn server_host(server: &str) -> &str {
+    let host = server.rsplit_once(':').map_or(server, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// A name a server certificate can carry: a DNS name or an IP address.
+fn rustls_name(name: &str) -> Result<(), String> {
+    if name.parse::<std::net::IpAddr>().is_ok() || host_name(name).is_ok() {
+        Ok(())
+    } else {
+        Err(format!(
+            "server_tls name `{name}` is not a host name or an IP address"
+        ))
+    }
 }
 
 /// An IP address and a port other than 0: clients must know where to
@@ -565,6 +686,37 @@ agents: []
         assert!(deny.approvable);
         assert_eq!(deny.location.line, 13);
         assert_eq!(deny.classes, [Class::Drop, Class::Truncate].into());
+    }
+
+    #[test]
+    fn tls_keys() {
+        let with = |tls: &str| {
+            POLICY.replace(
+                "    default_profile: people\n",
+                &format!("    default_profile: people\n{tls}"),
+            )
+        };
+        let policy = crate::policy::parse(&with(
+            "    client_tls:\n      certificate: /etc/guard/db.crt\n      key: /etc/guard/db.key\n    server_tls:\n      ca: /etc/guard/ca.crt\n",
+        ))
+        .unwrap();
+        let db = &policy.databases[0];
+        let client = db.client_tls.as_ref().unwrap();
+        assert!(client.required, "TLS is required once configured");
+        assert_eq!(
+            db.server_tls.as_ref().unwrap().name,
+            "db.internal",
+            "the server's host"
+        );
+        assert_eq!(db.files().len(), 3);
+        let e = error(&with("    server_tls:\n      ca: ca.crt\n"));
+        assert!(e.reason.contains("must be an absolute path"), "{e}");
+        let e = error(&with(
+            "    server_tls:\n      ca: /ca.crt\n      name: not a name\n",
+        ));
+        assert!(e.reason.contains("not a host name"), "{e}");
+        let e = error(&with("    client_tls:\n      certificate: /c\n"));
+        assert!(e.reason.contains("key"), "{e}");
     }
 
     #[test]

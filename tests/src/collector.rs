@@ -204,8 +204,27 @@ pub struct Postgres {
     pub bin_dir: PathBuf,
 }
 
+/// The `postgres` user when this process is root (PostgreSQL refuses to
+/// run as root): its uid and gid.
+pub fn postgres_user() -> Option<(u32, u32)> {
+    (unsafe { libc::geteuid() } == 0).then(|| {
+        // SAFETY: a NUL-terminated name; the entry is read at once.
+        let entry = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
+        assert!(
+            !entry.is_null(),
+            "no `postgres` user (the package makes it)"
+        );
+        unsafe { ((*entry).pw_uid, (*entry).pw_gid) }
+    })
+}
+
 impl Postgres {
     pub fn start() -> Postgres {
+        Self::start_with(&[])
+    }
+
+    /// A server with these extra `name=value` settings.
+    pub fn start_with(settings: &[&str]) -> Postgres {
         let bin_dir = fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL is installed (cargo xtask setup installs it)")
             .filter_map(|e| e.ok())
@@ -214,16 +233,7 @@ impl Postgres {
             .expect("an initdb in /usr/lib/postgresql/*/bin");
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
-        // PostgreSQL refuses to run as root: run it as `postgres` then.
-        let user = (unsafe { libc::geteuid() } == 0).then(|| {
-            // SAFETY: a NUL-terminated name; the entry is read at once.
-            let entry = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
-            assert!(
-                !entry.is_null(),
-                "no `postgres` user (the package makes it)"
-            );
-            unsafe { ((*entry).pw_uid, (*entry).pw_gid) }
-        });
+        let user = postgres_user();
         if let Some((uid, gid)) = user {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
         }
@@ -254,6 +264,7 @@ impl Postgres {
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
             .arg(dir.path())
             .args(["-c", "fsync=off"])
+            .args(settings.iter().flat_map(|s| ["-c", s]))
             .stdout(Stdio::null())
             .stderr(Stdio::from(fs::File::create(&log).expect("log")))
             .spawn()

@@ -473,3 +473,188 @@ fn pgbench_runs_through_the_guard_in_every_protocol_mode() {
     assert!(!out.status.success() && text.contains(DROP), "{text}");
     assert_eq!(db.direct("SELECT count(*) FROM pgbench_accounts"), "100000");
 }
+
+/// A small certificate authority made with `openssl`, and a certificate
+/// for `localhost` and 127.0.0.1 that it signed.
+struct Pki {
+    ca: std::path::PathBuf,
+    certificate: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &std::path::Path, name: &str) -> Pki {
+        let path = |file: &str| dir.join(format!("{name}-{file}"));
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl (cargo xtask setup installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let p = |file: &str| path(file).display().to_string();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", &p("ca.key"), "-out", &p("ca.crt")],
+            ]
+            .concat()
+            .into_iter()
+            .chain(["-days", "2", "-subj", &format!("/CN={name} test CA")])
+            .collect::<Vec<_>>(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &["-keyout", &p("key.pem"), "-out", &p("csr.pem")],
+            ]
+            .concat()
+            .into_iter()
+            .chain(["-subj", "/CN=localhost"])
+            .collect::<Vec<_>>(),
+        );
+        std::fs::write(
+            path("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p("csr.pem"),
+            "-CA",
+            &p("ca.crt"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &p("cert.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &p("ext.cnf"),
+        ]);
+        let key = path("key.pem");
+        // The server reads its key as `postgres`, and wants it private.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some((uid, gid)) = guard_tests::collector::postgres_user() {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
+            std::os::unix::fs::chown(&key, Some(uid), Some(gid)).unwrap();
+        }
+        Pki {
+            ca: path("ca.crt"),
+            certificate: path("cert.pem"),
+            key,
+        }
+    }
+}
+
+/// TLS on both legs: the guard presents its certificate to clients (which
+/// verify it) and refuses plain text; it reaches the server in TLS and
+/// checks the server's certificate against the policy's authority, and
+/// refuses a server that authority did not sign.
+#[test]
+#[ignore = "needs PostgreSQL, openssl and the release binaries; run by cargo xtask test"]
+fn tls_to_clients_and_to_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path(), "guard");
+    let stranger = Pki::new(dir.path(), "stranger");
+    let cert = format!("ssl_cert_file={}", pki.certificate.display());
+    let key = format!("ssl_key_file={}", pki.key.display());
+    let postgres = Postgres::start_with(&["ssl=on", &cert, &key]);
+    let policy = |ca: &std::path::Path| {
+        format!(
+            "\
+databases:
+  - name: shop
+    server: 127.0.0.1:{port}
+    listen: 127.0.0.1:LISTEN
+    client_tls:
+      certificate: {certificate}
+      key: {key}
+    server_tls:
+      ca: {ca}
+      name: localhost
+profiles:
+  - name: reader
+    default: allow
+    databases:
+      - database: shop
+        default: allow
+agents: []
+",
+            port = postgres.port,
+            certificate = pki.certificate.display(),
+            key = pki.key.display(),
+            ca = ca.display(),
+        )
+    };
+    let run = |guard: &StatementGuard, sslmode: &str, sql: &str| {
+        let conninfo = format!(
+            "host=localhost hostaddr=127.0.0.1 port={} user=guard dbname=postgres sslmode={sslmode} sslrootcert={}",
+            guard.port,
+            pki.ca.display()
+        );
+        let out = Command::new(postgres.bin_dir.join("psql"))
+            .args([&conninfo, "-X", "-A", "-t", "-c", sql])
+            .output()
+            .expect("psql");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    };
+
+    let guarded = tempfile::tempdir().expect("tempdir");
+    let guard = StatementGuard::start(
+        guarded.path(),
+        &policy(&pki.ca),
+        "reader",
+        "shop",
+        Stdio::null(),
+    );
+    // The client verifies the guard's certificate and name; the server
+    // sees a TLS connection from the guard.
+    let (ok, out, err) = run(
+        &guard,
+        "verify-full",
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "t");
+    // Plain text is refused.
+    let (ok, _, err) = run(&guard, "disable", "SELECT 1");
+    assert!(
+        !ok && err.contains("guard: the statement guard requires TLS"),
+        "{err}"
+    );
+
+    // A server whose certificate the policy's authority did not sign.
+    let other = tempfile::tempdir().expect("tempdir");
+    let doubting = StatementGuard::start(
+        other.path(),
+        &policy(&stranger.ca),
+        "reader",
+        "shop",
+        Stdio::null(),
+    );
+    let (ok, _, err) = run(&doubting, "require", "SELECT 1");
+    assert!(!ok && err.contains("TLS to the database server"), "{err}");
+}

@@ -11,13 +11,14 @@ use crate::repo::{Repo, capture, run};
 /// Debian packages: QEMU for the kernel VMs, a static busybox, cpio and xz
 /// for their initramfs (xz unpacks kernel modules), PostgreSQL for the
 /// collector's shared-store tests and the statement guard's tests (on the
-/// host and in the VMs), and libclang for the bindings of PostgreSQL's
+/// host and in the VMs), openssl for their test certificates, and libclang for the bindings of PostgreSQL's
 /// parser (guard-sql's pg_query).
 const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
     "xz-utils",
+    "openssl",
     "postgresql",
     "postgresql-client",
     "libclang-dev",

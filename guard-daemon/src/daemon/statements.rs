@@ -99,8 +99,9 @@ async fn guard(
         tokio::select! {
             changed = published.changed() => {
                 changed?;
-                let text = lock(state).current().text.clone();
-                send(&mut write, &ToGuard::Policy { text }).await?;
+                let current = lock(state).current().clone();
+                let files = tls_files(&current);
+                send(&mut write, &ToGuard::Policy { text: current.text.clone(), files }).await?;
             }
             message = next(&mut lines) => {
                 let message = message?.ok_or_else(|| anyhow::anyhow!("it closed its control socket"))?;
@@ -161,6 +162,28 @@ fn spawn(config: &StatementGuardConfig, control: OwnedFd) -> anyhow::Result<toki
         .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", config.program.display()))?;
     drop(control);
     Ok(child)
+}
+
+/// The TLS files the policy's databases name, read as root: the guard
+/// gets their contents, never the files. One guardd cannot read is left
+/// out (the guard then does not serve its database) and logged.
+fn tls_files(generation: &Generation) -> std::collections::BTreeMap<String, String> {
+    let mut files = std::collections::BTreeMap::new();
+    for database in &generation.compiled.databases {
+        for path in database.files() {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    files.insert(path.display().to_string(), text);
+                }
+                Err(e) => error!(
+                    database = %database.name,
+                    "cannot read {}: {e}; the database is not served",
+                    path.display()
+                ),
+            }
+        }
+    }
+    files
 }
 
 async fn send(write: &mut OwnedWriteHalf, message: &ToGuard) -> anyhow::Result<()> {

@@ -47,6 +47,10 @@ fn main() {
         .find(|d| &d.name == database)
         .expect("the database is in the policy");
     let (server, listen) = (entry.server.clone(), entry.listen);
+    let tls = guard_pg::tls::for_database(entry, |path| {
+        std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+    })
+    .unwrap_or_else(|e| panic!("TLS: {e}"));
     let profile = parsed
         .profiles
         .iter()
@@ -91,7 +95,7 @@ fn main() {
             "statement guard listening on {}",
             listener.local_addr().expect("address")
         );
-        guard_pg::proxy::serve(listener, server, Arc::new(authority))
+        guard_pg::proxy::serve(listener, server, tls, Arc::new(authority))
             .await
             .expect("serve");
     });
