@@ -80,6 +80,10 @@ pub enum FromGuard {
     },
     /// Connection `id` ended.
     Closed { id: u64 },
-    /// The guard cannot listen for `database`.
-    CannotListen { database: String, error: String },
+    /// The guard listens for `database` (`problem` is `None`), or cannot
+    /// serve it, and why.
+    Serving {
+        database: String,
+        problem: Option<String>,
+    },
 }

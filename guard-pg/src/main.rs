@@ -342,8 +342,16 @@ impl Listeners {
         for task in stopped {
             let _ = task.await;
         }
+        // guardd learns the state of every database of each policy.
         for database in &policy.databases {
+            let serving = |problem: Option<String>| {
+                let _ = shared.to_guardd.send(FromGuard::Serving {
+                    database: database.name.clone(),
+                    problem,
+                });
+            };
             if self.serving.contains_key(&database.name) {
+                serving(None);
                 continue;
             }
             let served = Served::of(database, files);
@@ -353,12 +361,9 @@ impl Listeners {
                     .map(|text| text.as_bytes().to_vec())
                     .ok_or_else(|| format!("guardd could not read {}", path.display()))
             };
-            let cannot = |error: String| {
-                warn!(database = %database.name, "{error}");
-                let _ = shared.to_guardd.send(FromGuard::CannotListen {
-                    database: database.name.clone(),
-                    error,
-                });
+            let cannot = |problem: String| {
+                warn!(database = %database.name, "{problem}");
+                serving(Some(problem));
             };
             let tls = match guard_pg::tls::for_database(database, read) {
                 Ok(tls) => tls,
@@ -393,6 +398,7 @@ impl Listeners {
                 }
             });
             self.serving.insert(database.name.clone(), (served, task));
+            serving(None);
         }
     }
 }

@@ -280,6 +280,15 @@ fn status_json(status: &pb::Status) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "sessions": status.sessions.iter().map(session_json).collect::<Vec<_>>(),
         "counters": status.counters,
+        "databases": status.databases.iter().map(|d| {
+            let mut database = serde_json::json!({
+                "name": d.name, "listen": d.listen, "server": d.server, "guarded": d.guarded,
+            });
+            if let Some(problem) = text(&d.problem) {
+                database["problem"] = problem.into();
+            }
+            database
+        }).collect::<Vec<_>>(),
     });
     if let Some(problem) = text(&status.problem) {
         json["problem"] = problem.into();
@@ -337,6 +346,17 @@ fn print_status(status: &pb::Status) {
             defaults.join(" "),
             profile.rules
         );
+    }
+    if !status.databases.is_empty() {
+        println!("databases (statement guard):");
+        for d in &status.databases {
+            let state = if d.guarded {
+                "guarded".to_string()
+            } else {
+                format!("NOT guarded ({})", d.problem)
+            };
+            println!("  {:<22} {} -> {}  {state}", d.name, d.listen, d.server);
+        }
     }
     println!("sessions: {}", status.sessions.len());
     for info in &status.sessions {

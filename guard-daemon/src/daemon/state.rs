@@ -85,6 +85,9 @@ pub struct State {
     pub(super) hosts: hosts::Hosts,
     /// The number of each generation as it is published.
     pub(super) published: tokio::sync::watch::Sender<u64>,
+    /// Whether the statement guard serves each database of the policy in
+    /// force, or why not.
+    pub(super) databases: BTreeMap<String, Result<(), String>>,
 }
 
 impl State {
@@ -133,6 +136,7 @@ impl State {
             notes: Vec::new(),
             hosts: hosts::Hosts::default(),
             published: tokio::sync::watch::Sender::new(0),
+            databases: BTreeMap::new(),
         };
         if let Some(adopted) = &state.enforcer.adopted
             && let Some(persistence) = persistence
@@ -682,6 +686,24 @@ impl State {
                 rules: compiled.rules.iter().filter(|r| r.profile == *name).count() as u64,
             })
             .collect();
+        let databases = compiled
+            .databases
+            .iter()
+            .map(|d| {
+                let serving = self
+                    .databases
+                    .get(&d.name)
+                    .cloned()
+                    .unwrap_or_else(|| Err("the statement guard has not started".into()));
+                pb::DatabaseStatus {
+                    name: d.name.clone(),
+                    listen: d.listen.to_string(),
+                    server: d.server.clone(),
+                    guarded: serving.is_ok(),
+                    problem: serving.err().unwrap_or_default(),
+                }
+            })
+            .collect();
         pb::Status {
             enforcing: self.readiness.is_ok(),
             problem: self.readiness.clone().err().unwrap_or_default(),
@@ -696,6 +718,7 @@ impl State {
             profiles,
             sessions: sessions.iter().map(Session::to_proto).collect(),
             counters: self.counters(),
+            databases,
         }
     }
 

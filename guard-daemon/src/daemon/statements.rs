@@ -42,8 +42,10 @@ use super::{
 /// The longest line the guard may send: a record with a long statement.
 const MAX_LINE: u64 = 16 << 20;
 
-/// How long guardd waits before starting a guard that ended again.
+/// How long guardd waits before starting a guard that ended: doubled
+/// after each start that did not last, up to the longest.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
+const LONGEST_RESTART_DELAY: Duration = Duration::from_secs(60);
 
 /// Runs the statement guard while the policy names databases, until
 /// `shutdown`.
@@ -53,20 +55,34 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut published = lock(&state).published.subscribe();
+    let mut delay = RESTART_DELAY;
     loop {
         let wanted = !lock(&state).current().compiled.databases.is_empty();
         if wanted {
-            match guard(&state, &config, &shutdown).await {
-                Ok(()) => return,
-                Err(e) => error!(
-                    "the statement guard: {e:#}; its databases refuse connections until it runs again"
-                ),
+            let started = std::time::Instant::now();
+            let Err(e) = guard(&state, &config, &shutdown).await else {
+                lock(&state).databases.clear();
+                return;
+            };
+            let why = format!("the statement guard is not running ({e:#})");
+            for serving in lock(&state).databases.values_mut() {
+                *serving = Err(why.clone());
             }
+            if started.elapsed() > LONGEST_RESTART_DELAY {
+                delay = RESTART_DELAY;
+            }
+            error!(
+                "{why}; its databases refuse connections until it runs again, in {}s",
+                delay.as_secs()
+            );
             tokio::select! {
-                () = tokio::time::sleep(RESTART_DELAY) => continue,
+                () = tokio::time::sleep(delay) => {}
                 () = shutdown.cancelled() => return,
             }
+            delay = (delay * 2).min(LONGEST_RESTART_DELAY);
+            continue;
         }
+        lock(&state).databases.clear();
         tokio::select! {
             changed = published.changed() => if changed.is_err() { return },
             () = shutdown.cancelled() => return,
@@ -99,7 +115,18 @@ async fn guard(
         tokio::select! {
             changed = published.changed() => {
                 changed?;
-                let current = lock(state).current().clone();
+                let current = {
+                    let mut state = lock(state);
+                    let current = state.current().clone();
+                    // Until the guard says it serves them.
+                    state.databases = current
+                        .compiled
+                        .databases
+                        .iter()
+                        .map(|d| (d.name.clone(), Err("the statement guard is starting".into())))
+                        .collect();
+                    current
+                };
                 let files = tls_files(&current);
                 send(&mut write, &ToGuard::Policy { text: current.text.clone(), files }).await?;
             }
@@ -302,8 +329,13 @@ fn handle(
             connections.remove(&id);
             None
         }
-        FromGuard::CannotListen { database, error } => {
-            error!(%database, "the statement guard {error}: the database is not guarded");
+        FromGuard::Serving { database, problem } => {
+            if let Some(problem) = &problem {
+                error!(%database, "the statement guard {problem}: the database is not guarded");
+            }
+            lock(state)
+                .databases
+                .insert(database, problem.map_or(Ok(()), Err));
             None
         }
     }

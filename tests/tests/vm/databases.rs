@@ -86,6 +86,9 @@ fn the_statement_guard_judges_each_connection_by_its_session() {
     direct("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2), (3)");
 
     let (guarded, agents_only) = (free_port(), free_port());
+    // A port someone else holds: that database cannot be guarded.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().port();
     let policy = format!(
         "\
 databases:
@@ -96,6 +99,9 @@ databases:
   - name: vault
     server: 127.0.0.1:{server}
     listen: 127.0.0.1:{agents_only}
+  - name: busy
+    server: 127.0.0.1:{server}
+    listen: 127.0.0.1:{busy}
 profiles:
   - name: analyst
     default: allow
@@ -136,6 +142,32 @@ agents:
     fs::create_dir_all(&dir).unwrap();
     let guardd = Guardd::start(&dir, &policy, "guard-databases-test");
     wait_listening(guarded, &guardd);
+    // `guardctl status` says which databases the guard serves, and why it
+    // cannot serve the one whose port is taken.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = guardd.status();
+        let databases = status["databases"].as_array().expect("databases in status");
+        assert_eq!(databases.len(), 3, "{status}");
+        let state = |name: &str| {
+            let d = databases.iter().find(|d| d["name"] == name).unwrap();
+            (
+                d["guarded"] == true,
+                d["problem"].as_str().unwrap_or("").to_string(),
+            )
+        };
+        let settled =
+            state("shop").0 && state("vault").0 && state("busy").1.contains("cannot listen");
+        if settled {
+            assert!(!state("busy").0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = guardd.guardctl(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("NOT guarded (cannot listen on"), "{text}");
     let url = |port: u16| format!("postgres://guard@127.0.0.1:{port}/postgres");
     let as_agent = |agent: &str| {
         let mut command = Command::new(bin("guardctl"));
@@ -315,6 +347,29 @@ touch done",
     assert_eq!(field("CapPrm:"), "0000000000000000");
     assert_eq!(field("NoNewPrivs:"), "1");
 
+    // A guard that dies is started again, and guardd says so meanwhile.
+    let first = guard_pid().unwrap();
+    unsafe { libc::kill(first, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while guard_pid().is_none_or(|pid| pid == first) {
+        assert!(Instant::now() < deadline, "{}", guardd.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        guardd
+            .log_text()
+            .contains("the statement guard is not running"),
+        "{}",
+        guardd.log_text()
+    );
+    wait_listening(guarded, &guardd);
+    let (ok, out, err) = psql(
+        &mut as_agent("analyst"),
+        &url(guarded),
+        "SELECT count(*) FROM t",
+    );
+    assert!(ok && out == "3", "{err}");
+
     // guardd's record chain holds: `guardctl audit verify`.
     let verify = Command::new(bin("guardctl"))
         .args(["audit", "verify"])
@@ -328,13 +383,18 @@ touch done",
     );
 }
 
+/// The pid of the running `guard-pg`.
+fn guard_pid() -> Option<i32> {
+    fs::read_dir("/proc").unwrap().flatten().find_map(|entry| {
+        let comm = fs::read_to_string(entry.path().join("comm")).ok()?;
+        (comm.trim() == "guard-pg")
+            .then(|| entry.file_name().to_str()?.parse().ok())
+            .flatten()
+    })
+}
+
 /// `/proc/PID/status` of the running `guard-pg`.
 fn guard_status() -> String {
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let path = entry.path();
-        if fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "guard-pg") {
-            return fs::read_to_string(path.join("status")).unwrap();
-        }
-    }
-    panic!("no guard-pg process");
+    let pid = guard_pid().expect("a guard-pg process");
+    fs::read_to_string(format!("/proc/{pid}/status")).unwrap()
 }
