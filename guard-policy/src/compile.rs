@@ -98,7 +98,19 @@ impl CompiledPolicy {
             self.file_identity.len(),
             self.file_names.len(),
             self.net_rules.len(),
-        )
+        ) + &if self.databases.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} database(s) [{}]",
+                self.databases.len(),
+                self.databases
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        }
     }
 
     pub fn rule(&self, rule_id: u32) -> Option<&RuleInfo> {

@@ -43,8 +43,8 @@ fn example_profiles_load_and_enforce() {
     assert_eq!(coder(&["create", "/srv/agents/data/x"]).errno, Some(EPERM));
     assert_eq!(coder(&["connect-tcp", "10.20.0.5:5432"]).errno, Some(EPERM));
 
-    // data-analysis: source data is never deleted; only the database is
-    // reachable (no route in the VM, but not EPERM).
+    // data-analysis: source data is never deleted; the database is
+    // reachable only through the statement guard.
     fs::write("/srv/agents/data/events.parquet", "data").unwrap();
     let analyst = |args: &[&str]| guardd.probe("analyst", &dir, args);
     assert_eq!(
@@ -52,10 +52,17 @@ fn example_profiles_load_and_enforce() {
         Some(EPERM)
     );
     assert!(Path::new("/srv/agents/data/events.parquet").exists());
-    assert_ne!(
-        analyst(&["connect-tcp", "10.20.0.5:5432"]).errno,
-        Some(EPERM)
-    );
+    let direct = analyst(&["connect-tcp", "10.20.0.5:5432"]);
+    assert_eq!(direct.errno, Some(EPERM));
+    let denial = guardd.record(direct.pid, |r| r["verdict"] == "deny");
+    assert_eq!(denial["rule"], "no-direct-database", "{denial}");
+    // guardd runs the statement guard for the example's database.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while guardd.status()["databases"][0]["guarded"] != true {
+        assert!(std::time::Instant::now() < deadline, "{}", guardd.status());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(analyst(&["connect-tcp", "127.0.0.1:6432"]).errno, None);
     assert_eq!(
         analyst(&["connect-tcp", "10.30.0.5:443"]).errno,
         Some(EPERM)
