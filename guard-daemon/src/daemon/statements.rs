@@ -110,6 +110,7 @@ async fn guard(
     let mut published = lock(state).published.subscribe();
     published.mark_changed();
     let mut lines = BufReader::new(read);
+    let mut line = Vec::new();
     let mut connections = HashMap::new();
     loop {
         tokio::select! {
@@ -130,7 +131,7 @@ async fn guard(
                 let files = tls_files(&current);
                 send(&mut write, &ToGuard::Policy { text: current.text.clone(), files }).await?;
             }
-            message = next(&mut lines) => {
+            message = next(&mut lines, &mut line) => {
                 let message = message?.ok_or_else(|| anyhow::anyhow!("it closed its control socket"))?;
                 if let Some(answer) = handle(state, &diag, &mut connections, message) {
                     send(&mut write, &answer).await?;
@@ -220,17 +221,24 @@ async fn send(write: &mut OwnedWriteHalf, message: &ToGuard) -> anyhow::Result<(
     Ok(())
 }
 
-/// The guard's next message; `None` when it closed the socket.
-async fn next(lines: &mut BufReader<OwnedReadHalf>) -> anyhow::Result<Option<FromGuard>> {
-    let mut line = Vec::new();
-    lines.take(MAX_LINE).read_until(b'\n', &mut line).await?;
-    if line.is_empty() {
+/// The guard's next message; `None` when it closed the socket. `line`
+/// keeps what was read of a line when a call is cancelled (by `select!`),
+/// so that the next call goes on where it stopped.
+async fn next(
+    lines: &mut BufReader<OwnedReadHalf>,
+    line: &mut Vec<u8>,
+) -> anyhow::Result<Option<FromGuard>> {
+    let room = MAX_LINE.saturating_sub(line.len() as u64);
+    let read = (&mut *lines).take(room).read_until(b'\n', line).await?;
+    if read == 0 && line.is_empty() {
         return Ok(None);
     }
     if line.last() != Some(&b'\n') {
         anyhow::bail!("it sent a line longer than {MAX_LINE} bytes, or half a line");
     }
-    Ok(Some(serde_json::from_slice(&line)?))
+    let message = serde_json::from_slice(line);
+    line.clear();
+    Ok(Some(message?))
 }
 
 /// Who opened a connection, as its records say.
@@ -464,5 +472,35 @@ fn statement_record(
         ticket: None,
         budget: None,
         statement: Some(note),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line the guard sends in two parts, with the read cancelled in
+    /// between (as `select!` does when a reload comes first), arrives
+    /// whole.
+    #[tokio::test]
+    async fn a_cancelled_read_loses_nothing() {
+        let (ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (read, _write) = ours.into_split();
+        let mut lines = BufReader::new(read);
+        let mut line = Vec::new();
+        let text = serde_json::to_string(&FromGuard::Closed { id: 7 }).unwrap() + "\n";
+        let (first, rest) = text.split_at(5);
+        theirs.write_all(first.as_bytes()).await.unwrap();
+        let cancelled =
+            tokio::time::timeout(Duration::from_millis(50), next(&mut lines, &mut line)).await;
+        assert!(cancelled.is_err(), "no whole line yet");
+        theirs.write_all(rest.as_bytes()).await.unwrap();
+        let message = next(&mut lines, &mut line).await.unwrap();
+        assert!(
+            matches!(message, Some(FromGuard::Closed { id: 7 })),
+            "{message:?}"
+        );
+        drop(theirs);
+        assert!(next(&mut lines, &mut line).await.unwrap().is_none());
     }
 }
