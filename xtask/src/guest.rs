@@ -31,6 +31,8 @@ pub fn build(repo: &Repo) -> Result<Artifacts> {
         "-p",
         "guard-collector",
         "-p",
+        "guard-pg",
+        "-p",
         "guard-tests",
         "--bins",
     ]))?;
