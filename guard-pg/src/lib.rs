@@ -17,7 +17,10 @@ pub mod tls;
 use std::{future::Future, net::SocketAddr, pin::Pin};
 
 use guard_api::record::{StatementNote, Verdict};
-use guard_policy::database::StatementRules;
+use guard_policy::{
+    database::StatementRules,
+    policy::{Mode, Policy},
+};
 use serde::Serialize;
 
 /// What decides for one connection: the profile and its rules for the
@@ -31,6 +34,38 @@ pub struct ConnectionPolicy {
     /// allowed and recorded as `would_deny`.
     pub enforce: bool,
     pub rules: StatementRules,
+}
+
+impl ConnectionPolicy {
+    /// `profile`'s rules for `database` in `policy`; a profile without
+    /// rules for it is refused the database.
+    pub fn of(
+        policy: &Policy,
+        connection: u64,
+        profile: &str,
+        database: &str,
+    ) -> Result<ConnectionPolicy, String> {
+        let found = policy
+            .profiles
+            .iter()
+            .find(|p| p.name == profile)
+            .ok_or_else(|| format!("profile `{profile}` is not in the policy in force"))?;
+        let rules = found
+            .databases
+            .iter()
+            .find(|r| r.database == database)
+            .ok_or_else(|| {
+                format!(
+                    "profile `{profile}` has no rules for database `{database}`, so it may not use it"
+                )
+            })?;
+        Ok(ConnectionPolicy {
+            connection,
+            profile: profile.to_string(),
+            enforce: found.mode == Mode::Enforce,
+            rules: rules.clone(),
+        })
+    }
 }
 
 /// A connection to the guard, as its startup packet describes it.

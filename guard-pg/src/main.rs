@@ -27,7 +27,7 @@ use guard_api::{
 use guard_pg::{Approval, Authority, Client, ConnectionPolicy, Decision, StatementRecord};
 use guard_policy::{
     database::{ClientTls, Database, ServerTls},
-    policy::{Mode, Policy},
+    policy::Policy,
 };
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, BufWriter},
@@ -142,7 +142,7 @@ impl Authority for Listener {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            connection_policy(&policy, id, &profile, &database)
+            ConnectionPolicy::of(&policy, id, &profile, &database)
         })
     }
 
@@ -183,36 +183,6 @@ impl Authority for Listener {
             .to_guardd
             .send(FromGuard::Closed { id: connection });
     }
-}
-
-/// `profile`'s rules for `database`; a profile without rules for it is
-/// refused the database.
-fn connection_policy(
-    policy: &Policy,
-    connection: u64,
-    profile: &str,
-    database: &str,
-) -> Result<ConnectionPolicy, String> {
-    let found = policy
-        .profiles
-        .iter()
-        .find(|p| p.name == profile)
-        .ok_or_else(|| format!("profile `{profile}` is not in the policy in force"))?;
-    let rules = found
-        .databases
-        .iter()
-        .find(|r| r.database == database)
-        .ok_or_else(|| {
-            format!(
-                "profile `{profile}` has no rules for database `{database}`, so it may not use it"
-            )
-        })?;
-    Ok(ConnectionPolicy {
-        connection,
-        profile: profile.to_string(),
-        enforce: found.mode == Mode::Enforce,
-        rules: rules.clone(),
-    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

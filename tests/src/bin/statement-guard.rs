@@ -6,7 +6,6 @@
 use std::{io::Write as _, sync::Arc};
 
 use guard_pg::{Approval, Authority, Client, ConnectionPolicy, Decision, StatementRecord};
-use guard_policy::policy::Mode;
 
 struct OneProfile {
     policy: ConnectionPolicy,
@@ -51,17 +50,8 @@ fn main() {
         std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
     })
     .unwrap_or_else(|e| panic!("TLS: {e}"));
-    let profile = parsed
-        .profiles
-        .iter()
-        .find(|p| &p.name == profile)
-        .expect("the profile is in the policy");
-    let rules = profile
-        .databases
-        .iter()
-        .find(|r| &r.database == database)
-        .expect("the profile has rules for the database")
-        .clone();
+    let policy =
+        ConnectionPolicy::of(&parsed, 0, profile, database).unwrap_or_else(|e| panic!("{e}"));
     let (records, printed) = std::sync::mpsc::channel::<StatementRecord>();
     std::thread::spawn(move || {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -76,15 +66,7 @@ fn main() {
             out.flush().expect("flush records");
         }
     });
-    let authority = OneProfile {
-        records,
-        policy: ConnectionPolicy {
-            connection: 0,
-            profile: profile.name.clone(),
-            enforce: profile.mode == Mode::Enforce,
-            rules,
-        },
-    };
+    let authority = OneProfile { records, policy };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
