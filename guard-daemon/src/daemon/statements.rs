@@ -246,7 +246,11 @@ struct Connection {
     profile: String,
     agent: String,
     session: Option<Session>,
-    /// The session's or agent's cgroup whose profile applies (0 for none).
+    /// The outermost session's id (itself, unless a sub-agent's): tickets
+    /// are bound to it.
+    outermost: Option<String>,
+    /// The cgroup whose profile applies, as in kernel records: the
+    /// outermost session's, or the agent's (0 for none).
     agent_cgroup: u64,
     /// The cgroup and user of the client's socket, when it is on this host.
     cgroup: u64,
@@ -303,14 +307,13 @@ fn handle(
                 record.flags.push("approved".into());
                 record.ticket = Some(approvals::note(&ticket, "used"));
             }
-            if let Some(session) = &connection.session
+            if let (Some(session), Some(outermost)) = (&connection.session, &connection.outermost)
                 && verdict == Verdict::Deny
             {
                 if approvable {
-                    let outermost = state.outermost(session.clone());
                     let fingerprint = &record.statement.as_ref().expect("a statement").fingerprint;
-                    let key = ExceptionKey::statement(outermost.cgroup, fingerprint);
-                    record.ticket = state.tickets.open(key, &record, &outermost.id);
+                    let key = ExceptionKey::statement(connection.agent_cgroup, fingerprint);
+                    record.ticket = state.tickets.open(key, &record, outermost);
                 }
                 state.why.note(&session.id, &record);
             }
@@ -324,13 +327,13 @@ fn handle(
         } => {
             // Only a session's statements can be approved: the ticket is
             // bound to it.
-            let session = connections.get(&id).and_then(|c| c.session.clone());
-            let ticket = session.and_then(|session| {
-                let mut state = lock(state);
-                let outermost = state.outermost(session);
-                let key = ExceptionKey::statement(outermost.cgroup, &fingerprint);
-                state.tickets.use_statement(key).map(|note| note.id)
-            });
+            let ticket = connections
+                .get(&id)
+                .filter(|c| c.outermost.is_some())
+                .and_then(|c| {
+                    let key = ExceptionKey::statement(c.agent_cgroup, &fingerprint);
+                    lock(state).tickets.use_statement(key).map(|note| note.id)
+                });
             Some(ToGuard::Approval { query, ticket })
         }
         FromGuard::Closed { id } => {
@@ -371,6 +374,7 @@ fn identify(
         profile: String::new(),
         agent: String::new(),
         session: None,
+        outermost: None,
         agent_cgroup: 0,
         cgroup: owner.map_or(0, |o| o.cgroup),
         uid: owner.map_or(0, |o| o.uid),
@@ -381,7 +385,9 @@ fn identify(
             if let Some(session) = state.sessions.by_cgroup(owner.cgroup).cloned() {
                 connection.profile = session.profile.clone();
                 connection.agent = session.agent.clone();
-                connection.agent_cgroup = session.cgroup;
+                let outermost = state.outermost(session.clone());
+                connection.agent_cgroup = outermost.cgroup;
+                connection.outermost = Some(outermost.id);
                 connection.session = Some(session);
                 return Ok(connection);
             }
