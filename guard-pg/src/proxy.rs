@@ -120,22 +120,27 @@ async fn fatal(writer: &mut (impl AsyncWrite + Unpin), ended: Ended) -> Ended {
     ended
 }
 
-/// Splits a stream into its two buffered halves.
-fn halves<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(stream: S) -> (Reader, Writer) {
-    let (read, write) = tokio::io::split(stream);
+/// The two halves of a stream, buffered.
+fn buffered(
+    read: impl AsyncRead + Send + Unpin + 'static,
+    write: impl AsyncWrite + Send + Unpin + 'static,
+) -> (Reader, Writer) {
     (
         BufReader::new(Box::new(read) as Box<dyn AsyncRead + Send + Unpin>),
         BufWriter::new(Box::new(write) as Box<dyn AsyncWrite + Send + Unpin>),
     )
 }
 
+/// A TLS stream's two buffered halves.
+fn halves<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(stream: S) -> (Reader, Writer) {
+    let (read, write) = tokio::io::split(stream);
+    buffered(read, write)
+}
+
 /// A TCP stream's two buffered halves (without `split`'s lock).
 fn tcp_halves(stream: TcpStream) -> (Reader, Writer) {
     let (read, write) = stream.into_split();
-    (
-        BufReader::new(Box::new(read) as Box<dyn AsyncRead + Send + Unpin>),
-        BufWriter::new(Box::new(write) as Box<dyn AsyncWrite + Send + Unpin>),
-    )
+    buffered(read, write)
 }
 
 /// The client's startup: its TLS request answered (and TLS begun, when the
@@ -146,12 +151,12 @@ async fn client_startup(
     server_name: &str,
     tls: &Tls,
 ) -> Result<Option<(Reader, Writer, Vec<(String, String)>, Vec<u8>)>, Ended> {
+    client.set_nodelay(true)?;
     // Startup packets are read exactly, never ahead: bytes a client sends
     // after its TLS request belong to the TLS handshake, and are never
     // taken for plain text.
-    let mut first = Startup::read(&mut client).await;
-    while let Ok(Startup::GssEnc) | Ok(Startup::Ssl) = first {
-        match (&first, &tls.clients) {
+    loop {
+        match (Startup::read(&mut client).await, &tls.clients) {
             (Ok(Startup::Ssl), Some(acceptor)) => {
                 client.write_all(b"S").await?;
                 let mut stream = acceptor.accept(client).await?;
@@ -170,31 +175,26 @@ async fn client_startup(
                 };
             }
             // The client may go on in plain text, or give up.
-            _ => client.write_all(b"N").await?,
+            (Ok(Startup::Ssl | Startup::GssEnc), _) => client.write_all(b"N").await?,
+            (Ok(Startup::Cancel(packet)), _) => {
+                // The key is the server's own, relayed at startup.
+                TcpStream::connect(server_name)
+                    .await?
+                    .write_all(&packet)
+                    .await?;
+                return Ok(None);
+            }
+            (Ok(Startup::Start { .. }), _) if tls.clients_required => {
+                let why = "the statement guard requires TLS for this database: connect with sslmode=require (or stronger)";
+                return Err(fatal(&mut client, Ended::refused("28000", why)).await);
+            }
+            (Ok(Startup::Start { params, raw }), _) => {
+                let (read, write) = tcp_halves(client);
+                return Ok(Some((read, write, params, raw)));
+            }
+            (Err(ProtocolError::Closed), _) => return Ok(None),
+            (Err(e), _) => return Err(fatal(&mut client, e.into()).await),
         }
-        first = Startup::read(&mut client).await;
-    }
-    match first {
-        Ok(Startup::Cancel(packet)) => {
-            // The key is the server's own, relayed at startup.
-            TcpStream::connect(server_name)
-                .await?
-                .write_all(&packet)
-                .await?;
-            Ok(None)
-        }
-        Ok(Startup::Start { .. }) if tls.clients_required => {
-            let why = "the statement guard requires TLS for this database: connect with sslmode=require (or stronger)";
-            Err(fatal(&mut client, Ended::refused("28000", why)).await)
-        }
-        Ok(Startup::Start { params, raw }) => {
-            client.set_nodelay(true)?;
-            let (read, write) = tcp_halves(client);
-            Ok(Some((read, write, params, raw)))
-        }
-        Ok(Startup::Ssl | Startup::GssEnc) => unreachable!("answered above"),
-        Err(ProtocolError::Closed) => Ok(None),
-        Err(e) => Err(fatal(&mut client, e.into()).await),
     }
 }
 
