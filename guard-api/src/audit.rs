@@ -342,6 +342,9 @@ fn to_proto(r: &Record, chain: String, json: &str) -> pb::Record {
             normalized: s.normalized.clone(),
             fingerprint: s.fingerprint.clone(),
             monitored: s.monitored,
+            rows_changed: s.rows_changed,
+            rows_read: s.rows_read,
+            bytes_read: s.bytes_read,
         }),
     }
 }

@@ -256,6 +256,15 @@ fn decision(host: &str, r: &Record, sealed: &str) -> Value {
                 "objects": s.objects,
                 "monitored": s.monitored,
             });
+            for (name, count) in [
+                ("rows_changed", s.rows_changed),
+                ("rows_read", s.rows_read),
+                ("bytes_read", s.bytes_read),
+            ] {
+                if let Some(count) = count {
+                    event["unmapped"]["statement"][name] = json!(count);
+                }
+            }
         }
         4001 => {
             if let Ok(addr) = r.target.parse::<std::net::SocketAddr>() {

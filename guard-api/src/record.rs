@@ -308,6 +308,15 @@ pub struct StatementNote {
     /// A `monitor` rule matched (`rule` names it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub monitored: bool,
+    /// Rows the statement changed, as the server's command tag counts them
+    /// (`DELETE 3`), and the rows and bytes of rows it returned; absent
+    /// when the guard did not count them (docs/databases.md says when).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_changed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_read: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_read: Option<u64>,
 }
 
 /// The rule of a self-protection denial (`guard_common::SELF_PROTECTION`).

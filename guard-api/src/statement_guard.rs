@@ -33,10 +33,14 @@ pub enum ToGuard {
         text: String,
         files: BTreeMap<String, String>,
     },
-    /// The profile of connection `id`, or why it is refused.
+    /// The profile of connection `id`, or why it is refused, and the Guard
+    /// session it belongs to (the outermost one, for a sub-agent's): the
+    /// session's connections share its statement budgets.
     Profile {
         id: u64,
         answer: Result<String, String>,
+        #[serde(default)]
+        session: Option<String>,
     },
     /// The answer to [`FromGuard::Approval`] `query`: the approved ticket
     /// the statement uses (a one-use ticket is used up by it), if any.

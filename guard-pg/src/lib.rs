@@ -9,12 +9,21 @@
 //! the guard puts its own error, with the rule's reason, where the
 //! server's would have been. The connection stays usable.
 
+pub mod budget;
 mod cache;
 pub mod protocol;
 pub mod proxy;
 pub mod tls;
 
-use std::{future::Future, net::SocketAddr, pin::Pin};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use guard_api::record::{StatementNote, Verdict};
 use guard_policy::{
@@ -34,6 +43,35 @@ pub struct ConnectionPolicy {
     /// allowed and recorded as `would_deny`.
     pub enforce: bool,
     pub rules: StatementRules,
+    /// What the connection's Guard session has spent of its statement
+    /// budgets, shared by the session's connections (a connection from no
+    /// session has its own).
+    pub spent: Arc<Spent>,
+}
+
+/// Rows and bytes a session's statements changed and read so far.
+#[derive(Debug, Default)]
+pub struct Spent {
+    pub rows_changed: AtomicU64,
+    pub rows_read: AtomicU64,
+    pub bytes_read: AtomicU64,
+}
+
+impl Spent {
+    /// Adds `amount` to `counter` unless that takes it over `limit`; the
+    /// total it would have reached when it does.
+    pub fn spend(counter: &AtomicU64, amount: u64, limit: Option<u64>) -> Result<(), u64> {
+        let Some(limit) = limit else {
+            counter.fetch_add(amount, Ordering::Relaxed);
+            return Ok(());
+        };
+        counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |spent| {
+                spent.checked_add(amount).filter(|&total| total <= limit)
+            })
+            .map(drop)
+            .map_err(|spent| spent.saturating_add(amount))
+    }
 }
 
 impl ConnectionPolicy {
@@ -64,6 +102,7 @@ impl ConnectionPolicy {
             profile: profile.to_string(),
             enforce: found.mode == Mode::Enforce,
             rules: rules.clone(),
+            spent: Arc::default(),
         })
     }
 }

@@ -13,7 +13,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     os::fd::FromRawFd as _,
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex, RwLock, Weak,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -24,7 +24,7 @@ use guard_api::{
     logs::{self, LogFormat},
     statement_guard::{CONTROL_FD, FromGuard, ToGuard},
 };
-use guard_pg::{Approval, Authority, Client, ConnectionPolicy, Decision, StatementRecord};
+use guard_pg::{Approval, Authority, Client, ConnectionPolicy, Decision, Spent, StatementRecord};
 use guard_policy::{
     database::{ClientTls, Database, ServerTls},
     policy::Policy,
@@ -92,13 +92,19 @@ fn control_socket() -> Result<std::os::unix::net::UnixStream, String> {
     Ok(socket)
 }
 
+/// A connection's profile (or why it is refused), and its Guard session.
+type ProfileAnswer = (Result<String, String>, Option<String>);
+
 /// What the listeners share: the policy in force, the line to guardd, and
 /// the questions waiting for guardd's answer.
 struct Shared {
     policy: RwLock<Arc<Policy>>,
     to_guardd: mpsc::UnboundedSender<FromGuard>,
-    /// New connections, by id: their profile.
-    profiles: Mutex<HashMap<u64, oneshot::Sender<Result<String, String>>>>,
+    /// New connections, by id: guardd's answer.
+    profiles: Mutex<HashMap<u64, oneshot::Sender<ProfileAnswer>>>,
+    /// What each Guard session with a connection open has spent of its
+    /// statement budgets (kept while one of its connections is open).
+    spent: Mutex<HashMap<String, Weak<Spent>>>,
     /// Approval questions, by query: the ticket.
     approvals: Mutex<HashMap<u64, oneshot::Sender<Option<String>>>>,
     /// Numbers connections and approval questions.
@@ -134,15 +140,26 @@ impl Authority for Listener {
             if asked.is_err() {
                 return Err("the statement guard lost guardd".into());
             }
-            let profile = answered
+            let (profile, session) = answered
                 .await
-                .map_err(|_| "the statement guard lost guardd".to_string())??;
+                .map_err(|_| "the statement guard lost guardd".to_string())?;
             let policy = shared
                 .policy
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            ConnectionPolicy::of(&policy, id, &profile, &database)
+            let mut decided = ConnectionPolicy::of(&policy, id, &profile?, &database)?;
+            if let Some(session) = session {
+                let mut spent = lock(&shared.spent);
+                spent.retain(|_, s| s.strong_count() > 0);
+                match spent.get(&session).and_then(Weak::upgrade) {
+                    Some(shared) => decided.spent = shared,
+                    None => {
+                        spent.insert(session, Arc::downgrade(&decided.spent));
+                    }
+                }
+            }
+            Ok(decided)
         })
     }
 
@@ -200,6 +217,7 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
         })),
         to_guardd,
         profiles: Mutex::new(HashMap::new()),
+        spent: Mutex::new(HashMap::new()),
         approvals: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
     });
@@ -233,9 +251,9 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                         *shared.policy.write().unwrap_or_else(|e| e.into_inner()) = policy.clone();
                         listeners.update(&policy, &files, &shared).await;
                     }
-                    ToGuard::Profile { id, answer } => {
+                    ToGuard::Profile { id, answer, session } => {
                         if let Some(waiting) = lock(&shared.profiles).remove(&id) {
-                            let _ = waiting.send(answer);
+                            let _ = waiting.send((answer, session));
                         }
                     }
                     ToGuard::Approval { query, ticket } => {

@@ -15,16 +15,18 @@ use guard_api::{
     record::{StatementNote, Verdict},
     statement_guard::GUARD_RULE,
 };
-use guard_policy::database::StatementEffect;
+use guard_policy::database::{StatementEffect, StatementRules};
 use guard_sql::{ANY_SETTING, Class, Strings};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader, BufWriter},
     net::{TcpListener, TcpStream},
+    sync::oneshot,
 };
 use tracing::{debug, warn};
 
 use crate::{
-    Authority, Client, ConnectionPolicy, StatementRecord,
+    Authority, Client, ConnectionPolicy, Spent, StatementRecord,
+    budget::{self, Counts, Overrun},
     protocol::{self, Frontend, Message, ProtocolError, Startup},
     tls::Tls,
 };
@@ -304,9 +306,28 @@ async fn connection(
         _ => Strings::Standard,
     };
 
-    let shared = Arc::new(Mutex::new(Shared::default()));
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(|e| ProtocolError::Io(e.to_string()))?;
+    let shared = Arc::new(Mutex::new(Shared {
+        nonce: hex::encode(nonce),
+        ..Shared::default()
+    }));
+    let server_write = Arc::new(tokio::sync::Mutex::new(server_write));
+    let (settled, settled_seen) = tokio::sync::watch::channel((0, b'I'));
+    let down = Downstream {
+        shared: shared.clone(),
+        server: server_write.clone(),
+        reading,
+        profile: policy.profile.clone(),
+        rules: policy.rules.clone(),
+        spent: policy.spent.clone(),
+        authority: authority.clone(),
+        preface: None,
+        ready: 0,
+        counts: Counts::default(),
+        copied_in: false,
+        settled,
+    };
     let judge = Judge {
         policy,
         client,
@@ -314,19 +335,18 @@ async fn connection(
         authority,
         strings,
         prepared: HashMap::new(),
+        held: None,
     };
     let up = Upstream {
         judge,
-        shared: shared.clone(),
-        nonce: hex::encode(nonce),
-        stand_ins: 0,
-        units: 0,
+        shared,
+        server: server_write,
+        settled: settled_seen,
+        gate: None,
+        portals: HashMap::new(),
         discarding: false,
     };
-    let (up, down) = tokio::join!(
-        up.run(client_read, server_write),
-        downstream(server_read, client_write, shared, reading)
-    );
+    let (up, down) = tokio::join!(up.run(client_read), down.run(server_read, client_write));
     up.and(down)
 }
 
@@ -456,6 +476,45 @@ struct Shared {
     /// An error for the client that ends the connection, set by the half
     /// that ends it and sent by `downstream` last.
     fatal: Option<Message>,
+    /// Makes stand-in tokens unguessable, so that no client can make the
+    /// server produce an error the guard would take for a stand-in's.
+    nonce: String,
+    stand_in_count: u64,
+    /// Units sent to the server, the guard's own included: messages it
+    /// answers with `ReadyForQuery` (`Query`, `Sync`).
+    units: u64,
+    /// The guard's own units around a budgeted `Query`, whose answers the
+    /// client does not see.
+    injected: HashMap<u64, Injected>,
+    /// `Query` units whose statements' records wait for their counts.
+    counting: HashMap<u64, Counting>,
+    /// The budgeted execution the server is answering, if any: the client's
+    /// next message waits for its end.
+    watch: Option<Watch>,
+}
+
+impl Shared {
+    fn next_unit(&mut self) -> u64 {
+        self.units += 1;
+        self.units - 1
+    }
+
+    /// The message sent in place of a refused statement in `unit`: one the
+    /// server's parser fails on, naming a token only this guard knows.
+    fn stand_in(&mut self, unit: u64, refusal: &Refusal, extended: bool) -> Message {
+        let token = format!("guard_refused_{}_{}", self.nonce, self.stand_in_count);
+        self.stand_in_count += 1;
+        self.stand_ins.push_back(StandIn {
+            token: token.clone(),
+            error: refusal.to_client(),
+            unit,
+        });
+        if extended {
+            protocol::parse(&token, &token)
+        } else {
+            protocol::query(&token)
+        }
+    }
 }
 
 /// A refused statement's stand-in: the server's error naming `token` is
@@ -468,6 +527,41 @@ struct StandIn {
     unit: u64,
 }
 
+/// A unit the guard sends itself around a budgeted `Query` outside the
+/// client's transaction.
+enum Injected {
+    /// `BEGIN` before it: every answer is the guard's.
+    Begin,
+    /// `COMMIT` or `ROLLBACK` after it: its `ReadyForQuery` ends the
+    /// client's `Query`, after `error` (the budget the statement went over)
+    /// and any error of the server's (a `COMMIT` that fails).
+    End(Option<Message>),
+}
+
+/// The statements of one `Query`, whose records wait for their counts.
+struct Counting {
+    records: Vec<StatementRecord>,
+    /// How many statements the server has answered.
+    answered: usize,
+    /// The statement that went over a budget, and which.
+    overrun: Option<(usize, Overrun)>,
+}
+
+/// A budgeted execution: a `Query`, or an `Execute` (with the record of
+/// its statement, for a refusal).
+struct Watch {
+    unit: u64,
+    execute: Option<StatementRecord>,
+    /// The guard began a transaction for the `Query`, and ends it.
+    began: bool,
+    /// The budget it went over: its rows are no longer sent, and it is
+    /// undone.
+    over: Option<Overrun>,
+    /// Told, once the guard has acted on the end, whether the server now
+    /// skips to the next `Sync`.
+    done: oneshot::Sender<bool>,
+}
+
 /// Why a statement is refused.
 #[derive(Clone)]
 struct Refusal {
@@ -476,11 +570,50 @@ struct Refusal {
     detail: Option<String>,
 }
 
-/// What a statement, or a prepared one, does: its classes and tables.
+impl Refusal {
+    fn to_client(&self) -> Message {
+        guard_error("ERROR", self.code, &self.message, self.detail.as_deref())
+    }
+}
+
+/// Statement classes that neither return nor change rows: budgets do not
+/// watch them (some cannot run in the transaction a watched `Query` gets).
+const NO_ROWS: [Class; 10] = [
+    Class::Transaction,
+    Class::Setting,
+    Class::Server,
+    Class::Create,
+    Class::Alter,
+    Class::Drop,
+    Class::Rename,
+    Class::Comment,
+    Class::Privilege,
+    Class::Lock,
+];
+
+/// What a statement, or a prepared one, does.
 #[derive(Clone, Default)]
 struct Judged {
     classes: BTreeSet<Class>,
     objects: BTreeSet<String>,
+    /// For records: the (last) statement's normalized text and fingerprint.
+    normalized: String,
+    fingerprint: String,
+    /// Every row it changes is in its command tag.
+    changes_counted: bool,
+}
+
+impl Judged {
+    /// It may return or change rows, so budgets count it.
+    fn has_rows(&self) -> bool {
+        self.classes.iter().any(|c| !NO_ROWS.contains(c))
+    }
+
+    fn add(&mut self, other: &Judged) {
+        self.classes.extend(&other.classes);
+        self.objects.extend(other.objects.iter().cloned());
+        self.changes_counted &= other.changes_counted;
+    }
 }
 
 /// Judges statements for one connection and records them.
@@ -494,6 +627,8 @@ struct Judge {
     /// Prepared statements by name (protocol-level and `PREPARE` share one
     /// namespace), for `EXECUTE name`.
     prepared: HashMap<String, Judged>,
+    /// Records held back (until the server answers) instead of sent.
+    held: Option<Vec<StatementRecord>>,
 }
 
 impl Judge {
@@ -514,27 +649,41 @@ impl Judge {
                 return Err(refusal);
             }
         };
+        // With budgets, the guard may run a `Query` in a transaction of its
+        // own, which transaction control in the same message would end.
+        let budgets = &self.policy.rules.budgets;
+        let mixed = budgets.any()
+            && statements.len() > 1
+            && statements
+                .iter()
+                .any(|s| s.classes.contains(&Class::Transaction));
         let mut outcomes = Vec::with_capacity(statements.len());
-        let mut all = Judged::default();
+        let mut all = Judged {
+            changes_counted: true,
+            ..Judged::default()
+        };
         for statement in statements {
             let mut judged = Judged {
                 classes: statement.classes.clone(),
                 objects: statement.objects.clone(),
+                normalized: statement.normalized.clone(),
+                fingerprint: statement.fingerprint.clone(),
+                changes_counted: statement.changes_counted,
             };
             for name in &statement.executes {
                 // An unknown name fails in the server.
                 if let Some(prepared) = self.prepared.get(name) {
-                    judged.classes.extend(&prepared.classes);
-                    judged.objects.extend(prepared.objects.iter().cloned());
+                    judged.add(&prepared.clone());
                 }
             }
-            let outcome = self.outcome(statement, &judged);
+            let outcome = self.outcome(statement, &judged, mixed);
             // A later statement of the same message may execute it.
             if let (Some(name), None) = (&statement.prepares, &outcome.refusal) {
                 self.prepared.insert(name.clone(), judged.clone());
             }
-            all.classes.extend(&judged.classes);
-            all.objects.extend(judged.objects.iter().cloned());
+            all.add(&judged);
+            all.normalized.clone_from(&judged.normalized);
+            all.fingerprint.clone_from(&judged.fingerprint);
             outcomes.push((statement, judged, outcome));
         }
         // A statement refused by an approvable rule runs if a human
@@ -560,7 +709,7 @@ impl Judge {
             }
         }
         let refused = outcomes.iter().position(|(_, _, o)| o.refusal.is_some());
-        for (statement, judged, outcome) in &outcomes {
+        for (_, judged, outcome) in &outcomes {
             let (verdict, reason) = match (refused, &outcome.refusal) {
                 (_, Some(refusal)) => (Verdict::Deny, Some(refusal.message.clone())),
                 (Some(_), None) => (
@@ -569,7 +718,7 @@ impl Judge {
                 ),
                 (None, None) => (outcome.verdict, None),
             };
-            self.record(Some((statement, judged)), verdict, reason, outcome);
+            self.record(Some(judged), verdict, reason, outcome);
         }
         match refused {
             Some(i) => Err(outcomes.swap_remove(i).2.refusal.expect("refused")),
@@ -577,25 +726,44 @@ impl Judge {
         }
     }
 
-    /// One statement's verdict under the policy.
-    fn outcome(&self, statement: &guard_sql::Statement, judged: &Judged) -> Outcome {
+    /// One statement's verdict under the policy; `mixed` when its message
+    /// has transaction control and budgets apply.
+    fn outcome(&self, statement: &guard_sql::Statement, judged: &Judged, mixed: bool) -> Outcome {
+        let guard_refusal = |message: String| {
+            Outcome::refused(
+                Some(GUARD_RULE.into()),
+                Refusal {
+                    code: REFUSED,
+                    message,
+                    detail: None,
+                },
+            )
+        };
         if let Some(setting) = statement
             .settings
             .iter()
             .find(|s| READING_SETTINGS.contains(&s.as_str()) || s.as_str() == ANY_SETTING)
         {
-            return Outcome::refused(
-                Some(GUARD_RULE.into()),
-                Refusal {
-                    code: REFUSED,
-                    message: format!(
-                        "changing `{setting}` is not allowed: the guard must read statements as the server does"
-                    ),
-                    detail: None,
-                },
+            return guard_refusal(format!(
+                "changing `{setting}` is not allowed: the guard must read statements as the server does"
+            ));
+        }
+        if mixed && statement.classes.contains(&Class::Transaction) {
+            return guard_refusal(
+                "with statement budgets, send transaction control (BEGIN, COMMIT, ROLLBACK, savepoints) as a statement of its own".into(),
             );
         }
         let rules = &self.policy.rules;
+        if rules.budgets.changes()
+            && (judged.classes.contains(&Class::Code)
+                || (judged.classes.contains(&Class::Write) && !judged.changes_counted))
+        {
+            let mut refused = guard_refusal(
+                "with a budget of rows changed, the guard counts changes by the server's command tags, and this statement's would not be counted (a data-modifying WITH under another statement, EXPLAIN ANALYZE, DO, CALL): send each change as an INSERT, UPDATE, DELETE or MERGE of its own".into(),
+            );
+            refused.rule = Some("budget:rows_changed".into());
+            return refused;
+        }
         let judgement = rules.judge(&judged.classes, &judged.objects);
         let rule = judgement.rule.map(|r| r.id.clone());
         let monitored = judgement.effect == StatementEffect::Monitor;
@@ -654,13 +822,14 @@ impl Judge {
         }
     }
 
-    fn record(
+    /// A statement's record (`None`: text that did not parse).
+    fn record_of(
         &self,
-        statement: Option<(&guard_sql::Statement, &Judged)>,
+        judged: Option<&Judged>,
         verdict: Verdict,
         reason: Option<String>,
         outcome: &Outcome,
-    ) {
+    ) -> StatementRecord {
         let mut note = StatementNote {
             database: self.policy.rules.database.clone(),
             server: self.server.clone(),
@@ -670,14 +839,14 @@ impl Judge {
             monitored: outcome.monitored,
             ..StatementNote::default()
         };
-        if let Some((statement, judged)) = statement {
+        if let Some(judged) = judged {
             note.classes = judged.classes.iter().map(|c| c.name().into()).collect();
             note.classes.sort();
             note.objects = judged.objects.iter().cloned().collect();
-            note.normalized = statement.normalized.clone();
-            note.fingerprint = statement.fingerprint.clone();
+            note.normalized = judged.normalized.clone();
+            note.fingerprint = judged.fingerprint.clone();
         }
-        self.authority.record(StatementRecord {
+        StatementRecord {
             connection: self.policy.connection,
             profile: self.policy.profile.clone(),
             verdict,
@@ -686,7 +855,22 @@ impl Judge {
             approvable: outcome.approvable && outcome.refusal.is_some(),
             ticket: outcome.ticket.clone(),
             statement: note,
-        });
+        }
+    }
+
+    /// Sends a statement's record, or holds it back.
+    fn record(
+        &mut self,
+        judged: Option<&Judged>,
+        verdict: Verdict,
+        reason: Option<String>,
+        outcome: &Outcome,
+    ) {
+        let record = self.record_of(judged, verdict, reason, outcome);
+        match &mut self.held {
+            Some(held) => held.push(record),
+            None => self.authority.record(record),
+        }
     }
 }
 
@@ -719,71 +903,111 @@ impl Outcome {
         self.refusal = None;
         self.ticket = Some(ticket);
     }
+
+    /// A statement's outcome as records of an execution see it.
+    fn ran() -> Outcome {
+        Outcome {
+            verdict: Verdict::Allow,
+            rule: None,
+            monitored: false,
+            refusal: None,
+            approvable: false,
+            ticket: None,
+        }
+    }
 }
+
+/// The server's end of the connection, written by both halves: the
+/// client's messages, and the guard's own around budgeted statements.
+type ServerWriter = Arc<tokio::sync::Mutex<Writer>>;
 
 /// The client-to-server half.
 struct Upstream {
     judge: Judge,
     shared: Arc<Mutex<Shared>>,
-    /// Makes stand-in tokens unguessable, so that no client can make the
-    /// server produce an error the guard would take for a stand-in's.
-    nonce: String,
-    stand_ins: u64,
-    /// Messages sent that the server answers with `ReadyForQuery` (`Query`,
-    /// `Sync`, `FunctionCall`).
-    units: u64,
-    /// After a refused `Parse`: the server skips to the next `Sync` once
-    /// the stand-in fails, and so does the guard.
+    server: ServerWriter,
+    /// `downstream`'s count of `ReadyForQuery` messages, and the last one's
+    /// transaction status.
+    settled: tokio::sync::watch::Receiver<(u64, u8)>,
+    /// Open when the budgeted execution in flight has ended and the guard
+    /// has acted on it; `true` when the server now skips to `Sync`.
+    gate: Option<oneshot::Receiver<bool>>,
+    /// What each portal's statement does, for budgets.
+    portals: HashMap<String, Judged>,
+    /// After a refused `Parse` (or an `Execute` over its budget): the
+    /// server skips to the next `Sync`, and so does the guard.
     discarding: bool,
 }
 
 impl Upstream {
-    async fn run(mut self, mut client: Reader, mut server: Writer) -> Result<(), Ended> {
-        let result = self.relay(&mut client, &mut server).await;
+    async fn run(mut self, mut client: Reader) -> Result<(), Ended> {
+        let result = self.relay(&mut client).await;
         if let Err(e) = &result {
             let error = e.to_client();
-            self.shared.lock().expect("lock").fatal.get_or_insert(error);
+            lock(&self.shared).fatal.get_or_insert(error);
         }
         // The server ends the session; `downstream` then sees it close.
+        let mut server = self.server.lock().await;
         let _ = server.write_all(&Message::new(b'X', b"").bytes).await;
         let _ = server.shutdown().await;
         result
     }
 
-    async fn relay(&mut self, client: &mut Reader, server: &mut Writer) -> Result<(), Ended> {
+    async fn relay(&mut self, client: &mut Reader) -> Result<(), Ended> {
         while let Some(message) = Message::read(client).await? {
-            let forward = match Frontend::decode(&message)? {
-                Frontend::Query(sql) => {
-                    let unit = self.next_unit();
-                    match self.judge.judge(sql).await {
-                        Ok(_) => Some(message),
-                        Err(refusal) => Some(self.stand_in(unit, refusal, false)),
-                    }
-                }
-                Frontend::Parse { .. } if self.discarding => None,
+            let decoded = Frontend::decode(&message)?;
+            // A budgeted execution ends before anything but its own COPY
+            // data reaches the server.
+            if !matches!(
+                decoded,
+                Frontend::CopyData | Frontend::CopyDone | Frontend::CopyFail | Frontend::Flush
+            ) && let Some(gate) = self.gate.take()
+            {
+                // What is sent must reach the server before the guard waits.
+                self.server.lock().await.flush().await?;
+                self.discarding |= gate.await.map_err(|_| ProtocolError::Closed)?;
+            }
+            let mut forward = Vec::new();
+            match decoded {
+                Frontend::Query(sql) => forward = self.query(sql).await?,
+                Frontend::Parse { .. } if self.discarding => {}
                 Frontend::Parse { name, query } => match self.judge.judge(query).await {
                     Ok(judged) => {
                         self.judge.prepared.insert(name.to_string(), judged);
-                        Some(message)
+                        forward.push(Out::Client);
                     }
                     Err(refusal) => {
                         self.discarding = true;
-                        Some(self.stand_in(self.units, refusal, true))
+                        let mut shared = lock(&self.shared);
+                        let unit = shared.units;
+                        forward.push(Out::Guard(shared.stand_in(unit, &refusal, true)));
                     }
                 },
+                Frontend::Bind { .. } | Frontend::Execute { .. } if self.discarding => {}
+                Frontend::Bind { portal, statement } => {
+                    match self.judge.prepared.get(statement) {
+                        Some(judged) => self.portals.insert(portal.to_string(), judged.clone()),
+                        None => self.portals.remove(portal),
+                    };
+                    forward.push(Out::Client);
+                }
+                Frontend::Execute { portal, max_rows } => {
+                    forward = self.execute(portal, max_rows);
+                }
                 Frontend::Sync => {
                     self.discarding = false;
-                    self.next_unit();
-                    Some(message)
+                    lock(&self.shared).next_unit();
+                    forward.push(Out::Client);
                 }
                 Frontend::FunctionCall => {
-                    let unit = self.next_unit();
                     let refusal = Refusal {
                         code: NOT_SUPPORTED,
                         message: "the fast-path function call interface is not allowed through the guard; call functions with SELECT".into(),
                         detail: None,
                     };
-                    Some(self.stand_in(unit, refusal, false))
+                    let mut shared = lock(&self.shared);
+                    let unit = shared.next_unit();
+                    forward.push(Out::Guard(shared.stand_in(unit, &refusal, false)));
                 }
                 Frontend::Password => {
                     let why = "a password message after authentication";
@@ -791,12 +1015,22 @@ impl Upstream {
                 }
                 Frontend::Terminate => return Ok(()),
                 // The server ignores everything up to `Sync` but a flush.
-                Frontend::Flush => Some(message),
-                _ if self.discarding => None,
-                _ => Some(message),
-            };
-            if let Some(message) = forward {
-                server.write_all(&message.bytes).await?;
+                Frontend::Flush => forward.push(Out::Client),
+                // The end of a budgeted execution's COPY: its result is
+                // asked for at once, as the next message waits for it.
+                Frontend::CopyDone | Frontend::CopyFail if self.gate.is_some() => {
+                    forward.extend([Out::Client, Out::Guard(Message::new(b'H', b""))]);
+                }
+                _ if self.discarding => {}
+                _ => forward.push(Out::Client),
+            }
+            let mut server = self.server.lock().await;
+            for out in &forward {
+                let bytes = match out {
+                    Out::Client => &message.bytes,
+                    Out::Guard(guard) => &guard.bytes,
+                };
+                server.write_all(bytes).await?;
             }
             if client.buffer().is_empty() {
                 server.flush().await?;
@@ -805,93 +1039,507 @@ impl Upstream {
         Ok(())
     }
 
-    fn next_unit(&mut self) -> u64 {
-        self.units += 1;
-        self.units - 1
+    /// A `Query`: judged, and when budgets count its rows, watched (in a
+    /// transaction of the guard's own outside the client's, so that it can
+    /// be undone).
+    async fn query(&mut self, sql: &str) -> Result<Vec<Out>, Ended> {
+        self.judge.held = Some(Vec::new());
+        let judged = self.judge.judge(sql).await;
+        let records = self.judge.held.take().unwrap_or_default();
+        let judged = match judged {
+            Ok(judged) => judged,
+            Err(refusal) => {
+                for record in records {
+                    self.judge.authority.record(record);
+                }
+                let mut shared = lock(&self.shared);
+                let unit = shared.next_unit();
+                return Ok(vec![Out::Guard(shared.stand_in(unit, &refusal, false))]);
+            }
+        };
+        let watched = self.judge.policy.rules.budgets.any() && judged.has_rows();
+        // The transaction status once the server has answered everything
+        // sent so far.
+        let began = watched && {
+            let sent = lock(&self.shared).units;
+            let settled = self
+                .settled
+                .wait_for(|(ready, _)| *ready >= sent)
+                .await
+                .map_err(|_| ProtocolError::Closed)?;
+            settled.1 == b'I'
+        };
+        let mut forward = Vec::new();
+        let mut shared = lock(&self.shared);
+        if began {
+            let unit = shared.next_unit();
+            shared.injected.insert(unit, Injected::Begin);
+            forward.push(Out::Guard(protocol::query("BEGIN")));
+        }
+        let unit = shared.next_unit();
+        shared.counting.insert(
+            unit,
+            Counting {
+                records,
+                answered: 0,
+                overrun: None,
+            },
+        );
+        if watched {
+            let (done, gate) = oneshot::channel();
+            shared.watch = Some(Watch {
+                unit,
+                execute: None,
+                began,
+                over: None,
+                done,
+            });
+            self.gate = Some(gate);
+        }
+        forward.push(Out::Client);
+        Ok(forward)
     }
 
-    /// The message sent in place of a refused statement: one the server's
-    /// parser fails on, naming a token only this guard knows.
-    fn stand_in(&mut self, unit: u64, refusal: Refusal, extended: bool) -> Message {
-        let token = format!("guard_refused_{}_{}", self.nonce, self.stand_ins);
-        self.stand_ins += 1;
-        let error = guard_error(
-            "ERROR",
-            refusal.code,
-            &refusal.message,
-            refusal.detail.as_deref(),
-        );
-        self.shared
-            .lock()
-            .expect("lock")
-            .stand_ins
-            .push_back(StandIn {
-                token: token.clone(),
-                error,
-                unit,
-            });
-        if extended {
-            protocol::parse(&token, &token)
-        } else {
-            protocol::query(&token)
+    /// An `Execute`: watched when budgets count its portal's rows; the
+    /// guard asks for its result at once (`Flush`).
+    fn execute(&mut self, portal: &str, max_rows: i32) -> Vec<Out> {
+        let budgets = &self.judge.policy.rules.budgets;
+        // A portal the guard does not know is watched too (the server will
+        // most likely refuse it).
+        let judged = self.portals.get(portal).cloned();
+        if !budgets.any() || judged.as_ref().is_some_and(|j| !j.has_rows()) {
+            return vec![Out::Client];
         }
+        let judged = judged.unwrap_or_default();
+        let mut shared = lock(&self.shared);
+        let unit = shared.units;
+        if max_rows > 0 && budgets.changes() && judged.classes.contains(&Class::Write) {
+            self.discarding = true;
+            let refusal = Refusal {
+                code: NOT_SUPPORTED,
+                message: "with a budget of rows changed, execute a change without a row limit (its count comes at its end)".into(),
+                detail: None,
+            };
+            return vec![Out::Guard(shared.stand_in(unit, &refusal, true))];
+        }
+        let (done, gate) = oneshot::channel();
+        let record = self
+            .judge
+            .record_of(Some(&judged), Verdict::Deny, None, &Outcome::ran());
+        shared.watch = Some(Watch {
+            unit,
+            execute: Some(record),
+            began: false,
+            over: None,
+            done,
+        });
+        self.gate = Some(gate);
+        vec![Out::Client, Out::Guard(Message::new(b'H', b""))]
     }
 }
 
+/// What goes to the server for one client message.
+enum Out {
+    /// The client's message, as it sent it.
+    Client,
+    /// A message of the guard's.
+    Guard(Message),
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The server-to-client half.
-async fn downstream(
-    mut server: Reader,
-    mut client: Writer,
+struct Downstream {
     shared: Arc<Mutex<Shared>>,
+    server: ServerWriter,
+    /// The settings the guard reads statements by, as they were at startup.
     reading: HashMap<String, String>,
-) -> Result<(), Ended> {
-    let mut ready = 0u64;
-    let result = async {
-        while let Some(message) = Message::read(&mut server).await? {
-            let mut out = message;
-            match out.tag() {
-                b'E' => {
-                    let fields = protocol::fields(out.body());
-                    let text = fields.iter().find(|(code, _)| *code == b'M').map(|(_, m)| m.as_str()).unwrap_or("");
-                    let mut shared = shared.lock().expect("lock");
-                    if let Some(i) = shared.stand_ins.iter().position(|s| text.contains(&s.token)) {
-                        out = shared.stand_ins.remove(i).expect("present").error;
-                    }
+    /// The connection's profile, and its rules (their budgets).
+    profile: String,
+    rules: StatementRules,
+    spent: Arc<Spent>,
+    authority: Arc<dyn Authority>,
+    /// A message the client gets before the next one.
+    preface: Option<Message>,
+    /// `ReadyForQuery` messages seen: the unit the server answers now.
+    ready: u64,
+    /// The statement the server answers now: its rows so far, and whether
+    /// it copied rows in.
+    counts: Counts,
+    copied_in: bool,
+    /// Tells `upstream` of each `ReadyForQuery`: `ready`, and the status.
+    settled: tokio::sync::watch::Sender<(u64, u8)>,
+}
+
+impl Downstream {
+    async fn run(mut self, mut server: Reader, mut client: Writer) -> Result<(), Ended> {
+        let result = async {
+            while let Some(message) = Message::read(&mut server).await? {
+                let out = self.message(message).await?;
+                if let Some(preface) = self.preface.take() {
+                    client.write_all(&preface.bytes).await?;
                 }
-                b'Z' => {
-                    ready += 1;
-                    shared.lock().expect("lock").stand_ins.retain(|s| s.unit >= ready);
+                if let Some(out) = out {
+                    client.write_all(&out.bytes).await?;
                 }
-                b'S' => {
-                    if let Some((name, value)) = protocol::parameter_status(out.body())
-                        && READING_SETTINGS.contains(&name.as_str())
-                        && reading.get(&name) != Some(&value)
-                    {
-                        warn!(%name, %value, "a setting the guard reads statements by changed; ending the connection");
-                        return Err(Ended::refused(REFUSED, format!(
-                            "`{name}` changed to `{value}`: the guard can no longer read statements as the server does"
-                        )));
-                    }
+                if server.buffer().is_empty() {
+                    client.flush().await?;
                 }
-                b'W' => {
-                    let why = "the server started a COPY BOTH, which the guard does not relay";
-                    return Err(Ended::refused(NOT_SUPPORTED, why));
-                }
-                _ => {}
             }
-            client.write_all(&out.bytes).await?;
-            if server.buffer().is_empty() {
-                client.flush().await?;
+            Ok(())
+        }
+        .await;
+        // Records still waiting for their counts go out as they are.
+        let counting: Vec<Counting> = lock(&self.shared)
+            .counting
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for counting in counting {
+            for record in counting.records {
+                self.authority.record(record);
             }
         }
+        let ended = result.as_ref().err().map(Ended::to_client);
+        if let Some(error) = ended.or_else(|| lock(&self.shared).fatal.take()) {
+            let _ = client.write_all(&error.bytes).await;
+        }
+        let _ = client.flush().await;
+        let _ = client.shutdown().await;
+        result
+    }
+
+    /// One message of the server's: what the client gets in its place, if
+    /// anything.
+    async fn message(&mut self, message: Message) -> Result<Option<Message>, Ended> {
+        let tag = message.tag();
+        match tag {
+            b'S' => {
+                if let Some((name, value)) = protocol::parameter_status(message.body())
+                    && READING_SETTINGS.contains(&name.as_str())
+                    && self.reading.get(&name) != Some(&value)
+                {
+                    warn!(%name, %value, "a setting the guard reads statements by changed; ending the connection");
+                    return Err(Ended::refused(
+                        REFUSED,
+                        format!(
+                            "`{name}` changed to `{value}`: the guard can no longer read statements as the server does"
+                        ),
+                    ));
+                }
+            }
+            b'W' => {
+                let why = "the server started a COPY BOTH, which the guard does not relay";
+                return Err(Ended::refused(NOT_SUPPORTED, why));
+            }
+            _ => {}
+        }
+        let injected = lock(&self.shared).injected.remove(&self.ready);
+        if let Some(injected) = injected {
+            return self.injected(injected, message).await;
+        }
+        let watching = lock(&self.shared)
+            .watch
+            .as_ref()
+            .filter(|w| w.unit == self.ready)
+            .map(|w| (w.execute.is_some(), w.over.is_some()));
+        let mut forward = Some(message);
+        match tag {
+            b'D' | b'd' => {
+                let bytes = forward.as_ref().map_or(0, |m| m.body().len() as u64);
+                self.counts.read += 1;
+                self.counts.bytes += bytes;
+                if let Some((_, over)) = watching {
+                    if over {
+                        forward = None;
+                    } else if let Err(overrun) =
+                        budget::read(&self.rules.budgets, &self.spent, &self.counts, bytes)
+                    {
+                        self.overrun(overrun);
+                        forward = None;
+                    }
+                }
+            }
+            b'G' => self.copied_in = true,
+            b'C' | b'I' => {
+                let tag_text = forward
+                    .as_ref()
+                    .map(|m| {
+                        String::from_utf8_lossy(m.body())
+                            .trim_end_matches('\0')
+                            .to_string()
+                    })
+                    .unwrap_or_default();
+                self.counts.changed = budget::rows_changed(&tag_text, self.copied_in);
+                if let (Some((_, false)), Some(rows)) = (watching, self.counts.changed)
+                    && let Err(overrun) = budget::changed(&self.rules.budgets, &self.spent, rows)
+                {
+                    self.overrun(overrun);
+                }
+                self.answered();
+                if self.is_over() {
+                    forward = None;
+                }
+                if let Some((true, _)) = watching {
+                    self.end_execute().await?;
+                }
+            }
+            b's' => {
+                if let Some((true, over)) = watching {
+                    if over {
+                        forward = None;
+                    }
+                    self.end_execute().await?;
+                }
+            }
+            b'E' => {
+                let fields = protocol::fields(forward.as_ref().expect("a message").body());
+                let text = fields
+                    .iter()
+                    .find(|(code, _)| *code == b'M')
+                    .map(|(_, m)| m.as_str())
+                    .unwrap_or("");
+                let stand_in = {
+                    let mut shared = lock(&self.shared);
+                    let found = shared
+                        .stand_ins
+                        .iter()
+                        .position(|s| text.contains(&s.token));
+                    found.and_then(|i| shared.stand_ins.remove(i))
+                };
+                if let Some(stand_in) = stand_in {
+                    forward = Some(stand_in.error);
+                } else {
+                    // The statement failed: the rest of its message does
+                    // not run.
+                    self.counts = Counts::default();
+                    self.copied_in = false;
+                    if self.is_over() {
+                        forward = None;
+                    }
+                    if let Some((true, _)) = watching {
+                        self.end_execute().await?;
+                    }
+                }
+            }
+            b'Z' => {
+                let status = forward.as_ref().and_then(|m| m.body().first().copied());
+                let status = status.unwrap_or(b'I');
+                let replaced = match watching {
+                    Some((false, _)) => self.end_query(status).await?,
+                    // An `Execute` the server skipped.
+                    Some((true, _)) => {
+                        self.end_execute().await?;
+                        false
+                    }
+                    _ => {
+                        let counting = lock(&self.shared).counting.remove(&self.ready);
+                        if let Some(counting) = counting {
+                            self.send_records(counting);
+                        }
+                        false
+                    }
+                };
+                if replaced {
+                    forward = None;
+                }
+                self.settle(status);
+            }
+            // After a `Query` went over its budget, the rest of its answers
+            // but those the client must act on.
+            b'T' | b'H' | b'c' | b'n' if self.is_over() => forward = None,
+            _ => {}
+        }
+        Ok(forward)
+    }
+
+    /// The next unit: stand-ins of units answered are gone (the server
+    /// never answers them), and `upstream` learns the status.
+    fn settle(&mut self, status: u8) {
+        self.ready += 1;
+        let ready = self.ready;
+        lock(&self.shared).stand_ins.retain(|s| s.unit >= ready);
+        self.settled.send_replace((ready, status));
+    }
+
+    /// An answer to a unit the guard sent itself.
+    async fn injected(
+        &mut self,
+        injected: Injected,
+        message: Message,
+    ) -> Result<Option<Message>, Ended> {
+        match (injected, message.tag()) {
+            (Injected::End(error), b'Z') => {
+                let status = message.body().first().copied().unwrap_or(b'I');
+                self.settle(status);
+                // The client's error comes before its `ReadyForQuery`.
+                self.preface = error;
+                Ok(Some(message))
+            }
+            (Injected::Begin, b'Z') => {
+                let status = message.body().first().copied().unwrap_or(b'I');
+                self.settle(status);
+                Ok(None)
+            }
+            (injected, tag) => {
+                // A `COMMIT` that fails: the client must know.
+                let forward = matches!(injected, Injected::End(_)) && tag == b'E';
+                lock(&self.shared).injected.insert(self.ready, injected);
+                Ok(forward.then_some(message))
+            }
+        }
+    }
+
+    fn is_over(&self) -> bool {
+        lock(&self.shared)
+            .watch
+            .as_ref()
+            .is_some_and(|w| w.unit == self.ready && w.over.is_some())
+    }
+
+    /// The statement the server answers went over `overrun`.
+    fn overrun(&mut self, overrun: Overrun) {
+        let mut shared = lock(&self.shared);
+        let ready = self.ready;
+        if let Some(counting) = shared.counting.get_mut(&ready)
+            && counting.overrun.is_none()
+        {
+            counting.overrun = Some((counting.answered, overrun.clone()));
+        }
+        if let Some(watch) = shared.watch.as_mut() {
+            watch.over.get_or_insert(overrun);
+        }
+    }
+
+    /// The server answered a statement: its record gets its counts.
+    fn answered(&mut self) {
+        let counts = std::mem::take(&mut self.counts);
+        self.copied_in = false;
+        let mut shared = lock(&self.shared);
+        if let Some(counting) = shared.counting.get_mut(&self.ready)
+            && let Some(record) = counting.records.get_mut(counting.answered)
+        {
+            record.statement.rows_changed = counts.changed;
+            record.statement.rows_read = Some(counts.read);
+            record.statement.bytes_read = Some(counts.bytes);
+            counting.answered += 1;
+        }
+        if let Some(watch) = shared.watch.as_mut()
+            && let Some(record) = watch.execute.as_mut()
+        {
+            record.statement.rows_changed = counts.changed;
+            record.statement.rows_read = Some(counts.read);
+            record.statement.bytes_read = Some(counts.bytes);
+        }
+    }
+
+    /// A watched `Execute` ended. Over its budget, it fails as any
+    /// statement does: a stand-in fails in its place, so the server undoes
+    /// it (its transaction) and skips to `Sync`, and the client gets the
+    /// guard's error.
+    async fn end_execute(&mut self) -> Result<(), Ended> {
+        let Some(mut watch) = lock(&self.shared).watch.take() else {
+            return Ok(());
+        };
+        let over = watch.over.take();
+        if let (Some(overrun), Some(mut record)) = (&over, watch.execute.take()) {
+            record.rule = Some(overrun.rule());
+            record.reason = Some(overrun.message.clone());
+            self.authority.record(record);
+            let stand_in = {
+                let mut shared = lock(&self.shared);
+                let unit = shared.units;
+                shared.stand_in(unit, &self.refusal(overrun), true)
+            };
+            let mut server = self.server.lock().await;
+            server.write_all(&stand_in.bytes).await?;
+            server.write_all(&Message::new(b'H', b"").bytes).await?;
+            server.flush().await?;
+        }
+        let _ = watch.done.send(over.is_some());
         Ok(())
     }
-    .await;
-    let ended = result.as_ref().err().map(Ended::to_client);
-    if let Some(error) = ended.or_else(|| shared.lock().expect("lock").fatal.take()) {
-        let _ = client.write_all(&error.bytes).await;
+
+    /// A watched `Query` ended with `status`: the guard ends the
+    /// transaction it began (`COMMIT`, or `ROLLBACK` when over a budget
+    /// or failed), or makes the client's own fail when over. Its records go
+    /// out. `true` when its `ReadyForQuery` is not the client's.
+    async fn end_query(&mut self, status: u8) -> Result<bool, Ended> {
+        let (watch, counting) = {
+            let mut shared = lock(&self.shared);
+            let counting = shared.counting.remove(&self.ready);
+            (shared.watch.take(), counting)
+        };
+        let Some(watch) = watch else {
+            return Ok(false);
+        };
+        if let Some(counting) = counting {
+            self.send_records(counting);
+        }
+        let over = watch.over.as_ref().map(|o| self.refusal(o));
+        let end = {
+            let mut shared = lock(&self.shared);
+            match (&over, watch.began) {
+                (over, true) => {
+                    let unit = shared.next_unit();
+                    shared
+                        .injected
+                        .insert(unit, Injected::End(over.as_ref().map(Refusal::to_client)));
+                    let end = if over.is_none() && status == b'T' {
+                        "COMMIT"
+                    } else {
+                        "ROLLBACK"
+                    };
+                    Some(protocol::query(end))
+                }
+                (Some(refusal), false) => {
+                    let unit = shared.next_unit();
+                    Some(shared.stand_in(unit, refusal, false))
+                }
+                (None, false) => None,
+            }
+        };
+        let replaced = end.is_some();
+        if let Some(end) = end {
+            let mut server = self.server.lock().await;
+            server.write_all(&end.bytes).await?;
+            server.flush().await?;
+        }
+        let _ = watch.done.send(false);
+        Ok(replaced)
     }
-    let _ = client.flush().await;
-    let _ = client.shutdown().await;
-    result
+
+    /// The records of a `Query`'s statements, with their counts; over a
+    /// budget, every statement of the message is undone.
+    fn send_records(&self, counting: Counting) {
+        for (i, mut record) in counting.records.into_iter().enumerate() {
+            if let Some((at, overrun)) = &counting.overrun {
+                record.verdict = Verdict::Deny;
+                if i == *at {
+                    record.rule = Some(overrun.rule());
+                    record.reason = Some(overrun.message.clone());
+                } else {
+                    record.reason = Some(format!(
+                        "undone: statement {} of the same message went over its budget",
+                        at + 1
+                    ));
+                }
+            }
+            self.authority.record(record);
+        }
+    }
+
+    /// What the client is told of a budget the statement went over.
+    fn refusal(&self, overrun: &Overrun) -> Refusal {
+        Refusal {
+            code: REFUSED,
+            message: overrun.message.clone(),
+            detail: Some(format!(
+                "Refused by budget `{}` of profile `{}` for database `{}`: the rows beyond it were not sent, and nothing the statement did was kept.",
+                overrun.budget, self.profile, self.rules.database
+            )),
+        }
+    }
 }

@@ -78,7 +78,47 @@ pub struct StatementRules {
     /// What a statement no rule matches gets.
     pub default: Access,
     pub rules: Vec<StatementRule>,
+    pub budgets: StatementBudgets,
     pub location: Location,
+}
+
+/// How many rows a profile's statements may change and read, and how many
+/// bytes of rows they may read, per statement and per Guard session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatementBudgets {
+    pub rows_changed: Budget,
+    pub rows_read: Budget,
+    pub bytes_read: Budget,
+}
+
+impl StatementBudgets {
+    /// Whether any budget is set: then the guard counts each statement's
+    /// rows before the next message reaches the server.
+    pub fn any(&self) -> bool {
+        self.changes() || self.reads()
+    }
+
+    pub fn changes(&self) -> bool {
+        self.rows_changed.is_set()
+    }
+
+    pub fn reads(&self) -> bool {
+        self.rows_read.is_set() || self.bytes_read.is_set()
+    }
+}
+
+/// One budget: at most `statement` per statement and `session` per Guard
+/// session (per connection for one from no session); `None` is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub statement: Option<u64>,
+    pub session: Option<u64>,
+}
+
+impl Budget {
+    pub fn is_set(&self) -> bool {
+        self.statement.is_some() || self.session.is_some()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -281,6 +321,91 @@ pub(crate) struct StatementRulesFile {
     monitor: Vec<Spanned<StatementRuleFile>>,
     #[serde(default)]
     deny: Vec<Spanned<StatementRuleFile>>,
+    #[serde(default)]
+    budgets: Option<BudgetsFile>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BudgetsFile {
+    rows_changed: Option<Spanned<BudgetFile>>,
+    rows_read: Option<Spanned<BudgetFile>>,
+    bytes_read: Option<Spanned<BudgetFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BudgetFile {
+    statement: Option<Amount>,
+    session: Option<Amount>,
+}
+
+/// A count, or for bytes a size with a unit (`10MiB`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Amount {
+    Count(u64),
+    Text(String),
+}
+
+impl Amount {
+    /// The amount; `bytes` allows units `KiB`, `MiB`, `GiB` (and `B`).
+    fn value(&self, bytes: bool) -> Result<u64, String> {
+        let text = match self {
+            Amount::Count(n) => return Ok(*n),
+            Amount::Text(text) => text.trim(),
+        };
+        let digits = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(digits);
+        let scale: u64 = match unit.trim() {
+            "" => 1,
+            "B" if bytes => 1,
+            "KiB" if bytes => 1 << 10,
+            "MiB" if bytes => 1 << 20,
+            "GiB" if bytes => 1 << 30,
+            _ if bytes => {
+                return Err(format!(
+                    "`{text}` is not a size: a number, or a number and a unit (B, KiB, MiB, GiB)"
+                ));
+            }
+            _ => return Err(format!("`{text}` is not a number of rows")),
+        };
+        number
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(scale))
+            .ok_or_else(|| format!("`{text}` is not a number, or too large"))
+    }
+}
+
+fn budgets(file: Option<BudgetsFile>) -> Result<StatementBudgets, PolicyError> {
+    let Some(file) = file else {
+        return Ok(StatementBudgets::default());
+    };
+    let read = |name: &str, budget: Option<Spanned<BudgetFile>>, bytes: bool| {
+        let Some(budget) = budget else {
+            return Ok(Budget::default());
+        };
+        let location = Location::from(budget.referenced);
+        let budget = budget.value;
+        let amount = |a: Option<Amount>| a.map(|a| a.value(bytes)).transpose();
+        let fail = |reason| PolicyError::new(location, format!("budget `{name}`: {reason}"));
+        let budget = Budget {
+            statement: amount(budget.statement).map_err(fail)?,
+            session: amount(budget.session).map_err(fail)?,
+        };
+        if !budget.is_set() {
+            return Err(fail("give `statement`, `session` or both".to_string()));
+        }
+        Ok(budget)
+    };
+    Ok(StatementBudgets {
+        rows_changed: read("rows_changed", file.rows_changed, false)?,
+        rows_read: read("rows_read", file.rows_read, false)?,
+        bytes_read: read("bytes_read", file.bytes_read, true)?,
+    })
 }
 
 #[derive(Deserialize)]
@@ -498,6 +623,7 @@ pub(crate) fn statement_rules(
         database: section.database.value,
         default: section.default,
         rules,
+        budgets: budgets(section.budgets)?,
         location,
     })
 }
@@ -528,6 +654,7 @@ mod tests {
                     location: Location::default(),
                 })
                 .collect(),
+            budgets: StatementBudgets::default(),
             location: Location::default(),
         }
     }
@@ -717,6 +844,37 @@ agents: []
         assert!(e.reason.contains("not a host name"), "{e}");
         let e = error(&with("    client_tls:\n      certificate: /c\n"));
         assert!(e.reason.contains("key"), "{e}");
+    }
+
+    #[test]
+    fn budgets() {
+        let with = |budgets: &str| {
+            POLICY.replace(
+                "        default: allow\n        deny:",
+                &format!("        default: allow\n{budgets}        deny:"),
+            )
+        };
+        let policy = crate::policy::parse(&with(
+            "        budgets:\n          rows_changed: {statement: 100, session: 1000}\n          bytes_read: {session: 10MiB}\n",
+        ))
+        .unwrap();
+        let budgets = &policy.profiles[0].databases[0].budgets;
+        assert_eq!(budgets.rows_changed.statement, Some(100));
+        assert_eq!(budgets.rows_changed.session, Some(1000));
+        assert_eq!(budgets.bytes_read.session, Some(10 << 20));
+        assert!(!budgets.rows_read.is_set());
+        assert!(budgets.changes() && budgets.reads());
+        for (budgets, why) in [
+            ("rows_read: {statement: 10MiB}", "not a number of rows"),
+            ("bytes_read: {statement: 10 MB}", "not a size"),
+            ("rows_changed: {}", "give `statement`, `session` or both"),
+            ("rows_changed: {statement: -1}", ""),
+            ("rows_deleted: {statement: 1}", "rows_deleted"),
+        ] {
+            let e = error(&with(&format!("        budgets:\n          {budgets}\n")));
+            assert!(e.reason.contains(why), "{budgets}: {e}");
+            assert_eq!(e.location.line, 13, "{budgets}: {e}");
+        }
     }
 
     #[test]

@@ -150,6 +150,13 @@ pub struct Statement {
     pub prepares: Option<String>,
     /// The prepared statements it runs (`EXECUTE name`).
     pub executes: BTreeSet<String>,
+    /// Every row it changes is in its command tag (`DELETE 3`): it changes
+    /// nothing, or it is one `INSERT`, `UPDATE`, `DELETE`, `MERGE` or
+    /// `COPY FROM` (or `PREPARE`s one) with no data-modifying `WITH`.
+    /// `false` for a writable CTE under a `SELECT`, `EXPLAIN ANALYZE` of a
+    /// change, or several changes in one statement: their tag counts
+    /// another statement's rows, or none.
+    pub changes_counted: bool,
 }
 
 /// In [`Statement::settings`]: a setting the statement names with an
@@ -214,6 +221,15 @@ pub fn classify_with(sql: &str, strings: Strings) -> Result<Vec<Statement>, Unpa
         let prepares = raw["stmt"]["node"]["PrepareStmt"]["name"]
             .as_str()
             .map(str::to_string);
+        // The statement the server runs (for `PREPARE`, the one it keeps).
+        let runs = match prepares {
+            Some(_) => &raw["stmt"]["node"]["PrepareStmt"]["query"],
+            None => &raw["stmt"],
+        };
+        let reports_its_rows = runs["node"]
+            .as_object()
+            .is_some_and(|node| node.keys().any(|kind| CHANGES.contains(&kind.as_str())));
+        let changes_counted = found.changes == 0 || (found.changes == 1 && reports_its_rows);
         statements.push(Statement {
             text,
             normalized,
@@ -224,6 +240,7 @@ pub fn classify_with(sql: &str, strings: Strings) -> Result<Vec<Statement>, Unpa
             settings: found.settings,
             prepares,
             executes: found.executes,
+            changes_counted,
         });
     }
     Ok(statements)
@@ -238,8 +255,20 @@ fn statement_text<'a>(sql: &'a str, raw: &Value) -> &'a str {
     sql.get(start..end.min(sql.len())).unwrap_or(sql)
 }
 
+/// The statements that change rows and report how many in their command
+/// tag (`COPY` only `FROM`).
+const CHANGES: [&str; 5] = [
+    "InsertStmt",
+    "UpdateStmt",
+    "DeleteStmt",
+    "MergeStmt",
+    "CopyStmt",
+];
+
 #[derive(Default)]
 struct Found {
+    /// Statements in the tree that change rows.
+    changes: usize,
     classes: BTreeSet<Class>,
     objects: BTreeSet<String>,
     functions: BTreeSet<String>,
@@ -312,15 +341,20 @@ fn node_kind(kind: &str, node: &Map<String, Value>, found: &mut Found) {
             }
         }
         "VariableShowStmt" | "ExplainStmt" => add(Class::Read),
-        "InsertStmt" | "MergeStmt" => add(Class::Write),
+        "InsertStmt" | "MergeStmt" => {
+            add(Class::Write);
+            found.changes += 1;
+        }
         "DeleteStmt" => {
             add(Class::Write);
+            found.changes += 1;
             if !bounded(node.get("where_clause")) {
                 add(Class::DeleteWithoutWhere);
             }
         }
         "UpdateStmt" => {
             add(Class::Write);
+            found.changes += 1;
             if !bounded(node.get("where_clause")) {
                 add(Class::UpdateWithoutWhere);
             }
@@ -328,6 +362,7 @@ fn node_kind(kind: &str, node: &Map<String, Value>, found: &mut Found) {
         "CopyStmt" => {
             let from = node.get("is_from").and_then(Value::as_bool) == Some(true);
             add(if from { Class::Write } else { Class::Read });
+            found.changes += usize::from(from);
             let file = node.get("filename").and_then(Value::as_str).unwrap_or("");
             if node.get("is_program").and_then(Value::as_bool) == Some(true) {
                 add(Class::CopyProgram);

@@ -288,3 +288,29 @@ fn settings_prepared_statements_and_string_dialects() {
     );
     assert_eq!(classify(sql).unwrap().len(), 2);
 }
+
+#[test]
+fn changes_are_counted_only_where_the_command_tag_reports_them() {
+    let counted = |sql: &str| classify(sql).unwrap()[0].changes_counted;
+    for sql in [
+        "SELECT * FROM t",
+        "DELETE FROM t WHERE id < 5",
+        "UPDATE t SET a = 1 WHERE id = 2 RETURNING *",
+        "INSERT INTO t SELECT * FROM u",
+        "COPY t FROM STDIN",
+        "COPY t TO STDOUT",
+        "MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN DELETE",
+        "PREPARE gone AS DELETE FROM t WHERE id = $1",
+        "WITH old AS (SELECT id FROM u) DELETE FROM t WHERE id IN (SELECT id FROM old)",
+    ] {
+        assert!(counted(sql), "{sql}");
+    }
+    for sql in [
+        "WITH gone AS (DELETE FROM t RETURNING *) SELECT count(*) FROM gone",
+        "WITH gone AS (DELETE FROM t RETURNING *) INSERT INTO u SELECT * FROM gone",
+        "EXPLAIN ANALYZE DELETE FROM t",
+        "PREPARE p AS WITH gone AS (DELETE FROM t RETURNING *) SELECT 1",
+    ] {
+        assert!(!counted(sql), "{sql}");
+    }
+}

@@ -42,6 +42,23 @@ profiles:
         monitor:
           - id: watch-customers
             objects: [customers]
+  - name: budgeted
+    default: allow
+    databases:
+      - database: shop
+        default: allow
+        budgets:
+          rows_changed: {statement: 3, session: 5}
+          rows_read: {statement: 4}
+  - name: roomy-budgets
+    default: allow
+    databases:
+      - database: shop
+        default: allow
+        budgets:
+          rows_changed: {statement: 10}
+          rows_read: {statement: 10}
+          bytes_read: {session: 1GiB}
 agents: []
 ";
 
@@ -55,12 +72,18 @@ struct Guarded {
 
 impl Guarded {
     fn start() -> Guarded {
+        Guarded::start_as("cleanup")
+    }
+
+    /// The guard with `profile`'s rules for every connection (one session:
+    /// they share its budgets).
+    fn start_as(profile: &str) -> Guarded {
         let postgres = Postgres::start();
         let dir = tempfile::tempdir().expect("tempdir");
         let records = dir.path().join("records.jsonl");
         let file = std::fs::File::create(&records).expect("records");
         let policy = POLICY.replace("PORT", &postgres.port.to_string());
-        let guard = StatementGuard::start(dir.path(), &policy, "cleanup", "shop", file.into());
+        let guard = StatementGuard::start(dir.path(), &policy, profile, "shop", file.into());
         let guarded = Guarded {
             postgres,
             guard,
@@ -138,11 +161,37 @@ impl Guarded {
     }
 
     fn intact(&self) {
+        self.rows_left(10);
+    }
+
+    fn rows_left(&self, rows: usize) {
         assert_eq!(
             self.direct("SELECT count(*) FROM t"),
-            "10",
-            "table t keeps its ten rows"
+            rows.to_string(),
+            "table t keeps {rows} rows"
         );
+    }
+
+    /// Runs `script` through the guard in one psql session, statement by
+    /// statement; returns psql's stdout and stderr.
+    fn psql_script(&self, script: &str) -> (String, String) {
+        let mut psql = Command::new(self.postgres.bin_dir.join("psql"))
+            .args([self.url().as_str(), "-X", "-q", "-A", "-t"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("psql");
+        psql.stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("write");
+        let out = psql.wait_with_output().expect("psql");
+        (
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
     }
 
     fn records(&self) -> Vec<Value> {
@@ -657,4 +706,169 @@ agents: []
     );
     let (ok, _, err) = run(&doubting, "require", "SELECT 1");
     assert!(!ok && err.contains("TLS to the database server"), "{err}");
+}
+
+const OVER_CHANGED: &str =
+    "guard: the statement went over its budget of 3 rows changed per statement";
+const OVER_SESSION: &str = "guard: the session went over its budget of 5 rows changed per session";
+const OVER_READ: &str = "guard: the statement went over its budget of 4 rows read per statement";
+
+#[test]
+#[ignore = "needs PostgreSQL and the release binaries; run by cargo xtask test"]
+fn psql_row_budgets_undo_what_goes_over() {
+    let db = Guarded::start_as("budgeted");
+    // Five rows: over the statement's budget of 3, and nothing is kept.
+    let (out, err) = db.psql("DELETE FROM t WHERE id > 5");
+    assert!(err.contains(OVER_CHANGED), "{out} {err}");
+    db.intact();
+    let record = db.record_of("DELETE FROM t WHERE id > $1");
+    assert_eq!(
+        (record["verdict"].as_str(), record["rule"].as_str()),
+        (Some("deny"), Some("budget:rows_changed"))
+    );
+    assert_eq!(record["rows_changed"], 5, "{record}");
+    // Within it: kept, and counted in the record.
+    let (out, err) = db.psql("DELETE FROM t WHERE id > 8");
+    assert_eq!((out.as_str(), err.as_str()), ("", ""));
+    db.rows_left(8);
+    let record = db.record_of("DELETE FROM t WHERE id > $1");
+    assert_eq!(
+        (record["verdict"].as_str(), &record["rows_changed"]),
+        (Some("allow"), &2.into())
+    );
+    // Inside the client's own transaction: the transaction is aborted as by
+    // any error, so its COMMIT keeps nothing; the connection stays usable.
+    let (out, err) = db.psql_script(
+        "BEGIN;\nINSERT INTO t VALUES (20, 'inside');\nDELETE FROM t WHERE id > 4;\nCOMMIT;\nSELECT 'usable';\n",
+    );
+    assert!(err.contains(OVER_CHANGED), "{out} {err}");
+    assert!(out.contains("usable"), "{out} {err}");
+    db.rows_left(8);
+    // Transaction control in the same message as a budgeted statement is
+    // refused: it would end the guard's transaction.
+    let (out, err) = db.psql("BEGIN; DELETE FROM t WHERE id = 8; COMMIT");
+    assert!(err.contains("send transaction control"), "{out} {err}");
+    db.rows_left(8);
+    // Changes the command tag would not count are refused.
+    let (out, err) = db.psql("WITH gone AS (DELETE FROM t RETURNING *) SELECT count(*) FROM gone");
+    assert!(err.contains("would not be counted"), "{out} {err}");
+    db.rows_left(8);
+    // The session's budget of 5 holds across connections: 2 spent, 2
+    // more fit, the next 2 do not.
+    let (out, err) = db.psql("DELETE FROM t WHERE id > 6");
+    assert_eq!((out.as_str(), err.as_str()), ("", ""));
+    db.rows_left(6);
+    let (out, err) = db.psql("DELETE FROM t WHERE id > 4");
+    assert!(err.contains(OVER_SESSION), "{out} {err}");
+    db.rows_left(6);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and the release binaries; run by cargo xtask test"]
+fn psql_read_budgets_cut_the_rows() {
+    let db = Guarded::start_as("budgeted");
+    let (out, err) = db.psql("SELECT id FROM t ORDER BY id");
+    assert!(err.contains(OVER_READ), "{out} {err}");
+    assert!(!out.contains('5'), "no row beyond the budget: {out}");
+    let record = db.record_of("SELECT id FROM t ORDER BY id");
+    assert_eq!(record["rule"], "budget:rows_read", "{record}");
+    let (out, err) = db.psql("SELECT id FROM t WHERE id <= 4 ORDER BY id");
+    assert_eq!((out.as_str(), err.as_str()), ("1\n2\n3\n4", ""));
+    let record = db.record_of("SELECT id FROM t WHERE id <= $1 ORDER BY id");
+    assert_eq!(
+        (&record["rows_read"], record["verdict"].as_str()),
+        (&4.into(), Some("allow"))
+    );
+    assert!(record["bytes_read"].as_u64().unwrap() > 0, "{record}");
+    // COPY out counts its rows too.
+    let (out, err) = db.psql("COPY t TO STDOUT");
+    assert!(err.contains(OVER_READ), "{out} {err}");
+    // Inside a transaction, the statement over its budget aborts it.
+    let (out, err) =
+        db.psql_script("BEGIN;\nSELECT * FROM t;\nSELECT 'after';\nROLLBACK;\nSELECT 'usable';\n");
+    assert!(err.contains(OVER_READ), "{out} {err}");
+    assert!(
+        err.contains("current transaction is aborted"),
+        "{out} {err}"
+    );
+    assert!(out.ends_with("usable"), "{out} {err}");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and the release binaries; run by cargo xtask test"]
+fn extended_protocol_budgets() {
+    let db = Guarded::start_as("budgeted");
+    runtime().block_on(async {
+        let mut client = connect(&db.url()).await;
+        let e = client
+            .execute("DELETE FROM t WHERE id > $1", &[&6i32])
+            .await
+            .expect_err("over");
+        assert_eq!(refusal(&e), ("42501".into(), OVER_CHANGED.into()));
+        assert_eq!(
+            client
+                .execute("DELETE FROM t WHERE id > $1", &[&8i32])
+                .await
+                .expect("within"),
+            2
+        );
+        // Pipelined: the one over its budget fails alone.
+        let (over, count, read) = tokio::join!(
+            client.execute("DELETE FROM t WHERE id > $1", &[&4i32]),
+            client.query_one("SELECT count(*) FROM t", &[]),
+            client.query("SELECT id FROM t WHERE id < $1", &[&4i32]),
+        );
+        assert_eq!(refusal(&over.expect_err("over")).1, OVER_CHANGED);
+        assert_eq!(count.expect("count").get::<_, i64>(0), 8);
+        assert_eq!(read.expect("three rows").len(), 3);
+        let e = client
+            .query("SELECT * FROM t", &[])
+            .await
+            .expect_err("over");
+        assert_eq!(refusal(&e).1, OVER_READ);
+        // In a transaction: aborted, so nothing of it is kept.
+        let tx = client.transaction().await.expect("begin");
+        tx.execute("INSERT INTO t VALUES (20, 'inside')", &[])
+            .await
+            .expect("insert");
+        let e = tx
+            .execute("UPDATE t SET note = 'x' WHERE id > $1", &[&2i32])
+            .await
+            .expect_err("over");
+        assert_eq!(refusal(&e).1, OVER_CHANGED);
+        let _ = tx.commit().await;
+        let row = client
+            .query_one("SELECT 'usable'", &[])
+            .await
+            .expect("usable");
+        assert_eq!(row.get::<_, String>(0), "usable");
+    });
+    db.rows_left(8);
+    assert_eq!(db.direct("SELECT count(*) FROM t WHERE note = 'x'"), "0");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and the release binaries; run by cargo xtask test"]
+fn pgbench_runs_under_budgets_in_every_protocol_mode() {
+    let db = Guarded::start_as("roomy-budgets");
+    pgbench(&db, &db.postgres.url, &["-i", "-q", "-s", "1"]);
+    // Each statement of pgbench's transactions is watched: its rows
+    // counted before the next reaches the server.
+    for mode in ["simple", "extended", "prepared"] {
+        let out = pgbench(
+            &db,
+            &db.url(),
+            &["-n", "-M", mode, "-c", "4", "-j", "2", "-t", "50"],
+        );
+        assert!(
+            out.contains("number of failed transactions: 0")
+                && out.contains("number of transactions actually processed: 200/200"),
+            "{mode}: {out}"
+        );
+    }
+    assert_eq!(
+        db.direct("SELECT count(*) FROM pgbench_history"),
+        "600",
+        "every transaction's change was kept"
+    );
 }

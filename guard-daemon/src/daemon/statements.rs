@@ -276,6 +276,7 @@ fn handle(
             if let Err(why) = &answer {
                 info!(%client, %database, "connection refused: {why}");
             }
+            let session = answer.as_ref().ok().and_then(|c| c.outermost.clone());
             Some(ToGuard::Profile {
                 id,
                 answer: answer.map(|connection| {
@@ -283,6 +284,7 @@ fn handle(
                     connections.insert(id, connection);
                     profile
                 }),
+                session,
             })
         }
         FromGuard::Statement {
