@@ -237,6 +237,7 @@ fn decision(host: &str, r: &Record, sealed: &str) -> Value {
             if r.session.is_none() {
                 event["actor"]["user"] = json!({"name": s.user});
             }
+
             event["type_id"] = json!(1);
             event["type"] = json!("Database");
             event["database"] = json!({"name": s.database, "type_id": 1, "type": "Relational"});
@@ -264,6 +265,9 @@ fn decision(host: &str, r: &Record, sealed: &str) -> Value {
                 if let Some(count) = count {
                     event["unmapped"]["statement"][name] = json!(count);
                 }
+            }
+            if let Some(role) = &s.role {
+                event["unmapped"]["statement"]["role"] = json!(role);
             }
         }
         4001 => {

@@ -296,6 +296,10 @@ pub struct StatementNote {
     pub user: String,
     /// The client's address (`ip:port`).
     pub client: String,
+    /// The role the guard logged in as, with credentials it holds; absent
+    /// when the client's own login was relayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     /// What the statement does (docs/databases.md lists the classes), and
     /// the tables it names.
     pub classes: Vec<String>,

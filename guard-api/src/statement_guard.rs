@@ -42,6 +42,9 @@ pub enum ToGuard {
         #[serde(default)]
         session: Option<String>,
     },
+    /// The Guard sessions still running, sent when some ended: the guard
+    /// forgets what the others spent of their budgets.
+    Sessions { live: Vec<String> },
     /// The answer to [`FromGuard::Approval`] `query`: the approved ticket
     /// the statement uses (a one-use ticket is used up by it), if any.
     Approval { query: u64, ticket: Option<String> },

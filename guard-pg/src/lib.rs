@@ -11,6 +11,7 @@
 
 pub mod budget;
 mod cache;
+pub mod login;
 pub mod protocol;
 pub mod proxy;
 pub mod tls;
@@ -117,6 +118,9 @@ pub struct Client {
     pub user: String,
     /// The PostgreSQL database the client asked for.
     pub dbname: String,
+    /// The role the guard logs in as for the client, with credentials it
+    /// holds (the client's `user` is then only recorded).
+    pub role: Option<String>,
 }
 
 /// A connection's policy, or why it is refused.

@@ -13,7 +13,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     os::fd::FromRawFd as _,
     sync::{
-        Arc, Mutex, RwLock, Weak,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -102,9 +102,9 @@ struct Shared {
     to_guardd: mpsc::UnboundedSender<FromGuard>,
     /// New connections, by id: guardd's answer.
     profiles: Mutex<HashMap<u64, oneshot::Sender<ProfileAnswer>>>,
-    /// What each Guard session with a connection open has spent of its
-    /// statement budgets (kept while one of its connections is open).
-    spent: Mutex<HashMap<String, Weak<Spent>>>,
+    /// What each Guard session has spent of its statement budgets, until
+    /// guardd says it ended.
+    spent: Mutex<HashMap<String, Arc<Spent>>>,
     /// Approval questions, by query: the ticket.
     approvals: Mutex<HashMap<u64, oneshot::Sender<Option<String>>>>,
     /// Numbers connections and approval questions.
@@ -150,14 +150,7 @@ impl Authority for Listener {
                 .clone();
             let mut decided = ConnectionPolicy::of(&policy, id, &profile?, &database)?;
             if let Some(session) = session {
-                let mut spent = lock(&shared.spent);
-                spent.retain(|_, s| s.strong_count() > 0);
-                match spent.get(&session).and_then(Weak::upgrade) {
-                    Some(shared) => decided.spent = shared,
-                    None => {
-                        spent.insert(session, Arc::downgrade(&decided.spent));
-                    }
-                }
+                decided.spent = lock(&shared.spent).entry(session).or_default().clone();
             }
             Ok(decided)
         })
@@ -256,6 +249,10 @@ async fn run(control: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                             let _ = waiting.send((answer, session));
                         }
                     }
+                    ToGuard::Sessions { live } => {
+                        let live: std::collections::HashSet<String> = live.into_iter().collect();
+                        lock(&shared.spent).retain(|session, _| live.contains(session));
+                    }
                     ToGuard::Approval { query, ticket } => {
                         if let Some(waiting) = lock(&shared.approvals).remove(&query) {
                             let _ = waiting.send(ticket);
@@ -353,9 +350,11 @@ impl Listeners {
                 warn!(database = %database.name, "{problem}");
                 serving(Some(problem));
             };
-            let tls = match guard_pg::tls::for_database(database, read) {
-                Ok(tls) => tls,
-                Err(e) => {
+            let tls = guard_pg::tls::for_database(database, read);
+            let login = guard_pg::login::for_database(database, read);
+            let (tls, login) = match (tls, login) {
+                (Ok(tls), Ok(login)) => (tls, login),
+                (Err(e), _) | (_, Err(e)) => {
                     cannot(format!("cannot serve it: {e}"));
                     continue;
                 }
@@ -381,7 +380,9 @@ impl Listeners {
             });
             let server = database.server.clone();
             let task = tokio::spawn(async move {
-                if let Err(e) = guard_pg::proxy::serve(listener, server, tls, authority).await {
+                if let Err(e) =
+                    guard_pg::proxy::serve(listener, server, tls, login, authority).await
+                {
                     error!("accepting connections: {e}");
                 }
             });

@@ -412,6 +412,23 @@ pub fn error_response(severity: &str, code: &str, message: &str, detail: Option<
     Message::new(b'E', &body)
 }
 
+/// A startup packet with `params`, for protocol `version` (the client's:
+/// its first four bytes after the length).
+pub fn startup(version: [u8; 4], params: &[(String, String)]) -> Vec<u8> {
+    let mut packet = vec![0; 4];
+    packet.extend_from_slice(&version);
+    for (name, value) in params {
+        for text in [name, value] {
+            packet.extend_from_slice(text.as_bytes());
+            packet.push(0);
+        }
+    }
+    packet.push(0);
+    let len = packet.len() as i32;
+    packet[..4].copy_from_slice(&len.to_be_bytes());
+    packet
+}
+
 /// A `Query` message.
 pub fn query(sql: &str) -> Message {
     let mut body = sql.as_bytes().to_vec();

@@ -27,6 +27,7 @@ use tracing::{debug, warn};
 use crate::{
     Authority, Client, ConnectionPolicy, Spent, StatementRecord,
     budget::{self, Counts, Overrun},
+    login::{Authenticating, Login},
     protocol::{self, Frontend, Message, ProtocolError, Startup},
     tls::Tls,
 };
@@ -52,21 +53,47 @@ const NOT_SUPPORTED: &str = "0A000";
 /// when the connection started.
 const READING_SETTINGS: [&str; 2] = ["client_encoding", "standard_conforming_strings"];
 
+/// Startup parameters a client may send (compared in lower case). The
+/// server takes any other as a setting, set before the first statement
+/// the guard judges (`role`, `session_authorization`, ...), so others are
+/// refused; `options` (`-c name=value`) only empty.
+const STARTUP_PARAMETERS: [&str; 10] = [
+    "user",
+    "database",
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "timezone",
+    "intervalstyle",
+    "extra_float_digits",
+    "search_path",
+    "replication",
+];
+
 /// Accepts connections on `listener` and guards each, with `server` as
-/// the PostgreSQL server (`host:port`), and `tls` on either leg.
+/// the PostgreSQL server (`host:port`), `tls` on either leg, and `login`
+/// when the guard logs in for clients.
 pub async fn serve(
     listener: TcpListener,
     server: String,
     tls: Tls,
+    login: Option<Login>,
     authority: Arc<dyn Authority>,
 ) -> std::io::Result<()> {
     let server: Arc<str> = server.into();
     let tls = Arc::new(tls);
+    let login = Arc::new(login);
     loop {
         let (stream, peer) = listener.accept().await?;
-        let (server, tls, authority) = (server.clone(), tls.clone(), authority.clone());
+        let (server, tls, login, authority) = (
+            server.clone(),
+            tls.clone(),
+            login.clone(),
+            authority.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, peer, &server, &tls, authority).await {
+            let login = Option::as_ref(&login);
+            if let Err(e) = connection(stream, peer, &server, &tls, login, authority).await {
                 debug!(%peer, "connection ended: {e}");
             }
         });
@@ -232,6 +259,7 @@ async fn connection(
     peer: SocketAddr,
     server_name: &str,
     tls: &Tls,
+    login: Option<&Login>,
     authority: Arc<dyn Authority>,
 ) -> Result<(), Ended> {
     let local = client.local_addr()?;
@@ -250,15 +278,49 @@ async fn connection(
         let why = "replication connections are not allowed through the statement guard";
         return Err(fatal(&mut client_write, Ended::refused(REFUSED, why)).await);
     }
+    if let Some((name, _)) = params.iter().find(|(name, value)| {
+        let name = name.to_lowercase();
+        !(STARTUP_PARAMETERS.contains(&name.as_str())
+            || name == "options" && value.trim().is_empty())
+    }) {
+        let why = format!(
+            "the startup parameter `{name}` is not allowed through the statement guard: change settings with SET, which the policy judges"
+        );
+        return Err(fatal(&mut client_write, Ended::refused(REFUSED, why)).await);
+    }
     let Some(user) = param("user") else {
         let why = "the startup packet names no user";
         return Err(fatal(&mut client_write, Ended::refused(PROTOCOL_VIOLATION, why)).await);
     };
+    if login.is_some() && !(peer.ip().is_loopback() || peer.ip() == local.ip()) {
+        let why = "the statement guard logs in for this database's clients, so they must be on its host (where the kernel says who they are)";
+        return Err(fatal(&mut client_write, Ended::refused("28000", why)).await);
+    }
     let client = Client {
         peer,
         local,
         user: user.to_string(),
         dbname: param("database").unwrap_or(user).to_string(),
+        role: login.map(|l| l.user.clone()),
+    };
+    // With credentials, the server sees the guard's role, not the client's.
+    let startup = match login {
+        Some(login) => {
+            let mut params = params.clone();
+            for (name, value) in &mut params {
+                if name == "user" {
+                    value.clone_from(&login.user);
+                }
+            }
+            if param("database").is_none() {
+                params.push(("database".into(), user.to_string()));
+            }
+            let version = startup[4..8]
+                .try_into()
+                .expect("a startup packet has a version");
+            protocol::startup(version, &params)
+        }
+        None => startup,
     };
     let policy = match authority.connection(&client).await {
         Ok(policy) => policy,
@@ -280,6 +342,7 @@ async fn connection(
         &mut client_write,
         &mut server_read,
         &mut server_write,
+        login,
     )
     .await?
     else {
@@ -363,7 +426,8 @@ impl Drop for Closed {
     }
 }
 
-/// Relays authentication until the server is ready for queries; returns
+/// Relays authentication until the server is ready for queries (or, with
+/// `login`, logs in itself: the client only learns that it is in); returns
 /// the server's settings the guard must know, or `None` when the server
 /// refused the login (its error relayed).
 async fn authenticate(
@@ -371,13 +435,37 @@ async fn authenticate(
     client_write: &mut Writer,
     server_read: &mut Reader,
     server_write: &mut Writer,
+    login: Option<&Login>,
 ) -> Result<Option<HashMap<String, String>>, Ended> {
     let mut settings = HashMap::new();
+    let mut guard_login = login.map(Authenticating::new);
     loop {
         let message = Message::read(server_read)
             .await?
             .ok_or(ProtocolError::Closed)?;
         match message.tag() {
+            b'R' if guard_login.is_some() => {
+                let body = message.body();
+                let code = body
+                    .get(..4)
+                    .map_or(-1, |c| i32::from_be_bytes(c.try_into().expect("4 bytes")));
+                if code == 0 {
+                    client_write.write_all(&message.bytes).await?;
+                    continue;
+                }
+                let answering = guard_login.as_mut().expect("logging in");
+                match answering.answer(code, &body[4.min(body.len())..]) {
+                    Ok(Some(answer)) => {
+                        server_write.write_all(&answer.bytes).await?;
+                        server_write.flush().await?;
+                    }
+                    Ok(None) => {}
+                    Err(why) => {
+                        let why = format!("the guard cannot log in to the server: {why}");
+                        return Err(fatal(client_write, Ended::refused("28000", why)).await);
+                    }
+                }
+            }
             b'R' => {
                 let code = message
                     .body()
@@ -836,6 +924,7 @@ impl Judge {
             dbname: self.client.dbname.clone(),
             user: self.client.user.clone(),
             client: self.client.peer.to_string(),
+            role: self.client.role.clone(),
             monitored: outcome.monitored,
             ..StatementNote::default()
         };

@@ -33,7 +33,17 @@ pub struct Database {
     pub client_tls: Option<ClientTls>,
     /// TLS between the guard and the server.
     pub server_tls: Option<ServerTls>,
+    /// The guard logs in for clients with these.
+    pub credentials: Option<Credentials>,
     pub location: Location,
+}
+
+/// The role the guard logs in as, and the file that holds its password
+/// (read by guardd, as root).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password_file: std::path::PathBuf,
 }
 
 /// The guard's certificate for clients.
@@ -66,6 +76,9 @@ impl Database {
         }
         if let Some(tls) = &self.server_tls {
             files.push(tls.ca.as_path());
+        }
+        if let Some(credentials) = &self.credentials {
+            files.push(credentials.password_file.as_path());
         }
         files
     }
@@ -287,6 +300,14 @@ pub(crate) struct DatabaseFile {
     default_profile: Option<Spanned<String>>,
     client_tls: Option<Spanned<ClientTlsFile>>,
     server_tls: Option<Spanned<ServerTlsFile>>,
+    credentials: Option<Spanned<CredentialsFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CredentialsFile {
+    user: String,
+    password_file: String,
 }
 
 #[derive(Deserialize)]
@@ -493,6 +514,27 @@ pub(crate) fn databases(file: Vec<Spanned<DatabaseFile>>) -> Result<Vec<Database
             }
             None => None,
         };
+        let credentials = match entry.credentials {
+            Some(credentials) => {
+                let at = credentials.referenced;
+                let credentials = credentials.value;
+                if credentials.user.is_empty()
+                    || credentials.user.len() > 63
+                    || credentials.user.contains('\0')
+                {
+                    return Err(in_database(
+                        at,
+                        "credentials: `user` must be a role name of 1 to 63 bytes".into(),
+                    ));
+                }
+                Some(Credentials {
+                    user: credentials.user,
+                    password_file: tls_file(&credentials.password_file)
+                        .map_err(|r| in_database(at, format!("credentials: {r}")))?,
+                })
+            }
+            None => None,
+        };
         databases.push(Database {
             name,
             server,
@@ -500,6 +542,7 @@ pub(crate) fn databases(file: Vec<Spanned<DatabaseFile>>) -> Result<Vec<Database
             default_profile: entry.default_profile.map(|p| p.value),
             client_tls,
             server_tls,
+            credentials,
             location,
         });
     }
@@ -522,7 +565,7 @@ fn check_server(server: &str) -> Result<(), String> {
     host_name(host).map(drop).map_err(|_| bad())
 }
 
-/// A TLS file: an absolute path.
+/// A file guardd reads for the guard (TLS, a password): an absolute path.
 fn tls_file(path: &str) -> Result<std::path::PathBuf, String> {
     let p = std::path::Path::new(path);
     if !p.is_absolute()
@@ -844,6 +887,24 @@ agents: []
         assert!(e.reason.contains("not a host name"), "{e}");
         let e = error(&with("    client_tls:\n      certificate: /c\n"));
         assert!(e.reason.contains("key"), "{e}");
+        let policy = crate::policy::parse(&with(
+            "    credentials:\n      user: agent_role\n      password_file: /etc/guard/db/shop.password\n",
+        ))
+        .unwrap();
+        let db = &policy.databases[0];
+        assert_eq!(db.credentials.as_ref().unwrap().user, "agent_role");
+        assert_eq!(
+            db.files(),
+            [std::path::Path::new("/etc/guard/db/shop.password")]
+        );
+        let e = error(&with(
+            "    credentials:\n      user: agent_role\n      password_file: shop.password\n",
+        ));
+        assert!(
+            e.reason
+                .contains("credentials: `shop.password` must be an absolute path"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -875,6 +936,17 @@ agents: []
             assert!(e.reason.contains(why), "{budgets}: {e}");
             assert_eq!(e.location.line, 13, "{budgets}: {e}");
         }
+    }
+
+    #[test]
+    fn the_example_policy_has_budgets() {
+        let policy = crate::policy::parse(include_str!("../../examples/policy.yaml")).unwrap();
+        let section = |profile: &str| {
+            let p = policy.profiles.iter().find(|p| p.name == profile).unwrap();
+            p.databases[0].budgets.clone()
+        };
+        assert_eq!(section("db-maintenance").rows_changed.statement, Some(1000));
+        assert_eq!(section("data-analysis").bytes_read.session, Some(100 << 20));
     }
 
     #[test]

@@ -872,3 +872,130 @@ fn pgbench_runs_under_budgets_in_every_protocol_mode() {
         "every transaction's change was kept"
     );
 }
+
+#[test]
+#[ignore = "needs PostgreSQL and the release binaries; run by cargo xtask test"]
+fn startup_settings_are_refused() {
+    let db = Guarded::start();
+    // Settings in the startup packet would be set before the guard judges
+    // anything: `-c role=...` would be a `SET ROLE` nobody judged.
+    let out = Command::new(db.postgres.bin_dir.join("psql"))
+        .args([db.url().as_str(), "-X", "-c", "SELECT 1"])
+        .env("PGOPTIONS", "-c role=pg_read_all_data")
+        .output()
+        .expect("psql");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("the startup parameter `options` is not allowed"),
+        "{err}"
+    );
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and the release binaries; run by cargo xtask test"]
+fn credentials_held_by_the_guard() {
+    // The server wants a SCRAM password from role `app`; the agent never
+    // has it: the guard logs in for it.
+    let hba = tempfile::Builder::new()
+        .suffix(".hba")
+        .tempfile_in("/tmp")
+        .unwrap();
+    fs_write_readable(
+        hba.path(),
+        "host all guard 127.0.0.1/32 trust\nhost all app 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 reject\n",
+    );
+    let postgres = Postgres::start_with(&[&format!("hba_file={}", hba.path().display())]);
+    let dir = tempfile::tempdir().unwrap();
+    let run_direct = |sql: &str| {
+        let out = Command::new(postgres.bin_dir.join("psql"))
+            .args([postgres.url.as_str(), "-X", "-q", "-A", "-t", "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run_direct(
+        "CREATE ROLE app LOGIN PASSWORD 'app-secret'; CREATE TABLE t (id int); GRANT ALL ON t TO app",
+    );
+    let password = dir.path().join("app.password");
+    std::fs::write(&password, "app-secret\n").unwrap();
+    let policy = |password: &std::path::Path| {
+        POLICY
+            .replace("PORT", &postgres.port.to_string())
+            .replace(
+                "    listen: 127.0.0.1:LISTEN\n",
+                &format!(
+                    "    listen: 127.0.0.1:LISTEN\n    credentials:\n      user: app\n      password_file: {}\n",
+                    password.display()
+                ),
+            )
+    };
+    let records = dir.path().join("records.jsonl");
+    let guard = StatementGuard::start(
+        dir.path(),
+        &policy(&password),
+        "cleanup",
+        "shop",
+        std::fs::File::create(&records).unwrap().into(),
+    );
+    let through = |url: &str, sql: &str| {
+        let out = Command::new(postgres.bin_dir.join("psql"))
+            .args([url, "-X", "-q", "-A", "-t", "-c", sql])
+            .env_remove("PGPASSWORD")
+            .output()
+            .expect("psql");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    };
+    // The agent's login name is only recorded; no password is asked.
+    let url = guard.url().replace("guard@", "agent@");
+    let (ok, out, err) = through(&url, "SELECT current_user");
+    assert!(ok, "{err}");
+    assert_eq!(out, "app");
+    let (ok, _, err) = through(&url, "DROP TABLE t");
+    assert!(!ok && err.contains(DROP), "{err}");
+    // Without the guard, the role is useless to the agent.
+    let direct = postgres.url.replace("guard@", "app@");
+    let (ok, _, err) = through(&direct, "SELECT 1");
+    assert!(!ok && err.contains("password"), "{err}");
+    let text = std::fs::read_to_string(&records).unwrap();
+    let record: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["normalized"] == "SELECT current_user")
+        .expect("a record");
+    assert_eq!(
+        (record["user"].as_str(), record["role"].as_str()),
+        (Some("agent"), Some("app"))
+    );
+    drop(guard);
+
+    // A wrong password: the guard says it cannot log in.
+    let wrong = dir.path().join("wrong.password");
+    std::fs::write(&wrong, "not-it").unwrap();
+    let guard = StatementGuard::start(
+        dir.path(),
+        &policy(&wrong),
+        "cleanup",
+        "shop",
+        Stdio::null(),
+    );
+    let (ok, _, err) = through(&guard.url(), "SELECT 1");
+    assert!(
+        !ok && err.contains("password authentication failed"),
+        "{err}"
+    );
+}
+
+/// Writes `text` to `path`, readable by the server's own user.
+fn fs_write_readable(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+}

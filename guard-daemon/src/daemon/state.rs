@@ -85,6 +85,9 @@ pub struct State {
     pub(super) hosts: hosts::Hosts,
     /// The number of each generation as it is published.
     pub(super) published: tokio::sync::watch::Sender<u64>,
+    /// How many times sessions ended: the statement guard then forgets
+    /// their budgets.
+    pub(super) sessions_ended: tokio::sync::watch::Sender<u64>,
     /// Whether the statement guard serves each database of the policy in
     /// force, or why not.
     pub(super) databases: BTreeMap<String, Result<(), String>>,
@@ -136,6 +139,7 @@ impl State {
             notes: Vec::new(),
             hosts: hosts::Hosts::default(),
             published: tokio::sync::watch::Sender::new(0),
+            sessions_ended: tokio::sync::watch::Sender::new(0),
             databases: BTreeMap::new(),
         };
         if let Some(adopted) = &state.enforcer.adopted
@@ -439,6 +443,7 @@ impl State {
         self.notes
             .extend(expired.into_iter().map(|(_, record)| record));
         if !ended.is_empty() {
+            self.sessions_ended.send_modify(|n| *n += 1);
             self.keep();
             self.why
                 .keep_only(self.sessions.live().map(|s| s.id.as_str()));

@@ -109,6 +109,7 @@ async fn guard(
     let (read, mut write) = tokio::net::UnixStream::from_std(ours)?.into_split();
     let mut published = lock(state).published.subscribe();
     published.mark_changed();
+    let mut sessions_ended = lock(state).sessions_ended.subscribe();
     let mut lines = BufReader::new(read);
     let mut line = Vec::new();
     let mut connections = HashMap::new();
@@ -128,8 +129,13 @@ async fn guard(
                         .collect();
                     current
                 };
-                let files = tls_files(&current);
+                let files = files_for_guard(&current);
                 send(&mut write, &ToGuard::Policy { text: current.text.clone(), files }).await?;
+            }
+            changed = sessions_ended.changed() => {
+                changed?;
+                let live = lock(state).sessions.live().map(|s| s.id.clone()).collect();
+                send(&mut write, &ToGuard::Sessions { live }).await?;
             }
             message = next(&mut lines, &mut line) => {
                 let message = message?.ok_or_else(|| anyhow::anyhow!("it closed its control socket"))?;
@@ -195,7 +201,7 @@ fn spawn(config: &StatementGuardConfig, control: OwnedFd) -> anyhow::Result<toki
 /// The TLS files the policy's databases name, read as root: the guard
 /// gets their contents, never the files. One guardd cannot read is left
 /// out (the guard then does not serve its database) and logged.
-fn tls_files(generation: &Generation) -> std::collections::BTreeMap<String, String> {
+fn files_for_guard(generation: &Generation) -> std::collections::BTreeMap<String, String> {
     let mut files = std::collections::BTreeMap::new();
     for database in &generation.compiled.databases {
         for path in database.files() {

@@ -46,10 +46,12 @@ fn main() {
         .find(|d| &d.name == database)
         .expect("the database is in the policy");
     let (server, listen) = (entry.server.clone(), entry.listen);
-    let tls = guard_pg::tls::for_database(entry, |path| {
+    let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
-    })
-    .unwrap_or_else(|e| panic!("TLS: {e}"));
+    };
+    let tls = guard_pg::tls::for_database(entry, read).unwrap_or_else(|e| panic!("TLS: {e}"));
+    let login =
+        guard_pg::login::for_database(entry, read).unwrap_or_else(|e| panic!("credentials: {e}"));
     let policy =
         ConnectionPolicy::of(&parsed, 0, profile, database).unwrap_or_else(|e| panic!("{e}"));
     let (records, printed) = std::sync::mpsc::channel::<StatementRecord>();
@@ -77,7 +79,7 @@ fn main() {
             "statement guard listening on {}",
             listener.local_addr().expect("address")
         );
-        guard_pg::proxy::serve(listener, server, tls, Arc::new(authority))
+        guard_pg::proxy::serve(listener, server, tls, login, Arc::new(authority))
             .await
             .expect("serve");
     });

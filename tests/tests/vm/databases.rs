@@ -83,7 +83,10 @@ fn the_statement_guard_judges_each_connection_by_its_session() {
         assert!(ok, "{sql}: {err}");
         out
     };
-    direct("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2), (3)");
+    direct(
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2), (3); \
+         CREATE TABLE v (id int); INSERT INTO v SELECT generate_series(1, 6)",
+    );
 
     let (guarded, agents_only) = (free_port(), free_port());
     // A port someone else holds: that database cannot be guarded.
@@ -118,6 +121,8 @@ profiles:
             message: schema changes need a human
       - database: vault
         default: allow
+        budgets:
+          rows_changed: {{session: 2}}
   - name: coder
     default: allow
   - name: people
@@ -328,6 +333,52 @@ touch done",
     assert!(
         third.contains("guard: schema changes need a human"),
         "once: {third}"
+    );
+
+    // A session's budget holds across its connections; another session
+    // has its own.
+    let script = format!(
+        "for id in 1 2 3; do {psql} '{url}' -X -q -A -t -c \"DELETE FROM v WHERE id = $id\" 2>>budget.err; done; true",
+        psql = bin_dir.join("psql").display(),
+        url = url(agents_only),
+    );
+    let ran = Command::new(bin("guardctl"))
+        .arg("--socket")
+        .arg(&guardd.socket)
+        .args(["run", "--agent", "analyst", "--", "sh", "-c", &script])
+        .current_dir(&work)
+        .status()
+        .unwrap();
+    assert!(ran.success());
+    let err = read("budget.err");
+    assert!(
+        err.contains("guard: the session went over its budget of 2 rows changed per session"),
+        "{err}"
+    );
+    assert_eq!(direct("SELECT count(*) FROM v"), "4");
+    let (ok, _, err) = psql(
+        &mut as_agent("analyst"),
+        &url(agents_only),
+        "DELETE FROM v WHERE id = 3",
+    );
+    assert!(ok, "a new session has its own budget: {err}");
+    assert_eq!(direct("SELECT count(*) FROM v"), "3");
+    statement(&guardd, "analyst", "DELETE FROM v WHERE id = $1");
+    let deletes: Vec<Value> = statements(&guardd)
+        .into_iter()
+        .filter(|r| r["statement"]["normalized"] == "DELETE FROM v WHERE id = $1")
+        .collect();
+    let kept = |r: &Value| r["verdict"] == "allow" && r["statement"]["rows_changed"] == 1;
+    let over = |r: &Value| r["verdict"] == "deny" && r["rule"] == "budget:rows_changed";
+    assert_eq!(
+        deletes.iter().filter(|r| kept(r)).count(),
+        3,
+        "{deletes:#?}"
+    );
+    assert_eq!(
+        deletes.iter().filter(|r| over(r)).count(),
+        1,
+        "{deletes:#?}"
     );
 
     // The guard runs as nobody, with no groups, no capabilities and no way
