@@ -346,6 +346,7 @@ fn to_proto(r: &Record, chain: String, json: &str) -> pb::Record {
             rows_read: s.rows_read,
             bytes_read: s.bytes_read,
             role: s.role.clone(),
+            masked: s.masked.clone(),
         }),
     }
 }

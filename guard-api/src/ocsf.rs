@@ -269,6 +269,9 @@ fn decision(host: &str, r: &Record, sealed: &str) -> Value {
             if let Some(role) = &s.role {
                 event["unmapped"]["statement"]["role"] = json!(role);
             }
+            if !s.masked.is_empty() {
+                event["unmapped"]["statement"]["masked"] = json!(s.masked);
+            }
         }
         4001 => {
             if let Ok(addr) = r.target.parse::<std::net::SocketAddr>() {

@@ -321,6 +321,10 @@ pub struct StatementNote {
     pub rows_read: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_read: Option<u64>,
+    /// What was masked in the rows it returned: columns (`schema.table.column`,
+    /// or a computed column) and values (`value:email`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<String>,
 }
 
 /// The rule of a self-protection denial (`guard_common::SELF_PROTECTION`).

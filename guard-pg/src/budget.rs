@@ -19,19 +19,23 @@ pub struct Counts {
     pub bytes: u64,
 }
 
-/// A budget a statement went over.
+/// Why the guard cut a statement short (a budget it went over, a column
+/// masking cannot allow): no row after it is sent, and it is undone.
 #[derive(Clone, Debug)]
 pub struct Overrun {
-    /// `rows_changed`, `rows_read` or `bytes_read`.
-    pub budget: &'static str,
+    /// The rule records name: `budget:rows_changed`, `budget:rows_read`,
+    /// `budget:bytes_read`, or `mask`.
+    pub rule: String,
     /// What the client is told, after `guard: `.
     pub message: String,
 }
 
 impl Overrun {
-    /// The rule records name.
-    pub fn rule(&self) -> String {
-        format!("budget:{}", self.budget)
+    fn budget(name: &str, message: String) -> Overrun {
+        Overrun {
+            rule: format!("budget:{name}"),
+            message,
+        }
     }
 }
 
@@ -56,21 +60,23 @@ fn spend(
     if let Some(limit) = budget.statement
         && statement > limit
     {
-        return Err(Overrun {
-            budget: name,
-            message: format!(
+        return Err(Overrun::budget(
+            name,
+            format!(
                 "the statement went over its budget of {limit} {} per statement",
                 unit(name)
             ),
-        });
+        ));
     }
-    Spent::spend(counter, amount, budget.session).map_err(|total| Overrun {
-        budget: name,
-        message: format!(
-            "the session went over its budget of {} {} per session (it would reach {total})",
-            budget.session.unwrap_or_default(),
-            unit(name)
-        ),
+    Spent::spend(counter, amount, budget.session).map_err(|total| {
+        Overrun::budget(
+            name,
+            format!(
+                "the session went over its budget of {} {} per session (it would reach {total})",
+                budget.session.unwrap_or_default(),
+                unit(name)
+            ),
+        )
     })
 }
 
@@ -164,6 +170,6 @@ mod tests {
             changed(&budgets, &spent, 5).is_ok(),
             "a refusal spends nothing"
         );
-        assert_eq!(e.rule(), "budget:rows_changed");
+        assert_eq!(e.rule, "budget:rows_changed");
     }
 }

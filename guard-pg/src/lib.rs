@@ -12,6 +12,7 @@
 pub mod budget;
 mod cache;
 pub mod login;
+pub mod mask;
 pub mod protocol;
 pub mod proxy;
 pub mod tls;

@@ -28,6 +28,7 @@ use crate::{
     Authority, Client, ConnectionPolicy, Spent, StatementRecord,
     budget::{self, Counts, Overrun},
     login::{Authenticating, Login},
+    mask::{self, Catalog, Column},
     protocol::{self, Frontend, Message, ProtocolError, Startup},
     tls::Tls,
 };
@@ -368,6 +369,18 @@ async fn connection(
         Some("off") => Strings::BackslashEscapes,
         _ => Strings::Standard,
     };
+    let catalog = match &policy.rules.mask {
+        Some(masking) => match masked_columns(&mut server_read, &mut server_write, masking).await {
+            Ok(catalog) => catalog,
+            Err(why) => {
+                let why = format!(
+                    "the guard cannot read which columns to mask from the server's catalog: {why}"
+                );
+                return Err(fatal(&mut client_write, Ended::refused(REFUSED, why)).await);
+            }
+        },
+        None => Catalog::default(),
+    };
 
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(|e| ProtocolError::Io(e.to_string()))?;
@@ -386,6 +399,9 @@ async fn connection(
         spent: policy.spent.clone(),
         authority: authority.clone(),
         preface: None,
+        catalog,
+        columns: None,
+        masked: BTreeSet::new(),
         ready: 0,
         counts: Counts::default(),
         copied_in: false,
@@ -407,10 +423,53 @@ async fn connection(
         settled: settled_seen,
         gate: None,
         portals: HashMap::new(),
+        ids: Ids::default(),
         discarding: false,
     };
     let (up, down) = tokio::join!(up.run(client_read), down.run(server_read, client_write));
     up.and(down)
+}
+
+/// Asks the server's catalog which ids the masked columns have, before the
+/// client's first statement.
+async fn masked_columns(
+    server_read: &mut Reader,
+    server_write: &mut Writer,
+    masking: &guard_policy::database::Masking,
+) -> Result<Catalog, String> {
+    let mut catalog = Catalog::default();
+    let Some(query) = Catalog::query(masking) else {
+        return Ok(catalog);
+    };
+    server_write
+        .write_all(&protocol::query(&query).bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    server_write.flush().await.map_err(|e| e.to_string())?;
+    let mut failed = None;
+    loop {
+        let message = Message::read(server_read)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the server closed the connection")?;
+        match message.tag() {
+            b'D' => catalog.add_row(masking, &message)?,
+            b'E' => {
+                let fields = protocol::fields(message.body());
+                let text = fields
+                    .iter()
+                    .find(|(c, _)| *c == b'M')
+                    .map(|(_, m)| m.clone());
+                failed = Some(text.unwrap_or_default());
+            }
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    match failed {
+        Some(why) => Err(why),
+        None => Ok(catalog),
+    }
 }
 
 /// Tells the authority when a connection it decided ends, however it
@@ -579,6 +638,42 @@ struct Shared {
     /// The budgeted execution the server is answering, if any: the client's
     /// next message waits for its end.
     watch: Option<Watch>,
+    /// With masking: the `Describe` messages the server has yet to answer,
+    /// oldest first, and the columns of those it answered.
+    describing: VecDeque<Describing>,
+    descriptions: HashMap<Described, Result<Vec<Column>, String>>,
+}
+
+/// What a `Describe` describes: a prepared statement or a portal, by the
+/// guard's number for its `Parse` or `Bind` (a name is used again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Described {
+    Statement(u64),
+    Portal(u64),
+}
+
+/// A `Describe` sent: its unit, what it describes, and the tables its
+/// statement names.
+struct Describing {
+    unit: u64,
+    what: Described,
+    objects: BTreeSet<String>,
+}
+
+/// The guard's numbers for the client's prepared statements and portals.
+#[derive(Default)]
+struct Ids {
+    next: u64,
+    statements: HashMap<String, u64>,
+    /// A portal's `Bind`, and its statement's `Parse`.
+    portals: HashMap<String, (u64, Option<u64>)>,
+}
+
+impl Ids {
+    fn next(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
 }
 
 impl Shared {
@@ -640,6 +735,10 @@ struct Counting {
 struct Watch {
     unit: u64,
     execute: Option<StatementRecord>,
+    /// An `Execute`'s columns, as the portal's or its statement's
+    /// `Describe` gave them, and the tables its statement names.
+    described: Vec<Described>,
+    objects: BTreeSet<String>,
     /// The guard began a transaction for the `Query`, and ends it.
     began: bool,
     /// The budget it went over: its rows are no longer sent, and it is
@@ -661,6 +760,23 @@ struct Refusal {
 impl Refusal {
     fn to_client(&self) -> Message {
         guard_error("ERROR", self.code, &self.message, self.detail.as_deref())
+    }
+}
+
+/// Whether the guard watches each statement that returns or changes rows
+/// (counts its rows, masks them), and waits for its end before the next.
+fn watches(rules: &StatementRules) -> bool {
+    rules.budgets.any() || rules.mask.is_some()
+}
+
+/// The refusal of a computed result column the guard cannot tell is not
+/// from a masked column (`computed: refuse`).
+fn computed(name: &str) -> budget::Overrun {
+    budget::Overrun {
+        rule: "mask".into(),
+        message: format!(
+            "the result column `{name}` is computed in a statement that reads a table with masked columns, and the policy refuses those: select the columns themselves"
+        ),
     }
 }
 
@@ -739,8 +855,7 @@ impl Judge {
         };
         // With budgets, the guard may run a `Query` in a transaction of its
         // own, which transaction control in the same message would end.
-        let budgets = &self.policy.rules.budgets;
-        let mixed = budgets.any()
+        let mixed = watches(&self.policy.rules)
             && statements.len() > 1
             && statements
                 .iter()
@@ -838,7 +953,7 @@ impl Judge {
         }
         if mixed && statement.classes.contains(&Class::Transaction) {
             return guard_refusal(
-                "with statement budgets, send transaction control (BEGIN, COMMIT, ROLLBACK, savepoints) as a statement of its own".into(),
+                "with statement budgets or masking, send transaction control (BEGIN, COMMIT, ROLLBACK, savepoints) as a statement of its own".into(),
             );
         }
         let rules = &self.policy.rules;
@@ -1023,6 +1138,8 @@ struct Upstream {
     gate: Option<oneshot::Receiver<bool>>,
     /// What each portal's statement does, for budgets.
     portals: HashMap<String, Judged>,
+    /// Numbers for statements and portals, with masking.
+    ids: Ids,
     /// After a refused `Parse` (or an `Execute` over its budget): the
     /// server skips to the next `Sync`, and so does the guard.
     discarding: bool,
@@ -1063,6 +1180,10 @@ impl Upstream {
                 Frontend::Parse { name, query } => match self.judge.judge(query).await {
                     Ok(judged) => {
                         self.judge.prepared.insert(name.to_string(), judged);
+                        let id = self.ids.next();
+                        if let Some(old) = self.ids.statements.insert(name.to_string(), id) {
+                            self.forget(Described::Statement(old));
+                        }
                         forward.push(Out::Client);
                     }
                     Err(refusal) => {
@@ -1078,6 +1199,37 @@ impl Upstream {
                         Some(judged) => self.portals.insert(portal.to_string(), judged.clone()),
                         None => self.portals.remove(portal),
                     };
+                    let id = self.ids.next();
+                    let parse = self.ids.statements.get(statement).copied();
+                    if let Some((old, _)) = self.ids.portals.insert(portal.to_string(), (id, parse))
+                    {
+                        self.forget(Described::Portal(old));
+                    }
+                    forward.push(Out::Client);
+                }
+                Frontend::Describe { portal, name }
+                    if !self.discarding && self.judge.policy.rules.mask.is_some() =>
+                {
+                    let (what, judged) = if portal {
+                        let bind = self.ids.portals.get(name).map(|(bind, _)| *bind);
+                        (bind.map(Described::Portal), self.portals.get(name))
+                    } else {
+                        let parse = self.ids.statements.get(name).copied();
+                        (
+                            parse.map(Described::Statement),
+                            self.judge.prepared.get(name),
+                        )
+                    };
+                    // An unknown name fails in the server: nothing to note.
+                    if let (Some(what), Some(judged)) = (what, judged) {
+                        let mut shared = lock(&self.shared);
+                        let unit = shared.units;
+                        shared.describing.push_back(Describing {
+                            unit,
+                            what,
+                            objects: judged.objects.clone(),
+                        });
+                    }
                     forward.push(Out::Client);
                 }
                 Frontend::Execute { portal, max_rows } => {
@@ -1128,6 +1280,14 @@ impl Upstream {
         Ok(())
     }
 
+    /// A statement or portal replaced under its name: its columns are not
+    /// needed any more.
+    fn forget(&self, described: Described) {
+        if self.judge.policy.rules.mask.is_some() {
+            lock(&self.shared).descriptions.remove(&described);
+        }
+    }
+
     /// A `Query`: judged, and when budgets count its rows, watched (in a
     /// transaction of the guard's own outside the client's, so that it can
     /// be undone).
@@ -1146,7 +1306,7 @@ impl Upstream {
                 return Ok(vec![Out::Guard(shared.stand_in(unit, &refusal, false))]);
             }
         };
-        let watched = self.judge.policy.rules.budgets.any() && judged.has_rows();
+        let watched = watches(&self.judge.policy.rules) && judged.has_rows();
         // The transaction status once the server has answered everything
         // sent so far.
         let began = watched && {
@@ -1179,6 +1339,8 @@ impl Upstream {
             shared.watch = Some(Watch {
                 unit,
                 execute: None,
+                described: Vec::new(),
+                objects: judged.objects.clone(),
                 began,
                 over: None,
                 done,
@@ -1196,7 +1358,7 @@ impl Upstream {
         // A portal the guard does not know is watched too (the server will
         // most likely refuse it).
         let judged = self.portals.get(portal).cloned();
-        if !budgets.any() || judged.as_ref().is_some_and(|j| !j.has_rows()) {
+        if !watches(&self.judge.policy.rules) || judged.as_ref().is_some_and(|j| !j.has_rows()) {
             return vec![Out::Client];
         }
         let judged = judged.unwrap_or_default();
@@ -1215,9 +1377,19 @@ impl Upstream {
         let record = self
             .judge
             .record_of(Some(&judged), Verdict::Deny, None, &Outcome::ran());
+        let described = match self.ids.portals.get(portal) {
+            Some((bind, parse)) => {
+                let mut described = vec![Described::Portal(*bind)];
+                described.extend(parse.map(Described::Statement));
+                described
+            }
+            None => Vec::new(),
+        };
         shared.watch = Some(Watch {
             unit,
             execute: Some(record),
+            described,
+            objects: judged.objects.clone(),
             began: false,
             over: None,
             done,
@@ -1252,6 +1424,12 @@ struct Downstream {
     authority: Arc<dyn Authority>,
     /// A message the client gets before the next one.
     preface: Option<Message>,
+    /// With masking: the masked columns' ids, the columns of the `Query`
+    /// statement's rows the server sends now, and what the statement had
+    /// masked so far.
+    catalog: Catalog,
+    columns: Option<Result<Vec<Column>, String>>,
+    masked: BTreeSet<String>,
     /// `ReadyForQuery` messages seen: the unit the server answers now.
     ready: u64,
     /// The statement the server answers now: its rows so far, and whether
@@ -1350,8 +1528,24 @@ impl Downstream {
                         forward = None;
                     }
                 }
+                if let Some(row) = forward.take() {
+                    forward = self.mask(row, watching.is_some_and(|(execute, _)| execute));
+                }
             }
             b'G' => self.copied_in = true,
+            b'T' | b'n' if self.rules.mask.is_some() => {
+                let message = forward.as_ref().expect("a message");
+                self.described(message);
+                if self.is_over() {
+                    forward = None;
+                }
+            }
+            b'H' if self.rules.mask.is_some() => {
+                self.copying_out(watching, &forward);
+                if self.is_over() {
+                    forward = None;
+                }
+            }
             b'C' | b'I' => {
                 let tag_text = forward
                     .as_ref()
@@ -1481,6 +1675,133 @@ impl Downstream {
         }
     }
 
+    /// A row description (or `NoData`): the columns of the rows that
+    /// follow (a `Query`'s), or of the statement or portal a `Describe`
+    /// asked for.
+    fn described(&mut self, message: &Message) {
+        let Some(masking) = &self.rules.mask else {
+            return;
+        };
+        let describe = |objects: &BTreeSet<String>| match message.tag() {
+            b'T' => mask::describe(
+                message,
+                &self.catalog,
+                masking,
+                self.catalog.reads_masked(objects),
+            ),
+            _ => Ok(Vec::new()),
+        };
+        let mut shared = lock(&self.shared);
+        let ready = self.ready;
+        if let Some(counting) = shared.counting.get(&ready) {
+            // A `Query`'s statement: its record has the tables it names.
+            let objects: BTreeSet<String> = counting
+                .records
+                .get(counting.answered)
+                .map(|r| r.statement.objects.iter().cloned().collect())
+                .unwrap_or_default();
+            let columns = describe(&objects);
+            drop(shared);
+            if let Err(name) = &columns {
+                self.overrun(computed(name));
+            }
+            self.columns = Some(columns);
+            return;
+        }
+        while shared.describing.front().is_some_and(|d| d.unit < ready) {
+            shared.describing.pop_front();
+        }
+        if let Some(describing) = shared.describing.pop_front() {
+            let columns = describe(&describing.objects);
+            shared.descriptions.insert(describing.what, columns);
+        }
+    }
+
+    /// A row as the client may see it: masked, or `None` when the guard
+    /// cannot tell its columns (the statement is then cut short).
+    fn mask(&mut self, row: Message, execute: bool) -> Option<Message> {
+        let Some(masking) = &self.rules.mask else {
+            return Some(row);
+        };
+        let columns = if execute {
+            let shared = lock(&self.shared);
+            let described = shared
+                .watch
+                .as_ref()
+                .map(|w| w.described.clone())
+                .unwrap_or_default();
+            described
+                .iter()
+                .find_map(|d| shared.descriptions.get(d).cloned())
+        } else {
+            self.columns.clone()
+        };
+        if row.tag() == b'd' {
+            // COPY's text rows: the detectors only (a COPY of masked
+            // columns is refused when it starts).
+            return match mask::text(row.body(), &masking.values, &mut self.masked) {
+                Some(masked) => Some(Message::new(b'd', &masked)),
+                None => Some(row),
+            };
+        }
+        match columns {
+            Some(Ok(columns)) => {
+                match mask::row(&row, &columns, &masking.values, &mut self.masked) {
+                    Some(masked) => Some(masked),
+                    None => Some(row),
+                }
+            }
+            Some(Err(name)) => {
+                self.overrun(computed(&name));
+                None
+            }
+            None => {
+                self.overrun(budget::Overrun {
+                    rule: "mask".into(),
+                    message: "the guard does not know this result's columns, so it cannot mask them: describe the statement or portal before executing it (drivers do)".into(),
+                });
+                None
+            }
+        }
+    }
+
+    /// A `COPY ... TO STDOUT` starts: refused when its rows could hold
+    /// masked columns (they cannot be masked column by column), or are
+    /// binary and values are detected.
+    fn copying_out(&mut self, watching: Option<(bool, bool)>, forward: &Option<Message>) {
+        let Some(masking) = &self.rules.mask else {
+            return;
+        };
+        let objects: BTreeSet<String> = {
+            let shared = lock(&self.shared);
+            match watching {
+                Some((true, _)) => shared
+                    .watch
+                    .as_ref()
+                    .map(|w| w.objects.clone())
+                    .unwrap_or_default(),
+                _ => shared
+                    .counting
+                    .get(&self.ready)
+                    .and_then(|c| c.records.get(c.answered))
+                    .map(|r| r.statement.objects.iter().cloned().collect())
+                    .unwrap_or_default(),
+            }
+        };
+        let binary = forward.as_ref().and_then(|m| m.body().first()) == Some(&1);
+        let why = if self.catalog.reads_masked(&objects) {
+            "COPY out of a table with masked columns is refused: its rows cannot be masked column by column; SELECT them"
+        } else if binary && !masking.values.is_empty() {
+            "a binary COPY out is refused: the guard cannot mask values in it"
+        } else {
+            return;
+        };
+        self.overrun(budget::Overrun {
+            rule: "mask".into(),
+            message: why.into(),
+        });
+    }
+
     fn is_over(&self) -> bool {
         lock(&self.shared)
             .watch
@@ -1513,15 +1834,19 @@ impl Downstream {
             record.statement.rows_changed = counts.changed;
             record.statement.rows_read = Some(counts.read);
             record.statement.bytes_read = Some(counts.bytes);
+            record.statement.masked = std::mem::take(&mut self.masked).into_iter().collect();
             counting.answered += 1;
         }
+        self.columns = None;
         if let Some(watch) = shared.watch.as_mut()
             && let Some(record) = watch.execute.as_mut()
         {
             record.statement.rows_changed = counts.changed;
             record.statement.rows_read = Some(counts.read);
             record.statement.bytes_read = Some(counts.bytes);
+            record.statement.masked = std::mem::take(&mut self.masked).into_iter().collect();
         }
+        self.masked.clear();
     }
 
     /// A watched `Execute` ended. Over its budget, it fails as any
@@ -1534,7 +1859,7 @@ impl Downstream {
         };
         let over = watch.over.take();
         if let (Some(overrun), Some(mut record)) = (&over, watch.execute.take()) {
-            record.rule = Some(overrun.rule());
+            record.rule = Some(overrun.rule.clone());
             record.reason = Some(overrun.message.clone());
             self.authority.record(record);
             let stand_in = {
@@ -1607,7 +1932,7 @@ impl Downstream {
             if let Some((at, overrun)) = &counting.overrun {
                 record.verdict = Verdict::Deny;
                 if i == *at {
-                    record.rule = Some(overrun.rule());
+                    record.rule = Some(overrun.rule.clone());
                     record.reason = Some(overrun.message.clone());
                 } else {
                     record.reason = Some(format!(
@@ -1620,14 +1945,15 @@ impl Downstream {
         }
     }
 
-    /// What the client is told of a budget the statement went over.
+    /// What the client is told of a budget the statement went over, or of
+    /// rows masking cannot allow.
     fn refusal(&self, overrun: &Overrun) -> Refusal {
         Refusal {
             code: REFUSED,
             message: overrun.message.clone(),
             detail: Some(format!(
-                "Refused by budget `{}` of profile `{}` for database `{}`: the rows beyond it were not sent, and nothing the statement did was kept.",
-                overrun.budget, self.profile, self.rules.database
+                "Refused by `{}` of profile `{}` for database `{}`: no row beyond it was sent, and nothing the statement did was kept.",
+                overrun.rule, self.profile, self.rules.database
             )),
         }
     }

@@ -92,7 +92,102 @@ pub struct StatementRules {
     pub default: Access,
     pub rules: Vec<StatementRule>,
     pub budgets: StatementBudgets,
+    /// What is masked in the rows the profile's statements read.
+    pub mask: Option<Masking>,
     pub location: Location,
+}
+
+/// Columns masked in rows a profile reads, and detectors for values
+/// anywhere in them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Masking {
+    pub columns: Vec<ColumnPattern>,
+    pub values: BTreeSet<Detector>,
+    /// What happens to a result column the server computed (an expression,
+    /// not a table's column) in a statement that reads a table with masked
+    /// columns: the guard cannot tell whether it comes from one.
+    pub computed: Computed,
+}
+
+/// A column as `mask.columns` names it: `table.column`,
+/// `schema.table.column` or `*.column` (any table), in lower case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ColumnPattern {
+    pub schema: Option<String>,
+    /// `None` for `*`.
+    pub table: Option<String>,
+    pub column: String,
+}
+
+impl ColumnPattern {
+    fn parse(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("column `{text}` must be `table.column`, `schema.table.column` or `*.column`")
+        };
+        let parts: Vec<&str> = text.split('.').collect();
+        let word = |w: &str| !w.is_empty() && !w.contains(char::is_whitespace) && w != "*";
+        let (schema, table, column) = match parts[..] {
+            ["*", column] if word(column) => (None, None, column),
+            [table, column] if word(table) && word(column) => (None, Some(table), column),
+            [schema, table, column] if word(schema) && word(table) && word(column) => {
+                (Some(schema), Some(table), column)
+            }
+            _ => return Err(bad()),
+        };
+        Ok(ColumnPattern {
+            schema: schema.map(str::to_lowercase),
+            table: table.map(str::to_lowercase),
+            column: column.to_lowercase(),
+        })
+    }
+
+    /// Whether the column `column` of `schema.table` is this one.
+    pub fn matches(&self, schema: &str, table: &str, column: &str) -> bool {
+        self.column == column.to_lowercase()
+            && self
+                .table
+                .as_ref()
+                .is_none_or(|t| *t == table.to_lowercase())
+            && self
+                .schema
+                .as_ref()
+                .is_none_or(|s| *s == schema.to_lowercase())
+    }
+}
+
+/// A kind of value masked wherever it appears in a text value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Detector {
+    /// E-mail addresses.
+    Email,
+    /// Payment card numbers (13 to 19 digits, with spaces or dashes,
+    /// passing the Luhn check).
+    CardNumber,
+    /// Keys and tokens: private keys, cloud access keys, bearer and API
+    /// tokens, JWTs.
+    Secret,
+}
+
+impl Detector {
+    pub const ALL: [Detector; 3] = [Detector::Email, Detector::CardNumber, Detector::Secret];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Detector::Email => "email",
+            Detector::CardNumber => "card_number",
+            Detector::Secret => "secret",
+        }
+    }
+}
+
+/// See [`Masking::computed`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Computed {
+    /// Mask the computed column.
+    #[default]
+    Mask,
+    /// Refuse the statement.
+    Refuse,
 }
 
 /// How many rows a profile's statements may change and read, and how many
@@ -344,6 +439,63 @@ pub(crate) struct StatementRulesFile {
     deny: Vec<Spanned<StatementRuleFile>>,
     #[serde(default)]
     budgets: Option<BudgetsFile>,
+    mask: Option<Spanned<MaskFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MaskFile {
+    #[serde(default)]
+    columns: Vec<String>,
+    #[serde(default)]
+    values: Vec<String>,
+    #[serde(default)]
+    computed: Option<String>,
+}
+
+fn masking(file: Option<Spanned<MaskFile>>) -> Result<Option<Masking>, PolicyError> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let location = Location::from(file.referenced);
+    let fail = |reason: String| PolicyError::new(location, format!("mask: {reason}"));
+    let file = file.value;
+    let columns = file
+        .columns
+        .iter()
+        .map(|c| ColumnPattern::parse(c).map_err(fail))
+        .collect::<Result<Vec<_>, _>>()?;
+    let values = file
+        .values
+        .iter()
+        .map(|name| {
+            Detector::ALL
+                .into_iter()
+                .find(|d| d.name() == name)
+                .ok_or_else(|| {
+                    fail(format!(
+                        "unknown value detector `{name}` (expected one of: email, card_number, secret)"
+                    ))
+                })
+        })
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    if columns.is_empty() && values.is_empty() {
+        return Err(fail("name `columns`, `values` or both".into()));
+    }
+    let computed = match file.computed.as_deref() {
+        None | Some("mask") => Computed::Mask,
+        Some("refuse") => Computed::Refuse,
+        Some(other) => {
+            return Err(fail(format!(
+                "computed `{other}` must be `mask` or `refuse`"
+            )));
+        }
+    };
+    Ok(Some(Masking {
+        columns,
+        values,
+        computed,
+    }))
 }
 
 #[derive(Deserialize, Default)]
@@ -667,6 +819,7 @@ pub(crate) fn statement_rules(
         default: section.default,
         rules,
         budgets: budgets(section.budgets)?,
+        mask: masking(section.mask)?,
         location,
     })
 }
@@ -698,6 +851,7 @@ mod tests {
                 })
                 .collect(),
             budgets: StatementBudgets::default(),
+            mask: None,
             location: Location::default(),
         }
     }
@@ -935,6 +1089,43 @@ agents: []
             let e = error(&with(&format!("        budgets:\n          {budgets}\n")));
             assert!(e.reason.contains(why), "{budgets}: {e}");
             assert_eq!(e.location.line, 13, "{budgets}: {e}");
+        }
+    }
+
+    #[test]
+    fn masking() {
+        let with = |mask: &str| {
+            POLICY.replace(
+                "        default: allow\n        deny:",
+                &format!("        default: allow\n{mask}        deny:"),
+            )
+        };
+        let policy = crate::policy::parse(&with(
+            "        mask:\n          columns: [customers.email, \"*.SSN\", crm.people.phone]\n          values: [email, secret]\n",
+        ))
+        .unwrap();
+        let mask = policy.profiles[0].databases[0].mask.clone().unwrap();
+        assert_eq!(mask.computed, Computed::Mask, "masks by default");
+        assert!(mask.columns[0].matches("public", "Customers", "email"));
+        assert!(!mask.columns[0].matches("public", "orders", "email"));
+        assert!(mask.columns[1].matches("any", "thing", "ssn"));
+        assert!(mask.columns[2].matches("crm", "people", "phone"));
+        assert!(!mask.columns[2].matches("public", "people", "phone"));
+        assert_eq!(mask.values, [Detector::Email, Detector::Secret].into());
+        for (mask, why) in [
+            ("columns: [email]", "must be `table.column`"),
+            ("columns: [a.b.c.d]", "must be `table.column`"),
+            ("values: [phone]", "unknown value detector `phone`"),
+            ("{columns: [a.b], computed: maybe}", "`mask` or `refuse`"),
+            ("{}", "name `columns`, `values` or both"),
+        ] {
+            let text = if mask.starts_with('{') {
+                format!("        mask: {mask}\n")
+            } else {
+                format!("        mask:\n          {mask}\n")
+            };
+            let e = error(&with(&text));
+            assert!(e.reason.contains(why), "{mask}: {e}");
         }
     }
 

@@ -59,6 +59,22 @@ profiles:
           rows_changed: {statement: 10}
           rows_read: {statement: 10}
           bytes_read: {session: 1GiB}
+  - name: masked
+    default: allow
+    databases:
+      - database: shop
+        default: allow
+        mask:
+          columns: [customers.email, \"*.ssn\"]
+          values: [email, card_number, secret]
+  - name: masked-strictly
+    default: allow
+    databases:
+      - database: shop
+        default: allow
+        mask:
+          columns: [customers.email]
+          computed: refuse
 agents: []
 ";
 
@@ -998,4 +1014,123 @@ fn fs_write_readable(path: &std::path::Path, text: &str) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+/// The customers get a social security number and notes with a card
+/// number and an e-mail address in them.
+fn with_personal_data(db: &Guarded) {
+    db.direct(
+        "ALTER TABLE customers ADD COLUMN ssn text, ADD COLUMN notes text; \
+         UPDATE customers SET ssn = '123-45-6789', notes = 'card 4111 1111 1111 1111, mail bob@example.org'",
+    );
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and the release binaries; run by cargo xtask test"]
+fn psql_masked_columns_and_values() {
+    let db = Guarded::start_as("masked");
+    with_personal_data(&db);
+    let check = |sql: &str, expected: &str| {
+        let (out, err) = db.psql(sql);
+        assert_eq!((out.as_str(), err.as_str()), (expected, ""), "{sql}");
+    };
+    check(
+        "SELECT id, email, ssn FROM customers",
+        "1|<masked>|<masked>",
+    );
+    // By the server's ids, not by the names the statement uses.
+    check(
+        "SELECT c.email AS contact FROM public.customers c",
+        "<masked>",
+    );
+    check(
+        "SELECT * FROM (SELECT email FROM customers) sub",
+        "<masked>",
+    );
+    // Computed from a table with masked columns: masked too.
+    check("SELECT upper(email) FROM customers", "<masked>");
+    check("SELECT email || '' AS e, id FROM customers", "<masked>|1");
+    // Values the detectors know, anywhere in text.
+    check(
+        "SELECT notes FROM customers",
+        "card <masked:card_number>, mail <masked:email>",
+    );
+    check("SELECT 'ann@example.com' AS literal", "<masked:email>");
+    // Other columns and tables pass.
+    check("SELECT id, note FROM t WHERE id = 1", "1|row 1");
+    // COPY cannot mask column by column: refused for masked tables.
+    let (out, err) = db.psql("COPY customers TO STDOUT");
+    assert!(
+        err.contains("COPY out of a table with masked columns is refused"),
+        "{out} {err}"
+    );
+    let record = db.record_of("SELECT id, email, ssn FROM customers");
+    assert_eq!(
+        record["masked"],
+        serde_json::json!(["public.customers.email", "public.customers.ssn"]),
+        "{record}"
+    );
+    let record = db.record_of("SELECT notes FROM customers");
+    assert_eq!(
+        record["masked"],
+        serde_json::json!(["value:card_number", "value:email"]),
+        "{record}"
+    );
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and the release binaries; run by cargo xtask test"]
+fn extended_protocol_masking() {
+    let db = Guarded::start_as("masked");
+    with_personal_data(&db);
+    runtime().block_on(async {
+        let client = connect(&db.url()).await;
+        // Binary results: a masked text column is the marker all the same.
+        let row = client
+            .query_one(
+                "SELECT id, email, ssn, notes FROM customers WHERE id = $1",
+                &[&1i32],
+            )
+            .await
+            .expect("select");
+        assert_eq!(row.get::<_, i32>(0), 1);
+        assert_eq!(row.get::<_, String>(1), "<masked>");
+        assert_eq!(row.get::<_, String>(2), "<masked>");
+        assert_eq!(
+            row.get::<_, String>(3),
+            "card <masked:card_number>, mail <masked:email>"
+        );
+        // A computed column of another type: NULL.
+        let row = client
+            .query_one("SELECT length(email) FROM customers", &[])
+            .await
+            .expect("select");
+        assert_eq!(row.get::<_, Option<i32>>(0), None);
+        // Prepared once, executed again: still masked.
+        let statement = client.prepare("SELECT email FROM customers").await.unwrap();
+        for _ in 0..2 {
+            let row = client.query_one(&statement, &[]).await.unwrap();
+            assert_eq!(row.get::<_, String>(0), "<masked>");
+        }
+        let rows = client
+            .query("SELECT note FROM t WHERE id < $1", &[&3i32])
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].get::<_, String>(0), "row 1");
+    });
+}
+
+#[test]
+#[ignore = "needs PostgreSQL and the release binaries; run by cargo xtask test"]
+fn computed_columns_refused_when_the_policy_says_so() {
+    let db = Guarded::start_as("masked-strictly");
+    let (out, err) = db.psql("SELECT upper(email) FROM customers");
+    assert!(
+        err.contains("guard: the result column `upper` is computed in a statement that reads a table with masked columns"),
+        "{out} {err}"
+    );
+    assert!(!out.contains("ann"), "{out}");
+    let (out, err) = db.psql("SELECT id, email FROM customers");
+    assert_eq!((out.as_str(), err.as_str()), ("1|<masked>", ""));
 }
