@@ -1134,3 +1134,68 @@ fn computed_columns_refused_when_the_policy_says_so() {
     let (out, err) = db.psql("SELECT id, email FROM customers");
     assert_eq!((out.as_str(), err.as_str()), ("1|<masked>", ""));
 }
+
+/// Runs tests/python/psycopg_client.py's `scenario` through the guard.
+fn psycopg(db: &Guarded, scenario: &str) -> Value {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("python3")
+        .arg(root.join("tests/python/psycopg_client.py"))
+        .args([db.url().as_str(), scenario])
+        .output()
+        .expect("python3 (cargo xtask setup installs psycopg)");
+    assert!(
+        out.status.success(),
+        "{scenario}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+#[ignore = "needs PostgreSQL, psycopg and the release binaries; run by cargo xtask test"]
+fn psycopg_rules_prepared_and_pipelined() {
+    let db = Guarded::start();
+    let out = psycopg(&db, "rules");
+    let refused = |message: &str| serde_json::json!({"sqlstate": "42501", "message": format!("guard: {message}")});
+    assert_eq!(out["drop"], refused(DROP), "{out}");
+    assert_eq!(out["after"], 10, "{out}");
+    assert_eq!(
+        (&out["prepared_3"], &out["prepared_4"]),
+        (&"row 3".into(), &"row 4".into())
+    );
+    assert_eq!(out["pipeline"], serde_json::json!([refused(BULK)]), "{out}");
+    assert_eq!(out["count_seen_in_pipeline"], 10, "{out}");
+    db.intact();
+    assert_eq!(
+        db.direct("SELECT count(*) FROM t WHERE id = 99"),
+        "0",
+        "the pipeline stopped"
+    );
+}
+
+#[test]
+#[ignore = "needs PostgreSQL, psycopg and the release binaries; run by cargo xtask test"]
+fn psycopg_budgets_and_masking() {
+    let db = Guarded::start_as("budgeted");
+    let out = psycopg(&db, "budgets");
+    assert_eq!(out["over"]["message"], OVER_CHANGED, "{out}");
+    assert_eq!(
+        (&out["within"], &out["read"]),
+        (&2.into(), &serde_json::json!([1, 2, 3])),
+        "{out}"
+    );
+    db.rows_left(8);
+    let db = Guarded::start_as("masked");
+    with_personal_data(&db);
+    let out = psycopg(&db, "masked");
+    let expected = serde_json::json!([
+        "<masked>",
+        "<masked>",
+        "card <masked:card_number>, mail <masked:email>"
+    ]);
+    assert_eq!(
+        (&out["text"], &out["binary"]),
+        (&expected, &expected),
+        "{out}"
+    );
+}

@@ -24,8 +24,13 @@ const PACKAGES: &[&str] = &[
     "libclang-dev",
 ];
 
-/// Python packages for the test client generated from the proto.
-const PYTHON_PACKAGES: &[&str] = &["grpcio==1.85.1", "grpcio-tools==1.85.1"];
+/// Python packages: grpcio for the test client generated from the proto,
+/// psycopg 3 (with its own libpq) for the statement guard's tests.
+const PYTHON_PACKAGES: &[&str] = &[
+    "grpcio==1.85.1",
+    "grpcio-tools==1.85.1",
+    "psycopg[binary]==3.3.9",
+];
 
 /// bpf-linker release, and the LLVM feature matching the pinned nightly.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -61,7 +66,7 @@ pub fn install_packages(packages: &[&str]) -> Result<()> {
 
 fn install_python_packages() -> Result<()> {
     let present = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools"])
+        .args(["-c", "import grpc, grpc_tools, psycopg"])
         .output()
         .is_ok_and(|o| o.status.success());
     if present {
