@@ -1503,15 +1503,20 @@ impl Downstream {
             }
             _ => {}
         }
-        let injected = lock(&self.shared).injected.remove(&self.ready);
-        if let Some(injected) = injected {
-            return self.injected(injected, message).await;
+        // Without budgets and masking, the guard sends nothing of its own
+        // and watches nothing: no lookups per message.
+        let mut watching = None;
+        if watches(&self.rules) {
+            let injected = lock(&self.shared).injected.remove(&self.ready);
+            if let Some(injected) = injected {
+                return self.injected(injected, message).await;
+            }
+            watching = lock(&self.shared)
+                .watch
+                .as_ref()
+                .filter(|w| w.unit == self.ready)
+                .map(|w| (w.execute.is_some(), w.over.is_some()));
         }
-        let watching = lock(&self.shared)
-            .watch
-            .as_ref()
-            .filter(|w| w.unit == self.ready)
-            .map(|w| (w.execute.is_some(), w.over.is_some()));
         let mut forward = Some(message);
         match tag {
             b'D' | b'd' => {
