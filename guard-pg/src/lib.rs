@@ -3,6 +3,10 @@
 //! judges every statement with PostgreSQL's own parser (`guard-sql`) and
 //! the policy's statement rules before the server sees it ([`proxy`]).
 //!
+//! Budgets bound the rows statements change and read ([`budget`]);
+//! masking hides columns and values in the rows a client reads ([`mask`]);
+//! the guard may log in with credentials it holds ([`login`]).
+//!
 //! A refused statement never reaches the server: in its place the guard
 //! sends one that fails in the server's parser, so the server ends the
 //! client's transaction or pipeline exactly as it would for any error, and

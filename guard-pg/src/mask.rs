@@ -41,8 +41,13 @@ const JSONB: u32 = 3802;
 pub struct Catalog {
     /// `(table OID, column number)` to `schema.table.column`.
     columns: HashMap<(u32, i16), String>,
-    /// The tables with masked columns, as `(schema, table)`.
+    /// The tables with masked columns, and the views over them, as
+    /// `(schema, table)`.
     tables: BTreeSet<(String, String)>,
+    /// Views (and materialized views) over masked columns, by OID: every
+    /// column of theirs is masked (the guard cannot tell which of their
+    /// columns come from a masked one).
+    views: std::collections::HashSet<u32>,
 }
 
 impl Catalog {
@@ -99,20 +104,67 @@ impl Catalog {
         Ok(())
     }
 
+    /// The query that finds the views over the masked columns, and views
+    /// over those, transitively (its rows are read by
+    /// [`Catalog::add_view`]); `None` when no column was found.
+    pub fn views_query(&self) -> Option<String> {
+        if self.columns.is_empty() {
+            return None;
+        }
+        let masked: Vec<String> = self
+            .columns
+            .keys()
+            .map(|(table, column)| format!("({table}::oid, {column}::int2)"))
+            .collect();
+        Some(format!(
+            "WITH RECURSIVE masked(rel, col) AS (VALUES {} \
+             UNION SELECT r.ev_class, 0::int2 FROM pg_catalog.pg_depend d \
+             JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
+             JOIN masked m ON d.refobjid = m.rel AND (m.col = 0 OR d.refobjsubid = m.col) \
+             WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass \
+             AND d.refclassid = 'pg_catalog.pg_class'::regclass AND r.ev_class <> m.rel) \
+             SELECT DISTINCT c.oid::int8, n.nspname, c.relname FROM masked m \
+             JOIN pg_catalog.pg_class c ON c.oid = m.rel \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE m.col = 0",
+            masked.join(", ")
+        ))
+    }
+
+    /// One row of [`Catalog::views_query`]'s answer.
+    pub fn add_view(&mut self, row: &Message) -> Result<(), String> {
+        let values = data_row(row).ok_or("a malformed catalog row")?;
+        let text = |i: usize| {
+            values
+                .get(i)
+                .copied()
+                .flatten()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .ok_or_else(|| "a catalog row without a value".to_string())
+        };
+        let oid = text(0)?.parse().map_err(|_| "a catalog row's view id")?;
+        self.views.insert(oid);
+        self.tables
+            .insert((text(1)?.to_lowercase(), text(2)?.to_lowercase()));
+        Ok(())
+    }
+
     /// Whether a statement naming `objects` (`table` or `schema.table`)
-    /// may read a table with masked columns. A table named without its
-    /// schema may be in any.
+    /// may read a table with masked columns (or a view over one).
     pub fn reads_masked(&self, objects: &BTreeSet<String>) -> bool {
-        objects.iter().any(|object| {
-            let object = object.to_lowercase();
-            let (schema, table) = match object.split_once('.') {
-                Some((schema, table)) => (Some(schema), table),
-                None => (None, object.as_str()),
-            };
-            self.tables
-                .iter()
-                .any(|(s, t)| t == table && schema.is_none_or(|schema| schema == s))
-        })
+        objects.iter().any(|object| self.is_masked(object))
+    }
+
+    /// Whether `object` may be a table with masked columns, or a view over
+    /// one. A table named without its schema may be in any.
+    pub fn is_masked(&self, object: &str) -> bool {
+        let object = object.to_lowercase();
+        let (schema, table) = match object.split_once('.') {
+            Some((schema, table)) => (Some(schema), table),
+            None => (None, object.as_str()),
+        };
+        self.tables
+            .iter()
+            .any(|(s, t)| t == table && schema.is_none_or(|schema| schema == s))
     }
 }
 
@@ -141,6 +193,12 @@ pub fn describe(
                 return Ok(Column::Mask {
                     type_oid,
                     name: masked.clone(),
+                });
+            }
+            if catalog.views.contains(&table) {
+                return Ok(Column::Mask {
+                    type_oid,
+                    name: format!("column `{name}` of a view over masked columns"),
                 });
             }
             if table == 0 && reads_masked {

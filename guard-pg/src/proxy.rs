@@ -4,6 +4,13 @@
 //! exact bytes (or, for a refused statement, a stand-in that fails in the
 //! server's parser); `downstream` relays the server's messages and puts
 //! the guard's error where the stand-in's error comes back.
+//!
+//! With budgets or masking, each statement that returns or changes rows
+//! is *watched*: `downstream` counts and masks its rows, and the client's
+//! next message waits until it has ended, so that the guard can still undo
+//! it (`BEGIN` ... `COMMIT` or `ROLLBACK` of its own around a `Query`
+//! outside the client's transaction; a stand-in that fails after it
+//! otherwise).
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
@@ -381,6 +388,7 @@ async fn connection(
         },
         None => Catalog::default(),
     };
+    let catalog = Arc::new(catalog);
 
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(|e| ProtocolError::Io(e.to_string()))?;
@@ -399,7 +407,7 @@ async fn connection(
         spent: policy.spent.clone(),
         authority: authority.clone(),
         preface: None,
-        catalog,
+        catalog: catalog.clone(),
         columns: None,
         masked: BTreeSet::new(),
         ready: 0,
@@ -415,6 +423,7 @@ async fn connection(
         strings,
         prepared: HashMap::new(),
         held: None,
+        catalog,
     };
     let up = Upstream {
         judge,
@@ -441,8 +450,29 @@ async fn masked_columns(
     let Some(query) = Catalog::query(masking) else {
         return Ok(catalog);
     };
+    catalog_query(server_read, server_write, &query, |row| {
+        catalog.add_row(masking, row)
+    })
+    .await?;
+    if let Some(views) = catalog.views_query() {
+        catalog_query(server_read, server_write, &views, |row| {
+            catalog.add_view(row)
+        })
+        .await?;
+    }
+    Ok(catalog)
+}
+
+/// Runs `query` on the server before the client's first statement, with
+/// `row` taking each row of its answer.
+async fn catalog_query(
+    server_read: &mut Reader,
+    server_write: &mut Writer,
+    query: &str,
+    mut row: impl FnMut(&Message) -> Result<(), String>,
+) -> Result<(), String> {
     server_write
-        .write_all(&protocol::query(&query).bytes)
+        .write_all(&protocol::query(query).bytes)
         .await
         .map_err(|e| e.to_string())?;
     server_write.flush().await.map_err(|e| e.to_string())?;
@@ -453,7 +483,7 @@ async fn masked_columns(
             .map_err(|e| e.to_string())?
             .ok_or("the server closed the connection")?;
         match message.tag() {
-            b'D' => catalog.add_row(masking, &message)?,
+            b'D' => row(&message)?,
             b'E' => {
                 let fields = protocol::fields(message.body());
                 let text = fields
@@ -468,7 +498,7 @@ async fn masked_columns(
     }
     match failed {
         Some(why) => Err(why),
-        None => Ok(catalog),
+        None => Ok(()),
     }
 }
 
@@ -833,6 +863,8 @@ struct Judge {
     prepared: HashMap<String, Judged>,
     /// Records held back (until the server answers) instead of sent.
     held: Option<Vec<StatementRecord>>,
+    /// With masking: the tables with masked columns.
+    catalog: Arc<Catalog>,
 }
 
 impl Judge {
@@ -965,6 +997,18 @@ impl Judge {
                 "with a budget of rows changed, the guard counts changes by the server's command tags, and this statement's would not be counted (a data-modifying WITH under another statement, EXPLAIN ANALYZE, DO, CALL): send each change as an INSERT, UPDATE, DELETE or MERGE of its own".into(),
             );
             refused.rule = Some("budget:rows_changed".into());
+            return refused;
+        }
+        // Masked values must not be copied where they would not be.
+        let copies = judged.classes.contains(&Class::Create)
+            || judged.classes.contains(&Class::Setting)
+            || (judged.classes.contains(&Class::Write)
+                && !judged.objects.iter().all(|o| self.catalog.is_masked(o)));
+        if rules.mask.is_some() && copies && self.catalog.reads_masked(&judged.objects) {
+            let mut refused = guard_refusal(
+                "with masking, a statement that reads a table with masked columns may not copy from it into another (CREATE ... AS, CREATE VIEW, INSERT ... SELECT, set_config): read it, or change it in place".into(),
+            );
+            refused.rule = Some("mask".into());
             return refused;
         }
         let judgement = rules.judge(&judged.classes, &judged.objects);
@@ -1427,7 +1471,7 @@ struct Downstream {
     /// With masking: the masked columns' ids, the columns of the `Query`
     /// statement's rows the server sends now, and what the statement had
     /// masked so far.
-    catalog: Catalog,
+    catalog: Arc<Catalog>,
     columns: Option<Result<Vec<Column>, String>>,
     masked: BTreeSet<String>,
     /// `ReadyForQuery` messages seen: the unit the server answers now.
@@ -1509,7 +1553,7 @@ impl Downstream {
         if watches(&self.rules) {
             let injected = lock(&self.shared).injected.remove(&self.ready);
             if let Some(injected) = injected {
-                return self.injected(injected, message).await;
+                return Ok(self.injected(injected, message));
             }
             watching = lock(&self.shared)
                 .watch
@@ -1544,6 +1588,9 @@ impl Downstream {
                 if self.is_over() {
                     forward = None;
                 }
+            }
+            b'N' if self.rules.mask.is_some() => {
+                forward = forward.map(|notice| self.withheld(notice, watching));
             }
             b'H' if self.rules.mask.is_some() => {
                 self.copying_out(watching, &forward);
@@ -1600,6 +1647,7 @@ impl Downstream {
                 if let Some(stand_in) = stand_in {
                     forward = Some(stand_in.error);
                 } else {
+                    forward = forward.map(|error| self.withheld(error, watching));
                     // The statement failed: the rest of its message does
                     // not run.
                     self.counts = Counts::default();
@@ -1653,29 +1701,25 @@ impl Downstream {
     }
 
     /// An answer to a unit the guard sent itself.
-    async fn injected(
-        &mut self,
-        injected: Injected,
-        message: Message,
-    ) -> Result<Option<Message>, Ended> {
+    fn injected(&mut self, injected: Injected, message: Message) -> Option<Message> {
         match (injected, message.tag()) {
             (Injected::End(error), b'Z') => {
                 let status = message.body().first().copied().unwrap_or(b'I');
                 self.settle(status);
                 // The client's error comes before its `ReadyForQuery`.
                 self.preface = error;
-                Ok(Some(message))
+                Some(message)
             }
             (Injected::Begin, b'Z') => {
                 let status = message.body().first().copied().unwrap_or(b'I');
                 self.settle(status);
-                Ok(None)
+                None
             }
             (injected, tag) => {
                 // A `COMMIT` that fails: the client must know.
                 let forward = matches!(injected, Injected::End(_)) && tag == b'E';
                 lock(&self.shared).injected.insert(self.ready, injected);
-                Ok(forward.then_some(message))
+                forward.then_some(message)
             }
         }
     }
@@ -1770,6 +1814,46 @@ impl Downstream {
         }
     }
 
+    /// The tables the statement the server answers now names.
+    fn current_objects(&self, watching: Option<(bool, bool)>) -> BTreeSet<String> {
+        let shared = lock(&self.shared);
+        match watching {
+            Some((true, _)) => shared
+                .watch
+                .as_ref()
+                .map(|w| w.objects.clone())
+                .unwrap_or_default(),
+            _ => shared
+                .counting
+                .get(&self.ready)
+                .and_then(|c| c.records.get(c.answered))
+                .map(|r| r.statement.objects.iter().cloned().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// An error or notice of a statement that reads masked columns, with
+    /// its text withheld: the server's messages may quote values
+    /// (`invalid input syntax for type integer: "ann@example.com"`).
+    fn withheld(&self, message: Message, watching: Option<(bool, bool)>) -> Message {
+        if !self.catalog.reads_masked(&self.current_objects(watching)) {
+            return message;
+        }
+        let fields = protocol::fields(message.body());
+        let field = |code: u8| {
+            fields
+                .iter()
+                .find(|(c, _)| *c == code)
+                .map_or("", |(_, v)| v.as_str())
+        };
+        let text = format!(
+            "the server's message is withheld: the statement reads a table with masked columns (SQLSTATE {})",
+            field(b'C')
+        );
+        let replaced = guard_error(field(b'S'), field(b'C'), &text, None);
+        Message::new(message.tag(), replaced.body())
+    }
+
     /// A `COPY ... TO STDOUT` starts: refused when its rows could hold
     /// masked columns (they cannot be masked column by column), or are
     /// binary and values are detected.
@@ -1777,22 +1861,7 @@ impl Downstream {
         let Some(masking) = &self.rules.mask else {
             return;
         };
-        let objects: BTreeSet<String> = {
-            let shared = lock(&self.shared);
-            match watching {
-                Some((true, _)) => shared
-                    .watch
-                    .as_ref()
-                    .map(|w| w.objects.clone())
-                    .unwrap_or_default(),
-                _ => shared
-                    .counting
-                    .get(&self.ready)
-                    .and_then(|c| c.records.get(c.answered))
-                    .map(|r| r.statement.objects.iter().cloned().collect())
-                    .unwrap_or_default(),
-            }
-        };
+        let objects = self.current_objects(watching);
         let binary = forward.as_ref().and_then(|m| m.body().first()) == Some(&1);
         let why = if self.catalog.reads_masked(&objects) {
             "COPY out of a table with masked columns is refused: its rows cannot be masked column by column; SELECT them"

@@ -358,24 +358,8 @@ fn psql_a_refusal_inside_a_transaction_ends_it_like_any_error() {
     db.intact();
     // Statement by statement, in one session: the server ends the
     // transaction as for any error, and the connection stays usable.
-    let mut psql = Command::new(db.postgres.bin_dir.join("psql"))
-        .args([db.url().as_str(), "-X", "-q", "-A", "-t"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql");
-    psql.stdin
-        .take()
-        .expect("stdin")
-        .write_all(
-            b"BEGIN;\nINSERT INTO t VALUES (11, 'inside');\nDROP TABLE t;\nCOMMIT;\nSELECT 'still usable';\n",
-        )
-        .expect("write");
-    let out = psql.wait_with_output().expect("psql");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+    let (stdout, stderr) = db.psql_script(
+        "BEGIN;\nINSERT INTO t VALUES (11, 'inside');\nDROP TABLE t;\nCOMMIT;\nSELECT 'still usable';\n",
     );
     assert!(stderr.contains(DROP), "{stderr}");
     assert!(stdout.contains("still usable"), "{stdout} {stderr}");
@@ -1058,6 +1042,29 @@ fn psql_masked_columns_and_values() {
     check("SELECT 'ann@example.com' AS literal", "<masked:email>");
     // Other columns and tables pass.
     check("SELECT id, note FROM t WHERE id = 1", "1|row 1");
+    // A view over a masked column: all its columns (int: NULL).
+    db.direct("CREATE VIEW contacts AS SELECT id, email FROM customers");
+    check("SELECT * FROM contacts", "|<masked>");
+    // Masked values are not copied where they would not be masked.
+    for sql in [
+        "CREATE TABLE leak AS SELECT email FROM customers",
+        "CREATE VIEW leak AS SELECT email FROM customers",
+        "INSERT INTO t SELECT id, email FROM customers",
+        "SELECT set_config('guard.x', email, false) FROM customers",
+    ] {
+        let (out, err) = db.psql(sql);
+        assert!(
+            err.contains("may not copy from it into another"),
+            "{sql}: {out} {err}"
+        );
+    }
+    db.intact();
+    // The server's errors may quote values: withheld.
+    let (out, err) = db.psql("SELECT CAST(email AS int) FROM customers");
+    assert!(
+        err.contains("the server's message is withheld") && !err.contains("ann@"),
+        "{out} {err}"
+    );
     // COPY cannot mask column by column: refused for masked tables.
     let (out, err) = db.psql("COPY customers TO STDOUT");
     assert!(
