@@ -75,14 +75,7 @@ impl Catalog {
     /// One row of [`Catalog::query`]'s answer (text format).
     pub fn add_row(&mut self, masking: &Masking, row: &Message) -> Result<(), String> {
         let values = data_row(row).ok_or("a malformed catalog row")?;
-        let text = |i: usize| -> Result<String, String> {
-            values
-                .get(i)
-                .copied()
-                .flatten()
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .ok_or_else(|| "a catalog row without a value".to_string())
-        };
+        let text = |i| catalog_value(&values, i);
         let (table, column) = (text(0)?, text(1)?);
         let (schema, relation, name) = (text(2)?, text(3)?, text(4)?);
         if masking
@@ -133,14 +126,7 @@ impl Catalog {
     /// One row of [`Catalog::views_query`]'s answer.
     pub fn add_view(&mut self, row: &Message) -> Result<(), String> {
         let values = data_row(row).ok_or("a malformed catalog row")?;
-        let text = |i: usize| {
-            values
-                .get(i)
-                .copied()
-                .flatten()
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .ok_or_else(|| "a catalog row without a value".to_string())
-        };
+        let text = |i| catalog_value(&values, i);
         let oid = text(0)?.parse().map_err(|_| "a catalog row's view id")?;
         self.views.insert(oid);
         self.tables
@@ -166,6 +152,16 @@ impl Catalog {
             .iter()
             .any(|(s, t)| t == table && schema.is_none_or(|schema| schema == s))
     }
+}
+
+/// The `i`th value of a catalog row, as text.
+fn catalog_value(values: &[Option<&[u8]>], i: usize) -> Result<String, String> {
+    values
+        .get(i)
+        .copied()
+        .flatten()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .ok_or_else(|| "a catalog row without a value".to_string())
 }
 
 /// What happens to one result column.

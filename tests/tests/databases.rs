@@ -474,6 +474,23 @@ fn extended_protocol_prepared_and_pipelined() {
     db.intact();
 }
 
+/// Runs pgbench's own transactions through the guard in each protocol
+/// mode: all 200 of each must succeed.
+fn pgbench_in_every_mode(db: &Guarded) {
+    for mode in ["simple", "extended", "prepared"] {
+        let out = pgbench(
+            db,
+            &db.url(),
+            &["-n", "-M", mode, "-c", "4", "-j", "2", "-t", "50"],
+        );
+        assert!(
+            out.contains("number of failed transactions: 0")
+                && out.contains("number of transactions actually processed: 200/200"),
+            "{mode}: {out}"
+        );
+    }
+}
+
 /// Runs pgbench with `args` against `url`; returns its output.
 fn pgbench(db: &Guarded, url: &str, args: &[&str]) -> String {
     let out = Command::new(db.postgres.bin_dir.join("pgbench"))
@@ -497,21 +514,7 @@ fn pgbench_runs_through_the_guard_in_every_protocol_mode() {
     // Initialising drops and truncates tables: the policy refuses that to
     // agents, so it is done directly.
     pgbench(&db, &db.postgres.url, &["-i", "-q", "-s", "1"]);
-    for mode in ["simple", "extended", "prepared"] {
-        let out = pgbench(
-            &db,
-            &db.url(),
-            &["-n", "-M", mode, "-c", "4", "-j", "2", "-t", "50"],
-        );
-        assert!(
-            out.contains("number of failed transactions: 0"),
-            "{mode}: {out}"
-        );
-        assert!(
-            out.contains("number of transactions actually processed: 200/200"),
-            "{mode}: {out}"
-        );
-    }
+    pgbench_in_every_mode(&db);
     // And through the guard, the refused part of an initialisation is refused.
     let out = Command::new(db.postgres.bin_dir.join("pgbench"))
         .args(["-i", "-q", "-s", "1"])
@@ -854,18 +857,7 @@ fn pgbench_runs_under_budgets_in_every_protocol_mode() {
     pgbench(&db, &db.postgres.url, &["-i", "-q", "-s", "1"]);
     // Each statement of pgbench's transactions is watched: its rows
     // counted before the next reaches the server.
-    for mode in ["simple", "extended", "prepared"] {
-        let out = pgbench(
-            &db,
-            &db.url(),
-            &["-n", "-M", mode, "-c", "4", "-j", "2", "-t", "50"],
-        );
-        assert!(
-            out.contains("number of failed transactions: 0")
-                && out.contains("number of transactions actually processed: 200/200"),
-            "{mode}: {out}"
-        );
-    }
+    pgbench_in_every_mode(&db);
     assert_eq!(
         db.direct("SELECT count(*) FROM pgbench_history"),
         "600",
