@@ -31,6 +31,14 @@ pub struct Overrun {
 }
 
 impl Overrun {
+    /// Rows masking cannot allow.
+    pub fn mask(message: impl Into<String>) -> Overrun {
+        Overrun {
+            rule: "mask".into(),
+            message: message.into(),
+        }
+    }
+
     fn budget(name: &str, message: String) -> Overrun {
         Overrun {
             rule: format!("budget:{name}"),

@@ -383,6 +383,16 @@ pub fn fields(body: &[u8]) -> Vec<(u8, String)> {
     out
 }
 
+/// One field of an `ErrorResponse` or `NoticeResponse` (`M`, the message;
+/// `C`, the SQLSTATE; ...); empty when absent.
+pub fn field(body: &[u8], code: u8) -> String {
+    fields(body)
+        .into_iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, value)| value)
+        .unwrap_or_default()
+}
+
 /// A `ParameterStatus` message's name and value.
 pub fn parameter_status(body: &[u8]) -> Option<(String, String)> {
     let mut reader = Reader::new(body, "ParameterStatus");

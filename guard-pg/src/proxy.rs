@@ -484,14 +484,7 @@ async fn catalog_query(
             .ok_or("the server closed the connection")?;
         match message.tag() {
             b'D' => row(&message)?,
-            b'E' => {
-                let fields = protocol::fields(message.body());
-                let text = fields
-                    .iter()
-                    .find(|(c, _)| *c == b'M')
-                    .map(|(_, m)| m.clone());
-                failed = Some(text.unwrap_or_default());
-            }
+            b'E' => failed = Some(protocol::field(message.body(), b'M')),
             b'Z' => break,
             _ => {}
         }
@@ -690,13 +683,21 @@ struct Describing {
     objects: BTreeSet<String>,
 }
 
-/// The guard's numbers for the client's prepared statements and portals.
+/// The guard's numbers for the client's `Parse` and `Bind` messages, and
+/// each prepared statement's, by name.
 #[derive(Default)]
 struct Ids {
     next: u64,
     statements: HashMap<String, u64>,
-    /// A portal's `Bind`, and its statement's `Parse`.
-    portals: HashMap<String, (u64, Option<u64>)>,
+}
+
+/// A bound portal: what its statement does (`None` when the guard does not
+/// know the statement), and the guard's numbers for its `Bind` and its
+/// statement's `Parse`.
+struct Portal {
+    judged: Option<Judged>,
+    bind: u64,
+    parse: Option<u64>,
 }
 
 impl Ids {
@@ -801,13 +802,10 @@ fn watches(rules: &StatementRules) -> bool {
 
 /// The refusal of a computed result column the guard cannot tell is not
 /// from a masked column (`computed: refuse`).
-fn computed(name: &str) -> budget::Overrun {
-    budget::Overrun {
-        rule: "mask".into(),
-        message: format!(
-            "the result column `{name}` is computed in a statement that reads a table with masked columns, and the policy refuses those: select the columns themselves"
-        ),
-    }
+fn computed(name: &str) -> Overrun {
+    Overrun::mask(format!(
+        "the result column `{name}` is computed in a statement that reads a table with masked columns, and the policy refuses those: select the columns themselves"
+    ))
 }
 
 /// Statement classes that neither return nor change rows: budgets do not
@@ -908,7 +906,7 @@ impl Judge {
             for name in &statement.executes {
                 // An unknown name fails in the server.
                 if let Some(prepared) = self.prepared.get(name) {
-                    judged.add(&prepared.clone());
+                    judged.add(prepared);
                 }
             }
             let outcome = self.outcome(statement, &judged, mixed);
@@ -964,9 +962,9 @@ impl Judge {
     /// One statement's verdict under the policy; `mixed` when its message
     /// has transaction control and budgets apply.
     fn outcome(&self, statement: &guard_sql::Statement, judged: &Judged, mixed: bool) -> Outcome {
-        let guard_refusal = |message: String| {
+        let guard_refusal = |rule: &str, message: String| {
             Outcome::refused(
-                Some(GUARD_RULE.into()),
+                Some(rule.into()),
                 Refusal {
                     code: REFUSED,
                     message,
@@ -979,12 +977,16 @@ impl Judge {
             .iter()
             .find(|s| READING_SETTINGS.contains(&s.as_str()) || s.as_str() == ANY_SETTING)
         {
-            return guard_refusal(format!(
-                "changing `{setting}` is not allowed: the guard must read statements as the server does"
-            ));
+            return guard_refusal(
+                GUARD_RULE,
+                format!(
+                    "changing `{setting}` is not allowed: the guard must read statements as the server does"
+                ),
+            );
         }
         if mixed && statement.classes.contains(&Class::Transaction) {
             return guard_refusal(
+                GUARD_RULE,
                 "with statement budgets or masking, send transaction control (BEGIN, COMMIT, ROLLBACK, savepoints) as a statement of its own".into(),
             );
         }
@@ -993,11 +995,10 @@ impl Judge {
             && (judged.classes.contains(&Class::Code)
                 || (judged.classes.contains(&Class::Write) && !judged.changes_counted))
         {
-            let mut refused = guard_refusal(
+            return guard_refusal(
+                "budget:rows_changed",
                 "with a budget of rows changed, the guard counts changes by the server's command tags, and this statement's would not be counted (a data-modifying WITH under another statement, EXPLAIN ANALYZE, DO, CALL): send each change as an INSERT, UPDATE, DELETE or MERGE of its own".into(),
             );
-            refused.rule = Some("budget:rows_changed".into());
-            return refused;
         }
         // Masked values must not be copied where they would not be.
         let copies = judged.classes.contains(&Class::Create)
@@ -1005,11 +1006,10 @@ impl Judge {
             || (judged.classes.contains(&Class::Write)
                 && !judged.objects.iter().all(|o| self.catalog.is_masked(o)));
         if rules.mask.is_some() && copies && self.catalog.reads_masked(&judged.objects) {
-            let mut refused = guard_refusal(
+            return guard_refusal(
+                "mask",
                 "with masking, a statement that reads a table with masked columns may not copy from it into another (CREATE ... AS, CREATE VIEW, INSERT ... SELECT, set_config): read it, or change it in place".into(),
             );
-            refused.rule = Some("mask".into());
-            return refused;
         }
         let judgement = rules.judge(&judged.classes, &judged.objects);
         let rule = judgement.rule.map(|r| r.id.clone());
@@ -1180,8 +1180,8 @@ struct Upstream {
     /// Open when the budgeted execution in flight has ended and the guard
     /// has acted on it; `true` when the server now skips to `Sync`.
     gate: Option<oneshot::Receiver<bool>>,
-    /// What each portal's statement does, for budgets.
-    portals: HashMap<String, Judged>,
+    /// The client's portals, by name.
+    portals: HashMap<String, Portal>,
     /// Numbers for statements and portals, with masking.
     ids: Ids,
     /// After a refused `Parse` (or an `Execute` over its budget): the
@@ -1239,15 +1239,13 @@ impl Upstream {
                 },
                 Frontend::Bind { .. } | Frontend::Execute { .. } if self.discarding => {}
                 Frontend::Bind { portal, statement } => {
-                    match self.judge.prepared.get(statement) {
-                        Some(judged) => self.portals.insert(portal.to_string(), judged.clone()),
-                        None => self.portals.remove(portal),
+                    let bound = Portal {
+                        judged: self.judge.prepared.get(statement).cloned(),
+                        bind: self.ids.next(),
+                        parse: self.ids.statements.get(statement).copied(),
                     };
-                    let id = self.ids.next();
-                    let parse = self.ids.statements.get(statement).copied();
-                    if let Some((old, _)) = self.ids.portals.insert(portal.to_string(), (id, parse))
-                    {
-                        self.forget(Described::Portal(old));
+                    if let Some(old) = self.portals.insert(portal.to_string(), bound) {
+                        self.forget(Described::Portal(old.bind));
                     }
                     forward.push(Out::Client);
                 }
@@ -1255,8 +1253,11 @@ impl Upstream {
                     if !self.discarding && self.judge.policy.rules.mask.is_some() =>
                 {
                     let (what, judged) = if portal {
-                        let bind = self.ids.portals.get(name).map(|(bind, _)| *bind);
-                        (bind.map(Described::Portal), self.portals.get(name))
+                        let bound = self.portals.get(name);
+                        (
+                            bound.map(|p| Described::Portal(p.bind)),
+                            bound.and_then(|p| p.judged.as_ref()),
+                        )
                     } else {
                         let parse = self.ids.statements.get(name).copied();
                         (
@@ -1401,11 +1402,20 @@ impl Upstream {
         let budgets = &self.judge.policy.rules.budgets;
         // A portal the guard does not know is watched too (the server will
         // most likely refuse it).
-        let judged = self.portals.get(portal).cloned();
+        let bound = self.portals.get(portal);
+        let judged = bound.and_then(|p| p.judged.clone());
         if !watches(&self.judge.policy.rules) || judged.as_ref().is_some_and(|j| !j.has_rows()) {
             return vec![Out::Client];
         }
         let judged = judged.unwrap_or_default();
+        let described = match bound {
+            Some(bound) => {
+                let mut described = vec![Described::Portal(bound.bind)];
+                described.extend(bound.parse.map(Described::Statement));
+                described
+            }
+            None => Vec::new(),
+        };
         let mut shared = lock(&self.shared);
         let unit = shared.units;
         if max_rows > 0 && budgets.changes() && judged.classes.contains(&Class::Write) {
@@ -1421,14 +1431,6 @@ impl Upstream {
         let record = self
             .judge
             .record_of(Some(&judged), Verdict::Deny, None, &Outcome::ran());
-        let described = match self.ids.portals.get(portal) {
-            Some((bind, parse)) => {
-                let mut described = vec![Described::Portal(*bind)];
-                described.extend(parse.map(Described::Statement));
-                described
-            }
-            None => Vec::new(),
-        };
         shared.watch = Some(Watch {
             unit,
             execute: Some(record),
@@ -1551,11 +1553,12 @@ impl Downstream {
         // and watches nothing: no lookups per message.
         let mut watching = None;
         if watches(&self.rules) {
-            let injected = lock(&self.shared).injected.remove(&self.ready);
-            if let Some(injected) = injected {
+            let mut shared = lock(&self.shared);
+            if let Some(injected) = shared.injected.remove(&self.ready) {
+                drop(shared);
                 return Ok(self.injected(injected, message));
             }
-            watching = lock(&self.shared)
+            watching = shared
                 .watch
                 .as_ref()
                 .filter(|w| w.unit == self.ready)
@@ -1630,12 +1633,7 @@ impl Downstream {
                 }
             }
             b'E' => {
-                let fields = protocol::fields(forward.as_ref().expect("a message").body());
-                let text = fields
-                    .iter()
-                    .find(|(code, _)| *code == b'M')
-                    .map(|(_, m)| m.as_str())
-                    .unwrap_or("");
+                let text = protocol::field(forward.as_ref().expect("a message").body(), b'M');
                 let stand_in = {
                     let mut shared = lock(&self.shared);
                     let found = shared
@@ -1740,23 +1738,17 @@ impl Downstream {
             ),
             _ => Ok(Vec::new()),
         };
-        let mut shared = lock(&self.shared);
         let ready = self.ready;
-        if let Some(counting) = shared.counting.get(&ready) {
-            // A `Query`'s statement: its record has the tables it names.
-            let objects: BTreeSet<String> = counting
-                .records
-                .get(counting.answered)
-                .map(|r| r.statement.objects.iter().cloned().collect())
-                .unwrap_or_default();
-            let columns = describe(&objects);
-            drop(shared);
+        if lock(&self.shared).counting.contains_key(&ready) {
+            // A `Query`'s statement: its rows follow.
+            let columns = describe(&self.current_objects(None));
             if let Err(name) = &columns {
                 self.overrun(computed(name));
             }
             self.columns = Some(columns);
             return;
         }
+        let mut shared = lock(&self.shared);
         while shared.describing.front().is_some_and(|d| d.unit < ready) {
             shared.describing.pop_front();
         }
@@ -1772,19 +1764,6 @@ impl Downstream {
         let Some(masking) = &self.rules.mask else {
             return Some(row);
         };
-        let columns = if execute {
-            let shared = lock(&self.shared);
-            let described = shared
-                .watch
-                .as_ref()
-                .map(|w| w.described.clone())
-                .unwrap_or_default();
-            described
-                .iter()
-                .find_map(|d| shared.descriptions.get(d).cloned())
-        } else {
-            self.columns.clone()
-        };
         if row.tag() == b'd' {
             // COPY's text rows: the detectors only (a COPY of masked
             // columns is refused when it starts).
@@ -1793,25 +1772,28 @@ impl Downstream {
                 None => Some(row),
             };
         }
-        match columns {
-            Some(Ok(columns)) => {
-                match mask::row(&row, &columns, &masking.values, &mut self.masked) {
-                    Some(masked) => Some(masked),
-                    None => Some(row),
-                }
-            }
-            Some(Err(name)) => {
-                self.overrun(computed(&name));
-                None
-            }
-            None => {
-                self.overrun(budget::Overrun {
-                    rule: "mask".into(),
-                    message: "the guard does not know this result's columns, so it cannot mask them: describe the statement or portal before executing it (drivers do)".into(),
-                });
-                None
-            }
+        // An `Execute`'s columns, from its portal's or statement's
+        // `Describe`, found at its first row.
+        if execute && self.columns.is_none() {
+            let shared = lock(&self.shared);
+            self.columns = shared.watch.as_ref().and_then(|w| {
+                w.described
+                    .iter()
+                    .find_map(|d| shared.descriptions.get(d).cloned())
+            });
         }
+        let overrun = match &self.columns {
+            Some(Ok(columns)) => {
+                let masked = mask::row(&row, columns, &masking.values, &mut self.masked);
+                return Some(masked.unwrap_or(row));
+            }
+            Some(Err(name)) => computed(name),
+            None => Overrun::mask(
+                "the guard does not know this result's columns, so it cannot mask them: describe the statement or portal before executing it (drivers do)",
+            ),
+        };
+        self.overrun(overrun);
+        None
     }
 
     /// The tables the statement the server answers now names.
@@ -1839,18 +1821,12 @@ impl Downstream {
         if !self.catalog.reads_masked(&self.current_objects(watching)) {
             return message;
         }
-        let fields = protocol::fields(message.body());
-        let field = |code: u8| {
-            fields
-                .iter()
-                .find(|(c, _)| *c == code)
-                .map_or("", |(_, v)| v.as_str())
-        };
+        let code = protocol::field(message.body(), b'C');
         let text = format!(
-            "the server's message is withheld: the statement reads a table with masked columns (SQLSTATE {})",
-            field(b'C')
+            "the server's message is withheld: the statement reads a table with masked columns (SQLSTATE {code})"
         );
-        let replaced = guard_error(field(b'S'), field(b'C'), &text, None);
+        let severity = protocol::field(message.body(), b'S');
+        let replaced = guard_error(&severity, &code, &text, None);
         Message::new(message.tag(), replaced.body())
     }
 
@@ -1870,10 +1846,7 @@ impl Downstream {
         } else {
             return;
         };
-        self.overrun(budget::Overrun {
-            rule: "mask".into(),
-            message: why.into(),
-        });
+        self.overrun(Overrun::mask(why));
     }
 
     fn is_over(&self) -> bool {
@@ -1900,27 +1873,26 @@ impl Downstream {
     /// The server answered a statement: its record gets its counts.
     fn answered(&mut self) {
         let counts = std::mem::take(&mut self.counts);
+        let masked: Vec<String> = std::mem::take(&mut self.masked).into_iter().collect();
         self.copied_in = false;
-        let mut shared = lock(&self.shared);
-        if let Some(counting) = shared.counting.get_mut(&self.ready)
-            && let Some(record) = counting.records.get_mut(counting.answered)
-        {
-            record.statement.rows_changed = counts.changed;
-            record.statement.rows_read = Some(counts.read);
-            record.statement.bytes_read = Some(counts.bytes);
-            record.statement.masked = std::mem::take(&mut self.masked).into_iter().collect();
-            counting.answered += 1;
-        }
         self.columns = None;
-        if let Some(watch) = shared.watch.as_mut()
-            && let Some(record) = watch.execute.as_mut()
-        {
+        let mut shared = lock(&self.shared);
+        let shared = &mut *shared;
+        // A `Query`'s statement, or a watched `Execute`.
+        let record = match shared.counting.get_mut(&self.ready) {
+            Some(counting) => {
+                let record = counting.records.get_mut(counting.answered);
+                counting.answered += 1;
+                record
+            }
+            None => shared.watch.as_mut().and_then(|w| w.execute.as_mut()),
+        };
+        if let Some(record) = record {
             record.statement.rows_changed = counts.changed;
             record.statement.rows_read = Some(counts.read);
             record.statement.bytes_read = Some(counts.bytes);
-            record.statement.masked = std::mem::take(&mut self.masked).into_iter().collect();
+            record.statement.masked = masked;
         }
-        self.masked.clear();
     }
 
     /// A watched `Execute` ended. Over its budget, it fails as any
@@ -1931,6 +1903,7 @@ impl Downstream {
         let Some(mut watch) = lock(&self.shared).watch.take() else {
             return Ok(());
         };
+        self.columns = None;
         let over = watch.over.take();
         if let (Some(overrun), Some(mut record)) = (&over, watch.execute.take()) {
             record.rule = Some(overrun.rule.clone());
