@@ -237,7 +237,6 @@ fn decision(host: &str, r: &Record, sealed: &str) -> Value {
             if r.session.is_none() {
                 event["actor"]["user"] = json!({"name": s.user});
             }
-
             event["type_id"] = json!(1);
             event["type"] = json!("Database");
             event["database"] = json!({"name": s.database, "type_id": 1, "type": "Relational"});

@@ -198,8 +198,9 @@ fn spawn(config: &StatementGuardConfig, control: OwnedFd) -> anyhow::Result<toki
     Ok(child)
 }
 
-/// The TLS files the policy's databases name, read as root: the guard
-/// gets their contents, never the files. One guardd cannot read is left
+/// The files the policy's databases name (TLS certificates and keys,
+/// passwords), read as root: the guard gets their contents, never the
+/// files. One guardd cannot read is left
 /// out (the guard then does not serve its database) and logged.
 fn files_for_guard(generation: &Generation) -> std::collections::BTreeMap<String, String> {
     let mut files = std::collections::BTreeMap::new();
