@@ -1,8 +1,9 @@
 //! The statement guard's cost, measured on this host (no VM): `pgbench -S`
 //! (read-only, 8 clients) against a PostgreSQL server on loopback,
-//! directly and through the guard, in the same run; and the cost of
-//! parsing and classifying one statement. Prints a Markdown report;
-//! `cargo xtask db-bench` writes it to bench/databases.md.
+//! directly, through a plain relay (what any proxy costs: bytes copied
+//! between two sockets, nothing read) and through the guard, in the same
+//! run; and the cost of parsing and classifying one statement. Prints a
+//! Markdown report; `cargo xtask db-bench` writes it to bench/databases.md.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -65,6 +66,34 @@ fn pgbench(postgres: &Postgres, url: &str, mode: &str, logs: &Path) -> Run {
     }
 }
 
+/// A relay that copies bytes between each client and `server` and reads
+/// none of them, on one thread: the floor of any proxy's cost. Returns its
+/// port.
+fn plain_relay(server: String) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+    let port = listener.local_addr().expect("relay address").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((mut client, _)) = listener.accept().await {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let mut server = tokio::net::TcpStream::connect(server).await?;
+                    client.set_nodelay(true)?;
+                    server.set_nodelay(true)?;
+                    tokio::io::copy_bidirectional(&mut client, &mut server).await
+                });
+            }
+        });
+    });
+    port
+}
+
 /// Microseconds to parse and classify each statement, over `rounds`.
 fn classify_cost(sql: &str, rounds: u32) -> f64 {
     let start = Instant::now();
@@ -93,25 +122,34 @@ fn main() {
         String::from_utf8_lossy(&init.stderr)
     );
     let guarded_url = guard.url();
+    let relay_url = postgres.url.replace(
+        &format!(":{}/", postgres.port),
+        &format!(":{}/", plain_relay(format!("127.0.0.1:{}", postgres.port))),
+    );
+    assert_ne!(relay_url, postgres.url, "the relay's URL");
     let logs = dir.path().join("logs");
 
     println!("# The statement guard's cost\n");
     println!(
-        "`pgbench -n -S -c {CLIENTS} -j 2 -T {SECONDS}` (scale 10) against PostgreSQL on loopback, directly and through the guard (one rule set; every statement parsed, classified, judged and recorded), measured in one run by `cargo xtask db-bench` on {} cores. The guard, the server and pgbench share those cores.\n",
+        "`pgbench -n -S -c {CLIENTS} -j 2 -T {SECONDS}` (scale 10) against PostgreSQL on loopback, measured in one run by `cargo xtask db-bench` on {} cores: directly, through a plain relay (bytes copied between client and server, none read: what any proxy costs) and through the guard (one rule set; every statement parsed, classified, judged and recorded). pgbench, the server and the relay or the guard share those cores, so a proxy's every system call is taken from the server's time.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "| protocol | direct TPS | guarded TPS | ratio (target ≥ 0.8) | direct p50 / p99 µs | guarded p50 / p99 µs | added p50 / p99 µs |"
+        "| protocol | direct TPS | relay TPS | guarded TPS | guarded / direct (target ≥ 0.8) | relay / direct | guarded / relay | direct p50 / p99 µs | guarded p50 / p99 µs | added p50 / p99 µs |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for mode in ["simple", "extended", "prepared"] {
         let direct = pgbench(&postgres, &postgres.url, mode, &logs);
+        let relay = pgbench(&postgres, &relay_url, mode, &logs);
         let guarded = pgbench(&postgres, &guarded_url, mode, &logs);
         println!(
-            "| {mode} | {:.0} | {:.0} | {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} |",
+            "| {mode} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} |",
             direct.tps,
+            relay.tps,
             guarded.tps,
             guarded.tps / direct.tps,
+            relay.tps / direct.tps,
+            guarded.tps / relay.tps,
             direct.p50,
             direct.p99,
             guarded.p50,
