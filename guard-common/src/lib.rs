@@ -41,6 +41,9 @@ pub mod map {
     /// [`super::NetKey`] (a whole address) → [`super::NetRuleSet`]: the rules
     /// of hostnames, on each address guardd resolved the name to.
     pub const HOST_ADDRS: &str = "HOST_ADDRS";
+    /// [`super::RouteKey`] → [`super::Route`]: the database servers whose
+    /// connections each profile's agents make go to the statement guard.
+    pub const ROUTES: &str = "ROUTES";
     /// Ring buffer of [`super::Event`] records of allowed actions.
     pub const EVENTS: &str = "EVENTS";
     /// Ring buffer of the [`super::Event`] records that matter most:
@@ -70,7 +73,7 @@ pub mod map {
     pub const EXCEPTIONS: &str = "EXCEPTIONS";
     /// The maps guardd pins with the programs' links, so that a guardd
     /// started later adopts them (the others are private to the programs).
-    pub const PINNED: [&str; 19] = [
+    pub const PINNED: [&str; 20] = [
         GENERATION,
         GENERATION_SLOTS[0],
         GENERATION_SLOTS[1],
@@ -82,6 +85,7 @@ pub mod map {
         FILE_NAMES,
         NET_RULES,
         HOST_ADDRS,
+        ROUTES,
         EVENTS,
         DENIALS,
         OWN_NAMES,
@@ -140,6 +144,8 @@ pub mod capacity {
     pub const NET_RULES: u32 = 1 << 17;
     /// Addresses of hostname rules (each address of each name, per profile).
     pub const HOST_ADDRS: u32 = 4096;
+    /// Routed database addresses (each address of each server, per profile).
+    pub const ROUTES: u32 = 1024;
     /// Approved tickets in force at once, over all sessions.
     pub const EXCEPTIONS: u32 = 4096;
     /// Destinations remembered per host (least recently used go first; a
@@ -808,6 +814,38 @@ pub struct NetKey {
     pub addr: [u8; 16],
 }
 
+/// Key of [`map::ROUTES`]: a profile id ([`profile_key`]) and a database
+/// server's address (IPv4 stored IPv4-mapped, as in [`NetKey`]) and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteKey {
+    pub profile: u32,
+    pub port: u16,
+    pub _pad: u16,
+    pub addr: [u8; 16],
+}
+
+/// Value of [`map::ROUTES`]: where the connection goes instead, the
+/// statement guard's address for that database (IPv4 stored IPv4-mapped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u16; 3],
+}
+
+/// The programs that route connections, attached to Guard's root cgroup
+/// (cgroup socket-address programs: they run for agents only, and load
+/// where BPF LSM does not).
+pub mod route {
+    /// `connect(2)` of IPv4 sockets.
+    pub const CONNECT4: &str = "route_connect4";
+    /// `connect(2)` of IPv6 sockets, IPv4-mapped destinations included.
+    pub const CONNECT6: &str = "route_connect6";
+    pub const PROGRAMS: [&str; 2] = [CONNECT4, CONNECT6];
+}
+
 /// One port-range rule of a network prefix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -929,6 +967,8 @@ const _: () = assert!(size_of::<ExecPathKey>() <= 256);
 const _: () = assert!(size_of::<NameKey>() == 4 + NAME_KEY_LEN);
 const _: () = assert!(size_of::<NetKey>() == 20);
 const _: () = assert!(size_of::<NetRule>() == 12);
+const _: () = assert!(size_of::<RouteKey>() == 24);
+const _: () = assert!(size_of::<Route>() == 24);
 const _: () = assert!(size_of::<NetRuleSet>() == 8 + 12 * NET_RULES_PER_PREFIX);
 const _: () = assert!(size_of::<Event>() == 120 + EVENT_PATH_LEN);
 const _: () = assert!(size_of::<AgentKey>() == 16);
@@ -950,6 +990,8 @@ mod pod {
     unsafe impl aya::Pod for ExecPathKey {}
     unsafe impl aya::Pod for NameKey {}
     unsafe impl aya::Pod for NetKey {}
+    unsafe impl aya::Pod for RouteKey {}
+    unsafe impl aya::Pod for Route {}
     unsafe impl aya::Pod for NetRule {}
     unsafe impl aya::Pod for NetRuleSet {}
     unsafe impl aya::Pod for Event {}

@@ -1,5 +1,6 @@
 //! Guard's BPF LSM programs, one file per hook family: `exec`, `files`,
-//! `network` and `self_protection`. What they share: `agent` (which agent
+//! `network` and `self_protection`; and `routing`, the cgroup programs that
+//! send agents' database connections to the statement guard. What they share: `agent` (which agent
 //! the calling process is), `decision` (deciding, recording, and the shape
 //! every hook has), `guardrails` (budgets and approved tickets), `maps`, and
 //! `kernel` (reading kernel structures).
@@ -25,6 +26,7 @@ mod guardrails;
 mod kernel;
 mod maps;
 mod network;
+mod routing;
 mod self_protection;
 
 #[cfg(not(test))]

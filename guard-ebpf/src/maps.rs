@@ -11,7 +11,8 @@ use aya_ebpf::{
 use guard_common::{
     AgentEntry, AgentKey, BUDGETS, BudgetKey, BudgetState, COUNTER_SLOTS, DestinationKey,
     DigestKey, EVENT_PATH_LEN, Exception, ExceptionKey, ExecIdentityRule, ExecPathKey,
-    GenerationInfo, IdentityKey, NameKey, NetKey, NetRuleSet, OwnNameKey, RuleRef, SLOTS, capacity,
+    GenerationInfo, IdentityKey, NameKey, NetKey, NetRuleSet, OwnNameKey, Route, RouteKey, RuleRef,
+    SLOTS, capacity,
 };
 
 /// The generation in force: element 0 is an array map holding its
@@ -70,6 +71,12 @@ pub static NET_RULES: LpmTrie<NetKey, NetRuleSet> =
 #[map]
 pub static HOST_ADDRS: HashMap<NetKey, NetRuleSet> =
     HashMap::with_max_entries(capacity::HOST_ADDRS * SLOTS, 0);
+
+/// (profile, server address, port) → the statement guard's address: the
+/// database connections routed to the guard.
+#[map]
+pub static ROUTES: HashMap<RouteKey, Route> =
+    HashMap::with_max_entries(capacity::ROUTES * SLOTS, 0);
 
 /// Records of allowed actions for the daemon.
 #[map]

@@ -9,6 +9,7 @@ use crate::{
     guardrails,
     kernel::{self, Kptr, ReadError},
     maps::{HOST_ADDRS, NET_RULES},
+    routing,
 };
 
 const AF_INET: u16 = 2;
@@ -117,6 +118,11 @@ fn check_destination(
         return Ok(false);
     };
     let proto = socket_protocol(sock)?;
+    // A database the profile guards: the connection goes to the statement
+    // guard (`routing.rs` rewrites it next), which decides what it may do.
+    if proto == protocol::TCP && routing::route_of(agent, dest.addr, dest.port).is_some() {
+        return Ok(false);
+    }
     let mut decision = Decision::new(
         agent,
         find_net_rule(agent, &dest, proto),

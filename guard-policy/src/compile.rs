@@ -9,15 +9,15 @@
 use std::{
     collections::{BTreeMap, HashMap},
     io::Read,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
 use guard_common::{
     AgentEntry, DigestKey, EXEC_PATH_KEY_LEN, ExecIdentityRule, ExecPathKey, IdentityKey,
-    NAME_KEY_LEN, NET_RULES_PER_PREFIX, NameKey, NetKey, NetRule, NetRuleSet, RuleRef, action,
-    agent_flag, capacity, exec_flag, mode, protocol,
+    NAME_KEY_LEN, NET_RULES_PER_PREFIX, NameKey, NetKey, NetRule, NetRuleSet, Route, RouteKey,
+    RuleRef, action, agent_flag, capacity, exec_flag, mode, protocol,
 };
 use ipnet::IpNet;
 use sha2::Digest as _;
@@ -69,6 +69,9 @@ pub struct CompiledPolicy {
     pub net_rules: Vec<(u32, NetKey, NetRuleSet)>,
     /// Hostname rules, for guardd to put on the addresses it resolves.
     pub host_rules: Vec<HostRule>,
+    /// The database servers whose connections each profile's agents make
+    /// go to the statement guard instead (profile indexes in the keys).
+    pub routes: Vec<(RouteKey, Route)>,
     /// Indexed by rule id.
     pub rules: Vec<RuleInfo>,
     /// Files exec rules pin by digest, with what they were when compiled
@@ -82,6 +85,14 @@ pub struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
+    /// Whether agents' connections to `database`'s server are routed to
+    /// its guard (for some profile).
+    pub fn is_routed(&self, database: &crate::database::Database) -> bool {
+        self.routes.iter().any(|(_, route)| {
+            route.addr == mapped(database.listen.ip()) && route.port == database.listen.port()
+        })
+    }
+
     /// One line describing the policy, for logs.
     pub fn summary(&self) -> String {
         format!(
@@ -251,8 +262,51 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
         out.agents.push((agent.name.clone(), index));
     }
     out.databases = policy.databases.clone();
+    compile_routes(&mut out, policy);
     check_capacity(&out, policy)?;
     Ok(out)
+}
+
+/// Routes each profile's connections to the databases it has statement
+/// rules for to their guard. A server named by a host name is not routed
+/// (guardd does not resolve those for routing yet): a note says so.
+fn compile_routes(out: &mut CompiledPolicy, policy: &Policy) {
+    for database in &policy.databases {
+        let Ok(server) = database.server.parse::<SocketAddr>() else {
+            out.notes.push(format!(
+                "database `{}`: its server `{}` is a host name, and only servers given by address are routed to the guard yet; agents may connect to it directly unless their network rules deny its addresses",
+                database.name, database.server
+            ));
+            continue;
+        };
+        let route = Route {
+            addr: mapped(database.listen.ip()),
+            port: database.listen.port(),
+            _pad: [0; 3],
+        };
+        for (index, profile) in policy.profiles.iter().enumerate() {
+            if profile
+                .databases
+                .iter()
+                .any(|d| d.database == database.name)
+            {
+                let key = RouteKey {
+                    profile: index as u32,
+                    port: server.port(),
+                    _pad: 0,
+                    addr: mapped(server.ip()),
+                };
+                if out.routes.iter().any(|(routed, _)| *routed == key) {
+                    out.notes.push(format!(
+                        "profile `{}` has rules for several databases on server {server}: its agents' direct connections go to the guard of the first, not to `{}`'s",
+                        profile.name, database.name
+                    ));
+                    continue;
+                }
+                out.routes.push((key, route));
+            }
+        }
+    }
 }
 
 fn profile_entry(profile: &Profile, index: u32) -> AgentEntry {
@@ -764,6 +818,11 @@ fn check_capacity(out: &CompiledPolicy, policy: &Policy) -> Result<(), PolicyErr
             capacity::FILE_NAMES,
         ),
         ("network prefixes", out.net_rules.len(), capacity::NET_RULES),
+        (
+            "routed database addresses",
+            out.routes.len(),
+            capacity::ROUTES,
+        ),
     ];
     for (what, used, limit) in limits {
         if used > limit as usize {
@@ -805,6 +864,78 @@ mod tests {
             }
         }
         out + "agents: []\n"
+    }
+
+    #[test]
+    fn databases_route_the_profiles_that_have_rules_for_them() {
+        let policy = parse(
+            "databases:
+  - name: shop
+    server: 10.0.0.5:5432
+    listen: 127.0.0.1:6432
+  - name: shop6
+    server: '[fd00::5]:5432'
+    listen: '[::1]:6433'
+  - name: named
+    server: db.internal:5432
+    listen: 127.0.0.1:6434
+  - name: twin
+    server: 10.0.0.5:5432
+    listen: 127.0.0.1:6435
+profiles:
+  - name: none
+    default: allow
+  - name: cleanup
+    default: allow
+    databases:
+      - {database: shop, default: allow}
+      - {database: shop6, default: allow}
+      - {database: named, default: allow}
+      - {database: twin, default: allow}
+agents: []
+",
+        )
+        .expect("valid policy");
+        let compiled = compile(&policy).unwrap();
+        let routes: Vec<(u32, IpAddr, u16, IpAddr, u16)> = compiled
+            .routes
+            .iter()
+            .map(|(key, route)| {
+                let addr = |a: [u8; 16]| std::net::Ipv6Addr::from(a).to_canonical();
+                (
+                    key.profile,
+                    addr(key.addr),
+                    key.port,
+                    addr(route.addr),
+                    route.port,
+                )
+            })
+            .collect();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Only `cleanup` (index 1) is routed; an IPv4 server and guard are
+        // stored IPv4-mapped.
+        assert_eq!(
+            routes,
+            [
+                (1, ip("10.0.0.5"), 5432, ip("127.0.0.1"), 6432),
+                (1, ip("fd00::5"), 5432, ip("::1"), 6433),
+            ]
+        );
+        assert_eq!(compiled.routes[0].0.addr, mapped(ip("10.0.0.5")));
+        assert!(compiled.is_routed(&policy.databases[0]));
+        assert!(!compiled.is_routed(&policy.databases[2]));
+        assert!(!compiled.is_routed(&policy.databases[3]));
+        let notes = compiled.notes.join("\n");
+        assert!(
+            notes.contains("`named`: its server `db.internal:5432` is a host name"),
+            "{notes}"
+        );
+        assert!(
+            notes.contains(
+                "profile `cleanup` has rules for several databases on server 10.0.0.5:5432"
+            ),
+            "{notes}"
+        );
     }
 
     #[test]

@@ -283,6 +283,7 @@ fn status_json(status: &pb::Status) -> serde_json::Value {
         "databases": status.databases.iter().map(|d| {
             let mut database = serde_json::json!({
                 "name": d.name, "listen": d.listen, "server": d.server, "guarded": d.guarded,
+                "routed": d.routed,
             });
             if let Some(problem) = text(&d.problem) {
                 database["problem"] = problem.into();
@@ -355,7 +356,15 @@ fn print_status(status: &pb::Status) {
             } else {
                 format!("NOT guarded ({})", d.problem)
             };
-            println!("  {:<22} {} -> {}  {state}", d.name, d.listen, d.server);
+            let routing = if d.routed {
+                "agents' direct connections routed to the guard"
+            } else {
+                "agents' direct connections NOT routed"
+            };
+            println!(
+                "  {:<22} {} -> {}  {state}; {routing}",
+                d.name, d.listen, d.server
+            );
         }
     }
     println!("sessions: {}", status.sessions.len());

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use guard_common::{Counter, lsm};
+use guard_common::{Counter, lsm, route};
 use tracing::{error, info, warn};
 
 use guard_api::{exit, pb, record::Verdict, session::Session};
@@ -675,7 +675,19 @@ impl State {
                     },
                 }
             })
+            .chain(route::PROGRAMS.iter().map(|program| {
+                let attached = attachment.attached.contains(program);
+                pb::HookStatus {
+                    name: (*program).into(),
+                    attached,
+                    enforcing: attached,
+                    note: String::new(),
+                }
+            }))
             .collect();
+        let routing = route::PROGRAMS
+            .iter()
+            .all(|p| attachment.attached.contains(p));
         let compiled = &current.compiled;
         let profiles = compiled
             .profiles
@@ -706,6 +718,7 @@ impl State {
                     server: d.server.clone(),
                     guarded: serving.is_ok(),
                     problem: serving.err().unwrap_or_default(),
+                    routed: routing && compiled.is_routed(d),
                 }
             })
             .collect();

@@ -9,13 +9,11 @@ use std::{
 use aya::{
     Pod,
     maps::{Array, ArrayOfMaps, HashMap, LpmTrie, Map, MapData, MapError},
-    programs::{
-        Lsm,
-        links::{FdLink, PinnedLink},
-    },
+    programs::links::{FdLink, PinnedLink},
 };
 use guard_common::{
-    AgentKey, DigestKey, ExecPathKey, GenerationInfo, IdentityKey, LsmHook, NameKey, NetKey, map,
+    AgentKey, DigestKey, ExecPathKey, GenerationInfo, IdentityKey, LsmHook, NameKey, NetKey, Route,
+    RouteKey, map, route,
 };
 
 use super::{
@@ -37,11 +35,15 @@ impl Enforcer {
             path: dir.to_path_buf(),
             reason: format!("{what}: {e}"),
         };
+        let programs: Vec<&'static str> = hooks
+            .iter()
+            .map(|h| h.program)
+            .chain(route::PROGRAMS)
+            .collect();
         let mut links = Vec::new();
-        for hook in hooks {
-            let link = PinnedLink::from_pin(dir.join(hook.program))
-                .map_err(|e| failed(hook.program, &e))?;
-            links.push((hook.program, FdLink::from(link)));
+        for program in &programs {
+            let link = PinnedLink::from_pin(dir.join(program)).map_err(|e| failed(program, &e))?;
+            links.push((*program, FdLink::from(link)));
         }
         let mut maps = BTreeMap::new();
         for name in map::PINNED {
@@ -51,7 +53,7 @@ impl Enforcer {
             maps.insert(name, map);
         }
         let attachment = Attachment {
-            attached: hooks.iter().map(|h| h.program).collect(),
+            attached: programs,
             unavailable,
         };
         let mut enforcer = Self::with_maps(
@@ -115,6 +117,7 @@ impl Enforcer {
             self.lpm_keys_by_slot::<NetKey, NetRuleSet>(map::NET_RULES)?;
         let [host_addrs_0, host_addrs_1] =
             self.hash_keys_by_slot::<NetKey, NetRuleSet>(map::HOST_ADDRS)?;
+        let [routes_0, routes_1] = self.hash_keys_by_slot::<RouteKey, Route>(map::ROUTES)?;
         Ok([
             SlotKeys {
                 agents: agents_0,
@@ -125,6 +128,7 @@ impl Enforcer {
                 file_names: file_names_0,
                 net_rules: net_rules_0,
                 host_addrs: host_addrs_0,
+                routes: routes_0,
             },
             SlotKeys {
                 agents: agents_1,
@@ -135,6 +139,7 @@ impl Enforcer {
                 file_names: file_names_1,
                 net_rules: net_rules_1,
                 host_addrs: host_addrs_1,
+                routes: routes_1,
             },
         ])
     }
@@ -192,22 +197,8 @@ impl Enforcer {
                 map.pin(staging.join(name))
                     .map_err(|e| failed(&staging, name, &e))?;
             }
-            for (name, id) in std::mem::take(&mut self.unpinned) {
-                let program: &mut Lsm = ebpf
-                    .program_mut(name)
-                    .ok_or(EnforceError::NoProgram(name))?
-                    .try_into()
-                    .map_err(|source| EnforceError::Attach {
-                        program: name,
-                        source,
-                    })?;
-                let link = program
-                    .take_link(id)
-                    .map_err(|source| EnforceError::Attach {
-                        program: name,
-                        source,
-                    })?;
-                let pinned = FdLink::from(link)
+            for (name, link) in std::mem::take(&mut self.unpinned) {
+                let pinned = super::take_link(ebpf, name, link)?
                     .pin(staging.join(name))
                     .map_err(|e| failed(&staging, name, &e))?;
                 self.links.push((name, FdLink::from(pinned)));

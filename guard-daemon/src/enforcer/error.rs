@@ -46,6 +46,13 @@ pub enum EnforceError {
         program: &'static str,
         source: ProgramError,
     },
+    #[error(
+        "cannot load or attach `{program}`, the program that routes agents' database connections to the statement guard, to Guard's cgroup: {reason}"
+    )]
+    Route {
+        program: &'static str,
+        reason: String,
+    },
     #[error("map `{name}`: {source}")]
     Map {
         name: &'static str,

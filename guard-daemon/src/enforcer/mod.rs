@@ -15,11 +15,15 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
-    programs::{Lsm, links::FdLink, lsm::LsmLinkId},
+    programs::ProgramError,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, Lsm, cgroup_sock_addr::CgroupSockAddrLinkId,
+        links::FdLink, lsm::LsmLinkId,
+    },
 };
 use guard_common::{
     BUDGETS, BudgetKey, BudgetState, Counter, Exception, ExceptionKey, GenerationInfo,
-    KERNEL_FIELDS, LsmHook, OwnNameKey, global, lsm, map, spool_flag,
+    KERNEL_FIELDS, LsmHook, OwnNameKey, global, lsm, map, route, spool_flag,
 };
 
 use crate::{
@@ -64,7 +68,7 @@ pub struct Enforcer {
     /// The maps of [`map::PINNED`] but the generation slots, by name.
     maps: BTreeMap<&'static str, Map>,
     /// Links of attached programs not yet pinned.
-    unpinned: Vec<(&'static str, LsmLinkId)>,
+    unpinned: Vec<(&'static str, NewLink)>,
     /// Pinned links; holding them keeps them attached while guardd runs
     /// even if their pins are removed.
     links: Vec<(&'static str, FdLink)>,
@@ -81,6 +85,12 @@ pub struct Enforcer {
     /// The inner map of [`map::GENERATION`] for each slot (array maps of
     /// one [`GenerationInfo`]).
     generation_slots: [Map; 2],
+}
+
+/// A link this guardd made, by its program's kind.
+enum NewLink {
+    Lsm(LsmLinkId),
+    Route(CgroupSockAddrLinkId),
 }
 
 /// What a guardd found when it adopted pinned programs.
@@ -179,13 +189,18 @@ impl Enforcer {
                 }
                 Err(e) => return Err(e),
             };
-            unpinned.push((hook.program, link));
+            unpinned.push((hook.program, NewLink::Lsm(link)));
             tracing::debug!(
                 program = hook.program,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "loaded and attached"
             );
             attachment.attached.push(hook.program);
+        }
+        for program in route::PROGRAMS {
+            let link = attach_route(&mut ebpf, program, root)?;
+            unpinned.push((program, NewLink::Route(link)));
+            attachment.attached.push(program);
         }
         let mut maps = BTreeMap::new();
         for name in map::PINNED {
@@ -197,7 +212,7 @@ impl Enforcer {
     fn with_maps(
         ebpf: Option<Ebpf>,
         mut maps: BTreeMap<&'static str, Map>,
-        unpinned: Vec<(&'static str, LsmLinkId)>,
+        unpinned: Vec<(&'static str, NewLink)>,
         links: Vec<(&'static str, FdLink)>,
         pins: Option<PathBuf>,
         attachment: Attachment,
@@ -384,4 +399,60 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &LsmHook) -> Result<LsmLinkId, Enfor
         program: hook.program,
         source,
     })
+}
+
+/// Loads a routing program and attaches it to Guard's root cgroup, where it
+/// runs for every agent below and for nothing else. Other programs on that
+/// cgroup (a previous guardd's, until it is replaced) run too.
+fn attach_route(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    root: &GuardRoot,
+) -> Result<CgroupSockAddrLinkId, EnforceError> {
+    let failed = |reason: String| EnforceError::Route { program, reason };
+    let routing: &mut CgroupSockAddr = ebpf
+        .program_mut(program)
+        .ok_or(EnforceError::NoProgram(program))?
+        .try_into()
+        .map_err(|e: ProgramError| failed(e.to_string()))?;
+    routing.load().map_err(|e| failed(e.to_string()))?;
+    let cgroup = std::fs::File::open(&root.path)
+        .map_err(|e| failed(format!("{}: {e}", root.path.display())))?;
+    // Through a BPF link (Linux 5.7+), which the kernel always treats as
+    // one of several programs on the cgroup; it refuses any flag, so the
+    // mode must be `Single` (no flag).
+    routing
+        .attach(&cgroup, CgroupAttachMode::Single)
+        .map_err(|e| match std::error::Error::source(&e) {
+            Some(source) => failed(format!("{e}: {source}")),
+            None => failed(e.to_string()),
+        })
+}
+
+/// Takes a new link from its program, as a link that can be pinned.
+fn take_link(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    link: NewLink,
+) -> Result<FdLink, EnforceError> {
+    let attach = |source| EnforceError::Attach { program, source };
+    let found = ebpf
+        .program_mut(program)
+        .ok_or(EnforceError::NoProgram(program))?;
+    match link {
+        NewLink::Lsm(id) => {
+            let lsm: &mut Lsm = found.try_into().map_err(attach)?;
+            Ok(FdLink::from(lsm.take_link(id).map_err(attach)?))
+        }
+        NewLink::Route(id) => {
+            let routing: &mut CgroupSockAddr = found.try_into().map_err(attach)?;
+            let link = routing.take_link(id).map_err(attach)?;
+            // A kernel older than 5.7 attaches without a link, which
+            // cannot be pinned.
+            FdLink::try_from(link).map_err(|e| EnforceError::Route {
+                program,
+                reason: format!("its link cannot be pinned: {e}"),
+            })
+        }
+    }
 }

@@ -7,7 +7,7 @@ use aya::{
 };
 use guard_common::{
     AgentKey, DigestKey, ExecPathKey, GenerationInfo, IdentityKey, NameKey, NetKey, NetRuleSet,
-    lsm, map, profile_key,
+    Route, RouteKey, lsm, map, profile_key,
 };
 
 use guard_policy::compile::CompiledPolicy;
@@ -68,6 +68,7 @@ impl Enforcer {
             file_names: lpm_keys_of(&policy.file_names, slot),
             net_rules: lpm_keys_of(&policy.net_rules, slot),
             host_addrs: hash_keys_of(hosts, slot),
+            routes: hash_keys_of(&policy.routes, slot),
         };
         self.write_hash(map::EXEC_IDENTITY, slot, &policy.exec_identity)?;
         self.write_lpm(map::EXEC_PATHS, slot, &policy.exec_paths)?;
@@ -76,6 +77,7 @@ impl Enforcer {
         self.write_lpm(map::FILE_NAMES, slot, &policy.file_names)?;
         self.write_lpm(map::NET_RULES, slot, &policy.net_rules)?;
         self.write_hash(map::HOST_ADDRS, slot, hosts)?;
+        self.write_hash(map::ROUTES, slot, &policy.routes)?;
         for &(cgroup, profile) in cgroups {
             self.add_cgroup_in(slot, policy, cgroup, profile)?;
         }
@@ -187,7 +189,8 @@ impl Enforcer {
         )?;
         self.remove_lpm::<NameKey, guard_common::RuleRef>(map::FILE_NAMES, &keys.file_names)?;
         self.remove_lpm::<NetKey, guard_common::NetRuleSet>(map::NET_RULES, &keys.net_rules)?;
-        self.remove_hash::<NetKey, guard_common::NetRuleSet>(map::HOST_ADDRS, &keys.host_addrs)
+        self.remove_hash::<NetKey, guard_common::NetRuleSet>(map::HOST_ADDRS, &keys.host_addrs)?;
+        self.remove_hash::<RouteKey, Route>(map::ROUTES, &keys.routes)
     }
 
     /// Replaces the hostname entries of the generation in force, after

@@ -1,7 +1,8 @@
 //! The two generation slots of the rule maps: which keys each holds.
 
 use guard_common::{
-    AgentKey, DigestKey, ExecPathKey, IdentityKey, NameKey, NetKey, profile_key, profile_slot,
+    AgentKey, DigestKey, ExecPathKey, IdentityKey, NameKey, NetKey, RouteKey, profile_key,
+    profile_slot,
 };
 
 /// The keys one generation slot holds.
@@ -15,6 +16,7 @@ pub(super) struct SlotKeys {
     pub(super) file_names: Vec<(u32, NameKey)>,
     pub(super) net_rules: Vec<(u32, NetKey)>,
     pub(super) host_addrs: Vec<NetKey>,
+    pub(super) routes: Vec<RouteKey>,
 }
 
 pub(super) fn hash_keys_of<K: InSlot, V>(entries: &[(K, V)], slot: u32) -> Vec<K> {
@@ -57,7 +59,7 @@ macro_rules! profile_in_slot {
         }
     )*};
 }
-profile_in_slot!(IdentityKey, DigestKey);
+profile_in_slot!(IdentityKey, DigestKey, RouteKey);
 
 macro_rules! big_endian_profile_in_slot {
     ($($key:ty),*) => {$(

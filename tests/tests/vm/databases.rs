@@ -449,3 +449,202 @@ fn guard_status() -> String {
     let pid = guard_pid().expect("a guard-pg process");
     fs::read_to_string(format!("/proc/{pid}/status")).unwrap()
 }
+
+/// An agent whose profile has rules for a database cannot skip its guard:
+/// the kernel sends its connections to the server's address (IPv4,
+/// IPv4-mapped IPv6, IPv6) to the guard, unchanged for the client. A
+/// process in no session, and an agent whose profile has no rules for the
+/// database, connect to the server itself. Two agents connected at once
+/// are each judged by their own session.
+#[test]
+fn agents_connections_to_a_guarded_server_are_routed_to_its_guard() {
+    let postgres = Postgres::start_with(&["listen_addresses=127.0.0.1,::1"]);
+    let bin_dir = postgres.bin_dir.clone();
+    let direct = |sql: &str| {
+        let (ok, out, err) = psql(&mut Command::new(bin_dir.join("psql")), &postgres.url, sql);
+        assert!(ok, "{sql}: {err}");
+        out
+    };
+    direct("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2), (3)");
+
+    let (guard4, guard6) = (free_port(), free_port());
+    let policy = format!(
+        "\
+databases:
+  - name: shop
+    server: 127.0.0.1:{server}
+    listen: 127.0.0.1:{guard4}
+  - name: shop6
+    server: '[::1]:{server}'
+    listen: 127.0.0.1:{guard6}
+profiles:
+  - name: analyst
+    default: allow
+    databases:
+      - database: shop
+        default: allow
+        deny:
+          - id: no-drop
+            classes: [drop, truncate]
+            message: analysts never drop tables
+      - database: shop6
+        default: allow
+        deny:
+          - id: no-drop-v6
+            classes: [drop]
+            message: not over IPv6 either
+  - name: auditor
+    default: allow
+    databases:
+      - database: shop
+        default: deny
+        allow:
+          - id: reads-only
+            classes: [read, sleep]
+  - name: coder
+    default: allow
+agents:
+  - name: analyst
+    profile: analyst
+  - name: auditor
+    profile: auditor
+  - name: coder
+    profile: coder
+",
+        server = postgres.port,
+    );
+    let e = env();
+    let dir = e.path("database-routing");
+    fs::create_dir_all(&dir).unwrap();
+    let guardd = Guardd::start(&dir, &policy, "guard-routing-test");
+    wait_listening(guard4, &guardd);
+    wait_listening(guard6, &guardd);
+
+    // `guardctl status` says that the kernel routes agents' connections.
+    let status = guardd.status();
+    for program in ["route_connect4", "route_connect6"] {
+        let hook = status["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == program)
+            .unwrap_or_else(|| panic!("{program} in {status}"));
+        assert_eq!(hook["attached"], true, "{status}");
+    }
+    let routed = |name: &str| {
+        status["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .map(|d| d["routed"] == true)
+    };
+    assert_eq!(
+        (routed("shop"), routed("shop6")),
+        (Some(true), Some(true)),
+        "{status}"
+    );
+
+    let server = postgres.port;
+    let direct_url = |host: &str| format!("postgres://guard@{host}:{server}/postgres");
+    let as_agent = |agent: &str| {
+        let mut command = Command::new(bin("guardctl"));
+        command
+            .arg("--socket")
+            .arg(&guardd.socket)
+            .args(["run", "--agent", agent, "--"])
+            .arg(bin_dir.join("psql"));
+        command
+    };
+
+    // Each address form of the server reaches the analyst's guard.
+    for (host, reason) in [
+        ("127.0.0.1", "guard: analysts never drop tables"),
+        ("[::ffff:127.0.0.1]", "guard: analysts never drop tables"),
+        ("[::1]", "guard: not over IPv6 either"),
+    ] {
+        let (ok, _, err) = psql(&mut as_agent("analyst"), &direct_url(host), "DROP TABLE t");
+        assert!(!ok && err.contains(reason), "{host}: {err}");
+        assert_eq!(direct("SELECT count(*) FROM t"), "3", "{host}");
+        let (ok, out, err) = psql(
+            &mut as_agent("analyst"),
+            &direct_url(host),
+            "SELECT count(*) FROM t",
+        );
+        assert!(ok && out == "3", "{host}: {err}");
+    }
+    let read = statement(&guardd, "analyst", "SELECT count(*) FROM t");
+    assert_eq!(read["target"], "shop/postgres", "{read}");
+
+    // Untouched: a process in no session, and an agent whose profile has
+    // no rules for the database, reach the server itself.
+    direct("CREATE TABLE scratch_a (id int); CREATE TABLE scratch_b (id int)");
+    let (ok, _, err) = psql(
+        &mut Command::new(bin_dir.join("psql")),
+        &direct_url("127.0.0.1"),
+        "DROP TABLE scratch_a",
+    );
+    assert!(ok, "untagged: {err}");
+    let (ok, _, err) = psql(
+        &mut as_agent("coder"),
+        &direct_url("[::1]"),
+        "DROP TABLE scratch_b",
+    );
+    assert!(ok, "coder: {err}");
+    assert!(
+        statements(&guardd)
+            .iter()
+            .all(|r| r["statement"]["normalized"] != "DROP TABLE scratch_a"
+                && r["statement"]["normalized"] != "DROP TABLE scratch_b"),
+        "the guard saw statements it was not routed"
+    );
+
+    // Two agents at once, on one server address: each judged by its own
+    // session, which the records name.
+    let sql = "SELECT count(*) FROM t, pg_sleep(1)";
+    let spawn = |agent: &str| {
+        as_agent(agent)
+            .args([
+                &direct_url("127.0.0.1"),
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-c",
+                "DELETE FROM t WHERE id = 1; ",
+                "-c",
+                sql,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (analyst, auditor) = (spawn("analyst"), spawn("auditor"));
+    let (analyst, auditor) = (
+        analyst.wait_with_output().unwrap(),
+        auditor.wait_with_output().unwrap(),
+    );
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    assert!(analyst.status.success(), "analyst: {}", text(&analyst));
+    assert!(
+        text(&auditor).contains("guard:"),
+        "auditor's DELETE is refused: {}",
+        text(&auditor)
+    );
+    assert_eq!(direct("SELECT count(*) FROM t"), "2");
+    let session_of = |profile: &str| {
+        let record = statement(&guardd, profile, "SELECT count(*) FROM t, pg_sleep($1)");
+        record["session"].as_str().expect("a session").to_string()
+    };
+    let deleted = statement(&guardd, "auditor", "DELETE FROM t WHERE id = $1");
+    assert_eq!(deleted["verdict"], "deny", "{deleted}");
+    assert_eq!(deleted["agent"], "auditor", "{deleted}");
+    assert_ne!(session_of("analyst"), session_of("auditor"));
+}
