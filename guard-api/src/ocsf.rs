@@ -49,7 +49,7 @@ fn class(r: &Record) -> (u32, &'static str, u32, &'static str, u32, &'static str
         Action::Unlink | Action::Rmdir => with(FILE, 4, "Delete"),
         Action::Rename | Action::RenameInto => with(FILE, 5, "Rename"),
         Action::Truncate => with(FILE, 3, "Update"),
-        Action::OpenWrite => with(FILE, 14, "Open"),
+        Action::OpenWrite | Action::OpenRead => with(FILE, 14, "Open"),
         Action::Create | Action::Mkdir | Action::Symlink | Action::Link => with(FILE, 1, "Create"),
         Action::Connect => (4001, "Network Activity", 4, "Network Activity", 1, "Open"),
         Action::Sendmsg => (

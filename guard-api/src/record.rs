@@ -113,6 +113,8 @@ pub enum Action {
     RenameInto,
     Truncate,
     OpenWrite,
+    /// Opening one of Guard's secrets (a password or key file) to read.
+    OpenRead,
     Create,
     Mkdir,
     Symlink,
@@ -141,7 +143,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 29] = [
+    pub const ALL: [Action; 30] = [
         Action::Exec,
         Action::ExecMap,
         Action::Unlink,
@@ -150,6 +152,7 @@ impl Action {
         Action::RenameInto,
         Action::Truncate,
         Action::OpenWrite,
+        Action::OpenRead,
         Action::Create,
         Action::Mkdir,
         Action::Symlink,
@@ -183,6 +186,7 @@ impl Action {
             Action::RenameInto => "rename_into",
             Action::Truncate => "truncate",
             Action::OpenWrite => "open_write",
+            Action::OpenRead => "open_read",
             Action::Create => "create",
             Action::Mkdir => "mkdir",
             Action::Symlink => "symlink",

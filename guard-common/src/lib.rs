@@ -41,6 +41,10 @@ pub mod map {
     /// [`super::NetKey`] (a whole address) → [`super::NetRuleSet`]: the rules
     /// of hostnames, on each address guardd resolved the name to.
     pub const HOST_ADDRS: &str = "HOST_ADDRS";
+    /// [`super::SecretKey`] → `u8`: files no agent may open at all, not
+    /// even to read (the statement guard's passwords and TLS keys). Not
+    /// part of a generation: guardd sets them with each policy.
+    pub const SECRETS: &str = "SECRETS";
     /// [`super::RouteKey`] → [`super::Route`]: the database servers whose
     /// connections each profile's agents make go to the statement guard.
     pub const ROUTES: &str = "ROUTES";
@@ -73,7 +77,7 @@ pub mod map {
     pub const EXCEPTIONS: &str = "EXCEPTIONS";
     /// The maps guardd pins with the programs' links, so that a guardd
     /// started later adopts them (the others are private to the programs).
-    pub const PINNED: [&str; 20] = [
+    pub const PINNED: [&str; 21] = [
         GENERATION,
         GENERATION_SLOTS[0],
         GENERATION_SLOTS[1],
@@ -86,6 +90,7 @@ pub mod map {
         NET_RULES,
         HOST_ADDRS,
         ROUTES,
+        SECRETS,
         EVENTS,
         DENIALS,
         OWN_NAMES,
@@ -144,6 +149,8 @@ pub mod capacity {
     pub const NET_RULES: u32 = 1 << 17;
     /// Addresses of hostname rules (each address of each name, per profile).
     pub const HOST_ADDRS: u32 = 4096;
+    /// Guard's secret files.
+    pub const SECRETS: u32 = 256;
     /// Routed database addresses (each address of each server, per profile).
     pub const ROUTES: u32 = 1024;
     /// Approved tickets in force at once, over all sessions.
@@ -464,6 +471,8 @@ pub mod hook {
     /// A hard link to a protected file, made where the rule that protects
     /// it does not reach (its content would be writable through it).
     pub const LINK_AWAY: u32 = 27;
+    /// Opening one of Guard's secret files ([`super::map::SECRETS`]) to read.
+    pub const OPEN_READ: u32 = 28;
 }
 
 /// Outcome of a decision.
@@ -814,6 +823,16 @@ pub struct NetKey {
     pub addr: [u8; 16],
 }
 
+/// Key of [`map::SECRETS`]: a file's identity (the kernel's `dev_t`
+/// encoding).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SecretKey {
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+
 /// Key of [`map::ROUTES`]: a profile id ([`profile_key`]) and a database
 /// server's address (IPv4 stored IPv4-mapped, as in [`NetKey`]) and port.
 #[repr(C)]
@@ -968,6 +987,7 @@ const _: () = assert!(size_of::<NameKey>() == 4 + NAME_KEY_LEN);
 const _: () = assert!(size_of::<NetKey>() == 20);
 const _: () = assert!(size_of::<NetRule>() == 12);
 const _: () = assert!(size_of::<RouteKey>() == 24);
+const _: () = assert!(size_of::<SecretKey>() == 16);
 const _: () = assert!(size_of::<Route>() == 24);
 const _: () = assert!(size_of::<NetRuleSet>() == 8 + 12 * NET_RULES_PER_PREFIX);
 const _: () = assert!(size_of::<Event>() == 120 + EVENT_PATH_LEN);
@@ -991,6 +1011,7 @@ mod pod {
     unsafe impl aya::Pod for NameKey {}
     unsafe impl aya::Pod for NetKey {}
     unsafe impl aya::Pod for RouteKey {}
+    unsafe impl aya::Pod for SecretKey {}
     unsafe impl aya::Pod for Route {}
     unsafe impl aya::Pod for NetRule {}
     unsafe impl aya::Pod for NetRuleSet {}

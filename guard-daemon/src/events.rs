@@ -114,6 +114,7 @@ pub fn hook_name(id: u32) -> (&'static str, Action) {
         hook::CLONE_INTO_CGROUP => ("task_alloc", Action::CloneIntoCgroup),
         hook::EXEC_MAP => ("mmap_file", Action::ExecMap),
         hook::LINK_AWAY => ("path_link", Action::LinkAway),
+        hook::OPEN_READ => ("file_open", Action::OpenRead),
         _ => ("unknown", Action::Unknown),
     }
 }

@@ -1,8 +1,10 @@
-//! File hooks: destroying protected files, and writing or creating in
-//! read-only places.
+//! File hooks: destroying protected files, writing or creating in
+//! read-only places, and reading Guard's secrets.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use guard_common::{Counter, ExceptionKey, RuleRef, action, agent_flag, budget, hook, lsm, object};
+use guard_common::{
+    Counter, ExceptionKey, RuleRef, SecretKey, action, agent_flag, budget, hook, lsm, object,
+};
 
 use crate::{
     agent::{Agent, GUARD_FAULT_HOOK_ERRORS},
@@ -265,7 +267,7 @@ fn try_file_open(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     let file: Kptr = ctx.arg(0);
     let flags = kernel::file_flags(file)?;
     if flags & O_ACCMODE == O_RDONLY {
-        return Ok(false);
+        return read_secret(agent, file);
     }
     let (vfsmount, dentry) = kernel::path_parts(kernel::file_path(file))?;
     // Truncating a non-empty file destroys its content (denied wherever
@@ -276,6 +278,31 @@ fn try_file_open(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
         hook::OPEN_WRITE
     };
     check_file(agent, hook_id, vfsmount, dentry)
+}
+
+/// An open to read is a decision only on one of Guard's secrets, which no
+/// agent may read (opens for write are denied by their read-only rules).
+fn read_secret(agent: &Agent, file: Kptr) -> Result<bool, ReadError> {
+    let identity = kernel::inode_identity(kernel::file_inode(file)?)?;
+    let key = SecretKey {
+        ino: identity.ino,
+        dev: identity.dev,
+        _pad: 0,
+    };
+    // SAFETY: only presence is read.
+    if unsafe { maps::SECRETS.get(&key) }.is_none() {
+        return Ok(false);
+    }
+    let (vfsmount, dentry) = kernel::path_parts(kernel::file_path(file))?;
+    let (dentry_arg, vfsmount_arg) = (kernel::as_scalar(dentry)?, kernel::as_scalar(vfsmount)?);
+    file_decided(
+        agent,
+        hook::OPEN_READ,
+        Decision::SELF_PROTECTION,
+        dentry,
+        dentry_arg,
+        vfsmount_arg,
+    )
 }
 
 /// Denies ftruncate(2) (and open with O_TRUNC) of a protected file on kernels

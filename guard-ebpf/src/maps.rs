@@ -12,7 +12,7 @@ use guard_common::{
     AgentEntry, AgentKey, BUDGETS, BudgetKey, BudgetState, COUNTER_SLOTS, DestinationKey,
     DigestKey, EVENT_PATH_LEN, Exception, ExceptionKey, ExecIdentityRule, ExecPathKey,
     GenerationInfo, IdentityKey, NameKey, NetKey, NetRuleSet, OwnNameKey, Route, RouteKey, RuleRef,
-    SLOTS, capacity,
+    SLOTS, SecretKey, capacity,
 };
 
 /// The generation in force: element 0 is an array map holding its
@@ -71,6 +71,10 @@ pub static NET_RULES: LpmTrie<NetKey, NetRuleSet> =
 #[map]
 pub static HOST_ADDRS: HashMap<NetKey, NetRuleSet> =
     HashMap::with_max_entries(capacity::HOST_ADDRS * SLOTS, 0);
+
+/// Files no agent may open at all (identity → 1). Written by the daemon.
+#[map]
+pub static SECRETS: HashMap<SecretKey, u8> = HashMap::with_max_entries(capacity::SECRETS, 0);
 
 /// (profile, server address, port) → the statement guard's address: the
 /// database connections routed to the guard.

@@ -17,7 +17,7 @@ use std::{
 use guard_common::{
     AgentEntry, DigestKey, EXEC_PATH_KEY_LEN, ExecIdentityRule, ExecPathKey, IdentityKey,
     NAME_KEY_LEN, NET_RULES_PER_PREFIX, NameKey, NetKey, NetRule, NetRuleSet, Route, RouteKey,
-    RuleRef, action, agent_flag, capacity, exec_flag, mode, protocol,
+    RuleRef, SecretKey, action, agent_flag, capacity, exec_flag, mode, protocol,
 };
 use ipnet::IpNet;
 use sha2::Digest as _;
@@ -69,6 +69,9 @@ pub struct CompiledPolicy {
     pub net_rules: Vec<(u32, NetKey, NetRuleSet)>,
     /// Hostname rules, for guardd to put on the addresses it resolves.
     pub host_rules: Vec<HostRule>,
+    /// The files of the statement guard no agent may read (passwords and
+    /// TLS keys), by identity; those that do not exist are left out.
+    pub secrets: Vec<SecretKey>,
     /// The database servers whose connections each profile's agents make
     /// go to the statement guard instead (profile indexes in the keys).
     pub routes: Vec<(RouteKey, Route)>,
@@ -263,6 +266,13 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
     }
     out.databases = policy.databases.clone();
     compile_routes(&mut out, policy);
+    out.secrets = policy
+        .databases
+        .iter()
+        .flat_map(|d| d.secret_files())
+        .filter_map(|path| identity(path).ok())
+        .map(|(dev, ino)| SecretKey { ino, dev, _pad: 0 })
+        .collect();
     check_capacity(&out, policy)?;
     Ok(out)
 }
@@ -822,6 +832,11 @@ fn check_capacity(out: &CompiledPolicy, policy: &Policy) -> Result<(), PolicyErr
             "routed database addresses",
             out.routes.len(),
             capacity::ROUTES,
+        ),
+        (
+            "database password and key files",
+            out.secrets.len(),
+            capacity::SECRETS,
         ),
     ];
     for (what, used, limit) in limits {

@@ -82,6 +82,13 @@ impl Database {
         }
         files
     }
+
+    /// The files no agent may read: the password and the TLS key.
+    pub fn secret_files(&self) -> Vec<&std::path::Path> {
+        let key = self.client_tls.as_ref().map(|tls| tls.key.as_path());
+        let password = self.credentials.as_ref().map(|c| c.password_file.as_path());
+        key.into_iter().chain(password).collect()
+    }
 }
 
 /// What one profile's statements may do on one database.

@@ -76,10 +76,20 @@ impl Builtins {
         names
     }
 
+    /// Adds the read-only rules on Guard's own files, and on the statement
+    /// guard's password and key files the policy names (no agent may read
+    /// those either: `map::SECRETS`), to every profile; and the canary.
     pub fn add_to(&self, policy: &mut Policy) {
+        let secrets: Vec<PathBuf> = policy
+            .databases
+            .iter()
+            .flat_map(|d| d.secret_files())
+            .map(Path::to_path_buf)
+            .collect();
         let own: Vec<Rule<FileTarget>> = self
             .own_files
             .iter()
+            .chain(&secrets)
             .filter_map(|path| {
                 let meta = std::fs::metadata(path).ok()?;
                 let target = if meta.is_dir() {

@@ -212,6 +212,9 @@ impl State {
             agent_cgroups.insert(name.clone(), id);
             cgroups.push((id, *profile));
         }
+        // Before the switch: the generation in force keeps every secret it
+        // had until then too.
+        self.enforcer.set_secrets(&compiled.secrets)?;
         let info = self
             .enforcer
             .publish(&compiled, &self.hosts.entries(&compiled), &cgroups)?;

@@ -23,7 +23,7 @@ use aya::{
 };
 use guard_common::{
     BUDGETS, BudgetKey, BudgetState, Counter, Exception, ExceptionKey, GenerationInfo,
-    KERNEL_FIELDS, LsmHook, OwnNameKey, global, lsm, map, route, spool_flag,
+    KERNEL_FIELDS, LsmHook, OwnNameKey, SecretKey, global, lsm, map, route, spool_flag,
 };
 
 use crate::{
@@ -266,20 +266,36 @@ impl Enforcer {
     /// Makes `names` the directory entries no agent may add, remove or
     /// rename (see [`map::OWN_NAMES`]).
     pub fn set_own_names(&mut self, names: &[OwnNameKey]) -> Result<(), EnforceError> {
-        let mut own: HashMap<_, OwnNameKey, u8> = self.map(map::OWN_NAMES)?;
-        let stale: Vec<OwnNameKey> = own
+        self.set_keys(map::OWN_NAMES, names)
+    }
+
+    /// Makes `secrets` the files no agent may open, even to read (see
+    /// [`map::SECRETS`]).
+    pub fn set_secrets(&mut self, secrets: &[SecretKey]) -> Result<(), EnforceError> {
+        self.set_keys(map::SECRETS, secrets)
+    }
+
+    /// Makes `keys` the keys of the set `name` (a hash map to `1`): the new
+    /// ones first, then the stale ones removed.
+    fn set_keys<K: aya::Pod + PartialEq>(
+        &mut self,
+        name: &'static str,
+        keys: &[K],
+    ) -> Result<(), EnforceError> {
+        let mut set: HashMap<_, K, u8> = self.map(name)?;
+        let stale: Vec<K> = set
             .keys()
             .filter_map(Result::ok)
-            .filter(|key| !names.contains(key))
+            .filter(|key| !keys.contains(key))
             .collect();
-        for key in names {
-            own.insert(key, 1, 0).map_err(map_err(map::OWN_NAMES))?;
+        for key in keys {
+            set.insert(key, 1, 0).map_err(map_err(name))?;
         }
         for key in &stale {
-            match own.remove(key) {
+            match set.remove(key) {
                 Ok(()) => {}
                 Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(map_err(map::OWN_NAMES)(e)),
+                Err(e) => return Err(map_err(name)(e)),
             }
         }
         Ok(())

@@ -455,7 +455,9 @@ fn guard_status() -> String {
 /// IPv4-mapped IPv6, IPv6) to the guard, unchanged for the client. A
 /// process in no session, and an agent whose profile has no rules for the
 /// database, connect to the server itself. Two agents connected at once
-/// are each judged by their own session.
+/// are each judged by their own session. The guard logs in with the
+/// credentials it holds, whose file no agent may read; no agent may kill or
+/// trace the guard.
 #[test]
 fn agents_connections_to_a_guarded_server_are_routed_to_its_guard() {
     let postgres = Postgres::start_with(&["listen_addresses=127.0.0.1,::1"]);
@@ -465,9 +467,14 @@ fn agents_connections_to_a_guarded_server_are_routed_to_its_guard() {
         assert!(ok, "{sql}: {err}");
         out
     };
-    direct("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2), (3)");
+    direct("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2), (3); CREATE ROLE app LOGIN");
 
-    let (guard4, guard6) = (free_port(), free_port());
+    let (guard4, guard6, vault) = (free_port(), free_port(), free_port());
+    let e = env();
+    let dir = e.path("database-routing");
+    fs::create_dir_all(&dir).unwrap();
+    let password_file = dir.join("app.password");
+    fs::write(&password_file, "not-for-agents\n").unwrap();
     let policy = format!(
         "\
 databases:
@@ -477,6 +484,12 @@ databases:
   - name: shop6
     server: '[::1]:{server}'
     listen: 127.0.0.1:{guard6}
+  - name: vault
+    server: '[::ffff:127.0.0.1]:{server}'
+    listen: 127.0.0.1:{vault}
+    credentials:
+      user: app
+      password_file: {password}
 profiles:
   - name: analyst
     default: allow
@@ -501,6 +514,11 @@ profiles:
         allow:
           - id: reads-only
             classes: [read, sleep]
+  - name: keeper
+    default: allow
+    databases:
+      - database: vault
+        default: allow
   - name: coder
     default: allow
 agents:
@@ -510,15 +528,16 @@ agents:
     profile: auditor
   - name: coder
     profile: coder
+  - name: keeper
+    profile: keeper
 ",
         server = postgres.port,
+        password = password_file.display(),
     );
-    let e = env();
-    let dir = e.path("database-routing");
-    fs::create_dir_all(&dir).unwrap();
     let guardd = Guardd::start(&dir, &policy, "guard-routing-test");
     wait_listening(guard4, &guardd);
     wait_listening(guard6, &guardd);
+    wait_listening(vault, &guardd);
 
     // `guardctl status` says that the kernel routes agents' connections.
     let status = guardd.status();
@@ -647,4 +666,69 @@ agents:
     assert_eq!(deleted["verdict"], "deny", "{deleted}");
     assert_eq!(deleted["agent"], "auditor", "{deleted}");
     assert_ne!(session_of("analyst"), session_of("auditor"));
+
+    // The guard logs in for the keeper with the credentials it holds; the
+    // client's login name is only recorded.
+    let (ok, out, err) = psql(
+        &mut as_agent("keeper"),
+        &direct_url("127.0.0.1"),
+        "SELECT current_user",
+    );
+    assert!(ok && out == "app", "{err}");
+    let login = statement(&guardd, "keeper", "SELECT current_user");
+    assert_eq!(login["statement"]["role"], "app", "{login}");
+    assert_eq!(login["statement"]["user"], "guard", "{login}");
+
+    // No agent may read the credentials, kill the guard or trace it.
+    let probe = |agent: &str, args: &[&str]| guardd.probe(agent, &dir, args).errno;
+    let password = password_file.display().to_string();
+    assert_eq!(
+        probe("keeper", &["read", &password]),
+        Some(guard_tests::EPERM)
+    );
+    assert_eq!(
+        probe("coder", &["read", &password]),
+        Some(guard_tests::EPERM)
+    );
+    assert_eq!(
+        probe("coder", &["open-write", &password]),
+        Some(guard_tests::EPERM)
+    );
+    let read = guardd
+        .records()
+        .into_iter()
+        .find(|r| r["action"] == "open_read")
+        .expect("a record of the read refused");
+    assert_eq!(
+        (
+            &read["verdict"],
+            &read["rule"],
+            &read["hook"],
+            &read["target"]
+        ),
+        (
+            &"deny".into(),
+            &"self-protection".into(),
+            &"file_open".into(),
+            &password.clone().into()
+        ),
+        "{read}"
+    );
+    // A file that is no secret is read as before.
+    let readable = dir.join("readable");
+    fs::write(&readable, "").unwrap();
+    assert_eq!(
+        probe("coder", &["read", &readable.display().to_string()]),
+        None
+    );
+    let guard = guard_pid().expect("a guard-pg").to_string();
+    assert_eq!(
+        probe("keeper", &["kill", &guard, "9"]),
+        Some(guard_tests::EPERM)
+    );
+    assert_eq!(
+        probe("keeper", &["ptrace", &guard]),
+        Some(guard_tests::EPERM)
+    );
+    assert_eq!(guard_pid().map(|p| p.to_string()), Some(guard));
 }
