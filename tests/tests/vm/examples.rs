@@ -44,7 +44,8 @@ fn example_profiles_load_and_enforce() {
     assert_eq!(coder(&["connect-tcp", "10.20.0.5:5432"]).errno, Some(EPERM));
 
     // data-analysis: source data is never deleted; the database is
-    // reachable only through the statement guard.
+    // reachable only through the statement guard, to which the kernel
+    // routes its server's address.
     fs::write("/srv/agents/data/events.parquet", "data").unwrap();
     let analyst = |args: &[&str]| guardd.probe("analyst", &dir, args);
     assert_eq!(
@@ -52,9 +53,9 @@ fn example_profiles_load_and_enforce() {
         Some(EPERM)
     );
     assert!(Path::new("/srv/agents/data/events.parquet").exists());
-    let direct = analyst(&["connect-tcp", "10.20.0.5:5432"]);
-    assert_eq!(direct.errno, Some(EPERM));
-    let denial = guardd.record(direct.pid, |r| r["verdict"] == "deny");
+    let other = analyst(&["connect-tcp", "10.20.0.6:5432"]);
+    assert_eq!(other.errno, Some(EPERM));
+    let denial = guardd.record(other.pid, |r| r["verdict"] == "deny");
     assert_eq!(denial["rule"], "no-direct-database", "{denial}");
     // guardd runs the statement guard for the example's database.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -62,7 +63,11 @@ fn example_profiles_load_and_enforce() {
         assert!(std::time::Instant::now() < deadline, "{}", guardd.status());
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    assert_eq!(guardd.status()["databases"][0]["routed"], true);
     assert_eq!(analyst(&["connect-tcp", "127.0.0.1:6432"]).errno, None);
+    // The server's own address (a host this VM has no route to) reaches
+    // the guard on loopback.
+    assert_eq!(analyst(&["connect-tcp", "10.20.0.5:5432"]).errno, None);
     assert_eq!(
         analyst(&["connect-tcp", "10.30.0.5:443"]).errno,
         Some(EPERM)
