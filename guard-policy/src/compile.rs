@@ -48,6 +48,18 @@ pub struct HostRule {
     pub rule: NetRule,
 }
 
+/// A database server named by host name, routed for one profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteHost {
+    /// Profile index.
+    pub profile: u32,
+    /// Lower case.
+    pub host: String,
+    pub port: u16,
+    /// The guard's address.
+    pub route: Route,
+}
+
 /// Entries for the kernel's maps, plus what userspace needs to explain them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompiledPolicy {
@@ -75,6 +87,9 @@ pub struct CompiledPolicy {
     /// The database servers whose connections each profile's agents make
     /// go to the statement guard instead (profile indexes in the keys).
     pub routes: Vec<(RouteKey, Route)>,
+    /// The same for servers named by host name: guardd resolves them and
+    /// routes each address.
+    pub route_hosts: Vec<RouteHost>,
     /// Indexed by rule id.
     pub rules: Vec<RuleInfo>,
     /// Files exec rules pin by digest, with what they were when compiled
@@ -88,14 +103,6 @@ pub struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
-    /// Whether agents' connections to `database`'s server are routed to
-    /// its guard (for some profile).
-    pub fn is_routed(&self, database: &crate::database::Database) -> bool {
-        self.routes.iter().any(|(_, route)| {
-            route.addr == mapped(database.listen.ip()) && route.port == database.listen.port()
-        })
-    }
-
     /// One line describing the policy, for logs.
     pub fn summary(&self) -> String {
         format!(
@@ -278,16 +285,20 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
 }
 
 /// Routes each profile's connections to the databases it has statement
-/// rules for to their guard. A server named by a host name is not routed
-/// (guardd does not resolve those for routing yet): a note says so.
+/// rules for to their guard: servers given by address here, servers named
+/// by host name through guardd, on each address the name resolves to.
 fn compile_routes(out: &mut CompiledPolicy, policy: &Policy) {
+    let mut seen = Vec::new();
     for database in &policy.databases {
-        let Ok(server) = database.server.parse::<SocketAddr>() else {
-            out.notes.push(format!(
-                "database `{}`: its server `{}` is a host name, and only servers given by address are routed to the guard yet; agents may connect to it directly unless their network rules deny its addresses",
-                database.name, database.server
-            ));
-            continue;
+        let server = match database.server.parse::<SocketAddr>() {
+            Ok(addr) => Server::Address(addr),
+            Err(_) => match database.server.rsplit_once(':') {
+                Some((host, port)) if port.parse::<u16>().is_ok() => {
+                    Server::Host(host.to_ascii_lowercase(), port.parse().unwrap_or_default())
+                }
+                // Parsing checked `host:port`.
+                _ => continue,
+            },
         };
         let route = Route {
             addr: mapped(database.listen.ip()),
@@ -295,28 +306,56 @@ fn compile_routes(out: &mut CompiledPolicy, policy: &Policy) {
             _pad: [0; 3],
         };
         for (index, profile) in policy.profiles.iter().enumerate() {
-            if profile
+            if !profile
                 .databases
                 .iter()
                 .any(|d| d.database == database.name)
             {
-                let key = RouteKey {
-                    profile: index as u32,
-                    port: server.port(),
-                    _pad: 0,
-                    addr: mapped(server.ip()),
-                };
-                if out.routes.iter().any(|(routed, _)| *routed == key) {
-                    out.notes.push(format!(
-                        "profile `{}` has rules for several databases on server {server}: its agents' direct connections go to the guard of the first, not to `{}`'s",
-                        profile.name, database.name
-                    ));
-                    continue;
-                }
-                out.routes.push((key, route));
+                continue;
+            }
+            let profile_index = index as u32;
+            if seen.contains(&(profile_index, &database.server)) {
+                out.notes.push(format!(
+                    "profile `{}` has rules for several databases on server {}: its agents' direct connections go to the guard of the first, not to `{}`'s",
+                    profile.name, database.server, database.name
+                ));
+                continue;
+            }
+            seen.push((profile_index, &database.server));
+            match &server {
+                Server::Address(addr) => out.routes.push((
+                    RouteKey {
+                        profile: profile_index,
+                        port: addr.port(),
+                        _pad: 0,
+                        addr: mapped(addr.ip()),
+                    },
+                    route,
+                )),
+                Server::Host(host, port) => out.route_hosts.push(RouteHost {
+                    profile: profile_index,
+                    host: host.clone(),
+                    port: *port,
+                    route,
+                }),
             }
         }
     }
+}
+
+/// Whether agents' connections to `database`'s server are routed to its
+/// guard (for some profile) by `routes`: a policy's, and those of the
+/// addresses its host names resolved to.
+pub fn is_routed(database: &crate::database::Database, routes: &[(RouteKey, Route)]) -> bool {
+    routes.iter().any(|(_, route)| {
+        route.addr == mapped(database.listen.ip()) && route.port == database.listen.port()
+    })
+}
+
+/// A database server as the policy gives it.
+enum Server {
+    Address(SocketAddr),
+    Host(String, u16),
 }
 
 fn profile_entry(profile: &Profile, index: u32) -> AgentEntry {
@@ -937,14 +976,24 @@ agents: []
             ]
         );
         assert_eq!(compiled.routes[0].0.addr, mapped(ip("10.0.0.5")));
-        assert!(compiled.is_routed(&policy.databases[0]));
-        assert!(!compiled.is_routed(&policy.databases[2]));
-        assert!(!compiled.is_routed(&policy.databases[3]));
-        let notes = compiled.notes.join("\n");
-        assert!(
-            notes.contains("`named`: its server `db.internal:5432` is a host name"),
-            "{notes}"
+        assert!(is_routed(&policy.databases[0], &compiled.routes));
+        assert!(!is_routed(&policy.databases[2], &compiled.routes));
+        assert!(!is_routed(&policy.databases[3], &compiled.routes));
+        // A host name is guardd's to resolve.
+        assert_eq!(
+            compiled.route_hosts,
+            [RouteHost {
+                profile: 1,
+                host: "db.internal".into(),
+                port: 5432,
+                route: Route {
+                    addr: mapped(ip("127.0.0.1")),
+                    port: 6434,
+                    _pad: [0; 3]
+                },
+            }]
         );
+        let notes = compiled.notes.join("\n");
         assert!(
             notes.contains(
                 "profile `cleanup` has rules for several databases on server 10.0.0.5:5432"

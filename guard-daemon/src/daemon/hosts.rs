@@ -1,10 +1,13 @@
-//! Egress by hostname. A network rule may name a host instead of a CIDR;
-//! guardd resolves each such name itself, keeps its addresses for as long
-//! as the DNS records' TTLs say, and puts the rule on each address in the
-//! kernel (`HOST_ADDRS`), where it is the most specific rule for that
-//! address. Addresses in the default-deny ranges (metadata, link-local,
-//! private) are never taken from DNS: a name that resolves there is a
-//! rebinding attempt or needs a `cidr` rule.
+//! Egress by hostname, and database servers named by host name. A network
+//! rule may name a host instead of a CIDR; guardd resolves each such name
+//! itself, keeps its addresses for as long as the DNS records' TTLs say,
+//! and puts the rule on each address in the kernel (`HOST_ADDRS`), where it
+//! is the most specific rule for that address. Addresses in the
+//! default-deny ranges (metadata, link-local, private) are never allowed
+//! from DNS: a name that resolves there is a rebinding attempt or needs a
+//! `cidr` rule. A database server's name is resolved the same way, and
+//! each of its addresses routed to the statement guard (`ROUTES`), private
+//! ones included: a route only narrows what an agent reaches.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_common::{NET_RULES_PER_PREFIX, NetKey, NetRuleSet, capacity};
+use guard_common::{NET_RULES_PER_PREFIX, NetKey, NetRuleSet, Route, RouteKey, capacity};
 use hickory_resolver::{
     TokioResolver,
     config::{NameServerConfig, ResolverConfig},
@@ -38,13 +41,14 @@ struct Resolved {
 }
 
 impl Hosts {
-    /// The names of `policy`'s hostname rules that are new or due again.
+    /// The names of `policy`'s hostname rules and database servers that
+    /// are new or due again.
     pub fn due(&self, policy: &CompiledPolicy) -> BTreeSet<String> {
         let now = Instant::now();
-        policy
-            .host_rules
-            .iter()
-            .map(|r| &r.host)
+        let rules = policy.host_rules.iter().map(|r| &r.host);
+        let servers = policy.route_hosts.iter().map(|r| &r.host);
+        rules
+            .chain(servers)
             .filter(|name| self.resolved.get(*name).is_none_or(|r| r.until <= now))
             .cloned()
             .collect()
@@ -53,19 +57,17 @@ impl Hosts {
     /// Takes an answer for `name` (an empty one when it did not resolve);
     /// true when its addresses changed.
     pub fn update(&mut self, name: &str, mut addrs: Vec<IpAddr>, ttl: Duration) -> bool {
-        addrs.retain(|addr| match default_deny_of(*addr) {
-            Some(rule) => {
-                warn!(host = name, %addr, "not allowing a resolved address that `{rule}` denies; a `cidr` rule may allow it");
-                false
-            }
-            None => true,
-        });
         addrs.sort();
         addrs.dedup();
         let until = Instant::now() + ttl.clamp(MIN_KEEP, MAX_KEEP);
         let changed = self.resolved.get(name).is_none_or(|r| r.addrs != addrs);
         if changed {
             info!(host = name, addrs = ?addrs, ttl_s = ttl.as_secs(), "hostname resolved");
+            for addr in &addrs {
+                if let Some(rule) = default_deny_of(*addr) {
+                    warn!(host = name, %addr, "hostname rules do not allow a resolved address that `{rule}` denies; a `cidr` rule may allow it");
+                }
+            }
         }
         self.resolved
             .insert(name.to_string(), Resolved { addrs, until });
@@ -81,7 +83,11 @@ impl Hosts {
             let Some(resolved) = self.resolved.get(&rule.host) else {
                 continue;
             };
-            for addr in &resolved.addrs {
+            let allowed = resolved
+                .addrs
+                .iter()
+                .filter(|a| default_deny_of(**a).is_none());
+            for addr in allowed {
                 let set = sets.entry((rule.profile, mapped(*addr))).or_default();
                 if (set.len as usize) < NET_RULES_PER_PREFIX {
                     set.rules[set.len as usize] = rule.rule;
@@ -110,6 +116,40 @@ impl Hosts {
             entries.truncate(capacity::HOST_ADDRS as usize);
         }
         entries
+    }
+}
+
+impl Hosts {
+    /// `policy`'s routes: those of servers given by address, then those of
+    /// the addresses its servers' names resolved to so far (an address
+    /// routed already keeps its first route).
+    pub fn routes(&self, policy: &CompiledPolicy) -> Vec<(RouteKey, Route)> {
+        let mut routes = policy.routes.clone();
+        for server in &policy.route_hosts {
+            let Some(resolved) = self.resolved.get(&server.host) else {
+                continue;
+            };
+            for addr in &resolved.addrs {
+                let key = RouteKey {
+                    profile: server.profile,
+                    port: server.port,
+                    _pad: 0,
+                    addr: mapped(*addr),
+                };
+                if !routes.iter().any(|(routed, _)| *routed == key) {
+                    routes.push((key, server.route));
+                }
+            }
+        }
+        if routes.len() > capacity::ROUTES as usize {
+            warn!(
+                "database servers resolved to {} routed addresses; the kernel holds {}, the rest are not routed",
+                routes.len(),
+                capacity::ROUTES
+            );
+            routes.truncate(capacity::ROUTES as usize);
+        }
+        routes
     }
 }
 

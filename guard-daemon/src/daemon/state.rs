@@ -215,9 +215,12 @@ impl State {
         // Before the switch: the generation in force keeps every secret it
         // had until then too.
         self.enforcer.set_secrets(&compiled.secrets)?;
-        let info = self
-            .enforcer
-            .publish(&compiled, &self.hosts.entries(&compiled), &cgroups)?;
+        let info = self.enforcer.publish(
+            &compiled,
+            &self.hosts.entries(&compiled),
+            &self.hosts.routes(&compiled),
+            &cgroups,
+        )?;
         self.agent_cgroups = agent_cgroups;
         self.generations.push_front(Arc::new(Generation {
             number: info.generation,
@@ -523,9 +526,13 @@ impl State {
             changed |= self.hosts.update(&name, addrs, ttl);
         }
         if changed {
-            let entries = self.hosts.entries(&self.current().compiled);
+            let compiled = &self.current().compiled;
+            let (entries, routes) = (self.hosts.entries(compiled), self.hosts.routes(compiled));
             if let Err(e) = self.enforcer.set_host_addrs(&entries) {
                 error!("cannot update the addresses of hostname rules: {e}");
+            }
+            if let Err(e) = self.enforcer.set_routes(&routes) {
+                error!("cannot update the routed addresses of database servers: {e}");
             }
         }
     }
@@ -691,6 +698,7 @@ impl State {
         let routing = route::PROGRAMS
             .iter()
             .all(|p| attachment.attached.contains(p));
+        let routes = self.hosts.routes(&current.compiled);
         let compiled = &current.compiled;
         let profiles = compiled
             .profiles
@@ -721,7 +729,7 @@ impl State {
                     server: d.server.clone(),
                     guarded: serving.is_ok(),
                     problem: serving.err().unwrap_or_default(),
-                    routed: routing && compiled.is_routed(d),
+                    routed: routing && compile::is_routed(d, &routes),
                 }
             })
             .collect();

@@ -25,11 +25,14 @@ impl Enforcer {
     /// update. If anything fails before the switch, the generation in force
     /// stays in force, untouched.
     /// `hosts` are the entries of `policy`'s hostname rules on the
-    /// addresses resolved so far (profile indexes, as in `policy`).
+    /// addresses resolved so far, `routes` its routes (the database servers
+    /// given by address, and the addresses of those named by host name
+    /// resolved so far); profile indexes as in `policy`.
     pub fn publish(
         &mut self,
         policy: &CompiledPolicy,
         hosts: &[(NetKey, NetRuleSet)],
+        routes: &[(RouteKey, Route)],
         cgroups: &[(u64, u32)],
     ) -> Result<GenerationInfo, EnforceError> {
         if !policy.exec_digests.is_empty()
@@ -68,7 +71,7 @@ impl Enforcer {
             file_names: lpm_keys_of(&policy.file_names, slot),
             net_rules: lpm_keys_of(&policy.net_rules, slot),
             host_addrs: hash_keys_of(hosts, slot),
-            routes: hash_keys_of(&policy.routes, slot),
+            routes: hash_keys_of(routes, slot),
         };
         self.write_hash(map::EXEC_IDENTITY, slot, &policy.exec_identity)?;
         self.write_lpm(map::EXEC_PATHS, slot, &policy.exec_paths)?;
@@ -77,7 +80,7 @@ impl Enforcer {
         self.write_lpm(map::FILE_NAMES, slot, &policy.file_names)?;
         self.write_lpm(map::NET_RULES, slot, &policy.net_rules)?;
         self.write_hash(map::HOST_ADDRS, slot, hosts)?;
-        self.write_hash(map::ROUTES, slot, &policy.routes)?;
+        self.write_hash(map::ROUTES, slot, routes)?;
         for &(cgroup, profile) in cgroups {
             self.add_cgroup_in(slot, policy, cgroup, profile)?;
         }
@@ -197,25 +200,40 @@ impl Enforcer {
     /// guardd resolved a name again. Each entry changes atomically; a
     /// decision meanwhile sees an address's old rules or its new ones.
     pub fn set_host_addrs(&mut self, hosts: &[(NetKey, NetRuleSet)]) -> Result<(), EnforceError> {
+        self.replace_in_force(map::HOST_ADDRS, hosts, |keys| &mut keys.host_addrs)
+    }
+
+    /// Replaces the routes of the generation in force, after guardd
+    /// resolved a database server's name again (as [`Self::set_host_addrs`]).
+    pub fn set_routes(&mut self, routes: &[(RouteKey, Route)]) -> Result<(), EnforceError> {
+        self.replace_in_force(map::ROUTES, routes, |keys| &mut keys.routes)
+    }
+
+    /// Makes `entries` the entries of map `name` in the generation in
+    /// force; `keys` picks the slot's record of that map's keys.
+    fn replace_in_force<K: Pod + InSlot + PartialEq, V: Pod>(
+        &mut self,
+        name: &'static str,
+        entries: &[(K, V)],
+        keys: fn(&mut SlotKeys) -> &mut Vec<K>,
+    ) -> Result<(), EnforceError> {
         let Some(active) = self.active else {
             return Ok(());
         };
         let slot = active.slot;
-        let new = hash_keys_of(hosts, slot);
-        let gone: Vec<NetKey> = self.written[slot as usize]
-            .host_addrs
+        let new = hash_keys_of(entries, slot);
+        let written = keys(&mut self.written[slot as usize]);
+        let gone: Vec<K> = written
             .iter()
             .filter(|key| !new.contains(key))
             .copied()
             .collect();
         // Noted first, as in `publish`, so a failure part way leaves no
         // key behind that the next clear misses.
-        self.written[slot as usize]
-            .host_addrs
-            .extend(new.iter().copied());
-        self.write_hash(map::HOST_ADDRS, slot, hosts)?;
-        self.remove_hash::<NetKey, guard_common::NetRuleSet>(map::HOST_ADDRS, &gone)?;
-        self.written[slot as usize].host_addrs = new;
+        written.extend(new.iter().copied());
+        self.write_hash(name, slot, entries)?;
+        self.remove_hash::<K, V>(name, &gone)?;
+        *keys(&mut self.written[slot as usize]) = new;
         Ok(())
     }
 

@@ -732,3 +732,120 @@ agents:
     );
     assert_eq!(guard_pid().map(|p| p.to_string()), Some(guard));
 }
+
+/// A database server named by host name: guardd resolves the name (here
+/// with a DNS server of the test's) and routes each address it resolves
+/// to; when the answer changes, the route follows it.
+#[test]
+fn a_server_named_by_host_name_is_routed_on_each_address_it_resolves_to() {
+    let postgres = Postgres::start_with(&["listen_addresses=127.0.0.1,127.0.0.2"]);
+    let bin_dir = postgres.bin_dir.clone();
+    let direct = |sql: &str| {
+        let (ok, out, err) = psql(&mut Command::new(bin_dir.join("psql")), &postgres.url, sql);
+        assert!(ok, "{sql}: {err}");
+        out
+    };
+    direct("CREATE TABLE t (id int); CREATE TABLE scratch (id int)");
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(std::net::Ipv4Addr::new(127, 0, 0, 1)));
+    crate::network::serve_dns("127.0.0.3:53", "db.test.", answer.clone());
+    // The guard resolves the server's name itself, with the system's
+    // resolver: the same DNS server, for this test.
+    struct Restore(Option<String>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            match &self.0 {
+                Some(text) => fs::write("/etc/resolv.conf", text).unwrap(),
+                None => drop(fs::remove_file("/etc/resolv.conf")),
+            }
+        }
+    }
+    let _restore = Restore(fs::read_to_string("/etc/resolv.conf").ok());
+    fs::write("/etc/resolv.conf", "nameserver 127.0.0.3\n").unwrap();
+
+    let guard = free_port();
+    let policy = format!(
+        "\
+databases:
+  - name: shop
+    server: db.test:{server}
+    listen: 127.0.0.1:{guard}
+profiles:
+  - name: analyst
+    default: allow
+    databases:
+      - database: shop
+        default: allow
+        deny:
+          - id: no-drop
+            classes: [drop]
+            message: analysts never drop tables
+agents:
+  - name: analyst
+    profile: analyst
+",
+        server = postgres.port,
+    );
+    let e = env();
+    let dir = e.path("database-host-routing");
+    fs::create_dir_all(&dir).unwrap();
+    let guardd = Guardd::start_with(
+        &dir,
+        &policy,
+        "guard-db-hosts-test",
+        &["--dns-server", "127.0.0.3"],
+        &[],
+    );
+    wait_listening(guard, &guardd);
+    let routed_to = |addr: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !guardd
+            .log_text()
+            .lines()
+            .any(|l| l.contains("hostname resolved") && l.contains(addr))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "db.test never resolved to {addr}: {}",
+                guardd.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let analyst = |host: &str, sql: &str| {
+        let mut command = Command::new(bin("guardctl"));
+        command
+            .arg("--socket")
+            .arg(&guardd.socket)
+            .args(["run", "--agent", "analyst", "--"])
+            .arg(bin_dir.join("psql"));
+        psql(
+            &mut command,
+            &format!("postgres://guard@{host}:{}/postgres", postgres.port),
+            sql,
+        )
+    };
+    routed_to("127.0.0.1");
+    assert_eq!(
+        guardd.status()["databases"][0]["routed"],
+        true,
+        "{}",
+        guardd.status()
+    );
+    let (ok, _, err) = analyst("127.0.0.1", "DROP TABLE t");
+    assert!(
+        !ok && err.contains("guard: analysts never drop tables"),
+        "{err}"
+    );
+
+    // The name moves to 127.0.0.2: the route moves with it.
+    *answer.lock().unwrap() = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    routed_to("127.0.0.2");
+    let (ok, _, err) = analyst("127.0.0.2", "DROP TABLE t");
+    assert!(
+        !ok && err.contains("guard: analysts never drop tables"),
+        "{err}"
+    );
+    let (ok, _, err) = analyst("127.0.0.1", "DROP TABLE scratch");
+    assert!(ok, "127.0.0.1 is no longer the server's: {err}");
+    assert_eq!(direct("SELECT count(*) FROM t"), "0");
+}

@@ -135,10 +135,14 @@ fn metadata_link_local_and_private_ranges_are_denied_by_default() {
     );
 }
 
-/// A DNS server on `at` (port 53) that answers A queries for `api.test`
-/// with the address `answer` holds, with a TTL of 1 s, and every other
-/// query with no records.
-fn serve_dns(at: &str, answer: std::sync::Arc<std::sync::Mutex<std::net::Ipv4Addr>>) {
+/// A DNS server on `at` (port 53) that answers A queries for `name` (with
+/// its final dot) with the address `answer` holds, with a TTL of 1 s, and
+/// every other query with no records.
+pub(crate) fn serve_dns(
+    at: &str,
+    name: &'static str,
+    answer: std::sync::Arc<std::sync::Mutex<std::net::Ipv4Addr>>,
+) {
     use hickory_proto::{
         op::Message,
         rr::{RData, Record, RecordType, rdata::A},
@@ -153,8 +157,7 @@ fn serve_dns(at: &str, answer: std::sync::Arc<std::sync::Mutex<std::net::Ipv4Add
             let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
             reply.metadata.recursion_available = true;
             for q in &query.queries {
-                if q.name().to_ascii().eq_ignore_ascii_case("api.test.")
-                    && q.query_type() == RecordType::A
+                if q.name().to_ascii().eq_ignore_ascii_case(name) && q.query_type() == RecordType::A
                 {
                     let ip = *answer.lock().unwrap();
                     reply
@@ -176,7 +179,7 @@ fn hostname_rules_follow_dns_answers_and_records_name_the_host() {
     let dir = e.path("hosts");
     fs::create_dir_all(&dir).unwrap();
     let answer = std::sync::Arc::new(std::sync::Mutex::new(std::net::Ipv4Addr::new(127, 0, 0, 8)));
-    serve_dns("127.0.0.2:53", answer.clone());
+    serve_dns("127.0.0.2:53", "api.test.", answer.clone());
     let policy = policy_of(
         "  - name: egress\n    record_allowed: true\n    default: {exec: allow, files: allow, network: deny}\n    network:\n      allow:\n        - id: api\n          host: api.test\n          ports: 9\n          protocol: udp\n",
         &["egress"],
