@@ -18,6 +18,18 @@ BIN=${GUARD_BIN_DIR:?set GUARD_BIN_DIR to the directory with guardd, guardctl an
 WORK=$(mktemp -d /tmp/guard-demo.XXXXXX)
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 ctl() { "$BIN/guardctl" --socket "$WORK/guard.sock" "$@"; }
+# Once the agent has made file $1, the id of the open ticket that matches $2.
+ticket_once() {
+    for _ in $(seq 1 600); do
+        [ -e "$1" ] && break
+        sleep 0.1
+    done
+    for _ in $(seq 1 200); do
+        id=$(ctl tickets | grep "$2" | cut -d ' ' -f 1 | head -n 1)
+        [ -n "$id" ] && { echo "$id"; return; }
+        sleep 0.1
+    done
+}
 
 mkdir -p "$WORK/pgdata/base/16384" "$WORK/pgdata/global" "$WORK/workspace/tmp" "$WORK/tools"
 echo 16 > "$WORK/pgdata/PG_VERSION"
@@ -172,16 +184,7 @@ ctl run --agent demo-agent --label task=cleanup-42 -- sh -c '
     echo "agent: no approval came"; exit 1' &
 AGENT=$!
 
-for _ in $(seq 1 600); do
-    [ -e "$WORK/waiting" ] && break
-    sleep 0.1
-done
-ticket=""
-for _ in $(seq 1 200); do
-    ticket=$(ctl tickets | grep postmaster.pid | cut -d ' ' -f 1 | head -n 1)
-    [ -n "$ticket" ] && break
-    sleep 0.1
-done
+ticket=$(ticket_once "$WORK/waiting" postmaster.pid)
 say "A human looks at the open tickets: guardctl tickets"
 ctl tickets
 say "and approves that one deletion: guardctl approve $ticket --once"
@@ -219,16 +222,7 @@ echo "It connects to the server's own address with no password: the kernel sends
 echo "the connection to the statement guard, which logs in as app for it."
 ctl run --agent demo-agent --label task=cleanup-43 -- sh "$WORK/db-agent.sh" &
 DB_AGENT=$!
-for _ in $(seq 1 600); do
-    [ -e "$WORK/db-waiting" ] && break
-    sleep 0.1
-done
-ticket=""
-for _ in $(seq 1 200); do
-    ticket=$(ctl tickets | grep 'ALTER TABLE orders' | cut -d ' ' -f 1 | head -n 1)
-    [ -n "$ticket" ] && break
-    sleep 0.1
-done
+ticket=$(ticket_once "$WORK/db-waiting" 'ALTER TABLE orders')
 say "A human approves the migration: guardctl approve $ticket --once"
 ctl tickets | grep 'ALTER TABLE orders'
 ctl approve "$ticket" --once

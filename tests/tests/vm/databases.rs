@@ -28,6 +28,28 @@ fn psql(command: &mut Command, url: &str, sql: &str) -> (bool, String, String) {
     )
 }
 
+/// Runs `sql` on the server directly (untagged), which must succeed.
+fn direct(postgres: &Postgres, sql: &str) -> String {
+    let (ok, out, err) = psql(
+        &mut Command::new(postgres.bin_dir.join("psql")),
+        &postgres.url,
+        sql,
+    );
+    assert!(ok, "{sql}: {err}");
+    out
+}
+
+/// `psql` run by `agent`, through `guardctl run`.
+fn psql_as(guardd: &Guardd, bin_dir: &std::path::Path, agent: &str) -> Command {
+    let mut command = Command::new(bin("guardctl"));
+    command
+        .arg("--socket")
+        .arg(&guardd.socket)
+        .args(["run", "--agent", agent, "--"])
+        .arg(bin_dir.join("psql"));
+    command
+}
+
 fn wait_listening(port: u16, guardd: &Guardd) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -78,11 +100,7 @@ fn statement(guardd: &Guardd, profile: &str, normalized: &str) -> Value {
 fn the_statement_guard_judges_each_connection_by_its_session() {
     let postgres = Postgres::start();
     let bin_dir = postgres.bin_dir.clone();
-    let direct = |sql: &str| {
-        let (ok, out, err) = psql(&mut Command::new(bin_dir.join("psql")), &postgres.url, sql);
-        assert!(ok, "{sql}: {err}");
-        out
-    };
+    let direct = |sql: &str| direct(&postgres, sql);
     direct(
         "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2), (3); \
          CREATE TABLE v (id int); INSERT INTO v SELECT generate_series(1, 6)",
@@ -174,15 +192,7 @@ agents:
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("NOT guarded (cannot listen on"), "{text}");
     let url = |port: u16| format!("postgres://guard@127.0.0.1:{port}/postgres");
-    let as_agent = |agent: &str| {
-        let mut command = Command::new(bin("guardctl"));
-        command
-            .arg("--socket")
-            .arg(&guardd.socket)
-            .args(["run", "--agent", agent, "--"])
-            .arg(bin_dir.join("psql"));
-        command
-    };
+    let as_agent = |agent: &str| psql_as(&guardd, &bin_dir, agent);
     let untagged = || Command::new(bin_dir.join("psql"));
 
     // The analyst's DROP is refused with its rule's reason; the table and
@@ -462,11 +472,7 @@ fn guard_status() -> String {
 fn agents_connections_to_a_guarded_server_are_routed_to_its_guard() {
     let postgres = Postgres::start_with(&["listen_addresses=127.0.0.1,::1"]);
     let bin_dir = postgres.bin_dir.clone();
-    let direct = |sql: &str| {
-        let (ok, out, err) = psql(&mut Command::new(bin_dir.join("psql")), &postgres.url, sql);
-        assert!(ok, "{sql}: {err}");
-        out
-    };
+    let direct = |sql: &str| direct(&postgres, sql);
     direct("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2), (3); CREATE ROLE app LOGIN");
 
     let (guard4, guard6, vault) = (free_port(), free_port(), free_port());
@@ -566,15 +572,7 @@ agents:
 
     let server = postgres.port;
     let direct_url = |host: &str| format!("postgres://guard@{host}:{server}/postgres");
-    let as_agent = |agent: &str| {
-        let mut command = Command::new(bin("guardctl"));
-        command
-            .arg("--socket")
-            .arg(&guardd.socket)
-            .args(["run", "--agent", agent, "--"])
-            .arg(bin_dir.join("psql"));
-        command
-    };
+    let as_agent = |agent: &str| psql_as(&guardd, &bin_dir, agent);
 
     // Each address form of the server reaches the analyst's guard.
     for (host, reason) in [
@@ -740,11 +738,7 @@ agents:
 fn a_server_named_by_host_name_is_routed_on_each_address_it_resolves_to() {
     let postgres = Postgres::start_with(&["listen_addresses=127.0.0.1,127.0.0.2"]);
     let bin_dir = postgres.bin_dir.clone();
-    let direct = |sql: &str| {
-        let (ok, out, err) = psql(&mut Command::new(bin_dir.join("psql")), &postgres.url, sql);
-        assert!(ok, "{sql}: {err}");
-        out
-    };
+    let direct = |sql: &str| direct(&postgres, sql);
     direct("CREATE TABLE t (id int); CREATE TABLE scratch (id int)");
     let answer = std::sync::Arc::new(std::sync::Mutex::new(std::net::Ipv4Addr::new(127, 0, 0, 1)));
     crate::network::serve_dns("127.0.0.3:53", "db.test.", answer.clone());
@@ -796,30 +790,10 @@ agents:
         &[],
     );
     wait_listening(guard, &guardd);
-    let routed_to = |addr: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !guardd
-            .log_text()
-            .lines()
-            .any(|l| l.contains("hostname resolved") && l.contains(addr))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "db.test never resolved to {addr}: {}",
-                guardd.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let routed_to = |addr: &str| crate::network::wait_resolved(&guardd, "db.test", addr);
     let analyst = |host: &str, sql: &str| {
-        let mut command = Command::new(bin("guardctl"));
-        command
-            .arg("--socket")
-            .arg(&guardd.socket)
-            .args(["run", "--agent", "analyst", "--"])
-            .arg(bin_dir.join("psql"));
         psql(
-            &mut command,
+            &mut psql_as(&guardd, &bin_dir, "analyst"),
             &format!("postgres://guard@{host}:{}/postgres", postgres.port),
             sql,
         )

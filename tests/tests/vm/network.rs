@@ -173,6 +173,23 @@ pub(crate) fn serve_dns(
     });
 }
 
+/// Waits until guardd's log says that `name` resolved to `addr`.
+pub(crate) fn wait_resolved(guardd: &Guardd, name: &str, addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !guardd
+        .log_text()
+        .lines()
+        .any(|l| l.contains("hostname resolved") && l.contains(name) && l.contains(addr))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{name} never resolved to {addr}: {}",
+            guardd.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn hostname_rules_follow_dns_answers_and_records_name_the_host() {
     let e = env();
@@ -191,21 +208,7 @@ fn hostname_rules_follow_dns_answers_and_records_name_the_host() {
         &["--dns-server", "127.0.0.2"],
         &[],
     );
-    let resolved_to = |addr: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !guardd
-            .log_text()
-            .lines()
-            .any(|l| l.contains("hostname resolved") && l.contains(addr))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "api.test never resolved to {addr}: {}",
-                guardd.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let resolved_to = |addr: &str| wait_resolved(&guardd, "api.test", addr);
     let connect = |to: &str| guardd.probe("egress", &dir, &["connect-udp", to]);
     resolved_to("127.0.0.8");
     let allowed = connect("127.0.0.8:9");
