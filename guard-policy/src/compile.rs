@@ -292,13 +292,14 @@ fn compile_routes(out: &mut CompiledPolicy, policy: &Policy) {
     for database in &policy.databases {
         let server = match database.server.parse::<SocketAddr>() {
             Ok(addr) => Server::Address(addr),
-            Err(_) => match database.server.rsplit_once(':') {
-                Some((host, port)) if port.parse::<u16>().is_ok() => {
-                    Server::Host(host.to_ascii_lowercase(), port.parse().unwrap_or_default())
+            Err(_) => {
+                let host_port = database.server.rsplit_once(':');
+                match host_port.and_then(|(host, port)| Some((host, port.parse().ok()?))) {
+                    Some((host, port)) => Server::Host(host.to_ascii_lowercase(), port),
+                    // Parsing checked `host:port`.
+                    None => continue,
                 }
-                // Parsing checked `host:port`.
-                _ => continue,
-            },
+            }
         };
         let route = Route {
             addr: mapped(database.listen.ip()),

@@ -117,9 +117,7 @@ impl Hosts {
         }
         entries
     }
-}
 
-impl Hosts {
     /// `policy`'s routes: those of servers given by address, then those of
     /// the addresses its servers' names resolved to so far (an address
     /// routed already keeps its first route).
