@@ -334,6 +334,10 @@ pub struct StatementNote {
 /// The rule of a self-protection denial (`guard_common::SELF_PROTECTION`).
 pub const SELF_PROTECTION_RULE: &str = "self-protection";
 
+/// The rule of a connection refused because it would skip the statement
+/// guard (`guard_common::STATEMENT_GUARD_ONLY`).
+pub const STATEMENT_GUARD_ONLY_RULE: &str = "statement-guard-only";
+
 /// A ticket's id, as people type it: its number in 8 hex digits.
 pub fn ticket_id(number: u32) -> String {
     format!("{number:08x}")

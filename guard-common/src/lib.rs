@@ -48,6 +48,11 @@ pub mod map {
     /// [`super::RouteKey`] → [`super::Route`]: the database servers whose
     /// connections each profile's agents make go to the statement guard.
     pub const ROUTES: &str = "ROUTES";
+    /// [`super::DatabaseSocketKey`] → [`super::Route`]: the unix-domain
+    /// sockets of guarded database servers, which each profile's agents may
+    /// not connect to (the kernel cannot route those); the value is the
+    /// statement guard's address, for the record.
+    pub const DATABASE_SOCKETS: &str = "DATABASE_SOCKETS";
     /// Ring buffer of [`super::Event`] records of allowed actions.
     pub const EVENTS: &str = "EVENTS";
     /// Ring buffer of the [`super::Event`] records that matter most:
@@ -77,7 +82,7 @@ pub mod map {
     pub const EXCEPTIONS: &str = "EXCEPTIONS";
     /// The maps guardd pins with the programs' links, so that a guardd
     /// started later adopts them (the others are private to the programs).
-    pub const PINNED: [&str; 21] = [
+    pub const PINNED: [&str; 22] = [
         GENERATION,
         GENERATION_SLOTS[0],
         GENERATION_SLOTS[1],
@@ -90,6 +95,7 @@ pub mod map {
         NET_RULES,
         HOST_ADDRS,
         ROUTES,
+        DATABASE_SOCKETS,
         SECRETS,
         EVENTS,
         DENIALS,
@@ -153,6 +159,8 @@ pub mod capacity {
     pub const SECRETS: u32 = 256;
     /// Routed database addresses (each address of each server, per profile).
     pub const ROUTES: u32 = 1024;
+    /// Refused unix-domain sockets of database servers (per profile).
+    pub const DATABASE_SOCKETS: u32 = 1024;
     /// Approved tickets in force at once, over all sessions.
     pub const EXCEPTIONS: u32 = 4096;
     /// Destinations remembered per host (least recently used go first; a
@@ -260,6 +268,9 @@ kernel_fields! {
     OFF_SOCKET_TYPE = "socket" . "type";
     OFF_MSGHDR_NAME = "msghdr" . "msg_name";
     OFF_MSGHDR_NAMELEN = "msghdr" . "msg_namelen";
+    OFF_UNIX_SOCK_ADDR = "unix_sock" . "addr";
+    OFF_UNIX_ADDRESS_LEN = "unix_address" . "len";
+    OFF_UNIX_ADDRESS_NAME = "unix_address" . "name";
 }
 
 /// A BPF LSM hook Guard attaches a program to. `args` is the hook's argument count, from
@@ -385,6 +396,9 @@ pub mod lsm {
     /// `int mmap_file(struct file *file, unsigned long reqprot,
     /// unsigned long prot, unsigned long flags)`
     pub const MMAP_FILE: LsmHook = LsmHook::required("mmap_file", 4);
+    /// `int unix_stream_connect(struct sock *sock, struct sock *other,
+    /// struct sock *newsk)`: connecting to a listening unix-domain socket.
+    pub const UNIX_STREAM_CONNECT: LsmHook = LsmHook::required("unix_stream_connect", 3);
 
     pub const ALL: &[LsmHook] = &[
         BPRM_CHECK_SECURITY,
@@ -412,6 +426,7 @@ pub mod lsm {
         KERNEL_LOAD_DATA,
         TASK_ALLOC,
         MMAP_FILE,
+        UNIX_STREAM_CONNECT,
     ];
 }
 
@@ -473,6 +488,9 @@ pub mod hook {
     pub const LINK_AWAY: u32 = 27;
     /// Opening one of Guard's secret files ([`super::map::SECRETS`]) to read.
     pub const OPEN_READ: u32 = 28;
+    /// Connecting to a guarded database server's unix-domain socket
+    /// ([`super::map::DATABASE_SOCKETS`]).
+    pub const UNIX_CONNECT: u32 = 29;
 }
 
 /// Outcome of a decision.
@@ -833,6 +851,20 @@ pub struct SecretKey {
     pub _pad: u32,
 }
 
+/// Bytes of a unix-domain socket's name (`sun_path` of `struct sockaddr_un`).
+pub const UNIX_PATH_LEN: usize = 108;
+
+/// Key of [`map::DATABASE_SOCKETS`]: a profile id ([`profile_key`]) and the
+/// name a database server's listening socket is bound to, as the server
+/// bound it (`sun_path`: a path and its NUL, or an abstract name after its
+/// leading NUL), zero-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DatabaseSocketKey {
+    pub profile: u32,
+    pub name: [u8; UNIX_PATH_LEN],
+}
+
 /// Key of [`map::ROUTES`]: a profile id ([`profile_key`]) and a database
 /// server's address (IPv4 stored IPv4-mapped, as in [`NetKey`]) and port.
 #[repr(C)]
@@ -971,6 +1003,9 @@ pub const SELF_PROTECTION: u32 = u32::MAX - 1;
 /// [`Event::rule_id`] of a denial by an exhausted budget: the file hooks'
 /// is [`budget::DESTROY`], the network hooks' [`budget::DESTINATIONS`].
 pub const BUDGET_EXCEEDED: u32 = u32::MAX - 2;
+/// [`Event::rule_id`] of a connection refused because it would skip the
+/// statement guard: to a guarded database server's unix-domain socket.
+pub const STATEMENT_GUARD_ONLY: u32 = u32::MAX - 3;
 
 const _: () = assert!(size_of::<AgentEntry>() == 16 + 16 * BUDGETS);
 const _: () = assert!(size_of::<BudgetKey>() == 16);
@@ -987,6 +1022,7 @@ const _: () = assert!(size_of::<NameKey>() == 4 + NAME_KEY_LEN);
 const _: () = assert!(size_of::<NetKey>() == 20);
 const _: () = assert!(size_of::<NetRule>() == 12);
 const _: () = assert!(size_of::<RouteKey>() == 24);
+const _: () = assert!(size_of::<DatabaseSocketKey>() == 4 + UNIX_PATH_LEN);
 const _: () = assert!(size_of::<SecretKey>() == 16);
 const _: () = assert!(size_of::<Route>() == 24);
 const _: () = assert!(size_of::<NetRuleSet>() == 8 + 12 * NET_RULES_PER_PREFIX);
@@ -1011,6 +1047,7 @@ mod pod {
     unsafe impl aya::Pod for NameKey {}
     unsafe impl aya::Pod for NetKey {}
     unsafe impl aya::Pod for RouteKey {}
+    unsafe impl aya::Pod for DatabaseSocketKey {}
     unsafe impl aya::Pod for SecretKey {}
     unsafe impl aya::Pod for Route {}
     unsafe impl aya::Pod for NetRule {}

@@ -7,13 +7,14 @@ use std::{
 };
 
 use guard_common::{
-    BUDGET_EXCEEDED, Event, NO_RULE, SELF_PROTECTION, budget, event_flag, hook, protocol, verdict,
+    BUDGET_EXCEEDED, Event, NO_RULE, SELF_PROTECTION, STATEMENT_GUARD_ONLY, budget, event_flag,
+    hook, protocol, verdict,
 };
 
 use guard_api::{
     record::{
-        Action, BudgetNote, FileIdentity, Record, SELF_PROTECTION_RULE, TicketNote, Verdict,
-        ticket_id,
+        Action, BudgetNote, FileIdentity, Record, SELF_PROTECTION_RULE, STATEMENT_GUARD_ONLY_RULE,
+        TicketNote, Verdict, ticket_id,
     },
     session::Session,
 };
@@ -115,6 +116,7 @@ pub fn hook_name(id: u32) -> (&'static str, Action) {
         hook::EXEC_MAP => ("mmap_file", Action::ExecMap),
         hook::LINK_AWAY => ("path_link", Action::LinkAway),
         hook::OPEN_READ => ("file_open", Action::OpenRead),
+        hook::UNIX_CONNECT => ("unix_stream_connect", Action::Connect),
         _ => ("unknown", Action::Unknown),
     }
 }
@@ -126,6 +128,15 @@ fn verdict_of(id: u32) -> Verdict {
         verdict::ALLOW => Verdict::Allow,
         verdict::WOULD_DENY => Verdict::WouldDeny,
         _ => Verdict::Deny,
+    }
+}
+
+/// A unix-domain socket's name as people write it: a path, or `@name` for
+/// the abstract namespace (whose names start with a NUL).
+fn unix_socket_name(name: &str) -> String {
+    match name.strip_prefix('\0') {
+        Some(rest) => format!("@{}", rest.trim_end_matches('\0')),
+        None => name.trim_end_matches('\0').to_string(),
     }
 }
 
@@ -146,19 +157,31 @@ pub fn to_record(
 ) -> Record {
     let (hook, action) = hook_name(event.hook);
     let is_network = matches!(event.hook, hook::CONNECT | hook::SENDMSG);
+    let is_unix = event.hook == hook::UNIX_CONNECT;
     let is_process = matches!(event.hook, hook::SIGNAL | hook::PTRACE);
-    let target = if is_process {
-        format!("pid {}", event.ino)
-    } else if is_network {
+    // The destination; for a unix-domain socket, the guard it should have
+    // connected to.
+    let address = || {
         let v6 = Ipv6Addr::from(event.addr);
         let ip = match (event.family, v6.to_ipv4_mapped()) {
             (2, Some(v4)) => IpAddr::V4(v4), // AF_INET
+            (1, Some(v4)) => IpAddr::V4(v4), // AF_UNIX: the guard's address
             _ => IpAddr::V6(v6),
         };
-        std::net::SocketAddr::new(ip, event.port).to_string()
-    } else {
+        std::net::SocketAddr::new(ip, event.port)
+    };
+    let path = || {
         let len = usize::from(event.path_len).min(event.path.len());
         String::from_utf8_lossy(&event.path[..len]).into_owned()
+    };
+    let target = if is_process {
+        format!("pid {}", event.ino)
+    } else if is_network {
+        address().to_string()
+    } else if is_unix {
+        unix_socket_name(&path())
+    } else {
+        path()
     };
     let policy = generation.map(|g| &g.compiled);
     let rule = (event.rule_id != NO_RULE)
@@ -214,14 +237,15 @@ pub fn to_record(
         uid: event.uid,
         comm: c_string(&event.comm),
         target,
-        file: (!is_network && !is_process && event.ino != 0).then_some(FileIdentity {
+        file: (!is_network && !is_unix && !is_process && event.ino != 0).then_some(FileIdentity {
             dev: event.dev,
             ino: event.ino,
         }),
-        protocol: is_network.then(|| {
-            match event.protocol {
-                protocol::TCP => "tcp",
-                protocol::UDP => "udp",
+        protocol: (is_network || is_unix).then(|| {
+            match (is_unix, event.protocol) {
+                (true, _) => "unix",
+                (_, protocol::TCP) => "tcp",
+                (_, protocol::UDP) => "udp",
                 _ => "other",
             }
             .into()
@@ -233,12 +257,22 @@ pub fn to_record(
         rule: match (event.rule_id, rule) {
             (NO_RULE, _) => "default".into(),
             (SELF_PROTECTION, _) => SELF_PROTECTION_RULE.into(),
+            (STATEMENT_GUARD_ONLY, _) => STATEMENT_GUARD_ONLY_RULE.into(),
             (BUDGET_EXCEEDED, _) => budget_rule(budget_index),
             (_, Some(rule)) => rule.id.clone(),
             (id, None) => format!("#{id}"),
         },
         message: match (event.rule_id, &budget) {
             (SELF_PROTECTION, _) => Some(SELF_PROTECTION_MESSAGE.into()),
+            (STATEMENT_GUARD_ONLY, _) => {
+                let guard = address();
+                let database = policy
+                    .and_then(|p| p.databases.iter().find(|d| d.listen == guard))
+                    .map_or_else(String::new, |d| format!(" `{}`", d.name));
+                Some(format!(
+                    "agents reach database{database} only through its statement guard: connect to {guard}"
+                ))
+            }
             (_, Some(b)) => Some(format!(
                 "the session's `{}` budget ({} at once, refilled at {}) is spent: {} allowed so far; it refills with time, or `guardctl session reset` refills it",
                 b.name, b.burst, b.rate, b.spent
@@ -271,7 +305,7 @@ mod tests {
                 .to_string()
         };
         let (hooks, actions) = (row("hook"), row("action"));
-        for id in 1..=guard_common::hook::LINK_AWAY {
+        for id in 1..=guard_common::hook::UNIX_CONNECT {
             let (hook, action) = super::hook_name(id);
             assert_ne!(hook, "unknown", "hook id {id} has no name");
             assert!(
@@ -384,6 +418,40 @@ mod tests {
         assert_eq!(r.target, "[::ffff:127.0.0.1]:80");
         assert_eq!(r.rule, "default");
         assert_eq!(r.agent, "cgroup-0", "no agent known for the cgroup");
+    }
+
+    #[test]
+    fn a_refused_unix_socket_names_the_guard() {
+        let mut e = blank();
+        e.hook = hook::UNIX_CONNECT;
+        e.verdict = verdict::DENY;
+        e.rule_id = STATEMENT_GUARD_ONLY;
+        e.family = 1;
+        e.port = 6432;
+        e.addr = std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
+        let name = b"/run/postgresql/.s.PGSQL.5432\0";
+        e.path[..name.len()].copy_from_slice(name);
+        e.path_len = name.len() as u16;
+        let r = to_record(&e, Some(&generation()), None, None, &Clock::new());
+        assert_eq!(
+            (r.hook.as_str(), r.action.name(), r.rule.as_str()),
+            ("unix_stream_connect", "connect", "statement-guard-only")
+        );
+        assert_eq!(r.target, "/run/postgresql/.s.PGSQL.5432");
+        assert_eq!(r.protocol.as_deref(), Some("unix"));
+        assert_eq!(
+            r.message.as_deref(),
+            Some(
+                "agents reach database only through its statement guard: connect to 127.0.0.1:6432"
+            )
+        );
+        assert!(r.file.is_none());
+        // An abstract name, as people write it.
+        let name = b"\0pg/.s.PGSQL.5432";
+        e.path[..name.len()].copy_from_slice(name);
+        e.path_len = name.len() as u16;
+        let r = to_record(&e, Some(&generation()), None, None, &Clock::new());
+        assert_eq!(r.target, "@pg/.s.PGSQL.5432");
     }
 
     #[test]

@@ -8,7 +8,10 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
-use guard_common::{IdentityKey, MAX_WALK_DEPTH, NAME_KEY_LEN, OWN_NAME_LEN, RuleRef, event_flag};
+use guard_common::{
+    DatabaseSocketKey, IdentityKey, MAX_WALK_DEPTH, NAME_KEY_LEN, OWN_NAME_LEN, RuleRef,
+    UNIX_PATH_LEN, event_flag,
+};
 
 use crate::maps::{FILE_IDENTITY, FILE_NAMES, OWN_NAMES, PathScratch, WALK_LEN};
 
@@ -63,6 +66,9 @@ offset_globals!(
     OFF_SOCKET_TYPE,
     OFF_MSGHDR_NAME,
     OFF_MSGHDR_NAMELEN,
+    OFF_UNIX_SOCK_ADDR,
+    OFF_UNIX_ADDRESS_LEN,
+    OFF_UNIX_ADDRESS_NAME,
 );
 
 /// Byte offset held in an offset global.
@@ -264,6 +270,28 @@ pub fn msghdr_name(msg: Kptr) -> Result<(Kptr, i32), ReadError> {
         read(msg, off(&OFF_MSGHDR_NAME))?,
         read(msg, off(&OFF_MSGHDR_NAMELEN))?,
     ))
+}
+
+/// Sets `key.name` to the name a unix-domain socket (`struct sock` of
+/// `struct unix_sock`) is bound to, zero-padded, and returns its length;
+/// 0 for an unbound socket.
+pub fn unix_bound_name(sk: Kptr, key: &mut DatabaseSocketKey) -> Result<u32, ReadError> {
+    // Word stores at constant offsets (see `record` in main.rs on memset).
+    let words = key.name.as_mut_ptr().cast::<u32>();
+    for i in 0..UNIX_PATH_LEN / 4 {
+        // SAFETY: `words` covers the 108-byte, 4-aligned name of a map value.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    let addr: Kptr = read(sk, off(&OFF_UNIX_SOCK_ADDR))?;
+    if addr.is_null() {
+        return Ok(0);
+    }
+    // `len` counts `sun_family` and the name (with a path's NUL).
+    let len: i32 = read(addr, off(&OFF_UNIX_ADDRESS_LEN))?;
+    let len = (len - 2).clamp(0, UNIX_PATH_LEN as i32) as u32;
+    let sun_path = addr.wrapping_add(off(&OFF_UNIX_ADDRESS_NAME) + 2);
+    copy(key.name.as_mut_ptr(), len, sun_path)?;
+    Ok(len)
 }
 
 /// One step from a dentry towards the root of the mount tree

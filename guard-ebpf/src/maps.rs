@@ -9,10 +9,10 @@ use aya_ebpf::{
     },
 };
 use guard_common::{
-    AgentEntry, AgentKey, BUDGETS, BudgetKey, BudgetState, COUNTER_SLOTS, DestinationKey,
-    DigestKey, EVENT_PATH_LEN, Exception, ExceptionKey, ExecIdentityRule, ExecPathKey,
-    GenerationInfo, IdentityKey, NameKey, NetKey, NetRuleSet, OwnNameKey, Route, RouteKey, RuleRef,
-    SLOTS, SecretKey, capacity,
+    AgentEntry, AgentKey, BUDGETS, BudgetKey, BudgetState, COUNTER_SLOTS, DatabaseSocketKey,
+    DestinationKey, DigestKey, EVENT_PATH_LEN, Exception, ExceptionKey, ExecIdentityRule,
+    ExecPathKey, GenerationInfo, IdentityKey, NameKey, NetKey, NetRuleSet, OwnNameKey, Route,
+    RouteKey, RuleRef, SLOTS, SecretKey, capacity,
 };
 
 /// The generation in force: element 0 is an array map holding its
@@ -81,6 +81,12 @@ pub static SECRETS: HashMap<SecretKey, u8> = HashMap::with_max_entries(capacity:
 #[map]
 pub static ROUTES: HashMap<RouteKey, Route> =
     HashMap::with_max_entries(capacity::ROUTES * SLOTS, 0);
+
+/// (profile, bound name) → the statement guard's address: the unix-domain
+/// sockets of guarded database servers, closed to the profile's agents.
+#[map]
+pub static DATABASE_SOCKETS: HashMap<DatabaseSocketKey, Route> =
+    HashMap::with_max_entries(capacity::DATABASE_SOCKETS * SLOTS, 0);
 
 /// Records of allowed actions for the daemon.
 #[map]
@@ -152,6 +158,7 @@ pub struct PathScratch {
     pub exec_key: Key<ExecPathKey>,
     pub name_key: Key<NameKey>,
     pub own_key: OwnNameKey,
+    pub socket_key: DatabaseSocketKey,
     /// Keeps `EVENT_PATH_LEN`-byte copies from `walk` in bounds.
     pub _tail: [u8; EVENT_PATH_LEN],
 }

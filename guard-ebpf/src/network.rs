@@ -1,17 +1,20 @@
 //! Network hooks: connecting or sending to a destination.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use guard_common::{ExceptionKey, NetKey, NetRuleSet, RuleRef, agent_flag, hook, lsm, protocol};
+use guard_common::{
+    Event, ExceptionKey, NetKey, NetRuleSet, RuleRef, agent_flag, hook, lsm, protocol, verdict,
+};
 
 use crate::{
     agent::Agent,
-    decision::{Decision, decide_hook, decided},
+    decision::{Decision, decide_hook, decided, scratch, set_path},
     guardrails,
     kernel::{self, Kptr, ReadError},
-    maps::{HOST_ADDRS, NET_RULES},
+    maps::{DATABASE_SOCKETS, HOST_ADDRS, NET_RULES},
     routing,
 };
 
+const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOCK_STREAM: u16 = 1;
@@ -106,6 +109,20 @@ fn first_match(set: &NetRuleSet, dest: &Destination, proto: u16) -> Option<RuleR
     None
 }
 
+/// Sets the record's address: two word stores rather than a 16-byte copy
+/// (see `record`).
+#[inline(always)]
+fn set_address(event: &mut Event, addr: [u8; 16]) {
+    // SAFETY: plain bytes reinterpreted as words.
+    let [a, b]: [u64; 2] = unsafe { core::mem::transmute(addr) };
+    let words = event.addr.as_mut_ptr().cast::<u64>();
+    // SAFETY: `words` is 8-byte aligned inside the reserved record.
+    unsafe {
+        core::ptr::write_volatile(words, a);
+        core::ptr::write_volatile(words.add(1), b);
+    }
+}
+
 #[inline(always)]
 fn check_destination(
     agent: &Agent,
@@ -137,14 +154,7 @@ fn check_destination(
         event.family = dest.family;
         event.port = dest.port;
         event.protocol = proto;
-        // Two word stores rather than a 16-byte copy (see `record`).
-        let [a, b]: [u64; 2] = unsafe { core::mem::transmute(dest.addr) };
-        let addr = event.addr.as_mut_ptr().cast::<u64>();
-        // SAFETY: `addr` is 8-byte aligned inside the reserved record.
-        unsafe {
-            core::ptr::write_volatile(addr, a);
-            core::ptr::write_volatile(addr.add(1), b);
-        }
+        set_address(event, dest.addr);
     }))
 }
 
@@ -170,5 +180,52 @@ fn socket_sendmsg(ctx: LsmContext) -> i32 {
     decide_hook(&ctx, lsm::SOCKET_SENDMSG, |agent| {
         let (name, len) = kernel::msghdr_name(ctx.arg(1))?;
         check_destination(agent, hook::SENDMSG, ctx.arg(0), name, len)
+    })
+}
+
+/// A connection that would skip the statement guard: enforced in every
+/// mode, always recorded.
+const STATEMENT_GUARD_ONLY: Decision = Decision {
+    verdict: verdict::DENY,
+    rule_id: guard_common::STATEMENT_GUARD_ONLY,
+    flags: 0,
+    detail: 0,
+};
+
+/// Denies an agent's connection to the unix-domain socket of a database
+/// server its profile guards: the kernel cannot route those to the guard
+/// (6.1 has no cgroup program for unix connects). The listening socket is
+/// known by the name its server bound it to, so no symlink, hard link or
+/// relative path of the agent's reaches it.
+#[lsm(hook = "unix_stream_connect")]
+// Inlined into the wrapper the macro generates: as a separate global
+// function taking a struct by value, 6.1\'s verifier rejects it.
+#[inline(always)]
+fn unix_stream_connect(ctx: LsmContext) -> i32 {
+    decide_hook(&ctx, lsm::UNIX_STREAM_CONNECT, |agent| {
+        let scratch = scratch()?;
+        let key = &mut scratch.socket_key;
+        key.profile = agent.entry.profile;
+        let len = kernel::unix_bound_name(ctx.arg(1), key)?;
+        if len == 0 {
+            return Ok(false);
+        }
+        // SAFETY: the value is a plain Copy struct, copied out at once.
+        let Some(guard) = (unsafe { DATABASE_SOCKETS.get(&*key) }).copied() else {
+            return Ok(false);
+        };
+        Ok(decided(
+            agent,
+            hook::UNIX_CONNECT,
+            &STATEMENT_GUARD_ONLY,
+            |event| {
+                event.family = AF_UNIX;
+                event.protocol = protocol::ANY;
+                // The guard's address, which the record names.
+                event.port = guard.port;
+                set_address(event, guard.addr);
+                set_path(event, key.name.as_ptr(), len as usize, 0);
+            },
+        ))
     })
 }

@@ -15,9 +15,10 @@ use std::{
 };
 
 use guard_common::{
-    AgentEntry, DigestKey, EXEC_PATH_KEY_LEN, ExecIdentityRule, ExecPathKey, IdentityKey,
-    NAME_KEY_LEN, NET_RULES_PER_PREFIX, NameKey, NetKey, NetRule, NetRuleSet, Route, RouteKey,
-    RuleRef, SecretKey, action, agent_flag, capacity, exec_flag, mode, protocol,
+    AgentEntry, DatabaseSocketKey, DigestKey, EXEC_PATH_KEY_LEN, ExecIdentityRule, ExecPathKey,
+    IdentityKey, NAME_KEY_LEN, NET_RULES_PER_PREFIX, NameKey, NetKey, NetRule, NetRuleSet, Route,
+    RouteKey, RuleRef, SecretKey, UNIX_PATH_LEN, action, agent_flag, capacity, exec_flag, mode,
+    protocol,
 };
 use ipnet::IpNet;
 use sha2::Digest as _;
@@ -90,6 +91,9 @@ pub struct CompiledPolicy {
     /// The same for servers named by host name: guardd resolves them and
     /// routes each address.
     pub route_hosts: Vec<RouteHost>,
+    /// The servers' unix-domain sockets, closed to the same profiles' agents
+    /// (the kernel cannot route those); the guard's address as the value.
+    pub database_sockets: Vec<(DatabaseSocketKey, Route)>,
     /// Indexed by rule id.
     pub rules: Vec<RuleInfo>,
     /// Files exec rules pin by digest, with what they were when compiled
@@ -323,6 +327,15 @@ fn compile_routes(out: &mut CompiledPolicy, policy: &Policy) {
                 continue;
             }
             seen.push((profile_index, &database.server));
+            for socket in &database.unix_sockets {
+                let key = DatabaseSocketKey {
+                    profile: profile_index,
+                    name: unix_name(socket),
+                };
+                if !out.database_sockets.iter().any(|(k, _)| *k == key) {
+                    out.database_sockets.push((key, route));
+                }
+            }
             match &server {
                 Server::Address(addr) => out.routes.push((
                     RouteKey {
@@ -351,6 +364,38 @@ pub fn is_routed(database: &crate::database::Database, routes: &[(RouteKey, Rout
     routes.iter().any(|(_, route)| {
         route.addr == mapped(database.listen.ip()) && route.port == database.listen.port()
     })
+}
+
+/// The unix-domain sockets of `database`'s server that agents may not
+/// connect to (for some profile).
+pub fn refused_sockets(
+    database: &crate::database::Database,
+    sockets: &[(DatabaseSocketKey, Route)],
+) -> Vec<String> {
+    let guard = mapped(database.listen.ip());
+    database
+        .unix_sockets
+        .iter()
+        .filter(|socket| {
+            let name = unix_name(socket);
+            sockets.iter().any(|(key, route)| {
+                key.name == name && route.addr == guard && route.port == database.listen.port()
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+/// A socket's name as the kernel holds it (`sun_path`): a path, or after
+/// a NUL an abstract name (`@name` in the policy), zero-padded.
+fn unix_name(socket: &str) -> [u8; UNIX_PATH_LEN] {
+    let mut name = [0; UNIX_PATH_LEN];
+    let (start, bytes) = match socket.strip_prefix('@') {
+        Some(rest) => (1, rest.as_bytes()),
+        None => (0, socket.as_bytes()),
+    };
+    name[start..start + bytes.len()].copy_from_slice(bytes);
+    name
 }
 
 /// A database server as the policy gives it.
@@ -874,6 +919,11 @@ fn check_capacity(out: &CompiledPolicy, policy: &Policy) -> Result<(), PolicyErr
             capacity::ROUTES,
         ),
         (
+            "unix-domain sockets of databases",
+            out.database_sockets.len(),
+            capacity::DATABASE_SOCKETS,
+        ),
+        (
             "database password and key files",
             out.secrets.len(),
             capacity::SECRETS,
@@ -929,11 +979,12 @@ mod tests {
     server: 10.0.0.5:5432
     listen: 127.0.0.1:6432
   - name: shop6
-    server: '[fd00::5]:5432'
+    server: '[::1]:5432'
     listen: '[::1]:6433'
   - name: named
     server: db.internal:5432
     listen: 127.0.0.1:6434
+    unix_socket_directories: ['@pg']
   - name: twin
     server: 10.0.0.5:5432
     listen: 127.0.0.1:6435
@@ -973,10 +1024,37 @@ agents: []
             routes,
             [
                 (1, ip("10.0.0.5"), 5432, ip("127.0.0.1"), 6432),
-                (1, ip("fd00::5"), 5432, ip("::1"), 6433),
+                (1, ip("::1"), 5432, ip("::1"), 6433),
             ]
         );
         assert_eq!(compiled.routes[0].0.addr, mapped(ip("10.0.0.5")));
+        // The unix sockets of the loopback server, for the same profile.
+        let sockets: Vec<(u32, String, u16)> = compiled
+            .database_sockets
+            .iter()
+            .map(|(key, route)| {
+                let name = String::from_utf8_lossy(&key.name);
+                (
+                    key.profile,
+                    name.trim_end_matches('\0').to_string(),
+                    route.port,
+                )
+            })
+            .collect();
+        assert_eq!(
+            sockets,
+            [
+                (1, "/run/postgresql/.s.PGSQL.5432".into(), 6433),
+                (1, "/var/run/postgresql/.s.PGSQL.5432".into(), 6433),
+                (1, "/tmp/.s.PGSQL.5432".into(), 6433),
+                (1, "\0pg/.s.PGSQL.5432".into(), 6434),
+            ]
+        );
+        assert_eq!(
+            refused_sockets(&policy.databases[2], &compiled.database_sockets),
+            ["@pg/.s.PGSQL.5432"]
+        );
+        assert!(refused_sockets(&policy.databases[0], &compiled.database_sockets).is_empty());
         assert!(is_routed(&policy.databases[0], &compiled.routes));
         assert!(!is_routed(&policy.databases[2], &compiled.routes));
         assert!(!is_routed(&policy.databases[3], &compiled.routes));

@@ -35,6 +35,10 @@ pub struct Database {
     pub server_tls: Option<ServerTls>,
     /// The guard logs in for clients with these.
     pub credentials: Option<Credentials>,
+    /// The names of the server's unix-domain sockets on this host
+    /// (`DIR/.s.PGSQL.PORT`; `@` for the abstract namespace), which agents
+    /// may not connect to.
+    pub unix_sockets: Vec<String>,
     pub location: Location,
 }
 
@@ -403,6 +407,7 @@ pub(crate) struct DatabaseFile {
     client_tls: Option<Spanned<ClientTlsFile>>,
     server_tls: Option<Spanned<ServerTlsFile>>,
     credentials: Option<Spanned<CredentialsFile>>,
+    unix_socket_directories: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -694,6 +699,16 @@ pub(crate) fn databases(file: Vec<Spanned<DatabaseFile>>) -> Result<Vec<Database
             }
             None => None,
         };
+        let unix_sockets = match entry.unix_socket_directories {
+            Some(dirs) => unix_sockets(&dirs.value, &server).map_err(|r| {
+                in_database(dirs.referenced, format!("unix_socket_directories: {r}"))
+            })?,
+            None if is_loopback(server_host(&server)) => {
+                unix_sockets(&DEFAULT_SOCKET_DIRECTORIES.map(String::from), &server)
+                    .expect("the default directories are valid")
+            }
+            None => Vec::new(),
+        };
         databases.push(Database {
             name,
             server,
@@ -702,6 +717,7 @@ pub(crate) fn databases(file: Vec<Spanned<DatabaseFile>>) -> Result<Vec<Database
             client_tls,
             server_tls,
             credentials,
+            unix_sockets,
             location,
         });
     }
@@ -722,6 +738,45 @@ fn check_server(server: &str) -> Result<(), String> {
         .filter(|&p| p > 0)
         .ok_or_else(bad)?;
     host_name(host).map(drop).map_err(|_| bad())
+}
+
+/// Where PostgreSQL puts its unix-domain sockets by default (Debian's and
+/// the upstream default): a server on this host's loopback address most
+/// likely has one of these too.
+const DEFAULT_SOCKET_DIRECTORIES: [&str; 3] = ["/run/postgresql", "/var/run/postgresql", "/tmp"];
+
+/// Longest name a unix-domain socket can be bound to (`sun_path` less a NUL).
+const UNIX_NAME_MAX: usize = guard_common::UNIX_PATH_LEN - 1;
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// The names of a PostgreSQL server's sockets in `directories` (as in its
+/// `unix_socket_directories`): `DIR/.s.PGSQL.PORT`.
+fn unix_sockets(directories: &[String], server: &str) -> Result<Vec<String>, String> {
+    let port = server.rsplit_once(':').map_or("", |(_, port)| port);
+    directories
+        .iter()
+        .map(|dir| {
+            let abstract_name = dir.starts_with('@');
+            if !(abstract_name || dir.starts_with('/')) || dir.contains('\0') {
+                return Err(format!(
+                    "`{dir}` must be an absolute directory, or `@name` for the abstract namespace, as in the server's own setting"
+                ));
+            }
+            let name = format!("{}/.s.PGSQL.{port}", dir.trim_end_matches('/'));
+            if name.len() > UNIX_NAME_MAX {
+                return Err(format!(
+                    "the socket `{name}` would be longer than the {UNIX_NAME_MAX} bytes a unix-domain socket's name may have"
+                ));
+            }
+            Ok(name)
+        })
+        .collect()
 }
 
 /// A file guardd reads for the guard (TLS, a password): an absolute path.
@@ -1066,6 +1121,52 @@ agents: []
                 .contains("credentials: `shop.password` must be an absolute path"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn unix_sockets() {
+        let sockets = |server: &str, dirs: &str| {
+            let text = POLICY.replace("server: db.internal:5432", &format!("server: {server}"));
+            let text = text.replace(
+                "    default_profile: people\n",
+                &format!("    default_profile: people\n{dirs}"),
+            );
+            crate::policy::parse(&text).map(|p| p.databases[0].unix_sockets.clone())
+        };
+        // A server on loopback likely has its socket where PostgreSQL puts
+        // it by default; a remote one has none here.
+        assert_eq!(
+            sockets("127.0.0.1:5433", "").unwrap(),
+            [
+                "/run/postgresql/.s.PGSQL.5433",
+                "/var/run/postgresql/.s.PGSQL.5433",
+                "/tmp/.s.PGSQL.5433"
+            ]
+        );
+        assert_eq!(sockets("localhost:5432", "").unwrap().len(), 3);
+        assert!(sockets("db.internal:5432", "").unwrap().is_empty());
+        assert_eq!(
+            sockets(
+                "db.internal:5432",
+                "    unix_socket_directories: [/srv/pg/, '@pg']\n"
+            )
+            .unwrap(),
+            ["/srv/pg/.s.PGSQL.5432", "@pg/.s.PGSQL.5432"]
+        );
+        assert!(
+            sockets("127.0.0.1:5432", "    unix_socket_directories: []\n")
+                .unwrap()
+                .is_empty()
+        );
+        let e = sockets("127.0.0.1:5432", "    unix_socket_directories: [run]\n").unwrap_err();
+        assert!(
+            e.reason
+                .contains("unix_socket_directories: `run` must be an absolute directory"),
+            "{e}"
+        );
+        let long = format!("    unix_socket_directories: [/{}]\n", "d".repeat(100));
+        let e = sockets("127.0.0.1:5432", &long).unwrap_err();
+        assert!(e.reason.contains("longer than the 107 bytes"), "{e}");
     }
 
     #[test]

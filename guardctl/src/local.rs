@@ -283,7 +283,7 @@ fn status_json(status: &pb::Status) -> serde_json::Value {
         "databases": status.databases.iter().map(|d| {
             let mut database = serde_json::json!({
                 "name": d.name, "listen": d.listen, "server": d.server, "guarded": d.guarded,
-                "routed": d.routed,
+                "routed": d.routed, "unix_sockets_refused": d.unix_sockets_refused,
             });
             if let Some(problem) = text(&d.problem) {
                 database["problem"] = problem.into();
@@ -361,8 +361,16 @@ fn print_status(status: &pb::Status) {
             } else {
                 "agents' direct connections NOT routed"
             };
+            let sockets = if d.unix_sockets_refused.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; agents refused at its unix sockets {}",
+                    d.unix_sockets_refused.join(", ")
+                )
+            };
             println!(
-                "  {:<22} {} -> {}  {state}; {routing}",
+                "  {:<22} {} -> {}  {state}; {routing}{sockets}",
                 d.name, d.listen, d.server
             );
         }

@@ -197,7 +197,8 @@ impl Drop for Collector {
 /// A PostgreSQL server of its own on loopback, in a temporary directory.
 pub struct Postgres {
     child: Child,
-    _dir: tempfile::TempDir,
+    /// The server's directory, where its unix-domain socket is too.
+    dir: tempfile::TempDir,
     pub url: String,
     pub port: u16,
     /// Where the server's programs are, `psql` and `pgbench` among them.
@@ -219,6 +220,11 @@ pub fn postgres_user() -> Option<(u32, u32)> {
 }
 
 impl Postgres {
+    /// The directory of the server's unix-domain socket (`.s.PGSQL.PORT`).
+    pub fn socket_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     pub fn start() -> Postgres {
         Self::start_with(&[])
     }
@@ -276,7 +282,7 @@ impl Postgres {
         );
         Postgres {
             child,
-            _dir: dir,
+            dir,
             url: format!("postgres://guard@127.0.0.1:{port}/postgres"),
             port,
             bin_dir,

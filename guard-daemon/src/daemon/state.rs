@@ -730,6 +730,7 @@ impl State {
                     guarded: serving.is_ok(),
                     problem: serving.err().unwrap_or_default(),
                     routed: routing && compile::is_routed(d, &routes),
+                    unix_sockets_refused: compile::refused_sockets(d, &compiled.database_sockets),
                 }
             })
             .collect();

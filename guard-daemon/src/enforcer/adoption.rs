@@ -12,8 +12,8 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
 };
 use guard_common::{
-    AgentKey, DigestKey, ExecPathKey, GenerationInfo, IdentityKey, LsmHook, NameKey, NetKey, Route,
-    RouteKey, map, route,
+    AgentKey, DatabaseSocketKey, DigestKey, ExecPathKey, GenerationInfo, IdentityKey, LsmHook,
+    NameKey, NetKey, Route, RouteKey, map, route,
 };
 
 use super::{
@@ -118,6 +118,8 @@ impl Enforcer {
         let [host_addrs_0, host_addrs_1] =
             self.hash_keys_by_slot::<NetKey, NetRuleSet>(map::HOST_ADDRS)?;
         let [routes_0, routes_1] = self.hash_keys_by_slot::<RouteKey, Route>(map::ROUTES)?;
+        let [database_sockets_0, database_sockets_1] =
+            self.hash_keys_by_slot::<DatabaseSocketKey, Route>(map::DATABASE_SOCKETS)?;
         Ok([
             SlotKeys {
                 agents: agents_0,
@@ -129,6 +131,7 @@ impl Enforcer {
                 net_rules: net_rules_0,
                 host_addrs: host_addrs_0,
                 routes: routes_0,
+                database_sockets: database_sockets_0,
             },
             SlotKeys {
                 agents: agents_1,
@@ -140,6 +143,7 @@ impl Enforcer {
                 net_rules: net_rules_1,
                 host_addrs: host_addrs_1,
                 routes: routes_1,
+                database_sockets: database_sockets_1,
             },
         ])
     }

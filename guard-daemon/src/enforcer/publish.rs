@@ -6,8 +6,8 @@ use aya::{
     maps::{Array, ArrayOfMaps, HashMap, LpmTrie, Map, MapData, lpm_trie::Key},
 };
 use guard_common::{
-    AgentKey, DigestKey, ExecPathKey, GenerationInfo, IdentityKey, NameKey, NetKey, NetRuleSet,
-    Route, RouteKey, lsm, map, profile_key,
+    AgentKey, DatabaseSocketKey, DigestKey, ExecPathKey, GenerationInfo, IdentityKey, NameKey,
+    NetKey, NetRuleSet, Route, RouteKey, lsm, map, profile_key,
 };
 
 use guard_policy::compile::CompiledPolicy;
@@ -72,6 +72,7 @@ impl Enforcer {
             net_rules: lpm_keys_of(&policy.net_rules, slot),
             host_addrs: hash_keys_of(hosts, slot),
             routes: hash_keys_of(routes, slot),
+            database_sockets: hash_keys_of(&policy.database_sockets, slot),
         };
         self.write_hash(map::EXEC_IDENTITY, slot, &policy.exec_identity)?;
         self.write_lpm(map::EXEC_PATHS, slot, &policy.exec_paths)?;
@@ -81,6 +82,7 @@ impl Enforcer {
         self.write_lpm(map::NET_RULES, slot, &policy.net_rules)?;
         self.write_hash(map::HOST_ADDRS, slot, hosts)?;
         self.write_hash(map::ROUTES, slot, routes)?;
+        self.write_hash(map::DATABASE_SOCKETS, slot, &policy.database_sockets)?;
         for &(cgroup, profile) in cgroups {
             self.add_cgroup_in(slot, policy, cgroup, profile)?;
         }
@@ -193,7 +195,8 @@ impl Enforcer {
         self.remove_lpm::<NameKey, guard_common::RuleRef>(map::FILE_NAMES, &keys.file_names)?;
         self.remove_lpm::<NetKey, guard_common::NetRuleSet>(map::NET_RULES, &keys.net_rules)?;
         self.remove_hash::<NetKey, guard_common::NetRuleSet>(map::HOST_ADDRS, &keys.host_addrs)?;
-        self.remove_hash::<RouteKey, Route>(map::ROUTES, &keys.routes)
+        self.remove_hash::<RouteKey, Route>(map::ROUTES, &keys.routes)?;
+        self.remove_hash::<DatabaseSocketKey, Route>(map::DATABASE_SOCKETS, &keys.database_sockets)
     }
 
     /// Replaces the hostname entries of the generation in force, after

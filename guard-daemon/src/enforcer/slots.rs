@@ -1,8 +1,8 @@
 //! The two generation slots of the rule maps: which keys each holds.
 
 use guard_common::{
-    AgentKey, DigestKey, ExecPathKey, IdentityKey, NameKey, NetKey, RouteKey, profile_key,
-    profile_slot,
+    AgentKey, DatabaseSocketKey, DigestKey, ExecPathKey, IdentityKey, NameKey, NetKey, RouteKey,
+    profile_key, profile_slot,
 };
 
 /// The keys one generation slot holds.
@@ -17,6 +17,7 @@ pub(super) struct SlotKeys {
     pub(super) net_rules: Vec<(u32, NetKey)>,
     pub(super) host_addrs: Vec<NetKey>,
     pub(super) routes: Vec<RouteKey>,
+    pub(super) database_sockets: Vec<DatabaseSocketKey>,
 }
 
 pub(super) fn hash_keys_of<K: InSlot, V>(entries: &[(K, V)], slot: u32) -> Vec<K> {
@@ -59,7 +60,7 @@ macro_rules! profile_in_slot {
         }
     )*};
 }
-profile_in_slot!(IdentityKey, DigestKey, RouteKey);
+profile_in_slot!(IdentityKey, DigestKey, RouteKey, DatabaseSocketKey);
 
 macro_rules! big_endian_profile_in_slot {
     ($($key:ty),*) => {$(

@@ -487,6 +487,7 @@ databases:
   - name: shop
     server: 127.0.0.1:{server}
     listen: 127.0.0.1:{guard4}
+    unix_socket_directories: [{socket_dir}]
   - name: shop6
     server: '[::1]:{server}'
     listen: 127.0.0.1:{guard6}
@@ -539,6 +540,7 @@ agents:
 ",
         server = postgres.port,
         password = password_file.display(),
+        socket_dir = postgres.socket_dir().display(),
     );
     let guardd = Guardd::start(&dir, &policy, "guard-routing-test");
     wait_listening(guard4, &guardd);
@@ -614,6 +616,70 @@ agents:
             .all(|r| r["statement"]["normalized"] != "DROP TABLE scratch_a"
                 && r["statement"]["normalized"] != "DROP TABLE scratch_b"),
         "the guard saw statements it was not routed"
+    );
+
+    // The server's unix-domain socket cannot be routed: an agent whose
+    // profile guards the database is refused there, by the socket's path
+    // or through a symlink; the others connect as before.
+    let socket_dir = postgres.socket_dir().display().to_string();
+    let socket = format!("{socket_dir}/.s.PGSQL.{server}");
+    let link = dir.join("socket-link");
+    std::os::unix::fs::symlink(&socket_dir, &link).unwrap();
+    let unix_url = |host: &str| format!("postgres://guard@/postgres?host={host}&port={server}");
+    for host in [socket_dir.clone(), link.display().to_string()] {
+        let (ok, _, err) = psql(&mut as_agent("analyst"), &unix_url(&host), "SELECT 1");
+        assert!(
+            !ok && err.contains("Operation not permitted"),
+            "{host}: {err}"
+        );
+    }
+    let (ok, out, err) = psql(
+        &mut Command::new(bin_dir.join("psql")),
+        &unix_url(&socket_dir),
+        "SELECT 1",
+    );
+    assert!(ok && out == "1", "untagged: {err}");
+    let (ok, out, err) = psql(&mut as_agent("coder"), &unix_url(&socket_dir), "SELECT 1");
+    assert!(ok && out == "1", "coder: {err}");
+    let refused = guardd
+        .records()
+        .into_iter()
+        .find(|r| r["hook"] == "unix_stream_connect")
+        .expect("a record of the unix socket refused");
+    assert_eq!(
+        (
+            &refused["verdict"],
+            &refused["rule"],
+            &refused["target"],
+            &refused["protocol"],
+            &refused["agent"]
+        ),
+        (
+            &"deny".into(),
+            &"statement-guard-only".into(),
+            &socket.clone().into(),
+            &"unix".into(),
+            &"analyst".into()
+        ),
+        "{refused}"
+    );
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!(
+            "database `shop` only through its statement guard: connect to 127.0.0.1:{guard4}"
+        )),
+        "{refused}"
+    );
+    let shop = status["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "shop")
+        .unwrap();
+    assert_eq!(
+        shop["unix_sockets_refused"],
+        serde_json::json!([socket]),
+        "{status}"
     );
 
     // Two agents at once, on one server address: each judged by its own
