@@ -122,6 +122,14 @@ struct Args {
     #[arg(long, env = "GUARD_STATEMENT_GUARD_USER", default_value = "nobody")]
     statement_guard_user: String,
 
+    /// For a host without BPF LSM: run only the routing of agents'
+    /// connections to guarded databases to their statement guards (cgroup
+    /// programs, which need no LSM). Nothing else is enforced: no exec,
+    /// file or network rule, no self-protection. `guardctl status` says so
+    /// and exits 1. Holds against agents that are not root.
+    #[arg(long, env = "GUARD_ROUTING_ONLY", conflicts_with_all = ["check", "detach"])]
+    routing_only: bool,
+
     /// Detach the programs guardd left attached for --cgroup-root, then
     /// exit. guardd keeps its programs attached (pinned in
     /// /sys/fs/bpf/guard) when it stops or dies, so that agents stay
@@ -173,6 +181,7 @@ fn main() {
             state_file: args.state_file,
             why_dir: args.why_dir,
             dns_server: args.dns_server,
+            routing_only: args.routing_only,
             statement_guard: daemon::StatementGuardConfig {
                 program: args.statement_guard.unwrap_or_else(|| {
                     let me = std::env::current_exe().unwrap_or_default();

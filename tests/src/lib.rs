@@ -86,6 +86,26 @@ impl Guardd {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Guardd {
+        Self::launch(dir, policy, cgroup_root, args, env, claims_enforcing)
+    }
+
+    /// A guardd with `--routing-only`, once it has said that it routes and
+    /// enforces nothing else.
+    pub fn start_routing_only(dir: &Path, policy: &str, cgroup_root: &str) -> Guardd {
+        Self::launch(dir, policy, cgroup_root, &["--routing-only"], &[], |log| {
+            log.contains("NOT enforcing: routing only")
+        })
+    }
+
+    /// Starts guardd and waits until its log shows `ready`.
+    fn launch(
+        dir: &Path,
+        policy: &str,
+        cgroup_root: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        ready: fn(&str) -> bool,
+    ) -> Guardd {
         let policy_path = dir.join("policy.yaml");
         fs::write(&policy_path, policy).expect("write policy");
         let events = dir.join("events.jsonl");
@@ -122,7 +142,7 @@ impl Guardd {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let text = guardd.log_text();
-            if claims_enforcing(&text) {
+            if ready(&text) {
                 return guardd;
             }
             if let Some(status) = guardd.child.try_wait().expect("poll guardd") {
@@ -130,7 +150,7 @@ impl Guardd {
             }
             assert!(
                 Instant::now() < deadline,
-                "guardd did not report enforcing in time:\n{text}"
+                "guardd did not report being ready in time:\n{text}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }

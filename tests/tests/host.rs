@@ -70,16 +70,8 @@ fn guardd_never_claims_enforcing_on_a_host_that_cannot() {
         "guardd must not claim to enforce:\n{stderr}"
     );
     assert!(stdout.is_empty());
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let cgroup2 = mountinfo
-        .lines()
-        .find(|l| l.contains(" - cgroup2 "))
-        .and_then(|l| l.split_whitespace().nth(4))
-        .unwrap();
     assert!(
-        !std::path::Path::new(cgroup2)
-            .join("guard-host-test")
-            .exists(),
+        !cgroup2_mount().join("guard-host-test").exists(),
         "a guardd that cannot enforce leaves no cgroups behind"
     );
 }
@@ -121,6 +113,17 @@ fn guardctl_says_when_guardd_is_not_running() {
             "{stderr}"
         );
     }
+}
+
+/// Where cgroup2 is mounted (beside cgroup v1 on some hosts).
+fn cgroup2_mount() -> std::path::PathBuf {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .expect("a cgroup2 mount")
+        .into()
 }
 
 /// Whether guardd's log claims it is enforcing (its INFO line `enforcing: ...`).
@@ -181,4 +184,149 @@ fn guardd_refuses_settings_that_contradict_each_other() {
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+/// Routing needs no LSM: on a host without BPF LSM (like the one `cargo
+/// xtask test` runs on), `guardd --routing-only` routes agents' connections
+/// to a guarded database's server to its statement guard, leaves other
+/// processes alone, and says that it enforces nothing else.
+#[test]
+#[ignore = "needs root and PostgreSQL; run by `cargo xtask test`"]
+fn routing_only_routes_agents_database_connections_without_bpf_lsm() {
+    let postgres = guard_tests::collector::Postgres::start();
+    let psql = |command: &mut Command, sql: &str| {
+        run(command
+            .arg(&postgres.url)
+            .args(["-X", "-q", "-A", "-t", "-c", sql]))
+    };
+    let psql_bin = postgres.bin_dir.join("psql");
+    let direct = |sql: &str| {
+        let (code, out, err) = psql(&mut Command::new(&psql_bin), sql);
+        assert_eq!(code, Some(0), "{sql}: {err}");
+        out.trim().to_string()
+    };
+    direct("CREATE TABLE t (id int); CREATE TABLE scratch (id int)");
+
+    let guard = guard_tests::collector::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = format!(
+        "\
+databases:
+  - name: shop
+    server: 127.0.0.1:{server}
+    listen: 127.0.0.1:{guard}
+profiles:
+  - name: analyst
+    default: allow
+    databases:
+      - database: shop
+        default: allow
+        deny:
+          - id: no-drop
+            classes: [drop]
+            message: analysts never drop tables
+  - name: coder
+    default: allow
+agents:
+  - name: analyst
+    profile: analyst
+  - name: coder
+    profile: coder
+",
+        server = postgres.port
+    );
+    let guardd =
+        guard_tests::Guardd::start_routing_only(dir.path(), &policy, "guard-routing-only-test");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", guard)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guard never listened:\n{}",
+            guardd.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // It says what it does and what it does not.
+    let status = guardd.status();
+    assert_eq!(status["enforcing"], false, "{status}");
+    assert!(
+        status["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("routing only") && p.contains("nothing else is enforced")),
+        "{status}"
+    );
+    let attached = |name: &str| {
+        status["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == name)
+            .map(|h| h["attached"] == true)
+    };
+    assert_eq!(
+        (
+            attached("route_connect4"),
+            attached("route_connect6"),
+            attached("bprm_check_security"),
+            attached("unix_stream_connect")
+        ),
+        (Some(true), Some(true), Some(false), Some(false)),
+        "{status}"
+    );
+    assert_eq!(status["databases"][0]["routed"], true, "{status}");
+    assert_eq!(guardd.guardctl(&["status"]).status.code(), Some(1));
+
+    // An agent connecting to the server's own address reaches the guard.
+    let as_agent = |agent: &str| {
+        let mut command = Command::new(bin("guardctl"));
+        command
+            .arg("--socket")
+            .arg(&guardd.socket)
+            .args(["run", "--agent", agent, "--"])
+            .arg(&psql_bin);
+        command
+    };
+    let (code, _, err) = psql(&mut as_agent("analyst"), "DROP TABLE t");
+    assert!(
+        code != Some(0) && err.contains("guard: analysts never drop tables"),
+        "{err}"
+    );
+    assert_eq!(
+        direct("SELECT count(*) FROM t"),
+        "0",
+        "the table is still there"
+    );
+    let (code, out, err) = psql(&mut as_agent("analyst"), "SELECT count(*) FROM t");
+    assert!(code == Some(0) && out.trim() == "0", "{err}");
+    let refused = guardd
+        .records()
+        .into_iter()
+        .find(|r| r["action"] == "statement" && r["verdict"] == "deny")
+        .expect("a record of the DROP refused");
+    assert_eq!(
+        (&refused["agent"], &refused["rule"]),
+        (&"analyst".into(), &"no-drop".into()),
+        "{refused}"
+    );
+
+    // Untouched: a profile with no rules for the database, and a process
+    // in no session.
+    let (code, _, err) = psql(&mut as_agent("coder"), "DROP TABLE scratch");
+    assert_eq!(code, Some(0), "coder: {err}");
+    assert_eq!(direct("SELECT 1"), "1");
+
+    // Detached, the host keeps no trace of the test.
+    drop(guardd);
+    remove_cgroups(&cgroup2_mount().join("guard-routing-only-test"));
+}
+
+/// Removes an empty cgroup and the cgroups below it, deepest first.
+fn remove_cgroups(cgroup: &std::path::Path) {
+    for entry in fs::read_dir(cgroup).unwrap().filter_map(Result::ok) {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroups(&entry.path());
+        }
+    }
+    fs::remove_dir(cgroup).unwrap_or_else(|e| panic!("{}: {e}", cgroup.display()));
 }

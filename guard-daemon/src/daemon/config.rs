@@ -42,6 +42,9 @@ pub struct Config {
     pub dns_server: Option<std::net::IpAddr>,
     /// How the statement guard runs, for policies that name databases.
     pub statement_guard: StatementGuardConfig,
+    /// Load no LSM program, only the routing of agents' database
+    /// connections (for a host without BPF LSM).
+    pub routing_only: bool,
 }
 
 /// How guardd runs its statement guard (`guard-pg`).

@@ -54,6 +54,7 @@ pub fn check_host() -> Result<(), Fatal> {
             text: String::new(),
         },
         None,
+        false,
     )?;
     info!(
         hooks = ?state.enforcer.attachment.attached,
@@ -144,6 +145,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
         builtins,
         policy,
         Some(&persistence),
+        config.routing_only,
     )?;
     if let Some(adopted) = &state.enforcer.adopted {
         info!(
@@ -179,16 +181,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
     }
     {
         let current = state.current();
-        info!(
-            policy = %config.policy.display(),
-            cgroup_root = %config.cgroup_root,
-            socket = %config.socket.display(),
-            hooks = ?state.enforcer.attachment.attached,
-            generation = current.number,
-            policy_sha256 = %current.policy_sha256,
-            "enforcing: {}",
-            current.compiled.summary()
-        );
+        match &state.readiness {
+            Ok(()) => info!(
+                policy = %config.policy.display(),
+                cgroup_root = %config.cgroup_root,
+                socket = %config.socket.display(),
+                hooks = ?state.enforcer.attachment.attached,
+                generation = current.number,
+                policy_sha256 = %current.policy_sha256,
+                "enforcing: {}",
+                current.compiled.summary()
+            ),
+            // Only with --routing-only: a failed canary stops guardd.
+            Err(problem) => warn!(
+                policy = %config.policy.display(),
+                cgroup_root = %config.cgroup_root,
+                socket = %config.socket.display(),
+                hooks = ?state.enforcer.attachment.attached,
+                generation = current.number,
+                policy_sha256 = %current.policy_sha256,
+                "NOT enforcing: {problem}. {}",
+                current.compiled.summary()
+            ),
+        }
     }
 
     // Before the chain is resumed: a torn last line is cut first.

@@ -68,8 +68,11 @@ pub struct State {
     pub(super) sessions: Sessions,
     /// Agent name → agent cgroup id.
     pub(super) agent_cgroups: BTreeMap<String, u64>,
-    /// `Err` with the reason when the canary failed on the generation in force.
+    /// `Err` with the reason when the canary failed on the generation in
+    /// force, or when only routing runs.
     pub(super) readiness: Result<(), String>,
+    /// `guardd --routing-only`: no LSM program, only the routing programs.
+    pub(super) routing_only: bool,
     pub(super) last_rejected: Option<String>,
     /// Where the generation in force and the live sessions are kept for
     /// the next guardd, on every change.
@@ -93,6 +96,9 @@ pub struct State {
     pub(super) databases: BTreeMap<String, Result<(), String>>,
 }
 
+/// What a guardd with `--routing-only` does not do, in its status.
+const ROUTING_ONLY: &str = "routing only (guardd --routing-only, for a host without BPF LSM): agents' connections to guarded databases go to their statement guards, and nothing else is enforced: no exec, file or network rule, no refusal at a database's unix socket, no self-protection";
+
 impl State {
     /// Creates Guard's cgroups, loads and attaches the programs (or adopts
     /// those a previous guardd left pinned, with what it kept, when
@@ -106,6 +112,7 @@ impl State {
         builtins: Builtins,
         policy: LoadedPolicy,
         persistence: Option<&Persistence>,
+        routing_only: bool,
     ) -> Result<Self, Fatal> {
         let root = GuardRoot::create(mount, cgroup_root).map_err(failure)?;
         let agent_names: Vec<String> = policy
@@ -114,7 +121,8 @@ impl State {
             .iter()
             .map(|(name, _)| name.clone())
             .collect();
-        let enforcer = match Enforcer::load(&root, persistence.map(|p| p.pins.as_path())) {
+        let pins = persistence.map(|p| p.pins.as_path());
+        let enforcer = match Enforcer::load(&root, pins, routing_only) {
             Ok(enforcer) => enforcer,
             Err(e) => {
                 root.remove_unused(&[]);
@@ -130,6 +138,7 @@ impl State {
             sessions: Sessions::default(),
             agent_cgroups: BTreeMap::new(),
             readiness: Err("no policy published yet".into()),
+            routing_only,
             last_rejected: None,
             // Set once started: a guardd that fails to start keeps nothing.
             state_file: None,
@@ -151,6 +160,9 @@ impl State {
         let published = state.publish(policy);
         let names: Vec<&str> = agent_names.iter().map(String::as_str).collect();
         if let Err(e) = published.and_then(|()| {
+            if routing_only {
+                return Ok(());
+            }
             state.readiness.clone().map_err(|reason| Fatal {
                 code: exit::UNSUPPORTED_HOST,
                 error: anyhow::anyhow!(reason),
@@ -241,11 +253,14 @@ impl State {
                 self.enforcer.detach(hook);
             }
         }
-        self.readiness = self
-            .builtins
-            .canary
-            .check(&self.root)
-            .map_err(|e| e.to_string());
+        self.readiness = if self.routing_only {
+            Err(ROUTING_ONLY.into())
+        } else {
+            self.builtins
+                .canary
+                .check(&self.root)
+                .map_err(|e| e.to_string())
+        };
         Ok(())
     }
 

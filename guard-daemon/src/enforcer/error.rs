@@ -17,7 +17,7 @@ pub enum EnforceError {
     )]
     LsmList(io::Error),
     #[error(
-        "BPF LSM is not active on this kernel: the active LSMs are `{active}`. Add `bpf` to the kernel's `lsm=` boot parameter (for example `lsm={active},bpf`) and reboot; the kernel also needs CONFIG_BPF_LSM=y"
+        "BPF LSM is not active on this kernel: the active LSMs are `{active}`. Add `bpf` to the kernel's `lsm=` boot parameter (for example `lsm={active},bpf`) and reboot; the kernel also needs CONFIG_BPF_LSM=y. Meanwhile `guardd --routing-only` runs the one part that needs no LSM: agents' database connections routed to their statement guards"
     )]
     BpfLsmInactive { active: String },
     #[error(transparent)]
@@ -33,7 +33,7 @@ pub enum EnforceError {
     #[error("the eBPF object has no program `{0}`; the build is inconsistent")]
     NoProgram(&'static str),
     #[error(
-        "the kernel refused to load BPF LSM program `{program}` with EPERM although `bpf` is an active LSM. This kernel does not allow BPF trampolines (ftrace patching disabled, or lockdown), so BPF LSM cannot enforce here. Guard is not enforcing"
+        "the kernel refused to load BPF LSM program `{program}` with EPERM although `bpf` is an active LSM. This kernel does not allow BPF trampolines (ftrace patching disabled, or lockdown), so BPF LSM cannot enforce here. Guard is not enforcing (`guardd --routing-only` runs the one part that needs no LSM: agents' database connections routed to their statement guards)"
     )]
     LoadRefused { program: &'static str },
     #[error("cannot load BPF LSM program `{program}`: {source}")]

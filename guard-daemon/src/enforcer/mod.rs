@@ -111,15 +111,25 @@ impl Enforcer {
     /// left pinned there are adopted instead: their links and maps are
     /// taken over, with the generation in force, so that agents are never
     /// without them. Anything else there is replaced by [`Self::pin`].
-    pub fn load(root: &GuardRoot, pin_root: Option<&Path>) -> Result<Self, EnforceError> {
-        check_bpf_lsm_active()?;
+    ///
+    /// With `routing_only`, no LSM program is loaded (for a host without
+    /// BPF LSM): only the routing programs, which are cgroup programs.
+    pub fn load(
+        root: &GuardRoot,
+        pin_root: Option<&Path>,
+        routing_only: bool,
+    ) -> Result<Self, EnforceError> {
+        if !routing_only {
+            check_bpf_lsm_active()?;
+        }
         let layout = KernelLayout::from_sys()?;
         let mut hooks = Vec::new();
         let mut attachment = Attachment::default();
         // For the readiness test only: leave named hooks unattached, to prove
         // that the canary notices.
         let skipped = std::env::var("GUARD_FAULT_SKIP_HOOK").unwrap_or_default();
-        for hook in lsm::ALL {
+        let lsm_hooks = if routing_only { &[][..] } else { lsm::ALL };
+        for hook in lsm_hooks {
             if skipped.split(',').any(|h| h == hook.program) {
                 tracing::warn!(
                     hook = hook.program,
