@@ -73,11 +73,15 @@ pub async fn routes(audit: AuditService) -> anyhow::Result<(Routes, HealthReport
     health
         .set_serving::<pb::audit_service_server::AuditServiceServer<AuditService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(DESCRIPTORS)
-        .build_v1()?;
+    // Both versions of reflection: generic clients speak one or the other
+    // (Python's grpcio-reflection only v1alpha).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(DESCRIPTORS)
+    };
     let routes = Routes::new(health_service)
-        .add_service(reflection)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
         .add_service(pb::audit_service_server::AuditServiceServer::new(audit));
     Ok((routes, health))
 }

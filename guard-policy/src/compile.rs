@@ -256,8 +256,24 @@ pub fn sha256_file(path: &Path) -> std::io::Result<Sha256> {
     Ok(hasher.finalize().into())
 }
 
-/// Compiles `policy`.
+/// Whether the files a policy's rules name must exist on this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Paths {
+    /// They must: the policy is compiled for this host (guardd, `guardctl
+    /// policy check --this-host`). A missing protected path is an error.
+    OnThisHost,
+    /// They need not: the policy is validated for another host (a CI job
+    /// before deployment). A missing path is a note.
+    Anywhere,
+}
+
+/// Compiles `policy` for this host.
 pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
+    compile_for(policy, Paths::OnThisHost)
+}
+
+/// Compiles `policy`; `paths` says whether its files must exist here.
+pub fn compile_for(policy: &Policy, paths: Paths) -> Result<CompiledPolicy, PolicyError> {
     let mut out = CompiledPolicy::default();
     let mut seen = SeenKeys::default();
     for (index, profile) in policy.profiles.iter().enumerate() {
@@ -266,7 +282,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
             .push((profile.name.clone(), profile_entry(profile, index)));
         out.budgets.push(profile.budgets.clone());
         compile_exec(&mut out, &mut seen, profile, index)?;
-        compile_files(&mut out, &mut seen, profile, index)?;
+        compile_files(&mut out, &mut seen, profile, index, paths)?;
         compile_network(&mut out, profile, index)?;
     }
     for agent in &policy.agents {
@@ -631,17 +647,29 @@ fn compile_files(
     seen: &mut SeenKeys,
     profile: &Profile,
     index: u32,
+    paths: Paths,
 ) -> Result<(), PolicyError> {
     for rule in &profile.files {
         let r = add_rule(out, profile, rule);
         match &rule.target {
             FileTarget::Path(path) | FileTarget::Subtree(path) => {
-                let (dev, ino) = identity(path).map_err(|e| {
-                    PolicyError::new(
-                        rule.location,
-                        format!("rule `{}`: cannot resolve {}: {e}", rule.id, path.display()),
-                    )
-                })?;
+                let (dev, ino) = match identity(path) {
+                    Ok(identity) => identity,
+                    Err(e) if paths == Paths::Anywhere => {
+                        out.notes.push(format!(
+                            "rule `{}`: {} cannot be resolved here ({e}); guardd refuses the policy on a host where it cannot be either",
+                            rule.id,
+                            path.display()
+                        ));
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(PolicyError::new(
+                            rule.location,
+                            format!("rule `{}`: cannot resolve {}: {e}", rule.id, path.display()),
+                        ));
+                    }
+                };
                 if matches!(rule.target, FileTarget::Subtree(_)) && !path.is_dir() {
                     return Err(PolicyError::new(
                         rule.location,
@@ -1151,7 +1179,19 @@ agents: []
 
     #[test]
     fn protected_paths_must_exist_and_errors_have_the_rule_line() {
-        let e = compile_text("profiles:\n  - name: a\n    files:\n      protect:\n        - id: gone\n          subtree: /nonexistent/dir\n").unwrap_err();
+        let text = "profiles:\n  - name: a\n    files:\n      protect:\n        - id: gone\n          subtree: /nonexistent/dir\n";
+        // Validated for another host, a missing path is a note.
+        let anywhere = compile_for(&parse(&with_defaults(text)).unwrap(), Paths::Anywhere).unwrap();
+        assert!(
+            anywhere
+                .notes
+                .iter()
+                .any(|n| n.contains("rule `gone`: /nonexistent/dir cannot be resolved here")),
+            "{:?}",
+            anywhere.notes
+        );
+        assert!(anywhere.file_identity.is_empty());
+        let e = compile_text(text).unwrap_err();
         assert_eq!(e.location.line, 6);
         assert!(
             e.reason.contains("`gone`") && e.reason.contains("/nonexistent/dir"),

@@ -26,15 +26,20 @@ pub struct LoadedPolicy {
 #[error("{0}")]
 pub struct InvalidPolicy(pub String);
 
-/// Reads, validates and compiles the policy file; `add` may add to the
-/// parsed policy before it is compiled (guardd adds its built-in agent,
-/// profile and rules). Errors name the file.
-pub fn load(path: &Path, add: impl FnOnce(&mut Policy)) -> Result<LoadedPolicy, InvalidPolicy> {
+/// Reads, validates and compiles the policy file; `paths` says whether the
+/// files it names must exist here, and `add` may add to the parsed policy
+/// before it is compiled (guardd adds its built-in agent, profile and
+/// rules). Errors name the file.
+pub fn load(
+    path: &Path,
+    paths: compile::Paths,
+    add: impl FnOnce(&mut Policy),
+) -> Result<LoadedPolicy, InvalidPolicy> {
     let text = std::fs::read(path)
         .map_err(|e| InvalidPolicy(format!("cannot read policy {}: {e}", path.display())))?;
     let text = String::from_utf8(text)
         .map_err(|_| InvalidPolicy(format!("invalid policy {}: not UTF-8", path.display())))?;
-    compile_text(text, &path.display().to_string(), add)
+    compile_text(text, &path.display().to_string(), paths, add)
 }
 
 /// Validates and compiles a policy's text; errors name `origin` (a file)
@@ -42,13 +47,14 @@ pub fn load(path: &Path, add: impl FnOnce(&mut Policy)) -> Result<LoadedPolicy, 
 pub fn compile_text(
     text: String,
     origin: &str,
+    paths: compile::Paths,
     add: impl FnOnce(&mut Policy),
 ) -> Result<LoadedPolicy, InvalidPolicy> {
     let invalid =
         |e: &dyn std::fmt::Display| InvalidPolicy(format!("invalid policy {origin}: {e}"));
     let mut parsed = policy::parse(&text).map_err(|e| invalid(&e))?;
     add(&mut parsed);
-    let compiled = compile::compile(&parsed).map_err(|e| invalid(&e))?;
+    let compiled = compile::compile_for(&parsed, paths).map_err(|e| invalid(&e))?;
     Ok(LoadedPolicy {
         compiled,
         sha256: digest(text.as_bytes()),

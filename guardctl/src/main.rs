@@ -221,11 +221,17 @@ enum AuditCommand {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Validate and compile a policy file without loading it. Exit 0 when
-    /// valid, 4 when not (with the line, column and reason).
+    /// Validate and compile a policy file without loading it, on any
+    /// machine (a CI job before deployment): files its rules name that do
+    /// not exist here are notes, not errors. Exit 0 when valid, 4 when not
+    /// (with the line, column and reason).
     Check {
         /// Policy file (YAML).
         file: PathBuf,
+        /// Also check the policy against this host, as guardd would load
+        /// it here: every file a rule protects must exist.
+        #[arg(long)]
+        this_host: bool,
     },
     /// Print the policy in force (its generation and SHA-256 on stderr).
     Show,
@@ -301,8 +307,16 @@ fn main() {
             output,
         } => or_fail(audit::follow(&server, &filter, output)),
         Command::Policy {
-            command: PolicyCommand::Check { file },
-        } => match guard_policy::load(&file, |_| {}) {
+            command: PolicyCommand::Check { file, this_host },
+        } => match guard_policy::load(
+            &file,
+            if this_host {
+                guard_policy::compile::Paths::OnThisHost
+            } else {
+                guard_policy::compile::Paths::Anywhere
+            },
+            |_| {},
+        ) {
             Ok(policy) => {
                 for note in &policy.compiled.notes {
                     eprintln!("note: {note}");

@@ -3,6 +3,7 @@ grpcio-tools at run time: it queries and follows a collector the way a
 security team's own tooling would. Used by tests/tests/collector.rs.
 
 Prints one JSON object per line:
+  {"reflection": {"services": [...], "methods": [...], "entries": N}}
   {"query": [...], "bad_page_token": CODE, "bad_verdict": CODE}
   {"following": true}
   {"followed": [...]}
@@ -33,6 +34,31 @@ def generate(proto_dir, out_dir):
             importlib.import_module("guard.v1.audit_pb2_grpc"))
 
 
+def reflect(channel):
+    """What a generic client learns from server reflection alone (v1alpha,
+    the only version grpcio-reflection speaks), and a query made with the
+    message types it learned."""
+    from google.protobuf import descriptor_pool, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+    database = ProtoReflectionDescriptorDatabase(channel)
+    services = sorted(database.get_services())
+    service = descriptor_pool.DescriptorPool(database).FindServiceByName(
+        "guard.v1.AuditService")
+    method = service.FindMethodByName("Query")
+    request = message_factory.GetMessageClass(method.input_type)
+    response = message_factory.GetMessageClass(method.output_type)
+    query = channel.unary_unary(
+        f"/{service.full_name}/{method.name}",
+        request_serializer=request.SerializeToString,
+        response_deserializer=response.FromString)
+    page = query(request(page_size=5))
+    return {"services": services,
+            "methods": sorted(m.name for m in service.methods),
+            "entries": len(page.entries)}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--proto", required=True)
@@ -43,6 +69,7 @@ def main():
     with tempfile.TemporaryDirectory() as out:
         pb, rpc = generate(args.proto, out)
         channel = grpc.insecure_channel(args.server)
+        print(json.dumps({"reflection": reflect(channel)}), flush=True)
         stub = rpc.AuditServiceStub(channel)
         denials = pb.Filter(agents=["coder"], verdicts=[pb.VERDICT_DENY])
 

@@ -374,6 +374,28 @@ fn a_python_grpcio_client_follows_and_queries() {
         stdout.read_line(&mut line).unwrap();
         serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
     };
+    // A client that knows nothing but what reflection tells it.
+    let reflection = read();
+    let services = reflection["reflection"]["services"].to_string();
+    assert!(
+        services.contains("\"guard.v1.AuditService\"")
+            && services.contains("\"grpc.reflection.v1alpha.ServerReflection\""),
+        "{reflection}"
+    );
+    assert_eq!(
+        reflection["reflection"]["methods"],
+        serde_json::json!(["Follow", "Query", "Stats"]),
+        "{reflection}"
+    );
+    assert_eq!(reflection["reflection"]["entries"], 5, "{reflection}");
+    let v1 = reflected_services_v1(&collector.addr);
+    assert!(
+        v1.iter().any(|s| s == "guard.v1.AuditService")
+            && v1
+                .iter()
+                .any(|s| s == "grpc.reflection.v1.ServerReflection"),
+        "{v1:?}"
+    );
     let query = read();
     assert_eq!(
         query["query"],
@@ -450,4 +472,44 @@ fn the_collector_refuses_settings_that_contradict_each_other() {
         assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+/// The services a reflection client of version v1 is told of at `addr`.
+fn reflected_services_v1(addr: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        match responses
+            .message()
+            .await
+            .unwrap()
+            .and_then(|r| r.message_response)
+        {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                list.service.into_iter().map(|s| s.name).collect()
+            }
+            other => panic!("not a list of services: {other:?}"),
+        }
+    })
 }

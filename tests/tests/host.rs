@@ -330,3 +330,49 @@ fn remove_cgroups(cgroup: &std::path::Path) {
     }
     fs::remove_dir(cgroup).unwrap_or_else(|e| panic!("{}: {e}", cgroup.display()));
 }
+
+/// A policy validates on any machine (a CI job before deployment), the
+/// shipped example included; `--this-host` checks it as guardd would load
+/// it here, where a protected path that does not exist is an error.
+#[test]
+#[ignore = "needs the release binaries; run by `cargo xtask test`"]
+fn policy_check_validates_anywhere_and_on_this_host_with_a_flag() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.yaml");
+    let (code, stdout, stderr) = run(Command::new(bin("guardctl"))
+        .args(["policy", "check"])
+        .arg(example));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("valid"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("elsewhere");
+    let policy = dir.path().join("p.yaml");
+    fs::write(
+        &policy,
+        format!(
+            "profiles:\n  - name: a\n    default: allow\n    files:\n      protect:\n        - id: data\n          subtree: {}\nagents: []\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let check = |this_host: bool| {
+        let mut command = Command::new(bin("guardctl"));
+        command.args(["policy", "check"]);
+        if this_host {
+            command.arg("--this-host");
+        }
+        run(command.arg(&policy))
+    };
+    let (code, _, stderr) = check(false);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("note: rule `data`") && stderr.contains("cannot be resolved here"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = check(true);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(
+        stderr.contains("line 6") && stderr.contains("rule `data`: cannot resolve"),
+        "{stderr}"
+    );
+}

@@ -24,11 +24,13 @@ const PACKAGES: &[&str] = &[
     "libclang-dev",
 ];
 
-/// Python packages: grpcio for the test client generated from the proto,
-/// psycopg 3 (with its own libpq) for the statement guard's tests.
+/// Python packages: grpcio for the test client generated from the proto
+/// (and grpcio-reflection for a client that knows only what reflection
+/// tells it), psycopg 3 (with its own libpq) for the statement guard's tests.
 const PYTHON_PACKAGES: &[&str] = &[
     "grpcio==1.85.1",
     "grpcio-tools==1.85.1",
+    "grpcio-reflection==1.85.1",
     "psycopg[binary]==3.3.9",
 ];
 
@@ -66,7 +68,7 @@ pub fn install_packages(packages: &[&str]) -> Result<()> {
 
 fn install_python_packages() -> Result<()> {
     let present = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools, psycopg"])
+        .args(["-c", "import grpc, grpc_tools, grpc_reflection, psycopg"])
         .output()
         .is_ok_and(|o| o.status.success());
     if present {

@@ -151,7 +151,11 @@ impl From<InvalidPolicy> for Fatal {
 pub fn load_own_policy(path: &Path, builtins: &Builtins) -> Result<LoadedPolicy, Fatal> {
     crate::trust::check_owned(path)
         .map_err(|e| InvalidPolicy(format!("refusing the policy: {e}")))?;
-    Ok(guard_policy::load(path, |p| builtins.add_to(p))?)
+    Ok(guard_policy::load(
+        path,
+        guard_policy::compile::Paths::OnThisHost,
+        |p| builtins.add_to(p),
+    )?)
 }
 
 /// Validates and compiles a policy's text with guardd's built-ins; errors
@@ -161,7 +165,10 @@ pub fn compile_policy(
     origin: &str,
     builtins: &Builtins,
 ) -> Result<LoadedPolicy, Fatal> {
-    Ok(guard_policy::compile_text(text, origin, |p| {
-        builtins.add_to(p)
-    })?)
+    Ok(guard_policy::compile_text(
+        text,
+        origin,
+        guard_policy::compile::Paths::OnThisHost,
+        |p| builtins.add_to(p),
+    )?)
 }
