@@ -4,21 +4,25 @@
 //! meaning "myself", to the cgroup's `cgroup.procs`), so the command runs
 //! tagged from its first instruction and everything it starts inherits the
 //! tag. Standard streams are inherited; signals sent to `guardctl` are
-//! forwarded; its exit status is the command's.
+//! forwarded; its exit status is the command's. With [`RunAs`] (root's
+//! `guardctl run --user`), the child drops to that user after joining.
 
 use std::{
-    ffi::OsString,
+    ffi::{CString, OsString},
     fs::OpenOptions,
     io,
     os::unix::{
         io::AsRawFd,
         process::{CommandExt, ExitStatusExt},
     },
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
 };
 
-use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
+use nix::{
+    sys::signal::{self, SigSet, SigmaskHow, Signal},
+    unistd::{Gid, Uid, User},
+};
 
 /// Signals forwarded to the agent. A signal the terminal sends to the whole
 /// foreground process group (Ctrl-C) already reaches the agent and is not sent
@@ -43,17 +47,131 @@ pub enum LaunchError {
     },
     #[error("cannot start {command}: {source}")]
     Spawn { command: String, source: io::Error },
+    #[error("no user `{0}` in the user database")]
+    NoUser(String),
+    #[error("--user needs root (sudo guardctl run --user ...); without it the command runs as you")]
+    NotRoot,
+    #[error("cannot look up user `{user}`: {source}")]
+    User { user: String, source: nix::Error },
     #[error("waiting for the agent: {0}")]
     Wait(io::Error),
 }
 
+/// The user a command runs as instead of root (`guardctl run --user`).
+#[derive(Clone, Debug)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: Uid,
+    pub gid: Gid,
+    /// Supplementary groups, from the group database.
+    pub groups: Vec<Gid>,
+    pub home: PathBuf,
+}
+
+impl RunAs {
+    /// Looks `user` (a name or a numeric uid) up in the user and group
+    /// databases. Only root may run a command as another user.
+    pub fn lookup(user: &str) -> Result<Self, LaunchError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(LaunchError::NotRoot);
+        }
+        let failed = |source| LaunchError::User {
+            user: user.into(),
+            source,
+        };
+        let found = match user.parse::<u32>() {
+            Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+            Err(_) => User::from_name(user),
+        }
+        .map_err(failed)?
+        .ok_or_else(|| LaunchError::NoUser(user.into()))?;
+        let name =
+            CString::new(found.name.as_str()).map_err(|_| LaunchError::NoUser(user.into()))?;
+        let groups = nix::unistd::getgrouplist(&name, found.gid).map_err(failed)?;
+        Ok(Self {
+            name: found.name,
+            uid: found.uid,
+            gid: found.gid,
+            groups,
+            home: found.dir,
+        })
+    }
+
+    /// Makes `cmd`'s child this user between fork and exec, after the
+    /// closures registered before (joining the cgroup, which needs root):
+    /// its groups, then its gid, then its uid. Leaving uid 0 clears the
+    /// permitted, effective and ambient capabilities; the inheritable ones
+    /// are cleared too, so none reaches a program with file capabilities.
+    fn apply(&self, cmd: &mut Command) {
+        cmd.env("HOME", &self.home)
+            .env("USER", &self.name)
+            .env("LOGNAME", &self.name);
+        let (uid, gid, groups) = (self.uid, self.gid, self.groups.clone());
+        // SAFETY: runs between fork and exec and makes only system calls.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::unistd::setgroups(&groups)?;
+                nix::unistd::setgid(gid)?;
+                nix::unistd::setuid(uid)?;
+                clear_capabilities()
+            });
+        }
+    }
+}
+
+/// Clears every capability set of the calling thread (capset(2), version 3).
+fn clear_capabilities() -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: both pointers are valid for the call; version 3 takes two
+    // data structs.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a prctl without pointers.
+    if unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Runs `command` in session `session`, whose cgroup's `cgroup.procs` is
-/// `procs_path`, with GUARD_SESSION and GUARD_WHY (its reasons file) set;
-/// returns the exit code to exit with.
+/// `procs_path`, with GUARD_SESSION and GUARD_WHY (its reasons file) set,
+/// as `run_as` if given; returns the exit code to exit with.
 pub fn run(
     procs_path: &Path,
     session: &str,
     why_file: Option<&Path>,
+    run_as: Option<&RunAs>,
     command: &[OsString],
 ) -> Result<i32, LaunchError> {
     let mut forwarded = SigSet::empty();
@@ -71,6 +189,9 @@ pub fn run(
         cmd.env("GUARD_WHY", why);
     }
     join_cgroup_on_exec(&mut cmd, procs_path)?;
+    if let Some(run_as) = run_as {
+        run_as.apply(&mut cmd);
+    }
     // SAFETY: runs between fork and exec; sigprocmask is async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {

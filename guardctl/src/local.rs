@@ -129,8 +129,17 @@ pub fn run(
     agent: String,
     profile: Option<String>,
     labels: Vec<(String, String)>,
+    user: Option<&str>,
     command: &[OsString],
 ) -> i32 {
+    // The user first: a mistake starts no session.
+    let run_as = match user.map(launch::RunAs::lookup).transpose() {
+        Ok(run_as) => run_as,
+        Err(e) => {
+            eprintln!("guardctl: {e}");
+            return exit::USAGE;
+        }
+    };
     let started = with_guardd(socket, async |channel| {
         let mut client = pb::session_service_client::SessionServiceClient::new(channel);
         let request = pb::StartSessionRequest {
@@ -154,7 +163,13 @@ pub fn run(
         .unwrap_or_default()
         .id;
     let why_file = Some(Path::new(&started.why_file)).filter(|f| !f.as_os_str().is_empty());
-    match launch::run(Path::new(&started.cgroup_procs), &id, why_file, command) {
+    match launch::run(
+        Path::new(&started.cgroup_procs),
+        &id,
+        why_file,
+        run_as.as_ref(),
+        command,
+    ) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("guardctl: {e}");

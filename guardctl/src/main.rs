@@ -47,6 +47,11 @@ enum Command {
         /// `--label ticket=OPS-12`. Repeatable.
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Run the command as this user (a name or a uid), with its groups
+        /// and home and without root's capabilities, once it has joined
+        /// the session. Root only: `sudo guardctl run --user alice ...`.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
@@ -286,8 +291,9 @@ fn main() {
             agent,
             profile,
             labels,
+            user,
             command,
-        } => local::run(socket, agent, profile, labels, &command),
+        } => local::run(socket, agent, profile, labels, user.as_deref(), &command),
         Command::Why { session, why_dir } => why(session, &why_dir),
         Command::Session { action, session } => {
             local::control_session(socket, action.into(), session)

@@ -241,14 +241,15 @@ pub fn initramfs(repo: &Repo, payload: &Payload, scripts: &[(&str, String)]) -> 
         fs::create_dir_all(target.parent().expect("library paths are absolute"))?;
         fs::copy(&lib, &target).with_context(|| format!("copying {lib}"))?;
     }
-    // PostgreSQL runs as `postgres`, the statement guard as `nobody`.
+    // PostgreSQL runs as `postgres`, the statement guard as `nobody`;
+    // `postgres` has a supplementary group for `guardctl run --user`'s test.
     fs::write(
         stage.join("etc/passwd"),
         "root:x:0:0:root:/:/bin/sh\npostgres:x:70:70:PostgreSQL:/tmp:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     )?;
     fs::write(
         stage.join("etc/group"),
-        "root:x:0:\npostgres:x:70:\nnogroup:x:65534:\n",
+        "root:x:0:\nstaff:x:50:postgres\npostgres:x:70:\nnogroup:x:65534:\n",
     )?;
     write_executable(&stage.join("init"), INIT)?;
     for (mode, script) in scripts {

@@ -181,28 +181,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
     }
     {
         let current = state.current();
+        info!(
+            policy = %config.policy.display(),
+            cgroup_root = %config.cgroup_root,
+            socket = %config.socket.display(),
+            hooks = ?state.enforcer.attachment.attached,
+            generation = current.number,
+            policy_sha256 = %current.policy_sha256,
+            "started"
+        );
+        let summary = current.compiled.summary();
         match &state.readiness {
-            Ok(()) => info!(
-                policy = %config.policy.display(),
-                cgroup_root = %config.cgroup_root,
-                socket = %config.socket.display(),
-                hooks = ?state.enforcer.attachment.attached,
-                generation = current.number,
-                policy_sha256 = %current.policy_sha256,
-                "enforcing: {}",
-                current.compiled.summary()
-            ),
+            Ok(()) => info!("enforcing: {summary}"),
             // Only with --routing-only: a failed canary stops guardd.
-            Err(problem) => warn!(
-                policy = %config.policy.display(),
-                cgroup_root = %config.cgroup_root,
-                socket = %config.socket.display(),
-                hooks = ?state.enforcer.attachment.attached,
-                generation = current.number,
-                policy_sha256 = %current.policy_sha256,
-                "NOT enforcing: {problem}. {}",
-                current.compiled.summary()
-            ),
+            Err(problem) => warn!("NOT enforcing: {problem}. {summary}"),
         }
     }
 

@@ -138,6 +138,84 @@ fn sessions_carry_labels_user_and_profile() {
     assert_ne!(r["session"], session, "every run is a new session");
 }
 
+/// Root launches an agent as another user: `--user` drops, once the child
+/// has joined the session, to that user's uid, gid and groups, with its
+/// home and no capability left; the profile decides what it may do as
+/// before. A user that does not exist starts no session.
+#[test]
+fn guardctl_run_user_drops_every_root_privilege() {
+    let e = env();
+    let run_as_postgres = |script: &str| {
+        std::process::Command::new(bin("guardctl"))
+            .arg("--socket")
+            .arg(&e.guardd.socket)
+            .args(["run", "--agent", TAGGED, "--user", "postgres", "--"])
+            .args(["sh", "-c", script])
+            .current_dir(&e.dir)
+            .output()
+            .unwrap()
+    };
+    let out = run_as_postgres(
+        "cat /proc/self/status; echo \"HOME=$HOME USER=$USER\"; cat /proc/self/cgroup",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    // postgres is uid and gid 70, and a member of `staff` (50).
+    assert_eq!(field("Uid:"), "70\t70\t70\t70");
+    assert_eq!(field("Gid:"), "70\t70\t70\t70");
+    assert_eq!(field("Groups:"), "50 70");
+    for caps in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+        assert_eq!(field(caps), "0000000000000000", "{caps}");
+    }
+    assert!(text.contains("HOME=/tmp USER=postgres"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("0::/") && l.contains(&format!("/{ROOT}/{TAGGED}/"))),
+        "in the session's cgroup: {text}"
+    );
+
+    // Still the agent: its profile denies as before, recorded with its uid.
+    let target = format!("127.0.0.1:{PORT_V4}");
+    let outcome = e.guardd.probe_with(
+        &["--agent", TAGGED, "--user", "postgres"],
+        &e.dir,
+        &["connect-tcp", &target],
+    );
+    let r = assert_denied(outcome, "connect", &target, "net-v4");
+    assert_eq!(r["uid"], 70, "{r}");
+
+    let out = std::process::Command::new(bin("guardctl"))
+        .arg("--socket")
+        .arg(&e.guardd.socket)
+        .args([
+            "run",
+            "--agent",
+            TAGGED,
+            "--user",
+            "no-such-user",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no user `no-such-user`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn sub_agents_nest_in_their_parent_session() {
     let e = env();
