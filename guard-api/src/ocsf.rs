@@ -1,4 +1,4 @@
-//! Records as OCSF 1.3 events (Open Cybersecurity Schema Framework), for
+//! Records as OCSF 1.4 events (Open Cybersecurity Schema Framework), for
 //! log shippers and SIEMs: Process Activity (1007) for exec, File System
 //! Activity (1001) for file actions, Network Activity (4001) for connect
 //! and send, each with `action_id`/`disposition_id` for allowed, denied and
@@ -15,7 +15,7 @@ use crate::{
     time,
 };
 
-pub const VERSION: &str = "1.3.0";
+pub const VERSION: &str = "1.4.0";
 
 /// The OCSF event for one line of `host`'s stream; `sealed` is the line as
 /// sealed (kept as `raw_data`).
@@ -125,9 +125,14 @@ fn finding(r: &Record) -> Option<(&'static str, String)> {
     ))
 }
 
-fn metadata(host: &str, seq: u64, hook: &str) -> Value {
+/// The OCSF profiles of a decision: `security_control` (action,
+/// disposition, policy) and `host` (device, actor).
+const DECISION_PROFILES: &[&str] = &["security_control", "host"];
+
+fn metadata(host: &str, seq: u64, hook: &str, profiles: &[&str]) -> Value {
     json!({
         "version": VERSION,
+        "profiles": profiles,
         "product": {"name": "Guard", "vendor_name": "Guard", "version": env!("CARGO_PKG_VERSION"), "feature": {"name": hook}},
         "uid": format!("{host}/{seq}"),
         "sequence": seq,
@@ -152,7 +157,7 @@ fn decision(host: &str, r: &Record, sealed: &str) -> Value {
     if let Some(p) = process {
         actor_process["cmd_line"] = json!(p.cmdline.join(" "));
         if let Some(exe) = &p.exe {
-            actor_process["file"] = json!({"path": exe});
+            actor_process["file"] = file(exe, FileType::Regular);
         }
         if let Some(parent) = p.ancestry.first() {
             actor_process["parent_process"] = json!({"pid": parent.pid, "name": parent.comm});
@@ -177,8 +182,8 @@ fn decision(host: &str, r: &Record, sealed: &str) -> Value {
         "status_id": status_id,
         "status": status,
         "message": r.message.clone().unwrap_or_else(|| format!("{} {}: {} ({})", r.action, r.target, r.verdict, r.rule)),
-        "metadata": metadata(host, r.seq, &r.hook),
-        "device": {"hostname": host},
+        "metadata": metadata(host, r.seq, &r.hook, DECISION_PROFILES),
+        "device": device(host),
         "actor": {"process": actor_process},
         "policy": {"uid": r.rule, "name": r.rule, "version": r.generation.to_string()},
         "raw_data": sealed,
@@ -222,9 +227,15 @@ fn decision(host: &str, r: &Record, sealed: &str) -> Value {
             });
             event["severity_id"] = json!(4);
             event["severity"] = json!("High");
+            // A finding's status is its own: new, not yet looked at.
+            event["status_id"] = json!(1);
+            event["status"] = json!("New");
             event["unmapped"]["target"] = json!(r.target);
         }
-        1007 => event["process"] = json!({"file": {"path": r.target}}),
+        // The process that executes the file: the same one, a new image.
+        1007 => {
+            event["process"] = json!({"pid": r.pid, "file": file(&r.target, FileType::Regular)})
+        }
         DATASTORE => {
             let s = r.statement.clone().unwrap_or_default();
             // The statement guard knows no process, only the connection.
@@ -273,20 +284,56 @@ fn decision(host: &str, r: &Record, sealed: &str) -> Value {
             }
         }
         4001 => {
-            if let Ok(addr) = r.target.parse::<std::net::SocketAddr>() {
-                event["dst_endpoint"] = json!({"ip": addr.ip().to_string(), "port": addr.port()});
-            }
-            event["connection_info"] = json!({"protocol_name": r.protocol});
+            event["dst_endpoint"] = match r.target.parse::<std::net::SocketAddr>() {
+                Ok(addr) => json!({"ip": addr.ip().to_string(), "port": addr.port()}),
+                // A unix-domain socket, by its name.
+                Err(_) => json!({"name": r.target}),
+            };
+            event["connection_info"] = json!({
+                "protocol_name": r.protocol,
+                "direction_id": 2,
+                "direction": "Outbound",
+            });
         }
         _ => {
-            let name = r.target.rsplit('/').next().unwrap_or_default();
-            event["file"] = json!({"path": r.target, "name": name});
+            let kind = match r.action {
+                Action::Mkdir | Action::Rmdir => FileType::Folder,
+                Action::Symlink => FileType::Symlink,
+                _ => FileType::Unknown,
+            };
+            event["file"] = file(&r.target, kind);
             if let Some(f) = &r.file {
                 event["file"]["uid"] = json!(format!("{}:{}", f.dev, f.ino));
             }
         }
     }
     event
+}
+
+/// The host, as an OCSF device (of a type Guard does not know).
+fn device(host: &str) -> Value {
+    json!({"hostname": host, "type_id": 0, "type": "Unknown"})
+}
+
+/// OCSF file types Guard names.
+#[derive(Clone, Copy)]
+enum FileType {
+    Unknown,
+    Regular,
+    Folder,
+    Symlink,
+}
+
+/// An OCSF file object: its path, its name, and its type.
+fn file(path: &str, kind: FileType) -> Value {
+    let (type_id, type_name) = match kind {
+        FileType::Unknown => (0, "Unknown"),
+        FileType::Regular => (1, "Regular File"),
+        FileType::Folder => (2, "Folder"),
+        FileType::Symlink => (7, "Symbolic Link"),
+    };
+    let name = path.rsplit('/').next().unwrap_or_default();
+    json!({"path": path, "name": name, "type_id": type_id, "type": type_name})
 }
 
 /// A loss has no OCSF class of its own: a Base Event saying how many
@@ -346,8 +393,8 @@ fn base_event(
         "status_id": 2,
         "status": "Failure",
         "message": message,
-        "metadata": metadata(host, seq, feature),
-        "device": {"hostname": host},
+        "metadata": metadata(host, seq, feature, &["host"]),
+        "device": device(host),
         "count": count,
     })
 }

@@ -69,7 +69,7 @@ struct Args {
     #[arg(long = "redact", value_name = "REGEX")]
     redact: Vec<String>,
 
-    /// Also write every record as an OCSF 1.3 event (JSON lines) to this
+    /// Also write every record as an OCSF 1.4 event (JSON lines) to this
     /// file, for log shippers.
     #[arg(long = "ocsf-file", env = "GUARD_OCSF_FILE", value_name = "FILE")]
     ocsf: Option<PathBuf>,

@@ -87,7 +87,7 @@ pub enum Output {
     Json,
     /// Aligned columns for people.
     Table,
-    /// OCSF 1.3 events, one JSON object per line (see docs/audit.md).
+    /// OCSF 1.4 events, one JSON object per line (see docs/audit.md).
     Ocsf,
 }
 

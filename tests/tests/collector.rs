@@ -513,3 +513,107 @@ fn reflected_services_v1(addr: &str) -> Vec<String> {
         }
     })
 }
+
+/// Guard's OCSF output validates against the published OCSF schema (the
+/// release it names), for every class it emits: each kind of decision,
+/// findings, statements, losses and gaps. The check is an independent
+/// validator's: the schema's own JSON Schema for each class, and the
+/// captions it gives each enumerated id.
+#[test]
+#[ignore = "needs Python with ocsf-json-schema and jsonschema: cargo xtask test"]
+fn ocsf_events_validate_against_the_published_schema() {
+    const BASE: &str = r#""seq":7,"time":"2026-11-22T10:00:01.5Z","agent":"coder","profile":"coding","session":"s1","user":{"uid":1000,"name":"dev"},"labels":{"ticket":"OPS-1"},"generation":3,"policy_sha256":"ab","agent_cgroup":1,"cgroup":2,"pid":42,"tid":43,"uid":1000,"comm":"rm""#;
+    let decision = |rest: &str| format!("{{{BASE},{rest}}}");
+    let statement = r#""statement":{"database":"shop","server":"10.0.0.5:5432","dbname":"shop","user":"agent","client":"127.0.0.1:40000","role":"app","classes":["drop"],"objects":["customers"],"normalized":"DROP TABLE customers","fingerprint":"5845001d2291c08a","rows_read":0}"#;
+    let lines = [
+        decision(
+            r#""hook":"path_unlink","action":"unlink","verdict":"deny","target":"/srv/data/db.sqlite","file":{"dev":3,"ino":9},"rule":"keep-data","message":"data stays","process":{"cmdline":["rm","-rf","/srv/data"],"exe":"/usr/bin/rm","ancestry":[{"pid":41,"comm":"bash"}]}"#,
+        ),
+        decision(
+            r#""hook":"path_rename","action":"rename","verdict":"allow","target":"/w/a","rule":"default""#,
+        ),
+        decision(
+            r#""hook":"file_open","action":"open_write","verdict":"would_deny","target":"/w/b","rule":"ro","flags":["path_truncated"]"#,
+        ),
+        decision(
+            r#""hook":"path_mknod","action":"create","verdict":"deny","target":"/w/c","rule":"ro""#,
+        ),
+        decision(
+            r#""hook":"path_truncate","action":"truncate","verdict":"deny","target":"/w/d","rule":"ro""#,
+        ),
+        decision(
+            r#""hook":"bprm_check_security","action":"exec","verdict":"would_deny","target":"/usr/bin/curl","rule":"no-curl""#,
+        ),
+        decision(
+            r#""hook":"socket_connect","action":"connect","verdict":"allow","target":"10.0.0.1:443","protocol":"tcp","rule":"default""#,
+        ),
+        decision(
+            r#""hook":"socket_sendmsg","action":"sendmsg","verdict":"deny","target":"[::1]:53","protocol":"udp","rule":"no-dns""#,
+        ),
+        decision(
+            r#""hook":"unix_stream_connect","action":"connect","verdict":"deny","target":"/run/postgresql/.s.PGSQL.5432","protocol":"unix","rule":"statement-guard-only","message":"agents reach database `shop` only through its statement guard: connect to 127.0.0.1:6432""#,
+        ),
+        decision(
+            r#""hook":"task_kill","action":"signal","verdict":"deny","target":"pid 812","rule":"self-protection","message":"no agent may do this""#,
+        ),
+        decision(
+            r#""hook":"path_unlink","action":"unlink","verdict":"deny","target":"/w/t9","rule":"budget:destroy","budget":{"name":"destroy","spent":50,"burst":50,"rate":"30/min"}"#,
+        ),
+        decision(
+            r#""hook":"guardctl","action":"ticket_approve","verdict":"allow","target":"/w/e","rule":"lock","ticket":{"id":"0000002a","state":"approved","once":true}"#,
+        ),
+        decision(&format!(
+            r#""hook":"statement_guard","action":"statement","verdict":"deny","target":"shop/shop","protocol":"postgresql","rule":"no-drop",{statement}"#
+        )),
+        decision(&format!(
+            r#""hook":"statement_guard","action":"statement","verdict":"allow","target":"shop/shop","protocol":"postgresql","rule":"default",{}"#,
+            statement
+                .replace("DROP TABLE", "SELECT * FROM")
+                .replace("[\"drop\"]", "[\"read\"]")
+        )),
+        r#"{"seq":9,"time":"2026-11-22T10:00:02Z","loss":{"stage":"ring_buffer","records":12}}"#
+            .to_string(),
+    ];
+    let mut events: Vec<Value> = lines
+        .iter()
+        .map(|json| {
+            let line =
+                guard_api::record::Line::parse(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+            guard_api::ocsf::event("web-1", &line, json)
+        })
+        .collect();
+    events.push(guard_api::ocsf::gap(
+        "web-1",
+        10,
+        19,
+        1_795_341_601_500_000_000,
+    ));
+    let classes: std::collections::BTreeSet<u64> = events
+        .iter()
+        .filter_map(|e| e["class_uid"].as_u64())
+        .collect();
+    assert_eq!(
+        classes.into_iter().collect::<Vec<_>>(),
+        [0, 1001, 1007, 2004, 4001, 6005],
+        "every class Guard emits"
+    );
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut validator = Command::new("python3")
+        .arg(root.join("tests/python/ocsf_validate.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let input: String = events.iter().map(|e| format!("{e}\n")).collect();
+    std::io::Write::write_all(validator.stdin.as_mut().unwrap(), input.as_bytes()).unwrap();
+    drop(validator.stdin.take());
+    let output = validator.wait_with_output().unwrap();
+    let failures = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "events that do not validate:\n{failures}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

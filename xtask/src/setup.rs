@@ -26,11 +26,14 @@ const PACKAGES: &[&str] = &[
 
 /// Python packages: grpcio for the test client generated from the proto
 /// (and grpcio-reflection for a client that knows only what reflection
-/// tells it), psycopg 3 (with its own libpq) for the statement guard's tests.
+/// tells it), psycopg 3 (with its own libpq) for the statement guard's
+/// tests, the OCSF schema and a JSON Schema validator for the OCSF output.
 const PYTHON_PACKAGES: &[&str] = &[
     "grpcio==1.85.1",
     "grpcio-tools==1.85.1",
     "grpcio-reflection==1.85.1",
+    "ocsf-json-schema==1.2.0",
+    "jsonschema==4.26.0",
     "psycopg[binary]==3.3.9",
 ];
 
@@ -68,7 +71,10 @@ pub fn install_packages(packages: &[&str]) -> Result<()> {
 
 fn install_python_packages() -> Result<()> {
     let present = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools, grpc_reflection, psycopg"])
+        .args([
+            "-c",
+            "import grpc, grpc_tools, grpc_reflection, psycopg, ocsf_json_schema, jsonschema",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     if present {
