@@ -138,6 +138,18 @@ struct Args {
     #[arg(long, conflicts_with_all = ["check", "policy"])]
     detach: bool,
 
+    /// The group whose members may read through the local API (status,
+    /// policy, sessions, tickets): the socket's group. Default: `guard`,
+    /// if it exists (otherwise only root may connect); "" for none.
+    #[arg(long, env = "GUARD_READ_GROUP", value_name = "GROUP")]
+    read_group: Option<String>,
+
+    /// The group whose members may also change: approve or deny tickets,
+    /// reload or apply the policy, act on sessions. Default: root only.
+    /// Its members need the socket too (be in --read-group).
+    #[arg(long, env = "GUARD_ADMIN_GROUP", value_name = "GROUP")]
+    admin_group: Option<String>,
+
     /// Internal: run the readiness canary's actions (guardd starts itself
     /// this way inside the canary cgroup).
     #[arg(long, hide = true, value_name = "DIR")]
@@ -167,7 +179,18 @@ fn main() {
                 std::process::exit(exit::USAGE);
             }
         };
+        let access = match daemon::AccessGroups::lookup(
+            args.read_group.as_deref(),
+            args.admin_group.as_deref(),
+        ) {
+            Ok(access) => access,
+            Err(e) => {
+                tracing::error!("{e}");
+                std::process::exit(exit::USAGE);
+            }
+        };
         let config = daemon::Config {
+            access,
             policy: args.policy.expect("clap requires --policy"),
             events: args.events,
             cgroup_root: args.cgroup_root,

@@ -242,14 +242,15 @@ pub fn initramfs(repo: &Repo, payload: &Payload, scripts: &[(&str, String)]) -> 
         fs::copy(&lib, &target).with_context(|| format!("copying {lib}"))?;
     }
     // PostgreSQL runs as `postgres`, the statement guard as `nobody`;
-    // `postgres` has a supplementary group for `guardctl run --user`'s test.
+    // `postgres` has a supplementary group for `guardctl run --user`'s test,
+    // and `guard` is guardd's read group (the local API's tests).
     fs::write(
         stage.join("etc/passwd"),
         "root:x:0:0:root:/:/bin/sh\npostgres:x:70:70:PostgreSQL:/tmp:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     )?;
     fs::write(
         stage.join("etc/group"),
-        "root:x:0:\nstaff:x:50:postgres\npostgres:x:70:\nnogroup:x:65534:\n",
+        "root:x:0:\nstaff:x:50:postgres\nguard:x:60:\npostgres:x:70:\nnogroup:x:65534:\n",
     )?;
     write_executable(&stage.join("init"), INIT)?;
     for (mode, script) in scripts {

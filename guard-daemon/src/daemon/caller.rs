@@ -2,6 +2,7 @@
 //! as they were when the connection was accepted.
 
 use std::{
+    os::fd::AsRawFd,
     pin::Pin,
     task::{Context, Poll},
 };
@@ -22,6 +23,59 @@ pub(super) struct Caller {
     /// of its own sessions, validate policies, start sub-agent sessions and
     /// list its own tickets.
     pub(super) agent: bool,
+    /// What it may do if it is no agent.
+    pub(super) access: Access,
+}
+
+/// What a caller outside Guard's cgroups may do, from its credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Access {
+    Nothing,
+    /// Read the status, the policy, the sessions and the tickets.
+    Read,
+    /// Also change: reload or apply the policy, act on sessions, approve
+    /// or deny tickets.
+    Change,
+}
+
+/// The groups that give access to the local API (`guardd --read-group`,
+/// `--admin-group`); root may always change.
+#[derive(Clone, Debug, Default)]
+pub struct AccessGroups {
+    /// The group that may read, and the socket's group.
+    pub read: Option<(String, u32)>,
+    /// The group that may also change.
+    pub change: Option<(String, u32)>,
+}
+
+impl AccessGroups {
+    /// What a process of `uid` with the groups `gids` may do.
+    fn access(&self, uid: u32, gids: &[u32]) -> Access {
+        let member = |group: &Option<(String, u32)>| {
+            group.as_ref().is_some_and(|(_, gid)| gids.contains(gid))
+        };
+        if uid == 0 || member(&self.change) {
+            Access::Change
+        } else if member(&self.read) {
+            Access::Read
+        } else {
+            Access::Nothing
+        }
+    }
+
+    /// What a caller lacking `needed` is told.
+    pub(super) fn refusal(&self, needed: Access, what: &str) -> String {
+        let (group, flag) = match needed {
+            Access::Change => (&self.change, "--admin-group"),
+            _ => (&self.read, "--read-group"),
+        };
+        match group {
+            Some((name, _)) => {
+                format!("only root or members of group `{name}` (guardd {flag}) may {what}")
+            }
+            None => format!("only root may {what}"),
+        }
+    }
 }
 
 impl Caller {
@@ -43,6 +97,8 @@ pub(super) struct Peer {
     /// request is handled (its pid may be reused by then) still counts as
     /// one.
     pub(super) agent_at_accept: bool,
+    /// From its uid and groups (the kernel's, `SO_PEERGROUPS`).
+    pub(super) access: Access,
 }
 
 /// An accepted connection to the local API, carrying its [`Peer`] to each
@@ -54,16 +110,56 @@ pub(super) struct Connection {
 
 impl Connection {
     /// `is_agent` says whether a pid is an agent's.
-    pub(super) fn accept(stream: UnixStream, is_agent: impl Fn(i32) -> bool) -> Self {
+    pub(super) fn accept(
+        stream: UnixStream,
+        is_agent: impl Fn(i32) -> bool,
+        groups: &AccessGroups,
+    ) -> Self {
         let peer = stream.peer_cred().ok().map(|cred| {
             let pid = cred.pid().unwrap_or(0);
+            let mut gids = peer_groups(&stream).unwrap_or_default();
+            gids.push(cred.gid());
             Peer {
                 pid,
                 uid: cred.uid(),
                 agent_at_accept: is_agent(pid),
+                access: groups.access(cred.uid(), &gids),
             }
         });
         Self { stream, peer }
+    }
+}
+
+/// The supplementary groups of a unix socket's peer, as the kernel saw them
+/// when it connected.
+fn peer_groups(stream: &UnixStream) -> std::io::Result<Vec<u32>> {
+    let mut gids = vec![0u32; 64];
+    loop {
+        let mut len = (gids.len() * size_of::<u32>()) as libc::socklen_t;
+        // SAFETY: `gids` has room for `len` bytes, which the kernel updates.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                gids.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            gids.truncate(len as usize / size_of::<u32>());
+            return Ok(gids);
+        }
+        let error = std::io::Error::last_os_error();
+        // Too small: `len` is the size needed.
+        if error.raw_os_error() != Some(libc::ERANGE) {
+            return Err(error);
+        }
+        let needed = len as usize / size_of::<u32>();
+        if needed <= gids.len() {
+            return Err(error);
+        }
+        gids.resize(needed, 0);
     }
 }
 
@@ -112,5 +208,32 @@ impl AsyncWrite for Connection {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_changes_the_admin_group_changes_the_read_group_reads() {
+        let groups = AccessGroups {
+            read: Some(("guard".into(), 60)),
+            change: Some(("ops".into(), 61)),
+        };
+        assert_eq!(groups.access(0, &[0]), Access::Change);
+        assert_eq!(groups.access(1000, &[1000, 61]), Access::Change);
+        assert_eq!(groups.access(1000, &[1000, 60]), Access::Read);
+        assert_eq!(groups.access(1000, &[1000]), Access::Nothing);
+        assert_eq!(
+            groups.refusal(Access::Change, "approve or deny tickets"),
+            "only root or members of group `ops` (guardd --admin-group) may approve or deny tickets"
+        );
+        let none = AccessGroups::default();
+        assert_eq!(none.access(1000, &[60, 61]), Access::Nothing);
+        assert_eq!(
+            none.refusal(Access::Change, "change the policy"),
+            "only root may change the policy"
+        );
     }
 }

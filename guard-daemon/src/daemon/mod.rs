@@ -24,6 +24,7 @@ mod why;
 mod writer;
 
 pub use builtins::Builtins;
+pub use caller::AccessGroups;
 pub use config::{
     Config, Fatal, Persistence, StatementGuardConfig, compile_policy, load_own_policy,
 };

@@ -4,8 +4,11 @@
 //! ([`caller`](super::caller)): a caller inside Guard's root (an agent) may
 //! read the status of its own sessions, validate policies, start sub-agent
 //! sessions and list its own tickets, but not read, apply or reload the
-//! policy, act on sessions, nor approve or deny tickets. How each refusal
-//! becomes a gRPC status is decided here ([`status_of`], [`ticket_status`]).
+//! policy, act on sessions, nor approve or deny tickets. Other callers may
+//! read if they are root or in the read group (`--read-group`, the socket's
+//! group), and change if they are root or in the admin group
+//! (`--admin-group`); only root starts sessions. How each refusal becomes a
+//! gRPC status is decided here ([`status_of`], [`ticket_status`]).
 
 use std::{
     path::Path,
@@ -19,7 +22,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     approvals::{self, TicketError},
-    caller::{Caller, Connection, Peer},
+    caller::{Access, AccessGroups, Caller, Connection, Peer},
     config::{Fatal, compile_policy},
     refusal::Refusal,
     reload::{Reloaded, reload},
@@ -30,6 +33,7 @@ use guard_api::{exit, pb, session::Session};
 #[derive(Clone)]
 pub struct LocalApi {
     pub state: Arc<Mutex<State>>,
+    pub groups: Arc<AccessGroups>,
 }
 
 impl LocalApi {
@@ -46,17 +50,40 @@ impl LocalApi {
             // Looked up again now: a process moved into an agent cgroup
             // since it connected is an agent too.
             agent: peer.agent_at_accept || lock(&self.state).root.is_agent(peer.pid),
+            access: peer.access,
         })
     }
 
-    /// The caller, unless it is an agent: then PERMISSION_DENIED saying
-    /// `agents cannot {what}`.
-    fn not_for_agents<T>(&self, request: &Request<T>, what: &str) -> Result<Caller, Status> {
+    /// The caller, if it is no agent and may do what needs `needed`;
+    /// otherwise PERMISSION_DENIED saying who may `{what}`.
+    fn allowed<T>(
+        &self,
+        request: &Request<T>,
+        needed: Access,
+        what: &str,
+    ) -> Result<Caller, Status> {
         let caller = self.caller(request)?;
         if caller.agent {
             return Err(status_of(Refusal::NotAllowed(format!(
                 "agents cannot {what}"
             ))));
+        }
+        if caller.access < needed {
+            return Err(status_of(Refusal::NotAllowed(
+                self.groups.refusal(needed, what),
+            )));
+        }
+        Ok(caller)
+    }
+
+    /// The caller, if it is an agent (which sees its own sessions only) or
+    /// may read.
+    fn agent_or_reader<T>(&self, request: &Request<T>, what: &str) -> Result<Caller, Status> {
+        let caller = self.caller(request)?;
+        if !caller.agent && caller.access < Access::Read {
+            return Err(status_of(Refusal::NotAllowed(
+                self.groups.refusal(Access::Read, what),
+            )));
         }
         Ok(caller)
     }
@@ -114,7 +141,7 @@ impl pb::daemon_service_server::DaemonService for LocalApi {
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::Status>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.agent_or_reader(&request, "read the status")?;
         Ok(Response::new(lock(&self.state).status_for(&caller)))
     }
 }
@@ -125,7 +152,7 @@ impl pb::policy_service_server::PolicyService for LocalApi {
         &self,
         request: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::Policy>, Status> {
-        self.not_for_agents(&request, "read the policy")?;
+        self.allowed(&request, Access::Read, "read the policy")?;
         let state = lock(&self.state);
         let current = state.current();
         Ok(Response::new(pb::Policy {
@@ -141,6 +168,7 @@ impl pb::policy_service_server::PolicyService for LocalApi {
         &self,
         request: Request<pb::ValidatePolicyRequest>,
     ) -> Result<Response<pb::ValidatePolicyResponse>, Status> {
+        self.agent_or_reader(&request, "validate policies")?;
         let text = request.into_inner().text;
         let builtins = lock(&self.state).builtins.clone();
         let checked =
@@ -166,7 +194,7 @@ impl pb::policy_service_server::PolicyService for LocalApi {
         &self,
         request: Request<pb::ApplyPolicyRequest>,
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
-        self.not_for_agents(&request, "change the policy")?;
+        self.allowed(&request, Access::Change, "change the policy")?;
         let request = request.into_inner();
         let (path, builtins, sha256) = {
             let state = lock(&self.state);
@@ -204,7 +232,7 @@ impl pb::policy_service_server::PolicyService for LocalApi {
         &self,
         request: Request<pb::ReloadPolicyRequest>,
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
-        self.not_for_agents(&request, "change the policy")?;
+        self.allowed(&request, Access::Change, "change the policy")?;
         self.reload().await
     }
 }
@@ -215,7 +243,7 @@ impl pb::session_service_server::SessionService for LocalApi {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.agent_or_reader(&request, "list sessions")?;
         let agent = request.into_inner().agent;
         let sessions = lock(&self.state)
             .sessions_for(&caller)
@@ -230,7 +258,7 @@ impl pb::session_service_server::SessionService for LocalApi {
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::SessionInfo>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.agent_or_reader(&request, "read sessions")?;
         let id = request.into_inner().id;
         lock(&self.state)
             .sessions_for(&caller)
@@ -245,6 +273,13 @@ impl pb::session_service_server::SessionService for LocalApi {
         request: Request<pb::StartSessionRequest>,
     ) -> Result<Response<pb::StartSessionResponse>, Status> {
         let caller = self.caller(&request)?;
+        // The child joins the session's cgroup itself, which only root
+        // may write to (or an agent, below its own session).
+        if !caller.agent && caller.uid != 0 {
+            return Err(status_of(Refusal::NotAllowed(
+                "sessions are started by root: `sudo guardctl run --user YOU ...` runs the agent as you".into(),
+            )));
+        }
         let request = request.into_inner();
         let profile = Some(request.profile).filter(|p| !p.is_empty());
         let labels = request.labels.into_iter().collect();
@@ -264,7 +299,7 @@ impl pb::session_service_server::SessionService for LocalApi {
         &self,
         request: Request<pb::ControlSessionRequest>,
     ) -> Result<Response<pb::ControlSessionResponse>, Status> {
-        self.not_for_agents(&request, "thaw, kill or reset sessions")?;
+        self.allowed(&request, Access::Change, "thaw, kill or reset sessions")?;
         let request = request.into_inner();
         let action = pb::SessionAction::try_from(request.action).unwrap_or_default();
         lock(&self.state)
@@ -303,7 +338,7 @@ impl pb::approval_service_server::ApprovalService for LocalApi {
         &self,
         request: Request<pb::ListTicketsRequest>,
     ) -> Result<Response<pb::ListTicketsResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.agent_or_reader(&request, "list tickets")?;
         let all = request.into_inner().all;
         let tickets = lock(&self.state).tickets_for(&caller, all);
         Ok(Response::new(pb::ListTicketsResponse {
@@ -315,7 +350,7 @@ impl pb::approval_service_server::ApprovalService for LocalApi {
         &self,
         request: Request<pb::ApproveRequest>,
     ) -> Result<Response<pb::Ticket>, Status> {
-        let caller = self.not_for_agents(&request, "approve or deny tickets")?;
+        let caller = self.allowed(&request, Access::Change, "approve or deny tickets")?;
         let request = request.into_inner();
         let ttl = match request.ttl_seconds {
             0 => approvals::DEFAULT_TTL,
@@ -335,7 +370,7 @@ impl pb::approval_service_server::ApprovalService for LocalApi {
         &self,
         request: Request<pb::DenyRequest>,
     ) -> Result<Response<pb::Ticket>, Status> {
-        let caller = self.not_for_agents(&request, "approve or deny tickets")?;
+        let caller = self.allowed(&request, Access::Change, "approve or deny tickets")?;
         lock(&self.state)
             .deny_ticket(&request.into_inner().id, &caller)
             .map(|t| Response::new(ticket(&t)))
@@ -344,7 +379,7 @@ impl pb::approval_service_server::ApprovalService for LocalApi {
 }
 
 /// Listens on a unix socket only root can open.
-pub(super) fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+pub(super) fn bind(path: &Path, groups: &AccessGroups) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -353,7 +388,16 @@ pub(super) fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     let _ = std::fs::remove_file(path);
     let listener =
         UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    // Root's, and the read group's if there is one.
+    let mode = match &groups.read {
+        Some((name, gid)) => {
+            std::os::unix::fs::chown(path, None, Some(*gid))
+                .with_context(|| format!("cannot give {} to group `{name}`", path.display()))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot restrict {}", path.display()))?;
     Ok(listener)
 }
@@ -366,8 +410,9 @@ pub(super) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let root = lock(&api.state).root.clone();
+    let groups = api.groups.clone();
     let incoming = UnixListenerStream::new(listener).map(move |stream| {
-        stream.map(|stream| Connection::accept(stream, |pid| root.is_agent(pid)))
+        stream.map(|stream| Connection::accept(stream, |pid| root.is_agent(pid), &groups))
     });
     tonic::transport::Server::builder()
         .add_service(pb::daemon_service_server::DaemonServiceServer::new(

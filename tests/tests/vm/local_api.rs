@@ -112,3 +112,85 @@ fn the_local_api_applies_policies_and_lists_sessions() {
     assert_eq!(sessions[0]["labels"]["who"], "agent");
     assert_eq!(sessions[0]["agent"], "p");
 }
+
+/// Who may use the local API besides root, decided from the kernel's peer
+/// credentials: the read group (`guard`, the socket's group) may read, the
+/// admin group (`--admin-group`) may also change, and no one else may
+/// connect. Only root starts sessions.
+#[test]
+fn the_read_and_admin_groups_decide_who_may_read_and_change() {
+    use std::os::unix::{fs::MetadataExt as _, process::CommandExt as _};
+    // A directory others may enter, for the socket.
+    let dir = std::path::Path::new("/tmp/guard-access-test");
+    fs::create_dir_all(dir).unwrap();
+    fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let open = policy_of(&open_profile("p"), &["p"]);
+    let guardd = Guardd::start_with(
+        dir,
+        &open,
+        "guard-access-test",
+        &["--admin-group", "staff"],
+        &[],
+    );
+    let socket = fs::metadata(&guardd.socket).unwrap();
+    assert_eq!((socket.mode() & 0o777, socket.gid()), (0o660, 60));
+
+    // guardctl run by postgres (uid and gid 70) with these groups.
+    let (guard, staff) = (60, 50);
+    let as_postgres = |groups: &[libc::gid_t], args: &[&str]| {
+        let groups = groups.to_vec();
+        let mut command = std::process::Command::new(bin("guardctl"));
+        command.arg("--socket").arg(&guardd.socket).args(args);
+        // SAFETY: only system calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(70) != 0
+                    || libc::setuid(70) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // In `guard`: reads, and changes nothing.
+    for args in [
+        &["status"][..],
+        &["policy", "show"],
+        &["tickets"],
+        &["sessions"],
+    ] {
+        let (code, stderr) = as_postgres(&[70, guard], args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+    }
+    let (code, stderr) = as_postgres(&[70, guard], &["reload"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains(
+            "only root or members of group `staff` (guardd --admin-group) may change the policy"
+        ),
+        "{stderr}"
+    );
+    let (code, stderr) = as_postgres(&[70, guard], &["run", "--agent", "p", "--", "true"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("sessions are started by root"), "{stderr}");
+
+    // Also in `staff`: changes too.
+    let (code, stderr) = as_postgres(&[70, guard, staff], &["reload"]);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // In neither: the socket is closed to it.
+    let (code, stderr) = as_postgres(&[70], &["status"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("cannot reach guardd") && stderr.contains("ermission denied"),
+        "{stderr}"
+    );
+}
