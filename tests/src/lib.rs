@@ -252,19 +252,22 @@ impl Guardd {
 
     /// Waits for the record of process `pid` that satisfies `matches`.
     pub fn record(&self, pid: u32, matches: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_record(&format!("pid {pid}"), |r| r["pid"] == pid && matches(r))
+    }
+
+    /// Waits (up to 10 s: records reach the events file a moment after the
+    /// decision) for a record that satisfies `matches`, `what` saying which.
+    pub fn wait_for_record(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let records = self.records();
-            if let Some(r) = records.iter().find(|r| r["pid"] == pid && matches(r)) {
+            if let Some(r) = records.iter().find(|r| matches(r)) {
                 return r.clone();
             }
             assert!(
                 Instant::now() < deadline,
-                "no matching record for pid {pid}; records of that pid: {:#?}",
+                "no record of {what} among {:#?}",
                 records
-                    .iter()
-                    .filter(|r| r["pid"] == pid)
-                    .collect::<Vec<_>>()
             );
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -299,11 +299,9 @@ agents:
     );
     let (code, out, err) = psql(&mut as_agent("analyst"), "SELECT count(*) FROM t");
     assert!(code == Some(0) && out.trim() == "0", "{err}");
-    let refused = guardd
-        .records()
-        .into_iter()
-        .find(|r| r["action"] == "statement" && r["verdict"] == "deny")
-        .expect("a record of the DROP refused");
+    let refused = guardd.wait_for_record("the DROP refused", |r| {
+        r["action"] == "statement" && r["verdict"] == "deny"
+    });
     assert_eq!(
         (&refused["agent"], &refused["rule"]),
         (&"analyst".into(), &"no-drop".into()),

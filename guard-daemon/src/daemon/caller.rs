@@ -48,7 +48,36 @@ pub struct AccessGroups {
     pub change: Option<(String, u32)>,
 }
 
+/// The group that may read through the local API by default, if it exists.
+const DEFAULT_READ_GROUP: &str = "guard";
+
 impl AccessGroups {
+    /// Looks the groups up: `read` (the default group when `None`, which
+    /// may not exist) and `admin`. A group named but not found is an error.
+    pub fn lookup(read: Option<&str>, admin: Option<&str>) -> Result<Self, String> {
+        let find = |name: &str| -> Result<Option<(String, u32)>, String> {
+            nix::unistd::Group::from_name(name)
+                .map_err(|e| format!("cannot look up group `{name}`: {e}"))
+                .map(|group| group.map(|g| (name.to_string(), g.gid.as_raw())))
+        };
+        let named = |name: &str, flag: &str| {
+            find(name)?
+                .ok_or_else(|| format!("{flag}: no group `{name}`"))
+                .map(Some)
+        };
+        Ok(Self {
+            read: match read {
+                None => find(DEFAULT_READ_GROUP)?,
+                Some("") => None,
+                Some(name) => named(name, "--read-group")?,
+            },
+            change: admin
+                .map(|name| named(name, "--admin-group"))
+                .transpose()?
+                .flatten(),
+        })
+    }
+
     /// What a process of `uid` with the groups `gids` may do.
     fn access(&self, uid: u32, gids: &[u32]) -> Access {
         let member = |group: &Option<(String, u32)>| {

@@ -174,34 +174,3 @@ pub fn compile_policy(
         |p| builtins.add_to(p),
     )?)
 }
-
-/// The group that may read through the local API by default, if it exists.
-pub const DEFAULT_READ_GROUP: &str = "guard";
-
-impl AccessGroups {
-    /// Looks the groups up: `read` (the default group when `None`, which
-    /// may not exist) and `admin`. A group named but not found is an error.
-    pub fn lookup(read: Option<&str>, admin: Option<&str>) -> Result<Self, String> {
-        let find = |name: &str| -> Result<Option<(String, u32)>, String> {
-            nix::unistd::Group::from_name(name)
-                .map_err(|e| format!("cannot look up group `{name}`: {e}"))
-                .map(|group| group.map(|g| (name.to_string(), g.gid.as_raw())))
-        };
-        let named = |name: &str, flag: &str| {
-            find(name)?
-                .ok_or_else(|| format!("{flag}: no group `{name}`"))
-                .map(Some)
-        };
-        Ok(Self {
-            read: match read {
-                None => find(DEFAULT_READ_GROUP)?,
-                Some("") => None,
-                Some(name) => named(name, "--read-group")?,
-            },
-            change: admin
-                .map(|name| named(name, "--admin-group"))
-                .transpose()?
-                .flatten(),
-        })
-    }
-}

@@ -641,11 +641,9 @@ agents:
     assert!(ok && out == "1", "untagged: {err}");
     let (ok, out, err) = psql(&mut as_agent("coder"), &unix_url(&socket_dir), "SELECT 1");
     assert!(ok && out == "1", "coder: {err}");
-    let refused = guardd
-        .records()
-        .into_iter()
-        .find(|r| r["hook"] == "unix_stream_connect")
-        .expect("a record of the unix socket refused");
+    let refused = guardd.wait_for_record("the unix socket refused", |r| {
+        r["hook"] == "unix_stream_connect"
+    });
     assert_eq!(
         (
             &refused["verdict"],
@@ -758,11 +756,7 @@ agents:
         probe("coder", &["open-write", &password]),
         Some(guard_tests::EPERM)
     );
-    let read = guardd
-        .records()
-        .into_iter()
-        .find(|r| r["action"] == "open_read")
-        .expect("a record of the read refused");
+    let read = guardd.wait_for_record("the read refused", |r| r["action"] == "open_read");
     assert_eq!(
         (
             &read["verdict"],
