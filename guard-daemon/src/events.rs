@@ -164,8 +164,8 @@ pub fn to_record(
     let address = || {
         let v6 = Ipv6Addr::from(event.addr);
         let ip = match (event.family, v6.to_ipv4_mapped()) {
-            (2, Some(v4)) => IpAddr::V4(v4), // AF_INET
-            (1, Some(v4)) => IpAddr::V4(v4), // AF_UNIX: the guard's address
+            // AF_INET; AF_UNIX, whose address is the guard's.
+            (2 | 1, Some(v4)) => IpAddr::V4(v4),
             _ => IpAddr::V6(v6),
         };
         std::net::SocketAddr::new(ip, event.port)

@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use guard_common::{
-    Counter, EVENT_PATH_LEN, Event, LsmHook, NO_RULE, RuleRef, SELF_PROTECTION, action, agent_flag,
-    event_flag, mode, spool_flag, verdict,
+    Counter, EVENT_PATH_LEN, Event, LsmHook, NO_RULE, RuleRef, SELF_PROTECTION,
+    STATEMENT_GUARD_ONLY, action, agent_flag, event_flag, mode, spool_flag, verdict,
 };
 
 use crate::{
@@ -100,6 +100,15 @@ impl Decision {
     pub(crate) const SELF_PROTECTION: Decision = Decision {
         verdict: verdict::DENY,
         rule_id: SELF_PROTECTION,
+        flags: 0,
+        detail: 0,
+    };
+
+    /// A connection that would skip the statement guard: enforced in every
+    /// mode, always recorded.
+    pub(crate) const STATEMENT_GUARD_ONLY: Decision = Decision {
+        verdict: verdict::DENY,
+        rule_id: STATEMENT_GUARD_ONLY,
         flags: 0,
         detail: 0,
     };

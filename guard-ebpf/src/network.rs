@@ -2,7 +2,7 @@
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use guard_common::{
-    Event, ExceptionKey, NetKey, NetRuleSet, RuleRef, agent_flag, hook, lsm, protocol, verdict,
+    Event, ExceptionKey, NetKey, NetRuleSet, RuleRef, agent_flag, hook, lsm, protocol,
 };
 
 use crate::{
@@ -183,15 +183,6 @@ fn socket_sendmsg(ctx: LsmContext) -> i32 {
     })
 }
 
-/// A connection that would skip the statement guard: enforced in every
-/// mode, always recorded.
-const STATEMENT_GUARD_ONLY: Decision = Decision {
-    verdict: verdict::DENY,
-    rule_id: guard_common::STATEMENT_GUARD_ONLY,
-    flags: 0,
-    detail: 0,
-};
-
 /// Denies an agent's connection to the unix-domain socket of a database
 /// server its profile guards: the kernel cannot route those to the guard
 /// (6.1 has no cgroup program for unix connects). The listening socket is
@@ -217,7 +208,7 @@ fn unix_stream_connect(ctx: LsmContext) -> i32 {
         Ok(decided(
             agent,
             hook::UNIX_CONNECT,
-            &STATEMENT_GUARD_ONLY,
+            &Decision::STATEMENT_GUARD_ONLY,
             |event| {
                 event.family = AF_UNIX;
                 event.protocol = protocol::ANY;

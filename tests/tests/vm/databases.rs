@@ -74,21 +74,14 @@ fn statements(guardd: &Guardd) -> Vec<Value> {
 /// Waits for the statement record whose normalized text is `normalized`
 /// and whose profile is `profile`.
 fn statement(guardd: &Guardd, profile: &str, normalized: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let all = statements(guardd);
-        if let Some(r) = all
-            .iter()
-            .find(|r| r["profile"] == profile && r["statement"]["normalized"] == normalized)
-        {
-            return r.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no statement record of `{normalized}` by profile {profile}: {all:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    guardd.wait_for_record(
+        &format!("the statement `{normalized}` by profile {profile}"),
+        |r| {
+            r["action"] == "statement"
+                && r["profile"] == profile
+                && r["statement"]["normalized"] == normalized
+        },
+    )
 }
 
 /// guardd runs the statement guard as `nobody` for a policy with
