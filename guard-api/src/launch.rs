@@ -1,16 +1,18 @@
 //! `guardctl run`: start a command as an agent.
 //!
-//! The child joins the agent's cgroup between fork and exec (it writes `0`,
-//! meaning "myself", to the cgroup's `cgroup.procs`), so the command runs
-//! tagged from its first instruction and everything it starts inherits the
-//! tag. Standard streams are inherited; signals sent to `guardctl` are
-//! forwarded; its exit status is the command's. With [`RunAs`] (root's
-//! `guardctl run --user`), the child drops to that user after joining.
+//! The child waits between fork and exec until guardd has moved it into the
+//! session's cgroup (it sends guardd its pid through the launcher and waits
+//! for the go-ahead), so the command runs tagged from its first instruction,
+//! everything it starts inherits the tag, and the launcher needs no write
+//! access to Guard's cgroups. Standard streams are inherited; signals sent
+//! to `guardctl` are forwarded; its exit status is the command's. With
+//! [`RunAs`] (root's `guardctl run --user`), the child drops to that user
+//! after it was placed.
 
 use std::{
     ffi::{CString, OsString},
     fs::OpenOptions,
-    io,
+    io::{self, Read, Write},
     os::unix::{
         io::AsRawFd,
         process::{CommandExt, ExitStatusExt},
@@ -38,15 +40,15 @@ const FORWARDED: [Signal; 6] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error(
-        "cannot open {path}: {source} (guardctl run needs root, or write access to the session's cgroup)"
-    )]
+    #[error("cannot open {path}: {source}")]
     Procs {
         path: std::path::PathBuf,
         source: io::Error,
     },
     #[error("cannot start {command}: {source}")]
     Spawn { command: String, source: io::Error },
+    #[error("guardd did not place the command in its session: {0}")]
+    Place(String),
     #[error("no user `{0}` in the user database")]
     NoUser(String),
     #[error("--user needs root (sudo guardctl run --user ...); without it the command runs as you")]
@@ -98,8 +100,8 @@ impl RunAs {
     }
 
     /// Makes `cmd`'s child this user between fork and exec, after the
-    /// closures registered before (joining the cgroup, which needs root):
-    /// its groups, then its gid, then its uid. Leaving uid 0 clears the
+    /// closures registered before (being placed in the session: guardd
+    /// places only a process with the launcher's uid): its groups, then its gid, then its uid. Leaving uid 0 clears the
     /// permitted, effective and ambient capabilities; the inheritable ones
     /// are cleared too, so none reaches a program with file capabilities.
     fn apply(&self, cmd: &mut Command) {
@@ -164,15 +166,16 @@ fn clear_capabilities() -> io::Result<()> {
     Ok(())
 }
 
-/// Runs `command` in session `session`, whose cgroup's `cgroup.procs` is
-/// `procs_path`, with GUARD_SESSION and GUARD_WHY (its reasons file) set,
-/// as `run_as` if given; returns the exit code to exit with.
+/// Runs `command` in session `session`, with GUARD_SESSION and GUARD_WHY
+/// (its reasons file) set, as `run_as` if given; `place` asks guardd to move
+/// the command's process (its pid) into the session. Returns the exit code
+/// to exit with.
 pub fn run(
-    procs_path: &Path,
     session: &str,
     why_file: Option<&Path>,
     run_as: Option<&RunAs>,
     command: &[OsString],
+    place: impl FnOnce(u32) -> Result<(), String> + Send + 'static,
 ) -> Result<i32, LaunchError> {
     let mut forwarded = SigSet::empty();
     for sig in FORWARDED {
@@ -188,7 +191,7 @@ pub fn run(
     if let Some(why) = why_file {
         cmd.env("GUARD_WHY", why);
     }
-    join_cgroup_on_exec(&mut cmd, procs_path)?;
+    let placing = hold_until_placed(&mut cmd, place).map_err(LaunchError::Wait)?;
     if let Some(run_as) = run_as {
         run_as.apply(&mut cmd);
     }
@@ -199,10 +202,28 @@ pub fn run(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
-        command: command[0].to_string_lossy().into_owned(),
-        source,
-    })?;
+    let spawned = cmd.spawn();
+    // The launcher's ends of the pipes close with `cmd`, so that the placing
+    // thread sees the end of a child that never sent its pid.
+    drop(cmd);
+    let placed = placing
+        .join()
+        .unwrap_or_else(|_| Err("the placing thread failed".into()));
+    let mut child = match (spawned, placed) {
+        (Ok(mut child), Err(reason)) => {
+            // It ended without running the command.
+            let _ = child.wait();
+            return Err(LaunchError::Place(reason));
+        }
+        (Err(_), Err(reason)) => return Err(LaunchError::Place(reason)),
+        (Err(source), Ok(())) => {
+            return Err(LaunchError::Spawn {
+                command: command[0].to_string_lossy().into_owned(),
+                source,
+            });
+        }
+        (Ok(child), Ok(())) => child,
+    };
 
     let child_pid = child.id() as libc::pid_t;
     std::thread::spawn(move || forward_signals(forwarded, child_pid));
@@ -222,6 +243,61 @@ pub fn run(
         let _ = signal::raise(sig);
     }
     Ok(128 + sig)
+}
+
+/// Makes `cmd`'s child wait between fork and exec until `place` has moved
+/// it into its session: the child writes its pid to one pipe and reads one
+/// byte from another; a thread (`spawn` itself waits for the exec) reads
+/// the pid, calls `place` and writes the byte. When `place` fails the byte
+/// never comes, the child exits (126) without executing the command, and
+/// the thread returns why.
+fn hold_until_placed(
+    cmd: &mut Command,
+    place: impl FnOnce(u32) -> Result<(), String> + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<Result<(), String>>> {
+    let (mut pid_reader, pid_writer) = io::pipe()?;
+    let (go_reader, mut go_writer) = io::pipe()?;
+    let (launcher_ends, child_ends) = (
+        [pid_reader.as_raw_fd(), go_writer.as_raw_fd()],
+        (pid_writer, go_reader),
+    );
+    let placing = std::thread::spawn(move || {
+        let mut pid = [0; 4];
+        pid_reader
+            .read_exact(&mut pid)
+            .map_err(|_| "the command's process ended before it was placed".to_string())?;
+        place(u32::from_ne_bytes(pid))?;
+        go_writer
+            .write_all(&[1])
+            .map_err(|e| format!("the command's process is gone: {e}"))
+    });
+    // SAFETY: runs between fork and exec and only calls close, getpid,
+    // write, read and _exit. The pipes are close-on-exec. The child closes its
+    // copies of the launcher's ends first, so that a failed placement
+    // reaches it as the end of the pipe. The child's ends move into the
+    // closure: the launcher's copies stay open until `cmd` is dropped.
+    unsafe {
+        cmd.pre_exec(move || {
+            let (pid_writer, go_reader) = (&child_ends.0, &child_ends.1);
+            for fd in launcher_ends {
+                libc::close(fd);
+            }
+            let pid = libc::getpid().to_ne_bytes();
+            if libc::write(pid_writer.as_raw_fd(), pid.as_ptr().cast(), pid.len())
+                != pid.len() as isize
+            {
+                return Err(io::Error::last_os_error());
+            }
+            let mut go = 0u8;
+            if libc::read(go_reader.as_raw_fd(), (&raw mut go).cast(), 1) != 1 {
+                // Not placed (the thread says why), or the launcher is
+                // gone: end without running the command.
+                libc::_exit(126);
+            }
+            Ok(())
+        });
+    }
+    Ok(placing)
 }
 
 /// Makes `cmd`'s child join the cgroup whose `cgroup.procs` is `procs_path`

@@ -203,6 +203,14 @@ fn decision(host: &str, r: &Record, sealed: &str) -> Value {
         event["actor"]["user"] =
             json!({"uid": session.user.uid.to_string(), "name": session.user.name});
         event["actor"]["session"] = json!({"uid": session.session});
+        if let Some(login) = &session.login {
+            // A person's login: OCSF's session terminal and remote flag.
+            if let Some(tty) = &login.tty {
+                event["actor"]["session"]["terminal"] = json!(tty);
+            }
+            event["actor"]["session"]["is_remote"] = json!(login.remote_host.is_some());
+            event["unmapped"]["login"] = json!(login);
+        }
         if let Some(parent) = &session.parent_session {
             event["unmapped"]["parent_session"] = json!(parent);
         }

@@ -26,6 +26,9 @@ pub struct Session {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
     pub cgroup: u64,
+    /// A person's login (`guardctl login`); `None` for agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<Login>,
     /// RFC 3339, once the session's last process has exited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended: Option<String>,
@@ -40,6 +43,57 @@ pub struct SessionRef {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<Login>,
+}
+
+/// A login, as PAM describes it to `guardctl login`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Login {
+    pub user: String,
+    /// The terminal (PAM_TTY), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<String>,
+    /// The remote host of an ssh login (PAM_RHOST).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_host: Option<String>,
+    /// The PAM service: `sshd`, `su-l`, `login`...
+    pub service: String,
+}
+
+impl Login {
+    pub fn to_proto(&self) -> pb::Login {
+        pb::Login {
+            user: self.user.clone(),
+            tty: self.tty.clone().unwrap_or_default(),
+            remote_host: self.remote_host.clone().unwrap_or_default(),
+            service: self.service.clone(),
+        }
+    }
+
+    pub fn from_proto(login: pb::Login) -> Self {
+        let set = |s: String| Some(s).filter(|s| !s.is_empty());
+        Self {
+            user: login.user,
+            tty: set(login.tty),
+            remote_host: set(login.remote_host),
+            service: login.service,
+        }
+    }
+}
+
+impl std::fmt::Display for Login {
+    /// `alice on pts/0 from 10.0.0.7 (sshd)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.user)?;
+        if let Some(tty) = &self.tty {
+            write!(f, " on {tty}")?;
+        }
+        if let Some(host) = &self.remote_host {
+            write!(f, " from {host}")?;
+        }
+        write!(f, " ({})", self.service)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +115,7 @@ impl SessionRef {
             login_uid: self.user.login_uid,
             labels: self.labels.clone().into_iter().collect(),
             parent: self.parent_session.clone().unwrap_or_default(),
+            login: self.login.as_ref().map(Login::to_proto),
         }
     }
 }
@@ -87,6 +142,7 @@ impl Session {
             },
             labels: self.labels.clone(),
             parent_session: self.parent.clone(),
+            login: self.login.clone(),
         }
     }
 }

@@ -128,6 +128,8 @@ impl Canary {
         policy.agents.push(AgentDef {
             name: AGENT.into(),
             profile: AGENT.into(),
+            launched_by: Default::default(),
+            logins: Default::default(),
             location: Location::default(),
         });
     }

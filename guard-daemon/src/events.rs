@@ -347,6 +347,7 @@ mod tests {
             started: String::new(),
             parent: None,
             cgroup: 77,
+            login: None,
             ended: None,
         }
     }

@@ -139,14 +139,14 @@ struct Args {
     detach: bool,
 
     /// The group whose members may read through the local API (status,
-    /// policy, sessions, tickets): the socket's group. Default: `guard`,
-    /// if it exists (otherwise only root may connect); "" for none.
+    /// policy, sessions, tickets). Default: `guard`, if it exists
+    /// (otherwise only root reads); "" for none. Anyone may connect to the
+    /// socket: each request is decided from the caller's credentials.
     #[arg(long, env = "GUARD_READ_GROUP", value_name = "GROUP")]
     read_group: Option<String>,
 
     /// The group whose members may also change: approve or deny tickets,
     /// reload or apply the policy, act on sessions. Default: root only.
-    /// Its members need the socket too (be in --read-group).
     #[arg(long, env = "GUARD_ADMIN_GROUP", value_name = "GROUP")]
     admin_group: Option<String>,
 

@@ -26,6 +26,9 @@ struct Entry {
     path: PathBuf,
     created: Instant,
     ended_at: Option<Instant>,
+    /// The process that started the session and may place its child in it,
+    /// until it has.
+    launcher: Option<i32>,
 }
 
 /// The session table. Looked up by cgroup id: a record names the cgroup its
@@ -39,7 +42,8 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    pub fn insert(&mut self, session: Session, path: PathBuf) {
+    /// Adds a session; `launcher` may then place one process in it.
+    pub fn insert(&mut self, session: Session, path: PathBuf, launcher: Option<i32>) {
         self.by_cgroup
             .insert(session.cgroup, Some(session.id.clone()));
         self.entries.insert(
@@ -49,8 +53,18 @@ impl Sessions {
                 path,
                 created: Instant::now(),
                 ended_at: None,
+                launcher,
             },
         );
+    }
+
+    /// Whether `pid` started live session `id` and has not placed a process
+    /// in it yet; it may not again.
+    pub fn take_launcher(&mut self, id: &str, pid: i32) -> bool {
+        self.entries
+            .get_mut(id)
+            .filter(|e| e.ended_at.is_none() && e.launcher == Some(pid))
+            .is_some_and(|e| e.launcher.take().is_some())
     }
 
     pub fn get(&self, id: &str) -> Option<&Session> {
@@ -196,6 +210,35 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
     Ok(())
 }
 
+/// What guardd checks of a process before it places it in a session.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Process {
+    pub parent: i32,
+    /// Its real uid.
+    pub uid: u32,
+    /// `/proc/PID/cgroup`: where it runs.
+    pub cgroup: String,
+}
+
+impl Process {
+    /// `None` for a process that is gone.
+    pub fn read(pid: i32) -> Option<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| -> Option<u32> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        };
+        Some(Self {
+            parent: field("PPid:")? as i32,
+            uid: field("Uid:")?,
+            cgroup: std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?,
+        })
+    }
+}
+
 /// The login uid of a process (`/proc/PID/loginuid`); `None` when unset.
 pub fn login_uid(pid: i32) -> Option<u32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/loginuid")).ok()?;
@@ -206,6 +249,15 @@ pub fn login_uid(pid: i32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_is_read_from_proc() {
+        let me = Process::read(std::process::id() as i32).unwrap();
+        assert_eq!(me.parent, nix::unistd::getppid().as_raw());
+        assert_eq!(me.uid, nix::unistd::getuid().as_raw());
+        assert!(me.cgroup.contains("0::"), "{}", me.cgroup);
+        assert!(Process::read(i32::MAX).is_none());
+    }
 
     #[test]
     fn labels_are_checked() {
@@ -242,10 +294,15 @@ mod tests {
                 started: now_rfc3339(),
                 parent: None,
                 cgroup: id,
+                login: None,
                 ended: None,
             },
             dir.path().into(),
+            Some(7),
         );
+        assert!(!sessions.take_launcher("s1", 8));
+        assert!(sessions.take_launcher("s1", 7));
+        assert!(!sessions.take_launcher("s1", 7), "one process, once");
         assert_eq!(sessions.by_cgroup(id).unwrap().id, "s1");
         assert_eq!(sessions.by_cgroup(below_id).unwrap().id, "s1");
         assert!(sessions.by_cgroup(1).is_none());
@@ -265,6 +322,7 @@ mod tests {
                 ..sessions.get("s1").unwrap().clone()
             },
             sub,
+            None,
         );
         assert_eq!(sessions.by_cgroup(worker_id).unwrap().id, "s2");
     }

@@ -72,6 +72,9 @@ pub struct CompiledPolicy {
     pub budgets: Vec<[Option<BudgetSpec>; guard_common::BUDGETS]>,
     /// Agent names with their profile index.
     pub agents: Vec<(String, u32)>,
+    /// The policy's agents, for who may launch them and whose logins they
+    /// take.
+    pub agent_defs: Vec<crate::policy::AgentDef>,
     pub exec_identity: Vec<(IdentityKey, ExecIdentityRule)>,
     /// `(prefix length in bits, key data, rule)`.
     pub exec_paths: Vec<(u32, ExecPathKey, RuleRef)>,
@@ -291,6 +294,7 @@ pub fn compile_for(policy: &Policy, paths: Paths) -> Result<CompiledPolicy, Poli
             .expect("parse checked that agents name existing profiles");
         out.agents.push((agent.name.clone(), index));
     }
+    out.agent_defs = policy.agents.clone();
     out.databases = policy.databases.clone();
     compile_routes(&mut out, policy);
     out.secrets = policy

@@ -41,7 +41,50 @@ pub struct Policy {
 pub struct AgentDef {
     pub name: String,
     pub profile: String,
+    /// Who besides root may launch it.
+    pub launched_by: People,
+    /// Whose logins are placed in its sessions (`guardctl login`).
+    pub logins: People,
     pub location: Location,
+}
+
+/// Users and groups by name, or by number for ids; looked up when used, so
+/// that the user database of the host at that moment decides.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct People {
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
+    /// Where the policy names them; `None` when it does not.
+    pub location: Option<Location>,
+}
+
+impl People {
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.groups.is_empty()
+    }
+}
+
+impl std::fmt::Display for People {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |names: &[String]| {
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match (self.users.is_empty(), self.groups.is_empty()) {
+            (true, true) => write!(f, "nobody"),
+            (false, true) => write!(f, "users {}", list(&self.users)),
+            (true, false) => write!(f, "groups {}", list(&self.groups)),
+            (false, false) => write!(
+                f,
+                "users {} and groups {}",
+                list(&self.users),
+                list(&self.groups)
+            ),
+        }
+    }
 }
 
 /// What an agent may do: a default per kind of action, and rules.
@@ -240,6 +283,54 @@ struct PolicyFile {
 struct AgentFile {
     name: Spanned<String>,
     profile: Spanned<String>,
+    launched_by: Option<Spanned<PeopleFile>>,
+    logins: Option<Spanned<PeopleFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeopleFile {
+    #[serde(default)]
+    users: Vec<Spanned<String>>,
+    #[serde(default)]
+    groups: Vec<Spanned<String>>,
+}
+
+impl PeopleFile {
+    /// Checks the names: what a user or group database accepts.
+    fn parse(file: Option<Spanned<Self>>) -> Result<People, PolicyError> {
+        let Some(file) = file else {
+            return Ok(People::default());
+        };
+        let names = |list: Vec<Spanned<String>>, what: &str| {
+            list.into_iter()
+                .map(|name| {
+                    let valid = !name.value.is_empty()
+                        && name.value.len() <= 32
+                        && !name.value.starts_with('-')
+                        && name.value.chars().all(|c| {
+                            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '$')
+                        });
+                    if valid {
+                        Ok(name.value)
+                    } else {
+                        Err(PolicyError::new(
+                            Location::from(name.referenced),
+                            format!(
+                                "invalid {what} `{}`: use a name of 1-32 letters, digits, `-`, `_`, `.` (a number is an id)",
+                                name.value
+                            ),
+                        ))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(People {
+            users: names(file.value.users, "user")?,
+            groups: names(file.value.groups, "group")?,
+            location: Some(Location::from(file.referenced)),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -500,9 +591,37 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
                 format!("agent `{name}`: no profile is named `{profile}`"),
             ));
         }
+        let logins = PeopleFile::parse(agent.value.logins)?;
+        // A login goes to one agent's session: a name in two `logins`
+        // would make the policy's order decide silently.
+        for other in &agents {
+            let twice = logins
+                .users
+                .iter()
+                .find(|u| other.logins.users.contains(u))
+                .map(|u| format!("user `{u}`"))
+                .or_else(|| {
+                    logins
+                        .groups
+                        .iter()
+                        .find(|g| other.logins.groups.contains(g))
+                        .map(|g| format!("group `{g}`"))
+                });
+            if let Some(twice) = twice {
+                return Err(PolicyError::new(
+                    logins.location.unwrap_or(location),
+                    format!(
+                        "agent `{name}`: the logins of {twice} already go to agent `{}`",
+                        other.name
+                    ),
+                ));
+            }
+        }
         agents.push(AgentDef {
             name,
             profile,
+            launched_by: PeopleFile::parse(agent.value.launched_by)?,
+            logins,
             location,
         });
     }
@@ -1071,6 +1190,8 @@ agents:
             vec![AgentDef {
                 name: "claude".into(),
                 profile: "coder".into(),
+                launched_by: People::default(),
+                logins: People::default(),
                 location: policy.agents[0].location
             }]
         );
@@ -1141,6 +1262,40 @@ agents:
         let e = error("profiles:\n  - name: a\n    default: {exec: deny}\nagents: []\n");
         assert_eq!(e.location.line, 3, "{e}");
         assert!(e.reason.starts_with("`default` must be"), "{e}");
+    }
+
+    #[test]
+    fn agents_name_who_launches_them_and_whose_logins_they_take() {
+        let head = "profiles:\n  - name: p\n    default: deny\nagents:\n";
+        let policy = parse(&format!(
+            "{head}  - name: coder\n    profile: p\n    launched_by: {{users: [alice, '1001'], groups: [developers]}}\n  - name: ops\n    profile: p\n    logins: {{groups: [ops]}}\n"
+        ))
+        .unwrap();
+        let coder = &policy.agents[0];
+        assert_eq!(coder.launched_by.users, ["alice", "1001"]);
+        assert_eq!(coder.launched_by.groups, ["developers"]);
+        assert_eq!(coder.launched_by.location.unwrap().line, 7);
+        assert!(coder.logins.is_empty());
+        assert_eq!(
+            coder.launched_by.to_string(),
+            "users `alice`, `1001` and groups `developers`"
+        );
+        assert_eq!(policy.agents[1].logins.groups, ["ops"]);
+        let bad = error(&format!(
+            "{head}  - name: coder\n    profile: p\n    launched_by: {{users: ['al ice']}}\n"
+        ));
+        assert_eq!(bad.location.line, 7, "{bad}");
+        assert!(bad.reason.contains("invalid user `al ice`"), "{bad}");
+        let twice = error(&format!(
+            "{head}  - name: a\n    profile: p\n    logins: {{users: [bob]}}\n  - name: b\n    profile: p\n    logins: {{users: [bob]}}\n"
+        ));
+        assert_eq!(twice.location.line, 10, "{twice}");
+        assert!(
+            twice
+                .reason
+                .contains("the logins of user `bob` already go to agent `a`"),
+            "{twice}"
+        );
     }
 
     #[test]

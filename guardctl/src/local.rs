@@ -163,19 +163,60 @@ pub fn run(
         .unwrap_or_default()
         .id;
     let why_file = Some(Path::new(&started.why_file)).filter(|f| !f.as_os_str().is_empty());
-    match launch::run(
-        Path::new(&started.cgroup_procs),
-        &id,
-        why_file,
-        run_as.as_ref(),
-        command,
-    ) {
+    // guardd moves the command's process into the session while it waits
+    // to execute the command.
+    let place = {
+        let (socket, session) = (socket.to_path_buf(), id.clone());
+        move |pid: u32| {
+            with_guardd(&socket, async |channel| {
+                let mut client = pb::session_service_client::SessionServiceClient::new(channel);
+                let request = pb::PlaceProcessRequest {
+                    session,
+                    pid: pid as i32,
+                };
+                client
+                    .place_process(request)
+                    .await
+                    .map(drop)
+                    .map_err(|status| status.message().to_string())
+            })
+            .map_err(|_| "guardd cannot be reached".to_string())
+            .flatten()
+        }
+    };
+    match launch::run(&id, why_file, run_as.as_ref(), command, place) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("guardctl: {e}");
             exit::FAILURE
         }
     }
+}
+
+/// Asks guardd to place the login in a session (`guardctl login`, from
+/// PAM): exit 0 when placed or not guarded, 1 when guardd refused or cannot
+/// be reached.
+pub fn login(socket: &Path, login: guard_api::session::Login) -> i32 {
+    call_guardd(socket, async |channel| {
+        let mut client = pb::session_service_client::SessionServiceClient::new(channel);
+        let request = pb::StartLoginRequest {
+            login: Some(login.to_proto()),
+        };
+        match client.start_login(request).await {
+            Ok(response) => {
+                if let Some(info) = response.into_inner().session {
+                    println!(
+                        "guard: this login runs in session {} of agent `{}` (profile `{}`)",
+                        info.session.unwrap_or_default().id,
+                        info.agent,
+                        info.profile
+                    );
+                }
+                0
+            }
+            Err(status) => failed(&status),
+        }
+    })
 }
 
 /// Thaws, kills or refills the budgets of a session.
@@ -212,6 +253,10 @@ fn session_json(info: &pb::SessionInfo) -> serde_json::Value {
     if !s.parent.is_empty() {
         json["parent"] = s.parent.into();
     }
+    if let Some(login) = s.login {
+        json["login"] = serde_json::to_value(guard_api::session::Login::from_proto(login))
+            .expect("a login serializes");
+    }
     json
 }
 
@@ -239,19 +284,22 @@ pub fn list_sessions(socket: &Path, agent: Option<String>, json: bool) -> i32 {
 fn session_line(info: &pb::SessionInfo) -> String {
     let s = info.session.clone().unwrap_or_default();
     let started = info.started.as_ref().map(|t| time::rfc3339(time::nanos(t)));
-    format!(
-        "{} agent={} profile={} uid={} started={}{}",
+    let mut line = format!(
+        "{} agent={} profile={} uid={} started={}",
         s.id,
         info.agent,
         info.profile,
         s.uid,
         started.unwrap_or_default(),
-        if s.parent.is_empty() {
-            String::new()
-        } else {
-            format!(" parent={}", s.parent)
-        }
-    )
+    );
+    if !s.parent.is_empty() {
+        line.push_str(&format!(" parent={}", s.parent));
+    }
+    if let Some(login) = s.login {
+        let login = guard_api::session::Login::from_proto(login);
+        line.push_str(&format!(" login=\"{login}\""));
+    }
+    line
 }
 
 /// Shows whether guardd is enforcing; exit 1 when not.

@@ -30,17 +30,20 @@ struct Args {
 enum Command {
     /// Run a command as an agent, in a new session.
     ///
-    /// The command and everything it starts are confined by the session's
-    /// profile from its first instruction. Standard streams and signals pass through; the exit
-    /// status is the command's. The command sees its session id in
-    /// GUARD_SESSION, and the file with its last denials in GUARD_WHY (see
-    /// `guardctl why`). Run from inside a session, it starts a sub-agent
-    /// session under the same profile.
+    /// The command runs as you and it and everything it starts are confined
+    /// by the session's profile from its first instruction: guardd moves it
+    /// into the session before it executes. Root may launch any agent;
+    /// another user, the agents whose `launched_by` in the policy names
+    /// them or one of their groups. Standard streams and signals pass
+    /// through; the exit status is the command's. The command sees its
+    /// session id in GUARD_SESSION, and the file with its last denials in
+    /// GUARD_WHY (see `guardctl why`). Run from inside a session, it starts
+    /// a sub-agent session under the same profile.
     Run {
         /// Agent name, as in the policy in force.
         #[arg(long, env = "GUARD_AGENT")]
         agent: String,
-        /// Profile for this session instead of the agent's.
+        /// Profile for this session instead of the agent's (root only).
         #[arg(long)]
         profile: Option<String>,
         /// A label recorded with the session and every record of it, e.g.
@@ -55,6 +58,34 @@ enum Command {
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
+    },
+    /// Place a login in a Guard session: for PAM (pam_exec), when a login
+    /// session opens.
+    ///
+    /// Run as root by `session required pam_exec.so /usr/sbin/guardctl
+    /// login` (docs/logins.md): if an agent's `logins` in the policy names
+    /// the user or one of their groups, guardd starts a session of that
+    /// agent for the login and moves the process opening it (this
+    /// command's parent: sshd, su, login) into it, so the login shell and
+    /// everything it starts are confined and recorded with the login. Exit
+    /// 0 when placed or when no agent takes the user's logins; 1 when guardd
+    /// cannot be asked, which makes a `required` PAM line refuse the login.
+    Login {
+        /// The user logging in.
+        #[arg(long, env = "PAM_USER")]
+        user: String,
+        /// The terminal, if any.
+        #[arg(long, env = "PAM_TTY")]
+        tty: Option<String>,
+        /// The remote host of an ssh login.
+        #[arg(long, env = "PAM_RHOST")]
+        remote_host: Option<String>,
+        /// The PAM service (sshd, su-l, login...).
+        #[arg(long, env = "PAM_SERVICE", default_value = "guardctl")]
+        service: String,
+        /// What PAM is doing; only `open_session` places the login.
+        #[arg(long, env = "PAM_TYPE", default_value = "open_session", hide = true)]
+        pam_type: String,
     },
     /// Print why actions of this session were denied: its last denials,
     /// each with the action, its target, the rule and the rule's message.
@@ -294,6 +325,25 @@ fn main() {
             user,
             command,
         } => local::run(socket, agent, profile, labels, user.as_deref(), &command),
+        Command::Login {
+            user,
+            tty,
+            remote_host,
+            service,
+            pam_type,
+        } => {
+            if pam_type == "open_session" {
+                let login = guard_api::session::Login {
+                    user,
+                    tty: tty.filter(|t| !t.is_empty()),
+                    remote_host: remote_host.filter(|h| !h.is_empty()),
+                    service,
+                };
+                local::login(socket, login)
+            } else {
+                0
+            }
+        }
         Command::Why { session, why_dir } => why(session, &why_dir),
         Command::Session { action, session } => {
             local::control_session(socket, action.into(), session)

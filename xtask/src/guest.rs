@@ -92,6 +92,7 @@ pub fn initramfs(repo: &Repo, artifacts: &Artifacts, kernels: &[vm::Kernel]) -> 
     // PostgreSQL, for the statement guard's kernel tests: the server, initdb
     // and psql, the files initdb needs, and the time zones.
     files.extend(postgresql()?);
+    files.extend(pam()?);
     for kernel in kernels {
         files.extend(kernel.modules.iter().cloned());
     }
@@ -151,6 +152,31 @@ fn postgresql() -> Result<Vec<(PathBuf, String)>> {
         PathBuf::from("/usr/share/zoneinfo"),
     ] {
         tree(&dir, &mut files)?;
+    }
+    Ok(files)
+}
+
+/// util-linux's runuser and the PAM modules the login tests configure, at
+/// their own paths (their libraries come along like the binaries').
+fn pam() -> Result<Vec<(PathBuf, String)>> {
+    let runuser = PathBuf::from("/usr/sbin/runuser");
+    if !runuser.exists() {
+        bail!("no /usr/sbin/runuser (cargo xtask setup installs util-linux)");
+    }
+    // Where Debian's libpam looks for them (/lib, even with a merged /usr).
+    let modules = [
+        "/lib/x86_64-linux-gnu/security",
+        "/usr/lib/x86_64-linux-gnu/security",
+    ]
+    .iter()
+    .map(Path::new)
+    .find(|dir| dir.join("pam_exec.so").exists())
+    .context("no PAM modules with pam_exec.so (cargo xtask setup installs libpam-modules)")?;
+    let mut files = vec![(runuser, "/usr/sbin/runuser".to_string())];
+    for module in ["pam_exec.so", "pam_permit.so", "pam_rootok.so"] {
+        let path = modules.join(module);
+        let guest = path.display().to_string();
+        files.push((path, guest));
     }
     Ok(files)
 }

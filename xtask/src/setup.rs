@@ -11,8 +11,9 @@ use crate::repo::{Repo, capture, run};
 /// Debian packages: QEMU for the kernel VMs, a static busybox, cpio and xz
 /// for their initramfs (xz unpacks kernel modules), PostgreSQL for the
 /// collector's shared-store tests and the statement guard's tests (on the
-/// host and in the VMs), openssl for their test certificates, and libclang for the bindings of PostgreSQL's
-/// parser (guard-sql's pg_query).
+/// host and in the VMs), openssl for their test certificates, libclang for
+/// the bindings of PostgreSQL's parser (guard-sql's pg_query), and
+/// util-linux's runuser with PAM's modules for the login tests in the VMs.
 const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -22,6 +23,8 @@ const PACKAGES: &[&str] = &[
     "postgresql",
     "postgresql-client",
     "libclang-dev",
+    "util-linux",
+    "libpam-modules",
 ];
 
 /// Python packages: grpcio for the test client generated from the proto

@@ -243,14 +243,15 @@ pub fn initramfs(repo: &Repo, payload: &Payload, scripts: &[(&str, String)]) -> 
     }
     // PostgreSQL runs as `postgres`, the statement guard as `nobody`;
     // `postgres` has a supplementary group for `guardctl run --user`'s test,
-    // and `guard` is guardd's read group (the local API's tests).
+    // `guard` is guardd's read group (the local API's tests), and `alice`
+    // (in `developers`) and `bob` launch agents and log in (people.rs).
     fs::write(
         stage.join("etc/passwd"),
-        "root:x:0:0:root:/:/bin/sh\npostgres:x:70:70:PostgreSQL:/tmp:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        "root:x:0:0:root:/:/bin/sh\npostgres:x:70:70:PostgreSQL:/tmp:/bin/false\nalice:x:1000:1000:Alice:/tmp:/bin/sh\nbob:x:1001:1001:Bob:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     )?;
     fs::write(
         stage.join("etc/group"),
-        "root:x:0:\nstaff:x:50:postgres\nguard:x:60:\npostgres:x:70:\nnogroup:x:65534:\n",
+        "root:x:0:\nstaff:x:50:postgres\nguard:x:60:\npostgres:x:70:\ndevelopers:x:100:alice\nalice:x:1000:\nbob:x:1001:\nnogroup:x:65534:\n",
     )?;
     write_executable(&stage.join("init"), INIT)?;
     for (mode, script) in scripts {

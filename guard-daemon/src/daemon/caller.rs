@@ -19,6 +19,8 @@ use super::approvals;
 pub(super) struct Caller {
     pub(super) pid: i32,
     pub(super) uid: u32,
+    /// Its gid and supplementary groups.
+    pub(super) gids: Vec<u32>,
     /// Inside Guard's root (or not identifiable): may only read the status
     /// of its own sessions, validate policies, start sub-agent sessions and
     /// list its own tickets.
@@ -42,7 +44,7 @@ pub(super) enum Access {
 /// `--admin-group`); root may always change.
 #[derive(Clone, Debug, Default)]
 pub struct AccessGroups {
-    /// The group that may read, and the socket's group.
+    /// The group that may read.
     pub read: Option<(String, u32)>,
     /// The group that may also change.
     pub change: Option<(String, u32)>,
@@ -118,15 +120,17 @@ impl Caller {
 }
 
 /// The peer of a connection, as seen when it was accepted.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Peer {
     pub(super) pid: i32,
     pub(super) uid: u32,
+    /// Its gid and supplementary groups (the kernel's, `SO_PEERGROUPS`).
+    pub(super) gids: Vec<u32>,
     /// Whether the peer was an agent then. A caller that exits before its
     /// request is handled (its pid may be reused by then) still counts as
     /// one.
     pub(super) agent_at_accept: bool,
-    /// From its uid and groups (the kernel's, `SO_PEERGROUPS`).
+    /// From its uid and groups.
     pub(super) access: Access,
 }
 
@@ -153,6 +157,7 @@ impl Connection {
                 uid: cred.uid(),
                 agent_at_accept: is_agent(pid),
                 access: groups.access(cred.uid(), &gids),
+                gids,
             }
         });
         Self { stream, peer }
@@ -196,7 +201,7 @@ impl Connected for Connection {
     type ConnectInfo = Option<Peer>;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.peer
+        self.peer.clone()
     }
 }
 

@@ -3,7 +3,8 @@
 //! One [`state::State`] behind a mutex owns the enforcer, the generations
 //! and the session table. Three things use it: the record stream
 //! ([`writer`]), the local API ([`services`], with its callers in
-//! [`caller`] and its refusals in [`refusal`]), reloads ([`reload`]) and
+//! [`caller`], its refusals in [`refusal`] and the starting of sessions
+//! in [`launching`]), reloads ([`reload`]) and
 //! the statement guard's connections ([`statements`]). [`run`] starts them
 //! all.
 
@@ -14,6 +15,7 @@ mod config;
 mod dns;
 mod hosts;
 mod kept;
+mod launching;
 mod refusal;
 mod reload;
 mod run;

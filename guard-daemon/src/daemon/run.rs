@@ -175,7 +175,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
         }
     };
     let events = state.enforcer.take_events()?;
-    let listener = services::bind(&config.socket, &config.access).map_err(failure)?;
+    let listener = services::bind(&config.socket).map_err(failure)?;
     if !state.enforcer.attachment.unavailable.is_empty() {
         info!(hooks = ?state.enforcer.attachment.unavailable, "optional hooks not in this kernel; older hooks cover their routes");
     }

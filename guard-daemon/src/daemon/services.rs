@@ -1,14 +1,15 @@
-//! guardd's local gRPC API on its unix socket (`--socket`, mode 0600):
+//! guardd's local gRPC API on its unix socket (`--socket`, mode 0666):
 //! `DaemonService`, `PolicyService`, `SessionService` and `ApprovalService`.
 //! Callers are identified by the socket's peer credentials
 //! ([`caller`](super::caller)): a caller inside Guard's root (an agent) may
 //! read the status of its own sessions, validate policies, start sub-agent
 //! sessions and list its own tickets, but not read, apply or reload the
 //! policy, act on sessions, nor approve or deny tickets. Other callers may
-//! read if they are root or in the read group (`--read-group`, the socket's
-//! group), and change if they are root or in the admin group
-//! (`--admin-group`); only root starts sessions. How each refusal becomes a
-//! gRPC status is decided here ([`status_of`], [`ticket_status`]).
+//! read if they are root or in the read group (`--read-group`), and change
+//! if they are root or in the admin group (`--admin-group`). Root starts
+//! sessions of any agent, other users those of the agents whose
+//! `launched_by` names them ([`launching`](super::launching)). How each
+//! refusal becomes a gRPC status is decided here ([`status_of`], [`ticket_status`]).
 
 use std::{
     path::Path,
@@ -28,7 +29,10 @@ use super::{
     reload::{Reloaded, reload},
     state::{Reason, State, lock},
 };
-use guard_api::{exit, pb, session::Session};
+use guard_api::{
+    exit, pb,
+    session::{Login, Session},
+};
 
 #[derive(Clone)]
 pub struct LocalApi {
@@ -41,7 +45,7 @@ impl LocalApi {
         let peer = request
             .extensions()
             .get::<Option<Peer>>()
-            .copied()
+            .cloned()
             .flatten()
             .ok_or_else(|| Status::permission_denied("cannot identify the caller"))?;
         Ok(Caller {
@@ -51,6 +55,7 @@ impl LocalApi {
             // since it connected is an agent too.
             agent: peer.agent_at_accept || lock(&self.state).root.is_agent(peer.pid),
             access: peer.access,
+            gids: peer.gids,
         })
     }
 
@@ -273,25 +278,54 @@ impl pb::session_service_server::SessionService for LocalApi {
         request: Request<pb::StartSessionRequest>,
     ) -> Result<Response<pb::StartSessionResponse>, Status> {
         let caller = self.caller(&request)?;
-        // The child joins the session's cgroup itself, which only root
-        // may write to (or an agent, below its own session).
-        if !caller.agent && caller.uid != 0 {
-            return Err(status_of(Refusal::NotAllowed(
-                "sessions are started by root: `sudo guardctl run --user YOU ...` runs the agent as you".into(),
-            )));
-        }
         let request = request.into_inner();
         let profile = Some(request.profile).filter(|p| !p.is_empty());
         let labels = request.labels.into_iter().collect();
-        let (session, cgroup_procs, why_file) = lock(&self.state)
+        let (session, why_file) = lock(&self.state)
             .start_session(request.agent, profile, labels, &caller)
             .map_err(status_of)?;
         Ok(Response::new(pb::StartSessionResponse {
             session: Some(session.to_proto()),
-            cgroup_procs: cgroup_procs.display().to_string(),
             why_file: why_file
                 .map(|f| f.display().to_string())
                 .unwrap_or_default(),
+        }))
+    }
+
+    async fn place_process(
+        &self,
+        request: Request<pb::PlaceProcessRequest>,
+    ) -> Result<Response<pb::PlaceProcessResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        lock(&self.state)
+            .place_process(&request.session, request.pid, &caller)
+            .map_err(status_of)?;
+        Ok(Response::new(pb::PlaceProcessResponse {}))
+    }
+
+    async fn start_login(
+        &self,
+        request: Request<pb::StartLoginRequest>,
+    ) -> Result<Response<pb::StartLoginResponse>, Status> {
+        let caller = self.caller(&request)?;
+        // PAM runs `guardctl login` as root; an agent's su stays the agent's.
+        if caller.agent || caller.uid != 0 {
+            return Err(status_of(Refusal::NotAllowed(
+                "only root outside every session places logins (guardctl login, from PAM)".into(),
+            )));
+        }
+        let login = request
+            .into_inner()
+            .login
+            .map(Login::from_proto)
+            .filter(|l| !l.user.is_empty())
+            .ok_or_else(|| status_of(Refusal::Invalid("the login names no user".into())))?;
+        let session = lock(&self.state)
+            .start_login(login, &caller)
+            .map_err(status_of)?;
+        Ok(Response::new(pb::StartLoginResponse {
+            session: session.as_ref().map(Session::to_proto),
         }))
     }
 
@@ -378,8 +412,9 @@ impl pb::approval_service_server::ApprovalService for LocalApi {
     }
 }
 
-/// Listens on a unix socket only root can open.
-pub(super) fn bind(path: &Path, groups: &AccessGroups) -> anyhow::Result<UnixListener> {
+/// Listens on a unix socket anyone may connect to: what each caller may do
+/// is decided from its credentials, request by request.
+pub(super) fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -388,17 +423,8 @@ pub(super) fn bind(path: &Path, groups: &AccessGroups) -> anyhow::Result<UnixLis
     let _ = std::fs::remove_file(path);
     let listener =
         UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    // Root's, and the read group's if there is one.
-    let mode = match &groups.read {
-        Some((name, gid)) => {
-            std::os::unix::fs::chown(path, None, Some(*gid))
-                .with_context(|| format!("cannot give {} to group `{name}`", path.display()))?;
-            0o660
-        }
-        None => 0o600,
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .with_context(|| format!("cannot open {} to every user", path.display()))?;
     Ok(listener)
 }
 

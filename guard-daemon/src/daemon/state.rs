@@ -22,7 +22,7 @@ use crate::{
     events::{self, Clock},
     generation::Generation,
     metrics::{DaemonMetrics, NameLabels},
-    session::{self, Sessions},
+    session::Sessions,
 };
 
 use super::{
@@ -315,108 +315,6 @@ impl State {
         }
     }
 
-    /// Starts a session for a `guardctl run` by `caller`.
-    pub(super) fn start_session(
-        &mut self,
-        agent: String,
-        profile: Option<String>,
-        labels: BTreeMap<String, String>,
-        caller: &Caller,
-    ) -> Result<(Session, PathBuf, Option<PathBuf>), Refusal> {
-        session::check_labels(&labels).map_err(Refusal::Invalid)?;
-        let generation = self.current().clone();
-        let compiled = &generation.compiled;
-        if agent == canary::AGENT || compiled.agent_profile(&agent).is_none() {
-            return Err(Refusal::Invalid(format!(
-                "no agent `{agent}` in the policy in force"
-            )));
-        }
-        let parent = self
-            .parent_session(caller.pid)
-            .map_err(Refusal::NotAllowed)?;
-        if caller.agent && parent.is_none() {
-            return Err(Refusal::NotAllowed(
-                "cannot tell which session the caller runs in".into(),
-            ));
-        }
-        let (profile, dir) = match &parent {
-            Some(parent) => {
-                // The kernel applies the outermost session's profile to
-                // everything below it.
-                let outermost = self.outermost(parent.clone());
-                if profile.as_ref().is_some_and(|p| *p != outermost.profile) {
-                    return Err(Refusal::Invalid(format!(
-                        "a sub-agent runs under its parent session's profile `{}`",
-                        outermost.profile
-                    )));
-                }
-                let dir = self
-                    .sessions
-                    .path(&parent.id)
-                    .expect("a live session has a path")
-                    .to_path_buf();
-                (outermost.profile, dir)
-            }
-            None => {
-                let profile = match profile {
-                    Some(p) => p,
-                    None => {
-                        let index = compiled.agent_profile(&agent).expect("checked above");
-                        compiled.profiles[index as usize].0.clone()
-                    }
-                };
-                let dir = self.root.agent_path(&agent);
-                (profile, dir)
-            }
-        };
-        let index = compiled
-            .profile_index(&profile)
-            .filter(|_| profile != canary::AGENT)
-            .ok_or_else(|| {
-                Refusal::Invalid(format!("no profile `{profile}` in the policy in force"))
-            })?;
-        let id = session::new_id()
-            .map_err(|e| Refusal::Failed(format!("cannot make a session id: {e}")))?;
-        let path = dir.join(&id);
-        std::fs::create_dir(&path)
-            .map_err(|e| Refusal::Failed(format!("cannot create {}: {e}", path.display())))?;
-        let cgroup = cgroup::cgroup_id(&path).map_err(|e| Refusal::Failed(e.to_string()))?;
-        if parent.is_none()
-            && let Err(e) = self.enforcer.add_cgroup(compiled, cgroup, index)
-        {
-            let _ = std::fs::remove_dir(&path);
-            return Err(Refusal::Failed(e.to_string()));
-        }
-        let session = Session {
-            id,
-            agent,
-            profile,
-            uid: caller.uid,
-            user: nix::unistd::User::from_uid(caller.uid.into())
-                .ok()
-                .flatten()
-                .map(|u| u.name),
-            login_uid: session::login_uid(caller.pid),
-            labels,
-            started: guard_api::time::now_rfc3339(),
-            parent: parent.map(|p| p.id),
-            cgroup,
-            ended: None,
-        };
-        info!(
-            session = %session.id,
-            agent = %session.agent,
-            profile = %session.profile,
-            uid = session.uid,
-            parent = ?session.parent,
-            "session started"
-        );
-        self.sessions.insert(session.clone(), path.clone());
-        self.keep();
-        let why_file = self.why.open(&session);
-        Ok((session, path.join("cgroup.procs"), why_file))
-    }
-
     /// The (innermost) session a process runs in, if it is an agent; an
     /// agent outside any session may not start sessions.
     pub(super) fn parent_session(&mut self, pid: i32) -> Result<Option<Session>, String> {
@@ -646,7 +544,7 @@ impl State {
         for k in kept.sessions {
             if cgroup::cgroup_id(&k.path).is_ok_and(|id| id == k.session.cgroup) {
                 info!(session = %k.session.id, agent = %k.session.agent, "session kept from the previous guardd");
-                self.sessions.insert(k.session, k.path);
+                self.sessions.insert(k.session, k.path, None);
             }
         }
     }

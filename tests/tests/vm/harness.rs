@@ -16,6 +16,8 @@ pub(crate) use serde_json::Value;
 pub(crate) const ROOT: &str = "guard-test";
 pub(crate) const TAGGED: &str = "tagged";
 pub(crate) const WATCHER: &str = "watcher";
+/// The agent whose sessions take bob's logins.
+pub(crate) const LOGIN_AGENT: &str = "operator";
 
 /// Ports on loopback: denied TCP v4, denied v6, denied UDP, allowed.
 pub(crate) const PORT_V4: u16 = 40001;
@@ -170,6 +172,8 @@ pub(crate) fn set_up() -> Env {
         )
         .expect("hard link");
 
+        // Members of `developers` may launch the tagged agent themselves;
+        // bob's logins run under its profile as agent `operator`.
         let policy = policy_of(
             &format!(
                 "  - name: {TAGGED}\n    mode: enforce\n    default: allow\n    record_allowed: true\n{}  - name: {WATCHER}\n    mode: monitor\n    default: allow\n{}",
@@ -177,7 +181,11 @@ pub(crate) fn set_up() -> Env {
                 rules(&dir, "w-")
             ),
             &[TAGGED, WATCHER],
-        );
+        )
+        .replace(
+            &format!("  - name: {TAGGED}\n    profile: {TAGGED}\n"),
+            &format!("  - name: {TAGGED}\n    profile: {TAGGED}\n    launched_by: {{groups: [developers]}}\n"),
+        ) + &format!("  - name: {LOGIN_AGENT}\n    profile: {TAGGED}\n    logins: {{users: [bob]}}\n");
         let guardd = Guardd::start(&dir, &policy, ROOT);
         Env { guardd, dir }
     }
@@ -315,6 +323,24 @@ pub(crate) fn wait_populated(dir: &str) {
 }
 
 /// Makes `cmd` join the cgroup of `procs` before exec, without guardctl.
+/// Makes `command` run as `uid` with primary group `gid` and `groups`.
+pub(crate) fn run_as(command: &mut std::process::Command, uid: u32, gid: u32, groups: &[u32]) {
+    use std::os::unix::process::CommandExt as _;
+    let groups = groups.to_vec();
+    // SAFETY: only system calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 pub(crate) fn join_cgroup_on_exec(cmd: &mut std::process::Command, procs: &Path) {
     use std::os::unix::process::CommandExt;
     let procs = procs.to_path_buf();

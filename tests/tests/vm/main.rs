@@ -18,6 +18,7 @@ mod harness;
 mod lifecycle;
 mod local_api;
 mod network;
+mod people;
 mod reload;
 mod self_protection;
 mod sessions;
