@@ -141,7 +141,8 @@ cat "$WORK/policy.yaml"
 
 say "Starting guardd"
 "$BIN/guardd" --policy "$WORK/policy.yaml" --events "$WORK/events.jsonl" --cgroup-root guard-demo \
-    --socket "$WORK/guard.sock" --state-file "$WORK/state.json" --why-dir "$WORK/why" 2> "$WORK/guardd.log" &
+    --socket "$WORK/guard.sock" --state-file "$WORK/state.json" --why-dir "$WORK/why" \
+    --signing-key "$WORK/signing.key" 2> "$WORK/guardd.log" &
 GUARDD=$!
 enforcing() { grep -q 'INFO.*enforcing:' "$WORK/guardd.log"; }
 for _ in $(seq 1 200); do

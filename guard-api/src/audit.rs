@@ -203,7 +203,8 @@ impl Filter {
     }
 
     /// Whether the filter restricts records beyond host and time (losses
-    /// and gaps match such filters regardless: they may hide any record).
+    /// and gaps match such filters regardless: they may hide any record;
+    /// checkpoints do not: they belong to the whole stream).
     pub fn selects_records(&self) -> bool {
         !(self.agents.is_empty()
             && self.sessions.is_empty()
@@ -219,6 +220,7 @@ impl Filter {
             Some(pb::entry::Entry::Record(r)) => (&r.host, r.time),
             Some(pb::entry::Entry::Loss(l)) => (&l.host, l.time),
             Some(pb::entry::Entry::Gap(g)) => (&g.host, g.time),
+            Some(pb::entry::Entry::Checkpoint(c)) => (&c.host, c.time),
             None => return false,
         };
         let time = time.as_ref().map_or(0, nanos);
@@ -228,8 +230,10 @@ impl Filter {
         {
             return false;
         }
-        let Some(pb::entry::Entry::Record(r)) = &entry.entry else {
-            return true;
+        let r = match &entry.entry {
+            Some(pb::entry::Entry::Record(r)) => r,
+            Some(pb::entry::Entry::Checkpoint(_)) => return !self.selects_records(),
+            _ => return true,
         };
         let session = r.session.as_ref().map_or("", |s| s.id.as_str());
         any(&self.agents, &r.agent)
@@ -281,6 +285,15 @@ pub fn entry(
             host: host.into(),
             seq: loss.seq,
             time: Some(timestamp(rfc3339_nanos(&loss.time))),
+            json: sealed.into(),
+        }),
+        Line::Checkpoint(checkpoint) => pb::entry::Entry::Checkpoint(pb::Checkpoint {
+            seq: checkpoint.seq,
+            time: Some(timestamp(rfc3339_nanos(&checkpoint.time))),
+            host: host.into(),
+            covers: checkpoint.checkpoint.covers,
+            key: checkpoint.checkpoint.key.clone(),
+            integrity: integrity as i32,
             json: sealed.into(),
         }),
     };

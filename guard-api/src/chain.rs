@@ -15,6 +15,8 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
+use crate::record::{CheckpointRecord, Line};
+
 /// The member every sealed line ends with: `,"chain":"` + 64 hex digits + `"}`.
 const MEMBER: &str = ",\"chain\":\"";
 const SUFFIX_LEN: usize = MEMBER.len() + 64 + 2;
@@ -139,22 +141,33 @@ pub struct Break {
 }
 
 /// What a verification found intact.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Verified {
+    /// Lines, checkpoints included.
     pub records: u64,
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
+    /// Signed checkpoints, all by [`Self::key`].
+    pub checkpoints: u64,
+    /// The last line a checkpoint signed.
+    pub signed_through: Option<u64>,
+    pub key: Option<String>,
 }
 
 /// Verifies the records in `input`, a stream of sealed lines (a whole events
 /// file, or a stretch of one: the first record's link to its predecessor
-/// cannot be checked then). Returns the first broken link.
-pub fn verify(input: impl BufRead) -> Result<Result<Verified, Break>, io::Error> {
+/// cannot be checked then), and the signature of every checkpoint line:
+/// it must sign the line before it, by `key` when given, otherwise by the
+/// key of the first checkpoint (a key that changes is a break). Returns the
+/// first broken link.
+pub fn verify(
+    input: impl BufRead,
+    key: Option<&str>,
+) -> Result<Result<Verified, Break>, io::Error> {
     let mut previous: Option<(u64, [u8; 32])> = None;
     let mut verified = Verified {
-        records: 0,
-        first_seq: None,
-        last_seq: None,
+        key: key.map(str::to_string),
+        ..Verified::default()
     };
     for (index, line) in input.lines().enumerate() {
         let line = line?;
@@ -193,12 +206,65 @@ pub fn verify(input: impl BufRead) -> Result<Result<Verified, Break>, io::Error>
             }
             _ => {}
         }
+        if let Some(checkpoint) = checkpoint_of(&line) {
+            if let Err(reason) = check_checkpoint(&checkpoint, previous, &mut verified.key) {
+                return broken(format!("checkpoint {seq}: {reason}"));
+            }
+            verified.checkpoints += 1;
+            verified.signed_through = Some(checkpoint.checkpoint.covers);
+        }
         previous = Some((seq, hash));
         verified.records += 1;
         verified.first_seq.get_or_insert(seq);
         verified.last_seq = Some(seq);
     }
     Ok(Ok(verified))
+}
+
+/// The checkpoint a line is, if it is one.
+fn checkpoint_of(line: &str) -> Option<CheckpointRecord> {
+    // Only a line with the member is parsed as one.
+    if !line.contains("\"checkpoint\":{") {
+        return None;
+    }
+    match Line::parse(line) {
+        Ok(Line::Checkpoint(checkpoint)) => Some(checkpoint),
+        _ => None,
+    }
+}
+
+/// Checks a checkpoint line that follows `previous` (seq and hash; `None`
+/// at the start of a stretch, where what it signs is not in the input):
+/// the line it signs, its signature, and its key against `key` (which the
+/// first checkpoint sets when none is expected).
+fn check_checkpoint(
+    line: &CheckpointRecord,
+    previous: Option<(u64, [u8; 32])>,
+    key: &mut Option<String>,
+) -> Result<(), String> {
+    let checkpoint = &line.checkpoint;
+    if let Some((seq, hash)) = previous
+        && (checkpoint.covers != seq || checkpoint.head != hex::encode(hash))
+    {
+        return Err(format!(
+            "it signs line {} with head {}, but line {seq} has head {}: the lines before it were changed",
+            checkpoint.covers,
+            checkpoint.head,
+            hex::encode(hash)
+        ));
+    }
+    crate::signing::check(checkpoint, &line.time)?;
+    match key {
+        Some(key) if *key != checkpoint.key => Err(format!(
+            "signed by key {}, not by the host's key {key}",
+            checkpoint.key
+        )),
+        Some(_) => Ok(()),
+        None => {
+            *key = Some(checkpoint.key.clone());
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -218,7 +284,93 @@ mod tests {
     }
 
     fn check(lines: &[String]) -> Result<Verified, Break> {
-        verify(lines.join("\n").as_bytes()).unwrap()
+        verify(lines.join("\n").as_bytes(), None).unwrap()
+    }
+
+    /// A checkpoint line by `key` over what `chain` sealed last.
+    fn checkpoint(chain: &mut Chain, key: &crate::signing::HostKey) -> String {
+        let time = "2026-12-06T08:00:00Z".to_string();
+        let line = Line::Checkpoint(CheckpointRecord {
+            seq: chain.next_seq(),
+            checkpoint: key.checkpoint(chain.next_seq() - 1, &chain.last_hex(), &time),
+            time,
+        });
+        String::from_utf8(chain.seal(line.to_json().unwrap()).0).unwrap()
+    }
+
+    /// Seals `bodies` again from the start, every hash recomputed: what a
+    /// writer who can change the store but has no key can do.
+    fn rehash(lines: &[String]) -> Vec<String> {
+        let mut previous = [0u8; 32];
+        lines
+            .iter()
+            .map(|line| {
+                let body = &line[..line.len() - SUFFIX_LEN];
+                previous = link(&previous, body.as_bytes());
+                format!("{body}{MEMBER}{}\"}}", hex::encode(previous))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn checkpoints_sign_the_chain_and_a_rehashed_rewrite_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, _) = crate::signing::HostKey::load_or_create(&dir.path().join("k")).unwrap();
+        let mut chain = Chain::default();
+        let mut lines: Vec<String> = (0..3)
+            .map(|i| sealed(&mut chain, &format!("r{i}")))
+            .collect();
+        lines.push(checkpoint(&mut chain, &key));
+        lines.push(sealed(&mut chain, "r3"));
+        let verified = check(&lines).unwrap();
+        assert_eq!(
+            (
+                verified.records,
+                verified.checkpoints,
+                verified.signed_through
+            ),
+            (5, 1, Some(3))
+        );
+        assert_eq!(verified.key, Some(key.public()));
+        // The expected key, and another.
+        let text = lines.join("\n");
+        assert!(
+            verify(text.as_bytes(), Some(&key.public()))
+                .unwrap()
+                .is_ok()
+        );
+        let other = crate::signing::HostKey::load_or_create(&dir.path().join("o"))
+            .unwrap()
+            .0;
+        let e = verify(text.as_bytes(), Some(&other.public()))
+            .unwrap()
+            .unwrap_err();
+        assert!(e.reason.contains("not by the host's key"), "{e}");
+
+        // A record before the checkpoint changed and every hash recomputed:
+        // the chain holds, the checkpoint does not.
+        let mut forged = lines.clone();
+        forged[1] = forged[1].replace("r1", "rX");
+        let e = check(&rehash(&forged)).unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.reason.contains("the lines before it were changed"), "{e}");
+        // The checkpoint's head made to match: its signature does not.
+        let mut forged = rehash(&forged);
+        let old_head = serde_json::from_str::<serde_json::Value>(&lines[3]).unwrap()["checkpoint"]
+            ["head"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        forged[3] = forged[3].replace(&old_head, &hex::encode(hash_of(&forged[2]).unwrap()));
+        let e = check(&rehash(&forged)).unwrap_err();
+        assert!(e.reason.contains("signature does not match"), "{e}");
+
+        // A later checkpoint by another key: a key change.
+        let mut chain2 = chain.clone();
+        let mut changed = lines.clone();
+        changed.push(checkpoint(&mut chain2, &other));
+        let e = check(&changed).unwrap_err();
+        assert!(e.reason.contains("not by the host's key"), "{e}");
     }
 
     #[test]
@@ -230,7 +382,8 @@ mod tests {
             Ok(Verified {
                 records: 5,
                 first_seq: Some(1),
-                last_seq: Some(5)
+                last_seq: Some(5),
+                ..Verified::default()
             })
         );
     }

@@ -23,6 +23,7 @@ pub mod record;
 pub mod session;
 pub mod ship;
 pub mod shutdown;
+pub mod signing;
 pub mod statement_guard;
 pub mod time;
 

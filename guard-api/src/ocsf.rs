@@ -18,11 +18,13 @@ use crate::{
 pub const VERSION: &str = "1.4.0";
 
 /// The OCSF event for one line of `host`'s stream; `sealed` is the line as
-/// sealed (kept as `raw_data`).
-pub fn event(host: &str, line: &Line, sealed: &str) -> Value {
+/// sealed (kept as `raw_data`). A checkpoint has none: it is the stream's
+/// own evidence, checked with `guardctl audit verify`.
+pub fn event(host: &str, line: &Line, sealed: &str) -> Option<Value> {
     match line {
-        Line::Decision(record) => decision(host, record, sealed),
-        Line::Loss(loss) => lost(host, loss, sealed),
+        Line::Decision(record) => Some(decision(host, record, sealed)),
+        Line::Loss(loss) => Some(lost(host, loss, sealed)),
+        Line::Checkpoint(_) => None,
     }
 }
 
@@ -422,7 +424,7 @@ mod tests {
         let json = format!(
             r#"{{{BASE},"hook":"path_unlink","action":"unlink","verdict":"deny","target":"/srv/data/db.sqlite","file":{{"dev":3,"ino":9}},"rule":"keep-data","message":"data stays","process":{{"cmdline":["rm","-rf","/srv/data"],"exe":"/usr/bin/rm","ancestry":[{{"pid":41,"comm":"bash"}}]}}}}"#
         );
-        let e = event("web-1", &line(&json), &json);
+        let e = event("web-1", &line(&json), &json).unwrap();
         assert_eq!(
             (e["class_uid"].as_u64(), e["activity_id"].as_u64()),
             (Some(1001), Some(4))
@@ -451,7 +453,7 @@ mod tests {
             r#"{{{BASE},"hook":"path_unlink","action":"unlink","verdict":"deny","target":"/w/t9","rule":"budget:destroy","budget":{{"name":"destroy","spent":50,"burst":50,"rate":"30/min"}}}}"#
         ))
         .unwrap();
-        let e = event("h", &line, "raw");
+        let e = event("h", &line, "raw").unwrap();
         assert_eq!(e["class_uid"], 2004);
         assert_eq!(e["finding_info"]["types"][0], "blast_radius");
         assert_eq!(e["finding_info"]["analytic"]["name"], "budget:destroy");
@@ -466,7 +468,7 @@ mod tests {
         let json = format!(
             r#"{{{BASE},"hook":"task_kill","action":"signal","verdict":"deny","target":"pid 812","rule":"self-protection","message":"no agent may do this"}}"#
         );
-        let e = event("web-1", &line(&json), &json);
+        let e = event("web-1", &line(&json), &json).unwrap();
         assert_eq!(
             (e["class_uid"].as_u64(), e["type_uid"].as_u64()),
             (Some(2004), Some(200401))
@@ -484,7 +486,7 @@ mod tests {
         let exec = format!(
             r#"{{{BASE},"hook":"bprm_check_security","action":"exec","verdict":"would_deny","target":"/usr/bin/curl","rule":"no-curl"}}"#
         );
-        let e = event("h", &line(&exec), &exec);
+        let e = event("h", &line(&exec), &exec).unwrap();
         assert_eq!(
             (e["class_uid"].as_u64(), e["type_uid"].as_u64()),
             (Some(1007), Some(100701))
@@ -497,7 +499,7 @@ mod tests {
         let connect = format!(
             r#"{{{BASE},"hook":"socket_connect","action":"connect","verdict":"allow","target":"[::ffff:10.0.0.1]:5432","protocol":"tcp","rule":"default"}}"#
         );
-        let e = event("h", &line(&connect), &connect);
+        let e = event("h", &line(&connect), &connect).unwrap();
         assert_eq!(
             (e["class_uid"].as_u64(), e["type_uid"].as_u64()),
             (Some(4001), Some(400101))
@@ -511,7 +513,7 @@ mod tests {
     #[test]
     fn a_loss_is_a_base_event_with_its_count() {
         let json = r#"{"seq":9,"time":"2026-11-22T10:00:02Z","loss":{"stage":"ring_buffer","records":12}}"#;
-        let e = event("h", &line(json), json);
+        let e = event("h", &line(json), json).unwrap();
         assert_eq!(
             (e["class_uid"].as_u64(), e["count"].as_u64()),
             (Some(0), Some(12))

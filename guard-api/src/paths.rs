@@ -9,3 +9,5 @@ pub const DEFAULT_WHY_DIR: &str = "/run/guard/why";
 /// Where guardd keeps the policy in force and the live sessions for the
 /// next guardd.
 pub const DEFAULT_STATE_FILE: &str = "/run/guard/state.json";
+/// The host's signing key for checkpoints: it must outlive reboots.
+pub const DEFAULT_SIGNING_KEY: &str = "/var/lib/guard/signing.key";

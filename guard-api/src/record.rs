@@ -359,24 +359,51 @@ pub struct Loss {
     pub records: u64,
 }
 
+/// The host's signature over the head of its chain, as a line of the
+/// stream (see [`crate::signing`]).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckpointRecord {
+    pub seq: u64,
+    pub time: String,
+    pub checkpoint: Checkpoint,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The line it signs: the one before it.
+    pub covers: u64,
+    /// That line's chain hash (hex), which commits to every line before.
+    pub head: String,
+    /// The host's public key: `ed25519:` and 64 hex digits.
+    pub key: String,
+    /// Ed25519, 128 hex digits.
+    pub signature: String,
+}
+
 /// One line of the events stream.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {
     Decision(Box<Record>),
     Loss(LossRecord),
+    Checkpoint(CheckpointRecord),
 }
 
 impl Line {
-    /// Parses a line of an events file (a sealed record or loss). A quick
-    /// look for a `loss` member says which, then the line is read strictly
-    /// as that (a repeated member is refused).
+    /// Parses a line of an events file (a sealed record, loss or
+    /// checkpoint). A quick look for a `loss` or `checkpoint` member says
+    /// which, then the line is read strictly as that (a repeated member is
+    /// refused).
     pub fn parse(line: &str) -> serde_json::Result<Self> {
         #[derive(Deserialize)]
         struct Probe {
             loss: Option<serde::de::IgnoredAny>,
+            checkpoint: Option<serde::de::IgnoredAny>,
         }
-        if serde_json::from_str::<Probe>(line)?.loss.is_some() {
+        let probe = serde_json::from_str::<Probe>(line)?;
+        if probe.loss.is_some() {
             serde_json::from_str(line).map(Line::Loss)
+        } else if probe.checkpoint.is_some() {
+            serde_json::from_str(line).map(Line::Checkpoint)
         } else {
             serde_json::from_str(line).map(|r| Line::Decision(Box::new(r)))
         }
@@ -387,6 +414,7 @@ impl Line {
         match self {
             Line::Decision(r) => serde_json::to_vec(r),
             Line::Loss(l) => serde_json::to_vec(l),
+            Line::Checkpoint(c) => serde_json::to_vec(c),
         }
     }
 
@@ -394,6 +422,7 @@ impl Line {
         match self {
             Line::Decision(r) => r.seq,
             Line::Loss(l) => l.seq,
+            Line::Checkpoint(c) => c.seq,
         }
     }
 
@@ -401,6 +430,7 @@ impl Line {
         match self {
             Line::Decision(r) => &r.time,
             Line::Loss(l) => &l.time,
+            Line::Checkpoint(c) => &c.time,
         }
     }
 }

@@ -24,15 +24,15 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use guard_api::{
     audit::{self, AuditService, Feed, Filter, History},
     chain,
     metrics::StageLabels,
     pb,
-    record::{Line, Verdict},
-    time,
+    record::{CheckpointRecord, Line, Verdict},
+    signing, time,
 };
 
 use crate::{
@@ -151,6 +151,15 @@ pub struct Ingested {
     pub entries: Vec<NewEntry>,
     /// Lines the store already held (a resend), skipped.
     pub duplicates: u64,
+    /// What the host's checkpoints showed: a key enrolled on first contact,
+    /// or a checkpoint that does not hold (stored as broken).
+    pub checkpoints: Vec<CheckpointNote>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum CheckpointNote {
+    Enrolled { seq: u64, key: String },
+    Failed { seq: u64, reason: String },
 }
 
 /// Checks `lines` against where the host's stream stands and turns them
@@ -230,15 +239,61 @@ pub fn ingest(state: &mut StreamState, lines: &[String], now: i64) -> (Ingested,
                 entry.kind = Kind::Loss;
                 entry.count = loss.loss.records;
             }
+            Line::Checkpoint(checkpoint) => {
+                entry.kind = Kind::Checkpoint;
+                let checked = check_checkpoint(checkpoint, previous, &state.key);
+                entry.integrity = match (checked, integrity) {
+                    (Err(reason), _) => {
+                        out.checkpoints.push(CheckpointNote::Failed { seq, reason });
+                        pb::Integrity::Broken
+                    }
+                    (Ok(()), integrity) => {
+                        if state.key.is_none() {
+                            let key = checkpoint.checkpoint.key.clone();
+                            out.checkpoints.push(CheckpointNote::Enrolled {
+                                seq,
+                                key: key.clone(),
+                            });
+                            state.key = Some(key);
+                        }
+                        integrity
+                    }
+                };
+            }
         }
         entry.parsed = Some(Arc::new((parsed, hash)));
         out.entries.push(entry);
-        *state = StreamState {
-            next_seq: seq + 1,
-            last_chain: Some(hash),
-        };
+        state.next_seq = seq + 1;
+        state.last_chain = Some(hash);
     }
     (out, None)
+}
+
+/// Whether a checkpoint following the line whose hash is `previous` (`None`
+/// after a gap) signs that line, by `key` (any valid key before one is
+/// enrolled).
+fn check_checkpoint(
+    line: &CheckpointRecord,
+    previous: Option<[u8; 32]>,
+    key: &Option<String>,
+) -> Result<(), String> {
+    let checkpoint = &line.checkpoint;
+    if let Some(previous) = previous
+        && (checkpoint.covers + 1 != line.seq || checkpoint.head != hex::encode(previous))
+    {
+        return Err(format!(
+            "it does not sign the line before it (line {}, head {})",
+            checkpoint.covers, checkpoint.head
+        ));
+    }
+    signing::check(checkpoint, &line.time)?;
+    match key {
+        Some(key) if *key != checkpoint.key => Err(format!(
+            "signed by key {}, not by the host's key {key}",
+            checkpoint.key
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The API form of a stored entry.
@@ -428,10 +483,21 @@ impl IngestService {
                     (Kind::Gap, _) => {
                         warn!(%host, first = entry.seq, count = entry.count, "records missing from the stream")
                     }
+                    (Kind::Checkpoint, _) => {}
                     (_, pb::Integrity::Broken) => {
                         warn!(%host, seq = entry.seq, "record does not match its chain hash")
                     }
                     _ => {}
+                }
+            }
+            for note in &ingested.checkpoints {
+                match note {
+                    CheckpointNote::Enrolled { seq, key } => {
+                        info!(%host, seq, %key, "host key enrolled on first contact: its checkpoints must be signed by it from now on")
+                    }
+                    CheckpointNote::Failed { seq, reason } => {
+                        error!(%host, seq, "checkpoint does not hold, stored as broken: {reason}")
+                    }
                 }
             }
             if !ingested.entries.is_empty() {

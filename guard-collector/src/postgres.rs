@@ -76,9 +76,15 @@ impl Store for Postgres {
                 &[&host],
             )
             .map_err(db_error)?;
+        let key = self
+            .db
+            .query_opt(&store::enrolled_key_query(&placeholder), &[&host])
+            .map_err(db_error)?
+            .and_then(|r| store::key_of(r.get(0)));
         Ok(row.map_or_else(StreamState::default, |r| StreamState {
             next_seq: r.get::<_, i64>(0) as u64,
             last_chain: chain::parse_hex(r.get(1)),
+            key,
         }))
     }
 

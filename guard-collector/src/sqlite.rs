@@ -84,10 +84,18 @@ impl Store for Sqlite {
             )
             .optional()
             .map_err(db_error)?;
+        let key: Option<String> = self
+            .db
+            .query_row(&store::enrolled_key_query(&placeholder), [host], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db_error)?;
         Ok(
             row.map_or_else(StreamState::default, |(next_seq, last)| StreamState {
                 next_seq: next_seq as u64,
                 last_chain: chain::parse_hex(&last),
+                key: key.as_deref().and_then(store::key_of),
             }),
         )
     }

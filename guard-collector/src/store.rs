@@ -12,8 +12,8 @@ pub struct NewEntry {
     pub kind: Kind,
     /// The line's sequence number; a gap's first missing one.
     pub seq: u64,
-    /// Records this entry stands for: 1 for a record, the lost or missing
-    /// count for a loss or gap.
+    /// Records this entry stands for: 1 for a record (and a checkpoint),
+    /// the lost or missing count for a loss or gap.
     pub count: u64,
     /// Nanoseconds since the epoch: when the record was made, or when the
     /// collector noticed the gap.
@@ -36,6 +36,7 @@ pub enum Kind {
     Record,
     Loss,
     Gap,
+    Checkpoint,
 }
 
 impl Kind {
@@ -44,6 +45,7 @@ impl Kind {
             Kind::Record => "record",
             Kind::Loss => "loss",
             Kind::Gap => "gap",
+            Kind::Checkpoint => "checkpoint",
         }
     }
 
@@ -52,6 +54,7 @@ impl Kind {
             "record" => Some(Kind::Record),
             "loss" => Some(Kind::Loss),
             "gap" => Some(Kind::Gap),
+            "checkpoint" => Some(Kind::Checkpoint),
             _ => None,
         }
     }
@@ -72,6 +75,10 @@ pub struct StreamState {
     pub next_seq: u64,
     /// Chain hash of record `next_seq - 1`.
     pub last_chain: Option<[u8; 32]>,
+    /// The key the host's checkpoints must be signed by: pinned
+    /// (`--host-key`), or the key of its first checkpoint (enrolled on
+    /// first contact); `None` before either.
+    pub key: Option<String>,
 }
 
 impl Default for StreamState {
@@ -79,7 +86,32 @@ impl Default for StreamState {
         Self {
             next_seq: 1,
             last_chain: None,
+            key: None,
         }
+    }
+}
+
+impl StreamState {
+    /// Whether the store has no line of the stream yet.
+    pub fn is_new(&self) -> bool {
+        self.next_seq == 1 && self.last_chain.is_none()
+    }
+}
+
+/// The query for the sealed line of `host`'s first verified checkpoint,
+/// whose key is the one the host enrolled (bind the host as value 1).
+pub fn enrolled_key_query(placeholder: &dyn Fn(usize) -> String) -> String {
+    format!(
+        "SELECT json FROM entries WHERE host = {} AND kind = 'checkpoint' AND integrity = 'verified' ORDER BY id LIMIT 1",
+        placeholder(1)
+    )
+}
+
+/// The key a stored checkpoint line names.
+pub fn key_of(json: &str) -> Option<String> {
+    match Line::parse(json) {
+        Ok(Line::Checkpoint(c)) => Some(c.checkpoint.key),
+        _ => None,
     }
 }
 
@@ -219,7 +251,7 @@ pub fn move_stream(
     let hex_of =
         |c: &Option<[u8; 32]>| Value::Text(c.as_ref().map(hex::encode).unwrap_or_default());
     let p = placeholder;
-    if *from == StreamState::default() {
+    if from.is_new() {
         (
             format!(
                 "INSERT INTO streams (host, next_seq, last_chain) VALUES ({}, {}, {}) ON CONFLICT (host) DO NOTHING",
@@ -347,8 +379,12 @@ pub fn filter_clause(
     .collect();
     let mut clauses = Vec::new();
     if !selects.is_empty() {
-        // Losses and gaps may hide any record, so they match regardless.
-        clauses.push(format!("(kind <> 'record' OR ({}))", selects.join(" AND ")));
+        // Losses and gaps may hide any record, so they match regardless;
+        // checkpoints belong to the whole stream, not to a selection.
+        clauses.push(format!(
+            "(kind IN ('loss', 'gap') OR (kind = 'record' AND {}))",
+            selects.join(" AND ")
+        ));
     }
     if let Some(hosts) = any_of("host", &filter.hosts) {
         clauses.push(hosts);
@@ -402,7 +438,7 @@ mod tests {
         let (clause, values) = filter_clause(&filter, &|n| format!("${n}"));
         assert_eq!(
             clause,
-            "(kind <> 'record' OR (agent IN ($1, $2) AND verdict IN ($3))) AND host IN ($4) AND time >= $5"
+            "(kind IN ('loss', 'gap') OR (kind = 'record' AND agent IN ($1, $2) AND verdict IN ($3))) AND host IN ($4) AND time >= $5"
         );
         assert_eq!(values.len(), 5);
         assert_eq!(values[4], Value::Int(10));

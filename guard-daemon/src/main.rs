@@ -44,7 +44,9 @@ struct Args {
     cgroup_root: String,
 
     /// The local gRPC API socket, for guardctl: status, policy, reload,
-    /// sessions, tickets; mode 0600.
+    /// sessions, tickets. Mode 0666: each request is decided from the
+    /// caller's credentials (--read-group, --admin-group, the policy's
+    /// `launched_by`).
     #[arg(long, alias = "api-socket", env = "GUARD_SOCKET", default_value = paths::DEFAULT_SOCKET)]
     socket: PathBuf,
 
@@ -100,6 +102,13 @@ struct Args {
     /// guardd started after it, which adopts the programs it left attached.
     #[arg(long, env = "GUARD_STATE_FILE", default_value = paths::DEFAULT_STATE_FILE)]
     state_file: PathBuf,
+
+    /// The host's Ed25519 key (PKCS#8 PEM, mode 0600), made on first
+    /// start: guardd signs the head of its record chain with it in a
+    /// checkpoint line every 1000 lines, every minute and at shutdown
+    /// (docs/audit.md). Keep it across reboots; no agent may read it.
+    #[arg(long, env = "GUARD_SIGNING_KEY", default_value = paths::DEFAULT_SIGNING_KEY)]
+    signing_key: PathBuf,
 
     /// Where guardd writes each session's last denials (rule and message),
     /// one file per session, readable by the session's user. `guardctl run`
@@ -202,6 +211,7 @@ fn main() {
             metrics_listen: args.metrics_listen,
             protect: args.protect,
             state_file: args.state_file,
+            signing_key: args.signing_key,
             why_dir: args.why_dir,
             dns_server: args.dns_server,
             routing_only: args.routing_only,

@@ -270,6 +270,38 @@ pub enum Paths {
     Anywhere,
 }
 
+/// Notes the users and groups the agents' `launched_by` and `logins` name
+/// that this host does not know (a typo): they match no one here.
+fn note_unknown_people(out: &mut CompiledPolicy) {
+    use nix::unistd::{Group, User};
+    let mut notes = Vec::new();
+    for agent in &out.agent_defs {
+        for (key, people) in [
+            ("launched_by", &agent.launched_by),
+            ("logins", &agent.logins),
+        ] {
+            let numeric = |name: &&String| name.parse::<u32>().is_ok();
+            for user in people.users.iter().filter(|u| !numeric(u)) {
+                if !matches!(User::from_name(user), Ok(Some(_))) {
+                    notes.push(format!(
+                        "agent `{}`: `{key}` names user `{user}`, unknown on this host: it matches no one here",
+                        agent.name
+                    ));
+                }
+            }
+            for group in people.groups.iter().filter(|g| !numeric(g)) {
+                if !matches!(Group::from_name(group), Ok(Some(_))) {
+                    notes.push(format!(
+                        "agent `{}`: `{key}` names group `{group}`, unknown on this host: it matches no one here",
+                        agent.name
+                    ));
+                }
+            }
+        }
+    }
+    out.notes.extend(notes);
+}
+
 /// Compiles `policy` for this host.
 pub fn compile(policy: &Policy) -> Result<CompiledPolicy, PolicyError> {
     compile_for(policy, Paths::OnThisHost)
@@ -295,6 +327,9 @@ pub fn compile_for(policy: &Policy, paths: Paths) -> Result<CompiledPolicy, Poli
         out.agents.push((agent.name.clone(), index));
     }
     out.agent_defs = policy.agents.clone();
+    if paths == Paths::OnThisHost {
+        note_unknown_people(&mut out);
+    }
     out.databases = policy.databases.clone();
     compile_routes(&mut out, policy);
     out.secrets = policy
@@ -1201,6 +1236,27 @@ agents: []
             e.reason.contains("`gone`") && e.reason.contains("/nonexistent/dir"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn users_and_groups_this_host_does_not_know_are_notes() {
+        let text = "profiles:\n  - name: a\n    default: allow\nagents:\n  - name: x\n    profile: a\n    launched_by: {users: [root, no-such-user-7f3a, '4242'], groups: [no-such-group-7f3a]}\n";
+        let policy = parse(text).unwrap();
+        let here = compile(&policy).unwrap();
+        let about = |who: &str| here.notes.iter().any(|n| n.contains(who));
+        assert!(
+            about("`launched_by` names user `no-such-user-7f3a`, unknown on this host"),
+            "{:?}",
+            here.notes
+        );
+        assert!(
+            about("names group `no-such-group-7f3a`"),
+            "{:?}",
+            here.notes
+        );
+        assert!(!about("`root`") && !about("4242"), "{:?}", here.notes);
+        let anywhere = compile_for(&policy, Paths::Anywhere).unwrap();
+        assert!(anywhere.notes.is_empty(), "{:?}", anywhere.notes);
     }
 
     #[test]

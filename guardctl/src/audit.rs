@@ -2,7 +2,7 @@
 //! guard-collector), verify chains, ship an events file.
 
 use std::{
-    io::{BufRead, Write as _},
+    io::{BufRead, Write},
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -128,7 +128,7 @@ pub fn follow(server: &str, filter: &FilterArgs, output: Output) -> anyhow::Resu
         eprintln!("guardctl: following {}", endpoint(server));
         let mut out = std::io::stdout().lock();
         while let Some(entry) = stream.message().await? {
-            writeln!(out, "{}", format(&entry, output))?;
+            print_entry(&mut out, &entry, output)?;
             out.flush()?;
         }
         Ok(())
@@ -180,7 +180,7 @@ pub fn query(
         if left == 0 {
             return Ok(false);
         }
-        writeln!(out, "{}", format(&entry, output))?;
+        print_entry(&mut out, &entry, output)?;
         left -= 1;
         Ok(true)
     })
@@ -206,6 +206,16 @@ pub fn stats(server: &str, filter: &FilterArgs) -> anyhow::Result<()> {
     })
 }
 
+/// One line per entry; none for an entry the output has no form for (a
+/// checkpoint in OCSF).
+fn print_entry(out: &mut impl Write, entry: &pb::Entry, output: Output) -> std::io::Result<()> {
+    let text = format(entry, output);
+    if text.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "{text}")
+}
+
 fn format(entry: &pb::Entry, output: Output) -> String {
     match (&entry.entry, output) {
         (Some(pb::entry::Entry::Record(pb::Record { host, json, .. })), Output::Ocsf)
@@ -213,7 +223,9 @@ fn format(entry: &pb::Entry, output: Output) -> String {
             if !json.is_empty() =>
         {
             match Line::parse(json) {
-                Ok(line) => ocsf::event(host, &line, json).to_string(),
+                Ok(line) => {
+                    ocsf::event(host, &line, json).map_or_else(String::new, |e| e.to_string())
+                }
                 Err(e) => {
                     serde_json::json!({"error": format!("not a record: {e}"), "raw_data": json})
                         .to_string()
@@ -277,12 +289,25 @@ fn format(entry: &pb::Entry, output: Output) -> String {
             "GAP: records {} to {} of {} never reached the collector",
             g.first_seq, g.last_seq, g.host
         ),
+        (Some(pb::entry::Entry::Checkpoint(c)), Output::Json) => c.json.clone(),
+        (Some(pb::entry::Entry::Checkpoint(c)), Output::Table) => format!(
+            "CHECKPOINT: {} signed sequence {} with {}{}",
+            c.host,
+            c.covers,
+            c.key,
+            match pb::Integrity::try_from(c.integrity) {
+                Ok(pb::Integrity::Broken) => "  SIGNATURE NOT VALID",
+                _ => "",
+            }
+        ),
+        (Some(pb::entry::Entry::Checkpoint(_)), Output::Ocsf) => String::new(),
         (None, _) => String::new(),
     }
 }
 
-/// Checks an events file's chain; exit code 0 when intact.
-pub fn verify_file(file: &Path) -> i32 {
+/// Checks an events file's chain and checkpoints (signed by `key` when
+/// given); exit code 0 when intact.
+pub fn verify_file(file: &Path, key: Option<&str>) -> i32 {
     let input: Box<dyn BufRead> = if file == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
@@ -295,8 +320,8 @@ pub fn verify_file(file: &Path) -> i32 {
         }
     };
     let name = file.display().to_string();
-    match chain::verify(input) {
-        Ok(result) => report(&name, &[result]),
+    match chain::verify(input, key) {
+        Ok(result) => report(&name, &[result], key),
         Err(e) => {
             eprintln!("guardctl: cannot read {name}: {e}");
             exit::FAILURE
@@ -307,7 +332,7 @@ pub fn verify_file(file: &Path) -> i32 {
 /// Checks the chain of one host's stream as the collector stores it. Gaps
 /// the collector recorded split the stream into stretches, each verified
 /// on its own; a record removed or changed in the store breaks one.
-pub fn verify_stored(server: &str, host: &str) -> anyhow::Result<i32> {
+pub fn verify_stored(server: &str, host: &str, key: Option<&str>) -> anyhow::Result<i32> {
     let filter = pb::Filter {
         hosts: vec![host.into()],
         ..Default::default()
@@ -318,6 +343,7 @@ pub fn verify_stored(server: &str, host: &str) -> anyhow::Result<i32> {
         let json = match entry.entry {
             Some(pb::entry::Entry::Record(r)) => r.json,
             Some(pb::entry::Entry::Loss(l)) => l.json,
+            Some(pb::entry::Entry::Checkpoint(c)) => c.json,
             Some(pb::entry::Entry::Gap(g)) => {
                 gaps.push((g.first_seq, g.last_seq));
                 stretches.push(String::new());
@@ -336,22 +362,34 @@ pub fn verify_stored(server: &str, host: &str) -> anyhow::Result<i32> {
     for (first, last) in &gaps {
         println!("{host}: records {first} to {last} never reached the collector (recorded gap)");
     }
-    let results = stretches
-        .iter()
-        .map(|s| chain::verify(s.as_bytes()))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(report(&format!("{host} in the collector"), &results))
+    // The key the first signed stretch shows holds for the later ones.
+    let mut results = Vec::new();
+    let mut expected = key.map(str::to_string);
+    for stretch in &stretches {
+        let result = chain::verify(stretch.as_bytes(), expected.as_deref())?;
+        if let Ok(verified) = &result {
+            expected = verified.key.clone();
+        }
+        results.push(result);
+    }
+    Ok(report(&format!("{host} in the collector"), &results, key))
 }
 
-fn report(name: &str, results: &[Result<chain::Verified, chain::Break>]) -> i32 {
+/// Prints what `results` (the stretches of one stream) found; exit 1 at a
+/// break, or when `key` is expected and no checkpoint was signed by it.
+fn report(name: &str, results: &[Result<chain::Verified, chain::Break>], key: Option<&str>) -> i32 {
     let mut records = 0;
-    let (mut first, mut last) = (None, None);
+    let mut checkpoints = 0;
+    let (mut first, mut last, mut signed, mut signer) = (None, None, None, None);
     for result in results {
         match result {
             Ok(v) => {
                 records += v.records;
+                checkpoints += v.checkpoints;
                 first = first.or(v.first_seq);
                 last = v.last_seq.or(last);
+                signed = v.signed_through.or(signed);
+                signer = v.key.clone().or(signer);
             }
             Err(broken) => {
                 eprintln!("guardctl: {name}: BROKEN at {broken}");
@@ -365,7 +403,28 @@ fn report(name: &str, results: &[Result<chain::Verified, chain::Break>]) -> i32 
         }
         _ => println!("{name}: intact: no records"),
     }
-    0
+    match (signed, signer) {
+        (Some(through), Some(signer)) => {
+            println!(
+                "{name}: signed: {checkpoints} checkpoint(s) by {signer}, through sequence {through}"
+            );
+            if let Some(unsigned) = last
+                .map(|last| last.saturating_sub(through))
+                .filter(|n| *n > 0)
+            {
+                println!("{name}: the last {unsigned} line(s) follow the last checkpoint");
+            }
+            0
+        }
+        _ if key.is_some() => {
+            eprintln!("guardctl: {name}: NOT SIGNED: no checkpoint signed by the host's key");
+            exit::FAILURE
+        }
+        _ => {
+            println!("{name}: not signed: no checkpoint");
+            0
+        }
+    }
 }
 
 /// Sends an events file to a collector; returns the last acknowledged

@@ -330,6 +330,7 @@ fn status_json(status: &pb::Status) -> serde_json::Value {
         "generation": status.generation,
         "policy_file": status.policy_file,
         "policy_sha256": status.policy_sha256,
+        "signing_key": text(&status.signing_key),
         "policy_loaded": status.policy_loaded.as_ref().map(|t| time::rfc3339(time::nanos(t))),
         "hooks": status.hooks.iter().map(|h| {
             let mut hook = serde_json::json!({"name": h.name, "attached": h.attached, "enforcing": h.enforcing});
@@ -382,6 +383,9 @@ fn print_status(status: &pb::Status) {
     );
     if !status.last_rejected.is_empty() {
         println!("last reload refused: {}", status.last_rejected);
+    }
+    if !status.signing_key.is_empty() {
+        println!("records signed with: {}", status.signing_key);
     }
     println!("hooks:");
     for hook in &status.hooks {

@@ -101,7 +101,8 @@ enum Command {
         why_dir: std::path::PathBuf,
     },
     /// Thaw a session that a rule or budget marked `freeze` stopped, kill
-    /// every process in it, or refill its budgets (root only).
+    /// every process in it, or refill its budgets (root, or guardd's
+    /// --admin-group).
     Session {
         action: SessionAction,
         /// The session's id (`guardctl status` lists them).
@@ -228,7 +229,9 @@ enum AuditCommand {
     ///
     /// Checks an events file (guardd --events), or with --host, that
     /// host's stream as the collector stores it (gaps the collector
-    /// recorded are listed, and each stretch between them is checked).
+    /// recorded are listed, and each stretch between them is checked):
+    /// the hash chain, and the host's signature on every checkpoint, so
+    /// that a stream rewritten with every hash recomputed is caught.
     Verify {
         /// Events file (JSON lines), or `-` for standard input.
         #[arg(required_unless_present = "host", conflicts_with = "host")]
@@ -239,6 +242,12 @@ enum AuditCommand {
         /// The collector's address (with --host).
         #[arg(long, env = "GUARD_COLLECTOR_GRPC", default_value = COLLECTOR_API)]
         server: String,
+        /// The host's public key (`ed25519:` and 64 hex digits, as guardd
+        /// logs it and `guardctl status` shows it): every checkpoint must be
+        /// signed by it, and there must be one. Without it, the key of the
+        /// first checkpoint is taken and a change of key is a break.
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
     },
     /// Send an events file to a collector, e.g. one kept from a host whose
     /// guardd no longer runs. Resumes where the collector's copy of the
@@ -439,13 +448,16 @@ fn audit(command: AuditCommand) -> i32 {
         } => or_fail(audit::query(&server, &filter, limit, output)),
         AuditCommand::Stats { server, filter } => or_fail(audit::stats(&server, &filter)),
         AuditCommand::Verify {
-            file: Some(file), ..
-        } => audit::verify_file(&file),
+            file: Some(file),
+            key,
+            ..
+        } => audit::verify_file(&file, key.as_deref()),
         AuditCommand::Verify {
             host: Some(host),
             server,
+            key,
             ..
-        } => audit::verify_stored(&server, &host).unwrap_or_else(|e| {
+        } => audit::verify_stored(&server, &host, key.as_deref()).unwrap_or_else(|e| {
             eprintln!("guardctl: {e:#}");
             exit::FAILURE
         }),

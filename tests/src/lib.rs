@@ -124,6 +124,8 @@ impl Guardd {
             .arg(dir.join("state.json"))
             .arg("--why-dir")
             .arg(dir.join("why"))
+            .arg("--signing-key")
+            .arg(dir.join("signing.key"))
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())

@@ -14,7 +14,11 @@ use std::{
     time::Duration,
 };
 
-use guard_api::chain::Chain;
+use guard_api::{
+    chain::Chain,
+    record::{CheckpointRecord, Line},
+    signing::HostKey,
+};
 use guard_tests::{
     bin,
     collector::{Collector, Postgres},
@@ -251,6 +255,151 @@ fn gaps_and_tampering(dir: &Path, collector: &Collector, tamper: &dyn Fn(&str)) 
     );
 }
 
+/// `lines` sealed again on `chain`, with a checkpoint by `key` after every
+/// 5th.
+fn signed(lines: &[String], chain: &mut Chain, key: &HostKey) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in lines {
+        let mut value: Value = serde_json::from_str(line).unwrap();
+        let object = value.as_object_mut().unwrap();
+        object.remove("chain");
+        object.insert("seq".into(), chain.next_seq().into());
+        out.push(String::from_utf8(chain.seal(serde_json::to_vec(&value).unwrap()).0).unwrap());
+        if chain.next_seq().is_multiple_of(6) {
+            let time = "2026-11-22T10:01:00Z".to_string();
+            let checkpoint = Line::Checkpoint(CheckpointRecord {
+                seq: chain.next_seq(),
+                checkpoint: key.checkpoint(chain.next_seq() - 1, &chain.last_hex(), &time),
+                time,
+            });
+            out.push(String::from_utf8(chain.seal(checkpoint.to_json().unwrap()).0).unwrap());
+        }
+    }
+    out
+}
+
+/// A stream with signed checkpoints: verified with the host's key; a store
+/// rewritten with every hash (and every checkpoint's head) recomputed is
+/// caught by the signature; a checkpoint by another key is flagged by the
+/// collector on the way in and by `audit verify`; an unsigned stream fails
+/// a verification that expects a key.
+fn signed_checkpoints(dir: &Path, collector: &Collector, tamper: &dyn Fn(&str)) {
+    let key = HostKey::load_or_create(&dir.join("host-s.key")).unwrap().0;
+    let lines = signed(&stream(20, "s"), &mut Chain::default(), &key);
+    let file = dir.join("s.jsonl");
+    write_events(&file, &lines);
+    assert_ok(&ship(collector, &file, "host-s"), "ship signed");
+    let verify = assert_ok(
+        &collector.guardctl(&[
+            "audit",
+            "verify",
+            "--host",
+            "host-s",
+            "--key",
+            &key.public(),
+        ]),
+        "verify signed",
+    );
+    assert!(
+        verify.contains(&format!(
+            "signed: 4 checkpoint(s) by {}, through sequence 23",
+            key.public()
+        )),
+        "{verify}"
+    );
+
+    // Record 3 changed, then every later line sealed again and each
+    // checkpoint's head made to match: the chain holds, no signature does.
+    let mut previous = [0u8; 32];
+    let mut forged = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        let mut value: Value = serde_json::from_str(line).unwrap();
+        let object = value.as_object_mut().unwrap();
+        object.remove("chain");
+        if index == 2 {
+            object.insert("target".into(), "/srv/data/innocent".into());
+        }
+        if let Some(checkpoint) = object.get_mut("checkpoint") {
+            checkpoint["head"] = hex_of(&previous).into();
+        }
+        let body = serde_json::to_vec(&value).unwrap();
+        let mut body = body[..body.len() - 1].to_vec();
+        previous = guard_api::chain::link(&previous, &body);
+        body.extend_from_slice(format!(",\"chain\":\"{}\"}}", hex_of(&previous)).as_bytes());
+        forged.push(String::from_utf8(body).unwrap());
+    }
+    for line in &forged[2..] {
+        let value: Value = serde_json::from_str(line).unwrap();
+        let kind = if value.get("checkpoint").is_some() {
+            "checkpoint"
+        } else if value.get("loss").is_some() {
+            "loss"
+        } else {
+            "record"
+        };
+        tamper(&format!(
+            "UPDATE entries SET json = '{}' WHERE host = 'host-s' AND seq = {} AND kind = '{kind}'",
+            line.replace('\'', "''"),
+            value["seq"]
+        ));
+    }
+    let caught = collector.guardctl(&["audit", "verify", "--host", "host-s"]);
+    let stderr = String::from_utf8_lossy(&caught.stderr);
+    assert_eq!(caught.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("BROKEN")
+            && stderr.contains("checkpoint 6: its signature does not match key"),
+        "{stderr}"
+    );
+
+    // host-t enrolls one key, then sends a checkpoint by another.
+    let mut chain = Chain::default();
+    let first = signed(&stream(10, "t")[..5], &mut chain, &key);
+    let other = HostKey::load_or_create(&dir.join("other.key")).unwrap().0;
+    let rest = signed(&stream(10, "t")[5..], &mut chain, &other);
+    let file = dir.join("t.jsonl");
+    write_events(&file, &[first, rest].concat());
+    assert_ok(&ship(collector, &file, "host-t"), "ship with a key change");
+    let stats = assert_ok(
+        &collector.guardctl(&["audit", "stats", "--host", "host-t"]),
+        "stats",
+    );
+    assert!(stats.contains("broken: 1\n"), "{stats}");
+    let log = fs::read_to_string(&collector.log).unwrap();
+    assert!(
+        log.contains("host key enrolled on first contact")
+            && log.contains("checkpoint does not hold"),
+        "{log}"
+    );
+    let changed = collector.guardctl(&["audit", "verify", "--host", "host-t"]);
+    assert_eq!(changed.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&changed.stderr).contains("not by the host's key"),
+        "{}",
+        String::from_utf8_lossy(&changed.stderr)
+    );
+
+    // No checkpoint at all, while the host's key is expected.
+    let unsigned = collector.guardctl(&[
+        "audit",
+        "verify",
+        "--host",
+        "host-a",
+        "--key",
+        &key.public(),
+    ]);
+    assert_eq!(unsigned.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unsigned.stderr).contains("NOT SIGNED"),
+        "{}",
+        String::from_utf8_lossy(&unsigned.stderr)
+    );
+}
+
+fn hex_of(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Another stream under a name the collector knows is refused, not merged.
 fn another_stream_under_the_same_name(dir: &Path, collector: &Collector) {
     let file = dir.join("d.jsonl");
@@ -310,6 +459,7 @@ fn all_scenarios(dir: &Path, collector: &mut Collector, tamper: &dyn Fn(&str)) {
     gaps_and_tampering(dir, collector, tamper);
     another_stream_under_the_same_name(dir, collector);
     live_follow(dir, collector);
+    signed_checkpoints(dir, collector, tamper);
 }
 
 #[test]
@@ -579,7 +729,7 @@ fn ocsf_events_validate_against_the_published_schema() {
         .map(|json| {
             let line =
                 guard_api::record::Line::parse(json).unwrap_or_else(|e| panic!("{e}: {json}"));
-            guard_api::ocsf::event("web-1", &line, json)
+            guard_api::ocsf::event("web-1", &line, json).expect("an event")
         })
         .collect();
     events.push(guard_api::ocsf::gap(

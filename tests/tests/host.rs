@@ -63,7 +63,9 @@ fn guardd_never_claims_enforcing_on_a_host_that_cannot() {
         .arg("--policy")
         .arg(dir.path().join("p.yaml"))
         .arg("--cgroup-root")
-        .arg("guard-host-test"));
+        .arg("guard-host-test")
+        .arg("--signing-key")
+        .arg(dir.path().join("signing.key")));
     assert_eq!(code, Some(3), "{stderr}");
     assert!(
         !claims_enforcing(&stderr),
@@ -86,7 +88,11 @@ fn invalid_policy_is_refused_with_line_and_exit_4() {
         Command::new(bin("guardctl"))
             .args(["policy", "check"])
             .arg(&policy),
-        Command::new(bin("guardd")).arg("--policy").arg(&policy),
+        Command::new(bin("guardd"))
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--signing-key")
+            .arg(dir.path().join("signing.key")),
     ] {
         let (code, _, stderr) = run(cmd);
         assert_eq!(code, Some(4), "{stderr}");

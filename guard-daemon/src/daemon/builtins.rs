@@ -19,13 +19,33 @@ pub struct Builtins {
     pub canary: Canary,
     /// Files and directories no agent may change.
     own_files: Vec<PathBuf>,
+    /// Guard's files no agent may even read (the signing key).
+    secrets: Vec<PathBuf>,
 }
 
 impl Builtins {
     /// `own_files` that do not exist are left out (a file created later is
     /// protected from the next reload on).
     pub fn new(canary: Canary, own_files: Vec<PathBuf>) -> Self {
-        Self { canary, own_files }
+        Self {
+            canary,
+            own_files,
+            secrets: Vec::new(),
+        }
+    }
+
+    /// Also `secrets`, which no agent may read (`map::SECRETS`).
+    pub fn with_secrets(mut self, secrets: Vec<PathBuf>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// The kernel's keys for the secrets that exist.
+    pub fn secret_keys(&self) -> impl Iterator<Item = guard_common::SecretKey> + '_ {
+        self.secrets
+            .iter()
+            .filter_map(|path| guard_policy::compile::identity(path).ok())
+            .map(|(dev, ino)| guard_common::SecretKey { ino, dev, _pad: 0 })
     }
 
     /// Guard's binaries: this executable and its siblings.

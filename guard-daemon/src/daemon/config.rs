@@ -38,6 +38,8 @@ pub struct Config {
     pub state_file: PathBuf,
     /// Where each session's last denials are written for its agent.
     pub why_dir: PathBuf,
+    /// The host's key for signed checkpoints, made on first start.
+    pub signing_key: PathBuf,
     /// The DNS server for hostname rules; the system's when `None`.
     pub dns_server: Option<std::net::IpAddr>,
     /// How the statement guard runs, for policies that name databases.
@@ -83,6 +85,7 @@ impl Config {
             ("--state-file", Some(&self.state_file)),
             ("--socket", Some(&self.socket)),
             ("--why-dir", Some(&self.why_dir)),
+            ("--signing-key", Some(&self.signing_key)),
         ];
         for (i, (flag, path)) in files.iter().enumerate() {
             let Some(path) = path else { continue };
@@ -153,11 +156,10 @@ impl From<InvalidPolicy> for Fatal {
 pub fn load_own_policy(path: &Path, builtins: &Builtins) -> Result<LoadedPolicy, Fatal> {
     crate::trust::check_owned(path)
         .map_err(|e| InvalidPolicy(format!("refusing the policy: {e}")))?;
-    Ok(guard_policy::load(
-        path,
-        guard_policy::compile::Paths::OnThisHost,
-        |p| builtins.add_to(p),
-    )?)
+    let loaded = guard_policy::load(path, guard_policy::compile::Paths::OnThisHost, |p| {
+        builtins.add_to(p)
+    })?;
+    Ok(with_own_secrets(loaded, builtins))
 }
 
 /// Validates and compiles a policy's text with guardd's built-ins; errors
@@ -167,10 +169,18 @@ pub fn compile_policy(
     origin: &str,
     builtins: &Builtins,
 ) -> Result<LoadedPolicy, Fatal> {
-    Ok(guard_policy::compile_text(
+    let loaded = guard_policy::compile_text(
         text,
         origin,
         guard_policy::compile::Paths::OnThisHost,
         |p| builtins.add_to(p),
-    )?)
+    )?;
+    Ok(with_own_secrets(loaded, builtins))
+}
+
+/// Adds Guard's own secrets (the signing key) to the files no agent may
+/// read.
+fn with_own_secrets(mut loaded: LoadedPolicy, builtins: &Builtins) -> LoadedPolicy {
+    loaded.compiled.secrets.extend(builtins.secret_keys());
+    loaded
 }

@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use guard_api::{
     audit::AuditService, chain::Chain, grpc::GRACE, metrics::StageLabels, session::Session,
+    signing::HostKey,
 };
 use guard_policy::{LoadedPolicy, compile, policy};
 
@@ -27,7 +28,7 @@ use super::{
     dns, hosts, kept, reload, services,
     state::{State, lock},
     statements, why,
-    writer::{self, Out, RecordWriter},
+    writer::{self, Checkpoints, Out, RecordWriter},
 };
 
 /// Checks whether this host can enforce, without enforcing anything: loads
@@ -85,11 +86,12 @@ pub fn detach(cgroup_root: &str) -> Result<(), Fatal> {
 }
 
 /// The files no agent may change: Guard's binaries, the policy, the
-/// records and the state file (created here if new, so that they are
-/// protected from the start) and what `--protect` names.
+/// signing key, the records and the state file (created here if new, so
+/// that they are protected from the start) and what `--protect` names.
 pub(super) fn own_files(config: &Config) -> Vec<PathBuf> {
     let mut own = Builtins::binaries();
     own.push(config.policy.clone());
+    own.push(config.signing_key.clone());
     // Readable by each session's user; changed by guardd only.
     match std::fs::create_dir_all(&config.why_dir) {
         Ok(()) => own.push(config.why_dir.clone()),
@@ -118,7 +120,14 @@ pub(super) fn own_files(config: &Config) -> Vec<PathBuf> {
 /// its calls (for up to [`GRACE`]) and reports how it leaves the host.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fatal> {
     config.check()?;
-    let builtins = Builtins::new(Canary::prepare().map_err(failure)?, own_files(&config));
+    // Before the files are protected: a key made now is protected too.
+    let (key, made) = HostKey::load_or_create(&config.signing_key).map_err(failure)?;
+    if made {
+        info!(file = %config.signing_key.display(), key = %key.public(), "made this host's signing key");
+    }
+    info!(key = %key.public(), "checkpoints are signed with this host's key");
+    let builtins = Builtins::new(Canary::prepare().map_err(failure)?, own_files(&config))
+        .with_secrets(vec![config.signing_key.clone()]);
     let sockets = [config.socket.clone()];
     for dir in sockets.iter().filter_map(|socket| socket.parent()) {
         let _ = std::fs::create_dir_all(dir);
@@ -157,6 +166,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
     }
     state.enforcer.set_own_names(&own_names).map_err(failure)?;
     state.state_file = Some(persistence.state_file.clone());
+    state.signing_key = Some(key.public());
     state.events_file = config.events.clone();
     state.keep();
     state.why = why::Why::new(config.why_dir.clone());
@@ -269,6 +279,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
     );
     writer.ocsf = ocsf;
     writer.metrics = metrics.clone();
+    writer.checkpoints = Some(Checkpoints::new(key));
     if torn > 0 {
         warn!(
             bytes = torn,

@@ -74,6 +74,8 @@ pub struct State {
     /// `guardd --routing-only`: no LSM program, only the routing programs.
     pub(super) routing_only: bool,
     pub(super) last_rejected: Option<String>,
+    /// The public key of the host's signed checkpoints.
+    pub(super) signing_key: Option<String>,
     /// Where the generation in force and the live sessions are kept for
     /// the next guardd, on every change.
     pub(super) state_file: Option<PathBuf>,
@@ -140,6 +142,7 @@ impl State {
             readiness: Err("no policy published yet".into()),
             routing_only,
             last_rejected: None,
+            signing_key: None,
             // Set once started: a guardd that fails to start keeps nothing.
             state_file: None,
             events_file: None,
@@ -657,6 +660,7 @@ impl State {
                 &current.loaded,
             ))),
             last_rejected: self.last_rejected.clone().unwrap_or_default(),
+            signing_key: self.signing_key.clone().unwrap_or_default(),
             hooks,
             profiles,
             sessions: sessions.iter().map(Session::to_proto).collect(),

@@ -28,7 +28,8 @@ use guard_api::{
     chain::Chain,
     metrics::StageLabels,
     pb,
-    record::{Action, Line, Record},
+    record::{Action, CheckpointRecord, Line, Record},
+    signing::HostKey,
 };
 
 use crate::{
@@ -48,6 +49,36 @@ const DRAIN_BATCH: usize = 1024;
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a blocked events file is tried again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// A signed checkpoint follows at most this many lines...
+const CHECKPOINT_LINES: u64 = 1000;
+/// ...or lines this old (and every guardd's last lines, at shutdown).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Signs the head of the chain in a checkpoint line now and then
+/// ([`guard_api::signing`]).
+pub struct Checkpoints {
+    key: HostKey,
+    /// Lines written since the last checkpoint, and when the first was.
+    unsigned: u64,
+    since: Option<Instant>,
+}
+
+impl Checkpoints {
+    pub fn new(key: HostKey) -> Self {
+        Self {
+            key,
+            unsigned: 0,
+            since: None,
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.unsigned >= CHECKPOINT_LINES
+            || self
+                .since
+                .is_some_and(|t| t.elapsed() >= CHECKPOINT_INTERVAL)
+    }
+}
 
 /// Where sealed lines go.
 pub enum Out {
@@ -136,6 +167,8 @@ pub async fn stream_events(
         }
     }
     drain_both!();
+    writer.checkpoint();
+    writer.flush();
     Ok(())
 }
 
@@ -159,6 +192,8 @@ pub struct RecordWriter {
     /// Since when the events file refuses writes, and when it was last
     /// tried; `None` while writes succeed.
     blocked: Option<Blocked>,
+    /// The host's signed checkpoints; none without a key.
+    pub checkpoints: Option<Checkpoints>,
 }
 
 struct Blocked {
@@ -197,6 +232,7 @@ impl RecordWriter {
             lost_reported,
             pending: BTreeMap::new(),
             blocked: None,
+            checkpoints: None,
         }
     }
 
@@ -266,8 +302,38 @@ impl RecordWriter {
             }
         }
         drop(state);
+        if self.checkpoints.as_ref().is_some_and(Checkpoints::due) {
+            self.checkpoint();
+        }
         self.flush();
         taken == DRAIN_BATCH
+    }
+
+    /// Writes a checkpoint signing the last line, if any line since the
+    /// last checkpoint needs one.
+    pub fn checkpoint(&mut self) {
+        let Some(checkpoints) = &self.checkpoints else {
+            return;
+        };
+        if checkpoints.unsigned == 0 || self.blocked.is_some() {
+            return;
+        }
+        let time = guard_api::time::now_rfc3339();
+        let seq = self.chain.next_seq();
+        let checkpoint = checkpoints
+            .key
+            .checkpoint(seq - 1, &self.chain.last_hex(), &time);
+        let line = Line::Checkpoint(CheckpointRecord {
+            seq,
+            time,
+            checkpoint,
+        });
+        if self.write_line(&line)
+            && let Some(checkpoints) = &mut self.checkpoints
+        {
+            checkpoints.unsigned = 0;
+            checkpoints.since = None;
+        }
     }
 
     /// Adds the acting process to a decision's record, counts it and writes
@@ -416,8 +482,10 @@ impl RecordWriter {
         }
         sealed.pop();
         let text = String::from_utf8_lossy(&sealed);
-        if let Some(ocsf) = &mut self.ocsf {
-            let written = serde_json::to_vec(&guard_api::ocsf::event(&self.host, line, &text))
+        if let Some(ocsf) = &mut self.ocsf
+            && let Some(event) = guard_api::ocsf::event(&self.host, line, &text)
+        {
+            let written = serde_json::to_vec(&event)
                 .map_err(std::io::Error::other)
                 .and_then(|mut event| {
                     event.push(b'\n');
@@ -441,6 +509,12 @@ impl RecordWriter {
                 line,
                 pb::Integrity::Unspecified,
             ));
+        }
+        if let Some(checkpoints) = &mut self.checkpoints
+            && !matches!(line, Line::Checkpoint(_))
+        {
+            checkpoints.unsigned += 1;
+            checkpoints.since.get_or_insert_with(Instant::now);
         }
         true
     }

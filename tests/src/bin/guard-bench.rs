@@ -603,6 +603,10 @@ impl Subscriber {
                 .map_while(Result::ok)
             {
                 let entry: Value = serde_json::from_str(&line).unwrap_or_default();
+                // A signed checkpoint is no decision.
+                if entry.get("checkpoint").is_some() {
+                    continue;
+                }
                 let mut counts = shared.lock().unwrap();
                 let loss = &entry["loss"];
                 let records = loss["records"].as_u64().unwrap_or(0);

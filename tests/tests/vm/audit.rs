@@ -31,6 +31,17 @@ fn records_are_chained_and_tampering_is_found() {
     let guardd = Guardd::start(&dir, &policy, "guard-chain-test");
     denials(&guardd, 3);
     let events = guardd.events.clone();
+    let key = guardd.status()["signing_key"]
+        .as_str()
+        .expect("the status names the signing key")
+        .to_string();
+    // No agent reads the host's signing key (it would sign anything), or
+    // changes it.
+    let key_file = dir.join("signing.key").display().to_string();
+    for op in ["read", "open-write", "unlink"] {
+        let outcome = guardd.probe("c", &dir, &[op, &key_file]);
+        assert_eq!(outcome.errno, Some(EPERM), "{op} the signing key");
+    }
     guardd.stop();
     // A second run appends to the same file and continues the chain.
     let guardd = Guardd::start(&dir, &policy, "guard-chain-test");
@@ -64,6 +75,26 @@ fn records_are_chained_and_tampering_is_found() {
         )),
         "{out}"
     );
+    // Each guardd signed its lines when it stopped, with the host's key.
+    let signed = std::process::Command::new(bin("guardctl"))
+        .args(["audit", "verify", "--key", &key])
+        .arg(&events)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&signed.stdout);
+    assert!(
+        signed.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    assert!(
+        out.contains(&format!(
+            "signed: 2 checkpoint(s) by {key}, through sequence {}",
+            lines.len() - 1
+        )),
+        "{out}"
+    );
+    assert!(lines.last().unwrap().contains("\"checkpoint\":{"), "{text}");
 
     // A changed verdict.
     let victim = lines

@@ -288,6 +288,8 @@ fn guardd_trusts_only_roots_files_and_guardctl_only_roots_sockets() {
         .arg(&state)
         .arg("--why-dir")
         .arg(dir.join("why"))
+        .arg("--signing-key")
+        .arg(dir.join("signing.key"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -313,6 +315,8 @@ fn guardd_trusts_only_roots_files_and_guardctl_only_roots_sockets() {
         .arg(dir.join("s2.json"))
         .arg("--why-dir")
         .arg(dir.join("why2"))
+        .arg("--signing-key")
+        .arg(dir.join("signing2.key"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
