@@ -97,18 +97,23 @@ fn message(covers: u64, head: &str, time: &str) -> Vec<u8> {
     format!("guard checkpoint v1\ncovers {covers}\nhead {head}\ntime {time}\n").into_bytes()
 }
 
-/// Checks a checkpoint made at `time` against the key it names. Whether
-/// that key is the host's is the caller's to decide.
-pub fn check(checkpoint: &Checkpoint, time: &str) -> Result<(), String> {
-    let key = checkpoint
-        .key
-        .strip_prefix(KEY_PREFIX)
+/// A public key as checkpoints write it.
+pub fn parse_key(text: &str) -> Result<VerifyingKey, String> {
+    text.strip_prefix(KEY_PREFIX)
         .and_then(|digits| {
             let mut bytes = [0u8; 32];
             hex::decode_to_slice(digits, &mut bytes).ok()?;
             VerifyingKey::from_bytes(&bytes).ok()
         })
-        .ok_or_else(|| format!("`{}` is not an Ed25519 public key", checkpoint.key))?;
+        .ok_or_else(|| {
+            format!("`{text}` is not an Ed25519 public key (ed25519: and 64 hex digits)")
+        })
+}
+
+/// Checks a checkpoint made at `time` against the key it names. Whether
+/// that key is the host's is the caller's to decide.
+pub fn check(checkpoint: &Checkpoint, time: &str) -> Result<(), String> {
+    let key = parse_key(&checkpoint.key)?;
     let mut signature = [0u8; 64];
     hex::decode_to_slice(&checkpoint.signature, &mut signature)
         .map_err(|_| "the signature is not 128 hex digits".to_string())?;

@@ -12,6 +12,7 @@ pub mod sqlite;
 pub mod store;
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::PathBuf,
     pin::Pin,
@@ -88,6 +89,9 @@ pub struct Config {
     pub retain_bytes: Option<u64>,
     /// Where Prometheus metrics are served; off when `None`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Hosts' signing keys, pinned: their checkpoints must be signed by
+    /// these rather than by the key each enrolled on first contact.
+    pub host_keys: BTreeMap<String, String>,
 }
 
 impl Config {
@@ -383,6 +387,8 @@ pub struct IngestService {
     pub store: StoreHandle,
     pub feed: Feed,
     pub metrics: Arc<CollectorMetrics>,
+    /// [`Config::host_keys`].
+    pub host_keys: Arc<BTreeMap<String, String>>,
 }
 
 type IngestStream = Pin<Box<dyn Stream<Item = Result<pb::IngestResponse, Status>> + Send>>;
@@ -416,13 +422,16 @@ impl pb::ingest_service_server::IngestService for IngestService {
                 "host `{host}`: 1 to {MAX_HOST} letters, digits, `-`, `.` or `_`"
             )));
         }
-        let state = {
+        let mut state = {
             let host = host.clone();
             self.store
                 .call(move |s| s.stream(&host))
                 .await
                 .map_err(status)?
         };
+        if let Some(pinned) = self.host_keys.get(&host) {
+            state.key = Some(pinned.clone());
+        }
         let (tx, rx) = mpsc::channel(64);
         let resume = pb::Resume {
             next_seq: state.next_seq,
@@ -611,6 +620,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         store,
         feed,
         metrics,
+        host_keys: Arc::new(config.host_keys.clone()),
     };
     let (routes, health) = guard_api::grpc::routes(audit).await?;
     health

@@ -55,6 +55,13 @@ struct Args {
     #[arg(long, env = "GUARD_COLLECTOR_METRICS_LISTEN", value_name = "ADDR:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
 
+    /// A host's signing key, pinned: HOST=ed25519:HEX (the key its guardd
+    /// logs at start and `guardctl status` shows). Its checkpoints must be
+    /// signed by it; without it, the key of a host's first checkpoint is
+    /// enrolled. Repeatable.
+    #[arg(long = "host-key", value_name = "HOST=KEY", value_parser = parse_host_key)]
+    host_keys: Vec<(String, String)>,
+
     /// Log format on stderr.
     #[arg(long, env = "GUARD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -69,6 +76,7 @@ fn main() {
         retain_for: args.retain_for,
         retain_bytes: args.retain_size.map(|s| s.as_u64()),
         metrics_listen: args.metrics_listen,
+        host_keys: args.host_keys.into_iter().collect(),
     };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -81,4 +89,12 @@ fn main() {
         tracing::error!("{e:#}");
         std::process::exit(exit::FAILURE);
     }
+}
+
+fn parse_host_key(text: &str) -> Result<(String, String), String> {
+    let (host, key) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not HOST=KEY"))?;
+    guard_api::signing::parse_key(key)?;
+    Ok((host.to_string(), key.to_string()))
 }

@@ -246,7 +246,7 @@ enum AuditCommand {
         /// logs it and `guardctl status` shows it): every checkpoint must be
         /// signed by it, and there must be one. Without it, the key of the
         /// first checkpoint is taken and a change of key is a break.
-        #[arg(long, value_name = "KEY")]
+        #[arg(long, value_name = "KEY", value_parser = parse_key)]
         key: Option<String>,
     },
     /// Send an events file to a collector, e.g. one kept from a host whose
@@ -311,6 +311,10 @@ impl From<SessionAction> for pb::SessionAction {
             SessionAction::Reset => pb::SessionAction::Reset,
         }
     }
+}
+
+fn parse_key(text: &str) -> Result<String, String> {
+    guard_api::signing::parse_key(text).map(|_| text.to_string())
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {

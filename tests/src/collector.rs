@@ -61,6 +61,8 @@ pub struct Collector {
     pub metrics: String,
     pub store: String,
     pub log: PathBuf,
+    /// More arguments, from the next [`Collector::restart`] on.
+    pub args: Vec<String>,
 }
 
 impl Collector {
@@ -79,6 +81,7 @@ impl Collector {
             metrics: format!("127.0.0.1:{}", free_port()),
             store: store.into(),
             log,
+            args: Vec::new(),
         };
         collector.restart();
         collector
@@ -97,6 +100,7 @@ impl Collector {
         let child = Command::new(bin("guard-collector"))
             .args(["--listen", &self.addr, "--store", &self.store])
             .args(["--metrics-listen", &self.metrics])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -283,7 +283,7 @@ fn signed(lines: &[String], chain: &mut Chain, key: &HostKey) -> Vec<String> {
 /// caught by the signature; a checkpoint by another key is flagged by the
 /// collector on the way in and by `audit verify`; an unsigned stream fails
 /// a verification that expects a key.
-fn signed_checkpoints(dir: &Path, collector: &Collector, tamper: &dyn Fn(&str)) {
+fn signed_checkpoints(dir: &Path, collector: &mut Collector, tamper: &dyn Fn(&str)) {
     let key = HostKey::load_or_create(&dir.join("host-s.key")).unwrap().0;
     let lines = signed(&stream(20, "s"), &mut Chain::default(), &key);
     let file = dir.join("s.jsonl");
@@ -378,6 +378,21 @@ fn signed_checkpoints(dir: &Path, collector: &Collector, tamper: &dyn Fn(&str)) 
         "{}",
         String::from_utf8_lossy(&changed.stderr)
     );
+
+    // host-u's key pinned: its first checkpoint, by another key, is not
+    // enrolled but flagged.
+    collector.args = vec!["--host-key".into(), format!("host-u={}", other.public())];
+    collector.restart();
+    let file = dir.join("u.jsonl");
+    write_events(&file, &signed(&stream(5, "u"), &mut Chain::default(), &key));
+    assert_ok(&ship(collector, &file, "host-u"), "ship to a pinned key");
+    let stats = assert_ok(
+        &collector.guardctl(&["audit", "stats", "--host", "host-u"]),
+        "stats",
+    );
+    assert!(stats.contains("broken: 1\n"), "{stats}");
+    collector.args.clear();
+    collector.restart();
 
     // No checkpoint at all, while the host's key is expected.
     let unsigned = collector.guardctl(&[
@@ -622,6 +637,13 @@ fn the_collector_refuses_settings_that_contradict_each_other() {
         assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+    let output = std::process::Command::new(guard_tests::bin("guard-collector"))
+        .args(["--host-key", "web-1=ed25519:00"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is not an Ed25519 public key"), "{stderr}");
 }
 
 /// The services a reflection client of version v1 is told of at `addr`.
