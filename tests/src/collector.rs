@@ -256,15 +256,18 @@ impl Postgres {
             c.current_dir(dir.path());
             c
         };
-        let init = command("initdb")
-            .args(["--auth=trust", "--username=guard", "--no-sync", "-D"])
+        // A copy of the cluster initdb made for the first server of this
+        // process: initdb is most of a start (and slow in the VMs).
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(template(&bin_dir, user))
             .arg(&data)
             .output()
-            .expect("run initdb");
+            .expect("run cp");
         assert!(
-            init.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&init.stderr)
+            copied.status.success(),
+            "copy the cluster: {}",
+            String::from_utf8_lossy(&copied.stderr)
         );
         let port = free_port();
         let log = dir.path().join("postgres.log");
@@ -292,6 +295,43 @@ impl Postgres {
             bin_dir,
         }
     }
+}
+
+/// A fresh cluster, made by initdb once per process (owned by `user` when
+/// running as root) and removed when the process exits.
+fn template(bin_dir: &Path, user: Option<(u32, u32)>) -> &'static Path {
+    static TEMPLATE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    extern "C" fn remove_template() {
+        if let Some(data) = TEMPLATE.get().and_then(|d| d.parent()) {
+            let _ = fs::remove_dir_all(data);
+        }
+    }
+    TEMPLATE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown");
+        }
+        let data = dir.join("data");
+        let mut initdb = Command::new(bin_dir.join("initdb"));
+        if let Some((uid, gid)) = user {
+            use std::os::unix::process::CommandExt as _;
+            initdb.uid(uid).gid(gid);
+        }
+        let init = initdb
+            .current_dir(&dir)
+            .args(["--auth=trust", "--username=guard", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .expect("run initdb");
+        assert!(
+            init.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        // SAFETY: registers a function that only removes a directory.
+        unsafe { libc::atexit(remove_template) };
+        data
+    })
 }
 
 impl Drop for Postgres {
