@@ -247,15 +247,6 @@ impl Postgres {
         if let Some((uid, gid)) = user {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
         }
-        let command = |program: &str| {
-            let mut c = Command::new(bin_dir.join(program));
-            if let Some((uid, gid)) = user {
-                use std::os::unix::process::CommandExt as _;
-                c.uid(uid).gid(gid);
-            }
-            c.current_dir(dir.path());
-            c
-        };
         // A copy of the cluster initdb made for the first server of this
         // process: initdb is most of a start (and slow in the VMs).
         let copied = Command::new("cp")
@@ -271,7 +262,7 @@ impl Postgres {
         );
         let port = free_port();
         let log = dir.path().join("postgres.log");
-        let child = command("postgres")
+        let child = server_command(&bin_dir, "postgres", user, dir.path())
             .arg("-D")
             .arg(&data)
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
@@ -297,6 +288,18 @@ impl Postgres {
     }
 }
 
+/// One of PostgreSQL's programs, run as `user` (when running as root) in
+/// `dir`.
+fn server_command(bin_dir: &Path, program: &str, user: Option<(u32, u32)>, dir: &Path) -> Command {
+    let mut command = Command::new(bin_dir.join(program));
+    if let Some((uid, gid)) = user {
+        use std::os::unix::process::CommandExt as _;
+        command.uid(uid).gid(gid);
+    }
+    command.current_dir(dir);
+    command
+}
+
 /// A fresh cluster, made by initdb once per process (owned by `user` when
 /// running as root) and removed when the process exits.
 fn template(bin_dir: &Path, user: Option<(u32, u32)>) -> &'static Path {
@@ -312,13 +315,7 @@ fn template(bin_dir: &Path, user: Option<(u32, u32)>) -> &'static Path {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown");
         }
         let data = dir.join("data");
-        let mut initdb = Command::new(bin_dir.join("initdb"));
-        if let Some((uid, gid)) = user {
-            use std::os::unix::process::CommandExt as _;
-            initdb.uid(uid).gid(gid);
-        }
-        let init = initdb
-            .current_dir(&dir)
+        let init = server_command(bin_dir, "initdb", user, &dir)
             .args(["--auth=trust", "--username=guard", "--no-sync", "-D"])
             .arg(&data)
             .output()
