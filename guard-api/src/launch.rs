@@ -101,9 +101,10 @@ impl RunAs {
 
     /// Makes `cmd`'s child this user between fork and exec, after the
     /// closures registered before (being placed in the session: guardd
-    /// places only a process with the launcher's uid): its groups, then its gid, then its uid. Leaving uid 0 clears the
-    /// permitted, effective and ambient capabilities; the inheritable ones
-    /// are cleared too, so none reaches a program with file capabilities.
+    /// places only a process with the launcher's uid): its groups, then its
+    /// gid, then its uid. Leaving uid 0 clears the permitted, effective and
+    /// ambient capabilities; the inheritable ones are cleared too, so none
+    /// reaches a program with file capabilities.
     fn apply(&self, cmd: &mut Command) {
         cmd.env("HOME", &self.home)
             .env("USER", &self.name)
@@ -215,8 +216,8 @@ pub fn run(
             let _ = child.wait();
             return Err(LaunchError::Place(reason));
         }
-        (Err(_), Err(reason)) => return Err(LaunchError::Place(reason)),
-        (Err(source), Ok(())) => {
+        // No child (a failed fork), so nothing was placed either.
+        (Err(source), _) => {
             return Err(LaunchError::Spawn {
                 command: command[0].to_string_lossy().into_owned(),
                 source,

@@ -18,11 +18,24 @@ use crate::{
 
 use super::{caller::Caller, refusal::Refusal, state::State};
 
-/// Who a session's records name as its user.
+/// A session to create.
+struct NewSession {
+    agent: String,
+    profile: String,
+    /// The cgroup directory it is created in.
+    dir: PathBuf,
+    parent: Option<String>,
+    labels: BTreeMap<String, String>,
+    login: Option<Login>,
+}
+
+/// Who a session's records name as its user, and the process that may
+/// place its first process (none for a login: guardd places it).
 struct Launcher {
     uid: u32,
     name: Option<String>,
     login_uid: Option<u32>,
+    pid: Option<i32>,
 }
 
 impl State {
@@ -86,21 +99,21 @@ impl State {
                 self.root.agent_path(&agent),
             ),
         };
+        let new = NewSession {
+            agent,
+            profile,
+            dir,
+            parent: parent.map(|p| p.id),
+            labels,
+            login: None,
+        };
         let launcher = Launcher {
             uid: caller.uid,
             name: user_name(caller.uid),
             login_uid: session::login_uid(caller.pid),
+            pid: Some(caller.pid),
         };
-        self.create_session(
-            agent,
-            profile,
-            dir,
-            parent.map(|p| p.id),
-            launcher,
-            labels,
-            None,
-            Some(caller.pid),
-        )
+        self.create_session(new, launcher)
     }
 
     /// Moves process `pid` into session `id`, for the caller that started
@@ -161,40 +174,41 @@ impl State {
         let opener = Process::read(caller.pid)
             .map(|p| p.parent)
             .ok_or_else(|| Refusal::Failed("cannot read the caller's parent".into()))?;
+        let new = NewSession {
+            agent: def.name.clone(),
+            profile: def.profile.clone(),
+            dir: self.root.agent_path(&def.name),
+            parent: None,
+            labels: BTreeMap::new(),
+            login: Some(login),
+        };
         let launcher = Launcher {
             uid: user.uid.as_raw(),
             name: Some(user.name.clone()),
             login_uid: session::login_uid(opener),
+            pid: None,
         };
-        let (session, _why_file) = self.create_session(
-            def.name.clone(),
-            def.profile.clone(),
-            self.root.agent_path(&def.name),
-            None,
-            launcher,
-            BTreeMap::new(),
-            Some(login),
-            None,
-        )?;
+        let (session, _why_file) = self.create_session(new, launcher)?;
         self.move_into(&session.id, opener)?;
         info!(session = %session.id, pid = opener, "login placed in its session");
         Ok(Some(session))
     }
 
-    /// Creates a session's cgroup in `dir` under `profile`, adds it to the
-    /// table and opens its reasons file (returned, if guardd keeps them).
-    #[allow(clippy::too_many_arguments)]
+    /// Creates a session's cgroup, adds it to the table and opens its
+    /// reasons file (returned, if guardd keeps them).
     fn create_session(
         &mut self,
-        agent: String,
-        profile: String,
-        dir: PathBuf,
-        parent: Option<String>,
+        new: NewSession,
         launcher: Launcher,
-        labels: BTreeMap<String, String>,
-        login: Option<Login>,
-        launcher_pid: Option<i32>,
     ) -> Result<(Session, Option<PathBuf>), Refusal> {
+        let NewSession {
+            agent,
+            profile,
+            dir,
+            parent,
+            labels,
+            login,
+        } = new;
         let generation = self.current().clone();
         let compiled = &generation.compiled;
         let index = compiled
@@ -238,7 +252,7 @@ impl State {
             login = ?session.login.as_ref().map(ToString::to_string),
             "session started"
         );
-        self.sessions.insert(session.clone(), path, launcher_pid);
+        self.sessions.insert(session.clone(), path, launcher.pid);
         self.keep();
         let why_file = self.why.open(&session);
         Ok((session, why_file))
