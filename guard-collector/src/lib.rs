@@ -559,9 +559,12 @@ impl IngestService {
                     kind: entry.kind.as_str().into(),
                 })
                 .inc();
-            if entry.integrity == pb::Integrity::Broken {
-                self.metrics.broken.inc();
-            }
+            let broken = match (entry.kind, entry.integrity) {
+                (Kind::Checkpoint, pb::Integrity::Broken) => &self.metrics.checkpoints_failed,
+                (_, pb::Integrity::Broken) => &self.metrics.broken,
+                _ => continue,
+            };
+            broken.inc();
         }
     }
 }

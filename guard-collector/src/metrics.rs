@@ -18,6 +18,7 @@ pub struct CollectorMetrics {
     registry: Registry,
     pub entries: Family<KindLabels, Counter>,
     pub broken: Counter,
+    pub checkpoints_failed: Counter,
     pub duplicates: Counter,
     pub hosts_connected: Gauge,
     pub store_errors: Counter,
@@ -30,7 +31,7 @@ impl Default for CollectorMetrics {
         let entries = Family::<KindLabels, Counter>::default();
         registry.register(
             "entries",
-            "Entries stored, by kind: record, loss, gap",
+            "Entries stored, by kind: record, loss, gap, checkpoint",
             entries.clone(),
         );
         let broken = Counter::default();
@@ -38,6 +39,12 @@ impl Default for CollectorMetrics {
             "broken_links",
             "Records stored whose chain link did not verify",
             broken.clone(),
+        );
+        let checkpoints_failed = Counter::default();
+        registry.register(
+            "checkpoints_failed",
+            "Checkpoints stored marked broken: a signature that does not match, another key than the host's, or a line it does not sign",
+            checkpoints_failed.clone(),
         );
         let duplicates = Counter::default();
         registry.register(
@@ -67,6 +74,7 @@ impl Default for CollectorMetrics {
             registry,
             entries,
             broken,
+            checkpoints_failed,
             duplicates,
             hosts_connected,
             store_errors,

@@ -365,6 +365,11 @@ fn signed_checkpoints(dir: &Path, collector: &mut Collector, tamper: &dyn Fn(&st
         "stats",
     );
     assert!(stats.contains("broken: 1\n"), "{stats}");
+    let metrics = guard_tests::collector::scrape(&collector.metrics);
+    assert!(
+        metrics.contains("guard_collector_checkpoints_failed_total 1\n"),
+        "{metrics}"
+    );
     let log = fs::read_to_string(&collector.log).unwrap();
     assert!(
         log.contains("host key enrolled on first contact")
