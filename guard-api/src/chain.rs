@@ -207,9 +207,16 @@ pub fn verify(
             _ => {}
         }
         if let Some(checkpoint) = checkpoint_of(&line) {
-            if let Err(reason) = check_checkpoint(&checkpoint, previous, &mut verified.key) {
+            let previous = previous.map(|(_, hash)| hash);
+            if let Err(reason) =
+                crate::signing::check_line(&checkpoint, previous, verified.key.as_deref())
+            {
                 return broken(format!("checkpoint {seq}: {reason}"));
             }
+            // Without an expected key, the first checkpoint's holds.
+            verified
+                .key
+                .get_or_insert_with(|| checkpoint.checkpoint.key.clone());
             verified.checkpoints += 1;
             verified.signed_through = Some(checkpoint.checkpoint.covers);
         }
@@ -230,40 +237,6 @@ fn checkpoint_of(line: &str) -> Option<CheckpointRecord> {
     match Line::parse(line) {
         Ok(Line::Checkpoint(checkpoint)) => Some(checkpoint),
         _ => None,
-    }
-}
-
-/// Checks a checkpoint line that follows `previous` (seq and hash; `None`
-/// at the start of a stretch, where what it signs is not in the input):
-/// the line it signs, its signature, and its key against `key` (which the
-/// first checkpoint sets when none is expected).
-fn check_checkpoint(
-    line: &CheckpointRecord,
-    previous: Option<(u64, [u8; 32])>,
-    key: &mut Option<String>,
-) -> Result<(), String> {
-    let checkpoint = &line.checkpoint;
-    if let Some((seq, hash)) = previous
-        && (checkpoint.covers != seq || checkpoint.head != hex::encode(hash))
-    {
-        return Err(format!(
-            "it signs line {} with head {}, but line {seq} has head {}: the lines before it were changed",
-            checkpoint.covers,
-            checkpoint.head,
-            hex::encode(hash)
-        ));
-    }
-    crate::signing::check(checkpoint, &line.time)?;
-    match key {
-        Some(key) if *key != checkpoint.key => Err(format!(
-            "signed by key {}, not by the host's key {key}",
-            checkpoint.key
-        )),
-        Some(_) => Ok(()),
-        None => {
-            *key = Some(checkpoint.key.clone());
-            Ok(())
-        }
     }
 }
 

@@ -18,7 +18,7 @@ use ed25519_dalek::{
     pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _, spki::der::pem::LineEnding},
 };
 
-use crate::record::Checkpoint;
+use crate::record::{Checkpoint, CheckpointRecord};
 
 /// How a public key is written in a checkpoint: this prefix and 64 hex
 /// digits.
@@ -122,6 +122,36 @@ pub fn check(checkpoint: &Checkpoint, time: &str) -> Result<(), String> {
         &Signature::from_bytes(&signature),
     )
     .map_err(|_| format!("its signature does not match key {}", checkpoint.key))
+}
+
+/// Checks a checkpoint line: that it signs the line before it, whose chain
+/// hash is `previous` (`None` where that line is not at hand: after a gap),
+/// that its signature holds, and that it is by `key` when one is expected.
+pub fn check_line(
+    line: &CheckpointRecord,
+    previous: Option<[u8; 32]>,
+    key: Option<&str>,
+) -> Result<(), String> {
+    let checkpoint = &line.checkpoint;
+    if let Some(previous) = previous
+        && (checkpoint.covers + 1 != line.seq || checkpoint.head != hex::encode(previous))
+    {
+        return Err(format!(
+            "it signs line {} with head {}, but line {} has head {}: the lines before it were changed",
+            checkpoint.covers,
+            checkpoint.head,
+            line.seq - 1,
+            hex::encode(previous)
+        ));
+    }
+    check(checkpoint, &line.time)?;
+    match key {
+        Some(key) if key != checkpoint.key => Err(format!(
+            "signed by key {}, not by the host's key {key}",
+            checkpoint.key
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

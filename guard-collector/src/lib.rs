@@ -32,7 +32,7 @@ use guard_api::{
     chain,
     metrics::StageLabels,
     pb,
-    record::{CheckpointRecord, Line, Verdict},
+    record::{Line, Verdict},
     signing, time,
 };
 
@@ -245,7 +245,7 @@ pub fn ingest(state: &mut StreamState, lines: &[String], now: i64) -> (Ingested,
             }
             Line::Checkpoint(checkpoint) => {
                 entry.kind = Kind::Checkpoint;
-                let checked = check_checkpoint(checkpoint, previous, &state.key);
+                let checked = signing::check_line(checkpoint, previous, state.key.as_deref());
                 entry.integrity = match (checked, integrity) {
                     (Err(reason), _) => {
                         out.checkpoints.push(CheckpointNote::Failed { seq, reason });
@@ -271,33 +271,6 @@ pub fn ingest(state: &mut StreamState, lines: &[String], now: i64) -> (Ingested,
         state.last_chain = Some(hash);
     }
     (out, None)
-}
-
-/// Whether a checkpoint following the line whose hash is `previous` (`None`
-/// after a gap) signs that line, by `key` (any valid key before one is
-/// enrolled).
-fn check_checkpoint(
-    line: &CheckpointRecord,
-    previous: Option<[u8; 32]>,
-    key: &Option<String>,
-) -> Result<(), String> {
-    let checkpoint = &line.checkpoint;
-    if let Some(previous) = previous
-        && (checkpoint.covers + 1 != line.seq || checkpoint.head != hex::encode(previous))
-    {
-        return Err(format!(
-            "it does not sign the line before it (line {}, head {})",
-            checkpoint.covers, checkpoint.head
-        ));
-    }
-    signing::check(checkpoint, &line.time)?;
-    match key {
-        Some(key) if *key != checkpoint.key => Err(format!(
-            "signed by key {}, not by the host's key {key}",
-            checkpoint.key
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// The API form of a stored entry.

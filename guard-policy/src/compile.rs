@@ -209,6 +209,13 @@ pub fn identity(path: &Path) -> std::io::Result<(u32, u64)> {
     Ok(kernel_identity(&std::fs::metadata(path)?))
 }
 
+/// The `SECRETS` key of a file no agent may read; `None` when it does not
+/// exist.
+pub fn secret_key(path: &Path) -> Option<SecretKey> {
+    let (dev, ino) = identity(path).ok()?;
+    Some(SecretKey { ino, dev, _pad: 0 })
+}
+
 fn kernel_identity(meta: &std::fs::Metadata) -> (u32, u64) {
     let dev = meta.dev();
     ((libc::major(dev) << 20) | libc::minor(dev), meta.ino())
@@ -336,8 +343,7 @@ pub fn compile_for(policy: &Policy, paths: Paths) -> Result<CompiledPolicy, Poli
         .databases
         .iter()
         .flat_map(|d| d.secret_files())
-        .filter_map(|path| identity(path).ok())
-        .map(|(dev, ino)| SecretKey { ino, dev, _pad: 0 })
+        .filter_map(secret_key)
         .collect();
     check_capacity(&out, policy)?;
     Ok(out)

@@ -44,8 +44,7 @@ impl Builtins {
     pub fn secret_keys(&self) -> impl Iterator<Item = guard_common::SecretKey> + '_ {
         self.secrets
             .iter()
-            .filter_map(|path| guard_policy::compile::identity(path).ok())
-            .map(|(dev, ino)| guard_common::SecretKey { ino, dev, _pad: 0 })
+            .filter_map(|path| guard_policy::compile::secret_key(path))
     }
 
     /// Guard's binaries: this executable and its siblings.

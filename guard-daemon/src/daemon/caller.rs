@@ -81,7 +81,7 @@ impl AccessGroups {
     }
 
     /// What a process of `uid` with the groups `gids` may do.
-    fn access(&self, uid: u32, gids: &[u32]) -> Access {
+    pub(super) fn access(&self, uid: u32, gids: &[u32]) -> Access {
         let member = |group: &Option<(String, u32)>| {
             group.as_ref().is_some_and(|(_, gid)| gids.contains(gid))
         };
@@ -130,8 +130,6 @@ pub(super) struct Peer {
     /// request is handled (its pid may be reused by then) still counts as
     /// one.
     pub(super) agent_at_accept: bool,
-    /// From its uid and groups.
-    pub(super) access: Access,
 }
 
 /// An accepted connection to the local API, carrying its [`Peer`] to each
@@ -143,11 +141,7 @@ pub(super) struct Connection {
 
 impl Connection {
     /// `is_agent` says whether a pid is an agent's.
-    pub(super) fn accept(
-        stream: UnixStream,
-        is_agent: impl Fn(i32) -> bool,
-        groups: &AccessGroups,
-    ) -> Self {
+    pub(super) fn accept(stream: UnixStream, is_agent: impl Fn(i32) -> bool) -> Self {
         let peer = stream.peer_cred().ok().map(|cred| {
             let pid = cred.pid().unwrap_or(0);
             let mut gids = peer_groups(&stream).unwrap_or_default();
@@ -155,9 +149,8 @@ impl Connection {
             Peer {
                 pid,
                 uid: cred.uid(),
-                agent_at_accept: is_agent(pid),
-                access: groups.access(cred.uid(), &gids),
                 gids,
+                agent_at_accept: is_agent(pid),
             }
         });
         Self { stream, peer }

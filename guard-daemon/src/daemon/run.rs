@@ -122,10 +122,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
     config.check()?;
     // Before the files are protected: a key made now is protected too.
     let (key, made) = HostKey::load_or_create(&config.signing_key).map_err(failure)?;
-    if made {
-        info!(file = %config.signing_key.display(), key = %key.public(), "made this host's signing key");
-    }
-    info!(key = %key.public(), "checkpoints are signed with this host's key");
+    info!(
+        file = %config.signing_key.display(),
+        key = %key.public(),
+        made,
+        "checkpoints are signed with this host's key"
+    );
     let builtins = Builtins::new(Canary::prepare().map_err(failure)?, own_files(&config))
         .with_secrets(vec![config.signing_key.clone()]);
     let sockets = [config.socket.clone()];

@@ -54,7 +54,7 @@ impl LocalApi {
             // Looked up again now: a process moved into an agent cgroup
             // since it connected is an agent too.
             agent: peer.agent_at_accept || lock(&self.state).root.is_agent(peer.pid),
-            access: peer.access,
+            access: self.groups.access(peer.uid, &peer.gids),
             gids: peer.gids,
         })
     }
@@ -436,9 +436,8 @@ pub(super) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let root = lock(&api.state).root.clone();
-    let groups = api.groups.clone();
     let incoming = UnixListenerStream::new(listener).map(move |stream| {
-        stream.map(|stream| Connection::accept(stream, |pid| root.is_agent(pid), &groups))
+        stream.map(|stream| Connection::accept(stream, |pid| root.is_agent(pid)))
     });
     tonic::transport::Server::builder()
         .add_service(pb::daemon_service_server::DaemonServiceServer::new(
