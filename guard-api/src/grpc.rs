@@ -4,13 +4,16 @@
 
 use std::path::Path;
 
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
-use crate::{audit::AuditService, pb};
+use crate::{
+    audit::AuditService,
+    pb,
+    tls::{self, Role},
+};
 
 /// The protos' descriptors, for reflection.
 const DESCRIPTORS: &[u8] = tonic::include_file_descriptor_set!("guard_descriptors");
@@ -49,24 +52,17 @@ pub async fn connect_unix(path: &Path) -> anyhow::Result<tonic::transport::Chann
         }))
         .await
         .map_err(|e| {
-            // The connector's own error (e.g. a socket not served by root)
-            // sits below tonic's "transport error".
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                message = format!("{message}: {cause}");
-                source = cause.source();
-            }
             anyhow::anyhow!(
-                "cannot reach guardd at {}: {message} (is guardd running? `--socket` or GUARD_SOCKET name another socket)",
-                path.display()
+                "cannot reach guardd at {}: {} (is guardd running? `--socket` or GUARD_SOCKET name another socket)",
+                path.display(),
+                crate::error_chain(&e)
             )
         })?;
     Ok(channel)
 }
 
 /// The services every Guard gRPC server offers: health checking, server
-/// reflection and the audit API. A server with more (the collector's
+/// reflection and the audit API (for readers, over TLS). A server with more (the collector's
 /// ingest) adds them to the routes and marks them serving on the reporter.
 pub async fn routes(audit: AuditService) -> anyhow::Result<(Routes, HealthReporter)> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -82,7 +78,12 @@ pub async fn routes(audit: AuditService) -> anyhow::Result<(Routes, HealthReport
     let routes = Routes::new(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(pb::audit_service_server::AuditServiceServer::new(audit));
+        .add_service(
+            pb::audit_service_server::AuditServiceServer::with_interceptor(
+                audit,
+                tls::require(Role::Reader, "query or follow records"),
+            ),
+        );
     Ok((routes, health))
 }
 
@@ -91,17 +92,17 @@ pub async fn routes(audit: AuditService) -> anyhow::Result<(Routes, HealthReport
 /// open for as long as it can: such calls are cut after this.
 pub const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Serves `routes` on `listener` until `shutdown`, then lets the calls in
-/// progress finish, for up to [`GRACE`].
+/// Serves `routes` on the connections of [`tls::incoming`] until
+/// `shutdown`, then lets the calls in progress finish, for up to [`GRACE`].
 pub async fn serve(
-    listener: TcpListener,
+    incoming: tls::Incoming,
     routes: Routes,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
         .add_routes(routes)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            ReceiverStream::new(incoming),
             shutdown.clone().cancelled_owned(),
         );
     let cut = async {

@@ -1,7 +1,8 @@
 //! What Guard's programs share: the gRPC API ([`pb`], generated from
 //! `proto/`), the decision [`record`] and its hash [`chain`], the audit
 //! service ([`audit`]) that guardd and guard-collector both serve
-//! ([`grpc`], which also dials guardd's local API socket), the OCSF form of
+//! ([`grpc`], which also dials guardd's local API socket) with mutual
+//! [`tls`] over TCP, the OCSF form of
 //! records ([`ocsf`]), shipping events files to a collector ([`ship`]),
 //! sessions ([`session`]) and default [`paths`], what guardd and its
 //! statement guard tell each other ([`statement_guard`]), starting a command inside a
@@ -26,6 +27,23 @@ pub mod shutdown;
 pub mod signing;
 pub mod statement_guard;
 pub mod time;
+pub mod tls;
+
+/// An error with each of its causes, `: `-separated (tonic's own errors
+/// hide the cause, e.g. a certificate refused, below "transport error").
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their cause in their own text.
+        if !message.contains(&cause_text) {
+            message = format!("{message}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    message
+}
 
 /// Generated from the protos.
 #[allow(clippy::large_enum_variant)] // oneofs of a record or a small message

@@ -17,13 +17,14 @@ use tracing::{info, warn};
 use crate::{
     chain,
     pb::{self, ingest_service_client::IngestServiceClient},
+    tls::Target,
 };
 
 pub struct Shipper {
     /// The events file.
     pub events: PathBuf,
-    /// The collector's URL, e.g. http://collector.example:50052.
-    pub collector: String,
+    /// The collector, and how to reach it.
+    pub collector: Target,
     pub host: String,
     /// guardd's last written sequence number, to follow the file; `None`
     /// to ship what the file holds and stop.
@@ -48,7 +49,7 @@ impl Shipper {
             match self.session().await {
                 Ok(()) => attempt = 0,
                 Err(e) => {
-                    warn!(collector = %self.collector, "shipping records: {e:#}");
+                    warn!(collector = %self.collector.url(), "shipping records: {e:#}");
                     attempt += 1;
                 }
             }
@@ -65,9 +66,7 @@ impl Shipper {
 
     /// One connection: hello, resume, lines and acknowledgements.
     async fn session(&mut self) -> anyhow::Result<()> {
-        let mut client = IngestServiceClient::connect(self.collector.clone())
-            .await
-            .with_context(|| format!("cannot reach the collector at {}", self.collector))?;
+        let mut client = IngestServiceClient::new(self.collector.connect().await?);
         let (lines, outgoing) = mpsc::channel(1024);
         lines
             .send(pb::IngestRequest {
@@ -89,7 +88,7 @@ impl Shipper {
         };
         let following = self.written.is_some();
         let spool = Spool::open(&self.events, &self.host, &resume, following).await?;
-        info!(collector = %self.collector, next_seq = resume.next_seq, "shipping records");
+        info!(collector = %self.collector.url(), next_seq = resume.next_seq, "shipping records");
         let send = spool.send(lines, self.written.clone());
         let acked = &self.acked;
         let acks = async {

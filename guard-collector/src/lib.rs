@@ -34,6 +34,7 @@ use guard_api::{
     pb,
     record::{Line, Verdict},
     signing, time,
+    tls::{self, Role, Transport},
 };
 
 use crate::{
@@ -82,6 +83,8 @@ impl StoreSpec {
 
 pub struct Config {
     pub listen: SocketAddr,
+    /// Mutual TLS on `listen`, or plaintext (loopback only).
+    pub transport: Transport,
     pub store: StoreSpec,
     /// Delete entries older than this.
     pub retain_for: Option<Duration>,
@@ -374,6 +377,7 @@ impl pb::ingest_service_server::IngestService for IngestService {
         &self,
         request: Request<Streaming<pb::IngestRequest>>,
     ) -> Result<Response<IngestStream>, Status> {
+        let certificate = tls::peer(&request).cloned();
         let mut incoming = request.into_inner();
         let host = match incoming.message().await? {
             Some(pb::IngestRequest {
@@ -393,6 +397,16 @@ impl pb::ingest_service_server::IngestService for IngestService {
         {
             return Err(Status::invalid_argument(format!(
                 "host `{host}`: 1 to {MAX_HOST} letters, digits, `-`, `.` or `_`"
+            )));
+        }
+        // A host writes its own stream only: the one its certificate names.
+        if let Some(certificate) = certificate
+            && certificate.name != host
+        {
+            warn!(%host, certificate = %certificate.name, "refused a stream shipped under another host's name");
+            return Err(Status::permission_denied(format!(
+                "the certificate is for host `{}`: it may not ship host `{host}`'s stream",
+                certificate.name
             )));
         }
         let mut state = {
@@ -570,7 +584,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    info!(listen = %config.listen, store = ?config.store, "collecting");
+    let incoming = tls::incoming(listener, &config.transport)?;
+    info!(listen = %config.listen, tls = matches!(config.transport, Transport::Tls(_)), store = ?config.store, "collecting");
     let pruning = shutdown.clone();
     let store_to_prune = store.clone();
     tasks.spawn(async move {
@@ -602,8 +617,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     health
         .set_serving::<pb::ingest_service_server::IngestServiceServer<IngestService>>()
         .await;
-    let routes = routes.add_service(pb::ingest_service_server::IngestServiceServer::new(ingest));
-    let served = guard_api::grpc::serve(listener, routes, shutdown.clone()).await;
+    let routes = routes.add_service(
+        pb::ingest_service_server::IngestServiceServer::with_interceptor(
+            ingest,
+            tls::require(Role::Host, "ship records"),
+        ),
+    );
+    let served = guard_api::grpc::serve(incoming, routes, shutdown.clone()).await;
     // The server may also end by an error: everything stops with it.
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}

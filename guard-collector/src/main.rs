@@ -7,6 +7,7 @@ use clap::Parser;
 use guard_api::{
     exit,
     logs::{self, LogFormat},
+    tls::{TlsArgs, Transport},
 };
 use guard_collector as collector;
 
@@ -23,8 +24,9 @@ use guard_collector as collector;
 #[derive(Parser)]
 #[command(version, max_term_width = 100)]
 struct Args {
-    /// Address to serve on. The API has no authentication yet: keep it on
-    /// loopback or a private network.
+    /// Address to serve on, with mutual TLS (--tls-cert, --tls-key,
+    /// --tls-ca): hosts ship with certificates of role `host`, under their
+    /// own name only; readers query with certificates of role `reader`.
     #[arg(
         long,
         env = "GUARD_COLLECTOR_LISTEN",
@@ -62,6 +64,14 @@ struct Args {
     #[arg(long = "host-key", value_name = "HOST=KEY", value_parser = parse_host_key)]
     host_keys: Vec<(String, String)>,
 
+    #[command(flatten)]
+    tls: TlsArgs,
+
+    /// Serve without TLS, on a loopback --listen address only: every local
+    /// user may then ship and query.
+    #[arg(long, env = "GUARD_COLLECTOR_PLAINTEXT")]
+    plaintext: bool,
+
     /// Log format on stderr.
     #[arg(long, env = "GUARD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -70,8 +80,20 @@ struct Args {
 fn main() {
     let args = Args::parse();
     logs::init(args.log_format);
+    let transport = args
+        .tls
+        .files()
+        .and_then(|tls| Transport::listener(tls, args.plaintext, args.listen, "--listen"));
+    let transport = match transport {
+        Ok(transport) => transport,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::exit(exit::FAILURE);
+        }
+    };
     let config = collector::Config {
         listen: args.listen,
+        transport,
         store: args.store,
         retain_for: args.retain_for,
         retain_bytes: args.retain_size.map(|s| s.as_u64()),

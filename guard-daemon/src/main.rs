@@ -1,12 +1,15 @@
 //! `guardd`: the Guard enforcement daemon.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context as _;
 
 use clap::Parser;
 use guard_api::{
     exit,
     logs::{self, LogFormat},
     paths,
+    tls::{Target, TlsArgs, Transport},
 };
 use guard_daemon::{cgroup, daemon};
 
@@ -51,17 +54,32 @@ struct Args {
     socket: PathBuf,
 
     /// Serve the gRPC audit API (live feed of records) on this address, e.g.
-    /// 127.0.0.1:50051. Off by default: the API has no authentication yet,
-    /// so bind it to loopback.
+    /// 0.0.0.0:50051, with mutual TLS (--tls-*): only certificates of role
+    /// `reader` may follow. Off by default.
     #[arg(long, env = "GUARD_GRPC_LISTEN", value_name = "ADDR:PORT")]
     grpc_listen: Option<std::net::SocketAddr>,
 
-    /// Ship the records to guard-collector at this URL, e.g.
-    /// http://collector.example:50052. Needs --events: the events file is
-    /// the spool, kept whole, and shipping resumes where the collector's
-    /// copy ends.
-    #[arg(long, env = "GUARD_COLLECTOR", value_name = "URL", requires = "events")]
+    /// Serve --grpc-listen without TLS, on a loopback address only: every
+    /// local user may then follow the records.
+    #[arg(long, env = "GUARD_GRPC_PLAINTEXT", requires = "grpc_listen")]
+    plaintext: bool,
+
+    /// Ship the records to guard-collector at this address, e.g.
+    /// collector.example:50052, with mutual TLS (--tls-*; this host's
+    /// certificate must name it as --host-name, with role `host`); plaintext
+    /// to a loopback address (http://127.0.0.1:50052) when no TLS files are
+    /// given. Needs --events: the events file is the spool, kept whole, and
+    /// shipping resumes where the collector's copy ends.
+    #[arg(
+        long,
+        env = "GUARD_COLLECTOR",
+        value_name = "ADDR",
+        requires = "events"
+    )]
     collector: Option<String>,
+
+    #[command(flatten)]
+    tls: TlsArgs,
 
     /// Also mask what this regular expression matches in recorded command
     /// lines (repeatable; a `secret` group limits the mask to it). Built-in
@@ -198,14 +216,21 @@ fn main() {
                 std::process::exit(exit::USAGE);
             }
         };
+        let (grpc_listen, collector) = match network(&args) {
+            Ok(network) => network,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                std::process::exit(exit::USAGE);
+            }
+        };
         let config = daemon::Config {
             access,
             policy: args.policy.expect("clap requires --policy"),
             events: args.events,
             cgroup_root: args.cgroup_root,
             socket: args.socket,
-            grpc_listen: args.grpc_listen,
-            collector: args.collector,
+            grpc_listen,
+            collector,
             redactor,
             ocsf: args.ocsf,
             metrics_listen: args.metrics_listen,
@@ -257,4 +282,25 @@ fn main() {
         }
         std::process::exit(fatal.code);
     }
+}
+
+/// Where the audit API listens and how, and the collector to ship to.
+fn network(args: &Args) -> anyhow::Result<(Option<(SocketAddr, Transport)>, Option<Target>)> {
+    let tls = args.tls.files()?;
+    if tls.is_some() && args.grpc_listen.is_none() && args.collector.is_none() {
+        anyhow::bail!("the --tls-* files are for --grpc-listen and --collector; neither is given");
+    }
+    let grpc_listen = args
+        .grpc_listen
+        .map(|addr| {
+            Transport::listener(tls.clone(), args.plaintext, addr, "--grpc-listen")
+                .map(|transport| (addr, transport))
+        })
+        .transpose()?;
+    let collector = args
+        .collector
+        .as_deref()
+        .map(|server| Target::new(server, tls.clone()).context("--collector"))
+        .transpose()?;
+    Ok((grpc_listen, collector))
 }

@@ -6,11 +6,8 @@ use std::{path::Path, sync::Arc};
 
 use guard_policy::database::Database;
 
-use rustls::{
-    ClientConfig, RootCertStore, ServerConfig,
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _},
-};
+use guard_api::tls;
+use rustls::{ClientConfig, ServerConfig, pki_types::ServerName};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// The TLS of one database's listener.
@@ -45,20 +42,11 @@ pub fn for_database(
     Ok(tls)
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
 /// An acceptor with the certificate chain and key of these PEM texts.
 pub fn acceptor(certificate_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, String> {
-    let chain = CertificateDer::pem_slice_iter(certificate_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("the certificate: {e}"))?;
-    if chain.is_empty() {
-        return Err("the certificate file holds no certificate".into());
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("the key: {e}"))?;
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let chain = tls::certificates(certificate_pem).map_err(|e| format!("the certificate: {e}"))?;
+    let key = tls::private_key(key_pem).map_err(|e| format!("the key: {e}"))?;
+    let mut config = ServerConfig::builder_with_provider(tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
@@ -72,17 +60,8 @@ pub fn acceptor(certificate_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, S
 /// A connector that trusts the authorities of this PEM text, for a server
 /// whose certificate names `name`.
 pub fn connector(ca_pem: &[u8], name: &str) -> Result<(TlsConnector, ServerName<'static>), String> {
-    let mut roots = RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(ca_pem) {
-        let certificate = certificate.map_err(|e| format!("the CA file: {e}"))?;
-        roots
-            .add(certificate)
-            .map_err(|e| format!("the CA file: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("the CA file holds no certificate".into());
-    }
-    let config = ClientConfig::builder_with_provider(provider())
+    let roots = tls::roots(ca_pem).map_err(|e| format!("the CA file: {e}"))?;
+    let config = ClientConfig::builder_with_provider(tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)

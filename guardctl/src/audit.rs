@@ -13,6 +13,7 @@ use guard_api::{
     audit, chain, exit, ocsf, pb,
     record::{Line, Verdict},
     ship, time,
+    tls::Target,
 };
 
 /// Which entries: every non-empty list must contain the entry's value.
@@ -91,14 +92,6 @@ pub enum Output {
     Ocsf,
 }
 
-fn endpoint(server: &str) -> String {
-    if server.contains("://") {
-        server.into()
-    } else {
-        format!("http://{server}")
-    }
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -106,16 +99,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn client(
-    server: &str,
+    server: &Target,
 ) -> anyhow::Result<pb::audit_service_client::AuditServiceClient<tonic::transport::Channel>> {
-    let url = endpoint(server);
-    pb::audit_service_client::AuditServiceClient::connect(url.clone())
-        .await
-        .with_context(|| format!("cannot reach the audit API at {url}"))
+    Ok(pb::audit_service_client::AuditServiceClient::new(
+        server.connect().await.context("the audit API")?,
+    ))
 }
 
 /// Prints entries of the live feed until it ends.
-pub fn follow(server: &str, filter: &FilterArgs, output: Output) -> anyhow::Result<()> {
+pub fn follow(server: &Target, filter: &FilterArgs, output: Output) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let mut stream = client(server)
             .await?
@@ -125,7 +117,7 @@ pub fn follow(server: &str, filter: &FilterArgs, output: Output) -> anyhow::Resu
             .await?
             .into_inner();
         // The server has subscribed: nothing from now on is missed.
-        eprintln!("guardctl: following {}", endpoint(server));
+        eprintln!("guardctl: following {}", server.url());
         let mut out = std::io::stdout().lock();
         while let Some(entry) = stream.message().await? {
             print_entry(&mut out, &entry, output)?;
@@ -138,7 +130,7 @@ pub fn follow(server: &str, filter: &FilterArgs, output: Output) -> anyhow::Resu
 /// Hands every stored entry that matches `filter` to `each`, oldest first,
 /// a page at a time, until `each` returns false or none are left.
 fn for_each_stored(
-    server: &str,
+    server: &Target,
     filter: pb::Filter,
     mut each: impl FnMut(pb::Entry) -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
@@ -169,7 +161,7 @@ fn for_each_stored(
 
 /// Prints every stored entry that matches, oldest first.
 pub fn query(
-    server: &str,
+    server: &Target,
     filter: &FilterArgs,
     limit: Option<u64>,
     output: Output,
@@ -186,7 +178,7 @@ pub fn query(
     })
 }
 
-pub fn stats(server: &str, filter: &FilterArgs) -> anyhow::Result<()> {
+pub fn stats(server: &Target, filter: &FilterArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let stats = client(server)
             .await?
@@ -332,7 +324,7 @@ pub fn verify_file(file: &Path, key: Option<&str>) -> i32 {
 /// Checks the chain of one host's stream as the collector stores it. Gaps
 /// the collector recorded split the stream into stretches, each verified
 /// on its own; a record removed or changed in the store breaks one.
-pub fn verify_stored(server: &str, host: &str, key: Option<&str>) -> anyhow::Result<i32> {
+pub fn verify_stored(server: &Target, host: &str, key: Option<&str>) -> anyhow::Result<i32> {
     let filter = pb::Filter {
         hosts: vec![host.into()],
         ..Default::default()
@@ -429,11 +421,11 @@ fn report(name: &str, results: &[Result<chain::Verified, chain::Break>], key: Op
 
 /// Sends an events file to a collector; returns the last acknowledged
 /// sequence number.
-pub fn ship(file: PathBuf, collector: &str, host: String) -> anyhow::Result<u64> {
+pub fn ship(file: PathBuf, collector: Target, host: String) -> anyhow::Result<u64> {
     runtime()?.block_on(
         ship::Shipper {
             events: file,
-            collector: endpoint(collector),
+            collector,
             host,
             written: None,
             acked: tokio::sync::watch::Sender::new(0),

@@ -3,12 +3,16 @@
 
 mod audit;
 mod local;
+mod pki;
 
 use std::{ffi::OsString, path::PathBuf};
 
 use audit::{FilterArgs, Output};
 use clap::{Parser, Subcommand, ValueEnum};
-use guard_api::{exit, paths, pb};
+use guard_api::{
+    exit, paths, pb,
+    tls::{Target, TlsArgs},
+};
 
 /// Where guardd serves the audit API by default (guardd --grpc-listen).
 const GUARDD_API: &str = "127.0.0.1:50051";
@@ -187,6 +191,8 @@ enum Command {
         #[arg(long, env = "GUARD_GRPC", default_value = GUARDD_API)]
         server: String,
         #[command(flatten)]
+        tls: TlsArgs,
+        #[command(flatten)]
         filter: FilterArgs,
         #[arg(short, long, value_enum, default_value = "json")]
         output: Output,
@@ -195,6 +201,45 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Make a small certificate authority and the certificates a test
+    /// fleet's hosts, readers and collectors use for mutual TLS.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Make DIR/ca.pem (the CA every program is given as --tls-ca) and
+    /// DIR/ca.key (which signs certificates; keep it off the hosts).
+    Ca {
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "Guard fleet CA")]
+        name: String,
+    },
+    /// Make OUT/NAME.pem and OUT/NAME.key, signed by the CA in --ca: NAME
+    /// is the certificate's DNS name (a host's --host-name), ROLE its
+    /// organizational unit.
+    Issue {
+        name: String,
+        #[arg(long, value_enum)]
+        role: guard_api::tls::Role,
+        /// The CA's directory (from `guardctl pki ca`).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// Another DNS name or IP address the holder is reached at, e.g.
+        /// the address a collector or --grpc-listen serves on (repeatable).
+        #[arg(long = "address", value_name = "NAME|IP")]
+        addresses: Vec<String>,
+        /// How long the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Where to write the files (default: the CA's directory).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -208,6 +253,8 @@ enum AuditCommand {
         #[arg(long, env = "GUARD_COLLECTOR_GRPC", default_value = COLLECTOR_API)]
         server: String,
         #[command(flatten)]
+        tls: TlsArgs,
+        #[command(flatten)]
         filter: FilterArgs,
         /// Print at most this many entries.
         #[arg(long)]
@@ -220,6 +267,8 @@ enum AuditCommand {
     Stats {
         #[arg(long, env = "GUARD_COLLECTOR_GRPC", default_value = COLLECTOR_API)]
         server: String,
+        #[command(flatten)]
+        tls: TlsArgs,
         #[command(flatten)]
         filter: FilterArgs,
     },
@@ -242,6 +291,8 @@ enum AuditCommand {
         /// The collector's address (with --host).
         #[arg(long, env = "GUARD_COLLECTOR_GRPC", default_value = COLLECTOR_API)]
         server: String,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// The host's public key (`ed25519:` and 64 hex digits, as guardd
         /// logs it and `guardctl status` shows it): every checkpoint must be
         /// signed by it, and there must be one. Without it, the key of the
@@ -261,6 +312,8 @@ enum AuditCommand {
         /// The collector's address.
         #[arg(long, env = "GUARD_COLLECTOR_GRPC", default_value = COLLECTOR_API)]
         server: String,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
 }
 
@@ -369,12 +422,36 @@ fn main() {
         Command::Status { json } => local::status(socket, json),
         Command::Reload => local::reload(socket),
         Command::Audit { command } => audit(command),
+        Command::Pki {
+            command: PkiCommand::Ca { dir, name },
+        } => or_fail(pki::make_ca(&dir, &name)),
+        Command::Pki {
+            command:
+                PkiCommand::Issue {
+                    name,
+                    role,
+                    ca,
+                    addresses,
+                    days,
+                    out,
+                },
+        } => or_fail(pki::issue(&pki::Request {
+            ca: &ca,
+            role,
+            name: &name,
+            addresses: &addresses,
+            days,
+            out: out.as_deref().unwrap_or(&ca),
+        })),
         Command::Events {
             follow: _,
             server,
+            tls,
             filter,
             output,
-        } => or_fail(audit::follow(&server, &filter, output)),
+        } => with_target(&server, &tls, |target| {
+            audit::follow(target, &filter, output)
+        }),
         Command::Policy {
             command: PolicyCommand::Check { file, this_host },
         } => match guard_policy::load(
@@ -446,11 +523,18 @@ fn audit(command: AuditCommand) -> i32 {
     match command {
         AuditCommand::Query {
             server,
+            tls,
             filter,
             limit,
             output,
-        } => or_fail(audit::query(&server, &filter, limit, output)),
-        AuditCommand::Stats { server, filter } => or_fail(audit::stats(&server, &filter)),
+        } => with_target(&server, &tls, |target| {
+            audit::query(target, &filter, limit, output)
+        }),
+        AuditCommand::Stats {
+            server,
+            tls,
+            filter,
+        } => with_target(&server, &tls, |target| audit::stats(target, &filter)),
         AuditCommand::Verify {
             file: Some(file),
             key,
@@ -459,24 +543,71 @@ fn audit(command: AuditCommand) -> i32 {
         AuditCommand::Verify {
             host: Some(host),
             server,
+            tls,
             key,
             ..
-        } => audit::verify_stored(&server, &host, key.as_deref()).unwrap_or_else(|e| {
-            eprintln!("guardctl: {e:#}");
-            exit::FAILURE
-        }),
-        AuditCommand::Verify { .. } => unreachable!("clap requires a file or --host"),
-        AuditCommand::Ship { file, host, server } => match audit::ship(file, &server, host) {
-            Ok(acked) => {
-                println!("shipped: the collector holds the stream up to {acked}");
-                0
+        } => match target(&server, &tls) {
+            Ok(target) => {
+                audit::verify_stored(&target, &host, key.as_deref()).unwrap_or_else(|e| {
+                    eprintln!("guardctl: {e:#}");
+                    exit::FAILURE
+                })
             }
-            Err(e) => {
-                eprintln!("guardctl: {e:#}");
-                exit::FAILURE
-            }
+            Err(code) => code,
         },
+        AuditCommand::Verify { .. } => unreachable!("clap requires a file or --host"),
+        AuditCommand::Ship {
+            file,
+            host,
+            server,
+            tls,
+        } => with_target(&server, &tls, |target| {
+            let acked = audit::ship(file, target.clone(), host)?;
+            println!("shipped: the collector holds the stream up to {acked}");
+            Ok(())
+        }),
     }
+}
+
+/// Where `server` is, and how to reach it; exit [`exit::USAGE`] when the
+/// flags do not allow it (plaintext beyond loopback).
+fn target(server: &str, tls: &TlsArgs) -> Result<Target, i32> {
+    tls.files()
+        .and_then(|tls| Target::new(server, tls))
+        .map_err(|e| {
+            eprintln!("guardctl: {e:#}");
+            exit::USAGE
+        })
+}
+
+/// Runs `f` against `server`'s target: exit 0, or 1 with its error.
+fn with_target(server: &str, tls: &TlsArgs, f: impl FnOnce(&Target) -> anyhow::Result<()>) -> i32 {
+    let target = match target(server, tls) {
+        Ok(target) => target,
+        Err(code) => return code,
+    };
+    or_fail(f(&target).map_err(|e| {
+        // The connection failed, rather than the server answering.
+        let transport = e.downcast_ref::<tonic::Status>().is_some_and(|s| {
+            std::error::Error::source(s)
+                .is_some_and(|source| source.is::<tonic::transport::Error>())
+        });
+        match &target.tls {
+            _ if !transport => e,
+            // A TLS server answers plaintext with bytes that are not HTTP/2.
+            None => e.context(format!(
+                "{} does not answer plaintext gRPC: if it serves TLS, give --tls-cert, --tls-key and --tls-ca",
+                target.url()
+            )),
+            // A server that refuses a client's certificate closes the
+            // connection after the handshake.
+            Some(files) => e.context(format!(
+                "{} closed the connection: if it refused the certificate {} (from another CA, or expired), its log says why",
+                target.url(),
+                files.certificate.display()
+            )),
+        }
+    }))
 }
 
 fn or_fail(result: anyhow::Result<()>) -> i32 {

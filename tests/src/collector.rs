@@ -52,6 +52,63 @@ pub fn scrape(addr: &str) -> String {
     response
 }
 
+/// A test fleet's certificate authority and certificates, made by
+/// `guardctl pki` in a directory.
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    /// Makes the CA (`dir/ca.pem`, `dir/ca.key`).
+    pub fn new(dir: &Path) -> Pki {
+        let pki = Pki { dir: dir.into() };
+        pki.guardctl(&["ca", dir.to_str().unwrap()]);
+        pki
+    }
+
+    /// Issues `name`'s certificate with `role`, also for `addresses`.
+    pub fn issue(&self, name: &str, role: &str, addresses: &[&str]) {
+        let mut args = vec![
+            "issue",
+            name,
+            "--role",
+            role,
+            "--ca",
+            self.dir.to_str().unwrap(),
+        ];
+        for address in addresses {
+            args.extend(["--address", address]);
+        }
+        self.guardctl(&args);
+    }
+
+    /// `--tls-cert`, `--tls-key` and `--tls-ca` for `name`'s certificate.
+    pub fn args(&self, name: &str) -> Vec<String> {
+        let file = |name: String| self.dir.join(name).to_str().unwrap().to_string();
+        vec![
+            "--tls-cert".into(),
+            file(format!("{name}.pem")),
+            "--tls-key".into(),
+            file(format!("{name}.key")),
+            "--tls-ca".into(),
+            file("ca.pem".into()),
+        ]
+    }
+
+    fn guardctl(&self, args: &[&str]) {
+        let output = Command::new(bin("guardctl"))
+            .arg("pki")
+            .args(args)
+            .output()
+            .expect("run guardctl pki");
+        assert!(
+            output.status.success(),
+            "guardctl pki {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 /// A running guard-collector.
 pub struct Collector {
     child: Option<Child>,
@@ -63,6 +120,8 @@ pub struct Collector {
     pub log: PathBuf,
     /// More arguments, from the next [`Collector::restart`] on.
     pub args: Vec<String>,
+    /// More arguments for guardctl (a reader's TLS files).
+    pub guardctl_args: Vec<String>,
 }
 
 impl Collector {
@@ -75,13 +134,20 @@ impl Collector {
     /// Starts a collector whose stderr is `log` (which may be a device such
     /// as /dev/full), and waits until it accepts connections.
     pub fn start_logging_to(log: PathBuf, store: &str) -> Collector {
+        Collector::start_with(log, store, Vec::new())
+    }
+
+    /// Starts a collector with more arguments: plaintext on loopback unless
+    /// they give TLS files.
+    pub fn start_with(log: PathBuf, store: &str, args: Vec<String>) -> Collector {
         let mut collector = Collector {
             child: None,
             addr: format!("127.0.0.1:{}", free_port()),
             metrics: format!("127.0.0.1:{}", free_port()),
             store: store.into(),
             log,
-            args: Vec::new(),
+            args,
+            guardctl_args: Vec::new(),
         };
         collector.restart();
         collector
@@ -101,6 +167,7 @@ impl Collector {
             .args(["--listen", &self.addr, "--store", &self.store])
             .args(["--metrics-listen", &self.metrics])
             .args(&self.args)
+            .args((!self.args.iter().any(|a| a == "--tls-cert")).then_some("--plaintext"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -123,7 +190,7 @@ impl Collector {
 
     /// What the collector logged since it last started, if its log is a
     /// file.
-    fn log_of_this_run(&self) -> String {
+    pub fn log_of_this_run(&self) -> String {
         if !fs::metadata(&self.log).is_ok_and(|m| m.is_file()) {
             return String::new();
         }
@@ -148,6 +215,7 @@ impl Collector {
         Command::new(bin("guardctl"))
             .args(args)
             .args(["--server", &self.addr])
+            .args(&self.guardctl_args)
             .output()
             .expect("run guardctl")
     }

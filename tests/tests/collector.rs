@@ -21,7 +21,7 @@ use guard_api::{
 };
 use guard_tests::{
     bin,
-    collector::{Collector, Postgres},
+    collector::{Collector, Pki, Postgres, wait_for_log},
 };
 use serde_json::Value;
 
@@ -636,6 +636,7 @@ fn the_collector_refuses_settings_that_contradict_each_other() {
     ] {
         let output = std::process::Command::new(guard_tests::bin("guard-collector"))
             .args(args)
+            .arg("--plaintext")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -792,5 +793,260 @@ fn ocsf_events_validate_against_the_published_schema() {
         output.status.success(),
         "events that do not validate:\n{failures}{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// guardctl with `who`'s certificate from `pki` against `collector`.
+fn guardctl_as(collector: &Collector, pki: &Pki, who: &str, args: &[&str]) -> std::process::Output {
+    Command::new(bin("guardctl"))
+        .args(args)
+        .args(["--server", &collector.addr])
+        .args(pki.args(who))
+        .output()
+        .unwrap()
+}
+
+fn assert_refused(output: &std::process::Output, what: &str, says: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{what} was not refused: {stderr}");
+    assert!(stderr.contains(says), "{what}: no `{says}` in: {stderr}");
+}
+
+/// A fleet on mutual TLS: certificates from `guardctl pki` (and one from
+/// openssl, as docs/audit.md shows), a host that ships only its own
+/// stream, roles that keep hosts from querying and readers from shipping,
+/// no way in without the fleet's CA or in plaintext, and the collector's
+/// certificate, key and CA rotated without a restart.
+#[test]
+#[ignore = "needs the release binaries: cargo xtask test"]
+fn mutual_tls_lets_each_certificate_do_its_role_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, other, next] = ["ca", "other", "next"].map(|name| {
+        let pki = Pki::new(&dir.path().join(name));
+        pki.issue("web-1", "host", &[]);
+        pki.issue("alice", "reader", &[]);
+        pki.issue("collector", "collector", &["127.0.0.1"]);
+        pki
+    });
+    // The files the collector is given, to rotate in place later.
+    let served = Pki {
+        dir: dir.path().join("served"),
+    };
+    fs::create_dir(&served.dir).unwrap();
+    for ending in ["pem", "key"] {
+        fs::copy(
+            ca.dir.join(format!("collector.{ending}")),
+            served.dir.join(format!("collector.{ending}")),
+        )
+        .unwrap();
+    }
+    fs::copy(ca.dir.join("ca.pem"), served.dir.join("ca.pem")).unwrap();
+    let store = format!("sqlite:{}", dir.path().join("collector.db").display());
+    let collector = Collector::start_with(
+        dir.path().join("collector.log"),
+        &store,
+        served.args("collector"),
+    );
+    let pid = collector.pid();
+    let file = dir.path().join("web-1.jsonl");
+    let lines = stream(30, "tls");
+    write_events(&file, &lines[..20]);
+    let ship_as = |ca: &Pki, who: &str, host: &str| {
+        let file = file.to_str().unwrap();
+        guardctl_as(
+            &collector,
+            ca,
+            who,
+            &["audit", "ship", file, "--as-host", host],
+        )
+    };
+    let query_as =
+        |ca: &Pki, who: &str| guardctl_as(&collector, ca, who, &["audit", "query", "-o", "json"]);
+
+    // A host ships its own stream; a reader reads it.
+    assert_ok(&ship_as(&ca, "web-1", "web-1"), "web-1 ships");
+    let out = assert_ok(&query_as(&ca, "alice"), "alice queries");
+    assert_eq!(out.lines().count(), 20, "{out}");
+
+    // A host may not ship under another host's name, nor query; a reader
+    // may not ship.
+    assert_refused(
+        &ship_as(&ca, "web-1", "web-2"),
+        "web-1 shipping as web-2",
+        "the certificate is for host `web-1`: it may not ship host `web-2`'s stream",
+    );
+    assert_refused(
+        &query_as(&ca, "web-1"),
+        "a host querying",
+        "the certificate of `web-1` (roles: host) may not query or follow records",
+    );
+    assert_refused(
+        &ship_as(&ca, "alice", "alice"),
+        "a reader shipping",
+        "the certificate of `alice` (roles: reader) may not ship records",
+    );
+    let stats = assert_ok(
+        &guardctl_as(&collector, &ca, "alice", &["audit", "stats"]),
+        "stats",
+    );
+    assert!(
+        !stats.contains("web-2") && !stats.contains("host alice"),
+        "{stats}"
+    );
+
+    // Another CA's certificate, and plaintext, get nowhere.
+    assert_refused(
+        &query_as(&other, "alice"),
+        "a reader of another CA",
+        "cannot reach",
+    );
+    assert_refused(
+        &ship_as(&other, "web-1", "web-1"),
+        "a host of another CA",
+        "cannot reach",
+    );
+    // A client that trusts the collector but shows another CA's certificate.
+    let stranger = Command::new(bin("guardctl"))
+        .args(["audit", "query", "--server", &collector.addr])
+        .args(["--tls-cert", other.dir.join("alice.pem").to_str().unwrap()])
+        .args(["--tls-key", other.dir.join("alice.key").to_str().unwrap()])
+        .args(["--tls-ca", ca.dir.join("ca.pem").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_refused(
+        &stranger,
+        "a certificate of another CA",
+        "closed the connection: if it refused the certificate",
+    );
+    wait_for_log(
+        &collector.log,
+        "TLS handshake refused: invalid peer certificate",
+        Duration::from_secs(5),
+    );
+    assert_refused(
+        &collector.guardctl(&["audit", "query"]),
+        "a plaintext query",
+        "does not answer plaintext gRPC: if it serves TLS, give --tls-cert",
+    );
+
+    // A reader certificate made with openssl, as docs/audit.md shows.
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .current_dir(&ca.dir)
+            .args(args)
+            .output()
+            .expect("openssl (cargo xtask setup installs it)");
+        assert_ok(&output, &format!("openssl {args:?}"));
+    };
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "bob.key",
+        "-out",
+        "bob.csr",
+        "-subj",
+        "/CN=bob/OU=reader",
+    ]);
+    fs::write(ca.dir.join("bob.ext"), "extendedKeyUsage = clientAuth\n").unwrap();
+    openssl(&[
+        "x509", "-req", "-in", "bob.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-days", "30",
+        "-extfile", "bob.ext", "-out", "bob.pem",
+    ]);
+    assert_eq!(
+        assert_ok(&query_as(&ca, "bob"), "bob queries")
+            .lines()
+            .count(),
+        20
+    );
+
+    // Rotation without a restart. Files that do not load leave the last
+    // good ones in use...
+    fs::write(served.dir.join("collector.pem"), "not a certificate").unwrap();
+    assert_eq!(
+        assert_ok(&query_as(&ca, "alice"), "query mid-rotation")
+            .lines()
+            .count(),
+        20
+    );
+    wait_for_log(
+        &collector.log,
+        "TLS files changed but do not load",
+        Duration::from_secs(5),
+    );
+    // ...and the next CA's files, once in place, are used at once.
+    for file in ["collector.key", "ca.pem", "collector.pem"] {
+        let staged = served.dir.join(format!("{file}.new"));
+        fs::copy(next.dir.join(file), &staged).unwrap();
+        fs::rename(&staged, served.dir.join(file)).unwrap();
+    }
+    write_events(&file, &lines);
+    assert_ok(
+        &ship_as(&next, "web-1", "web-1"),
+        "web-1 ships with the next CA",
+    );
+    assert_eq!(
+        assert_ok(&query_as(&next, "alice"), "alice, next CA")
+            .lines()
+            .count(),
+        30
+    );
+    assert_refused(
+        &query_as(&ca, "alice"),
+        "a reader of the old CA",
+        "cannot reach",
+    );
+    assert_eq!(collector.pid(), pid);
+    assert!(collector.log_of_this_run().contains("TLS files reloaded"));
+}
+
+/// Plaintext only when asked for, and only on loopback.
+#[test]
+#[ignore = "needs the release binaries: cargo xtask test"]
+fn plaintext_is_refused_unless_asked_for_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite:{}", dir.path().join("c.db").display());
+    for (args, says) in [
+        (
+            &["--listen", "127.0.0.1:50997"][..],
+            "--listen 127.0.0.1:50997 needs TLS",
+        ),
+        (
+            &["--listen", "0.0.0.0:50997", "--plaintext"],
+            "--listen 0.0.0.0:50997 is not a loopback address",
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:50997",
+                "--tls-cert",
+                "/nonexistent/c.pem",
+            ],
+            "TLS needs all of --tls-cert, --tls-key and --tls-ca",
+        ),
+    ] {
+        let output = Command::new(bin("guard-collector"))
+            .args(["--store", &store])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let output = Command::new(bin("guardctl"))
+        .args(["audit", "query", "--server", "192.0.2.1:50052"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("192.0.2.1:50052 is not on loopback"),
+        "{stderr}"
     );
 }

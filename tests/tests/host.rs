@@ -168,10 +168,28 @@ fn guardd_refuses_settings_that_contradict_each_other() {
             vec![
                 "--grpc-listen",
                 "127.0.0.1:50999",
+                "--plaintext",
                 "--metrics-listen",
                 "127.0.0.1:50999",
             ],
             "--grpc-listen and --metrics-listen are both 127.0.0.1:50999",
+        ),
+        (
+            vec!["--grpc-listen", "127.0.0.1:50999"],
+            "--grpc-listen 127.0.0.1:50999 needs TLS",
+        ),
+        (
+            vec!["--grpc-listen", "0.0.0.0:50999", "--plaintext"],
+            "--grpc-listen 0.0.0.0:50999 is not a loopback address",
+        ),
+        (
+            vec![
+                "--collector",
+                "http://192.0.2.1:50052",
+                "--events",
+                events.to_str().unwrap(),
+            ],
+            "--collector: http://192.0.2.1:50052 is not on loopback",
         ),
         (
             vec![

@@ -18,10 +18,10 @@ pub struct Config {
     pub cgroup_root: String,
     /// The local gRPC API socket.
     pub socket: PathBuf,
-    /// Where the gRPC audit API listens; off when `None`.
-    pub grpc_listen: Option<std::net::SocketAddr>,
+    /// Where the gRPC audit API listens, and how; off when `None`.
+    pub grpc_listen: Option<(std::net::SocketAddr, guard_api::tls::Transport)>,
     /// The collector to ship the events file to; needs `events`.
-    pub collector: Option<String>,
+    pub collector: Option<guard_api::tls::Target>,
     /// This host's name in records and in the collector.
     pub host_name: String,
     /// Masks secrets in recorded command lines.
@@ -71,8 +71,8 @@ impl Config {
             code: exit::USAGE,
             error: anyhow::anyhow!(message),
         };
-        if let (Some(grpc), Some(metrics)) = (self.grpc_listen, self.metrics_listen)
-            && grpc == metrics
+        if let (Some((grpc, _)), Some(metrics)) = (&self.grpc_listen, self.metrics_listen)
+            && *grpc == metrics
         {
             return Err(usage(format!(
                 "--grpc-listen and --metrics-listen are both {grpc}"

@@ -293,11 +293,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
     writer.lose("replaced_programs", replaced);
     writer.write_losses();
     writer.flush();
-    if let Some(addr) = config.grpc_listen {
+    if let Some((addr, transport)) = &config.grpc_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for gRPC on {addr}"))
             .map_err(failure)?;
+        let incoming = guard_api::tls::incoming(listener, transport).map_err(failure)?;
         info!(%addr, "gRPC audit API listening");
         let audit = AuditService {
             feed: writer.feed.clone(),
@@ -312,7 +313,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
         let (routes, _health) = guard_api::grpc::routes(audit).await.map_err(failure)?;
         tasks.spawn(logged(
             "gRPC audit API",
-            guard_api::grpc::serve(listener, routes, shutdown.clone()),
+            guard_api::grpc::serve(incoming, routes, shutdown.clone()),
         ));
     }
     if let (Some(collector), Some(events)) = (&config.collector, &config.events) {

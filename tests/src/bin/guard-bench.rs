@@ -418,6 +418,7 @@ fn pipeline(targets: &Targets) {
         &[
             "--grpc-listen",
             &feed,
+            "--plaintext",
             "--collector",
             &format!("http://{}", collector.addr),
             "--host-name",

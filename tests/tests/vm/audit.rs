@@ -3,6 +3,7 @@
 //! a flood.
 
 use crate::harness::*;
+use guard_tests::collector::Pki;
 use std::{fs, net::TcpListener};
 
 /// Records are sealed into a hash chain that survives a restart of guardd;
@@ -118,8 +119,9 @@ fn records_are_chained_and_tampering_is_found() {
     assert!(out.contains("line 3") && out.contains("missing"), "{out}");
 }
 
-/// `guardctl events --follow` receives, through guardd's gRPC feed, the
-/// records its server-side filter selects and no others.
+/// `guardctl events --follow` receives, through guardd's gRPC feed over
+/// mutual TLS, the records its server-side filter selects and no others; a
+/// host's certificate may not follow.
 #[test]
 fn grpc_feed_follows_records_with_a_filter() {
     let e = env();
@@ -136,24 +138,28 @@ fn grpc_feed_follows_records_with_a_filter() {
         let probe = TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().to_string()
     };
-    let guardd = Guardd::start_with(
-        &dir,
-        &policy,
-        "guard-grpc-test",
-        &["--grpc-listen", &addr],
-        &[],
+    let pki = Pki::new(&dir.join("pki"));
+    pki.issue("vm-g", "host", &["127.0.0.1"]);
+    pki.issue("alice", "reader", &[]);
+    let mut args = vec!["--grpc-listen".to_string(), addr.clone()];
+    args.extend(pki.args("vm-g"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let guardd = Guardd::start_with(&dir, &policy, "guard-grpc-test", &args, &[]);
+    let follow = |who: &str| {
+        let mut command = std::process::Command::new(bin("guardctl"));
+        command
+            .args(["events", "--follow", "--server", &addr])
+            .args(["--agent", "g", "--verdict", "deny"])
+            .args(pki.args(who));
+        command
+    };
+    let refused = follow("vm-g").output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("may not query or follow records"),
+        "{stderr}"
     );
-    let mut follower = std::process::Command::new(bin("guardctl"))
-        .args([
-            "events",
-            "--follow",
-            "--server",
-            &addr,
-            "--agent",
-            "g",
-            "--verdict",
-            "deny",
-        ])
+    let mut follower = follow("alice")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -233,7 +239,17 @@ fn collector_stores_a_hosts_records_across_restarts() {
     let dir = e.path("collector");
     fs::create_dir_all(dir.join("keep")).unwrap();
     let db = dir.join("collector.db");
-    let mut collector = Collector::start(&dir, &format!("sqlite:{}", db.display()));
+    // Over mutual TLS: guardd ships with a host certificate for its name.
+    let pki = Pki::new(&dir.join("pki"));
+    pki.issue("collector", "collector", &["127.0.0.1"]);
+    pki.issue("vm-1", "host", &[]);
+    pki.issue("alice", "reader", &[]);
+    let mut collector = Collector::start_with(
+        dir.join("collector.log"),
+        &format!("sqlite:{}", db.display()),
+        pki.args("collector"),
+    );
+    collector.guardctl_args = pki.args("alice");
     let policy = policy_of(
         &format!(
             "  - name: c\n    default: allow\n    record_allowed: true\n    files:\n      protect:\n        - id: keep\n          subtree: {}\n          message: kept\n",
@@ -241,16 +257,17 @@ fn collector_stores_a_hosts_records_across_restarts() {
         ),
         &["c"],
     );
-    let url = format!("http://{}", collector.addr);
     let metrics = format!("127.0.0.1:{}", guard_tests::collector::free_port());
-    let args = [
-        "--collector",
-        url.as_str(),
-        "--host-name",
-        "vm-1",
-        "--metrics-listen",
-        metrics.as_str(),
+    let mut args = vec![
+        "--collector".to_string(),
+        collector.addr.clone(),
+        "--host-name".into(),
+        "vm-1".into(),
+        "--metrics-listen".into(),
+        metrics.clone(),
     ];
+    args.extend(pki.args("vm-1"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let root = "guard-collector-test";
     let mut guardd = Guardd::start_with(&dir, &policy, root, &args, &[]);
     let victim = dir.join("keep/file");
@@ -333,6 +350,7 @@ fn collector_stores_a_hosts_records_across_restarts() {
     let mut follower = std::process::Command::new(bin("guardctl"))
         .args(["events", "--follow", "--agent", "c", "--verdict", "deny"])
         .args(["--server", &collector.addr])
+        .args(&collector.guardctl_args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
