@@ -19,7 +19,7 @@ pub struct Builtins {
     pub canary: Canary,
     /// Files and directories no agent may change.
     own_files: Vec<PathBuf>,
-    /// Guard's files no agent may even read (the signing key).
+    /// Guard's files no agent may even read (the signing key, the TLS key).
     secrets: Vec<PathBuf>,
 }
 

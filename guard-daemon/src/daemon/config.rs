@@ -62,6 +62,18 @@ pub struct StatementGuardConfig {
 }
 
 impl Config {
+    /// guardd's TLS files, for --grpc-listen and --collector.
+    pub fn tls_files(&self) -> Option<&guard_api::tls::TlsFiles> {
+        let served = self
+            .grpc_listen
+            .as_ref()
+            .and_then(|(_, transport)| match transport {
+                guard_api::tls::Transport::Tls(files) => Some(files),
+                guard_api::tls::Transport::Plaintext => None,
+            });
+        served.or_else(|| self.collector.as_ref().and_then(|c| c.tls.as_ref()))
+    }
+
     /// Refuses settings that contradict each other, with exit
     /// [`exit::USAGE`]: each would otherwise break guardd later. (Flags that
     /// need another, such as `--collector` without `--events`, are refused

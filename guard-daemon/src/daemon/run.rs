@@ -86,12 +86,16 @@ pub fn detach(cgroup_root: &str) -> Result<(), Fatal> {
 }
 
 /// The files no agent may change: Guard's binaries, the policy, the
-/// signing key, the records and the state file (created here if new, so
-/// that they are protected from the start) and what `--protect` names.
+/// signing key, the TLS files, the records and the state file (created
+/// here if new, so that they are protected from the start) and what
+/// `--protect` names.
 pub(super) fn own_files(config: &Config) -> Vec<PathBuf> {
     let mut own = Builtins::binaries();
     own.push(config.policy.clone());
     own.push(config.signing_key.clone());
+    if let Some(tls) = config.tls_files() {
+        own.extend([tls.certificate.clone(), tls.key.clone(), tls.ca.clone()]);
+    }
     // Readable by each session's user; changed by guardd only.
     match std::fs::create_dir_all(&config.why_dir) {
         Ok(()) => own.push(config.why_dir.clone()),
@@ -129,7 +133,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
         "checkpoints are signed with this host's key"
     );
     let builtins = Builtins::new(Canary::prepare().map_err(failure)?, own_files(&config))
-        .with_secrets(vec![config.signing_key.clone()]);
+        // Either key would let an agent speak for this host.
+        .with_secrets(
+            std::iter::once(config.signing_key.clone())
+                .chain(config.tls_files().map(|tls| tls.key.clone()))
+                .collect(),
+        );
     let sockets = [config.socket.clone()];
     for dir in sockets.iter().filter_map(|socket| socket.parent()) {
         let _ = std::fs::create_dir_all(dir);

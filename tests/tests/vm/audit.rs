@@ -153,6 +153,19 @@ fn grpc_feed_follows_records_with_a_filter() {
             .args(pki.args(who));
         command
     };
+    // No agent reads guardd's TLS key (it would speak as this host), or
+    // changes its certificate or CA.
+    let file = |name: &str| pki.dir.join(name).display().to_string();
+    for (op, name) in [
+        ("read", "vm-g.key"),
+        ("open-write", "vm-g.key"),
+        ("open-write", "vm-g.pem"),
+        ("open-write", "ca.pem"),
+        ("unlink", "ca.pem"),
+    ] {
+        let outcome = guardd.probe("g", &dir, &[op, &file(name)]);
+        assert_eq!(outcome.errno, Some(EPERM), "{op} {name}");
+    }
     let refused = follow("vm-g").output().unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
