@@ -271,7 +271,7 @@ impl TlsFiles {
     }
 
     /// What identifies the files' current contents.
-    fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
+    fn stamp(&self) -> Stamp {
         use std::os::unix::fs::MetadataExt as _;
         [&self.certificate, &self.key, &self.ca]
             .into_iter()
@@ -314,11 +314,14 @@ impl Transport {
     }
 }
 
+/// Each file's modification time and inode, when it exists.
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
 /// A server's TLS, re-read when its files change: the next connection
 /// after a rotation uses the new certificate, key and CA.
 struct ServerTls {
     files: TlsFiles,
-    current: Mutex<(Vec<Option<(SystemTime, u64)>>, TlsAcceptor)>,
+    current: Mutex<(Stamp, TlsAcceptor)>,
 }
 
 impl ServerTls {

@@ -13,7 +13,9 @@ use guard_collector as collector;
 
 /// Collect the records of many guardd hosts in one store.
 ///
-/// guardd ships its events file here (guardd --collector URL). For each
+/// guardd ships its events file here (guardd --collector ADDR), over
+/// mutual TLS: certificates of role `host` ship their own stream, those of
+/// role `reader` query (`guardctl pki` makes a test fleet's). For each
 /// host the collector checks the sequence numbers and the hash chain as
 /// records arrive, stores them, and acknowledges what it stored; a missing
 /// stretch becomes a gap entry, a record that does not match its chain hash

@@ -284,8 +284,11 @@ fn main() {
     }
 }
 
+/// Where the audit API listens and how, if it does.
+type GrpcListen = Option<(SocketAddr, Transport)>;
+
 /// Where the audit API listens and how, and the collector to ship to.
-fn network(args: &Args) -> anyhow::Result<(Option<(SocketAddr, Transport)>, Option<Target>)> {
+fn network(args: &Args) -> anyhow::Result<(GrpcListen, Option<Target>)> {
     let tls = args.tls.files()?;
     if tls.is_some() && args.grpc_listen.is_none() && args.collector.is_none() {
         anyhow::bail!("the --tls-* files are for --grpc-listen and --collector; neither is given");
