@@ -398,3 +398,89 @@ fn policy_check_validates_anywhere_and_on_this_host_with_a_flag() {
         "{stderr}"
     );
 }
+
+/// The Debian packages (`cargo xtask package`) install with `dpkg -i` into
+/// a root of their own, which leaves this host as it was: their binaries
+/// run from the installed paths, the installed policy is valid and
+/// confines nothing, the collector's system user is made, and
+/// `systemd-analyze verify` passes on the units as installed.
+#[test]
+#[ignore = "needs root and the packages; run by `cargo xtask test`"]
+fn the_packages_install_and_their_units_verify() {
+    let debs: Vec<std::path::PathBuf> = std::env::split_paths(
+        &std::env::var_os("GUARD_DEBS").expect("GUARD_DEBS names the packages (cargo xtask test)"),
+    )
+    .collect();
+    assert_eq!(debs.len(), 2, "{debs:?}");
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    fs::create_dir_all(r.join("var/lib/dpkg/updates")).unwrap();
+    fs::create_dir_all(r.join("var/lib/dpkg/info")).unwrap();
+    fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
+    // The root holds no libc package to depend on; the scripts run here,
+    // told the root by DPKG_ROOT.
+    let dpkg = |args: &[&str]| {
+        let (code, stdout, stderr) = run(Command::new("dpkg")
+            .arg(format!("--root={}", r.display()))
+            .args(["--force-script-chrootless", "--force-depends"])
+            .args(args));
+        assert_eq!(code, Some(0), "dpkg {args:?}:\n{stdout}\n{stderr}");
+    };
+    let mut install = vec!["-i"];
+    install.extend(debs.iter().map(|d| d.to_str().unwrap()));
+    dpkg(&install);
+
+    for (binary, args) in [
+        ("guardd", &["--version"][..]),
+        ("guardctl", &["--version"]),
+        ("guard-pg", &["--version"]),
+        ("guard-collector", &["--version"]),
+    ] {
+        let (code, stdout, stderr) = run(Command::new(r.join("usr/bin").join(binary)).args(args));
+        assert_eq!(code, Some(0), "{binary} {args:?}: {stderr}");
+        assert!(
+            stdout.contains(env!("CARGO_PKG_VERSION")),
+            "{binary}: {stdout}"
+        );
+    }
+    let policy = r.join("etc/guard/policy.yaml");
+    let (code, stdout, stderr) = run(Command::new(r.join("usr/bin/guardctl"))
+        .args(["policy", "check"])
+        .arg(&policy));
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("valid: 0 profile(s) [], 0 agent(s)"),
+        "{stdout}"
+    );
+    let passwd = fs::read_to_string(r.join("etc/passwd")).unwrap();
+    assert!(passwd.contains("guard-collector:"), "{passwd}");
+    let conffiles = fs::read_to_string(r.join("var/lib/dpkg/info/guard.conffiles")).unwrap();
+    assert_eq!(conffiles.trim(), "/etc/guard/policy.yaml");
+
+    // systemd-analyze resolves the units' dependencies (sysinit.target...)
+    // in the root, so it gets this host's; ExecStart and the rest are
+    // checked against the installed files.
+    let units = r.join("lib/systemd/system");
+    for entry in fs::read_dir("/usr/lib/systemd/system").unwrap() {
+        let entry = entry.unwrap();
+        let to = units.join(entry.file_name());
+        if entry.file_type().unwrap().is_file() && !to.exists() {
+            fs::copy(entry.path(), to).unwrap();
+        }
+    }
+    let (code, stdout, stderr) = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", r.display()))
+        .args(["guardd.service", "guard-collector.service"]));
+    assert_eq!(code, Some(0), "systemd-analyze verify:\n{stdout}{stderr}");
+    let unit = fs::read_to_string(units.join("guardd.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/bin/guardd --policy /etc/guard/policy.yaml"),
+        "{unit}"
+    );
+
+    // Removal leaves the administrator's policy.
+    dpkg(&["-r", "guard", "guard-collector"]);
+    assert!(!r.join("usr/bin/guardd").exists());
+    assert!(policy.exists());
+}

@@ -4,6 +4,7 @@ mod bench;
 mod fuzz;
 mod guest;
 mod layout;
+mod package;
 mod repo;
 mod setup;
 mod vm;
@@ -57,6 +58,10 @@ enum Cmd {
     /// directly and through the guard against PostgreSQL on loopback, and
     /// the cost of classifying a statement. Writes bench/databases.md.
     DbBench,
+    /// Debian packages of the release binaries with their systemd units:
+    /// guard (guardd, guardctl, guard-pg) and guard-collector, in
+    /// target/debian/.
+    Package,
     /// Fuzz the policy parser and compiler, the record decoder, the
     /// collector's ingest step, the SQL classifier and the statement guard's
     /// protocol decoder (cargo-fuzz, installed
@@ -144,9 +149,10 @@ fn test(repo: &Repo) -> Result<()> {
     // Unit tests: no root, no kernel.
     // The default members: everything but the eBPF crate, which only builds for BPF.
     run(cargo(repo).args(["test", "--locked", "--release"]))?;
-    // Host tests: guardd must tell the truth about this host; the collector
-    // and the statement guard against real servers and clients.
-    build(repo)?;
+    // Host tests: guardd must tell the truth about this host; the packages
+    // install; the collector and the statement guard against real servers
+    // and clients.
+    let debs = package::package(repo)?;
     run(cargo(repo)
         .args([
             "test",
@@ -166,7 +172,8 @@ fn test(repo: &Repo) -> Result<()> {
             // two cores responsive.
             "--test-threads=1",
         ])
-        .env("GUARD_BIN_DIR", repo.release_dir()))?;
+        .env("GUARD_BIN_DIR", repo.release_dir())
+        .env("GUARD_DEBS", std::env::join_paths(&debs)?))?;
     vm_tests(repo, &Series::ALL)?;
     eprintln!(
         "xtask: all tests passed in {:.0}s",
@@ -227,5 +234,6 @@ fn main() -> Result<()> {
         Cmd::Bench { host } => bench::bench(&repo, host),
         Cmd::DbBench => bench::databases(&repo),
         Cmd::Fuzz { seconds, target } => fuzz::fuzz(&repo, seconds, target),
+        Cmd::Package => package::package(&repo).map(drop),
     }
 }

@@ -25,6 +25,11 @@ const PACKAGES: &[&str] = &[
     "libclang-dev",
     "util-linux",
     "libpam-modules",
+    // The Debian packages: dpkg-shlibdeps, strip, and systemd-analyze to
+    // verify their units.
+    "dpkg-dev",
+    "binutils",
+    "systemd",
 ];
 
 /// Python packages: grpcio for the test client generated from the proto
