@@ -39,33 +39,21 @@ impl Default for Chain {
 
 impl Chain {
     /// Continues the chain of the records already in `path` (an events file
-    /// guardd appends to), or starts one if the file is empty or missing.
+    /// guardd appends to; when it holds none, the newest file rotated out of
+    /// it), or starts one if there are none.
     pub fn resume(path: &Path) -> io::Result<Self> {
-        let mut file = match std::fs::File::open(path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(e),
-        };
-        // The last complete line is within the last few KiB.
-        let len = file.metadata()?.len();
-        file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))?;
-        let mut tail = String::new();
-        file.read_to_string(&mut tail)?;
-        let Some(last) = tail.lines().rev().find(|l| l.ends_with('}')) else {
-            return Ok(Self::default());
-        };
-        let (seq, hash) = seal_of(last).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "the last record in {} carries no sequence number and chain hash",
-                    path.display()
-                ),
-            )
-        })?;
-        Ok(Self {
-            next_seq: seq + 1,
-            last: hash,
+        let mut last = last_seal(path)?;
+        if last.is_none()
+            && let Some(newest) = crate::spool::rotated(path)?.pop()
+        {
+            last = last_seal(&newest.path)?;
+        }
+        Ok(match last {
+            Some((seq, hash)) => Self {
+                next_seq: seq + 1,
+                last: hash,
+            },
+            None => Self::default(),
         })
     }
 
@@ -152,6 +140,33 @@ pub struct Verified {
     /// The last line a checkpoint signed.
     pub signed_through: Option<u64>,
     pub key: Option<String>,
+}
+
+/// The sequence number and chain hash of the last line of `path`, if it
+/// has one.
+fn last_seal(path: &Path) -> io::Result<Option<(u64, [u8; 32])>> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // The last complete line is within the last few KiB.
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))?;
+    let mut tail = String::new();
+    file.read_to_string(&mut tail)?;
+    let Some(last) = tail.lines().rev().find(|l| l.ends_with('}')) else {
+        return Ok(None);
+    };
+    seal_of(last).map(Some).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the last record in {} carries no sequence number and chain hash",
+                path.display()
+            ),
+        )
+    })
 }
 
 /// Verifies the records in `input`, a stream of sealed lines (a whole events
@@ -411,5 +426,15 @@ mod tests {
         assert_eq!(check(&lines).unwrap().records, 4);
         std::fs::write(&path, "{\"unsealed\":true}\n").unwrap();
         assert!(Chain::resume(&path).is_err());
+
+        // Just rotated: the events file is empty, the chain goes on from
+        // the newest file rotated out of it.
+        std::fs::write(
+            crate::spool::rotated_name(&path, 4),
+            lines.join("\n") + "\n",
+        )
+        .unwrap();
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(Chain::resume(&path).unwrap(), chain);
     }
 }

@@ -3,7 +3,8 @@
 //! service ([`audit`]) that guardd and guard-collector both serve
 //! ([`grpc`], which also dials guardd's local API socket) with mutual
 //! [`tls`] over TCP, the OCSF form of
-//! records ([`ocsf`]), shipping events files to a collector ([`ship`]),
+//! records ([`ocsf`]), shipping events files (the [`spool`]) to a
+//! collector ([`ship`]),
 //! sessions ([`session`]) and default [`paths`], what guardd and its
 //! statement guard tell each other ([`statement_guard`]), starting a command inside a
 //! cgroup ([`launch`]),
@@ -25,6 +26,7 @@ pub mod session;
 pub mod ship;
 pub mod shutdown;
 pub mod signing;
+pub mod spool;
 pub mod statement_guard;
 pub mod time;
 pub mod tls;

@@ -1,10 +1,12 @@
-//! Ships a host's events file (the spool) to guard-collector: says hello,
-//! learns where the collector's copy of this host's stream ends, checks
-//! that the file continues that stream, and sends every line from there,
-//! following the file as guardd appends to it. Lines stay in the file
-//! whatever happens; a lost connection resumes from the collector's end.
+//! Ships a host's spool (its events file, and the files rotated out of it)
+//! to guard-collector: says hello, learns where the collector's copy of
+//! this host's stream ends, checks that the spool continues that stream,
+//! and sends every line from there, following the events file as guardd
+//! appends to it and rotates it. Lines stay in the spool whatever happens
+//! (guardd deletes a rotated file once the collector acknowledged it); a
+//! lost connection resumes from the collector's end.
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::VecDeque, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tokio::{
@@ -17,8 +19,15 @@ use tracing::{info, warn};
 use crate::{
     chain,
     pb::{self, ingest_service_client::IngestServiceClient},
+    spool,
     tls::Target,
 };
+
+async fn open(path: &std::path::Path) -> anyhow::Result<tokio::fs::File> {
+    tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))
+}
 
 pub struct Shipper {
     /// The events file.
@@ -119,13 +128,26 @@ impl Shipper {
     }
 }
 
-/// The events file, read from where the collector's copy ends.
+/// The spool's lines, from where the collector's copy ends: the files
+/// rotated out of the events file that hold lines from there on, oldest
+/// first, then the events file, followed as guardd appends to it and
+/// rotates it.
 struct Spool {
+    events: PathBuf,
+    /// The files to read after this one.
+    next: VecDeque<PathBuf>,
     reader: BufReader<tokio::fs::File>,
-    /// Where the next line starts in the file.
+    /// Which file `reader` reads.
+    reading: PathBuf,
+    /// Where the next line starts in it.
     offset: u64,
-    /// Whether guardd still appends to the file.
+    /// Whether guardd still appends to the events file.
     following: bool,
+    /// The events file was rotated while being read: once its old file is
+    /// read to the end, the files rotated since follow.
+    rotated: bool,
+    /// The sequence number of the last line read.
+    last_seq: u64,
     /// The first line to send, found while positioning.
     first: Option<(u64, String)>,
 }
@@ -137,13 +159,25 @@ impl Spool {
         resume: &pb::Resume,
         following: bool,
     ) -> anyhow::Result<Self> {
-        let file = tokio::fs::File::open(path)
-            .await
-            .with_context(|| format!("cannot open {}", path.display()))?;
+        // From the file that holds the collector's last line (to check that
+        // this spool continues it) on.
+        let mut next: VecDeque<PathBuf> = spool::rotated(path)
+            .with_context(|| format!("cannot list the files rotated out of {}", path.display()))?
+            .into_iter()
+            .filter(|r| r.last_seq + 1 >= resume.next_seq)
+            .map(|r| r.path)
+            .collect();
+        next.push_back(path.to_path_buf());
+        let first = next.pop_front().expect("the events file at least");
         let mut spool = Spool {
-            reader: BufReader::new(file),
+            events: path.to_path_buf(),
+            next,
+            reader: BufReader::new(open(&first).await?),
+            reading: first,
             offset: 0,
             following,
+            rotated: false,
+            last_seq: 0,
             first: None,
         };
         let mut last_seen = 0;
@@ -151,7 +185,7 @@ impl Spool {
             let Some((seq, hash)) = chain::seal_of(&line) else {
                 bail!(
                     "{} holds a line that is not a sealed record after {last_seen}",
-                    path.display()
+                    spool.reading.display()
                 );
             };
             last_seen = seq;
@@ -175,10 +209,10 @@ impl Spool {
         Ok(spool)
     }
 
-    /// The next complete line, or `None` at the end of the file. A partial
-    /// last line is read again from its start until its newline arrives:
-    /// guardd cuts a line it could not finish (a full disk), and the next
-    /// line then starts where it started.
+    /// The next complete line, or `None` at the end of the spool. A partial
+    /// last line of the events file is read again from its start until its
+    /// newline arrives: guardd cuts a line it could not finish (a full
+    /// disk), and the next line then starts where it started.
     async fn read_line(&mut self) -> anyhow::Result<Option<String>> {
         let mut line = String::new();
         loop {
@@ -189,19 +223,59 @@ impl Spool {
                 if line.is_empty() {
                     continue;
                 }
+                if let Some((seq, _)) = chain::seal_of(&line) {
+                    self.last_seq = seq;
+                }
                 return Ok(Some(line));
             }
-            if n == 0 {
-                if line.is_empty() || !self.following {
-                    return Ok(None);
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                self.reader
-                    .seek(std::io::SeekFrom::Start(self.offset))
-                    .await?;
-                line.clear();
+            if n > 0 {
+                continue;
             }
+            // The end of this file: on to the next, if there is one.
+            if std::mem::take(&mut self.rotated) {
+                // Every file rotated out after this one (guardd may have
+                // rotated more than once meanwhile), then the events file.
+                self.next = spool::rotated(&self.events)?
+                    .into_iter()
+                    .filter(|r| r.last_seq > self.last_seq)
+                    .map(|r| r.path)
+                    .collect();
+                self.next.push_back(self.events.clone());
+            }
+            if let Some(next) = self.next.pop_front() {
+                self.reader = BufReader::new(open(&next).await?);
+                self.reading = next;
+                self.offset = 0;
+                line.clear();
+                continue;
+            }
+            if !self.following {
+                return Ok(None);
+            }
+            if self.rotated_away().await? {
+                // guardd rotated the events file: what it wrote before
+                // then is read to the end first.
+                self.rotated = true;
+            } else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            self.reader
+                .seek(std::io::SeekFrom::Start(self.offset))
+                .await?;
+            line.clear();
         }
+    }
+
+    /// Whether the events file's name now belongs to another file than the
+    /// one being read (it was rotated). Not while the name is missing, in
+    /// the moment between guardd's two renames.
+    async fn rotated_away(&self) -> anyhow::Result<bool> {
+        use std::os::unix::fs::MetadataExt as _;
+        let reading = self.reader.get_ref().metadata().await?;
+        Ok(match tokio::fs::metadata(&self.events).await {
+            Ok(events) => (events.dev(), events.ino()) != (reading.dev(), reading.ino()),
+            Err(_) => false,
+        })
     }
 
     /// Sends lines until the file ends (`written` is `None`) or the stream
@@ -240,5 +314,72 @@ impl Spool {
                 return Ok(sent);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Chain;
+
+    fn lines(chain: &mut Chain, n: usize) -> String {
+        (0..n)
+            .map(|_| {
+                let json = format!("{{\"seq\":{}}}", chain.next_seq());
+                String::from_utf8(chain.seal(json.into_bytes()).0).unwrap() + "\n"
+            })
+            .collect()
+    }
+
+    /// The shipper reads a spool from the collector's end through the
+    /// rotated files, then follows the events file through rotations, two
+    /// of them back to back, losing and repeating nothing.
+    #[tokio::test]
+    async fn the_spool_is_read_across_rotations_while_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("events.jsonl");
+        let mut chain = Chain::default();
+        std::fs::write(spool::rotated_name(&events, 10), lines(&mut chain, 10)).unwrap();
+        std::fs::write(spool::rotated_name(&events, 20), lines(&mut chain, 10)).unwrap();
+        std::fs::write(&events, lines(&mut chain, 5)).unwrap();
+        // The collector holds 1 to 12.
+        let twelfth = std::fs::read_to_string(spool::rotated_name(&events, 20)).unwrap();
+        let (_, hash) = chain::seal_of(twelfth.lines().nth(1).unwrap()).unwrap();
+        let resume = pb::Resume {
+            next_seq: 13,
+            last_chain: hex::encode(hash),
+        };
+        let mut spool = Spool::open(&events, "h", &resume, true).await.unwrap();
+        let mut seen = vec![spool.first.take().unwrap().0];
+        let writer = {
+            let events = events.clone();
+            tokio::task::spawn_blocking(move || {
+                use std::io::Write as _;
+                let append = |text: String| {
+                    let mut file = std::fs::OpenOptions::new()
+                        .append(true)
+                        .create(true)
+                        .open(&events)
+                        .unwrap();
+                    file.write_all(text.as_bytes()).unwrap();
+                };
+                std::thread::sleep(Duration::from_millis(50));
+                append(lines(&mut chain, 5)); // 26-30
+                std::fs::rename(&events, spool::rotated_name(&events, 30)).unwrap();
+                append(lines(&mut chain, 3)); // 31-33
+                std::fs::rename(&events, spool::rotated_name(&events, 33)).unwrap();
+                append(lines(&mut chain, 4)); // 34-37
+            })
+        };
+        while seen.last() != Some(&37) {
+            let line = tokio::time::timeout(Duration::from_secs(10), spool.read_line())
+                .await
+                .expect("every line arrives")
+                .unwrap()
+                .unwrap();
+            seen.push(chain::seal_of(&line).unwrap().0);
+        }
+        writer.await.unwrap();
+        assert_eq!(seen, (13..=37).collect::<Vec<_>>());
     }
 }

@@ -81,6 +81,39 @@ struct Args {
     #[command(flatten)]
     tls: TlsArgs,
 
+    /// Rotate the events file once it holds this much, e.g. 64MiB: it is
+    /// renamed EVENTS.<its last sequence number> and a new one begins. With
+    /// --collector, a rotated file is deleted once the collector
+    /// acknowledged its last line; without, rotated files stay for you to
+    /// keep or delete.
+    #[arg(
+        long,
+        env = "GUARD_SPOOL_ROTATE_SIZE",
+        value_name = "SIZE",
+        default_value = "64MiB"
+    )]
+    spool_rotate_size: bytesize::ByteSize,
+
+    /// Also rotate the events file once its first line is this old, e.g.
+    /// 1h.
+    #[arg(long, env = "GUARD_SPOOL_ROTATE_AGE", value_name = "DURATION", value_parser = humantime::parse_duration, requires = "events")]
+    spool_rotate_age: Option<std::time::Duration>,
+
+    /// The most the events file and the files rotated out of it may hold
+    /// together, e.g. 2GiB (at least twice --spool-rotate-size). At the
+    /// bound, guardd writes no record until a rotated file is gone
+    /// (acknowledged by the collector, or deleted by you): records it could
+    /// not write are counted lost (stage spool_full, in a loss line once it
+    /// writes again), and profiles with audit_or_deny deny meanwhile what
+    /// they would record. Nothing unshipped is ever deleted.
+    #[arg(
+        long,
+        env = "GUARD_SPOOL_MAX",
+        value_name = "SIZE",
+        requires = "events"
+    )]
+    spool_max: Option<bytesize::ByteSize>,
+
     /// Also mask what this regular expression matches in recorded command
     /// lines (repeatable; a `secret` group limits the mask to it). Built-in
     /// patterns cover passwords in URLs, --password style options,
@@ -237,6 +270,11 @@ fn main() {
             protect: args.protect,
             state_file: args.state_file,
             signing_key: args.signing_key,
+            spool: guard_daemon::spool::SpoolLimits {
+                rotate_size: Some(args.spool_rotate_size.as_u64()),
+                rotate_age: args.spool_rotate_age,
+                max: args.spool_max.map(|max| max.as_u64()),
+            },
             why_dir: args.why_dir,
             dns_server: args.dns_server,
             routing_only: args.routing_only,

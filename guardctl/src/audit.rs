@@ -2,7 +2,7 @@
 //! guard-collector), verify chains, ship an events file.
 
 use std::{
-    io::{BufRead, Write},
+    io::{BufRead, Read, Write},
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use guard_api::{
     audit, chain, exit, ocsf, pb,
     record::{Line, Verdict},
-    ship, time,
+    ship, spool, time,
     tls::Target,
 };
 
@@ -299,26 +299,71 @@ fn format(entry: &pb::Entry, output: Output) -> String {
 
 /// Checks an events file's chain and checkpoints (signed by `key` when
 /// given); exit code 0 when intact.
+/// Checks an events file, and before it the files rotated out of it (one
+/// stream, oldest first); `-` reads standard input.
 pub fn verify_file(file: &Path, key: Option<&str>) -> i32 {
-    let input: Box<dyn BufRead> = if file == Path::new("-") {
-        Box::new(std::io::stdin().lock())
+    let files = if file == Path::new("-") {
+        Vec::new()
     } else {
-        match std::fs::File::open(file) {
-            Ok(f) => Box::new(std::io::BufReader::new(f)),
+        match spool::files(file) {
+            Ok(files) => files,
             Err(e) => {
-                eprintln!("guardctl: cannot read {}: {e}", file.display());
+                eprintln!(
+                    "guardctl: cannot list the files rotated out of {}: {e}",
+                    file.display()
+                );
                 return exit::FAILURE;
             }
         }
     };
-    let name = file.display().to_string();
-    match chain::verify(input, key) {
+    let mut input: Box<dyn Read> = Box::new(std::io::empty());
+    for path in &files {
+        match std::fs::File::open(path) {
+            Ok(f) => input = Box::new(input.chain(f)),
+            Err(e) => {
+                eprintln!("guardctl: cannot read {}: {e}", path.display());
+                return exit::FAILURE;
+            }
+        }
+    }
+    if files.is_empty() {
+        input = Box::new(std::io::stdin().lock());
+    }
+    let name = match files.len() {
+        0 | 1 => file.display().to_string(),
+        n => format!(
+            "{} (and {} file(s) rotated out of it)",
+            file.display(),
+            n - 1
+        ),
+    };
+    match chain::verify(std::io::BufReader::new(input), key) {
+        Ok(Err(broken)) if files.len() > 1 => report(&name, &[Err(in_file(&files, broken))], key),
         Ok(result) => report(&name, &[result], key),
         Err(e) => {
             eprintln!("guardctl: cannot read {name}: {e}");
             exit::FAILURE
         }
     }
+}
+
+/// Names the file of `files` (read as one stream) where `broken` is, and
+/// its line there.
+fn in_file(files: &[std::path::PathBuf], broken: chain::Break) -> chain::Break {
+    let mut before = 0;
+    for path in files {
+        let lines = std::fs::File::open(path)
+            .map(|f| std::io::BufReader::new(f).lines().count())
+            .unwrap_or(0);
+        if broken.line <= before + lines {
+            return chain::Break {
+                line: broken.line - before,
+                reason: format!("{} (in {})", broken.reason, path.display()),
+            };
+        }
+        before += lines;
+    }
+    broken
 }
 
 /// Checks the chain of one host's stream as the collector stores it. Gaps

@@ -242,9 +242,7 @@ impl Guardd {
     /// Every complete record written so far (a last line without its
     /// newline is still being written and is left for the next read).
     pub fn records(&self) -> Vec<Value> {
-        let text = fs::read_to_string(&self.events).unwrap_or_default();
-        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-        complete
+        spool_lines(&self.events)
             .lines()
             .map(|l| {
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("record is not JSON ({e}): {l}"))
@@ -366,4 +364,16 @@ pub fn probe_untagged(cwd: &Path, args: &[&str]) -> Outcome {
 pub fn claims_enforcing(log: &str) -> bool {
     log.lines()
         .any(|l| l.contains("INFO") && l.contains("enforcing:"))
+}
+
+/// The complete lines of a spool: the files rotated out of `events`, then
+/// `events` (whose last line, without its newline, is still being written).
+pub fn spool_lines(events: &Path) -> String {
+    let mut text = String::new();
+    for file in guard_api::spool::files(events).unwrap_or_default() {
+        text.push_str(&fs::read_to_string(file).unwrap_or_default());
+    }
+    let complete = text.rfind('\n').map_or(0, |end| end + 1);
+    text.truncate(complete);
+    text
 }

@@ -1050,3 +1050,53 @@ fn plaintext_is_refused_unless_asked_for_on_loopback() {
         "{stderr}"
     );
 }
+
+/// A spool whose events file was rotated (files named after their last
+/// sequence number) is one stream: `audit verify` checks it across the
+/// files, naming the file of a broken link, and `audit ship` sends it all.
+#[test]
+#[ignore = "needs the release binaries: cargo xtask test"]
+fn a_rotated_spool_verifies_and_ships_as_one_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = stream(90, "rotated");
+    let events = dir.path().join("events.jsonl");
+    write_events(&dir.path().join("events.jsonl.30"), &lines[..30]);
+    write_events(&dir.path().join("events.jsonl.60"), &lines[30..60]);
+    write_events(&events, &lines[60..]);
+    let verify = |file: &Path| {
+        Command::new(bin("guardctl"))
+            .args(["audit", "verify"])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let out = assert_ok(&verify(&events), "verify the spool");
+    assert!(
+        out.contains("(and 2 file(s) rotated out of it): intact: 90 records, sequence 1 to 90"),
+        "{out}"
+    );
+
+    let collector = Collector::start(
+        dir.path(),
+        &format!("sqlite:{}", dir.path().join("c.db").display()),
+    );
+    assert_ok(&ship(&collector, &events, "host-rot"), "ship the spool");
+    assert_eq!(
+        seqs(&collector.query(&["--host", "host-rot"])),
+        (1..=90).collect::<Vec<_>>()
+    );
+
+    // A line changed in a rotated file.
+    let changed = lines[44].replace("/srv/data/f45", "/srv/data/other");
+    let mut tampered = lines[30..60].to_vec();
+    tampered[14] = changed;
+    write_events(&dir.path().join("events.jsonl.60"), &tampered);
+    let out = verify(&events);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("BROKEN at line 15: record 45 does not match its chain hash")
+            && stderr.contains("events.jsonl.60)"),
+        "{stderr}"
+    );
+}

@@ -200,6 +200,10 @@ fn guardd_refuses_settings_that_contradict_each_other() {
             ],
             "--events and --state-file name the same path",
         ),
+        (
+            vec!["--events", events.to_str().unwrap(), "--spool-max", "1MiB"],
+            "--spool-max (1048576 bytes) must be at least twice --spool-rotate-size (67108864 bytes)",
+        ),
     ] {
         let (code, _, stderr) = run(Command::new(bin("guardd"))
             .arg("--policy")

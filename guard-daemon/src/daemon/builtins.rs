@@ -21,6 +21,9 @@ pub struct Builtins {
     own_files: Vec<PathBuf>,
     /// Guard's files no agent may even read (the signing key, the TLS key).
     secrets: Vec<PathBuf>,
+    /// The events file, whose rotated files are Guard's own too (found
+    /// anew for each generation).
+    spool: Option<PathBuf>,
 }
 
 impl Builtins {
@@ -31,7 +34,14 @@ impl Builtins {
             canary,
             own_files,
             secrets: Vec::new(),
+            spool: None,
         }
+    }
+
+    /// Also the files rotated out of `events`.
+    pub fn with_spool(mut self, events: Option<PathBuf>) -> Self {
+        self.spool = events;
+        self
     }
 
     /// Also `secrets`, which no agent may read (`map::SECRETS`).
@@ -105,9 +115,18 @@ impl Builtins {
             .flat_map(|d| d.secret_files())
             .map(Path::to_path_buf)
             .collect();
+        let rotated: Vec<PathBuf> = self
+            .spool
+            .as_deref()
+            .and_then(|events| guard_api::spool::rotated(events).ok())
+            .into_iter()
+            .flatten()
+            .map(|r| r.path)
+            .collect();
         let own: Vec<Rule<FileTarget>> = self
             .own_files
             .iter()
+            .chain(&rotated)
             .chain(&secrets)
             .filter_map(|path| {
                 let meta = std::fs::metadata(path).ok()?;

@@ -40,6 +40,8 @@ pub struct Config {
     pub why_dir: PathBuf,
     /// The host's key for signed checkpoints, made on first start.
     pub signing_key: PathBuf,
+    /// When the events file rotates, and the bound on the spool.
+    pub spool: crate::spool::SpoolLimits,
     /// The DNS server for hostname rules; the system's when `None`.
     pub dns_server: Option<std::net::IpAddr>,
     /// How the statement guard runs, for policies that name databases.
@@ -88,6 +90,18 @@ impl Config {
         {
             return Err(usage(format!(
                 "--grpc-listen and --metrics-listen are both {grpc}"
+            )));
+        }
+        if let Some(size) = self.spool.rotate_size
+            && size == 0
+        {
+            return Err(usage("--spool-rotate-size must be more than 0".into()));
+        }
+        if let (Some(max), Some(size)) = (self.spool.max, self.spool.rotate_size)
+            && max < 2 * size
+        {
+            return Err(usage(format!(
+                "--spool-max ({max} bytes) must be at least twice --spool-rotate-size ({size} bytes): the events file must rotate before the spool is full"
             )));
         }
         let files = [

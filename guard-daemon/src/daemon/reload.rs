@@ -16,7 +16,7 @@ use guard_policy::compile::CompiledPolicy;
 use crate::generation::Generation;
 
 use super::{
-    config::{Fatal, failure, load_own_policy},
+    config::{Fatal, compile_policy, failure, load_own_policy},
     state::{Reason, State, lock},
 };
 
@@ -56,6 +56,17 @@ pub(super) async fn reload(state: Arc<Mutex<State>>, reason: Reason) -> Result<R
         };
         if reason == Reason::FileChanged && !files_changed(&path, &current) {
             return Ok((current, None));
+        }
+        if reason == Reason::SpoolRotated {
+            // The policy in force (not the file, which may hold a change not
+            // loaded yet), compiled under the lock so that no other reload
+            // comes between: only the built-in rules change.
+            let mut state = lock(&state);
+            let text = state.current().text.clone();
+            let policy = compile_policy(text, "the policy in force", &builtins);
+            return state
+                .reload(reason, policy)
+                .map(|generation| (generation, state.readiness.clone().err()));
         }
         let policy = load_own_policy(&path, &builtins);
         let mut state = lock(&state);

@@ -26,7 +26,7 @@ use super::{
     builtins::Builtins,
     config::{Config, Fatal, Persistence, failure, load_own_policy},
     dns, hosts, kept, reload, services,
-    state::{State, lock},
+    state::{Reason, State, lock},
     statements, why,
     writer::{self, Checkpoints, Out, RecordWriter},
 };
@@ -101,7 +101,10 @@ pub(super) fn own_files(config: &Config) -> Vec<PathBuf> {
         Ok(()) => own.push(config.why_dir.clone()),
         Err(e) => warn!(dir = %config.why_dir.display(), "cannot create: {e}"),
     }
-    let files = [config.events.as_ref(), config.ocsf.as_ref()];
+    // The spool's next events file is made now, to be protected before it
+    // is needed; the files rotated out are added at each generation.
+    let next = config.events.as_deref().map(crate::spool::next_name);
+    let files = [config.events.as_ref(), next.as_ref(), config.ocsf.as_ref()];
     for file in files.into_iter().flatten().chain([&config.state_file]) {
         if let Some(dir) = file.parent() {
             let _ = std::fs::create_dir_all(dir);
@@ -133,6 +136,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
         "checkpoints are signed with this host's key"
     );
     let builtins = Builtins::new(Canary::prepare().map_err(failure)?, own_files(&config))
+        .with_spool(config.events.clone())
         // Either key would let an agent speak for this host.
         .with_secrets(
             std::iter::once(config.signing_key.clone())
@@ -220,7 +224,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
     }
 
     // Before the chain is resumed: a torn last line is cut first.
-    let (out, torn) = Out::open(config.events.as_deref()).map_err(failure)?;
+    let (out, torn) = Out::open(config.events.as_deref(), config.spool).map_err(failure)?;
     let watched = reload::watched_files(&config.policy, &state.current().compiled);
     let state = Arc::new(Mutex::new(state));
     let (changes_tx, changes_rx) = mpsc::channel(16);
@@ -333,6 +337,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
             written: Some(writer.written.subscribe()),
             acked: watch::Sender::new(0),
         };
+        // Rotated files go once the collector has them.
+        writer.acked = Some(shipper.acked.subscribe());
         let mut acked = shipper.acked.subscribe();
         let metrics = metrics.clone();
         tasks.spawn(until(&shutdown, async move {
@@ -341,6 +347,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
             }
         }));
         tasks.spawn(until(&shutdown, shipper.run()));
+    }
+    if config.events.is_some() {
+        // Each rotation makes new files: a generation of the same policy
+        // protects them as Guard's own.
+        let rotated = Arc::new(tokio::sync::Notify::new());
+        writer.rotated = Some(rotated.clone());
+        let state = state.clone();
+        tasks.spawn(until(&shutdown, async move {
+            loop {
+                rotated.notified().await;
+                if let Err(e) = reload::reload(state.clone(), Reason::SpoolRotated).await {
+                    error!("cannot protect the files of the rotated spool: {e}");
+                }
+            }
+        }));
     }
     let result = writer::stream_events(events, &state, writer, &shutdown).await;
     // The writer may also end by an error: everything stops with it.

@@ -41,6 +41,8 @@ pub(super) enum Reason {
     Signal,
     FileChanged,
     Request,
+    /// The same policy again, for the files of a rotated spool.
+    SpoolRotated,
 }
 
 impl Reason {
@@ -49,6 +51,7 @@ impl Reason {
             Reason::Signal => "SIGHUP",
             Reason::FileChanged => "file changed",
             Reason::Request => "API request",
+            Reason::SpoolRotated => "events file rotated",
         }
     }
 }

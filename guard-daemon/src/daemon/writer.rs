@@ -3,10 +3,15 @@
 //! to the live feed, and accounts for every record it could not write with a
 //! loss line in its place.
 //!
-//! A full disk does not stop guardd: records it cannot write are counted
-//! (stage `events_file`), the programs are told (profiles with audit-or-deny
-//! then deny what they would record), and once a write succeeds again a loss
-//! line says how many records the gap holds.
+//! A full disk or a full spool does not stop guardd: records it cannot
+//! write are counted (stage `events_file`, or `spool_full` at the spool's
+//! bound), the programs are told (profiles with audit-or-deny then deny what
+//! they would record), and once a write succeeds again a loss line says how
+//! many records the gap holds.
+//!
+//! Between batches it tends the spool: it deletes the rotated files the
+//! collector acknowledged, and rotates the events file when it is due,
+//! after a signed checkpoint, so every rotated file ends signed.
 
 use std::{
     collections::BTreeMap,
@@ -18,7 +23,10 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use tokio::{io::unix::AsyncFd, sync::watch};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{Notify, watch},
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -36,7 +44,7 @@ use crate::{
     enforcer::Lane,
     events::{self, Clock},
     metrics::{DaemonMetrics, DecisionLabels},
-    spool::LineFile,
+    spool::{LineFile, Refused, Spool, SpoolLimits},
 };
 
 /// How often records of allowed decisions (written without a wake-up) are
@@ -82,31 +90,31 @@ impl Checkpoints {
 
 /// Where sealed lines go.
 pub enum Out {
-    File(LineFile),
+    File(Spool),
     Stdout,
 }
 
 impl Out {
-    /// The events file at `path` (a torn last line cut, and returned as the
-    /// bytes cut), or stdout when there is none.
-    pub fn open(path: Option<&Path>) -> anyhow::Result<(Self, u64)> {
+    /// The spool of the events file at `path` (a torn last line cut, and
+    /// returned as the bytes cut), or stdout when there is none.
+    pub fn open(path: Option<&Path>, limits: SpoolLimits) -> anyhow::Result<(Self, u64)> {
         match path {
             Some(path) => {
-                let (file, cut) = LineFile::open(path)
+                let (spool, cut) = Spool::open(path, limits)
                     .with_context(|| format!("cannot open events file {}", path.display()))?;
-                Ok((Out::File(file), cut))
+                Ok((Out::File(spool), cut))
             }
             None => Ok((Out::Stdout, 0)),
         }
     }
 
-    fn append(&mut self, lines: &[u8]) -> std::io::Result<()> {
+    fn append(&mut self, lines: &[u8]) -> Result<(), Refused> {
         match self {
-            Out::File(file) => file.append(lines),
+            Out::File(spool) => spool.append(lines),
             Out::Stdout => {
                 let mut stdout = std::io::stdout().lock();
                 stdout.write_all(lines)?;
-                stdout.flush()
+                Ok(stdout.flush()?)
             }
         }
     }
@@ -194,11 +202,18 @@ pub struct RecordWriter {
     blocked: Option<Blocked>,
     /// The host's signed checkpoints; none without a key.
     pub checkpoints: Option<Checkpoints>,
+    /// The collector's acknowledgements, when guardd ships: rotated files
+    /// it acknowledged are deleted.
+    pub acked: Option<watch::Receiver<u64>>,
+    /// Told of each rotation (the new files are then protected).
+    pub rotated: Option<Arc<Notify>>,
 }
 
 struct Blocked {
     since: Instant,
     tried: Instant,
+    /// The loss stage of what is not written meanwhile.
+    stage: &'static str,
 }
 
 impl RecordWriter {
@@ -233,6 +248,8 @@ impl RecordWriter {
             pending: BTreeMap::new(),
             blocked: None,
             checkpoints: None,
+            acked: None,
+            rotated: None,
         }
     }
 
@@ -261,6 +278,7 @@ impl RecordWriter {
         clock: &Clock,
     ) -> bool {
         let was_blocked = self.blocked.is_some();
+        self.delete_acked();
         self.retry_if_blocked();
         // The state lock is taken once for the batch. guardd's tasks share
         // one thread, so holding it across the batch keeps nobody waiting
@@ -293,6 +311,10 @@ impl RecordWriter {
         state.why.write();
         self.count_kernel_losses(lane, &mut state);
         self.write_losses();
+        if self.rotate_if_due() {
+            // The next guardd checks that it continues this events file.
+            state.keep();
+        }
         // The programs learn when records stop (or start again) being
         // written: audit-or-deny profiles deny meanwhile.
         if was_blocked != self.blocked.is_some() {
@@ -307,6 +329,40 @@ impl RecordWriter {
         }
         self.flush();
         taken == DRAIN_BATCH
+    }
+
+    /// Deletes the rotated files the collector acknowledged.
+    fn delete_acked(&mut self) {
+        if let (Out::File(spool), Some(acked)) = (&mut self.out, &self.acked) {
+            spool.delete_acked(*acked.borrow());
+        }
+    }
+
+    /// Rotates the events file if it is due, after a checkpoint signing
+    /// its last line; true if it did.
+    fn rotate_if_due(&mut self) -> bool {
+        if self.blocked.is_some() || !matches!(&self.out, Out::File(spool) if spool.rotation_due())
+        {
+            return false;
+        }
+        self.checkpoint();
+        let last_seq = self.chain.next_seq() - 1;
+        let Out::File(spool) = &mut self.out else {
+            return false;
+        };
+        match spool.rotate(last_seq) {
+            Ok(to) => {
+                info!(file = %to.display(), last_seq, "events file rotated");
+                if let Some(rotated) = &self.rotated {
+                    rotated.notify_one();
+                }
+                true
+            }
+            Err(e) => {
+                warn!("cannot rotate the events file: {e}");
+                false
+            }
+        }
     }
 
     /// Writes a checkpoint signing the last line, if any line since the
@@ -447,7 +503,8 @@ impl RecordWriter {
             record.seq = self.chain.next_seq();
         }
         if self.blocked.is_some() || !self.write_line(&line) {
-            self.lose("events_file", 1);
+            let stage = self.blocked.as_ref().map_or("events_file", |b| b.stage);
+            self.lose(stage, 1);
         }
     }
 
@@ -469,13 +526,19 @@ impl RecordWriter {
         if let Err(e) = self.out.append(&sealed) {
             self.chain = before;
             if self.blocked.is_none() {
+                let stage = match e {
+                    Refused::Full { .. } => "spool_full",
+                    Refused::Io(_) => "events_file",
+                };
                 warn!(
+                    stage,
                     "cannot write to the events file ({e}): records are counted as lost until it takes writes again; profiles with audit_or_deny deny what they would record"
                 );
                 let now = Instant::now();
                 self.blocked = Some(Blocked {
                     since: now,
                     tried: now,
+                    stage,
                 });
             }
             return false;

@@ -589,3 +589,177 @@ fn a_flood_is_accounted_for_and_audit_or_deny_leaves_nothing_unrecorded() {
         "each denial for want of a record is counted"
     );
 }
+
+/// The spool under load: guardd rotates its events file (each rotated file
+/// ending in a signed checkpoint, named after its last line), deletes a
+/// rotated file only once the collector acknowledged it, and protects each
+/// as its own. With the collector away, the spool stays within
+/// `--spool-max`: what does not fit is counted lost (stage `spool_full`),
+/// and a profile with `audit_or_deny` denies meanwhile. Once the collector is
+/// back it receives the whole stream, the loss line included, intact.
+#[test]
+fn the_spool_rotates_under_load_within_its_bound() {
+    use guard_api::spool::rotated;
+    use guard_tests::collector::Collector;
+    use std::time::Duration;
+
+    let e = env();
+    let dir = e.path("spool");
+    fs::create_dir_all(&dir).unwrap();
+    let mut collector = Collector::start(&dir, &format!("sqlite:{}", dir.join("c.db").display()));
+    let policy = |audit_or_deny: bool| {
+        policy_of(
+            &format!(
+                "  - name: s\n    default: allow\n    record_allowed: true\n    audit_or_deny: {audit_or_deny}\n"
+            ),
+            &["s"],
+        )
+    };
+    let url = format!("http://{}", collector.addr);
+    let max = 2 * 1024 * 1024;
+    let guardd = Guardd::start_with(
+        &dir,
+        &policy(false),
+        "guard-spool-test",
+        &[
+            "--collector",
+            &url,
+            "--host-name",
+            "vm-s",
+            "--spool-rotate-size",
+            "256KiB",
+            "--spool-max",
+            "2MiB",
+        ],
+        &[],
+    );
+    let events = guardd.events.clone();
+    let flood = |n: u64| -> (u64, u64) {
+        let output = guardd
+            .probe_command(
+                &["--agent", "s"],
+                &["connect-udp-flood", "127.0.0.1:40021", &n.to_string()],
+            )
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        (
+            report["allowed"].as_u64().unwrap(),
+            report["denied"].as_u64().unwrap(),
+        )
+    };
+    let spool_bytes = || -> u64 {
+        guard_api::spool::files(&events)
+            .unwrap()
+            .iter()
+            .map(|f| fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+            .sum()
+    };
+    let last_seq = |guardd: &Guardd| {
+        guardd
+            .records()
+            .last()
+            .and_then(|r| r["seq"].as_u64())
+            .unwrap()
+    };
+
+    // Shipping: rotations, and every rotated file gone once acknowledged.
+    // (Less than the bound: the flood outruns shipping.)
+    let (allowed, _) = flood(2000);
+    assert_eq!(allowed, 2000);
+    settled(&guardd);
+    collector.wait_for_seq("vm-s", last_seq(&guardd), Duration::from_secs(60));
+    let log = guardd.log_text();
+    let rotations = log.matches("events file rotated").count();
+    assert!(rotations >= 3, "{rotations} rotations:\n{log}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !rotated(&events).unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "acknowledged files are kept"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Each rotation protected the new files: an agent may not touch the
+    // events file it writes to now.
+    let outcome = guardd.probe("s", &dir, &["open-write", events.to_str().unwrap()]);
+    assert_eq!(outcome.errno, Some(EPERM));
+
+    // The collector away: rotated files are kept, each one of Guard's own.
+    collector.kill();
+    flood(1000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let kept = loop {
+        let kept = rotated(&events).unwrap();
+        if !kept.is_empty() {
+            break kept;
+        }
+        assert!(std::time::Instant::now() < deadline, "no rotation kept");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let outcome = guardd.probe("s", &dir, &["unlink", kept[0].path.to_str().unwrap()]);
+    assert_eq!(
+        outcome.errno,
+        Some(EPERM),
+        "an agent deletes a rotated file"
+    );
+    // The bound holds, and audit_or_deny denies (from then on even the
+    // start of a program: it would be recorded).
+    guardd.reload(&policy(true)).unwrap();
+    let (allowed, denied) = flood(20_000);
+    assert!(
+        denied > 0,
+        "{allowed} allowed, none denied: the spool never filled"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        spool_bytes() <= max,
+        "the spool holds {} bytes",
+        spool_bytes()
+    );
+    assert!(
+        guardd.log_text().contains("spool_full"),
+        "{}",
+        guardd.log_text()
+    );
+
+    // The collector back: it receives everything, and writing resumes
+    // with a loss line for what did not fit.
+    collector.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let lost = guardd
+            .records()
+            .iter()
+            .any(|r| r["loss"]["stage"] == "spool_full");
+        if lost {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spool_full loss line"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let last = last_seq(&guardd);
+    collector.wait_for_seq("vm-s", last, Duration::from_secs(60));
+    let seqs: Vec<u64> = collector
+        .query(&["--host", "vm-s"])
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .collect();
+    let stored_last = *seqs.last().unwrap();
+    assert_eq!(
+        seqs,
+        (1..=stored_last).collect::<Vec<_>>(),
+        "complete, no duplicates"
+    );
+    let verify = collector.guardctl(&["audit", "verify", "--host", "vm-s"]);
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && stdout.contains("signed:"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}

@@ -388,10 +388,8 @@ pub(crate) fn wait_for_generation(guardd: &Guardd, generation: u64) -> Value {
 
 /// Decision records and ring-buffer losses in an events file.
 pub(crate) fn tally(events: &Path) -> (u64, u64) {
-    let text = fs::read_to_string(events).unwrap_or_default();
-    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
     let (mut decisions, mut lost) = (0, 0);
-    for line in complete.lines() {
+    for line in guard_tests::spool_lines(events).lines() {
         // A signed checkpoint is no decision.
         if line.contains(r#""checkpoint":{"#) {
             continue;
