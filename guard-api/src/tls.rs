@@ -29,7 +29,9 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::either::Either;
-use tonic::{Request, Status, transport::server::Connected};
+use tonic::{Request, Status};
+
+use crate::grpc::Accepted;
 use tracing::warn;
 
 /// rustls' default crypto provider, which every TLS end in Guard uses.
@@ -231,6 +233,15 @@ impl TlsFiles {
             .map_err(|e| anyhow::anyhow!("the CA {}: {e}", self.ca.display()))
     }
 
+    /// The certificate and key files, for errors about them.
+    fn pair(&self) -> String {
+        format!(
+            "the certificate {} and key {}",
+            self.certificate.display(),
+            self.key.display()
+        )
+    }
+
     /// A server that requires a client certificate from the CA.
     fn server_config(&self) -> anyhow::Result<ServerConfig> {
         let (chain, key) = self.chain_and_key()?;
@@ -241,13 +252,7 @@ impl TlsFiles {
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
-            .with_context(|| {
-                format!(
-                    "the certificate {} and key {}",
-                    self.certificate.display(),
-                    self.key.display()
-                )
-            })?;
+            .with_context(|| self.pair())?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(config)
     }
@@ -259,13 +264,7 @@ impl TlsFiles {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(self.roots()?)
             .with_client_auth_cert(chain, key)
-            .with_context(|| {
-                format!(
-                    "the certificate {} and key {}",
-                    self.certificate.display(),
-                    self.key.display()
-                )
-            })?;
+            .with_context(|| self.pair())?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(config)
     }
@@ -359,59 +358,9 @@ impl ServerTls {
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
-/// A connection a server accepted.
-pub struct Connection {
-    io: Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>,
-    remote: Remote,
-}
-
-impl Connected for Connection {
-    type ConnectInfo = Remote;
-
-    fn connect_info(&self) -> Remote {
-        self.remote.clone()
-    }
-}
-
-impl AsyncRead for Connection {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Connection {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-}
+/// A connection a server accepted over TCP, plain or TLS.
+pub type Connection =
+    Accepted<Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>, Remote>;
 
 /// Connections accepted, for [`crate::grpc::serve`].
 pub type Incoming = mpsc::Receiver<std::io::Result<Connection>>;
@@ -449,7 +398,7 @@ pub fn incoming(listener: TcpListener, transport: &Transport) -> anyhow::Result<
                 };
                 let connection = Connection {
                     io: Either::Left(tcp),
-                    remote,
+                    info: remote,
                 };
                 if tx.send(Ok(connection)).await.is_err() {
                     return;
@@ -487,7 +436,7 @@ async fn handshake(
     let peer = Peer::of(certificate).map_err(|e| anyhow::anyhow!("its certificate: {e}"))?;
     Ok(Connection {
         io: Either::Right(stream),
-        remote: Remote {
+        info: Remote {
             addr: Some(addr),
             peer: Some(peer),
         },

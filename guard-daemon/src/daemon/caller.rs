@@ -1,17 +1,10 @@
 //! Who sent a request to the local API, from the socket's peer credentials
 //! as they were when the connection was accepted.
 
-use std::{
-    os::fd::AsRawFd,
-    pin::Pin,
-    task::{Context, Poll},
-};
+use std::os::fd::AsRawFd;
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::UnixStream,
-};
-use tonic::transport::server::Connected;
+use guard_api::grpc::Accepted;
+use tokio::net::UnixStream;
 
 use super::approvals;
 
@@ -134,26 +127,24 @@ pub(super) struct Peer {
 
 /// An accepted connection to the local API, carrying its [`Peer`] to each
 /// request (tonic puts it in the request's extensions).
-pub(super) struct Connection {
-    stream: UnixStream,
-    peer: Option<Peer>,
-}
+pub(super) type Connection = Accepted<UnixStream, Option<Peer>>;
 
-impl Connection {
-    /// `is_agent` says whether a pid is an agent's.
-    pub(super) fn accept(stream: UnixStream, is_agent: impl Fn(i32) -> bool) -> Self {
-        let peer = stream.peer_cred().ok().map(|cred| {
-            let pid = cred.pid().unwrap_or(0);
-            let mut gids = peer_groups(&stream).unwrap_or_default();
-            gids.push(cred.gid());
-            Peer {
-                pid,
-                uid: cred.uid(),
-                gids,
-                agent_at_accept: is_agent(pid),
-            }
-        });
-        Self { stream, peer }
+/// `is_agent` says whether a pid is an agent's.
+pub(super) fn accept(stream: UnixStream, is_agent: impl Fn(i32) -> bool) -> Connection {
+    let peer = stream.peer_cred().ok().map(|cred| {
+        let pid = cred.pid().unwrap_or(0);
+        let mut gids = peer_groups(&stream).unwrap_or_default();
+        gids.push(cred.gid());
+        Peer {
+            pid,
+            uid: cred.uid(),
+            gids,
+            agent_at_accept: is_agent(pid),
+        }
+    });
+    Accepted {
+        io: stream,
+        info: peer,
     }
 }
 
@@ -187,54 +178,6 @@ fn peer_groups(stream: &UnixStream) -> std::io::Result<Vec<u32>> {
             return Err(error);
         }
         gids.resize(needed, 0);
-    }
-}
-
-impl Connected for Connection {
-    type ConnectInfo = Option<Peer>;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.peer.clone()
-    }
-}
-
-impl AsyncRead for Connection {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Connection {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
     }
 }
 

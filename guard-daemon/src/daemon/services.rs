@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     approvals::{self, TicketError},
-    caller::{Access, AccessGroups, Caller, Connection, Peer},
+    caller::{self, Access, AccessGroups, Caller, Peer},
     config::{Fatal, compile_policy},
     refusal::Refusal,
     reload::{Reloaded, reload},
@@ -436,9 +436,8 @@ pub(super) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let root = lock(&api.state).root.clone();
-    let incoming = UnixListenerStream::new(listener).map(move |stream| {
-        stream.map(|stream| Connection::accept(stream, |pid| root.is_agent(pid)))
-    });
+    let incoming = UnixListenerStream::new(listener)
+        .map(move |stream| stream.map(|stream| caller::accept(stream, |pid| root.is_agent(pid))));
     tonic::transport::Server::builder()
         .add_service(pb::daemon_service_server::DaemonServiceServer::new(
             api.clone(),

@@ -531,25 +531,7 @@ fn a_flood_is_accounted_for_and_audit_or_deny_leaves_nothing_unrecorded() {
         )
     };
     let guardd = Guardd::start(&dir, &policy(false), "guard-flood-test");
-    let flood = |n: u64| -> (u32, u64, u64) {
-        let output = guardd
-            .probe_command(
-                &["--agent", "f"],
-                &["connect-udp-flood", "127.0.0.1:40020", &n.to_string()],
-            )
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-            panic!("{e}: {stdout} {}", String::from_utf8_lossy(&output.stderr))
-        });
-        (
-            report["pid"].as_u64().unwrap() as u32,
-            report["allowed"].as_u64().unwrap(),
-            report["denied"].as_u64().unwrap(),
-        )
-    };
+    let flood = |n: u64| udp_flood(&guardd, "f", &dir, n);
     let n = 100_000;
 
     let (_, allowed, denied) = flood(n);
@@ -634,20 +616,9 @@ fn the_spool_rotates_under_load_within_its_bound() {
         &[],
     );
     let events = guardd.events.clone();
-    let flood = |n: u64| -> (u64, u64) {
-        let output = guardd
-            .probe_command(
-                &["--agent", "s"],
-                &["connect-udp-flood", "127.0.0.1:40021", &n.to_string()],
-            )
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-        (
-            report["allowed"].as_u64().unwrap(),
-            report["denied"].as_u64().unwrap(),
-        )
+    let flood = |n: u64| {
+        let (_, allowed, denied) = udp_flood(&guardd, "s", &dir, n);
+        (allowed, denied)
     };
     let spool_bytes = || -> u64 {
         guard_api::spool::files(&events)
@@ -762,4 +733,25 @@ fn the_spool_rotates_under_load_within_its_bound() {
         "{stdout}{}",
         String::from_utf8_lossy(&verify.stderr)
     );
+}
+
+/// `n` UDP connects to a closed loopback port, back to back, by a process
+/// of `agent`: its pid, and how many were allowed and denied.
+fn udp_flood(guardd: &Guardd, agent: &str, dir: &std::path::Path, n: u64) -> (u32, u64, u64) {
+    let output = guardd
+        .probe_command(
+            &["--agent", agent],
+            &["connect-udp-flood", "127.0.0.1:40020", &n.to_string()],
+        )
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout} {}", String::from_utf8_lossy(&output.stderr)));
+    (
+        report["pid"].as_u64().unwrap() as u32,
+        report["allowed"].as_u64().unwrap(),
+        report["denied"].as_u64().unwrap(),
+    )
 }
