@@ -2,16 +2,11 @@
 //! standard health checking and server reflection), and the client side of
 //! guardd's local API socket.
 
-use std::{
-    path::Path,
-    pin::Pin,
-    task::{Context, Poll},
-};
+use std::path::Path;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{service::Routes, transport::server::Connected};
+use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
 use crate::{
@@ -119,59 +114,4 @@ pub async fn serve(
         () = cut => tracing::warn!("calls still open {GRACE:?} after shutdown are cut"),
     }
     Ok(())
-}
-
-/// A connection a server accepted, with what its calls learn of the other
-/// end (`info`, in each request's extensions: tonic's `Connected`).
-pub struct Accepted<IO, Info> {
-    pub io: IO,
-    pub info: Info,
-}
-
-impl<IO, Info: Clone + Send + Sync + 'static> Connected for Accepted<IO, Info> {
-    type ConnectInfo = Info;
-
-    fn connect_info(&self) -> Info {
-        self.info.clone()
-    }
-}
-
-impl<IO: AsyncRead + Unpin, Info: Unpin> AsyncRead for Accepted<IO, Info> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin, Info: Unpin> AsyncWrite for Accepted<IO, Info> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
 }

@@ -14,6 +14,7 @@
 //! It knows nothing of the kernel, the policy or the stores: guardd,
 //! guardctl and guard-collector depend on it, never the other way round.
 
+pub mod accepted;
 pub mod audit;
 pub mod chain;
 pub mod grpc;

@@ -31,7 +31,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::either::Either;
 use tonic::{Request, Status};
 
-use crate::grpc::Accepted;
+use crate::accepted::Accepted;
 use tracing::warn;
 
 /// rustls' default crypto provider, which every TLS end in Guard uses.

@@ -3,7 +3,7 @@
 
 use std::os::fd::AsRawFd;
 
-use guard_api::grpc::Accepted;
+use guard_api::accepted::Accepted;
 use tokio::net::UnixStream;
 
 use super::approvals;
