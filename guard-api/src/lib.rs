@@ -2,12 +2,11 @@
 //! `proto/`), the decision [`record`] and its hash [`chain`], the audit
 //! service ([`audit`]) that guardd and guard-collector both serve
 //! ([`grpc`], which also dials guardd's local API socket) with mutual
-//! [`tls`] over TCP, the OCSF form of
-//! records ([`ocsf`]), shipping events files (the [`spool`]) to a
-//! collector ([`ship`]),
-//! sessions ([`session`]) and default [`paths`], what guardd and its
-//! statement guard tell each other ([`statement_guard`]), starting a command inside a
-//! cgroup ([`launch`]),
+//! [`tls`] over TCP and the peer of each [`accepted`] connection, the OCSF
+//! form of records ([`ocsf`]), shipping the events files (the [`spool`])
+//! to a collector ([`ship`]), sessions ([`session`]) and default
+//! [`paths`], what guardd and its statement guard tell each other
+//! ([`statement_guard`]), starting a command inside a cgroup ([`launch`]),
 //! [`metrics`] serving, [`time`] formats, [`shutdown`] on signals, logging
 //! and exit codes.
 //!
