@@ -6,7 +6,7 @@
 //! (guardd deletes a rotated file once the collector acknowledged it); a
 //! lost connection resumes from the collector's end.
 
-use std::{collections::VecDeque, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tokio::{
@@ -134,8 +134,6 @@ impl Shipper {
 /// rotates it.
 struct Spool {
     events: PathBuf,
-    /// The files to read after this one.
-    next: VecDeque<PathBuf>,
     reader: BufReader<tokio::fs::File>,
     /// Which file `reader` reads.
     reading: PathBuf,
@@ -143,9 +141,9 @@ struct Spool {
     offset: u64,
     /// Whether guardd still appends to the events file.
     following: bool,
-    /// The events file was rotated while being read: once its old file is
-    /// read to the end, the files rotated since follow.
-    rotated: bool,
+    /// The file being read is no longer the events file (it was rotated,
+    /// or is a rotated file): once read to its end, the next one follows.
+    leaving: bool,
     /// The sequence number of the last line read.
     last_seq: u64,
     /// The first line to send, found while positioning.
@@ -159,27 +157,19 @@ impl Spool {
         resume: &pb::Resume,
         following: bool,
     ) -> anyhow::Result<Self> {
-        // From the file that holds the collector's last line (to check that
-        // this spool continues it) on.
-        let mut next: VecDeque<PathBuf> = spool::rotated(path)
-            .with_context(|| format!("cannot list the files rotated out of {}", path.display()))?
-            .into_iter()
-            .filter(|r| r.last_seq + 1 >= resume.next_seq)
-            .map(|r| r.path)
-            .collect();
-        next.push_back(path.to_path_buf());
-        let first = next.pop_front().expect("the events file at least");
         let mut spool = Spool {
             events: path.to_path_buf(),
-            next,
-            reader: BufReader::new(open(&first).await?),
-            reading: first,
+            reader: BufReader::new(open(path).await?),
+            reading: path.to_path_buf(),
             offset: 0,
             following,
-            rotated: false,
-            last_seq: 0,
+            leaving: false,
+            // From the file that holds the collector's last line (to check
+            // that this spool continues it) on.
+            last_seq: resume.next_seq.saturating_sub(2),
             first: None,
         };
+        spool.open_next().await?;
         let mut last_seen = 0;
         while let Some(line) = spool.read_line().await? {
             let Some((seq, hash)) = chain::seal_of(&line) else {
@@ -209,6 +199,44 @@ impl Spool {
         Ok(spool)
     }
 
+    /// Opens the file that follows line `last_seq`: the oldest file rotated
+    /// out after it, else the events file.
+    async fn open_next(&mut self) -> anyhow::Result<()> {
+        use std::os::unix::fs::MetadataExt as _;
+        let after = |last_seq| -> anyhow::Result<Option<PathBuf>> {
+            Ok(spool::rotated(&self.events)
+                .with_context(|| {
+                    format!(
+                        "cannot list the files rotated out of {}",
+                        self.events.display()
+                    )
+                })?
+                .into_iter()
+                .find(|r| r.last_seq > last_seq)
+                .map(|r| r.path))
+        };
+        loop {
+            let older = after(self.last_seq)?;
+            let path = older.clone().unwrap_or_else(|| self.events.clone());
+            let file = open(&path).await?;
+            // Rotated while being opened, the events file opened may be
+            // newer than a file rotated out meanwhile: that one first.
+            if older.is_none()
+                && let Some(rotated) = after(self.last_seq)?
+            {
+                let (opened, meta) = (file.metadata().await?, tokio::fs::metadata(&rotated).await?);
+                if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
+                    continue;
+                }
+            }
+            self.reader = BufReader::new(file);
+            self.reading = path;
+            self.offset = 0;
+            self.leaving = false;
+            return Ok(());
+        }
+    }
+
     /// The next complete line, or `None` at the end of the spool. A partial
     /// last line of the events file is read again from its start until its
     /// newline arrives: guardd cuts a line it could not finish (a full
@@ -231,31 +259,18 @@ impl Spool {
             if n > 0 {
                 continue;
             }
-            // The end of this file: on to the next, if there is one.
-            if std::mem::take(&mut self.rotated) {
-                // Every file rotated out after this one (guardd may have
-                // rotated more than once meanwhile), then the events file.
-                self.next = spool::rotated(&self.events)?
-                    .into_iter()
-                    .filter(|r| r.last_seq > self.last_seq)
-                    .map(|r| r.path)
-                    .collect();
-                self.next.push_back(self.events.clone());
-            }
-            if let Some(next) = self.next.pop_front() {
-                self.reader = BufReader::new(open(&next).await?);
-                self.reading = next;
-                self.offset = 0;
+            // The end of this file.
+            if self.leaving {
+                self.open_next().await?;
                 line.clear();
                 continue;
             }
-            if !self.following {
+            if !self.reading_events().await? {
+                // A rotated file: guardd may have appended to it just
+                // before renaming it, so it is read to its end once more.
+                self.leaving = true;
+            } else if !self.following {
                 return Ok(None);
-            }
-            if self.rotated_away().await? {
-                // guardd rotated the events file: what it wrote before
-                // then is read to the end first.
-                self.rotated = true;
             } else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -266,15 +281,14 @@ impl Spool {
         }
     }
 
-    /// Whether the events file's name now belongs to another file than the
-    /// one being read (it was rotated). Not while the name is missing, in
-    /// the moment between guardd's two renames.
-    async fn rotated_away(&self) -> anyhow::Result<bool> {
+    /// Whether the file being read is the events file. Also while the name
+    /// is missing, in the moment between guardd's two renames.
+    async fn reading_events(&self) -> anyhow::Result<bool> {
         use std::os::unix::fs::MetadataExt as _;
         let reading = self.reader.get_ref().metadata().await?;
         Ok(match tokio::fs::metadata(&self.events).await {
-            Ok(events) => (events.dev(), events.ino()) != (reading.dev(), reading.ino()),
-            Err(_) => false,
+            Ok(events) => (events.dev(), events.ino()) == (reading.dev(), reading.ino()),
+            Err(_) => true,
         })
     }
 
