@@ -450,7 +450,7 @@ fn main() {
             filter,
             output,
         } => with_target(&server, &tls, |target| {
-            audit::follow(target, &filter, output)
+            audit::follow(target, &filter, output).map(|()| 0)
         }),
         Command::Policy {
             command: PolicyCommand::Check { file, this_host },
@@ -528,13 +528,15 @@ fn audit(command: AuditCommand) -> i32 {
             limit,
             output,
         } => with_target(&server, &tls, |target| {
-            audit::query(target, &filter, limit, output)
+            audit::query(target, &filter, limit, output).map(|()| 0)
         }),
         AuditCommand::Stats {
             server,
             tls,
             filter,
-        } => with_target(&server, &tls, |target| audit::stats(target, &filter)),
+        } => with_target(&server, &tls, |target| {
+            audit::stats(target, &filter).map(|()| 0)
+        }),
         AuditCommand::Verify {
             file: Some(file),
             key,
@@ -546,15 +548,9 @@ fn audit(command: AuditCommand) -> i32 {
             tls,
             key,
             ..
-        } => match target(&server, &tls) {
-            Ok(target) => {
-                audit::verify_stored(&target, &host, key.as_deref()).unwrap_or_else(|e| {
-                    eprintln!("guardctl: {e:#}");
-                    exit::FAILURE
-                })
-            }
-            Err(code) => code,
-        },
+        } => with_target(&server, &tls, |target| {
+            audit::verify_stored(target, &host, key.as_deref())
+        }),
         AuditCommand::Verify { .. } => unreachable!("clap requires a file or --host"),
         AuditCommand::Ship {
             file,
@@ -564,35 +560,29 @@ fn audit(command: AuditCommand) -> i32 {
         } => with_target(&server, &tls, |target| {
             let acked = audit::ship(file, target.clone(), host)?;
             println!("shipped: the collector holds the stream up to {acked}");
-            Ok(())
+            Ok(0)
         }),
     }
 }
 
-/// Where `server` is, and how to reach it; exit [`exit::USAGE`] when the
-/// flags do not allow it (plaintext beyond loopback).
-fn target(server: &str, tls: &TlsArgs) -> Result<Target, i32> {
-    tls.files()
-        .and_then(|tls| Target::new(server, tls))
-        .map_err(|e| {
-            eprintln!("guardctl: {e:#}");
-            exit::USAGE
-        })
-}
-
-/// Runs `f` against `server`'s target: exit 0, or 1 with its error.
-fn with_target(server: &str, tls: &TlsArgs, f: impl FnOnce(&Target) -> anyhow::Result<()>) -> i32 {
-    let target = match target(server, tls) {
+/// Runs `f` against `server` (reached as the TLS flags say) and exits
+/// with its code, or 1 with its error; exit [`exit::USAGE`] when the flags
+/// do not allow reaching it (plaintext beyond loopback).
+fn with_target(server: &str, tls: &TlsArgs, f: impl FnOnce(&Target) -> anyhow::Result<i32>) -> i32 {
+    let target = match tls.files().and_then(|tls| Target::new(server, tls)) {
         Ok(target) => target,
-        Err(code) => return code,
+        Err(e) => {
+            eprintln!("guardctl: {e:#}");
+            return exit::USAGE;
+        }
     };
-    or_fail(f(&target).map_err(|e| {
+    f(&target).unwrap_or_else(|e| {
         // The connection failed, rather than the server answering.
         let transport = e.downcast_ref::<tonic::Status>().is_some_and(|s| {
             std::error::Error::source(s)
                 .is_some_and(|source| source.is::<tonic::transport::Error>())
         });
-        match &target.tls {
+        let e = match &target.tls {
             _ if !transport => e,
             // A TLS server answers plaintext with bytes that are not HTTP/2.
             None => e.context(format!(
@@ -606,8 +596,10 @@ fn with_target(server: &str, tls: &TlsArgs, f: impl FnOnce(&Target) -> anyhow::R
                 target.url(),
                 files.certificate.display()
             )),
-        }
-    }))
+        };
+        eprintln!("guardctl: {e:#}");
+        exit::FAILURE
+    })
 }
 
 fn or_fail(result: anyhow::Result<()>) -> i32 {

@@ -236,6 +236,26 @@ impl Collector {
             .collect()
     }
 
+    /// Waits until the collector holds `host`'s stream up to `last`, and
+    /// checks that it holds every sequence number from 1 on, once (lines
+    /// written after `last` may be there too); returns the last.
+    pub fn wait_for_whole_stream(&self, host: &str, last: u64, timeout: Duration) -> u64 {
+        self.wait_for_seq(host, last, timeout);
+        let seqs: Vec<u64> = self
+            .query(&["--host", host])
+            .iter()
+            .filter_map(|r| r["seq"].as_u64())
+            .collect();
+        let stored_last = *seqs.last().expect("stored lines");
+        assert!(stored_last >= last);
+        assert_eq!(
+            seqs,
+            (1..=stored_last).collect::<Vec<_>>(),
+            "complete, no duplicates"
+        );
+        stored_last
+    }
+
     /// Waits until the collector holds `host`'s stream up to `seq`.
     pub fn wait_for_seq(&self, host: &str, seq: u64, timeout: Duration) {
         let start = Instant::now();

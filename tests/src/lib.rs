@@ -250,6 +250,14 @@ impl Guardd {
             .collect()
     }
 
+    /// The sequence number of the last complete line written.
+    pub fn last_seq(&self) -> u64 {
+        self.records()
+            .last()
+            .and_then(|r| r["seq"].as_u64())
+            .expect("a sealed line")
+    }
+
     /// Waits for the record of process `pid` that satisfies `matches`.
     pub fn record(&self, pid: u32, matches: impl Fn(&Value) -> bool) -> Value {
         self.wait_for_record(&format!("pid {pid}"), |r| r["pid"] == pid && matches(r))
