@@ -48,6 +48,11 @@ impl Feed {
         self.sender.receiver_count() > 0
     }
 
+    /// A subscriber's queue of the entries published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<pb::Entry>> {
+        self.sender.subscribe()
+    }
+
     /// Publishes an entry to the current subscribers (none is fine).
     pub fn publish(&self, entry: pb::Entry) {
         let _ = self.sender.send(Arc::new(entry));
@@ -91,7 +96,7 @@ impl pb::audit_service_server::AuditService for AuditService {
         let filter = Filter::new(request.into_inner().filter.unwrap_or_default())?;
         let losses = self.subscriber_losses.clone();
         let stream =
-            BroadcastStream::new(self.feed.sender.subscribe()).filter_map(move |item| match item {
+            BroadcastStream::new(self.feed.subscribe()).filter_map(move |item| match item {
                 Ok(entry) => filter.matches(&entry).then(|| Ok((*entry).clone())),
                 Err(BroadcastStreamRecvError::Lagged(missed)) => {
                     losses.inc_by(missed);

@@ -42,6 +42,10 @@ pub struct Shipper {
     pub acked: watch::Sender<u64>,
 }
 
+/// Bytes read from the spool at a time: each read of a tokio file is a
+/// trip to a blocking thread.
+const READ_BUFFER: usize = 1 << 20;
+
 /// Waits between connection attempts, doubling up to the last.
 const BACKOFF: [Duration; 4] = [
     Duration::from_millis(250),
@@ -159,7 +163,7 @@ impl Spool {
     ) -> anyhow::Result<Self> {
         let mut spool = Spool {
             events: path.to_path_buf(),
-            reader: BufReader::new(open(path).await?),
+            reader: BufReader::with_capacity(READ_BUFFER, open(path).await?),
             reading: path.to_path_buf(),
             offset: 0,
             following,
@@ -229,7 +233,7 @@ impl Spool {
                     continue;
                 }
             }
-            self.reader = BufReader::new(file);
+            self.reader = BufReader::with_capacity(READ_BUFFER, file);
             self.reading = path;
             self.offset = 0;
             self.leaving = false;
@@ -300,6 +304,7 @@ impl Spool {
         mut written: Option<watch::Receiver<u64>>,
     ) -> anyhow::Result<u64> {
         let mut sent = 0;
+        // `last_seq` is the line's: `read_line` read it (also the first's).
         let mut next = self.first.take().map(|(_, line)| line);
         loop {
             let line = match next.take() {
@@ -318,9 +323,7 @@ impl Spool {
                     },
                 },
             };
-            if let Some((seq, _)) = chain::seal_of(&line) {
-                sent = seq;
-            }
+            sent = self.last_seq;
             let request = pb::IngestRequest {
                 item: Some(pb::ingest_request::Item::Line(line)),
             };

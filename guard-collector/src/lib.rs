@@ -436,15 +436,90 @@ impl pb::ingest_service_server::IngestService for IngestService {
     }
 }
 
+/// One batch of a host's lines, checked and ready to store.
+struct Checked {
+    from: StreamState,
+    to: StreamState,
+    entries: Vec<NewEntry>,
+    /// Why the stream ends after this batch, if it does.
+    end: Option<Status>,
+}
+
+/// Batches checked ahead of the one being stored: the next lines are
+/// received and checked while a batch commits.
+const CHECKED_AHEAD: usize = 4;
+
 impl IngestService {
     /// Stores a host's lines batch by batch, acknowledging each batch once
-    /// it is committed.
+    /// it is committed. Receiving and checking run in a task of their own,
+    /// ahead of the store.
     async fn receive(
+        self,
+        host: String,
+        state: StreamState,
+        incoming: Streaming<pb::IngestRequest>,
+        acks: mpsc::Sender<Result<pb::IngestResponse, Status>>,
+    ) {
+        let mut next_seq = state.next_seq;
+        let (checked, mut batches) = mpsc::channel(CHECKED_AHEAD);
+        let checking = tokio::spawn(self.clone().check(host.clone(), state, incoming, checked));
+        while let Some(Checked {
+            from,
+            to,
+            entries,
+            end,
+        }) = batches.recv().await
+        {
+            if !entries.is_empty() {
+                let (h, t) = (host.clone(), to.clone());
+                let stored = self
+                    .store
+                    .call(move |s| s.append(&h, &from, &t, &entries).map(|()| entries))
+                    .await;
+                match stored {
+                    Ok(entries) => {
+                        self.count(&entries);
+                        if self.feed.has_subscribers() {
+                            for entry in &entries {
+                                self.feed.publish(to_entry(&host, entry));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        warn!(%host, "cannot store: {e}");
+                        self.metrics.store_errors.inc();
+                        let _ = acks.send(Err(status(e))).await;
+                        break;
+                    }
+                }
+            }
+            next_seq = to.next_seq;
+            let ack = pb::IngestResponse {
+                item: Some(pb::ingest_response::Item::Ack(pb::Ack { seq: next_seq - 1 })),
+            };
+            if acks.send(Ok(ack)).await.is_err() {
+                break;
+            }
+            if let Some(end) = end {
+                if end.code() != tonic::Code::Cancelled {
+                    let _ = acks.send(Err(end)).await;
+                }
+                break;
+            }
+        }
+        checking.abort();
+        self.metrics.hosts_connected.dec();
+        info!(%host, next_seq, "host disconnected");
+    }
+
+    /// Receives a host's lines in batches and checks them ([`ingest`]),
+    /// until the stream ends or the store stops taking batches.
+    async fn check(
         self,
         host: String,
         mut state: StreamState,
         incoming: Streaming<pb::IngestRequest>,
-        acks: mpsc::Sender<Result<pb::IngestResponse, Status>>,
+        checked: mpsc::Sender<Checked>,
     ) {
         let batches = incoming.chunks_timeout(BATCH, BATCH_WAIT);
         tokio::pin!(batches);
@@ -496,46 +571,17 @@ impl IngestService {
                     }
                 }
             }
-            if !ingested.entries.is_empty() {
-                let (h, to, entries) = (host.clone(), state.clone(), ingested.entries);
-                let stored = self
-                    .store
-                    .call(move |s| s.append(&h, &from, &to, &entries).map(|()| entries))
-                    .await;
-                match stored {
-                    Ok(entries) => {
-                        self.count(&entries);
-                        if self.feed.has_subscribers() {
-                            for entry in &entries {
-                                self.feed.publish(to_entry(&host, entry));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        warn!(%host, "cannot store: {e}");
-                        self.metrics.store_errors.inc();
-                        let _ = acks.send(Err(status(e))).await;
-                        break;
-                    }
-                }
-            }
-            let ack = pb::IngestResponse {
-                item: Some(pb::ingest_response::Item::Ack(pb::Ack {
-                    seq: state.next_seq - 1,
-                })),
+            let ends = end.is_some();
+            let batch = Checked {
+                from,
+                to: state.clone(),
+                entries: ingested.entries,
+                end,
             };
-            if acks.send(Ok(ack)).await.is_err() {
-                break;
-            }
-            if let Some(end) = end {
-                if end.code() != tonic::Code::Cancelled {
-                    let _ = acks.send(Err(end)).await;
-                }
-                break;
+            if checked.send(batch).await.is_err() || ends {
+                return;
             }
         }
-        self.metrics.hosts_connected.dec();
-        info!(%host, next_seq = state.next_seq, "host disconnected");
     }
 
     fn count(&self, entries: &[NewEntry]) {

@@ -286,12 +286,17 @@ pub fn move_stream(
     }
 }
 
+/// The columns a new entry fills, in the order [`insert_entry`] binds them
+/// (and PostgreSQL's `COPY` writes them).
+pub const ENTRY_COLUMNS: &str =
+    "host, kind, seq, count, time, agent, session, hook, verdict, integrity, json";
+
 /// Inserts one entry of `host`'s stream.
 pub fn insert_entry(host: &str, e: &NewEntry, placeholder: &dyn Fn(usize) -> String) -> Statement {
     let marks: Vec<String> = (1..=11).map(placeholder).collect();
     (
         format!(
-            "INSERT INTO entries (host, kind, seq, count, time, agent, session, hook, verdict, integrity, json) VALUES ({})",
+            "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ({})",
             marks.join(", ")
         ),
         vec![

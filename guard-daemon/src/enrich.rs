@@ -26,71 +26,95 @@ const CACHE_SIZE: usize = 4096;
 /// Recently read process details, by pid.
 #[derive(Default)]
 pub struct ProcessCache {
-    entries: HashMap<u32, (Instant, Option<(ProcessInfo, bool)>)>,
+    entries: Cached<Option<(ProcessInfo, bool)>>,
+    /// Each process's name and parent, as the walks up the ancestry read
+    /// them: an agent's processes share their parents, which are then read
+    /// once, not once for each child.
+    parents: Cached<Option<(String, i32)>>,
+}
+
+/// Values by pid, each with when it was read.
+type Cached<T> = HashMap<u32, (Instant, T)>;
+
+/// The value for `pid` if it was read less than [`REUSE`] ago and `fresh`
+/// is not asked for; else `read`'s, kept.
+fn cached<T: Clone>(
+    cache: &mut Cached<T>,
+    pid: u32,
+    fresh: bool,
+    read: impl FnOnce() -> T,
+) -> T {
+    let now = Instant::now();
+    if let Some((when, value)) = cache.get(&pid)
+        && !fresh
+        && now.duration_since(*when) < REUSE
+    {
+        return value.clone();
+    }
+    if cache.len() >= CACHE_SIZE {
+        cache.retain(|_, (when, _)| now.duration_since(*when) < REUSE);
+    }
+    let value = read();
+    cache.insert(pid, (now, value.clone()));
+    value
 }
 
 impl ProcessCache {
-    /// The details of `pid` ([`process`]), read again when they are older
-    /// than [`REUSE`] or `fresh` (an exec changes the command line).
+    /// The details of `pid` and whether a secret was masked in them (`None`
+    /// if the process is gone), read again when they are older than
+    /// [`REUSE`] or `fresh` (an exec changes the command line).
     pub fn get(
         &mut self,
         pid: u32,
         fresh: bool,
         redactor: &Redactor,
     ) -> Option<(ProcessInfo, bool)> {
-        let now = Instant::now();
-        if let Some((read, details)) = self.entries.get(&pid)
-            && !fresh
-            && now.duration_since(*read) < REUSE
-        {
-            return details.clone();
-        }
-        if self.entries.len() >= CACHE_SIZE {
-            self.entries
-                .retain(|_, (read, _)| now.duration_since(*read) < REUSE);
-        }
-        let details = process(pid, redactor);
-        self.entries.insert(pid, (now, details.clone()));
+        let mut entries = std::mem::take(&mut self.entries);
+        let details = cached(&mut entries, pid, fresh, || self.process(pid, redactor));
+        self.entries = entries;
         details
     }
-}
 
-/// The details of process `pid`, and whether a secret was masked in them;
-/// `None` if the process is gone.
-pub fn process(pid: u32, redactor: &Redactor) -> Option<(ProcessInfo, bool)> {
-    let process = procfs::process::Process::new(pid as i32).ok()?;
-    // A process in the middle of an exec can show a cut command line (a
-    // secret cut short escapes its pattern): only one read twice alike is
-    // kept.
-    let mut cmdline = process.cmdline().ok()?;
-    if process.cmdline().ok()? != cmdline {
-        cmdline = Vec::new();
+    fn process(&mut self, pid: u32, redactor: &Redactor) -> Option<(ProcessInfo, bool)> {
+        let process = procfs::process::Process::new(pid as i32).ok()?;
+        // A process in the middle of an exec can show a cut command line (a
+        // secret cut short escapes its pattern): only one read twice alike
+        // is kept.
+        let mut cmdline = process.cmdline().ok()?;
+        if process.cmdline().ok()? != cmdline {
+            cmdline = Vec::new();
+        }
+        let masked = redactor.args(&mut cmdline);
+        let exe = process.exe().ok().map(|p| p.display().to_string());
+        let mut ancestry = Vec::new();
+        let (_, mut ppid) = self.name_and_parent(pid)?;
+        while ppid > 0 && ancestry.len() < MAX_ANCESTRY {
+            let Some((comm, next)) = self.name_and_parent(ppid as u32) else {
+                break;
+            };
+            ancestry.push(Ancestor {
+                pid: ppid as u32,
+                comm,
+            });
+            ppid = next;
+        }
+        Some((
+            ProcessInfo {
+                cmdline,
+                exe,
+                ancestry,
+            },
+            masked,
+        ))
     }
-    let masked = redactor.args(&mut cmdline);
-    let exe = process.exe().ok().map(|p| p.display().to_string());
-    let mut ancestry = Vec::new();
-    let mut ppid = process.stat().ok()?.ppid;
-    while ppid > 0 && ancestry.len() < MAX_ANCESTRY {
-        let Some(stat) = procfs::process::Process::new(ppid)
-            .ok()
-            .and_then(|p| p.stat().ok())
-        else {
-            break;
-        };
-        ancestry.push(Ancestor {
-            pid: ppid as u32,
-            comm: stat.comm,
-        });
-        ppid = stat.ppid;
+
+    /// A process's name and its parent's pid, from its `stat`.
+    fn name_and_parent(&mut self, pid: u32) -> Option<(String, i32)> {
+        cached(&mut self.parents, pid, false, || {
+            let stat = procfs::process::Process::new(pid as i32).ok()?.stat().ok()?;
+            Some((stat.comm, stat.ppid))
+        })
     }
-    Some((
-        ProcessInfo {
-            cmdline,
-            exe,
-            ancestry,
-        },
-        masked,
-    ))
 }
 
 #[cfg(test)]
@@ -99,10 +123,15 @@ mod tests {
 
     #[test]
     fn reads_this_process_and_its_parents() {
-        let (info, masked) = process(std::process::id(), &Redactor::new(&[]).unwrap()).unwrap();
+        let redactor = Redactor::new(&[]).unwrap();
+        let mut cache = ProcessCache::default();
+        let (info, masked) = cache.get(std::process::id(), false, &redactor).unwrap();
         assert!(!masked);
         assert!(!info.cmdline.is_empty());
         assert!(!info.ancestry.is_empty(), "the test runner has a parent");
-        assert!(process(u32::MAX, &Redactor::new(&[]).unwrap()).is_none());
+        // Read again for an exec, with the same parents.
+        let (again, _) = cache.get(std::process::id(), true, &redactor).unwrap();
+        assert_eq!(again.ancestry, info.ancestry);
+        assert!(cache.get(u32::MAX, false, &redactor).is_none());
     }
 }

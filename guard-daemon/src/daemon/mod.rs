@@ -31,3 +31,4 @@ pub use config::{
     Config, Fatal, Persistence, StatementGuardConfig, compile_policy, load_own_policy,
 };
 pub use run::{check_host, detach, run};
+pub use writer::{Checkpoints, Out, RecordWriter};

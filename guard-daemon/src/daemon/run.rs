@@ -285,13 +285,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
         ));
     }
     lock(&state).update_metrics(&metrics);
-    let mut writer = RecordWriter::new(
-        chain,
-        out,
-        config.host_name.clone(),
-        config.redactor,
-        &state,
-    );
+    let mut writer = RecordWriter::new(chain, out, config.host_name.clone(), config.redactor);
+    writer.losses_reported_by(&state);
     writer.ocsf = ocsf;
     writer.metrics = metrics.clone();
     writer.checkpoints = Some(Checkpoints::new(key));

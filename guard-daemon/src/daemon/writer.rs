@@ -217,23 +217,9 @@ struct Blocked {
 }
 
 impl RecordWriter {
-    pub fn new(
-        chain: Chain,
-        out: Out,
-        host: String,
-        redactor: crate::redact::Redactor,
-        state: &Mutex<State>,
-    ) -> Self {
+    /// A writer that seals lines onto `chain` and appends them to `out`.
+    pub fn new(chain: Chain, out: Out, host: String, redactor: crate::redact::Redactor) -> Self {
         let written = watch::Sender::new(chain.next_seq() - 1);
-        // Losses of adopted programs that the previous guardd reported are
-        // not reported again.
-        let lost_reported = Lane::ALL
-            .into_iter()
-            .map(|lane| {
-                let reported = lock(state).enforcer.counter(lane.reported()).unwrap_or(0);
-                (lane.stage(), reported)
-            })
-            .collect();
         Self {
             chain,
             out,
@@ -244,12 +230,22 @@ impl RecordWriter {
             metrics: Arc::default(),
             feed: Feed::default(),
             written,
-            lost_reported,
+            lost_reported: BTreeMap::new(),
             pending: BTreeMap::new(),
             blocked: None,
             checkpoints: None,
             acked: None,
             rotated: None,
+        }
+    }
+
+    /// Takes the kernel's losses a previous guardd already reported (kept
+    /// with adopted programs), so that they are not reported again.
+    pub(super) fn losses_reported_by(&mut self, state: &Mutex<State>) {
+        let state = lock(state);
+        for lane in Lane::ALL {
+            let reported = state.enforcer.counter(lane.reported()).unwrap_or(0);
+            self.lost_reported.insert(lane.stage(), reported);
         }
     }
 
@@ -394,7 +390,7 @@ impl RecordWriter {
 
     /// Adds the acting process to a decision's record, counts it and writes
     /// it.
-    fn emit(&mut self, mut record: Record) {
+    pub fn emit(&mut self, mut record: Record) {
         let fresh = record.action == Action::Exec;
         if let Some((process, masked)) = self.processes.get(record.pid, fresh, &self.redactor) {
             record.process = Some(process);
