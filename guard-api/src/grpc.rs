@@ -41,7 +41,7 @@ pub fn check_served_by_root(stream: &impl std::os::fd::AsFd, socket: &Path) -> s
 pub async fn connect_unix(path: &Path) -> anyhow::Result<tonic::transport::Channel> {
     let socket = path.to_owned();
     // The URI is required but unused: the connector dials the socket.
-    let channel = endpoint("http://localhost".into())?
+    let channel = crate::http2::endpoint("http://localhost".into())?
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let socket = socket.clone();
             async move {
@@ -87,20 +87,6 @@ pub async fn routes(audit: AuditService) -> anyhow::Result<(Routes, HealthReport
     Ok((routes, health))
 }
 
-/// HTTP/2 flow-control windows of a stream and of a connection, for both
-/// ends. The default (64 KiB) holds about a hundred record lines, so a
-/// shipping host or a query's page would wait for a window update every
-/// hundred lines.
-pub const STREAM_WINDOW: u32 = 4 << 20;
-pub const CONNECTION_WINDOW: u32 = 8 << 20;
-
-/// An endpoint with Guard's HTTP/2 settings ([`STREAM_WINDOW`]).
-pub fn endpoint(uri: String) -> anyhow::Result<tonic::transport::Endpoint> {
-    Ok(tonic::transport::Endpoint::try_from(uri)?
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW))
-}
-
 /// How long calls in progress have to finish after shutdown. A client
 /// following the feed, or a guardd shipping to a collector, keeps its call
 /// open for as long as it can: such calls are cut after this.
@@ -113,9 +99,7 @@ pub async fn serve(
     routes: Routes,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let server = tonic::transport::Server::builder()
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
+    let server = crate::http2::server()
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             ReceiverStream::new(incoming),

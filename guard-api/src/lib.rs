@@ -2,7 +2,8 @@
 //! `proto/`), the decision [`record`] and its hash [`chain`], the audit
 //! service ([`audit`]) that guardd and guard-collector both serve
 //! ([`grpc`], which also dials guardd's local API socket) with mutual
-//! [`tls`] over TCP and the peer of each [`accepted`] connection, the OCSF
+//! [`tls`] over TCP, the peer of each [`accepted`] connection and the
+//! [`http2`] settings of both ends, the OCSF
 //! form of records ([`ocsf`]), shipping the events files (the [`spool`])
 //! to a collector ([`ship`]), sessions ([`session`]) and default
 //! [`paths`], what guardd and its statement guard tell each other
@@ -17,6 +18,7 @@ pub mod accepted;
 pub mod audit;
 pub mod chain;
 pub mod grpc;
+pub mod http2;
 pub mod launch;
 pub mod metrics;
 pub mod ocsf;

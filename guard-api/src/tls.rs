@@ -517,7 +517,7 @@ impl Target {
         };
         let authority = self.authority.clone();
         // The URI is required but unused: the connector dials.
-        crate::grpc::endpoint(format!("http://{}", self.authority))?
+        crate::http2::endpoint(format!("http://{}", self.authority))?
             .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
                 let (authority, tls) = (authority.clone(), tls.clone());
                 async move {

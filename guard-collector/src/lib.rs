@@ -43,7 +43,7 @@ use crate::{
 };
 
 /// Lines the collector stores in one transaction at most.
-const BATCH: usize = 512;
+const BATCH: usize = 2048;
 /// How long it waits for a batch to fill before storing what it has.
 const BATCH_WAIT: Duration = Duration::from_millis(20);
 /// Longest host name accepted.
@@ -174,17 +174,21 @@ pub enum CheckpointNote {
 /// gap entry, and each record's chain link is checked against the record
 /// before it. Stops at the first line that is not a sealed record or loss;
 /// what came before it stands.
-pub fn ingest(state: &mut StreamState, lines: &[String], now: i64) -> (Ingested, Option<BadLine>) {
+pub fn ingest(
+    state: &mut StreamState,
+    lines: Vec<String>,
+    now: i64,
+) -> (Ingested, Option<BadLine>) {
     let mut out = Ingested::default();
     for line in lines {
         let bad = |reason: String| BadLine {
             after: state.next_seq - 1,
             reason,
         };
-        let (Some(hash), Some(body)) = (chain::hash_of(line), chain::body(line)) else {
+        let (Some(hash), Some(body)) = (chain::hash_of(&line), chain::body(&line)) else {
             return (out, Some(bad("not a sealed line (no `chain`)".into())));
         };
-        let parsed = match Line::parse(line) {
+        let parsed = match Line::parse(&line) {
             Ok(parsed) => parsed,
             Err(e) => return (out, Some(bad(format!("not a record or loss: {e}")))),
         };
@@ -228,7 +232,7 @@ pub fn ingest(state: &mut StreamState, lines: &[String], now: i64) -> (Ingested,
             hook: String::new(),
             verdict: String::new(),
             integrity,
-            json: line.clone(),
+            json: String::new(),
             parsed: None,
         };
         match &parsed {
@@ -269,6 +273,7 @@ pub fn ingest(state: &mut StreamState, lines: &[String], now: i64) -> (Ingested,
             }
         }
         entry.parsed = Some(Arc::new((parsed, hash)));
+        entry.json = line;
         out.entries.push(entry);
         state.next_seq = seq + 1;
         state.last_chain = Some(hash);
@@ -495,7 +500,9 @@ impl IngestService {
             }
             next_seq = to.next_seq;
             let ack = pb::IngestResponse {
-                item: Some(pb::ingest_response::Item::Ack(pb::Ack { seq: next_seq - 1 })),
+                item: Some(pb::ingest_response::Item::Ack(pb::Ack {
+                    seq: next_seq - 1,
+                })),
             };
             if acks.send(Ok(ack)).await.is_err() {
                 break;
@@ -543,7 +550,7 @@ impl IngestService {
                 }
             }
             let from = state.clone();
-            let (ingested, bad) = ingest(&mut state, &lines, time::now_nanos());
+            let (ingested, bad) = ingest(&mut state, lines, time::now_nanos());
             self.metrics.duplicates.inc_by(ingested.duplicates);
             if let Some(bad) = &bad {
                 warn!(%host, "refusing the rest of the stream: {bad}");
@@ -724,7 +731,7 @@ mod tests {
     fn an_intact_stream_is_verified_and_resends_are_skipped() {
         let lines = stream(5);
         let mut state = StreamState::default();
-        let (first, bad) = ingest(&mut state, &lines[..3], 0);
+        let (first, bad) = ingest(&mut state, lines[..3].to_vec(), 0);
         assert_eq!(bad, None);
         assert_eq!(first.entries.len(), 3);
         assert!(
@@ -741,7 +748,7 @@ mod tests {
         );
         assert_eq!(state.next_seq, 4);
         // A resend from 2 after a reconnect: 2 and 3 are skipped.
-        let (second, _) = ingest(&mut state, &lines[1..], 0);
+        let (second, _) = ingest(&mut state, lines[1..].to_vec(), 0);
         assert_eq!(second.duplicates, 2);
         assert_eq!(second.entries.len(), 2);
         assert_eq!(second.entries[0].integrity, pb::Integrity::Verified);
@@ -752,14 +759,14 @@ mod tests {
     fn a_jump_becomes_a_gap_and_the_next_record_is_unchecked() {
         let lines = stream(6);
         let mut state = StreamState::default();
-        let (ingested, _) = ingest(&mut state, &[lines[0].clone(), lines[4].clone()], 42);
+        let (ingested, _) = ingest(&mut state, vec![lines[0].clone(), lines[4].clone()], 42);
         let gap = &ingested.entries[1];
         assert_eq!(
             (gap.kind, gap.seq, gap.count, gap.time),
             (Kind::Gap, 2, 3, 42)
         );
         assert_eq!(ingested.entries[2].integrity, pb::Integrity::Unchecked);
-        let (next, _) = ingest(&mut state, &lines[5..], 0);
+        let (next, _) = ingest(&mut state, lines[5..].to_vec(), 0);
         assert_eq!(next.entries[0].integrity, pb::Integrity::Verified);
         match to_entry("web-1", gap).entry {
             Some(pb::entry::Entry::Gap(g)) => assert_eq!((g.first_seq, g.last_seq), (2, 4)),
@@ -772,7 +779,7 @@ mod tests {
         let mut lines = stream(3);
         lines[1] = lines[1].replace("/srv/x2", "/srv/y2");
         let mut state = StreamState::default();
-        let (ingested, bad) = ingest(&mut state, &lines, 0);
+        let (ingested, bad) = ingest(&mut state, lines.clone(), 0);
         assert_eq!(bad, None);
         let integrity: Vec<_> = ingested.entries.iter().map(|e| e.integrity).collect();
         assert_eq!(
@@ -791,7 +798,7 @@ mod tests {
         let mut lines = stream(3);
         lines[1] = "{\"seq\":2}".into();
         let mut state = StreamState::default();
-        let (ingested, bad) = ingest(&mut state, &lines, 0);
+        let (ingested, bad) = ingest(&mut state, lines.clone(), 0);
         assert_eq!(ingested.entries.len(), 1);
         assert_eq!(bad.unwrap().after, 1);
         assert_eq!(state.next_seq, 2);
@@ -803,7 +810,7 @@ mod tests {
         let mut store = sqlite::Sqlite::open(&dir.path().join("c.db")).unwrap();
         let lines = stream(6);
         let mut state = StreamState::default();
-        let (ingested, _) = ingest(&mut state, &lines, 0);
+        let (ingested, _) = ingest(&mut state, lines.clone(), 0);
         store
             .append("web-1", &StreamState::default(), &state, &ingested.entries)
             .unwrap();

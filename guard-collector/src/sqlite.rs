@@ -115,11 +115,27 @@ impl Store for Sqlite {
         if moved != 1 {
             return Err(StoreError::Conflict(host.into()));
         }
-        for entry in entries {
-            let (sql, values) = store::insert_entry(host, entry, &placeholder);
-            tx.prepare_cached(&sql)
-                .and_then(|mut insert| insert.execute(params_from_iter(bind(values))))
+        {
+            let mut insert = tx
+                .prepare_cached(&store::insert_entry(&placeholder))
                 .map_err(db_error)?;
+            for e in entries {
+                insert
+                    .execute(rusqlite::params![
+                        host,
+                        e.kind.as_str(),
+                        e.seq as i64,
+                        e.count as i64,
+                        e.time,
+                        e.agent,
+                        e.session,
+                        e.hook,
+                        e.verdict,
+                        store::integrity_name(e.integrity),
+                        e.json,
+                    ])
+                    .map_err(db_error)?;
+            }
         }
         tx.commit().map_err(db_error)
     }

@@ -186,6 +186,7 @@ pub fn schema(id: &str) -> String {
             UNIQUE (host, kind, seq)
         );
         CREATE INDEX IF NOT EXISTS entries_time ON entries (time);
+        CREATE INDEX IF NOT EXISTS entries_host ON entries (host, id);
         CREATE INDEX IF NOT EXISTS entries_agent ON entries (agent, time);
         CREATE INDEX IF NOT EXISTS entries_session ON entries (session);
         CREATE TABLE IF NOT EXISTS streams (
@@ -286,34 +287,20 @@ pub fn move_stream(
     }
 }
 
-/// The columns a new entry fills, in the order [`insert_entry`] binds them
-/// (and PostgreSQL's `COPY` writes them).
-pub const ENTRY_COLUMNS: &str =
-    "host, kind, seq, count, time, agent, session, hook, verdict, integrity, json";
-
-/// Inserts one entry of `host`'s stream.
-pub fn insert_entry(host: &str, e: &NewEntry, placeholder: &dyn Fn(usize) -> String) -> Statement {
+/// The statement that inserts one entry: its values are bound in the
+/// order of [`ENTRY_COLUMNS`] (PostgreSQL's `COPY` writes them so too).
+pub fn insert_entry(placeholder: &dyn Fn(usize) -> String) -> String {
     let marks: Vec<String> = (1..=11).map(placeholder).collect();
-    (
-        format!(
-            "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ({})",
-            marks.join(", ")
-        ),
-        vec![
-            Value::Text(host.into()),
-            Value::Text(e.kind.as_str().into()),
-            Value::Int(e.seq as i64),
-            Value::Int(e.count as i64),
-            Value::Int(e.time),
-            Value::Text(e.agent.clone()),
-            Value::Text(e.session.clone()),
-            Value::Text(e.hook.clone()),
-            Value::Text(e.verdict.clone()),
-            Value::Text(integrity_name(e.integrity).into()),
-            Value::Text(e.json.clone()),
-        ],
+    format!(
+        "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ({})",
+        marks.join(", ")
     )
 }
+
+/// The columns a new entry fills: the host, then [`NewEntry`]'s fields in
+/// this order (the integrity by [`integrity_name`]).
+pub const ENTRY_COLUMNS: &str =
+    "host, kind, seq, count, time, agent, session, hook, verdict, integrity, json";
 
 /// Up to `limit` entries matching `filter` with ids above `after`, in
 /// insertion order; rows are read with [`stored_entry`].

@@ -38,12 +38,7 @@ type Cached<T> = HashMap<u32, (Instant, T)>;
 
 /// The value for `pid` if it was read less than [`REUSE`] ago and `fresh`
 /// is not asked for; else `read`'s, kept.
-fn cached<T: Clone>(
-    cache: &mut Cached<T>,
-    pid: u32,
-    fresh: bool,
-    read: impl FnOnce() -> T,
-) -> T {
+fn cached<T: Clone>(cache: &mut Cached<T>, pid: u32, fresh: bool, read: impl FnOnce() -> T) -> T {
     let now = Instant::now();
     if let Some((when, value)) = cache.get(&pid)
         && !fresh
@@ -111,7 +106,10 @@ impl ProcessCache {
     /// A process's name and its parent's pid, from its `stat`.
     fn name_and_parent(&mut self, pid: u32) -> Option<(String, i32)> {
         cached(&mut self.parents, pid, false, || {
-            let stat = procfs::process::Process::new(pid as i32).ok()?.stat().ok()?;
+            let stat = procfs::process::Process::new(pid as i32)
+                .ok()?
+                .stat()
+                .ok()?;
             Some((stat.comm, stat.ppid))
         })
     }

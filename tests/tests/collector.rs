@@ -1100,3 +1100,36 @@ fn a_rotated_spool_verifies_and_ships_as_one_stream() {
         "{stderr}"
     );
 }
+
+/// `cargo xtask pipeline-bench`'s program, on a few thousand records: every
+/// stage runs, the collector stores and serves every line (the bench asserts
+/// it), and the report has a row for each stage with its ratio.
+#[test]
+#[ignore = "needs the release binaries and PostgreSQL: cargo xtask test"]
+fn the_pipeline_bench_runs_every_stage() {
+    let output = Command::new(bin("pipeline-bench"))
+        .env("PIPELINE_BENCH_RECORDS", "5000")
+        .output()
+        .expect("run pipeline-bench");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "pipeline-bench: {report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for stage in [
+        "baseline: JSON and a SHA-256 chain | ",
+        "guardd: the writer (",
+        "0 lost by the subscriber's queue",
+        "ingest into SQLite",
+        "ingest into PostgreSQL",
+        "query streaming from PostgreSQL",
+        "guardctl audit verify, the events file",
+    ] {
+        assert!(report.contains(stage), "no `{stage}` row in:\n{report}");
+    }
+    assert!(
+        report.contains("| 1.000 |"),
+        "the baseline's own ratio:\n{report}"
+    );
+}

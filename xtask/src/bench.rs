@@ -524,20 +524,33 @@ const MAIN_PROGRAM: &[(&str, &str)] = &[
 /// `cargo xtask db-bench`: runs `db-bench` on this host and writes its
 /// report to bench/databases.md.
 pub fn databases(repo: &Repo) -> Result<()> {
+    native(repo, "db-bench", "bench/databases.md")
+}
+
+/// `cargo xtask pipeline-bench`: runs `pipeline-bench` on this host and
+/// writes its report to bench/pipeline.md.
+pub fn pipeline(repo: &Repo) -> Result<()> {
+    native(repo, "pipeline-bench", "bench/pipeline.md")
+}
+
+/// Runs the benchmark binary `name` on this host and writes the Markdown
+/// report it prints to `report`.
+fn native(repo: &Repo, name: &str, report: &str) -> Result<()> {
     setup::setup(repo)?;
     let artifacts = build(repo)?;
-    let output = Command::new(artifacts.bin_dir.join("db-bench"))
+    let output = Command::new(artifacts.bin_dir.join(name))
         .env("GUARD_BIN_DIR", &artifacts.bin_dir)
         .stderr(std::process::Stdio::inherit())
         .output()
-        .context("cannot run db-bench")?;
+        .with_context(|| format!("cannot run {name}"))?;
     if !output.status.success() {
-        bail!("db-bench failed");
+        bail!("{name} failed");
     }
-    let report = String::from_utf8(output.stdout).context("db-bench's report is not UTF-8")?;
-    let path = repo.root.join("bench/databases.md");
-    std::fs::write(&path, &report).with_context(|| format!("cannot write {}", path.display()))?;
-    print!("{report}");
+    let text = String::from_utf8(output.stdout)
+        .with_context(|| format!("{name}'s report is not UTF-8"))?;
+    let path = repo.root.join(report);
+    std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    print!("{text}");
     eprintln!("xtask: wrote {}", path.display());
     Ok(())
 }

@@ -58,6 +58,12 @@ enum Cmd {
     /// directly and through the guard against PostgreSQL on loopback, and
     /// the cost of classifying a statement. Writes bench/databases.md.
     DbBench,
+    /// The record pipeline's throughput, on this host (no VM, no root):
+    /// synthetic records through guardd's writer and shipper into a real
+    /// guard-collector with SQLite and with PostgreSQL, then query and
+    /// verify streaming, against a JSON + SHA-256 baseline measured in the
+    /// same run. Writes bench/pipeline.md.
+    PipelineBench,
     /// Debian packages of the release binaries with their systemd units:
     /// guard (guardd, guardctl, guard-pg) and guard-collector, in
     /// target/debian/.
@@ -233,6 +239,7 @@ fn main() -> Result<()> {
         Cmd::Demo => demo(&repo),
         Cmd::Bench { host } => bench::bench(&repo, host),
         Cmd::DbBench => bench::databases(&repo),
+        Cmd::PipelineBench => bench::pipeline(&repo),
         Cmd::Fuzz { seconds, target } => fuzz::fuzz(&repo, seconds, target),
         Cmd::Package => package::package(&repo).map(drop),
     }

@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|text: &str| {
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
     let mut state = StreamState::default();
-    let (_, bad) = ingest(&mut state, &lines, 0);
+    let (_, bad) = ingest(&mut state, lines, 0);
     assert!(state.next_seq >= 1);
     if let Some(bad) = bad {
         assert!(bad.after < state.next_seq);

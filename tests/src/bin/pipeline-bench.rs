@@ -14,12 +14,7 @@
 //! `cargo xtask bench` in a VM). This process runs on the first CPU and
 //! the collector on the last; PostgreSQL's server is not pinned.
 
-use std::{
-    fmt::Write as _,
-    path::Path,
-    process::Command,
-    time::Instant,
-};
+use std::{fmt::Write as _, path::Path, process::Command, time::Instant};
 
 use guard_api::{
     chain::Chain,
@@ -40,8 +35,14 @@ use guard_daemon::{
 use guard_tests::collector::{Collector, Pki, Postgres};
 use sha2::{Digest as _, Sha256};
 
-/// Records per stage (a busy host's few minutes).
-const RECORDS: usize = 200_000;
+/// Records per stage (a busy host's few minutes), unless
+/// `PIPELINE_BENCH_RECORDS` says otherwise (the suite's quick run).
+fn record_count() -> usize {
+    std::env::var("PIPELINE_BENCH_RECORDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200_000)
+}
 const HOST: &str = "bench-host";
 
 const POLICY: &str = "profiles:
@@ -69,6 +70,8 @@ struct Row {
     seconds: f64,
     records: usize,
     target: Option<f64>,
+    /// CPU seconds guard-collector spent in the stage.
+    collector_cpu: Option<f64>,
 }
 
 impl Row {
@@ -91,23 +94,28 @@ fn main() {
         .collect();
 
     let mut rows = Vec::new();
-    let baseline = timed("baseline: JSON and a SHA-256 chain", RECORDS, None, || {
-        let mut last = [0u8; 32];
-        let mut bytes = 0;
-        for record in &records {
-            let json = serde_json::to_vec(record).expect("serialize");
-            let mut hash = Sha256::new();
-            hash.update(last);
-            hash.update(&json);
-            last = hash.finalize().into();
-            bytes += json.len();
-        }
-        std::hint::black_box((last, bytes));
-    });
+    let baseline = timed(
+        "baseline: JSON and a SHA-256 chain",
+        events.len(),
+        None,
+        || {
+            let mut last = [0u8; 32];
+            let mut bytes = 0;
+            for record in &records {
+                let json = serde_json::to_vec(record).expect("serialize");
+                let mut hash = Sha256::new();
+                hash.update(last);
+                hash.update(&json);
+                last = hash.finalize().into();
+                bytes += json.len();
+            }
+            std::hint::black_box((last, bytes));
+        },
+    );
     rows.push(baseline);
     rows.push(timed(
         "guardd: decode and make the record",
-        RECORDS,
+        events.len(),
         None,
         || {
             for bytes in &events {
@@ -162,17 +170,24 @@ fn main() {
             pki.args("collector"),
         );
         pin_to_cpu(collector.pid(), last_cpu());
-        let shipped = timed(
+        let cpu = || cpu_seconds(collector.pid());
+        let before = cpu();
+        let mut shipped = timed(
             &format!("guard-collector: ingest into {name} (shipped by guardd's shipper, TLS)"),
             lines,
             Some(target),
             || {
                 let acked = runtime.block_on(ship(&events_file, &collector, &pki));
-                assert_eq!(acked as usize, lines, "the collector acknowledged every line");
+                assert_eq!(
+                    acked as usize, lines,
+                    "the collector acknowledged every line"
+                );
             },
         );
+        shipped.collector_cpu = Some(cpu() - before);
         rows.push(shipped);
         let mut read = 0;
+        let before = cpu();
         let mut query = timed(
             &format!("guard-collector: query streaming from {name} (gRPC, pages of 1000)"),
             lines,
@@ -181,6 +196,7 @@ fn main() {
         );
         assert_eq!(read, lines, "the query returned every line");
         query.records = read;
+        query.collector_cpu = Some(cpu() - before);
         rows.push(query);
         rows.push(timed(
             &format!("guardctl audit verify --host, from {name}"),
@@ -243,7 +259,7 @@ fn writer_stage(
             }
         })
     });
-    let mut row = timed(name, RECORDS, Some(TARGET_WRITER), || {
+    let mut row = timed(name, events.len(), Some(TARGET_WRITER), || {
         for bytes in events {
             writer.emit(record(bytes, generation, session, clock));
         }
@@ -283,7 +299,7 @@ fn record(
 /// connections, deletions and executions in turn, all from this process.
 fn synthetic_events(generation: &Generation) -> Vec<Vec<u8>> {
     let pid = std::process::id();
-    (0..RECORDS)
+    (0..record_count())
         .map(|i| {
             // SAFETY: Event is plain data; all-zero is valid.
             let mut e: Event = unsafe { std::mem::zeroed() };
@@ -446,6 +462,7 @@ fn timed(stage: &str, records: usize, target: Option<f64>, run: impl FnOnce()) -
         seconds: started.elapsed().as_secs_f64(),
         records,
         target,
+        collector_cpu: None,
     };
     eprintln!(
         "pipeline-bench: {stage}: {:.0} records/s ({:.2} s)",
@@ -453,6 +470,25 @@ fn timed(stage: &str, records: usize, target: Option<f64>, run: impl FnOnce()) -
         row.seconds
     );
     row
+}
+
+/// User and system CPU seconds of process `pid` so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map_or(Vec::new(), |(_, rest)| rest.split(' ').collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf reads a system setting.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // utime and stime: fields 14 and 15 of stat, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / hz
 }
 
 fn count_lines(path: &Path) -> usize {
@@ -484,10 +520,11 @@ fn report(rows: &[Row], lines: usize) -> String {
     let _ = writeln!(md, "# The record pipeline, natively\n");
     let _ = writeln!(
         md,
-        "`cargo xtask pipeline-bench` on {}, kernel {}, {} CPUs; {RECORDS} synthetic records ({lines} lines with the signed checkpoints).\n",
+        "`cargo xtask pipeline-bench` on {}, kernel {}, {} CPUs; {} synthetic records ({lines} lines with the signed checkpoints).\n",
         guard_api::time::now_rfc3339(),
         uname_release(),
         last_cpu() + 1,
+        rows[0].records,
     );
     let _ = writeln!(
         md,
@@ -495,7 +532,7 @@ fn report(rows: &[Row], lines: usize) -> String {
     );
     let _ = writeln!(
         md,
-        "| stage | records/s | ratio to baseline | seconds | target |\n|---|---|---|---|---|"
+        "| stage | records/s | ratio to baseline | seconds | guard-collector's CPU | target |\n|---|---|---|---|---|---|"
     );
     for row in rows {
         let target = match row.target {
@@ -503,9 +540,12 @@ fn report(rows: &[Row], lines: usize) -> String {
             Some(t) if row.rate() >= t => format!("≥ {t:.0}/s: met"),
             Some(t) => format!("≥ {t:.0}/s: **missed**"),
         };
+        let cpu = row.collector_cpu.map_or("-".to_string(), |cpu| {
+            format!("{:.0}%", 100.0 * cpu / row.seconds)
+        });
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.3} | {:.2} | {target} |",
+            "| {} | {:.0} | {:.3} | {:.2} | {cpu} | {target} |",
             row.stage,
             row.rate(),
             row.rate() / baseline,
@@ -520,4 +560,3 @@ fn uname_release() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
-
