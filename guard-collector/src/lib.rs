@@ -43,7 +43,7 @@ use crate::{
 };
 
 /// Lines the collector stores in one transaction at most.
-const BATCH: usize = 2048;
+const BATCH: usize = 512;
 /// How long it waits for a batch to fill before storing what it has.
 const BATCH_WAIT: Duration = Duration::from_millis(20);
 /// Longest host name accepted.
