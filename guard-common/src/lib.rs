@@ -292,6 +292,12 @@ pub struct LsmHook {
     /// previous program's return value, so a kernel may pass more (newer
     /// kernels append arguments to some hooks, e.g. `bpf`).
     pub leading_args: bool,
+    /// The same program for attaching to Guard's root cgroup
+    /// (`BPF_LSM_CGROUP`, Linux 6.0+), where the kernel runs it only for
+    /// agents: processes outside run no Guard program on this hook. Only
+    /// for hooks the kernel decides by the calling process's cgroup (not
+    /// those that take a socket, which it decides by the socket's).
+    pub per_cgroup: Option<&'static str>,
 }
 
 impl LsmHook {
@@ -302,6 +308,7 @@ impl LsmHook {
             args,
             required: true,
             leading_args: false,
+            per_cgroup: None,
         }
     }
     const fn optional(name: &'static str, args: usize) -> Self {
@@ -311,6 +318,7 @@ impl LsmHook {
             args,
             required: false,
             leading_args: false,
+            per_cgroup: None,
         }
     }
     const fn leading(name: &'static str, args: usize) -> Self {
@@ -320,6 +328,14 @@ impl LsmHook {
             args,
             required: true,
             leading_args: true,
+            per_cgroup: None,
+        }
+    }
+    /// Also attachable per cgroup, as `program`.
+    const fn per_cgroup(self, program: &'static str) -> Self {
+        Self {
+            per_cgroup: Some(program),
+            ..self
         }
     }
 }
@@ -328,7 +344,8 @@ impl LsmHook {
 pub mod lsm {
     use super::LsmHook;
     /// `int bprm_check_security(struct linux_binprm *bprm)`
-    pub const BPRM_CHECK_SECURITY: LsmHook = LsmHook::required("bprm_check_security", 1);
+    pub const BPRM_CHECK_SECURITY: LsmHook =
+        LsmHook::required("bprm_check_security", 1).per_cgroup("cg_bprm_check_security");
     /// `bprm_check_security` again, in a sleepable program: exec deny rules
     /// by content, which needs the kernel's IMA to hash the file. Optional:
     /// a kernel without IMA cannot load it, and guardd then refuses policies
@@ -338,18 +355,20 @@ pub mod lsm {
         ..LsmHook::optional("bprm_check_security", 1)
     };
     /// `int path_unlink(const struct path *dir, struct dentry *dentry)`
-    pub const PATH_UNLINK: LsmHook = LsmHook::required("path_unlink", 2);
+    pub const PATH_UNLINK: LsmHook =
+        LsmHook::required("path_unlink", 2).per_cgroup("cg_path_unlink");
     /// `int path_rmdir(const struct path *dir, struct dentry *dentry)`
     pub const PATH_RMDIR: LsmHook = LsmHook::required("path_rmdir", 2);
     /// `int path_rename(const struct path *old_dir, struct dentry *old_dentry,
     /// const struct path *new_dir, struct dentry *new_dentry, unsigned int flags)`
     /// (`flags` since 5.19).
-    pub const PATH_RENAME: LsmHook = LsmHook::required("path_rename", 5);
+    pub const PATH_RENAME: LsmHook =
+        LsmHook::required("path_rename", 5).per_cgroup("cg_path_rename");
     /// `int path_truncate(const struct path *path)`: truncate(2); before 6.2
     /// also ftruncate(2) and open(O_TRUNC).
     pub const PATH_TRUNCATE: LsmHook = LsmHook::required("path_truncate", 1);
     /// `int file_open(struct file *file)`: open with O_TRUNC of a non-empty file.
-    pub const FILE_OPEN: LsmHook = LsmHook::required("file_open", 1);
+    pub const FILE_OPEN: LsmHook = LsmHook::required("file_open", 1).per_cgroup("cg_file_open");
     /// `int file_truncate(struct file *file)` (6.2+): ftruncate(2) and
     /// open(O_TRUNC), which older kernels send through `path_truncate`.
     pub const FILE_TRUNCATE: LsmHook = LsmHook::optional("file_truncate", 1);
@@ -359,9 +378,9 @@ pub mod lsm {
     pub const SOCKET_SENDMSG: LsmHook = LsmHook::required("socket_sendmsg", 3);
     /// `int path_mknod(const struct path *dir, struct dentry *dentry,
     /// umode_t mode, unsigned int dev)`: also open with O_CREAT.
-    pub const PATH_MKNOD: LsmHook = LsmHook::required("path_mknod", 4);
+    pub const PATH_MKNOD: LsmHook = LsmHook::required("path_mknod", 4).per_cgroup("cg_path_mknod");
     /// `int path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode)`
-    pub const PATH_MKDIR: LsmHook = LsmHook::required("path_mkdir", 3);
+    pub const PATH_MKDIR: LsmHook = LsmHook::required("path_mkdir", 3).per_cgroup("cg_path_mkdir");
     /// `int path_symlink(const struct path *dir, struct dentry *dentry,
     /// const char *old_name)`
     pub const PATH_SYMLINK: LsmHook = LsmHook::required("path_symlink", 3);
@@ -392,10 +411,10 @@ pub mod lsm {
     /// init_module and kexec_load from memory.
     pub const KERNEL_LOAD_DATA: LsmHook = LsmHook::required("kernel_load_data", 2);
     /// `int task_alloc(struct task_struct *task, unsigned long clone_flags)`
-    pub const TASK_ALLOC: LsmHook = LsmHook::required("task_alloc", 2);
+    pub const TASK_ALLOC: LsmHook = LsmHook::required("task_alloc", 2).per_cgroup("cg_task_alloc");
     /// `int mmap_file(struct file *file, unsigned long reqprot,
     /// unsigned long prot, unsigned long flags)`
-    pub const MMAP_FILE: LsmHook = LsmHook::required("mmap_file", 4);
+    pub const MMAP_FILE: LsmHook = LsmHook::required("mmap_file", 4).per_cgroup("cg_mmap_file");
     /// `int unix_stream_connect(struct sock *sock, struct sock *other,
     /// struct sock *newsk)`: connecting to a listening unix-domain socket.
     pub const UNIX_STREAM_CONNECT: LsmHook = LsmHook::required("unix_stream_connect", 3);

@@ -190,6 +190,16 @@ struct Args {
     #[arg(long, env = "GUARD_ROUTING_ONLY", conflicts_with_all = ["check", "detach"])]
     routing_only: bool,
 
+    /// Attach every BPF LSM program to its hook, where every process on the
+    /// host runs it and returns at once unless it is an agent. By default,
+    /// the hooks the kernel decides by the calling process's cgroup (exec,
+    /// mmap, file opens and creation, unlink, rename, mkdir, clone) have their
+    /// program attached to Guard's root cgroup instead (Linux 6.0+), so
+    /// that processes outside it run none; a kernel that refuses that gets
+    /// the global program, with a warning.
+    #[arg(long, env = "GUARD_ATTACH_GLOBALLY")]
+    attach_globally: bool,
+
     /// Detach the programs guardd left attached for --cgroup-root, then
     /// exit. guardd keeps its programs attached (pinned in
     /// /sys/fs/bpf/guard) when it stops or dies, so that agents stay
@@ -277,7 +287,10 @@ fn main() {
             },
             why_dir: args.why_dir,
             dns_server: args.dns_server,
-            routing_only: args.routing_only,
+            programs: guard_daemon::enforcer::Programs {
+                routing_only: args.routing_only,
+                globally: args.attach_globally,
+            },
             statement_guard: daemon::StatementGuardConfig {
                 program: args.statement_guard.unwrap_or_else(|| {
                     let me = std::env::current_exe().unwrap_or_default();

@@ -19,34 +19,74 @@ use crate::{
 
 const EPERM: i32 = 1;
 
-/// -EPERM, read at run time from read-only data. As a literal, the compiler
-/// builds it by negating the deny flag, and the verifier does not track
-/// negation, so it would reject the program's return value.
-static DENY_RETURN: i64 = -(EPERM as i64);
-
-fn deny_return() -> i32 {
-    // SAFETY: a plain read of a static.
-    unsafe { core::ptr::read_volatile(&DENY_RETURN) as i32 }
+/// How a program says allow or deny, by how it is attached. Return values
+/// are read at run time from read-only data, whose values the verifier
+/// knows: as literals, the compiler may build them from the deny flag by
+/// arithmetic the verifier does not track, and it would reject the
+/// program's return value.
+pub(crate) trait Attach {
+    fn allow() -> i32;
+    fn deny() -> i32;
 }
 
-/// The hook's return value. Only the constants 0 and -EPERM are returned:
-/// the verifier (6.12) checks that an LSM program returns a value in
-/// [-4095, 0], and a value loaded back from memory is zero-extended and fails
-/// that check. An earlier program's denial is kept, as EPERM.
+/// Attached to the hook itself (`BPF_LSM_MAC`), for every process: 0 or
+/// -EPERM, the hook's own return value.
+pub(crate) struct Global;
+
+/// Attached to Guard's root cgroup (`BPF_LSM_CGROUP`, Linux 6.0+): the
+/// kernel runs it only for processes in that cgroup or below, i.e. agents.
+/// 1 allows, 0 denies (the kernel then returns EPERM).
+pub(crate) struct PerCgroup;
+
+static GLOBAL_DENY: i64 = -(EPERM as i64);
+static CGROUP_ALLOW: i64 = 1;
+
 #[inline(always)]
-fn verdict(result: Result<bool, ReadError>, agent_flags: u32) -> i32 {
+fn read(value: &'static i64) -> i32 {
+    // SAFETY: a plain read of a static.
+    unsafe { core::ptr::read_volatile(value) as i32 }
+}
+
+impl Attach for Global {
+    #[inline(always)]
+    fn allow() -> i32 {
+        0
+    }
+    #[inline(always)]
+    fn deny() -> i32 {
+        read(&GLOBAL_DENY)
+    }
+}
+
+impl Attach for PerCgroup {
+    #[inline(always)]
+    fn allow() -> i32 {
+        read(&CGROUP_ALLOW)
+    }
+    #[inline(always)]
+    fn deny() -> i32 {
+        0
+    }
+}
+
+/// The hook's return value. Only constants are returned: the verifier
+/// checks that a global LSM program returns a value in [-4095, 0] (6.12),
+/// and a per-cgroup one 0 or 1, and a value loaded back from memory is
+/// zero-extended and fails that check.
+#[inline(always)]
+fn verdict<A: Attach>(result: Result<bool, ReadError>, agent_flags: u32) -> i32 {
     match result {
-        Ok(true) => deny_return(),
-        Ok(false) => 0,
+        Ok(true) => A::deny(),
+        Ok(false) => A::allow(),
         Err(_) => {
             // Could not read what the decision needs: the profile says
             // whether that allows (fail open) or denies (fail closed).
             count(Counter::HookErrors);
             if agent_flags & agent_flag::FAIL_CLOSED != 0 {
                 count(Counter::ErrorDenials);
-                deny_return()
+                A::deny()
             } else {
-                0
+                A::allow()
             }
         }
     }
@@ -256,7 +296,7 @@ pub(crate) fn set_identity(event: &mut Event, identity: Option<Identity>) {
 /// return at once for processes that are not agents, otherwise let `decide`
 /// say whether to deny.
 #[inline(always)]
-pub(crate) fn decide_hook(
+pub(crate) fn decide_hook<A: Attach>(
     ctx: &LsmContext,
     lsm_hook: LsmHook,
     decide: impl FnOnce(&Agent) -> Result<bool, ReadError>,
@@ -264,14 +304,40 @@ pub(crate) fn decide_hook(
     if !lsm_hook.leading_args {
         let previous: i32 = ctx.arg(lsm_hook.args);
         if previous != 0 {
-            return deny_return();
+            return A::deny();
         }
     }
     match current_agent() {
-        Some(agent) => verdict(decide(&agent), agent.entry.flags),
-        None => 0,
+        Some(agent) => verdict::<A>(decide(&agent), agent.entry.flags),
+        None => A::allow(),
     }
 }
+
+/// A hook's two programs: `$global`, attached to the hook for every
+/// process, and `$per_cgroup`, attached to Guard's root cgroup, which the
+/// kernel runs only for agents. Both run `$body`; guardd attaches one
+/// ([`guard_common::LsmHook::per_cgroup`]). For hooks whose cgroup is the
+/// calling process's: on a hook that takes a socket, the kernel would look at
+/// the socket's cgroup instead, and an agent's inherited socket would escape.
+macro_rules! per_cgroup_too {
+    ($hook:tt, $global:ident, $per_cgroup:ident, $body:ident) => {
+        #[aya_ebpf::macros::lsm(hook = $hook)]
+        // Inlined into the wrapper the macro generates: as a separate
+        // global function taking a struct by value, 6.1's verifier rejects
+        // it.
+        #[inline(always)]
+        fn $global(ctx: aya_ebpf::programs::LsmContext) -> i32 {
+            $body::<$crate::decision::Global>(&ctx)
+        }
+
+        #[aya_ebpf::macros::lsm_cgroup(hook = $hook)]
+        #[inline(always)]
+        fn $per_cgroup(ctx: aya_ebpf::programs::LsmContext) -> i32 {
+            $body::<$crate::decision::PerCgroup>(&ctx)
+        }
+    };
+}
+pub(crate) use per_cgroup_too;
 
 /// Records a path target (mounts, kernel files).
 pub(crate) fn set_target_path(event: &mut Event, path: Kptr) {

@@ -9,7 +9,10 @@ use guard_common::{
 
 use crate::{
     agent::{Agent, current_agent},
-    decision::{Decision, decide_hook, decided, scratch, set_identity, set_path, set_target_path},
+    decision::{
+        Attach, Decision, Global, decide_hook, decided, per_cgroup_too, scratch, set_identity,
+        set_path, set_target_path,
+    },
     guardrails,
     kernel::{self, Identity, Kptr, ReadError},
     maps::{self, EXEC_DIGESTS, EXEC_IDENTITY, EXEC_PATHS, PathScratch},
@@ -24,16 +27,21 @@ fn program_key(agent: &Agent, identity: Identity) -> ExceptionKey {
 /// links, symlinks and copies' originals) or by path rules on its resolved
 /// path (`bpf_d_path`). Runs for the script and again for its interpreter, so
 /// both a denied script and a denied interpreter are refused.
-#[lsm(hook = "bprm_check_security")]
-// Inlined into the wrapper the macro generates: as a separate global
-// function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
-fn bprm_check_security(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::BPRM_CHECK_SECURITY, |agent| {
-        try_exec(&ctx, agent)
-    })
+fn exec<A: Attach>(ctx: &LsmContext) -> i32 {
+    decide_hook::<A>(ctx, lsm::BPRM_CHECK_SECURITY, |agent| try_exec(ctx, agent))
 }
+per_cgroup_too!(
+    "bprm_check_security",
+    bprm_check_security,
+    cg_bprm_check_security,
+    exec
+);
 
+// Inlined: each of the hook's two programs has its own copy, as when it
+// had one caller (an outlined copy adds a stack frame that 6.1's 512-byte
+// limit on a call chain's stack does not leave room for).
+#[inline(always)]
 fn try_exec(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     let bprm: Kptr = ctx.arg(0);
     // A direct load, not bpf_probe_read: bpf_d_path needs the kernel's typed
@@ -99,7 +107,7 @@ fn d_path(file: Kptr, scratch: &mut PathScratch) -> usize {
 #[lsm(hook = "bprm_check_security", sleepable)]
 #[inline(always)]
 fn exec_content(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::EXEC_CONTENT, |agent| {
+    decide_hook::<Global>(&ctx, lsm::EXEC_CONTENT, |agent| {
         if agent.entry.flags & agent_flag::EXEC_DIGESTS == 0 {
             return Ok(false);
         }
@@ -152,12 +160,16 @@ const PROT_EXEC: u64 = 0x4;
 /// identity: `ld.so PROGRAM` runs a program by mapping it, not executing
 /// it. Path rules are not applied here (no `bpf_d_path` in this hook), nor
 /// the default: every library a process loads is mapped this way.
-#[lsm(hook = "mmap_file")]
 #[inline(always)]
-fn mmap_file(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::MMAP_FILE, |agent| try_mmap_file(&ctx, agent))
+fn mmap<A: Attach>(ctx: &LsmContext) -> i32 {
+    decide_hook::<A>(ctx, lsm::MMAP_FILE, |agent| try_mmap_file(ctx, agent))
 }
+per_cgroup_too!("mmap_file", mmap_file, cg_mmap_file, mmap);
 
+// Inlined: each of the hook's two programs has its own copy, as when it
+// had one caller (an outlined copy adds a stack frame that 6.1's 512-byte
+// limit on a call chain's stack does not leave room for).
+#[inline(always)]
 fn try_mmap_file(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     let file: Kptr = ctx.arg(0);
     let prot: u64 = ctx.arg(2);

@@ -8,7 +8,10 @@ use guard_common::{
 
 use crate::{
     agent::{Agent, GUARD_FAULT_HOOK_ERRORS},
-    decision::{Decision, count, decide_hook, decided, scratch, set_identity, set_path},
+    decision::{
+        Attach, Decision, Global, count, decide_hook, decided, per_cgroup_too, scratch,
+        set_identity, set_path,
+    },
     guardrails,
     kernel::{self, Kptr, ReadError},
     maps,
@@ -188,15 +191,13 @@ fn check_in_dir(agent: &Agent, hook_id: u32, dir: Kptr, dentry: Kptr) -> Result<
 }
 
 /// Denies unlinking a protected file (path_unlink).
-#[lsm(hook = "path_unlink")]
-// Inlined into the wrapper the macro generates: as a separate global
-// function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
-fn path_unlink(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::PATH_UNLINK, |agent| {
+fn unlink<A: Attach>(ctx: &LsmContext) -> i32 {
+    decide_hook::<A>(ctx, lsm::PATH_UNLINK, |agent| {
         check_in_dir(agent, hook::UNLINK, ctx.arg(0), ctx.arg(1))
     })
 }
+per_cgroup_too!("path_unlink", path_unlink, cg_path_unlink, unlink);
 
 /// Denies removing a protected directory or one inside a protected subtree.
 #[lsm(hook = "path_rmdir")]
@@ -204,7 +205,7 @@ fn path_unlink(ctx: LsmContext) -> i32 {
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn path_rmdir(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::PATH_RMDIR, |agent| {
+    decide_hook::<Global>(&ctx, lsm::PATH_RMDIR, |agent| {
         check_in_dir(agent, hook::RMDIR, ctx.arg(0), ctx.arg(1))
     })
 }
@@ -213,14 +214,16 @@ fn path_rmdir(ctx: LsmContext) -> i32 {
 /// protected one, and renaming anything into a read-only directory.
 /// Renaming a new name into a (merely) protected directory destroys
 /// nothing, so it is allowed.
-#[lsm(hook = "path_rename")]
-// Inlined into the wrapper the macro generates: as a separate global
-// function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
-fn path_rename(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::PATH_RENAME, |agent| try_rename(&ctx, agent))
+fn rename<A: Attach>(ctx: &LsmContext) -> i32 {
+    decide_hook::<A>(ctx, lsm::PATH_RENAME, |agent| try_rename(ctx, agent))
 }
+per_cgroup_too!("path_rename", path_rename, cg_path_rename, rename);
 
+// Inlined: each of the hook's two programs has its own copy, as when it
+// had one caller (an outlined copy adds a stack frame that 6.1's 512-byte
+// limit on a call chain's stack does not leave room for).
+#[inline(always)]
 fn try_rename(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     let old_dir: Kptr = ctx.arg(0);
     let old_dentry: Kptr = ctx.arg(1);
@@ -246,7 +249,7 @@ fn try_rename(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn path_truncate(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::PATH_TRUNCATE, |agent| {
+    decide_hook::<Global>(&ctx, lsm::PATH_TRUNCATE, |agent| {
         let (vfsmount, dentry) = kernel::path_parts(ctx.arg(0))?;
         check_file(agent, hook::TRUNCATE, vfsmount, dentry)
     })
@@ -255,14 +258,16 @@ fn path_truncate(ctx: LsmContext) -> i32 {
 /// Denies opening a non-empty protected file with O_TRUNC, and opening a
 /// read-only file for write. Read-only opens, and O_TRUNC on an empty or new
 /// file, destroy nothing and are not decisions on destruction.
-#[lsm(hook = "file_open")]
-// Inlined into the wrapper the macro generates: as a separate global
-// function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
-fn file_open(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::FILE_OPEN, |agent| try_file_open(&ctx, agent))
+fn open<A: Attach>(ctx: &LsmContext) -> i32 {
+    decide_hook::<A>(ctx, lsm::FILE_OPEN, |agent| try_file_open(ctx, agent))
 }
+per_cgroup_too!("file_open", file_open, cg_file_open, open);
 
+// Inlined: each of the hook's two programs has its own copy, as when it
+// had one caller (an outlined copy adds a stack frame that 6.1's 512-byte
+// limit on a call chain's stack does not leave room for).
+#[inline(always)]
 fn try_file_open(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     let file: Kptr = ctx.arg(0);
     let flags = kernel::file_flags(file)?;
@@ -282,6 +287,10 @@ fn try_file_open(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
 
 /// An open to read is a decision only on one of Guard's secrets, which no
 /// agent may read (opens for write are denied by their read-only rules).
+// Inlined: each of the hook's two programs has its own copy, as when it
+// had one caller (an outlined copy adds a stack frame that 6.1's 512-byte
+// limit on a call chain's stack does not leave room for).
+#[inline(always)]
 fn read_secret(agent: &Agent, file: Kptr) -> Result<bool, ReadError> {
     let identity = kernel::inode_identity(kernel::file_inode(file)?)?;
     let key = SecretKey {
@@ -312,33 +321,29 @@ fn read_secret(agent: &Agent, file: Kptr) -> Result<bool, ReadError> {
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn file_truncate(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::FILE_TRUNCATE, |agent| {
+    decide_hook::<Global>(&ctx, lsm::FILE_TRUNCATE, |agent| {
         let (vfsmount, dentry) = kernel::path_parts(kernel::file_path(ctx.arg(0)))?;
         check_file(agent, hook::FILE_TRUNCATE, vfsmount, dentry)
     })
 }
 
 /// Denies creating a file (open with O_CREAT, mknod) in a read-only directory.
-#[lsm(hook = "path_mknod")]
-// Inlined into the wrapper the macro generates: as a separate global
-// function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
-fn path_mknod(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::PATH_MKNOD, |agent| {
+fn mknod<A: Attach>(ctx: &LsmContext) -> i32 {
+    decide_hook::<A>(ctx, lsm::PATH_MKNOD, |agent| {
         check_in_dir(agent, hook::CREATE, ctx.arg(0), ctx.arg(1))
     })
 }
+per_cgroup_too!("path_mknod", path_mknod, cg_path_mknod, mknod);
 
 /// Denies creating a directory in a read-only directory.
-#[lsm(hook = "path_mkdir")]
-// Inlined into the wrapper the macro generates: as a separate global
-// function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
-fn path_mkdir(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::PATH_MKDIR, |agent| {
+fn mkdir<A: Attach>(ctx: &LsmContext) -> i32 {
+    decide_hook::<A>(ctx, lsm::PATH_MKDIR, |agent| {
         check_in_dir(agent, hook::MKDIR, ctx.arg(0), ctx.arg(1))
     })
 }
+per_cgroup_too!("path_mkdir", path_mkdir, cg_path_mkdir, mkdir);
 
 /// Denies creating a symlink in a read-only directory.
 #[lsm(hook = "path_symlink")]
@@ -346,7 +351,7 @@ fn path_mkdir(ctx: LsmContext) -> i32 {
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn path_symlink(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::PATH_SYMLINK, |agent| {
+    decide_hook::<Global>(&ctx, lsm::PATH_SYMLINK, |agent| {
         check_in_dir(agent, hook::SYMLINK, ctx.arg(0), ctx.arg(1))
     })
 }
@@ -359,7 +364,7 @@ fn path_symlink(ctx: LsmContext) -> i32 {
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn path_link(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::PATH_LINK, |agent| try_link(&ctx, agent))
+    decide_hook::<Global>(&ctx, lsm::PATH_LINK, |agent| try_link(&ctx, agent))
 }
 
 fn try_link(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {

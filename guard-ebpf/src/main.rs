@@ -12,6 +12,11 @@
 //! read kernel memory it needs fails open and counts `Counter::HookErrors`;
 //! the daemon reports that counter.
 //!
+//! The hooks the kernel decides by the calling process's cgroup have a
+//! second program (`decision::per_cgroup_too`) that guardd attaches to
+//! Guard's root cgroup instead, so that processes outside it run none; the
+//! two differ only in how they say allow and deny (`decision::Attach`).
+//!
 //! Hook functions are `#[inline(always)]` into the wrapper `#[lsm]`
 //! generates: as a separate global function taking a struct by value, 6.1's
 //! verifier rejects them.

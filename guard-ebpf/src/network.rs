@@ -7,7 +7,7 @@ use guard_common::{
 
 use crate::{
     agent::Agent,
-    decision::{Decision, decide_hook, decided, scratch, set_path},
+    decision::{Decision, Global, decide_hook, decided, scratch, set_path},
     guardrails,
     kernel::{self, Kptr, ReadError},
     maps::{DATABASE_SOCKETS, HOST_ADDRS, NET_RULES},
@@ -164,7 +164,7 @@ fn check_destination(
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn socket_connect(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::SOCKET_CONNECT, |agent| {
+    decide_hook::<Global>(&ctx, lsm::SOCKET_CONNECT, |agent| {
         check_destination(agent, hook::CONNECT, ctx.arg(0), ctx.arg(1), ctx.arg(2))
     })
 }
@@ -177,7 +177,7 @@ fn socket_connect(ctx: LsmContext) -> i32 {
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn socket_sendmsg(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::SOCKET_SENDMSG, |agent| {
+    decide_hook::<Global>(&ctx, lsm::SOCKET_SENDMSG, |agent| {
         let (name, len) = kernel::msghdr_name(ctx.arg(1))?;
         check_destination(agent, hook::SENDMSG, ctx.arg(0), name, len)
     })
@@ -193,7 +193,7 @@ fn socket_sendmsg(ctx: LsmContext) -> i32 {
 // function taking a struct by value, 6.1\'s verifier rejects it.
 #[inline(always)]
 fn unix_stream_connect(ctx: LsmContext) -> i32 {
-    decide_hook(&ctx, lsm::UNIX_STREAM_CONNECT, |agent| {
+    decide_hook::<Global>(&ctx, lsm::UNIX_STREAM_CONNECT, |agent| {
         let scratch = scratch()?;
         let key = &mut scratch.socket_key;
         key.profile = agent.entry.profile;

@@ -8,21 +8,21 @@ use guard_common::{Event, LsmHook, hook, lsm};
 
 use crate::{
     agent::guard_root,
-    decision::{Decision, decide_hook, decided, set_target_path},
+    decision::{Attach, Decision, Global, decide_hook, decided, per_cgroup_too, set_target_path},
     kernel::{self, Kptr, ReadError},
 };
 
 /// `decide_hook` for a self-protection hook: deny and record when
 /// `applies` says the action is one of those.
 #[inline(always)]
-fn protect(
+fn protect<A: Attach>(
     ctx: &LsmContext,
     lsm_hook: LsmHook,
     hook_id: u32,
     applies: impl FnOnce() -> Result<bool, ReadError>,
     fill: impl FnOnce(&mut Event),
 ) -> i32 {
-    decide_hook(ctx, lsm_hook, |agent| {
+    decide_hook::<A>(ctx, lsm_hook, |agent| {
         Ok(applies()? && decided(agent, hook_id, &Decision::SELF_PROTECTION, fill))
     })
 }
@@ -37,7 +37,7 @@ fn set_target_pid(event: &mut Event, task: Kptr) {
 #[lsm(hook = "bpf")]
 #[inline(always)]
 fn bpf(ctx: LsmContext) -> i32 {
-    protect(&ctx, lsm::BPF, hook::BPF, || Ok(true), |_| {})
+    protect::<Global>(&ctx, lsm::BPF, hook::BPF, || Ok(true), |_| {})
 }
 
 /// Denies a signal to any process outside Guard's cgroup (guardd, the
@@ -47,7 +47,7 @@ fn bpf(ctx: LsmContext) -> i32 {
 fn task_kill(ctx: LsmContext) -> i32 {
     let target: Kptr = ctx.arg(0);
     let signal: i32 = ctx.arg(2);
-    protect(
+    protect::<Global>(
         &ctx,
         lsm::TASK_KILL,
         hook::SIGNAL,
@@ -67,7 +67,7 @@ const PTRACE_MODE_ATTACH: u32 = 0x02;
 fn ptrace_access_check(ctx: LsmContext) -> i32 {
     let target: Kptr = ctx.arg(0);
     let mode: u32 = ctx.arg(1);
-    protect(
+    protect::<Global>(
         &ctx,
         lsm::PTRACE_ACCESS_CHECK,
         hook::PTRACE,
@@ -81,7 +81,7 @@ fn ptrace_access_check(ctx: LsmContext) -> i32 {
 #[inline(always)]
 fn sb_mount(ctx: LsmContext) -> i32 {
     let at: Kptr = ctx.arg(1);
-    protect(
+    protect::<Global>(
         &ctx,
         lsm::SB_MOUNT,
         hook::MOUNT,
@@ -94,14 +94,14 @@ fn sb_mount(ctx: LsmContext) -> i32 {
 #[lsm(hook = "sb_umount")]
 #[inline(always)]
 fn sb_umount(ctx: LsmContext) -> i32 {
-    protect(&ctx, lsm::SB_UMOUNT, hook::UMOUNT, || Ok(true), |_| {})
+    protect::<Global>(&ctx, lsm::SB_UMOUNT, hook::UMOUNT, || Ok(true), |_| {})
 }
 
 /// Denies reconfiguring a mounted filesystem (fsconfig, remount).
 #[lsm(hook = "sb_remount")]
 #[inline(always)]
 fn sb_remount(ctx: LsmContext) -> i32 {
-    protect(&ctx, lsm::SB_REMOUNT, hook::REMOUNT, || Ok(true), |_| {})
+    protect::<Global>(&ctx, lsm::SB_REMOUNT, hook::REMOUNT, || Ok(true), |_| {})
 }
 
 /// Denies move_mount(2), which attaches a mount made with fsmount(2).
@@ -109,7 +109,7 @@ fn sb_remount(ctx: LsmContext) -> i32 {
 #[inline(always)]
 fn move_mount(ctx: LsmContext) -> i32 {
     let to: Kptr = ctx.arg(1);
-    protect(
+    protect::<Global>(
         &ctx,
         lsm::MOVE_MOUNT,
         hook::MOVE_MOUNT,
@@ -124,7 +124,7 @@ fn move_mount(ctx: LsmContext) -> i32 {
 #[inline(always)]
 fn kernel_read_file(ctx: LsmContext) -> i32 {
     let file: Kptr = ctx.arg(0);
-    protect(
+    protect::<Global>(
         &ctx,
         lsm::KERNEL_READ_FILE,
         hook::KERNEL_READ_FILE,
@@ -141,7 +141,7 @@ fn kernel_read_file(ctx: LsmContext) -> i32 {
 #[lsm(hook = "kernel_load_data")]
 #[inline(always)]
 fn kernel_load_data(ctx: LsmContext) -> i32 {
-    protect(
+    protect::<Global>(
         &ctx,
         lsm::KERNEL_LOAD_DATA,
         hook::KERNEL_LOAD_DATA,
@@ -154,15 +154,15 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Denies clone3(2) with CLONE_INTO_CGROUP: a child born in another cgroup
 /// would not be an agent.
-#[lsm(hook = "task_alloc")]
 #[inline(always)]
-fn task_alloc(ctx: LsmContext) -> i32 {
+fn alloc<A: Attach>(ctx: &LsmContext) -> i32 {
     let flags: u64 = ctx.arg(1);
-    protect(
-        &ctx,
+    protect::<A>(
+        ctx,
         lsm::TASK_ALLOC,
         hook::CLONE_INTO_CGROUP,
         || Ok(flags & CLONE_INTO_CGROUP != 0),
         |_| {},
     )
 }
+per_cgroup_too!("task_alloc", task_alloc, cg_task_alloc, alloc);

@@ -333,7 +333,7 @@ fn status_json(status: &pb::Status) -> serde_json::Value {
         "signing_key": text(&status.signing_key),
         "policy_loaded": status.policy_loaded.as_ref().map(|t| time::rfc3339(time::nanos(t))),
         "hooks": status.hooks.iter().map(|h| {
-            let mut hook = serde_json::json!({"name": h.name, "attached": h.attached, "enforcing": h.enforcing});
+            let mut hook = serde_json::json!({"name": h.name, "attached": h.attached, "per_cgroup": h.per_cgroup, "enforcing": h.enforcing});
             if let Some(note) = text(&h.note) {
                 hook["note"] = note.into();
             }
@@ -389,10 +389,12 @@ fn print_status(status: &pb::Status) {
     }
     println!("hooks:");
     for hook in &status.hooks {
-        let state = match (hook.attached, hook.enforcing) {
-            (true, true) => "attached, enforcing",
-            (true, false) => "attached, NOT enforcing",
-            (false, _) => "not attached",
+        let state = match (hook.attached, hook.per_cgroup, hook.enforcing) {
+            (true, true, true) => "attached to Guard's cgroup, enforcing",
+            (true, false, true) => "attached, enforcing",
+            (true, true, false) => "attached to Guard's cgroup, NOT enforcing",
+            (true, false, false) => "attached, NOT enforcing",
+            (false, _, _) => "not attached",
         };
         if hook.note.is_empty() {
             println!("  {:<22} {state}", hook.name);

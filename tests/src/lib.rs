@@ -12,6 +12,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod bpf;
 pub mod collector;
 pub mod databases;
 

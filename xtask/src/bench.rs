@@ -19,8 +19,9 @@ use crate::{
 /// which do less work than the baseline).
 const CONFIGS: &[(&str, &str, Option<f64>)] = &[
     ("baseline", "no programs loaded", None),
-    ("untagged", "programs loaded, caller untagged", Some(0.01)),
-    ("tagged_allowed", "tagged, allowed, no record", Some(0.02)),
+    // Untagged: nothing measurable, i.e. within the noise floor.
+    ("untagged", "programs loaded, caller untagged", Some(0.0)),
+    ("tagged_allowed", "tagged, allowed, no record", Some(0.15)),
     (
         "tagged_recorded",
         "tagged, allowed, a record per decision",
@@ -364,7 +365,7 @@ fn markdown(json: &Value) -> String {
     if !programs.is_empty() {
         let _ = writeln!(
             md,
-            "\n## BPF programs (kernel statistics, `kernel.bpf_stats_enabled`)\n\nAverage run time over one tagged pass of every loop (allowed, no record). The share compares a hook's program with the baseline's median time for the operation it guards.\n"
+            "\n## BPF programs (kernel statistics, `kernel.bpf_stats_enabled`)\n\nAverage run time over one tagged pass of every loop (allowed, no record). The share compares a hook's program with the baseline's median time for the operation it guards (target: at most 10%). Programs named `cg_*` are attached to Guard's root cgroup and run for agents only. These figures come from the kernel's own accounting, so they hold where the timed ratios above are within the noise.\n"
         );
         let _ = writeln!(
             md,
@@ -378,9 +379,34 @@ fn markdown(json: &Value) -> String {
                 .iter()
                 .find(|(program, _)| *program == name)
                 .and_then(|(_, op)| overhead(results, "baseline", op).map(|b| (op, b)))
-                .map(|(op, b)| format!("{:.1}% of {op}", avg / b.median_ns * 100.0))
+                .map(|(op, b)| {
+                    let share = avg / b.median_ns;
+                    let verdict = if share <= PROGRAM_SHARE {
+                        "met"
+                    } else {
+                        "**missed**"
+                    };
+                    format!("{:.1}% of {op} (≤ 10%: {verdict})", share * 100.0)
+                })
                 .unwrap_or_default();
             let _ = writeln!(md, "| {name} | {} | {avg:.0} | {share} |", p["runs"]);
+        }
+    }
+    let untagged: Vec<&Value> = of_kind(results, "untagged_runs").collect();
+    if !untagged.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nRuns of each program over one untagged pass of every loop (the same calls from a process outside Guard's cgroup). Target: none for the programs on Guard's root cgroup (`cg_*`); the others (the socket hooks) run for every process and return after one cgroup check.\n"
+        );
+        let _ = writeln!(md, "| program | runs for untagged calls |");
+        let _ = writeln!(md, "|---|---|");
+        for p in untagged {
+            let _ = writeln!(
+                md,
+                "| {} | {} |",
+                p["program"].as_str().unwrap_or_default(),
+                p["runs"]
+            );
         }
     }
     let pipeline: Vec<&Value> = of_kind(results, "pipeline").collect();
@@ -513,10 +539,15 @@ fn markdown(json: &Value) -> String {
     md
 }
 
+/// A hook program's average run time, at most, as a share of its operation.
+const PROGRAM_SHARE: f64 = 0.10;
+
 /// The program that guards each operation.
 const MAIN_PROGRAM: &[(&str, &str)] = &[
     ("bprm_check_secu", "exec"),
+    ("cg_bprm_check_s", "exec"),
     ("path_unlink", "unlink"),
+    ("cg_path_unlink", "unlink"),
     ("socket_connect", "connect"),
     ("socket_sendmsg", "sendto"),
 ];

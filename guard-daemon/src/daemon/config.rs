@@ -46,9 +46,8 @@ pub struct Config {
     pub dns_server: Option<std::net::IpAddr>,
     /// How the statement guard runs, for policies that name databases.
     pub statement_guard: StatementGuardConfig,
-    /// Load no LSM program, only the routing of agents' database
-    /// connections (for a host without BPF LSM).
-    pub routing_only: bool,
+    /// Which programs guardd loads, and how it attaches them.
+    pub programs: crate::enforcer::Programs,
     /// Who besides root may read and change through the local API.
     pub access: AccessGroups,
 }

@@ -55,7 +55,7 @@ pub fn check_host() -> Result<(), Fatal> {
             text: String::new(),
         },
         None,
-        false,
+        Default::default(),
     )?;
     info!(
         hooks = ?state.enforcer.attachment.attached,
@@ -169,7 +169,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fata
         builtins,
         policy,
         Some(&persistence),
-        config.routing_only,
+        config.programs,
     )?;
     if let Some(adopted) = &state.enforcer.adopted {
         info!(

@@ -18,7 +18,7 @@ use guard_policy::{LoadedPolicy, compile};
 use crate::{
     canary,
     cgroup::{self, GuardRoot},
-    enforcer::Enforcer,
+    enforcer::{Enforcer, Programs},
     events::{self, Clock},
     generation::Generation,
     metrics::{DaemonMetrics, NameLabels},
@@ -117,7 +117,7 @@ impl State {
         builtins: Builtins,
         policy: LoadedPolicy,
         persistence: Option<&Persistence>,
-        routing_only: bool,
+        programs: Programs,
     ) -> Result<Self, Fatal> {
         let root = GuardRoot::create(mount, cgroup_root).map_err(failure)?;
         let agent_names: Vec<String> = policy
@@ -127,7 +127,7 @@ impl State {
             .map(|(name, _)| name.clone())
             .collect();
         let pins = persistence.map(|p| p.pins.as_path());
-        let enforcer = match Enforcer::load(&root, pins, routing_only) {
+        let enforcer = match Enforcer::load(&root, pins, programs) {
             Ok(enforcer) => enforcer,
             Err(e) => {
                 root.remove_unused(&[]);
@@ -143,7 +143,7 @@ impl State {
             sessions: Sessions::default(),
             agent_cgroups: BTreeMap::new(),
             readiness: Err("no policy published yet".into()),
-            routing_only,
+            routing_only: programs.routing_only,
             last_rejected: None,
             signing_key: None,
             // Set once started: a guardd that fails to start keeps nothing.
@@ -166,7 +166,7 @@ impl State {
         let published = state.publish(policy);
         let names: Vec<&str> = agent_names.iter().map(String::as_str).collect();
         if let Err(e) = published.and_then(|()| {
-            if routing_only {
+            if programs.routing_only {
                 return Ok(());
             }
             state.readiness.clone().map_err(|reason| Fatal {
@@ -595,6 +595,7 @@ impl State {
                 pb::HookStatus {
                     name: hook.program.into(),
                     attached,
+                    per_cgroup: attachment.per_cgroup.contains(&hook.program),
                     enforcing: attached
                         && (self.readiness.is_ok() || !canaried.contains(hook.program)),
                     note: if attachment.unavailable.contains(&hook.program) {
@@ -611,6 +612,8 @@ impl State {
                     attached,
                     enforcing: attached,
                     note: String::new(),
+                    // Routing programs are cgroup programs.
+                    per_cgroup: true,
                 }
             }))
             .collect();

@@ -9,7 +9,7 @@ use std::{
 use aya::{
     Pod,
     maps::{Array, ArrayOfMaps, HashMap, LpmTrie, Map, MapData, MapError},
-    programs::links::{FdLink, PinnedLink},
+    programs::links::{FdLink, LinkType, PinnedLink},
 };
 use guard_common::{
     AgentKey, DatabaseSocketKey, DigestKey, ExecPathKey, GenerationInfo, IdentityKey, LsmHook,
@@ -41,9 +41,20 @@ impl Enforcer {
             .chain(route::PROGRAMS)
             .collect();
         let mut links = Vec::new();
+        let mut per_cgroup = Vec::new();
         for program in &programs {
-            let link = PinnedLink::from_pin(dir.join(program)).map_err(|e| failed(program, &e))?;
-            links.push((*program, FdLink::from(link)));
+            let link = FdLink::from(
+                PinnedLink::from_pin(dir.join(program)).map_err(|e| failed(program, &e))?,
+            );
+            // A hook's program on Guard's root cgroup has a cgroup link.
+            let on_cgroup = link
+                .info()
+                .and_then(|info| info.link_type())
+                .is_ok_and(|kind| kind == LinkType::Cgroup);
+            if on_cgroup && hooks.iter().any(|h| h.program == *program) {
+                per_cgroup.push(*program);
+            }
+            links.push((*program, link));
         }
         let mut maps = BTreeMap::new();
         for name in map::PINNED {
@@ -54,6 +65,7 @@ impl Enforcer {
         }
         let attachment = Attachment {
             attached: programs,
+            per_cgroup,
             unavailable,
         };
         let mut enforcer = Self::with_maps(

@@ -17,7 +17,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
     programs::ProgramError,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, Lsm, cgroup_sock_addr::CgroupSockAddrLinkId,
+        CgroupAttachMode, CgroupSockAddr, Lsm, LsmCgroup, cgroup_sock_addr::CgroupSockAddrLinkId,
         links::FdLink, lsm::LsmLinkId,
     },
 };
@@ -55,6 +55,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 #[derive(Debug, Default)]
 pub struct Attachment {
     pub attached: Vec<&'static str>,
+    /// Those of `attached` attached to Guard's root cgroup
+    /// ([`LsmHook::per_cgroup`]): no process outside it runs them.
+    pub per_cgroup: Vec<&'static str>,
     pub unavailable: Vec<&'static str>,
 }
 
@@ -87,9 +90,21 @@ pub struct Enforcer {
     generation_slots: [Map; 2],
 }
 
+/// Which programs [`Enforcer::load`] loads, and how it attaches them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Programs {
+    /// No LSM program (a host without BPF LSM): only the routing programs,
+    /// which are cgroup programs.
+    pub routing_only: bool,
+    /// Every LSM program on its hook, none on Guard's root cgroup.
+    pub globally: bool,
+}
+
 /// A link this guardd made, by its program's kind.
 enum NewLink {
     Lsm(LsmLinkId),
+    /// Of the hook's program [`LsmHook::per_cgroup`].
+    LsmCgroup(&'static str, aya::programs::lsm_cgroup::LsmLinkId),
     Route(CgroupSockAddrLinkId),
 }
 
@@ -112,13 +127,22 @@ impl Enforcer {
     /// taken over, with the generation in force, so that agents are never
     /// without them. Anything else there is replaced by [`Self::pin`].
     ///
-    /// With `routing_only`, no LSM program is loaded (for a host without
-    /// BPF LSM): only the routing programs, which are cgroup programs.
+    /// With [`Programs::routing_only`], no LSM program is loaded (for a host
+    /// without BPF LSM): only the routing programs, which are cgroup programs.
+    ///
+    /// A hook with a per-cgroup program ([`LsmHook::per_cgroup`]) has it
+    /// attached to Guard's root cgroup, unless [`Programs::globally`]; where the kernel
+    /// refuses that (before 6.0, or its ten per-cgroup LSM hooks are taken),
+    /// its global program is attached instead, and a warning says so.
     pub fn load(
         root: &GuardRoot,
         pin_root: Option<&Path>,
-        routing_only: bool,
+        programs: Programs,
     ) -> Result<Self, EnforceError> {
+        let Programs {
+            routing_only,
+            globally,
+        } = programs;
         if !routing_only {
             check_bpf_lsm_active()?;
         }
@@ -159,7 +183,7 @@ impl Enforcer {
             (global::FAULT_HOOK_ERRORS, u64::from(fault)),
         ]);
 
-        let pins = pin_root.map(|dir| dir.join(build_id(EBPF_OBJECT, &globals, &hooks)));
+        let pins = pin_root.map(|dir| dir.join(build_id(EBPF_OBJECT, &globals, &hooks, globally)));
         if let Some(dir) = &pins
             && dir.exists()
         {
@@ -186,8 +210,30 @@ impl Enforcer {
 
         let btf = Btf::from_sys_fs().map_err(EnforceError::Btf)?;
         let mut unpinned = Vec::new();
+        let cgroup = std::fs::File::open(&root.path).map_err(|e| EnforceError::Attach {
+            program: "Guard's root cgroup",
+            source: ProgramError::IOError(e),
+        })?;
         for hook in hooks {
             let started = std::time::Instant::now();
+            if let Some(program) = hook.per_cgroup.filter(|_| !globally) {
+                match attach_per_cgroup(&mut ebpf, &btf, &hook, program, &cgroup) {
+                    Ok(link) => {
+                        unpinned.push((hook.program, NewLink::LsmCgroup(program, link)));
+                        attachment.attached.push(hook.program);
+                        attachment.per_cgroup.push(hook.program);
+                        tracing::debug!(
+                            program,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "loaded and attached to Guard's root cgroup"
+                        );
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(
+                        "{e}: attaching the hook's program globally instead, where every process on the host runs it"
+                    ),
+                }
+            }
             let link = match attach(&mut ebpf, &btf, &hook) {
                 Ok(link) => link,
                 // An optional program this kernel cannot run (exec_content
@@ -254,8 +300,20 @@ impl Enforcer {
                 let _ = std::fs::remove_file(dir.join(hook));
             }
         }
-        if let Some(program) = self.ebpf.as_mut().and_then(|e| e.program_mut(hook))
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return;
+        };
+        if let Some(program) = ebpf.program_mut(hook)
             && let Ok(program) = <&mut Lsm>::try_from(program)
+        {
+            let _ = program.unload();
+        }
+        let per_cgroup = lsm::ALL
+            .iter()
+            .find(|h| h.program == hook)
+            .and_then(|h| h.per_cgroup);
+        if let Some(program) = per_cgroup.and_then(|p| ebpf.program_mut(p))
+            && let Ok(program) = <&mut LsmCgroup>::try_from(program)
         {
             let _ = program.unload();
         }
@@ -427,6 +485,28 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, hook: &LsmHook) -> Result<LsmLinkId, Enfor
     })
 }
 
+/// Loads a hook's per-cgroup `program` and attaches it to Guard's root
+/// cgroup, where it runs for every agent below and for nothing else.
+fn attach_per_cgroup(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    hook: &LsmHook,
+    program: &'static str,
+    cgroup: &std::fs::File,
+) -> Result<aya::programs::lsm_cgroup::LsmLinkId, EnforceError> {
+    let found: &mut LsmCgroup = ebpf
+        .program_mut(program)
+        .ok_or(EnforceError::NoProgram(program))?
+        .try_into()
+        .map_err(|source| EnforceError::Load { program, source })?;
+    found
+        .load(hook.name, btf)
+        .map_err(|source| EnforceError::Load { program, source })?;
+    found
+        .attach(cgroup)
+        .map_err(|source| EnforceError::Attach { program, source })
+}
+
 /// Loads a routing program and attaches it to Guard's root cgroup, where it
 /// runs for every agent below and for nothing else. Other programs on that
 /// cgroup (a previous guardd's, until it is replaced) run too.
@@ -461,6 +541,12 @@ fn take_link(
     program: &'static str,
     link: NewLink,
 ) -> Result<FdLink, EnforceError> {
+    // A hook's link is pinned under the hook's program name, whichever of
+    // its programs made it.
+    let program = match &link {
+        NewLink::LsmCgroup(per_cgroup, _) => per_cgroup,
+        _ => program,
+    };
     let attach = |source| EnforceError::Attach { program, source };
     let found = ebpf
         .program_mut(program)
@@ -468,6 +554,10 @@ fn take_link(
     match link {
         NewLink::Lsm(id) => {
             let lsm: &mut Lsm = found.try_into().map_err(attach)?;
+            Ok(FdLink::from(lsm.take_link(id).map_err(attach)?))
+        }
+        NewLink::LsmCgroup(_, id) => {
+            let lsm: &mut LsmCgroup = found.try_into().map_err(attach)?;
             Ok(FdLink::from(lsm.take_link(id).map_err(attach)?))
         }
         NewLink::Route(id) => {

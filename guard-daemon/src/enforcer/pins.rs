@@ -130,9 +130,15 @@ pub(super) fn ensure_bpffs() {
 }
 
 /// Names one build of the programs as loaded on this host: the `object`, the
-/// values of its globals (kernel layout, Guard's cgroup) and the hooks
-/// attached. A guardd adopts pinned programs only of its own build.
-pub(super) fn build_id(object: &[u8], globals: &[(&str, u64)], hooks: &[LsmHook]) -> String {
+/// values of its globals (kernel layout, Guard's cgroup), the hooks
+/// attached and whether all globally. A guardd adopts pinned programs only
+/// of its own build.
+pub(super) fn build_id(
+    object: &[u8],
+    globals: &[(&str, u64)],
+    hooks: &[LsmHook],
+    globally: bool,
+) -> String {
     let mut hash = Sha256::new();
     hash.update(object);
     for (name, value) in globals {
@@ -142,6 +148,7 @@ pub(super) fn build_id(object: &[u8], globals: &[(&str, u64)], hooks: &[LsmHook]
     for hook in hooks {
         hash.update(hook.program.as_bytes());
     }
+    hash.update([u8::from(globally)]);
     let digest = hash.finalize();
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }

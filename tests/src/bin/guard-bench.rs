@@ -372,15 +372,33 @@ fn per_hook_round(targets: &Targets, round: u32) {
 }
 
 /// Each program's average run time from the kernel's BPF statistics, over
-/// one tagged pass of every loop (statistics cost time themselves, so they
-/// are off while the loops above are timed).
+/// one tagged pass of every loop, and its runs over one untagged pass
+/// (statistics cost time themselves, so they are off while the loops above
+/// are timed).
 fn program_stats(guardd: &Guardd, targets: &Targets) {
-    bpf_stats(true);
+    let runs = || -> std::collections::BTreeMap<String, u64> {
+        guard_tests::bpf::programs(guardd.pid())
+            .into_iter()
+            .map(|p| (p.name, p.runs))
+            .collect()
+    };
+    guard_tests::bpf::stats(true);
+    let before = runs();
+    for (op, target) in &targets.allowed {
+        loops_via(None, op, target);
+    }
+    for (program, runs) in runs() {
+        let untagged = runs - before.get(&program).copied().unwrap_or(0);
+        report(
+            "untagged_runs",
+            json!({"program": program, "runs": untagged}),
+        );
+    }
     for (op, target) in &targets.allowed {
         loops_via(Some(guardd), op, target);
     }
     report_program_stats(guardd);
-    bpf_stats(false);
+    guard_tests::bpf::stats(false);
 }
 
 /// Decision cost against the number of rules (tagged connect).
@@ -856,82 +874,14 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The name of BPF program `fd` of process `pid` (at most 15 bytes): a
-/// copy of the descriptor (pidfd_getfd), then BPF_OBJ_GET_INFO_BY_FD.
-fn program_name(pid: u32, fd: i32) -> String {
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    /// Offset of `name` in `struct bpf_prog_info` (stable UAPI).
-    const NAME: usize = 64;
-    // SAFETY: plain system calls on descriptors this function owns; the
-    // kernel writes at most `info.len()` bytes into `info`.
-    unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
-        let copy = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
-        libc::close(pidfd);
-        let mut info = [0u8; 256];
-        #[repr(C)]
-        struct InfoAttr {
-            bpf_fd: u32,
-            info_len: u32,
-            info: u64,
-        }
-        let attr = InfoAttr {
-            bpf_fd: copy as u32,
-            info_len: info.len() as u32,
-            info: info.as_mut_ptr() as u64,
-        };
-        let rc = libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &attr as *const InfoAttr,
-            size_of::<InfoAttr>(),
-        );
-        libc::close(copy);
-        if rc < 0 {
-            return format!("fd-{fd}");
-        }
-        let name = &info[NAME..NAME + 16];
-        let end = name.iter().position(|&b| b == 0).unwrap_or(16);
-        String::from_utf8_lossy(&name[..end]).into_owned()
-    }
-}
-
-fn bpf_stats(on: bool) {
-    fs::write(
-        "/proc/sys/kernel/bpf_stats_enabled",
-        if on { "1" } else { "0" },
-    )
-    .expect("enable BPF statistics");
-}
-
 /// Each BPF program guardd holds: its average run time so far, from the
-/// kernel's statistics (the fdinfo of the program's descriptor).
+/// kernel's statistics.
 fn report_program_stats(guardd: &Guardd) {
-    let fds = format!("/proc/{}/fd", guardd.pid());
-    for entry in fs::read_dir(&fds).unwrap().filter_map(Result::ok) {
-        let is_prog = fs::read_link(entry.path())
-            .is_ok_and(|l| l.as_os_str().as_bytes() == b"anon_inode:bpf-prog");
-        if !is_prog {
-            continue;
-        }
-        let info = fs::read_to_string(format!(
-            "/proc/{}/fdinfo/{}",
-            guardd.pid(),
-            entry.file_name().to_string_lossy()
-        ))
-        .unwrap_or_default();
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        let (runs, ns) = (field("run_cnt:"), field("run_time_ns:"));
-        let fd: i32 = entry.file_name().to_string_lossy().parse().unwrap_or(-1);
-        if runs > 0 {
+    for program in guard_tests::bpf::programs(guardd.pid()) {
+        if program.runs > 0 {
             report(
                 "program",
-                json!({"program": program_name(guardd.pid(), fd), "runs": runs, "avg_ns": ns / runs}),
+                json!({"program": program.name, "runs": program.runs, "avg_ns": program.run_ns / program.runs}),
             );
         }
     }

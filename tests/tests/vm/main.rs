@@ -6,6 +6,7 @@
 //! One module per feature; `harness` holds the shared environment and
 //! assertions.
 
+mod attachment;
 mod audit;
 mod bypass;
 mod databases;
