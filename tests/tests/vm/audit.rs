@@ -709,7 +709,9 @@ fn the_spool_rotates_under_load_within_its_bound() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no spool_full loss line"
+            "no spool_full loss line:\n{}\ncollector:\n{}",
+            guardd.log_text(),
+            collector.log_of_this_run()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
