@@ -113,19 +113,19 @@ impl Store for Postgres {
                 store::ENTRY_COLUMNS
             ))
             .map_err(db_error)?;
-        let (text, int) = (Type::TEXT, Type::INT8);
+        // In the order of `ENTRY_COLUMNS`.
         let types = [
-            text.clone(),
-            text.clone(),
-            int.clone(),
-            int.clone(),
-            int,
-            text.clone(),
-            text.clone(),
-            text.clone(),
-            text.clone(),
-            text.clone(),
-            text,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
         ];
         let mut rows = BinaryCopyInWriter::new(sink, &types);
         for e in entries {
