@@ -64,55 +64,60 @@ impl ProcessCache {
         fresh: bool,
         redactor: &Redactor,
     ) -> Option<(ProcessInfo, bool)> {
-        let mut entries = std::mem::take(&mut self.entries);
-        let details = cached(&mut entries, pid, fresh, || self.process(pid, redactor));
-        self.entries = entries;
-        details
-    }
-
-    fn process(&mut self, pid: u32, redactor: &Redactor) -> Option<(ProcessInfo, bool)> {
-        let process = procfs::process::Process::new(pid as i32).ok()?;
-        // A process in the middle of an exec can show a cut command line (a
-        // secret cut short escapes its pattern): only one read twice alike
-        // is kept.
-        let mut cmdline = process.cmdline().ok()?;
-        if process.cmdline().ok()? != cmdline {
-            cmdline = Vec::new();
-        }
-        let masked = redactor.args(&mut cmdline);
-        let exe = process.exe().ok().map(|p| p.display().to_string());
-        let mut ancestry = Vec::new();
-        let (_, mut ppid) = self.name_and_parent(pid)?;
-        while ppid > 0 && ancestry.len() < MAX_ANCESTRY {
-            let Some((comm, next)) = self.name_and_parent(ppid as u32) else {
-                break;
-            };
-            ancestry.push(Ancestor {
-                pid: ppid as u32,
-                comm,
-            });
-            ppid = next;
-        }
-        Some((
-            ProcessInfo {
-                cmdline,
-                exe,
-                ancestry,
-            },
-            masked,
-        ))
-    }
-
-    /// A process's name and its parent's pid, from its `stat`.
-    fn name_and_parent(&mut self, pid: u32) -> Option<(String, i32)> {
-        cached(&mut self.parents, pid, false, || {
-            let stat = procfs::process::Process::new(pid as i32)
-                .ok()?
-                .stat()
-                .ok()?;
-            Some((stat.comm, stat.ppid))
+        let parents = &mut self.parents;
+        cached(&mut self.entries, pid, fresh, || {
+            process(pid, redactor, parents)
         })
     }
+}
+
+/// The details of `pid`, its parents' names read through `parents`.
+fn process(
+    pid: u32,
+    redactor: &Redactor,
+    parents: &mut Cached<Option<(String, i32)>>,
+) -> Option<(ProcessInfo, bool)> {
+    let process = procfs::process::Process::new(pid as i32).ok()?;
+    // A process in the middle of an exec can show a cut command line (a
+    // secret cut short escapes its pattern): only one read twice alike
+    // is kept.
+    let mut cmdline = process.cmdline().ok()?;
+    if process.cmdline().ok()? != cmdline {
+        cmdline = Vec::new();
+    }
+    let masked = redactor.args(&mut cmdline);
+    let exe = process.exe().ok().map(|p| p.display().to_string());
+    let mut ancestry = Vec::new();
+    let (_, mut ppid) = name_and_parent(parents, pid)?;
+    while ppid > 0 && ancestry.len() < MAX_ANCESTRY {
+        let Some((comm, next)) = name_and_parent(parents, ppid as u32) else {
+            break;
+        };
+        ancestry.push(Ancestor {
+            pid: ppid as u32,
+            comm,
+        });
+        ppid = next;
+    }
+    Some((
+        ProcessInfo {
+            cmdline,
+            exe,
+            ancestry,
+        },
+        masked,
+    ))
+}
+
+/// A process's name and its parent's pid, from its `stat`.
+fn name_and_parent(parents: &mut Cached<Option<(String, i32)>>, pid: u32) -> Option<(String, i32)> {
+    cached(parents, pid, false, || {
+        let stat = procfs::process::Process::new(pid as i32)
+            .ok()?
+            .stat()
+            .ok()?;
+        Some((stat.comm, stat.ppid))
+    })
 }
 
 #[cfg(test)]
