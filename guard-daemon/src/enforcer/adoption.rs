@@ -222,7 +222,6 @@ impl Enforcer {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::rename(&staging, &dir).map_err(|e| failed(&dir, "rename", &e))?;
         }
-        self.keep_only_program_fds();
         // Detached before any session starts: their policy does not know
         // the sessions this guardd starts, so they would lock them.
         let others: Vec<PathBuf> = crate::cgroup::subdirs(root).filter(|d| *d != dir).collect();

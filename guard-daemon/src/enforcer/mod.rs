@@ -65,14 +65,9 @@ pub struct Attachment {
 /// they are pinned ([`Self::pin`]): pinned, they stay attached until
 /// [`detach_pinned`].
 pub struct Enforcer {
-    /// The programs, when this guardd loaded them, until they are pinned;
-    /// `None` when it adopted the ones a previous guardd left pinned.
+    /// The programs, when this guardd loaded them; `None` when it adopted
+    /// the ones a previous guardd left pinned.
     ebpf: Option<Ebpf>,
-    /// Once pinned, the descriptors of the programs this guardd attached:
-    /// their links hold them attached, and these let the kernel's
-    /// statistics be read by program (the loaded object, with every
-    /// program's instructions, is dropped then).
-    program_fds: Vec<aya::programs::ProgramFd>,
     /// The maps of [`map::PINNED`] but the generation slots, by name.
     maps: BTreeMap<&'static str, Map>,
     /// Links of attached programs not yet pinned.
@@ -285,7 +280,6 @@ impl Enforcer {
         ];
         Ok(Self {
             ebpf,
-            program_fds: Vec::new(),
             maps,
             unpinned,
             links,
@@ -296,25 +290,6 @@ impl Enforcer {
             written: Default::default(),
             generation_slots,
         })
-    }
-
-    /// Drops the loaded object, keeping only the descriptors of the
-    /// programs attached (their links, now pinned, hold them attached).
-    fn keep_only_program_fds(&mut self) {
-        let Some(ebpf) = self.ebpf.take() else {
-            return;
-        };
-        let attached = self.attachment.attached.iter().map(|program| {
-            lsm::ALL
-                .iter()
-                .find(|hook| hook.program == *program)
-                .filter(|_| self.attachment.per_cgroup.contains(program))
-                .and_then(|hook| hook.per_cgroup)
-                .unwrap_or(program)
-        });
-        self.program_fds = attached
-            .filter_map(|name| ebpf.program(name)?.fd().ok()?.try_clone().ok())
-            .collect();
     }
 
     /// Detaches one hook's program (fault injection for the readiness test).
