@@ -192,6 +192,13 @@ pub mod global {
     /// `GUARD_FAULT_HOOK_ERRORS=1`): every file decision about an agent
     /// fails as an internal error.
     pub const FAULT_HOOK_ERRORS: &str = "GUARD_FAULT_HOOK_ERRORS";
+    /// Kernel addresses of the `rename_lock` and `mount_lock` seqlocks,
+    /// whose sequences tell the directory cache that the tree changed (0:
+    /// unknown, and the cache is off).
+    pub const RENAME_LOCK: &str = "GUARD_RENAME_LOCK";
+    pub const MOUNT_LOCK: &str = "GUARD_MOUNT_LOCK";
+    /// The globals of 64 bits; the others are `u32`.
+    pub const WIDE: [&str; 3] = [ROOT_CGROUP_ID, RENAME_LOCK, MOUNT_LOCK];
 }
 
 /// The generation in force: value of the inner map of [`map::GENERATION`].

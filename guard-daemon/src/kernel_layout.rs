@@ -9,6 +9,33 @@ use guard_common::{KernelField, LsmHook};
 
 /// Where the kernel exposes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// Where the kernel lists its symbols' addresses.
+pub const KALLSYMS: &str = "/proc/kallsyms";
+
+/// The addresses of the kernel's symbols `names`; 0 for one the kernel
+/// does not give (no such symbol, or addresses hidden by `kptr_restrict`).
+pub fn symbols<const N: usize>(names: [&str; N]) -> [u64; N] {
+    let text = std::fs::read_to_string(KALLSYMS).unwrap_or_default();
+    symbols_in(&text, names)
+}
+
+/// [`symbols`] of a `/proc/kallsyms` text: `address type name` lines, with
+/// `[module]` after a module's symbols (never the ones wanted here).
+fn symbols_in<const N: usize>(text: &str, names: [&str; N]) -> [u64; N] {
+    let mut found = [0; N];
+    for line in text.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let (Some(address), Some(_), Some(symbol), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if let Some(at) = names.iter().position(|name| *name == symbol) {
+            found[at] = u64::from_str_radix(address, 16).unwrap_or(0);
+        }
+    }
+    found
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -207,6 +234,21 @@ impl KernelLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn symbols_are_found_by_exact_name_outside_modules() {
+        let text = "ffffffff82a0b040 D rename_lock\n\
+                    ffffffff82a0b080 d mount_lock_key\n\
+                    ffffffffc0a01000 d mount_lock\t[some_module]\n\
+                    ffffffff82c0f100 d mount_lock\n";
+        assert_eq!(
+            symbols_in(text, ["rename_lock", "mount_lock", "absent"]),
+            [0xffff_ffff_82a0_b040, 0xffff_ffff_82c0_f100, 0]
+        );
+        // Hidden by kptr_restrict: every address reads as zero.
+        let hidden = "0000000000000000 D rename_lock\n";
+        assert_eq!(symbols_in(hidden, ["rename_lock"]), [0]);
+    }
 
     /// Every field resolves on the kernel running the tests (the kernel
     /// tests cover 6.1 and 6.12), through one of its alternatives.

@@ -12,7 +12,7 @@ use crate::{
         Attach, Decision, Global, count, decide_hook, decided, per_cgroup_too, scratch,
         set_identity, set_path,
     },
-    guardrails,
+    dir_cache, guardrails,
     kernel::{self, Kptr, ReadError},
     maps,
 };
@@ -87,7 +87,7 @@ fn check_file(
     let mut decision = if off_limits {
         Decision::SELF_PROTECTION
     } else {
-        match file_decision(agent, hook_id, dentry_arg, vfsmount_arg)? {
+        match file_decision(agent, hook_id, dentry, dentry_arg, vfsmount_arg)? {
             Some(decision) => decision,
             None => return Ok(false),
         }
@@ -150,6 +150,7 @@ fn file_decided(
 fn file_decision(
     agent: &Agent,
     hook_id: u32,
+    dentry: Kptr,
     dentry_arg: u64,
     vfsmount_arg: u64,
 ) -> Result<Option<Decision>, ReadError> {
@@ -161,7 +162,8 @@ fn file_decision(
     let mut rule = kernel::unpack(kernel::guard_name_rule(profile, dentry_arg))?
         .filter(|rule| file_rule_denies(rule.action, op));
     if rule.is_none() {
-        let packed = kernel::guard_file_rule(profile, dentry_arg, vfsmount_arg);
+        let packed =
+            dir_cache::file_rule(profile, agent.generation, dentry, dentry_arg, vfsmount_arg);
         if packed & kernel::TOO_DEEP != 0 {
             // Left to the profile's default; counted and reported.
             count(Counter::WalkTooDeep);
@@ -250,8 +252,14 @@ fn try_rename(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
 #[inline(always)]
 fn path_truncate(ctx: LsmContext) -> i32 {
     decide_hook::<Global>(&ctx, lsm::PATH_TRUNCATE, |agent| {
-        let (vfsmount, dentry) = kernel::path_parts(ctx.arg(0))?;
-        check_file(agent, hook::TRUNCATE, vfsmount, dentry)
+        let path: Kptr = ctx.arg(0);
+        let (vfsmount, _) = kernel::path_parts(path)?;
+        check_file(
+            agent,
+            hook::TRUNCATE,
+            vfsmount,
+            kernel::typed_path_dentry(path),
+        )
     })
 }
 
@@ -274,7 +282,9 @@ fn try_file_open(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     if flags & O_ACCMODE == O_RDONLY {
         return read_secret(agent, file);
     }
-    let (vfsmount, dentry) = kernel::path_parts(kernel::file_path(file))?;
+    let path = kernel::file_path(file);
+    let (vfsmount, _) = kernel::path_parts(path)?;
+    let dentry = kernel::typed_path_dentry(path);
     // Truncating a non-empty file destroys its content (denied wherever
     // writing is, too); any other open for write writes.
     let hook_id = if flags & O_TRUNC != 0 && kernel::inode_size(kernel::file_inode(file)?)? > 0 {
@@ -322,8 +332,14 @@ fn read_secret(agent: &Agent, file: Kptr) -> Result<bool, ReadError> {
 #[inline(always)]
 fn file_truncate(ctx: LsmContext) -> i32 {
     decide_hook::<Global>(&ctx, lsm::FILE_TRUNCATE, |agent| {
-        let (vfsmount, dentry) = kernel::path_parts(kernel::file_path(ctx.arg(0)))?;
-        check_file(agent, hook::FILE_TRUNCATE, vfsmount, dentry)
+        let path = kernel::file_path(ctx.arg(0));
+        let (vfsmount, _) = kernel::path_parts(path)?;
+        check_file(
+            agent,
+            hook::FILE_TRUNCATE,
+            vfsmount,
+            kernel::typed_path_dentry(path),
+        )
     })
 }
 

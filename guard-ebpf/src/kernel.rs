@@ -231,6 +231,35 @@ pub fn path_parts(path: Kptr) -> Result<(Kptr, Kptr), ReadError> {
     ))
 }
 
+/// The dentry of a `struct path` (a BTF-typed pointer), by a direct load,
+/// so that the result is typed too (inode storage needs that).
+pub fn typed_path_dentry(path: Kptr) -> Kptr {
+    typed_field(path, off(&OFF_PATH_DENTRY))
+}
+
+/// A pointer member of a BTF-typed struct, by a direct load: the verifier
+/// checks it against the kernel's BTF and types the result.
+#[inline(always)]
+pub fn typed_field<T>(base: Kptr, offset: usize) -> T {
+    // SAFETY: the verifier checks the load against the kernel's BTF; a
+    // faulting load reads as zero.
+    unsafe { core::ptr::read_volatile(base.wrapping_add(offset) as *const T) }
+}
+
+pub fn dentry_parent_offset() -> usize {
+    off(&OFF_DENTRY_PARENT)
+}
+
+pub fn dentry_inode_offset() -> usize {
+    off(&OFF_DENTRY_INODE)
+}
+
+/// Whether the dentry `dentry_arg` is the root of mount `vfsmount_arg`
+/// (both as numbers).
+pub fn is_mount_root(dentry_arg: u64, vfsmount_arg: u64) -> Result<bool, ReadError> {
+    Ok(read::<u64>(vfsmount_arg as Kptr, off(&OFF_VFSMOUNT_ROOT))? == dentry_arg)
+}
+
 pub fn file_path(file: Kptr) -> Kptr {
     file.wrapping_add(off(&OFF_FILE_PATH))
 }
@@ -514,7 +543,7 @@ pub const TOO_DEEP: u64 = 1 << 62;
 /// Kernel memory could not be read.
 pub const FAILED: u64 = 1 << 61;
 
-fn pack(rule: Option<RuleRef>) -> u64 {
+pub fn pack(rule: Option<RuleRef>) -> u64 {
     match rule {
         Some(rule) => FOUND | (u64::from(rule.action) << 32) | u64::from(rule.rule_id),
         None => 0,

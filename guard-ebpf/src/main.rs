@@ -25,6 +25,7 @@
 
 mod agent;
 mod decision;
+mod dir_cache;
 mod exec;
 mod files;
 mod guardrails;

@@ -158,6 +158,9 @@ pub struct PathScratch {
     pub exec_key: Key<ExecPathKey>,
     pub name_key: Key<NameKey>,
     pub own_key: OwnNameKey,
+    /// A directory's walk result to keep (inode storage is filled from a
+    /// map value, not the stack).
+    pub kept_rule: crate::dir_cache::KeptRule,
     pub socket_key: DatabaseSocketKey,
     /// Keeps `EVENT_PATH_LEN`-byte copies from `walk` in bounds.
     pub _tail: [u8; EVENT_PATH_LEN],

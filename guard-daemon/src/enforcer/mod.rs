@@ -28,7 +28,7 @@ use guard_common::{
 
 use crate::{
     cgroup::GuardRoot,
-    kernel_layout::{KernelLayout, LayoutError},
+    kernel_layout::{self, KernelLayout, LayoutError},
 };
 
 mod adoption;
@@ -177,10 +177,19 @@ impl Enforcer {
         if fault {
             tracing::warn!("GUARD_FAULT_HOOK_ERRORS: every file decision about an agent fails");
         }
+        let [rename_lock, mount_lock] = kernel_layout::symbols(["rename_lock", "mount_lock"]);
+        if rename_lock == 0 || mount_lock == 0 {
+            tracing::warn!(
+                "{} has no address for rename_lock or mount_lock: every file decision walks the whole directory tree (no directory cache)",
+                kernel_layout::KALLSYMS
+            );
+        }
         globals.extend([
             (global::ROOT_CGROUP_ID, root.id),
             (global::ROOT_CGROUP_LEVEL, u64::from(root.level)),
             (global::FAULT_HOOK_ERRORS, u64::from(fault)),
+            (global::RENAME_LOCK, rename_lock),
+            (global::MOUNT_LOCK, mount_lock),
         ]);
 
         let pins = pin_root.map(|dir| dir.join(build_id(EBPF_OBJECT, &globals, &hooks, globally)));
@@ -195,17 +204,19 @@ impl Enforcer {
             }
         }
 
-        // The cgroup id is the only 64-bit global.
+        let is_wide = |name: &&str| global::WIDE.contains(name);
         let narrow: Vec<(&str, u32)> = globals
             .iter()
-            .filter(|(name, _)| *name != global::ROOT_CGROUP_ID)
+            .filter(|(name, _)| !is_wide(name))
             .map(|(name, value)| (*name, *value as u32))
             .collect();
         let mut loader = EbpfLoader::new();
         for (name, value) in &narrow {
             loader.override_global(name, value, true);
         }
-        loader.override_global(global::ROOT_CGROUP_ID, &root.id, true);
+        for (name, value) in globals.iter().filter(|(name, _)| is_wide(name)) {
+            loader.override_global(name, value, true);
+        }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(EnforceError::Object)?;
 
         let btf = Btf::from_sys_fs().map_err(EnforceError::Btf)?;

@@ -423,3 +423,77 @@ fn untagged_writes_to_read_only_subtrees_are_not_confined() {
     assert_untagged_ok(untagged(&["open-write", &e.p("read-only/untagged.txt")]));
     assert_untagged_ok(untagged(&["create", &e.p("read-only/untagged-new.txt")]));
 }
+
+/// A directory whose decision the kernel keeps (an allowed unlink in it)
+/// is renamed into a protected subtree by someone else: the next unlink
+/// there is decided by its new place, not by the kept result.
+#[test]
+fn a_directory_renamed_into_protection_is_protected_at_once() {
+    let e = env();
+    let _ = fs::remove_dir_all(e.path("open/moving"));
+    let _ = fs::remove_dir_all(e.path("protected/moved"));
+    file("open/moving/inner/first.txt");
+    assert_allowed_tagged(
+        tagged(&["unlink", &e.p("open/moving/inner/first.txt")]),
+        "unlink",
+        &e.p("open/moving/inner/first.txt"),
+    );
+    file("open/moving/inner/second.txt");
+    fs::rename(e.path("open/moving"), e.path("protected/moved")).unwrap();
+    let path = e.path("protected/moved/inner/second.txt");
+    assert_denied(
+        tagged(&["unlink", &e.p("protected/moved/inner/second.txt")]),
+        "unlink",
+        &e.p("protected/moved/inner/second.txt"),
+        "files-protected-dir",
+    );
+    assert_intact(&path, "open/moving/inner/second.txt");
+}
+
+/// The same for a mount: a file system the agent was allowed to change is
+/// moved (`mount --move`) to a place inside a protected subtree.
+#[test]
+fn a_mount_moved_into_protection_is_protected_at_once() {
+    let e = env();
+    let (from, to) = (e.path("open/mount-from"), e.path("protected/mount-to"));
+    for dir in [&from, &to] {
+        let _ = std::process::Command::new("umount")
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+        fs::create_dir_all(dir).unwrap();
+    }
+    let mount = |args: &[&str]| {
+        let status = std::process::Command::new("mount")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount {args:?}");
+    };
+    mount(&["-t", "tmpfs", "tmpfs", &e.p("open/mount-from")]);
+    file("open/mount-from/d/first.txt");
+    assert_allowed_tagged(
+        tagged(&["unlink", &e.p("open/mount-from/d/first.txt")]),
+        "unlink",
+        &e.p("open/mount-from/d/first.txt"),
+    );
+    file("open/mount-from/d/second.txt");
+    mount(&[
+        "--move",
+        &e.p("open/mount-from"),
+        &e.p("protected/mount-to"),
+    ]);
+    let outcome = tagged(&["unlink", &e.p("protected/mount-to/d/second.txt")]);
+    let intact = fs::read_to_string(to.join("d/second.txt"));
+    let _ = std::process::Command::new("umount").arg(&to).status();
+    assert_eq!(
+        intact.ok().as_deref(),
+        Some("content of open/mount-from/d/second.txt")
+    );
+    assert_denied(
+        outcome,
+        "unlink",
+        &e.p("protected/mount-to/d/second.txt"),
+        "files-protected-dir",
+    );
+}

@@ -1,0 +1,150 @@
+//! The walk's result for each directory agents act in, kept on the
+//! directory's inode, so that a decision on a file looks up the file and
+//! its directory instead of walking every ancestor.
+//!
+//! Inode storage is freed with its inode, so a kept result never outlives
+//! the directory it was found for. It holds while nothing it depends on
+//! has changed: the generation in force and the agent's profile, the mount
+//! the directory was reached through, and the tree above it. Every rename
+//! on the host (`d_move`, the only way a dentry changes parent) moves the
+//! sequence of the kernel's `rename_lock`, and every mount, unmount or move
+//! that of `mount_lock`; a result kept under other sequence numbers is
+//! walked again. Kept results are never changed in place, where a reader on
+//! another CPU could see half of one: a stale one is deleted and a whole
+//! new one made.
+
+use aya_ebpf::{btf_maps::InodeStorage, macros::btf_map};
+
+use crate::{
+    kernel::{self, FAILED, Kptr, TOO_DEEP},
+    maps::FILE_IDENTITY,
+};
+
+/// Kernel addresses of `rename_lock` and `mount_lock` (set by the loader
+/// from `/proc/kallsyms`; 0 when unknown, which turns the cache off). Each
+/// is a `seqlock_t`, whose sequence number is its first `u32`.
+#[unsafe(no_mangle)]
+static GUARD_RENAME_LOCK: u64 = 0;
+#[unsafe(no_mangle)]
+static GUARD_MOUNT_LOCK: u64 = 0;
+
+/// A directory's walk result ([`kernel::guard_file_rule`]) and what it
+/// was found under.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct KeptRule {
+    generation: u64,
+    vfsmount: u64,
+    profile: u32,
+    renames: u32,
+    mounts: u32,
+    _pad: u32,
+    packed: u64,
+}
+
+#[btf_map]
+static DIR_RULES: InodeStorage<KeptRule> = InodeStorage::new();
+
+/// The two sequence numbers, or `None` when either is unknown or a change
+/// is under way (odd).
+#[inline(always)]
+fn sequences() -> Option<(u32, u32)> {
+    // SAFETY: plain reads of statics set at load time.
+    let (renames, mounts) = unsafe {
+        (
+            core::ptr::read_volatile(&GUARD_RENAME_LOCK),
+            core::ptr::read_volatile(&GUARD_MOUNT_LOCK),
+        )
+    };
+    if renames == 0 || mounts == 0 {
+        return None;
+    }
+    let renames: u32 = kernel::read(renames as Kptr, 0).ok()?;
+    let mounts: u32 = kernel::read(mounts as Kptr, 0).ok()?;
+    (renames & 1 == 0 && mounts & 1 == 0).then_some((renames, mounts))
+}
+
+/// [`kernel::guard_file_rule`] of the file at `dentry` (a BTF-typed
+/// pointer; `dentry_arg` is the same as a number) in mount `vfsmount_arg`:
+/// the file's own rule, else its directory's, kept. A file at the root of
+/// its mount is walked.
+#[inline(always)]
+pub fn file_rule(
+    profile: u32,
+    generation: u64,
+    dentry: Kptr,
+    dentry_arg: u64,
+    vfsmount_arg: u64,
+) -> u64 {
+    match kernel::dentry_identity(dentry) {
+        Ok(Some(identity)) => {
+            // SAFETY: the value is a plain Copy struct, copied out at once.
+            if let Some(rule) = unsafe { FILE_IDENTITY.get(&identity.key(profile)) }.copied() {
+                return kernel::pack(Some(rule));
+            }
+        }
+        Ok(None) => {}
+        Err(_) => return FAILED,
+    }
+    let dir: Kptr = kernel::typed_field(dentry, kernel::dentry_parent_offset());
+    let Ok(dir_arg) = kernel::as_scalar(dir) else {
+        return FAILED;
+    };
+    match kernel::is_mount_root(dentry_arg, vfsmount_arg) {
+        Ok(false) if dir_arg != dentry_arg => {
+            dir_rule(profile, generation, dir, dir_arg, vfsmount_arg)
+        }
+        Ok(_) => kernel::guard_file_rule(profile, dentry_arg, vfsmount_arg),
+        Err(_) => FAILED,
+    }
+}
+
+/// [`kernel::guard_file_rule`] of the directory `dir` (a BTF-typed dentry
+/// pointer; `dir_arg` is the same as a number) in mount `vfsmount_arg`,
+/// kept or walked.
+#[inline(always)]
+fn dir_rule(profile: u32, generation: u64, dir: Kptr, dir_arg: u64, vfsmount_arg: u64) -> u64 {
+    let walk = || kernel::guard_file_rule(profile, dir_arg, vfsmount_arg);
+    let Some(before) = sequences() else {
+        return walk();
+    };
+    let inode = kernel::typed_field::<Kptr>(dir, kernel::dentry_inode_offset()) as *mut _;
+    let holds = |kept: &KeptRule| {
+        kept.generation == generation
+            && kept.profile == profile
+            && kept.vfsmount == vfsmount_arg
+            && (kept.renames, kept.mounts) == before
+    };
+    // SAFETY: `inode` is the directory's typed inode pointer, which its
+    // dentry (held by the hook's caller) keeps alive.
+    let kept = unsafe { DIR_RULES.get_ptr_mut(inode) };
+    if !kept.is_null() {
+        // SAFETY: a non-null result points at the inode's value.
+        let kept = unsafe { *kept };
+        if holds(&kept) {
+            return kept.packed;
+        }
+        // SAFETY: as above.
+        let _ = unsafe { DIR_RULES.delete(inode) };
+    }
+    let packed = walk();
+    // A walk that raced a rename or a mount change is not kept.
+    if packed & (TOO_DEEP | FAILED) == 0 && sequences() == Some(before) {
+        let Some(scratch) = crate::maps::path_scratch() else {
+            return packed;
+        };
+        scratch.kept_rule = KeptRule {
+            generation,
+            vfsmount: vfsmount_arg,
+            profile,
+            renames: before.0,
+            mounts: before.1,
+            _pad: 0,
+            packed,
+        };
+        // Made whole, or not at all when another CPU made one first.
+        // SAFETY: as above; the value is a map value of this type.
+        unsafe { DIR_RULES.get_or_insert_ptr_mut(inode, Some(&mut scratch.kept_rule)) };
+    }
+    packed
+}
