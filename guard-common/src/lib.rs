@@ -570,6 +570,9 @@ pub mod agent_flag {
     /// The profile has exec rules by content: hash each executed file and
     /// look it up in [`super::map::EXEC_DIGESTS`].
     pub const EXEC_DIGESTS: u32 = 1 << 8;
+    /// The profile has file name rules: look each file's name up in
+    /// [`super::map::FILE_NAMES`].
+    pub const NAME_RULES: u32 = 1 << 9;
 }
 
 /// `enum hash_algo` id of SHA-256 (include/uapi/linux/hash_info.h), as

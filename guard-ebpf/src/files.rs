@@ -159,8 +159,11 @@ fn file_decision(
         return Ok(None);
     }
     let profile = agent.entry.profile;
-    let mut rule = kernel::unpack(kernel::guard_name_rule(profile, dentry_arg))?
-        .filter(|rule| file_rule_denies(rule.action, op));
+    let mut rule = None;
+    if agent.entry.flags & agent_flag::NAME_RULES != 0 {
+        rule = kernel::unpack(kernel::guard_name_rule(profile, dentry_arg))?
+            .filter(|rule| file_rule_denies(rule.action, op));
+    }
     if rule.is_none() {
         let packed =
             dir_cache::file_rule(profile, agent.generation, dentry, dentry_arg, vfsmount_arg);

@@ -501,6 +501,13 @@ fn profile_entry(profile: &Profile, index: u32) -> AgentEntry {
                     .iter()
                     .any(|r| matches!(r.target, ExecTarget::Content(_))),
                 agent_flag::EXEC_DIGESTS,
+            )
+            | flag(
+                profile
+                    .files
+                    .iter()
+                    .any(|r| matches!(r.target, FileTarget::Name(_))),
+                agent_flag::NAME_RULES,
             ),
         _pad: 0,
         budgets: profile.budgets.clone().map(|spec| match spec {
@@ -1419,7 +1426,7 @@ agents: []
     fn defaults_and_read_only_rules_become_entry_flags() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "profiles:\n  - name: open\n    default: allow\n  - name: shut\n    default: deny\n  - name: mixed\n    default: {{exec: allow, files: allow, network: deny}}\n    files:\n      read_only:\n        - id: ro\n          subtree: {}\nagents: []\n",
+            "profiles:\n  - name: open\n    default: allow\n  - name: shut\n    default: deny\n  - name: mixed\n    default: {{exec: allow, files: allow, network: deny}}\n    files:\n      read_only:\n        - id: ro\n          subtree: {}\n  - name: named\n    default: allow\n    files:\n      protect:\n        - id: env\n          name: .env\nagents: []\n",
             dir.path().display()
         );
         let c = compile(&parse(&text).unwrap()).unwrap();
@@ -1436,6 +1443,11 @@ agents: []
             flags(2),
             agent_flag::NETWORK_DEFAULT_DENY | agent_flag::DECIDE_WRITES,
             "read-only rules make writes decisions"
+        );
+        assert_eq!(
+            flags(3),
+            agent_flag::NAME_RULES,
+            "only a profile with name rules looks names up"
         );
         assert_eq!(c.file_identity[0].1.action, action::READ_ONLY);
         assert_eq!(
