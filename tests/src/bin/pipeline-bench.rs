@@ -11,9 +11,8 @@
 //! Each stage runs as fast as it can over the same records, so its rate is
 //! the highest it sustains without loss: nothing in these stages drops a
 //! record (the kernel's ring buffer, the one stage that does, is measured by
-//! `cargo xtask bench` in a VM). This process runs on the first CPU, and
-//! the collector and the live-feed subscriber on the last; PostgreSQL's
-//! server is not pinned.
+//! `cargo xtask bench` in a VM). This process runs on the first CPU and
+//! the collector on the last; PostgreSQL's server is not pinned.
 
 use std::{fmt::Write as _, path::Path, process::Command, time::Instant};
 
@@ -229,8 +228,8 @@ fn main() {
 
 /// One writer stage: every event through a real `RecordWriter` into a
 /// spool at `path`, signing a checkpoint every 1000 lines as guardd does;
-/// with `subscribe`, a live-feed subscriber on a thread of the last CPU
-/// takes every entry (its queue's losses are reported in the stage's name).
+/// with `subscribe`, a live-feed subscriber on another thread takes every
+/// entry (its queue's losses are reported in the stage's name).
 #[allow(clippy::too_many_arguments)]
 fn writer_stage(
     name: &str,
@@ -250,8 +249,6 @@ fn writer_stage(
     let follower = subscribe.then(|| {
         let mut queue = writer.feed.subscribe();
         std::thread::spawn(move || {
-            // Off the writer's CPU, as guardd's gRPC follower tasks are.
-            pin_to_cpu(0, last_cpu());
             let (mut received, mut lagged) = (0u64, 0u64);
             loop {
                 match queue.blocking_recv() {
@@ -531,7 +528,7 @@ fn report(rows: &[Row], lines: usize) -> String {
     );
     let _ = writeln!(
         md,
-        "Each stage runs as fast as it can over the same records: its rate is the highest it sustains without loss. The ratio compares it with the baseline measured in the same run (the same records serialized to JSON and chained with SHA-256 on one core: the practical limit of any sealed stream). The bench runs on the first CPU; guard-collector, and the live-feed subscriber that takes the writer's entries, on the last; the PostgreSQL server is not pinned. Shipping and queries use mutual TLS on loopback.\n"
+        "Each stage runs as fast as it can over the same records: its rate is the highest it sustains without loss. The ratio compares it with the baseline measured in the same run (the same records serialized to JSON and chained with SHA-256 on one core: the practical limit of any sealed stream). The bench runs on the first CPU, guard-collector on the last; the PostgreSQL server is not pinned. Shipping and queries use mutual TLS on loopback.\n"
     );
     let _ = writeln!(
         md,
