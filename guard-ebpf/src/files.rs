@@ -188,6 +188,14 @@ fn file_decision(
     )))
 }
 
+/// `check_file` for the file at a `struct path` (a BTF-typed pointer: the
+/// directory cache needs the dentry typed).
+#[inline(always)]
+fn check_path(agent: &Agent, hook_id: u32, path: Kptr) -> Result<bool, ReadError> {
+    let (vfsmount, _) = kernel::path_parts(path)?;
+    check_file(agent, hook_id, vfsmount, kernel::typed_path_dentry(path))
+}
+
 /// `check_file` for a hook whose arguments are a directory's `struct path`
 /// and a dentry in it.
 fn check_in_dir(agent: &Agent, hook_id: u32, dir: Kptr, dentry: Kptr) -> Result<bool, ReadError> {
@@ -255,14 +263,7 @@ fn try_rename(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
 #[inline(always)]
 fn path_truncate(ctx: LsmContext) -> i32 {
     decide_hook::<Global>(&ctx, lsm::PATH_TRUNCATE, |agent| {
-        let path: Kptr = ctx.arg(0);
-        let (vfsmount, _) = kernel::path_parts(path)?;
-        check_file(
-            agent,
-            hook::TRUNCATE,
-            vfsmount,
-            kernel::typed_path_dentry(path),
-        )
+        check_path(agent, hook::TRUNCATE, ctx.arg(0))
     })
 }
 
@@ -285,9 +286,6 @@ fn try_file_open(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     if flags & O_ACCMODE == O_RDONLY {
         return read_secret(agent, file);
     }
-    let path = kernel::file_path(file);
-    let (vfsmount, _) = kernel::path_parts(path)?;
-    let dentry = kernel::typed_path_dentry(path);
     // Truncating a non-empty file destroys its content (denied wherever
     // writing is, too); any other open for write writes.
     let hook_id = if flags & O_TRUNC != 0 && kernel::inode_size(kernel::file_inode(file)?)? > 0 {
@@ -295,7 +293,7 @@ fn try_file_open(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     } else {
         hook::OPEN_WRITE
     };
-    check_file(agent, hook_id, vfsmount, dentry)
+    check_path(agent, hook_id, kernel::file_path(file))
 }
 
 /// An open to read is a decision only on one of Guard's secrets, which no
@@ -335,14 +333,7 @@ fn read_secret(agent: &Agent, file: Kptr) -> Result<bool, ReadError> {
 #[inline(always)]
 fn file_truncate(ctx: LsmContext) -> i32 {
     decide_hook::<Global>(&ctx, lsm::FILE_TRUNCATE, |agent| {
-        let path = kernel::file_path(ctx.arg(0));
-        let (vfsmount, _) = kernel::path_parts(path)?;
-        check_file(
-            agent,
-            hook::FILE_TRUNCATE,
-            vfsmount,
-            kernel::typed_path_dentry(path),
-        )
+        check_path(agent, hook::FILE_TRUNCATE, kernel::file_path(ctx.arg(0)))
     })
 }
 

@@ -238,11 +238,14 @@ pub fn typed_path_dentry(path: Kptr) -> Kptr {
 }
 
 /// A pointer member of a BTF-typed struct, by a direct load: the verifier
-/// checks it against the kernel's BTF and types the result.
+/// checks it against the kernel's BTF and types the result. Only for a
+/// `base` that is never NULL (a hook's argument, a dentry's `d_parent`, a
+/// path's dentry): on 6.12 a load through a pointer walked from a hook's
+/// arguments can be a plain load, and one through NULL oopses the kernel.
 #[inline(always)]
 pub fn typed_field<T>(base: Kptr, offset: usize) -> T {
-    // SAFETY: the verifier checks the load against the kernel's BTF; a
-    // faulting load reads as zero.
+    // SAFETY: the verifier checks the load against the kernel's BTF, and
+    // callers pass a `base` that cannot be NULL.
     unsafe { core::ptr::read_volatile(base.wrapping_add(offset) as *const T) }
 }
 
