@@ -13,11 +13,9 @@
 //! another CPU could see half of one: a stale one is deleted and a whole
 //! new one made.
 
-use aya_ebpf::{btf_maps::InodeStorage, macros::btf_map};
-
 use crate::{
     kernel::{self, FAILED, Kptr, TOO_DEEP},
-    maps::FILE_IDENTITY,
+    maps::{DIR_RULES, FILE_IDENTITY, KeptRule},
 };
 
 /// Kernel addresses of `rename_lock` and `mount_lock` (set by the loader
@@ -27,23 +25,6 @@ use crate::{
 static GUARD_RENAME_LOCK: u64 = 0;
 #[unsafe(no_mangle)]
 static GUARD_MOUNT_LOCK: u64 = 0;
-
-/// A directory's walk result ([`kernel::guard_file_rule`]) and what it
-/// was found under.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct KeptRule {
-    generation: u64,
-    vfsmount: u64,
-    profile: u32,
-    renames: u32,
-    mounts: u32,
-    _pad: u32,
-    packed: u64,
-}
-
-#[btf_map]
-static DIR_RULES: InodeStorage<KeptRule> = InodeStorage::new();
 
 /// The two sequence numbers, or `None` when either is unknown or a change
 /// is under way (odd).

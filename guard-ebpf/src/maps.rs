@@ -2,7 +2,7 @@
 //! `guard_common::{map, capacity}`; the loader looks them up by those names.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps},
+    btf_maps::{Array, ArrayOfMaps, InodeStorage},
     macros::{btf_map, map},
     maps::{
         Array as PlainArray, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key,
@@ -71,6 +71,25 @@ pub static NET_RULES: LpmTrie<NetKey, NetRuleSet> =
 #[map]
 pub static HOST_ADDRS: HashMap<NetKey, NetRuleSet> =
     HashMap::with_max_entries(capacity::HOST_ADDRS * SLOTS, 0);
+
+/// A directory's walk result (`kernel::guard_file_rule`) and what it was
+/// found under: the generation, profile and mount (by address), and the
+/// sequences of the kernel's `rename_lock` and `mount_lock` (`dir_cache`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct KeptRule {
+    pub generation: u64,
+    pub vfsmount: u64,
+    pub profile: u32,
+    pub renames: u32,
+    pub mounts: u32,
+    pub _pad: u32,
+    pub packed: u64,
+}
+
+/// Each directory's kept walk result, on its inode (freed with it).
+#[btf_map]
+pub static DIR_RULES: InodeStorage<KeptRule> = InodeStorage::new();
 
 /// Files no agent may open at all (identity → 1). Written by the daemon.
 #[map]
@@ -160,7 +179,7 @@ pub struct PathScratch {
     pub own_key: OwnNameKey,
     /// A directory's walk result to keep (inode storage is filled from a
     /// map value, not the stack).
-    pub kept_rule: crate::dir_cache::KeptRule,
+    pub kept_rule: KeptRule,
     pub socket_key: DatabaseSocketKey,
     /// Keeps `EVENT_PATH_LEN`-byte copies from `walk` in bounds.
     pub _tail: [u8; EVENT_PATH_LEN],
