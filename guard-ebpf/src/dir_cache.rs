@@ -15,7 +15,7 @@
 
 use crate::{
     kernel::{self, FAILED, Kptr, TOO_DEEP},
-    maps::{DIR_RULES, FILE_IDENTITY, KeptRule},
+    maps::{DIR_RULES, KeptRule},
 };
 
 /// Kernel addresses of `rename_lock` and `mount_lock` (set by the loader
@@ -57,13 +57,8 @@ pub fn file_rule(
     dentry_arg: u64,
     vfsmount_arg: u64,
 ) -> u64 {
-    match kernel::dentry_identity(dentry) {
-        Ok(Some(identity)) => {
-            // SAFETY: the value is a plain Copy struct, copied out at once.
-            if let Some(rule) = unsafe { FILE_IDENTITY.get(&identity.key(profile)) }.copied() {
-                return kernel::pack(Some(rule));
-            }
-        }
+    match kernel::identity_rule(profile, dentry) {
+        Ok(Some(rule)) => return kernel::pack(Some(rule)),
         Ok(None) => {}
         Err(_) => return FAILED,
     }

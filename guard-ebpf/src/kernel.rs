@@ -365,6 +365,16 @@ pub enum Protection {
     TooDeep,
 }
 
+/// The rule of `profile` on the dentry's own file or directory (by its
+/// identity), if any; none for a negative dentry.
+pub fn identity_rule(profile: u32, dentry: Kptr) -> Result<Option<RuleRef>, ReadError> {
+    let Some(identity) = dentry_identity(dentry)? else {
+        return Ok(None);
+    };
+    // SAFETY: the value is a plain Copy struct, copied out at once.
+    Ok(unsafe { FILE_IDENTITY.get(&identity.key(profile)) }.copied())
+}
+
 /// Looks the dentry and each of its ancestors (across mounts) up in the
 /// protected identities of `profile`. Matching by identity rather than by path
 /// also covers bind mounts and other aliases of a protected directory.
@@ -372,10 +382,7 @@ pub fn find_protected(profile: u32, dentry: Kptr, vfsmount: Kptr) -> Result<Prot
     let mut dentry = dentry;
     let mut vfsmount = vfsmount;
     for _ in 0..MAX_WALK_DEPTH {
-        if let Some(identity) = dentry_identity(dentry)?
-            // SAFETY: the value is a plain Copy struct, copied out at once.
-            && let Some(rule) = unsafe { FILE_IDENTITY.get(&identity.key(profile)) }.copied()
-        {
+        if let Some(rule) = identity_rule(profile, dentry)? {
             return Ok(Protection::Protected(rule));
         }
         match step_up(dentry, vfsmount)? {

@@ -122,9 +122,6 @@ pub(super) fn own_files(config: &Config) -> Vec<PathBuf> {
     own
 }
 
-/// Runs the daemon until `shutdown` is cancelled: enforces, serves and
-/// streams records, then drains the records left, lets every server finish
-/// its calls (for up to [`GRACE`]) and reports how it leaves the host.
 /// Loading parsed the kernel's BTF and relocated every program: tens of
 /// MiB of heap, all freed by now, that the allocator would otherwise keep
 /// for the daemon's whole life.
@@ -136,6 +133,9 @@ fn return_freed_memory() {
     }
 }
 
+/// Runs the daemon until `shutdown` is cancelled: enforces, serves and
+/// streams records, then drains the records left, lets every server finish
+/// its calls (for up to [`GRACE`]) and reports how it leaves the host.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Fatal> {
     config.check()?;
     // Before the files are protected: a key made now is protected too.
