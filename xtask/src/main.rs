@@ -9,7 +9,7 @@ mod repo;
 mod setup;
 mod vm;
 
-use std::{process::Command, time::Instant};
+use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -90,33 +90,62 @@ fn vm_tests(repo: &Repo, series: &[Series]) -> Result<()> {
         .map(|&s| vm::kernel(repo, s))
         .collect::<Result<Vec<_>>>()?;
     let image = initramfs(repo, &artifacts, &kernels)?;
+    // Each VM runs on one host thread (see vm::boot), so the kernels run side
+    // by side, one per core: the suite takes as long as its slowest kernel.
+    let runs: Vec<Result<(Vec<String>, u32)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = kernels
+            .iter()
+            .map(|kernel| s.spawn(|| kernel_tests(repo, kernel, &image)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("a VM thread panicked"))
+            .collect()
+    });
     let mut report = Vec::new();
+    let mut failures = Vec::new();
     let mut passed = 0;
-    for kernel in &kernels {
-        let run = boot(repo, kernel, &image, "test", true)?;
-        report.push(format!(
-            "{}: {} kernel tests passed ({:.0}s)",
-            kernel.package,
-            run.passed,
-            run.elapsed.as_secs_f64()
-        ));
-        passed += run.passed;
-        // The same kernel with BPF LSM left out of `lsm=`: guardd must refuse.
-        let run = boot(repo, kernel, &image, "no-lsm", false)?;
-        report.push(format!(
-            "{}: without bpf in lsm=, guardd refused ({:.0}s)",
-            kernel.package,
-            run.elapsed.as_secs_f64()
-        ));
-        passed += run.passed;
+    for run in runs {
+        match run {
+            Ok((lines, count)) => {
+                report.extend(lines);
+                passed += count;
+            }
+            Err(e) => failures.push(format!("{e:#}")),
+        }
     }
     eprintln!("\nxtask: VM report");
-    for line in report {
+    for line in report.iter().chain(&failures) {
         eprintln!("  {line}");
     }
-    // Every failure above already stopped the run; this is the closing count.
+    if !failures.is_empty() {
+        anyhow::bail!("kernel tests failed: {}", failures.join("; "));
+    }
     println!("vm-tests: {passed} passed, 0 failed");
     Ok(())
+}
+
+/// One kernel's tests, then the same kernel without BPF LSM in `lsm=`, where
+/// guardd must refuse. Returns the report lines and the tests passed.
+fn kernel_tests(repo: &Repo, kernel: &vm::Kernel, image: &Path) -> Result<(Vec<String>, u32)> {
+    let tests = boot(repo, kernel, image, "test", true)?;
+    let refused = boot(repo, kernel, image, "no-lsm", false)?;
+    Ok((
+        vec![
+            format!(
+                "{}: {} kernel tests passed ({:.0}s)",
+                kernel.package,
+                tests.passed,
+                tests.elapsed.as_secs_f64()
+            ),
+            format!(
+                "{}: without bpf in lsm=, guardd refused ({:.0}s)",
+                kernel.package,
+                refused.elapsed.as_secs_f64()
+            ),
+        ],
+        tests.passed + refused.passed,
+    ))
 }
 
 fn test(repo: &Repo) -> Result<()> {
