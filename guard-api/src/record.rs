@@ -2,12 +2,15 @@
 //! events stream, as guardd writes it, the chain seals it and the collector
 //! stores it.
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-use crate::session::SessionRef;
+use serde::{Deserialize, Serialize, de::IgnoredAny};
+
+use crate::session::{Login, SessionRef, User};
 
 /// A decision, as written to the events stream.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "RecordMembers")]
 pub struct Record {
     /// Position in this host's record stream, from 1; see [`crate::chain`].
     pub seq: u64,
@@ -70,6 +73,102 @@ pub struct Record {
     /// The statement of a `statement` record (the statement guard's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement: Option<StatementNote>,
+}
+
+/// A decision record's members as they stand in a line, the session's
+/// among the others: read in one pass (serde's `flatten` would buffer every
+/// member it does not know first), and with a note of any `loss` or
+/// `checkpoint` member, which makes the line another kind.
+#[derive(Deserialize)]
+struct RecordMembers {
+    seq: u64,
+    time: String,
+    hook: String,
+    action: Action,
+    verdict: Verdict,
+    agent: String,
+    profile: String,
+    session: Option<String>,
+    user: Option<User>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    parent_session: Option<String>,
+    login: Option<Login>,
+    generation: u64,
+    policy_sha256: String,
+    agent_cgroup: u64,
+    cgroup: u64,
+    pid: u32,
+    tid: u32,
+    uid: u32,
+    comm: String,
+    target: String,
+    file: Option<FileIdentity>,
+    protocol: Option<String>,
+    host: Option<String>,
+    rule: String,
+    message: Option<String>,
+    process: Option<ProcessInfo>,
+    #[serde(default)]
+    redacted: Vec<String>,
+    #[serde(default)]
+    flags: Vec<String>,
+    ticket: Option<TicketNote>,
+    budget: Option<BudgetNote>,
+    statement: Option<StatementNote>,
+    loss: Option<IgnoredAny>,
+    checkpoint: Option<IgnoredAny>,
+}
+
+impl TryFrom<RecordMembers> for Record {
+    type Error = &'static str;
+
+    fn try_from(m: RecordMembers) -> Result<Self, Self::Error> {
+        if m.loss.is_some() || m.checkpoint.is_some() {
+            return Err("a decision record has no `loss` or `checkpoint` member");
+        }
+        let session = match (m.session, m.user) {
+            (Some(session), Some(user)) => Some(SessionRef {
+                session,
+                user,
+                labels: m.labels,
+                parent_session: m.parent_session,
+                login: m.login,
+            }),
+            (Some(_), None) => return Err("a record's `session` comes with its `user`"),
+            (None, _) => None,
+        };
+        Ok(Record {
+            seq: m.seq,
+            time: m.time,
+            hook: m.hook,
+            action: m.action,
+            verdict: m.verdict,
+            agent: m.agent,
+            profile: m.profile,
+            session,
+            generation: m.generation,
+            policy_sha256: m.policy_sha256,
+            agent_cgroup: m.agent_cgroup,
+            cgroup: m.cgroup,
+            pid: m.pid,
+            tid: m.tid,
+            uid: m.uid,
+            comm: m.comm,
+            target: m.target,
+            file: m.file,
+            protocol: m.protocol,
+            host: m.host,
+            rule: m.rule,
+            message: m.message,
+            process: m.process,
+            redacted: m.redacted,
+            flags: m.flags,
+            ticket: m.ticket,
+            budget: m.budget,
+            statement: m.statement,
+        })
+    }
 }
 
 /// What a decision decided. Its name is how records, the API's filters,
@@ -390,14 +489,17 @@ pub enum Line {
 
 impl Line {
     /// Parses a line of an events file (a sealed record, loss or
-    /// checkpoint). A quick look for a `loss` or `checkpoint` member says
-    /// which, then the line is read strictly as that (a repeated member is
-    /// refused).
+    /// checkpoint), strictly (a repeated member is refused). Nearly every
+    /// line is a decision, read as one in a single pass; any other line is
+    /// looked at for a `loss` or `checkpoint` member, then read as that.
     pub fn parse(line: &str) -> serde_json::Result<Self> {
+        if let Ok(record) = serde_json::from_str::<Record>(line) {
+            return Ok(Line::Decision(Box::new(record)));
+        }
         #[derive(Deserialize)]
         struct Probe {
-            loss: Option<serde::de::IgnoredAny>,
-            checkpoint: Option<serde::de::IgnoredAny>,
+            loss: Option<IgnoredAny>,
+            checkpoint: Option<IgnoredAny>,
         }
         let probe = serde_json::from_str::<Probe>(line)?;
         if probe.loss.is_some() {
@@ -476,6 +578,52 @@ mod tests {
             let json = serde_json::to_string(&action).unwrap();
             assert_eq!(serde_json::from_str::<Action>(&json).unwrap(), action);
         }
+    }
+
+    const DECISION: &str = r#"{"seq":7,"time":"2026-12-06T14:22:43Z","hook":"path_unlink","action":"unlink","verdict":"deny","agent":"coder","profile":"coding","session":"s-1","user":{"uid":1000,"name":"dev"},"labels":{"ticket":"OPS-1"},"generation":1,"policy_sha256":"ab","agent_cgroup":77,"cgroup":77,"pid":1,"tid":1,"uid":1000,"comm":"rm","target":"/srv/x","rule":"keep","chain":"00"}"#;
+
+    #[test]
+    fn a_decision_line_reads_in_one_pass_with_its_session() {
+        let Ok(Line::Decision(record)) = Line::parse(DECISION) else {
+            panic!("not read as a decision");
+        };
+        let session = record.session.as_ref().expect("the session");
+        assert_eq!(session.session, "s-1");
+        assert_eq!(session.user.name.as_deref(), Some("dev"));
+        assert_eq!(session.labels["ticket"], "OPS-1");
+        // What is written reads back the same.
+        let written = serde_json::to_string(&*record).unwrap();
+        assert_eq!(Line::parse(&written).unwrap(), Line::Decision(record));
+        // No session at all is a record outside any session.
+        let sessionless = DECISION.replace(r#""session":"s-1","#, "").replace(
+            r#""user":{"uid":1000,"name":"dev"},"labels":{"ticket":"OPS-1"},"#,
+            "",
+        );
+        let Ok(Line::Decision(record)) = Line::parse(&sessionless) else {
+            panic!("not read as a decision");
+        };
+        assert_eq!(record.session, None);
+    }
+
+    #[test]
+    fn a_line_is_refused_when_its_members_disagree() {
+        // A session without its user.
+        let no_user = DECISION.replace(r#""user":{"uid":1000,"name":"dev"},"#, "");
+        let error = Line::parse(&no_user).unwrap_err().to_string();
+        assert!(error.contains("`session` comes with its `user`"), "{error}");
+        // A repeated member.
+        let twice = DECISION.replace(r#""rule":"keep","#, r#""rule":"keep","rule":"other","#);
+        let error = Line::parse(&twice).unwrap_err().to_string();
+        assert!(error.contains("duplicate field `rule`"), "{error}");
+        // A `loss` member makes the line a loss line, read strictly as one.
+        let loss = DECISION.replace(
+            r#""chain""#,
+            r#""loss":{"stage":"ring_buffer","records":3},"chain""#,
+        );
+        let Ok(Line::Loss(loss)) = Line::parse(&loss) else {
+            panic!("not read as a loss");
+        };
+        assert_eq!((loss.seq, loss.loss.records), (7, 3));
     }
 
     #[test]
