@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize, de::IgnoredAny};
 
 use crate::session::{Login, SessionRef, User};
 
-/// A decision, as written to the events stream.
+/// A decision, as written to the events stream. It is read through
+/// `RecordMembers` (a new field goes there too: the conversion will not
+/// compile without it); the attributes below shape how it is written.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(try_from = "RecordMembers")]
 pub struct Record {
