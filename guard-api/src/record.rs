@@ -495,9 +495,10 @@ impl Line {
     /// line is a decision, read as one in a single pass; any other line is
     /// looked at for a `loss` or `checkpoint` member, then read as that.
     pub fn parse(line: &str) -> serde_json::Result<Self> {
-        if let Ok(record) = serde_json::from_str::<Record>(line) {
-            return Ok(Line::Decision(Box::new(record)));
-        }
+        let not_a_decision = match serde_json::from_str::<Record>(line) {
+            Ok(record) => return Ok(Line::Decision(Box::new(record))),
+            Err(e) => e,
+        };
         #[derive(Deserialize)]
         struct Probe {
             loss: Option<IgnoredAny>,
@@ -509,7 +510,7 @@ impl Line {
         } else if probe.checkpoint.is_some() {
             serde_json::from_str(line).map(Line::Checkpoint)
         } else {
-            serde_json::from_str(line).map(|r| Line::Decision(Box::new(r)))
+            Err(not_a_decision)
         }
     }
 
