@@ -15,7 +15,7 @@ use tokio_stream::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    pb,
+    chain, pb,
     record::{Line, Record, Verdict},
     session::SessionRef,
     time::{nanos, rfc3339_nanos, timestamp},
@@ -267,104 +267,97 @@ pub fn verdict_of(value: i32) -> Option<Verdict> {
         .find(|v| pb::Verdict::from(*v) as i32 == value)
 }
 
-/// The entry for one sealed line of a host's events stream: its text,
-/// the hash that seals it, and what it says.
-pub fn entry(
-    host: &str,
-    sealed: &str,
-    hash: &[u8; 32],
-    line: &Line,
-    integrity: pb::Integrity,
-) -> pb::Entry {
-    let chain = hex::encode(hash);
+/// The entry for one sealed line of a host's events stream: its text and
+/// what it says (taken, not copied: a caller that keeps the line clones it).
+pub fn entry(host: &str, sealed: String, line: Line, integrity: pb::Integrity) -> pb::Entry {
     let entry = match line {
         Line::Decision(record) => {
-            let mut record = to_proto(record, chain, sealed);
+            let mut record = to_proto(*record, sealed);
             record.host = host.into();
             record.integrity = integrity as i32;
             pb::entry::Entry::Record(record)
         }
         Line::Loss(loss) => pb::entry::Entry::Loss(pb::Loss {
             records: loss.loss.records,
-            stage: loss.loss.stage.clone(),
+            stage: loss.loss.stage,
             host: host.into(),
             seq: loss.seq,
             time: Some(timestamp(rfc3339_nanos(&loss.time))),
-            json: sealed.into(),
+            json: sealed,
         }),
         Line::Checkpoint(checkpoint) => pb::entry::Entry::Checkpoint(pb::Checkpoint {
             seq: checkpoint.seq,
             time: Some(timestamp(rfc3339_nanos(&checkpoint.time))),
             host: host.into(),
             covers: checkpoint.checkpoint.covers,
-            key: checkpoint.checkpoint.key.clone(),
+            key: checkpoint.checkpoint.key,
             integrity: integrity as i32,
-            json: sealed.into(),
+            json: sealed,
         }),
     };
     pb::Entry { entry: Some(entry) }
 }
 
-fn to_proto(r: &Record, chain: String, json: &str) -> pb::Record {
+fn to_proto(r: Record, json: String) -> pb::Record {
     pb::Record {
         seq: r.seq,
         time: Some(timestamp(rfc3339_nanos(&r.time))),
-        hook: r.hook.clone(),
+        hook: r.hook,
         action: r.action.name().into(),
         verdict: pb::Verdict::from(r.verdict) as i32,
-        agent: r.agent.clone(),
-        profile: r.profile.clone(),
-        session: r.session.as_ref().map(SessionRef::to_proto),
+        agent: r.agent,
+        profile: r.profile,
+        session: r.session.map(SessionRef::into_proto),
         generation: r.generation,
-        policy_sha256: r.policy_sha256.clone(),
+        policy_sha256: r.policy_sha256,
         agent_cgroup: r.agent_cgroup,
         cgroup: r.cgroup,
         pid: r.pid,
         tid: r.tid,
         uid: r.uid,
-        comm: r.comm.clone(),
-        target: r.target.clone(),
-        file: r.file.as_ref().map(|f| pb::FileIdentity {
+        comm: r.comm,
+        target: r.target,
+        file: r.file.map(|f| pb::FileIdentity {
             dev: f.dev,
             ino: f.ino,
         }),
-        protocol: r.protocol.clone().unwrap_or_default(),
-        rule: r.rule.clone(),
-        message: r.message.clone().unwrap_or_default(),
-        flags: r.flags.clone(),
-        chain,
+        protocol: r.protocol.unwrap_or_default(),
+        rule: r.rule,
+        message: r.message.unwrap_or_default(),
+        flags: r.flags,
+        chain: chain::hex_of(&json).unwrap_or_default().into(),
         host: String::new(),
         integrity: pb::Integrity::Unspecified as i32,
-        json: json.into(),
-        process: r.process.as_ref().map(|p| pb::Process {
-            cmdline: p.cmdline.clone(),
-            exe: p.exe.clone().unwrap_or_default(),
+        json,
+        process: r.process.map(|p| pb::Process {
+            cmdline: p.cmdline,
+            exe: p.exe.unwrap_or_default(),
             ancestry: p
                 .ancestry
-                .iter()
+                .into_iter()
                 .map(|a| pb::Ancestor {
                     pid: a.pid,
-                    comm: a.comm.clone(),
+                    comm: a.comm,
                 })
                 .collect(),
         }),
-        redacted: r.redacted.clone(),
-        statement: r.statement.as_ref().map(|s| pb::Statement {
-            database: s.database.clone(),
-            server: s.server.clone(),
-            dbname: s.dbname.clone(),
-            user: s.user.clone(),
-            client: s.client.clone(),
-            classes: s.classes.clone(),
-            objects: s.objects.clone(),
-            normalized: s.normalized.clone(),
-            fingerprint: s.fingerprint.clone(),
+        redacted: r.redacted,
+        statement: r.statement.map(|s| pb::Statement {
+            database: s.database,
+            server: s.server,
+            dbname: s.dbname,
+            user: s.user,
+            client: s.client,
+            classes: s.classes,
+            objects: s.objects,
+            normalized: s.normalized,
+            fingerprint: s.fingerprint,
             monitored: s.monitored,
             rows_changed: s.rows_changed,
             rows_read: s.rows_read,
             bytes_read: s.bytes_read,
-            role: s.role.clone(),
-            masked: s.masked.clone(),
+            role: s.role,
+            masked: s.masked,
         }),
     }
 }
@@ -468,15 +461,10 @@ mod tests {
         let json = format!(
             r#"{{"seq":{seq},"time":"2026-11-22T21:45:01.5Z","hook":"path_unlink","action":"unlink","verdict":"deny","agent":"coder","profile":"coding","generation":1,"policy_sha256":"","agent_cgroup":1,"cgroup":1,"pid":1,"tid":1,"uid":0,"comm":"rm","target":"/srv/data/x","rule":"keep"}}"#
         );
-        let (sealed, hash) = chain.seal(json.into_bytes());
+        let (sealed, _) = chain.seal(json.into_bytes());
         let sealed = String::from_utf8(sealed).unwrap();
-        entry(
-            "web-1",
-            &sealed,
-            &hash,
-            &Line::parse(&sealed).unwrap(),
-            pb::Integrity::Unspecified,
-        )
+        let line = Line::parse(&sealed).unwrap();
+        entry("web-1", sealed, line, pb::Integrity::Unspecified)
     }
 
     #[tokio::test]

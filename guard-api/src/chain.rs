@@ -92,10 +92,11 @@ pub fn link(previous: &[u8; 32], body: &[u8]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// A sealed line without its chain member: what its hash covers.
-pub fn body(line: &str) -> Option<&[u8]> {
-    hash_of(line)?;
-    Some(&line.as_bytes()[..line.len() - SUFFIX_LEN])
+/// A sealed line split into what its hash covers (the line without its
+/// chain member) and its hash.
+pub fn unseal(line: &str) -> Option<(&[u8], [u8; 32])> {
+    let hash = parse_hex(hex_of(line)?)?;
+    Some((&line.as_bytes()[..line.len() - SUFFIX_LEN], hash))
 }
 
 /// The `seq` and chain hash of a sealed line (parses the line; callers
@@ -113,8 +114,14 @@ pub fn seal_of(line: &str) -> Option<(u64, [u8; 32])> {
 
 /// The chain hash of a sealed line, from its last member.
 pub fn hash_of(line: &str) -> Option<[u8; 32]> {
+    parse_hex(hex_of(line)?)
+}
+
+/// The chain hash of a sealed line as written: the 64 hex digits of its
+/// last member (not checked to be hex).
+pub fn hex_of(line: &str) -> Option<&str> {
     let suffix = line.get(line.len().checked_sub(SUFFIX_LEN)?..)?;
-    parse_hex(suffix.strip_prefix(MEMBER)?.strip_suffix("\"}")?)
+    suffix.strip_prefix(MEMBER)?.strip_suffix("\"}")
 }
 
 /// A chain hash from its 64 hex digits.

@@ -446,14 +446,14 @@ pub fn ticket_id(number: u32) -> String {
 
 /// Records that were made but never written, as written to the events
 /// stream in their place.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LossRecord {
     pub seq: u64,
     pub time: String,
     pub loss: Loss,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Loss {
     /// Where they were lost: `ring_buffer` or `decode`.
     pub stage: String,
@@ -462,7 +462,7 @@ pub struct Loss {
 
 /// The host's signature over the head of its chain, as a line of the
 /// stream (see [`crate::signing`]).
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CheckpointRecord {
     pub seq: u64,
     pub time: String,
@@ -482,7 +482,7 @@ pub struct Checkpoint {
 }
 
 /// One line of the events stream.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Line {
     Decision(Box<Record>),
     Loss(LossRecord),

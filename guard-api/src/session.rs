@@ -107,14 +107,14 @@ pub struct User {
 
 impl SessionRef {
     /// The API form of what a record carries about its session.
-    pub fn to_proto(&self) -> pb::Session {
+    pub fn into_proto(self) -> pb::Session {
         pb::Session {
-            id: self.session.clone(),
+            id: self.session,
             uid: self.user.uid,
-            user: self.user.name.clone().unwrap_or_default(),
+            user: self.user.name.unwrap_or_default(),
             login_uid: self.user.login_uid,
-            labels: self.labels.clone().into_iter().collect(),
-            parent: self.parent_session.clone().unwrap_or_default(),
+            labels: self.labels.into_iter().collect(),
+            parent: self.parent_session.unwrap_or_default(),
             login: self.login.as_ref().map(Login::to_proto),
         }
     }
@@ -124,7 +124,7 @@ impl Session {
     /// The API form of a session, as guardd's local API lists it.
     pub fn to_proto(&self) -> pb::SessionInfo {
         pb::SessionInfo {
-            session: Some(self.reference().to_proto()),
+            session: Some(self.reference().into_proto()),
             agent: self.agent.clone(),
             profile: self.profile.clone(),
             started: Some(time::timestamp(time::rfc3339_nanos(&self.started))),

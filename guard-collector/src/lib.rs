@@ -185,7 +185,7 @@ pub fn ingest(
             after: state.next_seq - 1,
             reason,
         };
-        let (Some(hash), Some(body)) = (chain::hash_of(&line), chain::body(&line)) else {
+        let Some((body, hash)) = chain::unseal(&line) else {
             return (out, Some(bad("not a sealed line (no `chain`)".into())));
         };
         let parsed = match Line::parse(&line) {
@@ -272,7 +272,7 @@ pub fn ingest(
                 };
             }
         }
-        entry.parsed = Some(Arc::new((parsed, hash)));
+        entry.parsed = Some(parsed);
         entry.json = line;
         out.entries.push(entry);
         state.next_seq = seq + 1;
@@ -282,7 +282,7 @@ pub fn ingest(
 }
 
 /// The API form of a stored entry.
-pub fn to_entry(host: &str, entry: &NewEntry) -> pb::Entry {
+pub fn to_entry(host: &str, entry: NewEntry) -> pb::Entry {
     if entry.kind == Kind::Gap {
         return pb::Entry {
             entry: Some(pb::entry::Entry::Gap(pb::Gap {
@@ -293,21 +293,22 @@ pub fn to_entry(host: &str, entry: &NewEntry) -> pb::Entry {
             })),
         };
     }
-    if let Some(parsed) = &entry.parsed {
-        let (line, hash) = &**parsed;
-        return audit::entry(host, &entry.json, hash, line, entry.integrity);
+    if let Some(line) = entry.parsed {
+        return audit::entry(host, entry.json, line, entry.integrity);
     }
-    match (chain::hash_of(&entry.json), Line::parse(&entry.json)) {
-        (Some(hash), Ok(line)) => audit::entry(host, &entry.json, &hash, &line, entry.integrity),
-        // Stored lines were checked on the way in; one that no longer
-        // parses was changed in the store.
+    // Stored lines were checked on the way in; one that no longer parses,
+    // or whose chain hash is no longer hex, was changed in the store.
+    let sealed =
+        chain::hex_of(&entry.json).is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+    match Line::parse(&entry.json) {
+        Ok(line) if sealed => audit::entry(host, entry.json, line, entry.integrity),
         _ => pb::Entry {
             entry: Some(pb::entry::Entry::Record(pb::Record {
                 seq: entry.seq,
                 host: host.into(),
                 time: Some(time::timestamp(entry.time)),
                 integrity: pb::Integrity::Broken as i32,
-                json: entry.json.clone(),
+                json: entry.json,
                 ..Default::default()
             })),
         },
@@ -329,7 +330,9 @@ impl History for StoreHandle {
             .map_err(status)?;
         let last = rows.last().map_or(after, |r| r.id);
         Ok((
-            rows.iter().map(|r| to_entry(&r.host, &r.entry)).collect(),
+            rows.into_iter()
+                .map(|r| to_entry(&r.host, r.entry))
+                .collect(),
             last,
         ))
     }
@@ -485,7 +488,7 @@ impl IngestService {
                     Ok(entries) => {
                         self.count(&entries);
                         if self.feed.has_subscribers() {
-                            for entry in &entries {
+                            for entry in entries {
                                 self.feed.publish(to_entry(&host, entry));
                             }
                         }
@@ -768,7 +771,7 @@ mod tests {
         assert_eq!(ingested.entries[2].integrity, pb::Integrity::Unchecked);
         let (next, _) = ingest(&mut state, lines[5..].to_vec(), 0);
         assert_eq!(next.entries[0].integrity, pb::Integrity::Verified);
-        match to_entry("web-1", gap).entry {
+        match to_entry("web-1", gap.clone()).entry {
             Some(pb::entry::Entry::Gap(g)) => assert_eq!((g.first_seq, g.last_seq), (2, 4)),
             other => panic!("a gap, not {other:?}"),
         }

@@ -11,6 +11,13 @@ use guard_api::{
 };
 use guard_collector as collector;
 
+// Parsing a line makes a few dozen small allocations, on the way in and
+// again for every query: with mimalloc the collector runs about 12% fewer
+// instructions in all than with the system allocator (measured with
+// cachegrind over `cargo xtask pipeline-bench`'s stages).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Collect the records of many guardd hosts in one store.
 ///
 /// guardd ships its events file here (guardd --collector ADDR), over

@@ -2,8 +2,6 @@
 //! two stores differ only in how they connect, bind values and size
 //! themselves.
 
-use std::sync::Arc;
-
 use guard_api::{audit::Filter, pb, record::Line};
 
 /// One stored row: a record or loss line of a host's stream, or a gap.
@@ -26,9 +24,9 @@ pub struct NewEntry {
     pub integrity: pb::Integrity,
     /// The sealed line; empty for a gap.
     pub json: String,
-    /// The line as the collector parsed it on the way in, and its hash, for
-    /// the live feed; `None` for a gap and for a row read from the store.
-    pub parsed: Option<Arc<(Line, [u8; 32])>>,
+    /// The line as the collector parsed it on the way in, for the live
+    /// feed; `None` for a gap and for a row read from the store.
+    pub parsed: Option<Line>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -517,7 +517,7 @@ impl RecordWriter {
             }
         };
         let before = self.chain.clone();
-        let (mut sealed, hash) = self.chain.seal(json);
+        let (mut sealed, _) = self.chain.seal(json);
         sealed.push(b'\n');
         if let Err(e) = self.out.append(&sealed) {
             self.chain = before;
@@ -563,9 +563,8 @@ impl RecordWriter {
         if self.feed.has_subscribers() {
             self.feed.publish(guard_api::audit::entry(
                 &self.host,
-                &text,
-                &hash,
-                line,
+                text.into_owned(),
+                line.clone(),
                 pb::Integrity::Unspecified,
             ));
         }
