@@ -5,13 +5,14 @@
 //! Every subscriber has its own bounded queue; one that falls behind is told
 //! how many entries it missed and never slows the writer.
 
-use std::{pin::Pin, sync::Arc};
-
-use tokio::sync::broadcast;
-use tokio_stream::{
-    Stream, StreamExt as _,
-    wrappers::{BroadcastStream, errors::BroadcastStreamRecvError},
+use std::{
+    pin::Pin,
+    sync::{Arc, Mutex},
 };
+
+use futures_util::{StreamExt as _, stream};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -21,8 +22,13 @@ use crate::{
     time::{nanos, rfc3339_nanos, timestamp},
 };
 
-/// Entries each subscriber may fall behind by before it loses some.
-pub const SUBSCRIBER_QUEUE: usize = 4096;
+/// Entries the feed hands its subscribers at a time, at most: a
+/// subscriber is woken once per batch, not once per entry.
+pub const FEED_BATCH: usize = 64;
+
+/// Batches each subscriber may fall behind by before it loses some: at
+/// least this many entries, at most [`FEED_BATCH`] times as many.
+pub const SUBSCRIBER_QUEUE: usize = 128;
 
 /// Largest page a query returns, and the default.
 pub const MAX_PAGE: u32 = 1000;
@@ -31,13 +37,24 @@ pub const DEFAULT_PAGE: u32 = 100;
 /// The live feed: the writer publishes, each `Follow` call subscribes.
 #[derive(Clone)]
 pub struct Feed {
-    sender: broadcast::Sender<Arc<pb::Entry>>,
+    sender: broadcast::Sender<Arc<Batch>>,
+    /// Entries published so far. Held while a batch is sent, so that
+    /// batches arrive in the order of their numbers.
+    published: Arc<Mutex<u64>>,
+}
+
+/// Entries published together.
+pub struct Batch {
+    /// How many entries the feed published before these.
+    pub first: u64,
+    pub entries: Vec<pb::Entry>,
 }
 
 impl Default for Feed {
     fn default() -> Self {
         Self {
             sender: broadcast::channel(SUBSCRIBER_QUEUE).0,
+            published: Arc::default(),
         }
     }
 }
@@ -49,13 +66,77 @@ impl Feed {
     }
 
     /// A subscriber's queue of the entries published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<pb::Entry>> {
-        self.sender.subscribe()
+    pub fn subscribe(&self) -> Subscriber {
+        // Under the lock: no batch is sent between the count and the
+        // subscription.
+        let published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        Subscriber {
+            receiver: self.sender.subscribe(),
+            next: *published,
+        }
     }
 
-    /// Publishes an entry to the current subscribers (none is fine).
-    pub fn publish(&self, entry: pb::Entry) {
-        let _ = self.sender.send(Arc::new(entry));
+    /// Publishes entries to the current subscribers (none is fine), in
+    /// batches of at most [`FEED_BATCH`].
+    pub fn publish(&self, entries: Vec<pb::Entry>) {
+        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            let batch: Vec<_> = entries.by_ref().take(FEED_BATCH).collect();
+            let first = *published;
+            *published += batch.len() as u64;
+            let _ = self.sender.send(Arc::new(Batch {
+                first,
+                entries: batch,
+            }));
+        }
+    }
+}
+
+/// One subscriber's queue of the feed.
+pub struct Subscriber {
+    receiver: broadcast::Receiver<Arc<Batch>>,
+    /// The number of the entry expected next.
+    next: u64,
+}
+
+impl Subscriber {
+    /// The next batch, with how many entries published before it this
+    /// subscriber missed (its queue was full); `None` once the feed is gone.
+    pub async fn recv(&mut self) -> Option<(Arc<Batch>, u64)> {
+        loop {
+            match self.receiver.recv().await {
+                Ok(batch) => return Some(self.received(batch)),
+                // The next batch says how many entries were missed.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// [`Self::recv`], from a thread outside the runtime.
+    pub fn blocking_recv(&mut self) -> Option<(Arc<Batch>, u64)> {
+        loop {
+            match self.receiver.blocking_recv() {
+                Ok(batch) => return Some(self.received(batch)),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    fn received(&mut self, batch: Arc<Batch>) -> (Arc<Batch>, u64) {
+        let missed = batch.first - self.next;
+        self.next = batch.first + batch.entries.len() as u64;
+        (batch, missed)
+    }
+
+    /// [`Self::recv`]'s batches as a stream.
+    fn into_stream(self) -> impl Stream<Item = (Arc<Batch>, u64)> {
+        stream::unfold(self, |mut subscriber| async move {
+            let received = subscriber.recv().await?;
+            Some((received, subscriber))
+        })
     }
 }
 
@@ -95,19 +176,30 @@ impl pb::audit_service_server::AuditService for AuditService {
     ) -> Result<Response<FollowStream>, Status> {
         let filter = Filter::new(request.into_inner().filter.unwrap_or_default())?;
         let losses = self.subscriber_losses.clone();
-        let stream =
-            BroadcastStream::new(self.feed.subscribe()).filter_map(move |item| match item {
-                Ok(entry) => filter.matches(&entry).then(|| Ok((*entry).clone())),
-                Err(BroadcastStreamRecvError::Lagged(missed)) => {
+        let stream = self
+            .feed
+            .subscribe()
+            .into_stream()
+            .flat_map(move |(batch, missed)| {
+                let mut entries = Vec::new();
+                if missed > 0 {
                     losses.inc_by(missed);
-                    Some(Ok(pb::Entry {
+                    entries.push(Ok(pb::Entry {
                         entry: Some(pb::entry::Entry::Loss(pb::Loss {
                             records: missed,
                             stage: "subscriber_queue".into(),
                             ..Default::default()
                         })),
-                    }))
+                    }));
                 }
+                entries.extend(
+                    batch
+                        .entries
+                        .iter()
+                        .filter(|entry| filter.matches(entry))
+                        .map(|entry| Ok(entry.clone())),
+                );
+                stream::iter(entries)
             });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -481,14 +573,15 @@ mod tests {
             .unwrap()
             .into_inner();
         let entry = sealed_entry(1);
+        // A batch at a time: the queue holds the last SUBSCRIBER_QUEUE.
         for _ in 0..(SUBSCRIBER_QUEUE + 10) {
-            service.feed.publish(entry.clone());
+            service.feed.publish(vec![entry.clone(); 3]);
         }
         let first = stream.next().await.unwrap().unwrap().entry.unwrap();
         assert_eq!(
             first,
             pb::entry::Entry::Loss(pb::Loss {
-                records: 10,
+                records: 30,
                 stage: "subscriber_queue".into(),
                 ..Default::default()
             })
@@ -502,6 +595,31 @@ mod tests {
         assert_eq!(next.host, "web-1");
         assert_eq!(next.chain.len(), 64);
         assert!(next.json.starts_with("{\"seq\":1,"));
+        assert_eq!(
+            service.subscriber_losses.get(),
+            30,
+            "the metric counts entries, not batches"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_keeps_up_gets_every_entry_in_order() {
+        let feed = Feed::default();
+        let mut subscriber = feed.subscribe();
+        let entries: Vec<_> = (1..=150).map(sealed_entry).collect();
+        feed.publish(entries[..100].to_vec());
+        feed.publish(entries[100..].to_vec());
+        let mut received = Vec::new();
+        while received.len() < entries.len() {
+            let (batch, missed) = subscriber.recv().await.unwrap();
+            assert_eq!(missed, 0);
+            assert!(batch.entries.len() <= FEED_BATCH);
+            assert_eq!(batch.first, received.len() as u64);
+            received.extend(batch.entries.iter().cloned());
+        }
+        assert_eq!(received, entries);
+        drop(feed);
+        assert!(subscriber.recv().await.is_none(), "the feed is gone");
     }
 
     #[tokio::test]

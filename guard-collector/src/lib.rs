@@ -488,9 +488,8 @@ impl IngestService {
                     Ok(entries) => {
                         self.count(&entries);
                         if self.feed.has_subscribers() {
-                            for entry in entries {
-                                self.feed.publish(to_entry(&host, entry));
-                            }
+                            self.feed
+                                .publish(entries.into_iter().map(|e| to_entry(&host, e)).collect());
                         }
                     }
                     Err(e) => {

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use super::state::{State, lock};
 use guard_api::{
-    audit::Feed,
+    audit::{FEED_BATCH, Feed},
     chain::Chain,
     metrics::StageLabels,
     pb,
@@ -190,6 +190,9 @@ pub struct RecordWriter {
     pub ocsf: Option<LineFile>,
     pub metrics: Arc<DaemonMetrics>,
     pub feed: Feed,
+    /// Entries for the feed's subscribers, published at the next flush
+    /// (or once there are a batch's worth).
+    feed_pending: Vec<pb::Entry>,
     /// The last sequence number written (the shipper follows it).
     pub written: watch::Sender<u64>,
     /// Per lane, the kernel's losses already written as loss lines.
@@ -229,6 +232,7 @@ impl RecordWriter {
             ocsf: None,
             metrics: Arc::default(),
             feed: Feed::default(),
+            feed_pending: Vec::new(),
             written,
             lost_reported: BTreeMap::new(),
             pending: BTreeMap::new(),
@@ -460,9 +464,13 @@ impl RecordWriter {
         }
     }
 
-    /// Makes what was written visible: the shipper (woken only when there
-    /// is something new) and the metrics told.
+    /// Makes what was written visible: the feed's subscribers and the
+    /// shipper (woken only when there is something new) and the metrics
+    /// told.
     pub fn flush(&mut self) {
+        if !self.feed_pending.is_empty() {
+            self.feed.publish(std::mem::take(&mut self.feed_pending));
+        }
         let last = self.chain.next_seq() - 1;
         self.written.send_if_modified(|written| {
             let new = *written != last;
@@ -561,12 +569,15 @@ impl RecordWriter {
             }
         }
         if self.feed.has_subscribers() {
-            self.feed.publish(guard_api::audit::entry(
+            self.feed_pending.push(guard_api::audit::entry(
                 &self.host,
                 text.into_owned(),
                 line.clone(),
                 pb::Integrity::Unspecified,
             ));
+            if self.feed_pending.len() >= FEED_BATCH {
+                self.feed.publish(std::mem::take(&mut self.feed_pending));
+            }
         }
         if let Some(checkpoints) = &mut self.checkpoints
             && !matches!(line, Line::Checkpoint(_))

@@ -250,13 +250,11 @@ fn writer_stage(
         let mut queue = writer.feed.subscribe();
         std::thread::spawn(move || {
             let (mut received, mut lagged) = (0u64, 0u64);
-            loop {
-                match queue.blocking_recv() {
-                    Ok(_) => received += 1,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => lagged += n,
-                    Err(_) => return (received, lagged),
-                }
+            while let Some((batch, missed)) = queue.blocking_recv() {
+                received += batch.entries.len() as u64;
+                lagged += missed;
             }
+            (received, lagged)
         })
     });
     let mut row = timed(name, events.len(), Some(TARGET_WRITER), || {
