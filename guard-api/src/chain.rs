@@ -118,10 +118,14 @@ pub fn hash_of(line: &str) -> Option<[u8; 32]> {
 }
 
 /// The chain hash of a sealed line as written: the 64 hex digits of its
-/// last member (not checked to be hex).
+/// last member.
 pub fn hex_of(line: &str) -> Option<&str> {
     let suffix = line.get(line.len().checked_sub(SUFFIX_LEN)?..)?;
-    suffix.strip_prefix(MEMBER)?.strip_suffix("\"}")
+    let digits = suffix.strip_prefix(MEMBER)?.strip_suffix("\"}")?;
+    digits
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit())
+        .then_some(digits)
 }
 
 /// A chain hash from its 64 hex digits.
