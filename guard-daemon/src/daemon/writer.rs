@@ -277,13 +277,16 @@ impl RecordWriter {
         state: &Mutex<State>,
         clock: &Clock,
     ) -> bool {
-        let was_blocked = self.blocked.is_some();
+        // What the programs were last told (they are told at each change).
+        let mut told_blocked = self.blocked.is_some();
         self.delete_acked();
         self.retry_if_blocked();
         // The state lock is taken once for the batch. guardd's tasks share
         // one thread, so holding it across the batch keeps nobody waiting
         // but a reload's blocking step.
         let mut state = lock(state);
+        // Writes resumed: the programs learn it now, not after the batch.
+        self.tell_blocked(&mut told_blocked, &mut state);
         let mut taken = 0;
         while taken < DRAIN_BATCH
             && let Some(item) = ring.next()
@@ -315,20 +318,26 @@ impl RecordWriter {
             // The next guardd checks that it continues this events file.
             state.keep();
         }
-        // The programs learn when records stop (or start again) being
-        // written: audit-or-deny profiles deny meanwhile.
-        if was_blocked != self.blocked.is_some() {
-            let blocked = self.blocked.is_some();
-            if let Err(e) = state.enforcer.set_spool_blocked(blocked) {
-                warn!("{e}");
-            }
-        }
+        self.tell_blocked(&mut told_blocked, &mut state);
         drop(state);
         if self.checkpoints.as_ref().is_some_and(Checkpoints::due) {
             self.checkpoint();
         }
         self.flush();
         taken == DRAIN_BATCH
+    }
+
+    /// Tells the programs when records stop (or start again) being
+    /// written, if they were `told` otherwise: audit-or-deny profiles deny
+    /// meanwhile.
+    fn tell_blocked(&self, told: &mut bool, state: &mut State) {
+        let blocked = self.blocked.is_some();
+        if *told != blocked {
+            if let Err(e) = state.enforcer.set_spool_blocked(blocked) {
+                warn!("{e}");
+            }
+            *told = blocked;
+        }
     }
 
     /// Deletes the rotated files the collector acknowledged.
