@@ -106,29 +106,16 @@ impl Subscriber {
     pub async fn recv(&mut self) -> Option<(Arc<Batch>, u64)> {
         loop {
             match self.receiver.recv().await {
-                Ok(batch) => return Some(self.received(batch)),
+                Ok(batch) => {
+                    let missed = batch.first - self.next;
+                    self.next = batch.first + batch.entries.len() as u64;
+                    return Some((batch, missed));
+                }
                 // The next batch says how many entries were missed.
                 Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => return None,
             }
         }
-    }
-
-    /// [`Self::recv`], from a thread outside the runtime.
-    pub fn blocking_recv(&mut self) -> Option<(Arc<Batch>, u64)> {
-        loop {
-            match self.receiver.blocking_recv() {
-                Ok(batch) => return Some(self.received(batch)),
-                Err(RecvError::Lagged(_)) => continue,
-                Err(RecvError::Closed) => return None,
-            }
-        }
-    }
-
-    fn received(&mut self, batch: Arc<Batch>) -> (Arc<Batch>, u64) {
-        let missed = batch.first - self.next;
-        self.next = batch.first + batch.entries.len() as u64;
-        (batch, missed)
     }
 
     /// [`Self::recv`]'s batches as a stream.

@@ -249,12 +249,17 @@ fn writer_stage(
     let follower = subscribe.then(|| {
         let mut queue = writer.feed.subscribe();
         std::thread::spawn(move || {
-            let (mut received, mut lagged) = (0u64, 0u64);
-            while let Some((batch, missed)) = queue.blocking_recv() {
-                received += batch.entries.len() as u64;
-                lagged += missed;
-            }
-            (received, lagged)
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("the subscriber's runtime");
+            runtime.block_on(async {
+                let (mut received, mut lagged) = (0u64, 0u64);
+                while let Some((batch, missed)) = queue.recv().await {
+                    received += batch.entries.len() as u64;
+                    lagged += missed;
+                }
+                (received, lagged)
+            })
         })
     });
     let mut row = timed(name, events.len(), Some(TARGET_WRITER), || {
