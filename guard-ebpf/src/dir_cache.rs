@@ -45,42 +45,31 @@ fn sequences() -> Option<(u32, u32)> {
     (renames & 1 == 0 && mounts & 1 == 0).then_some((renames, mounts))
 }
 
-/// [`kernel::guard_file_rule`] of the file at `dentry` (a BTF-typed
-/// pointer; `dentry_arg` is the same as a number) in mount `vfsmount_arg`:
-/// the file's own rule, else its directory's, kept. A file at the root of
-/// its mount is walked.
+/// [`kernel::guard_file_rule`] of the file at `dentry` in mount `vfsmount`
+/// (both BTF-typed): the file's own rule, else its directory's, kept. A
+/// file at the root of its mount is walked.
 #[inline(always)]
-pub fn file_rule(
-    profile: u32,
-    generation: u64,
-    dentry: Kptr,
-    dentry_arg: u64,
-    vfsmount_arg: u64,
-) -> u64 {
-    match kernel::identity_rule(profile, dentry) {
+pub fn file_rule(profile: u32, generation: u64, dentry: Kptr, vfsmount: Kptr) -> u64 {
+    match kernel::identity_rule::<kernel::Typed>(profile, dentry) {
         Ok(Some(rule)) => return kernel::pack(Some(rule)),
         Ok(None) => {}
         Err(_) => return FAILED,
     }
-    let dir: Kptr = kernel::typed_field(dentry, kernel::dentry_parent_offset());
-    let Ok(dir_arg) = kernel::as_scalar(dir) else {
+    let Ok(vfsmount_arg) = kernel::as_scalar(vfsmount) else {
         return FAILED;
     };
-    match kernel::is_mount_root(dentry_arg, vfsmount_arg) {
-        Ok(false) if dir_arg != dentry_arg => {
-            dir_rule(profile, generation, dir, dir_arg, vfsmount_arg)
-        }
-        Ok(_) => kernel::guard_file_rule(profile, dentry_arg, vfsmount_arg),
-        Err(_) => FAILED,
+    let dir: Kptr = kernel::typed_field(dentry, kernel::dentry_parent_offset());
+    if dir == dentry || kernel::is_mount_root(dentry, vfsmount) {
+        return walk(profile, dentry, vfsmount_arg);
     }
+    dir_rule(profile, generation, dir, vfsmount_arg)
 }
 
 /// [`kernel::guard_file_rule`] of the directory `dir` (a BTF-typed dentry
-/// pointer; `dir_arg` is the same as a number) in mount `vfsmount_arg`,
-/// kept or walked.
+/// pointer) in mount `vfsmount_arg`, kept or walked.
 #[inline(always)]
-fn dir_rule(profile: u32, generation: u64, dir: Kptr, dir_arg: u64, vfsmount_arg: u64) -> u64 {
-    let walk = || kernel::guard_file_rule(profile, dir_arg, vfsmount_arg);
+fn dir_rule(profile: u32, generation: u64, dir: Kptr, vfsmount_arg: u64) -> u64 {
+    let walk = || walk(profile, dir, vfsmount_arg);
     let Some(before) = sequences() else {
         return walk();
     };
@@ -123,4 +112,13 @@ fn dir_rule(profile: u32, generation: u64, dir: Kptr, dir_arg: u64, vfsmount_arg
         unsafe { DIR_RULES.get_or_insert_ptr_mut(inode, Some(&mut scratch.kept_rule)) };
     }
     packed
+}
+
+/// [`kernel::guard_file_rule`] of `dentry` (BTF-typed), walked.
+#[inline(always)]
+fn walk(profile: u32, dentry: Kptr, vfsmount_arg: u64) -> u64 {
+    match kernel::as_scalar(dentry) {
+        Ok(dentry_arg) => kernel::guard_file_rule(profile, dentry_arg, vfsmount_arg),
+        Err(_) => FAILED,
+    }
 }

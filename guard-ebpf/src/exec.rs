@@ -14,7 +14,7 @@ use crate::{
         set_path, set_target_path,
     },
     guardrails,
-    kernel::{self, Identity, Kptr, ReadError},
+    kernel::{self, Identity, Kptr, ReadError, Typed},
     maps::{self, EXEC_DIGESTS, EXEC_IDENTITY, EXEC_PATHS, PathScratch},
 };
 
@@ -49,8 +49,8 @@ fn try_exec(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     // SAFETY: the verifier checks this load against the kernel's BTF.
     let file: Kptr =
         unsafe { core::ptr::read_volatile(bprm.add(kernel::bprm_file_offset()) as *const Kptr) };
-    let inode = kernel::file_inode(file)?;
-    let identity = kernel::inode_identity(inode)?;
+    let inode = kernel::file_inode(file);
+    let identity = kernel::inode_identity::<Typed>(inode)?;
     let scratch = scratch()?;
 
     // SAFETY: the value is a plain Copy struct, copied out at once.
@@ -143,7 +143,7 @@ fn try_exec_content(ctx: &LsmContext) -> Result<bool, ReadError> {
     let Some(rule) = (unsafe { EXEC_DIGESTS.get(&key) }).copied() else {
         return Ok(false);
     };
-    let identity = kernel::inode_identity(kernel::file_inode(file)?)?;
+    let identity = kernel::inode_identity::<Typed>(kernel::file_inode(file))?;
     let mut decision = Decision::new(&agent, Some(rule), 0);
     guardrails::approve(&mut decision, &program_key(&agent, identity));
     let scratch = scratch()?;
@@ -176,7 +176,7 @@ fn try_mmap_file(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     if file.is_null() || prot & PROT_EXEC == 0 {
         return Ok(false);
     }
-    let identity = kernel::inode_identity(kernel::file_inode(file)?)?;
+    let identity = kernel::inode_identity::<Typed>(kernel::file_inode(file))?;
     // SAFETY: the value is a plain Copy struct, copied out at once.
     let rule = match unsafe { EXEC_IDENTITY.get(&identity.key(agent.entry.profile)) } {
         Some(found) if found.rule.action == action::DENY => found.rule,

@@ -13,7 +13,7 @@ use crate::{
         set_identity, set_path,
     },
     dir_cache, guardrails,
-    kernel::{self, Kptr, ReadError},
+    kernel::{self, Kptr, Probe, ReadError, Typed},
     maps,
 };
 
@@ -53,8 +53,9 @@ fn file_rule_denies(rule_action: u32, op: FileOp) -> bool {
     }
 }
 
-/// Decides on the action of `hook_id` on the file at `dentry` (in mount `vfsmount`; for a
-/// creation, the new, still negative dentry). A name rule that denies `op`
+/// Decides on the action of `hook_id` on the file at `dentry` (in mount
+/// `vfsmount`, both BTF-typed; for a creation, the new, still negative
+/// dentry). A name rule that denies `op`
 /// decides first; then the rule of the nearest of the file and its ancestor
 /// directories that has one; then the profile's default.
 ///
@@ -71,14 +72,7 @@ fn check_file(
     if unsafe { core::ptr::read_volatile(&GUARD_FAULT_HOOK_ERRORS) } != 0 {
         return Err(-1);
     }
-    let (dentry_arg, vfsmount_arg) = (kernel::as_scalar(dentry)?, kernel::as_scalar(vfsmount)?);
-    let own_name = changes_entry(hook_id) && {
-        let found = kernel::guard_own_name(dentry_arg);
-        if found & kernel::FAILED != 0 {
-            return Err(-1);
-        }
-        found != 0
-    };
+    let own_name = changes_entry(hook_id) && kernel::is_own_name(dentry)?;
     // A creation's dentry is new: not a kernel interface's file (opening
     // one with O_CREAT passes here too; the open for write that follows is
     // the decision) nor a block device.
@@ -87,7 +81,7 @@ fn check_file(
     let mut decision = if off_limits {
         Decision::SELF_PROTECTION
     } else {
-        match file_decision(agent, hook_id, dentry, dentry_arg, vfsmount_arg)? {
+        match file_decision(agent, hook_id, dentry, vfsmount)? {
             Some(decision) => decision,
             None => return Ok(false),
         }
@@ -95,7 +89,7 @@ fn check_file(
     if file_op(hook_id) == FileOp::Destroy {
         guardrails::spend(agent, &mut decision, budget::DESTROY);
     }
-    file_decided(agent, hook_id, decision, dentry, dentry_arg, vfsmount_arg)
+    file_decided(agent, hook_id, decision, dentry, vfsmount)
 }
 
 /// Whether a file hook id adds, removes or renames a directory entry.
@@ -113,21 +107,22 @@ fn changes_entry(hook_id: u32) -> bool {
     )
 }
 
-/// Applies an approved ticket for the file at `dentry` to `decision`, then
-/// records it (with the file's path) and returns whether the action is denied.
+/// Applies an approved ticket for the file at `dentry` (in mount
+/// `vfsmount`) to `decision`, then records it (with the file's path) and
+/// returns whether the action is denied.
 #[inline(always)]
 fn file_decided(
     agent: &Agent,
     hook_id: u32,
     mut decision: Decision,
     dentry: Kptr,
-    dentry_arg: u64,
-    vfsmount_arg: u64,
+    vfsmount: Kptr,
 ) -> Result<bool, ReadError> {
     if !decision.recorded(agent) {
         return Ok(decision.denies());
     }
-    let identity = kernel::dentry_identity(dentry).unwrap_or(None);
+    let (dentry_arg, vfsmount_arg) = (kernel::as_scalar(dentry)?, kernel::as_scalar(vfsmount)?);
+    let identity = kernel::dentry_identity::<Probe>(dentry).unwrap_or(None);
     if let Some(identity) = identity {
         let key = ExceptionKey::identity(agent.cgroup, object::FILE, identity.dev, identity.ino);
         guardrails::approve(&mut decision, &key);
@@ -151,8 +146,7 @@ fn file_decision(
     agent: &Agent,
     hook_id: u32,
     dentry: Kptr,
-    dentry_arg: u64,
-    vfsmount_arg: u64,
+    vfsmount: Kptr,
 ) -> Result<Option<Decision>, ReadError> {
     let op = file_op(hook_id);
     if op == FileOp::Write && agent.entry.flags & agent_flag::DECIDE_WRITES == 0 {
@@ -161,12 +155,11 @@ fn file_decision(
     let profile = agent.entry.profile;
     let mut rule = None;
     if agent.entry.flags & agent_flag::NAME_RULES != 0 {
-        rule = kernel::unpack(kernel::guard_name_rule(profile, dentry_arg))?
+        rule = kernel::unpack(kernel::guard_name_rule(profile, kernel::as_scalar(dentry)?))?
             .filter(|rule| file_rule_denies(rule.action, op));
     }
     if rule.is_none() {
-        let packed =
-            dir_cache::file_rule(profile, agent.generation, dentry, dentry_arg, vfsmount_arg);
+        let packed = dir_cache::file_rule(profile, agent.generation, dentry, vfsmount);
         if packed & kernel::TOO_DEEP != 0 {
             // Left to the profile's default; counted and reported.
             count(Counter::WalkTooDeep);
@@ -188,19 +181,21 @@ fn file_decision(
     )))
 }
 
-/// `check_file` for the file at a `struct path` (a BTF-typed pointer: the
-/// directory cache needs the dentry typed).
+/// `check_file` for the file at a `struct path` (a BTF-typed pointer).
 #[inline(always)]
 fn check_path(agent: &Agent, hook_id: u32, path: Kptr) -> Result<bool, ReadError> {
-    let (vfsmount, _) = kernel::path_parts(path)?;
-    check_file(agent, hook_id, vfsmount, kernel::typed_path_dentry(path))
+    check_file(
+        agent,
+        hook_id,
+        kernel::typed_path_mnt(path),
+        kernel::typed_path_dentry(path),
+    )
 }
 
 /// `check_file` for a hook whose arguments are a directory's `struct path`
 /// and a dentry in it.
 fn check_in_dir(agent: &Agent, hook_id: u32, dir: Kptr, dentry: Kptr) -> Result<bool, ReadError> {
-    let (vfsmount, _) = kernel::path_parts(dir)?;
-    check_file(agent, hook_id, vfsmount, dentry)
+    check_file(agent, hook_id, kernel::typed_path_mnt(dir), dentry)
 }
 
 /// Denies unlinking a protected file (path_unlink).
@@ -247,7 +242,7 @@ fn try_rename(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     }
     // Over an existing file: destroying it (which a read-only directory
     // denies too). Otherwise: a new entry in the directory.
-    let new_side = if kernel::dentry_identity(new_dentry)?.is_some() {
+    let new_side = if kernel::dentry_identity::<Probe>(new_dentry)?.is_some() {
         hook::RENAME
     } else {
         hook::RENAME_INTO
@@ -282,13 +277,13 @@ per_cgroup_too!("file_open", file_open, cg_file_open, open);
 #[inline(always)]
 fn try_file_open(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
     let file: Kptr = ctx.arg(0);
-    let flags = kernel::file_flags(file)?;
+    let flags = kernel::file_flags(file);
     if flags & O_ACCMODE == O_RDONLY {
         return read_secret(agent, file);
     }
     // Truncating a non-empty file destroys its content (denied wherever
     // writing is, too); any other open for write writes.
-    let hook_id = if flags & O_TRUNC != 0 && kernel::inode_size(kernel::file_inode(file)?)? > 0 {
+    let hook_id = if flags & O_TRUNC != 0 && kernel::inode_size(kernel::file_inode(file)) > 0 {
         hook::OPEN_TRUNC
     } else {
         hook::OPEN_WRITE
@@ -303,7 +298,7 @@ fn try_file_open(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
 // limit on a call chain's stack does not leave room for).
 #[inline(always)]
 fn read_secret(agent: &Agent, file: Kptr) -> Result<bool, ReadError> {
-    let identity = kernel::inode_identity(kernel::file_inode(file)?)?;
+    let identity = kernel::inode_identity::<Typed>(kernel::file_inode(file))?;
     let key = SecretKey {
         ino: identity.ino,
         dev: identity.dev,
@@ -313,15 +308,13 @@ fn read_secret(agent: &Agent, file: Kptr) -> Result<bool, ReadError> {
     if unsafe { maps::SECRETS.get(&key) }.is_none() {
         return Ok(false);
     }
-    let (vfsmount, dentry) = kernel::path_parts(kernel::file_path(file))?;
-    let (dentry_arg, vfsmount_arg) = (kernel::as_scalar(dentry)?, kernel::as_scalar(vfsmount)?);
+    let path = kernel::file_path(file);
     file_decided(
         agent,
         hook::OPEN_READ,
         Decision::SELF_PROTECTION,
-        dentry,
-        dentry_arg,
-        vfsmount_arg,
+        kernel::typed_path_dentry(path),
+        kernel::typed_path_mnt(path),
     )
 }
 
@@ -385,7 +378,7 @@ fn try_link(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
         return Ok(true);
     }
     // A hard link stays within one mount: both names are in `new_dir`'s.
-    let (vfsmount, _) = kernel::path_parts(new_dir)?;
+    let vfsmount = kernel::typed_path_mnt(new_dir);
     let (old_arg, new_arg, vfsmount_arg) = (
         kernel::as_scalar(old)?,
         kernel::as_scalar(new)?,
@@ -407,7 +400,7 @@ fn try_link(ctx: &LsmContext, agent: &Agent) -> Result<bool, ReadError> {
         }),
         0,
     );
-    file_decided(agent, hook::LINK_AWAY, decision, old, old_arg, vfsmount_arg)
+    file_decided(agent, hook::LINK_AWAY, decision, old, vfsmount)
 }
 
 /// The rule that keeps the file at `dentry` from being destroyed, if any:

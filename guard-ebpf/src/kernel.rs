@@ -15,8 +15,8 @@ use guard_common::{
 
 use crate::maps::{FILE_IDENTITY, FILE_NAMES, OWN_NAMES, PathScratch, WALK_LEN};
 
-/// A kernel pointer; only ever dereferenced through `bpf_probe_read_kernel`
-/// (or, where a helper needs the kernel's typed pointer, a direct load).
+/// A kernel pointer; dereferenced through `bpf_probe_read_kernel`, or by a
+/// direct load where it is BTF-typed (see [`Access`]).
 pub type Kptr = *const u8;
 
 /// An error reading kernel memory (the helper's negative errno).
@@ -86,6 +86,35 @@ pub fn read<T>(base: Kptr, offset: usize) -> Result<T, ReadError> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset) as *const T) }.map_err(i64::from)
 }
 
+/// How a function reads kernel structs: [`Probe`] from any address,
+/// [`Typed`] by direct loads, which cost an instruction where a helper call
+/// costs dozens (file decisions read about twenty fields).
+pub trait Access {
+    fn read<T>(base: Kptr, offset: usize) -> Result<T, ReadError>;
+}
+
+/// Through `bpf_probe_read_kernel`: from any address, a bad one an error.
+pub struct Probe;
+
+/// By direct loads ([`typed_field`]): only from a BTF-typed pointer (a
+/// hook's argument, or a pointer loaded from one by a direct load) that is
+/// not NULL; a pointer that may be NULL is checked before it is read from.
+pub struct Typed;
+
+impl Access for Probe {
+    #[inline(always)]
+    fn read<T>(base: Kptr, offset: usize) -> Result<T, ReadError> {
+        read(base, offset)
+    }
+}
+
+impl Access for Typed {
+    #[inline(always)]
+    fn read<T>(base: Kptr, offset: usize) -> Result<T, ReadError> {
+        Ok(typed_field(base, offset))
+    }
+}
+
 /// Copies `len` bytes of kernel memory from `src` to `dst`.
 #[inline(always)]
 pub fn copy(dst: *mut u8, len: u32, src: Kptr) -> Result<(), ReadError> {
@@ -113,20 +142,22 @@ impl Identity {
     }
 }
 
-pub fn inode_identity(inode: Kptr) -> Result<Identity, ReadError> {
-    let ino: u64 = read(inode, off(&OFF_INODE_INO))?;
-    let sb: Kptr = read(inode, off(&OFF_INODE_SB))?;
-    let dev: u32 = read(sb, off(&OFF_SB_DEV))?;
+#[inline(always)]
+pub fn inode_identity<A: Access>(inode: Kptr) -> Result<Identity, ReadError> {
+    let ino: u64 = A::read(inode, off(&OFF_INODE_INO))?;
+    let sb: Kptr = A::read(inode, off(&OFF_INODE_SB))?;
+    let dev: u32 = A::read(sb, off(&OFF_SB_DEV))?;
     Ok(Identity { dev, ino })
 }
 
 /// Identity of a dentry's inode, or `None` for a negative dentry.
-pub fn dentry_identity(dentry: Kptr) -> Result<Option<Identity>, ReadError> {
-    let inode: Kptr = read(dentry, off(&OFF_DENTRY_INODE))?;
+#[inline(always)]
+pub fn dentry_identity<A: Access>(dentry: Kptr) -> Result<Option<Identity>, ReadError> {
+    let inode: Kptr = A::read(dentry, off(&OFF_DENTRY_INODE))?;
     if inode.is_null() {
         return Ok(None);
     }
-    inode_identity(inode).map(Some)
+    inode_identity::<A>(inode).map(Some)
 }
 
 const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
@@ -153,18 +184,19 @@ const S_IFBLK: u16 = 0o060_000;
 /// `kernel.modprobe`) or a block device (writing one rewrites files beneath
 /// every rule). One exception: a process may move into a cgroup below its
 /// own (sub-agents launched by an agent do), which leaves it confined.
+/// `dentry` is BTF-typed.
 pub fn off_limits(dentry: Kptr, for_write: bool) -> Result<bool, ReadError> {
-    let sb: Kptr = read(dentry, off(&OFF_DENTRY_SB))?;
-    let magic: u64 = read(sb, off(&OFF_SB_MAGIC))?;
+    let sb: Kptr = Typed::read(dentry, off(&OFF_DENTRY_SB))?;
+    let magic: u64 = Typed::read(sb, off(&OFF_SB_MAGIC))?;
     if KERNEL_INTERFACES.contains(&magic) {
         let deeper = magic == CGROUP2_SUPER_MAGIC && for_write && joins_own_subtree(dentry)?;
         return Ok(!deeper);
     }
-    let inode: Kptr = read(dentry, off(&OFF_DENTRY_INODE))?;
+    let inode: Kptr = Typed::read(dentry, off(&OFF_DENTRY_INODE))?;
     if inode.is_null() {
         return Ok(false);
     }
-    let mode: u16 = read(inode, off(&OFF_INODE_MODE))?;
+    let mode: u16 = Typed::read(inode, off(&OFF_INODE_MODE))?;
     Ok(mode & S_IFMT == S_IFBLK)
 }
 
@@ -237,6 +269,11 @@ pub fn typed_path_dentry(path: Kptr) -> Kptr {
     typed_field(path, off(&OFF_PATH_DENTRY))
 }
 
+/// The mount of a `struct path` (a BTF-typed pointer), by a direct load.
+pub fn typed_path_mnt(path: Kptr) -> Kptr {
+    typed_field(path, off(&OFF_PATH_MNT))
+}
+
 /// A pointer member of a BTF-typed struct, by a direct load: the verifier
 /// checks it against the kernel's BTF and types the result. Only for a
 /// `base` that is never NULL (a hook's argument, a dentry's `d_parent`, a
@@ -257,26 +294,28 @@ pub fn dentry_inode_offset() -> usize {
     off(&OFF_DENTRY_INODE)
 }
 
-/// Whether the dentry `dentry_arg` is the root of mount `vfsmount_arg`
-/// (both as numbers).
-pub fn is_mount_root(dentry_arg: u64, vfsmount_arg: u64) -> Result<bool, ReadError> {
-    Ok(read::<u64>(vfsmount_arg as Kptr, off(&OFF_VFSMOUNT_ROOT))? == dentry_arg)
+/// Whether `dentry` is the root of mount `vfsmount` (both BTF-typed).
+pub fn is_mount_root(dentry: Kptr, vfsmount: Kptr) -> bool {
+    typed_field::<Kptr>(vfsmount, off(&OFF_VFSMOUNT_ROOT)) == dentry
 }
 
 pub fn file_path(file: Kptr) -> Kptr {
     file.wrapping_add(off(&OFF_FILE_PATH))
 }
 
-pub fn file_flags(file: Kptr) -> Result<u32, ReadError> {
-    read(file, off(&OFF_FILE_FLAGS))
+/// `file` is BTF-typed.
+pub fn file_flags(file: Kptr) -> u32 {
+    typed_field(file, off(&OFF_FILE_FLAGS))
 }
 
-pub fn file_inode(file: Kptr) -> Result<Kptr, ReadError> {
-    read(file, off(&OFF_FILE_INODE))
+/// An open file's inode (never NULL); `file` is BTF-typed.
+pub fn file_inode(file: Kptr) -> Kptr {
+    typed_field(file, off(&OFF_FILE_INODE))
 }
 
-pub fn inode_size(inode: Kptr) -> Result<i64, ReadError> {
-    read(inode, off(&OFF_INODE_SIZE))
+/// `inode` is BTF-typed.
+pub fn inode_size(inode: Kptr) -> i64 {
+    typed_field(inode, off(&OFF_INODE_SIZE))
 }
 
 /// An inode's change time: seconds, nanoseconds (on 6.1 the low half of a
@@ -367,8 +406,9 @@ pub enum Protection {
 
 /// The rule of `profile` on the dentry's own file or directory (by its
 /// identity), if any; none for a negative dentry.
-pub fn identity_rule(profile: u32, dentry: Kptr) -> Result<Option<RuleRef>, ReadError> {
-    let Some(identity) = dentry_identity(dentry)? else {
+#[inline(always)]
+pub fn identity_rule<A: Access>(profile: u32, dentry: Kptr) -> Result<Option<RuleRef>, ReadError> {
+    let Some(identity) = dentry_identity::<A>(dentry)? else {
         return Ok(None);
     };
     // SAFETY: the value is a plain Copy struct, copied out at once.
@@ -382,7 +422,7 @@ pub fn find_protected(profile: u32, dentry: Kptr, vfsmount: Kptr) -> Result<Prot
     let mut dentry = dentry;
     let mut vfsmount = vfsmount;
     for _ in 0..MAX_WALK_DEPTH {
-        if let Some(rule) = identity_rule(profile, dentry)? {
+        if let Some(rule) = identity_rule::<Probe>(profile, dentry)? {
             return Ok(Protection::Protected(rule));
         }
         match step_up(dentry, vfsmount)? {
@@ -435,17 +475,20 @@ pub fn find_protected_name(
 }
 
 /// Whether `dentry`'s entry (its name in its parent directory) is one of
-/// the entries on the way to Guard's own files (`OWN_NAMES`).
-pub fn is_own_name(dentry: Kptr, scratch: &mut PathScratch) -> Result<bool, ReadError> {
-    let parent: Kptr = read(dentry, off(&OFF_DENTRY_PARENT))?;
+/// the entries on the way to Guard's own files (`OWN_NAMES`). `dentry` is
+/// BTF-typed.
+#[inline(always)]
+pub fn is_own_name(dentry: Kptr) -> Result<bool, ReadError> {
+    let scratch = crate::maps::path_scratch().ok_or(-1)?;
+    let parent: Kptr = Typed::read(dentry, off(&OFF_DENTRY_PARENT))?;
     if parent == dentry {
         return Ok(false);
     }
-    let Some(dir) = dentry_identity(parent)? else {
+    let Some(dir) = dentry_identity::<Typed>(parent)? else {
         return Ok(false);
     };
-    let len: u32 = read(dentry, off(&OFF_DENTRY_NAME_LEN))?;
-    let name: Kptr = read(dentry, off(&OFF_DENTRY_NAME))?;
+    let len: u32 = Typed::read(dentry, off(&OFF_DENTRY_NAME_LEN))?;
+    let name: Kptr = Typed::read(dentry, off(&OFF_DENTRY_NAME))?;
     let len = len.min(OWN_NAME_LEN as u32);
     let key = &mut scratch.own_key;
     key.dir_ino = dir.ino;
@@ -600,20 +643,6 @@ pub extern "C" fn guard_name_rule(profile: u32, dentry: u64) -> u64 {
     };
     match find_protected_name(profile, dentry as Kptr, scratch) {
         Ok(rule) => pack(rule),
-        Err(_) => FAILED,
-    }
-}
-
-/// [`is_own_name`] as a global function: 1 when the entry is one of Guard's
-/// own, else 0 (or [`FAILED`]).
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn guard_own_name(dentry: u64) -> u64 {
-    let Some(scratch) = crate::maps::path_scratch() else {
-        return FAILED;
-    };
-    match is_own_name(dentry as Kptr, scratch) {
-        Ok(own) => own as u64,
         Err(_) => FAILED,
     }
 }
