@@ -63,7 +63,9 @@ pub mod map {
     /// one of Guard's own files (each ancestor directory's name in its
     /// parent, and the file's own name). No agent may remove, rename or
     /// create an entry of these names, so the way to Guard's files cannot
-    /// be swapped. Not part of a generation.
+    /// be swapped. Each directory that holds such an entry has a key of
+    /// its own too ([`super::OwnNameKey::dir`]), so that an entry elsewhere
+    /// is passed without copying its name. Not part of a generation.
     pub const OWN_NAMES: &str = "OWN_NAMES";
     /// Array of one `u32` of [`super::spool_flag`] bits: the state of
     /// guardd's records, which the programs act on.
@@ -1008,6 +1010,19 @@ pub struct OwnNameKey {
     pub len: u32,
     /// The name, zero-padded.
     pub name: [u8; OWN_NAME_LEN],
+}
+
+impl OwnNameKey {
+    /// The key that says the directory (`dir_dev`, `dir_ino`) holds one of
+    /// the names: the empty name, which no entry has.
+    pub const fn dir(dir_dev: u32, dir_ino: u64) -> Self {
+        Self {
+            dir_ino,
+            dir_dev,
+            len: 0,
+            name: [0; OWN_NAME_LEN],
+        }
+    }
 }
 
 /// Key of [`map::EXEC_DIGESTS`]: a file's SHA-256, in one profile (the

@@ -38,12 +38,18 @@ pub(crate) struct Agent {
 #[inline(always)]
 pub(crate) fn current_agent() -> Option<Agent> {
     let root = guard_root();
-    // SAFETY: a plain read of a static set at load time.
-    let level = unsafe { core::ptr::read_volatile(&GUARD_ROOT_CGROUP_LEVEL) } as i32;
-    // SAFETY: helper calls without pointer arguments.
-    if root == 0 || unsafe { generated::bpf_get_current_ancestor_cgroup_id(level) } != root {
+    // SAFETY: a helper call without pointer arguments.
+    if root == 0 || unsafe { generated::bpf_get_current_ancestor_cgroup_id(root_level()) } != root {
         return None;
     }
+    agent_below_root()
+}
+
+/// [`current_agent`] for a process known to run below Guard's root cgroup
+/// (a program attached to that cgroup runs only for those).
+#[inline(always)]
+pub(crate) fn agent_below_root() -> Option<Agent> {
+    let level = root_level();
     // A key on the stack: a promoted `&0` may be merged with a zero-valued
     // load-time global (e.g. the cgroup level), which the loader rewrites.
     let first: u32 = 0;
@@ -62,7 +68,8 @@ pub(crate) fn current_agent() -> Option<Agent> {
             entry,
         })
     };
-    // 0 when the process is directly in an agent cgroup.
+    // SAFETY: helper calls without pointer arguments. 0 when the process
+    // is directly in an agent cgroup.
     let session = unsafe { generated::bpf_get_current_ancestor_cgroup_id(level + 2) };
     let cgroup = if session != 0 {
         session
@@ -74,6 +81,12 @@ pub(crate) fn current_agent() -> Option<Agent> {
         generation: info.generation,
         entry: LOCKED,
     }))
+}
+
+#[inline(always)]
+fn root_level() -> i32 {
+    // SAFETY: a plain read of a static set at load time.
+    unsafe { core::ptr::read_volatile(&GUARD_ROOT_CGROUP_LEVEL) as i32 }
 }
 
 /// The cgroup id of Guard's root cgroup (0 until the loader sets it).

@@ -12,7 +12,7 @@ use guard_common::{
 };
 
 use crate::{
-    agent::{Agent, current_agent},
+    agent::{Agent, agent_below_root, current_agent},
     kernel::{self, Identity, Kptr, ReadError},
     maps::{self, COUNTERS, DENIALS, EVENTS, PathScratch, SPOOL_STATE},
 };
@@ -25,6 +25,9 @@ const EPERM: i32 = 1;
 /// arithmetic the verifier does not track, and it would reject the
 /// program's return value.
 pub(crate) trait Attach {
+    /// The kernel runs the program only for processes below Guard's root
+    /// cgroup, so the program need not check that again.
+    const ONLY_BELOW_ROOT: bool;
     fn allow() -> i32;
     fn deny() -> i32;
 }
@@ -48,6 +51,7 @@ fn read(value: &'static i64) -> i32 {
 }
 
 impl Attach for Global {
+    const ONLY_BELOW_ROOT: bool = false;
     #[inline(always)]
     fn allow() -> i32 {
         0
@@ -59,6 +63,7 @@ impl Attach for Global {
 }
 
 impl Attach for PerCgroup {
+    const ONLY_BELOW_ROOT: bool = true;
     #[inline(always)]
     fn allow() -> i32 {
         read(&CGROUP_ALLOW)
@@ -307,7 +312,12 @@ pub(crate) fn decide_hook<A: Attach>(
             return A::deny();
         }
     }
-    match current_agent() {
+    let agent = if A::ONLY_BELOW_ROOT {
+        agent_below_root()
+    } else {
+        current_agent()
+    };
+    match agent {
         Some(agent) => verdict::<A>(decide(&agent), agent.entry.flags),
         None => A::allow(),
     }

@@ -55,29 +55,28 @@ pub fn file_rule(profile: u32, generation: u64, dentry: Kptr, vfsmount: Kptr) ->
         Ok(None) => {}
         Err(_) => return FAILED,
     }
-    let Ok(vfsmount_arg) = kernel::as_scalar(vfsmount) else {
-        return FAILED;
-    };
     let dir: Kptr = kernel::typed_field(dentry, kernel::dentry_parent_offset());
     if dir == dentry || kernel::is_mount_root(dentry, vfsmount) {
-        return walk(profile, dentry, vfsmount_arg);
+        return walk(profile, dentry, vfsmount);
     }
-    dir_rule(profile, generation, dir, vfsmount_arg)
+    dir_rule(profile, generation, dir, vfsmount)
 }
 
-/// [`kernel::guard_file_rule`] of the directory `dir` (a BTF-typed dentry
-/// pointer) in mount `vfsmount_arg`, kept or walked.
+/// [`kernel::guard_file_rule`] of the directory `dir` in mount `vfsmount`
+/// (both BTF-typed), kept or walked.
 #[inline(always)]
-fn dir_rule(profile: u32, generation: u64, dir: Kptr, vfsmount_arg: u64) -> u64 {
-    let walk = || walk(profile, dir, vfsmount_arg);
+fn dir_rule(profile: u32, generation: u64, dir: Kptr, vfsmount: Kptr) -> u64 {
+    let walked = || walk(profile, dir, vfsmount);
     let Some(before) = sequences() else {
-        return walk();
+        return walked();
     };
     let inode = kernel::typed_field::<Kptr>(dir, kernel::dentry_inode_offset()) as *mut _;
+    // The mount is compared as the address it is; a pointer is copied into
+    // a plain number (a helper call) only to be kept or passed on.
     let holds = |kept: &KeptRule| {
         kept.generation == generation
             && kept.profile == profile
-            && kept.vfsmount == vfsmount_arg
+            && kept.vfsmount == vfsmount as u64
             && (kept.renames, kept.mounts) == before
     };
     // SAFETY: `inode` is the directory's typed inode pointer, which its
@@ -92,7 +91,10 @@ fn dir_rule(profile: u32, generation: u64, dir: Kptr, vfsmount_arg: u64) -> u64 
         // SAFETY: as above.
         let _ = unsafe { DIR_RULES.delete(inode) };
     }
-    let packed = walk();
+    let Ok(vfsmount_arg) = kernel::as_scalar(vfsmount) else {
+        return FAILED;
+    };
+    let packed = walk_from(profile, dir, vfsmount_arg);
     // A walk that raced a rename or a mount change is not kept.
     if packed & (TOO_DEEP | FAILED) == 0 && sequences() == Some(before) {
         let Some(scratch) = crate::maps::path_scratch() else {
@@ -114,9 +116,19 @@ fn dir_rule(profile: u32, generation: u64, dir: Kptr, vfsmount_arg: u64) -> u64 
     packed
 }
 
-/// [`kernel::guard_file_rule`] of `dentry` (BTF-typed), walked.
+/// [`kernel::guard_file_rule`] of `dentry` in mount `vfsmount` (both
+/// BTF-typed), walked.
 #[inline(always)]
-fn walk(profile: u32, dentry: Kptr, vfsmount_arg: u64) -> u64 {
+fn walk(profile: u32, dentry: Kptr, vfsmount: Kptr) -> u64 {
+    match kernel::as_scalar(vfsmount) {
+        Ok(vfsmount_arg) => walk_from(profile, dentry, vfsmount_arg),
+        Err(_) => FAILED,
+    }
+}
+
+/// [`walk`] with the mount already a plain number.
+#[inline(always)]
+fn walk_from(profile: u32, dentry: Kptr, vfsmount_arg: u64) -> u64 {
     match kernel::as_scalar(dentry) {
         Ok(dentry_arg) => kernel::guard_file_rule(profile, dentry_arg, vfsmount_arg),
         Err(_) => FAILED,

@@ -99,6 +99,14 @@ pub struct Probe;
 /// By direct loads ([`typed_field`]): only from a BTF-typed pointer (a
 /// hook's argument, or a pointer loaded from one by a direct load) that is
 /// not NULL; a pointer that may be NULL is checked before it is read from.
+/// That check can be lost: in the body of `path_rename`'s program, 6.12's
+/// verifier took `d_inode`, loaded directly from the new name's dentry, for
+/// a pointer that is never NULL and dropped the check as dead code; the
+/// negative dentry of a new name then oopsed the kernel. In `check_file`
+/// (a subprogram) the check holds on both kernels, as the VM tests that
+/// create files, directories and links as agents show. Elsewhere a dentry
+/// that may be negative is read with [`Probe`] (`try_rename`,
+/// `file_decided`).
 pub struct Typed;
 
 impl Access for Probe {
@@ -487,19 +495,27 @@ pub fn is_own_name(dentry: Kptr) -> Result<bool, ReadError> {
     let Some(dir) = dentry_identity::<Typed>(parent)? else {
         return Ok(false);
     };
-    let len: u32 = Typed::read(dentry, off(&OFF_DENTRY_NAME_LEN))?;
-    let name: Kptr = Typed::read(dentry, off(&OFF_DENTRY_NAME))?;
-    let len = len.min(OWN_NAME_LEN as u32);
     let key = &mut scratch.own_key;
     key.dir_ino = dir.ino;
     key.dir_dev = dir.dev;
-    key.len = len;
+    key.len = 0;
     // Word stores at constant offsets (see `record` in main.rs on memset).
     let words = key.name.as_mut_ptr().cast::<u64>();
     for i in 0..OWN_NAME_LEN / 8 {
         // SAFETY: `words` covers the 64-byte, 8-aligned name of a map value.
         unsafe { core::ptr::write_volatile(words.add(i), 0) };
     }
+    // First the directory's own key (`OwnNameKey::dir`): nearly every
+    // directory holds none of the names, and its entries' names need not
+    // be copied.
+    // SAFETY: only presence is read.
+    if unsafe { OWN_NAMES.get(&*key) }.is_none() {
+        return Ok(false);
+    }
+    let len: u32 = Typed::read(dentry, off(&OFF_DENTRY_NAME_LEN))?;
+    let name: Kptr = Typed::read(dentry, off(&OFF_DENTRY_NAME))?;
+    let len = len.min(OWN_NAME_LEN as u32);
+    key.len = len;
     copy(key.name.as_mut_ptr(), len, name)?;
     // SAFETY: only presence is read.
     Ok(unsafe { OWN_NAMES.get(&*key) }.is_some())

@@ -77,7 +77,9 @@ impl Builtins {
     /// `more` (paths that need not exist yet, such as sockets): each
     /// path's name and the name of every directory above it, in its parent
     /// directory. Symbolic links on the way count too, with what they
-    /// point to. An agent may not add, remove or rename any of them.
+    /// point to. An agent may not add, remove or rename any of them. Each
+    /// directory that holds one has its own key ([`OwnNameKey::dir`]),
+    /// which the programs look up first.
     pub fn own_names(&self, more: &[PathBuf]) -> Vec<OwnNameKey> {
         let mut names = Vec::new();
         for path in self.own_files.iter().chain(more) {
@@ -95,9 +97,12 @@ impl Builtins {
                         .parent()
                         .zip(at.file_name())
                         .and_then(|(dir, name)| entry_key(dir, name))
-                        && !names.contains(&key)
                     {
-                        names.push(key);
+                        for key in [OwnNameKey::dir(key.dir_dev, key.dir_ino), key] {
+                            if !names.contains(&key) {
+                                names.push(key);
+                            }
+                        }
                     }
                 }
             }
@@ -194,6 +199,14 @@ mod tests {
         ));
         assert!(has(Path::new("/"), "tmp"));
         assert!(!has(dir.path(), "other"));
+        let holds = |dir: &Path| {
+            let (dev, ino) = guard_policy::compile::identity(dir).unwrap();
+            names.contains(&OwnNameKey::dir(dev, ino))
+        };
+        assert!(holds(&real) && holds(dir.path()) && holds(Path::new("/")));
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        assert!(!holds(&elsewhere));
     }
 
     #[test]
