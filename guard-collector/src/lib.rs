@@ -806,6 +806,34 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_larger_than_one_insert_is_stored_whole_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = sqlite::Sqlite::open(&dir.path().join("c.db")).unwrap();
+        let mut state = StreamState::default();
+        // One INSERT of 32 entries, then 8 one by one.
+        let (ingested, bad) = ingest(&mut state, stream(40), 0);
+        assert!(bad.is_none());
+        store
+            .append("web-1", &StreamState::default(), &state, &ingested.entries)
+            .unwrap();
+        let stored = store.query(&Filter::default(), 0, 100).unwrap();
+        let expected: Vec<NewEntry> = ingested
+            .entries
+            .into_iter()
+            .map(|entry| NewEntry {
+                parsed: None,
+                ..entry
+            })
+            .collect();
+        assert_eq!(
+            stored.iter().map(|s| &s.entry).collect::<Vec<_>>(),
+            expected.iter().collect::<Vec<_>>()
+        );
+        assert!(stored.iter().all(|s| s.host == "web-1"));
+        assert!(stored.windows(2).all(|w| w[0].id < w[1].id));
+    }
+
+    #[test]
     fn the_sqlite_store_appends_queries_counts_and_prunes() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = sqlite::Sqlite::open(&dir.path().join("c.db")).unwrap();

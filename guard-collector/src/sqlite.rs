@@ -2,7 +2,10 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension as _, params_from_iter, types};
+use rusqlite::{
+    Connection, OptionalExtension as _, params_from_iter,
+    types::{self, ToSqlOutput, ValueRef},
+};
 
 use crate::store::{
     self, NewEntry, Row, Store, StoreError, StoredEntry, StreamState, Totals, Value, schema,
@@ -41,6 +44,32 @@ fn bind(values: Vec<Value>) -> Vec<types::Value> {
             Value::Int(i) => types::Value::Integer(i),
         })
         .collect()
+}
+
+/// Entries one INSERT writes: SQLite starts and ends a statement (and
+/// moves the AUTOINCREMENT counter) once for them all.
+const ROWS_PER_INSERT: usize = 32;
+
+/// An entry's values in the order of `store::ENTRY_COLUMNS`, borrowed.
+fn entry_values<'a>(
+    host: &'a str,
+    e: &'a NewEntry,
+) -> [ToSqlOutput<'a>; store::ENTRY_COLUMN_COUNT] {
+    let text = |t: &'a str| ToSqlOutput::Borrowed(ValueRef::Text(t.as_bytes()));
+    let int = |i: i64| ToSqlOutput::Borrowed(ValueRef::Integer(i));
+    [
+        text(host),
+        text(e.kind.as_str()),
+        int(e.seq as i64),
+        int(e.count as i64),
+        int(e.time),
+        text(&e.agent),
+        text(&e.session),
+        text(&e.hook),
+        text(&e.verdict),
+        text(store::integrity_name(e.integrity)),
+        text(&e.json),
+    ]
 }
 
 fn placeholder(n: usize) -> String {
@@ -115,25 +144,24 @@ impl Store for Sqlite {
         if moved != 1 {
             return Err(StoreError::Conflict(host.into()));
         }
+        let mut full = entries.chunks_exact(ROWS_PER_INSERT);
         {
             let mut insert = tx
-                .prepare_cached(&store::insert_entry(&placeholder))
+                .prepare_cached(&store::insert_entries(ROWS_PER_INSERT, &placeholder))
                 .map_err(db_error)?;
-            for e in entries {
+            for rows in &mut full {
                 insert
-                    .execute(rusqlite::params![
-                        host,
-                        e.kind.as_str(),
-                        e.seq as i64,
-                        e.count as i64,
-                        e.time,
-                        e.agent,
-                        e.session,
-                        e.hook,
-                        e.verdict,
-                        store::integrity_name(e.integrity),
-                        e.json,
-                    ])
+                    .execute(params_from_iter(
+                        rows.iter().flat_map(|e| entry_values(host, e)),
+                    ))
+                    .map_err(db_error)?;
+            }
+            let mut insert = tx
+                .prepare_cached(&store::insert_entries(1, &placeholder))
+                .map_err(db_error)?;
+            for e in full.remainder() {
+                insert
+                    .execute(params_from_iter(entry_values(host, e)))
                     .map_err(db_error)?;
             }
         }

@@ -285,13 +285,21 @@ pub fn move_stream(
     }
 }
 
-/// The statement that inserts one entry: its values are bound in the
-/// order of [`ENTRY_COLUMNS`] (PostgreSQL's `COPY` writes them so too).
-pub fn insert_entry(placeholder: &dyn Fn(usize) -> String) -> String {
-    let marks: Vec<String> = (1..=11).map(placeholder).collect();
+/// The statement that inserts `rows` entries: each entry's values are
+/// bound in the order of [`ENTRY_COLUMNS`] (PostgreSQL's `COPY` writes them
+/// so too), one entry after another.
+pub fn insert_entries(rows: usize, placeholder: &dyn Fn(usize) -> String) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|row| {
+            let marks: Vec<String> = (1..=ENTRY_COLUMN_COUNT)
+                .map(|column| placeholder(row * ENTRY_COLUMN_COUNT + column))
+                .collect();
+            format!("({})", marks.join(", "))
+        })
+        .collect();
     format!(
-        "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ({})",
-        marks.join(", ")
+        "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES {}",
+        values.join(", ")
     )
 }
 
@@ -299,6 +307,7 @@ pub fn insert_entry(placeholder: &dyn Fn(usize) -> String) -> String {
 /// this order (the integrity by [`integrity_name`]).
 pub const ENTRY_COLUMNS: &str =
     "host, kind, seq, count, time, agent, session, hook, verdict, integrity, json";
+pub const ENTRY_COLUMN_COUNT: usize = 11;
 
 /// Up to `limit` entries matching `filter` with ids above `after`, in
 /// insertion order; rows are read with [`stored_entry`].
