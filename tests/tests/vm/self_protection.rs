@@ -437,8 +437,8 @@ fn a_full_disk_is_survived_and_nothing_is_left_half_written() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(connect("strict").errno, None, "records are written again");
-    let lost: Vec<u64> = fs::read_to_string(&guardd.events)
-        .unwrap()
+    let text = fs::read_to_string(&guardd.events).unwrap();
+    let lost: Vec<u64> = text
         .lines()
         .filter(|l| l.contains(r#""stage":"events_file""#))
         .map(|l| {
@@ -448,7 +448,6 @@ fn a_full_disk_is_survived_and_nothing_is_left_half_written() {
         })
         .collect();
     assert!(lost.iter().sum::<u64>() >= 2, "records lost: {lost:?}");
-    let text = fs::read_to_string(&guardd.events).unwrap();
     assert!(text.ends_with('\n'), "no partial line");
     let verify = guardd.guardctl(&["audit", "verify", &guardd.events.display().to_string()]);
     assert!(
